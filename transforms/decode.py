@@ -1,0 +1,483 @@
+"""tf.train.Example records -> image arrays, for every common way images are stored.
+
+Encodings of the image feature:
+  tensor   a bytes feature holding `tf.io.serialize_tensor` output
+  raw      a bytes feature of raw pixels; shape/dtype from sibling features or options
+  list     a float_list / int64_list of flattened pixels; shape found the same way
+  encoded  PNG/JPEG/WebP/BMP/TIFF/GIF bytes (TFDS `image`, `image/encoded`)
+A rank-4 array (or rank 3 with no channel axis, N x H x W) is a batch: one image each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from transforms import errors
+from transforms import example as example_lib
+from transforms import image_formats
+from transforms import tensor_proto
+from transforms.example import FeatureValue
+from transforms.tfrecord import RecordRef
+
+ENCODINGS = ('tensor', 'raw', 'list', 'encoded')
+LAYOUTS = ('auto', 'hwc', 'chw')
+_CHANNEL_COUNTS = (1, 2, 3, 4)
+_IMAGE_NAME_HINT = re.compile(r'(image|img|pixel|picture|photo|frame|^x$|^data$)', re.I)
+_KEY_SUFFIXES = ('/raw', '/encoded', '/bytes', '/data', '/pixels', '/tensor', '_raw',
+                 '_encoded', '_bytes')
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+  """How to find and decode the image in each record. Unset fields are detected."""
+  key: Optional[str] = None
+  encoding: Optional[str] = None
+  shape: Optional[Tuple[int, ...]] = None
+  dtype: Optional[str] = None
+  layout: str = 'auto'
+  max_pixels: int = image_formats.DEFAULT_MAX_PIXELS
+
+  def __post_init__(self):
+    if self.encoding is not None and self.encoding not in ENCODINGS:
+      raise errors.ConfigError(
+          f'encoding must be one of {", ".join(ENCODINGS)}, got {self.encoding!r}')
+    if self.layout not in LAYOUTS:
+      raise errors.ConfigError(
+          f'tensor layout must be one of {", ".join(LAYOUTS)}, got {self.layout!r}')
+    if self.dtype is not None:
+      object.__setattr__(self, 'dtype', normalize_dtype_name(self.dtype))
+    if self.shape is not None:
+      shape = tuple(int(d) for d in self.shape)
+      if not 2 <= len(shape) <= 4 or any(d <= 0 for d in shape):
+        raise errors.ConfigError(f'shape must have 2 to 4 positive dimensions, got '
+                                 f'{list(shape)}')
+      object.__setattr__(self, 'shape', shape)
+    if self.max_pixels <= 0:
+      raise errors.ConfigError('max_pixels must be positive')
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedImage:
+  """One image and where it came from.
+
+  `pixels` is HxW, HxWxC or CxHxW as `layout` says, in the stored dtype (bfloat16 is
+  widened to float32; `source_dtype` keeps the original name). For encoded sources,
+  `encoded` holds the original bytes so a writer can pass them through untouched.
+  """
+  ref: RecordRef
+  n: int
+  pixels: np.ndarray
+  layout: str
+  source_dtype: str
+  encoding: str
+  key: str
+  features: Dict[str, example_lib.Scalar]
+  encoded: Optional[bytes] = None
+  encoded_format: Optional[str] = None
+  batch_size: int = 1
+
+
+# ---------------------------------------------------------------------------------------
+# dtypes and shapes from sibling features
+
+
+def normalize_dtype_name(value) -> str:
+  """'uint8', b'tf.uint8', 'DT_UINT8', 'np.float32', 4 (TF enum) -> 'uint8' etc."""
+  if isinstance(value, (int, np.integer)):
+    name = tensor_proto.dtype_name(int(value))
+  else:
+    if isinstance(value, bytes):
+      value = value.decode('utf-8', 'replace')
+    name = str(value).strip().lower()
+    for prefix in ('tf.', 'np.', 'numpy.', 'torch.', 'dt_'):
+      if name.startswith(prefix):
+        name = name[len(prefix):]
+    name = {'half': 'float16', 'float': 'float32', 'double': 'float64',
+            'bfloat': 'bfloat16'}.get(name, name)
+  if name not in tensor_proto.DTYPE_NAMES:
+    raise errors.DecodeError(
+        errors.UNSUPPORTED_DTYPE,
+        f'dtype {value!r} is not supported; use one of {", ".join(tensor_proto.DTYPE_NAMES)}')
+  return name
+
+
+def _bases(key: str) -> List[str]:
+  bases = [key]
+  for suffix in _KEY_SUFFIXES:
+    if key.endswith(suffix) and len(key) > len(suffix):
+      bases.append(key[:-len(suffix)])
+  return bases
+
+
+def _int_feature(features: Dict[str, FeatureValue], name: str) -> Optional[List[int]]:
+  feature = features.get(name)
+  if feature is None or not len(feature):
+    return None
+  if feature.kind == example_lib.INT64:
+    return [int(v) for v in feature.values]
+  if feature.kind == example_lib.FLOAT:
+    return [int(v) for v in feature.values]
+  text = feature.values[0]
+  try:
+    return [int(v) for v in re.findall(rb'-?\d+', text)] or None
+  except ValueError:
+    return None
+
+
+def _sibling(features, key, names) -> Tuple[Optional[str], Optional[List[int]]]:
+  """Looks up `X/name`, `X_name` then unprefixed `name` for each base X of `key`."""
+  candidates = []
+  for base in _bases(key):
+    for name in names:
+      candidates += [f'{base}/{name}', f'{base}_{name}']
+  candidates += list(names)
+  for candidate in candidates:
+    if candidate != key and candidate in features:
+      values = _int_feature(features, candidate)
+      if values is not None:
+        return candidate, values
+  return None, None
+
+
+def declared_shape(features: Dict[str, FeatureValue], key: str
+                   ) -> Tuple[Optional[Tuple[Optional[int], ...]], Optional[str]]:
+  """The shape sibling features give for `key` (channels may be None), and its source."""
+  name, shape = _sibling(features, key, ('shape',))
+  if shape is not None:
+    return tuple(shape), name
+  name_h, height = _sibling(features, key, ('height', 'rows'))
+  name_w, width = _sibling(features, key, ('width', 'cols'))
+  if height is None or width is None:
+    return None, None
+  _, channels = _sibling(features, key, ('channels', 'depth', 'num_channels'))
+  channel_count = channels[0] if channels else None
+  return (height[0], width[0], channel_count), f'{name_h}+{name_w}'
+
+
+def declared_dtype(features: Dict[str, FeatureValue], key: str) -> Optional[str]:
+  for base in _bases(key):
+    for name in (f'{base}/dtype', f'{base}_dtype', f'{base}/format_dtype'):
+      if name in features:
+        return _dtype_of_feature(features[name])
+  if 'dtype' in features and key != 'dtype':
+    return _dtype_of_feature(features['dtype'])
+  return None
+
+
+def _dtype_of_feature(feature: FeatureValue) -> Optional[str]:
+  if not len(feature):
+    return None
+  value = feature.values[0]
+  return normalize_dtype_name(int(value) if feature.kind == example_lib.INT64 else value)
+
+
+def _complete_shape(shape: Optional[Tuple[Optional[int], ...]], count: int,
+                    key: str) -> Tuple[int, ...]:
+  """Fills in a missing channel count, or guesses a square 1- or 3-channel image."""
+  if shape is None:
+    for channels in (1, 3, 4):
+      side = math.isqrt(count // channels) if count % channels == 0 else 0
+      if side and side * side * channels == count:
+        return (side, side) if channels == 1 else (side, side, channels)
+    raise errors.DecodeError(
+        errors.SHAPE_MISMATCH,
+        f'feature {key!r} holds {count} values but the record gives no shape; add '
+        f'{key}/shape or height/width features, or pass --shape')
+  if shape[-1] is None:
+    height, width = shape[0], shape[1]
+    if height <= 0 or width <= 0 or count % (height * width):
+      raise errors.DecodeError(
+          errors.SHAPE_MISMATCH,
+          f'feature {key!r} holds {count} values, not a multiple of height*width = '
+          f'{height}*{width}')
+    channels = count // (height * width)
+    return (height, width) if channels == 1 else (height, width, channels)
+  return tuple(int(d) for d in shape)
+
+
+def _check_count(shape: Sequence[int], count: int, key: str, what: str) -> None:
+  expected = 1
+  for d in shape:
+    if d <= 0:
+      raise errors.DecodeError(errors.SHAPE_MISMATCH,
+                               f'shape {list(shape)} for {key!r} has a non-positive size')
+    expected *= d
+  if expected != count:
+    raise errors.DecodeError(
+        errors.SHAPE_MISMATCH,
+        f'feature {key!r} holds {count} {what} but shape {list(shape)} needs {expected}')
+
+
+# ---------------------------------------------------------------------------------------
+# Layout
+
+
+def detect_layout(shape: Sequence[int], requested: str = 'auto') -> str:
+  """hw | hwc | chw | nhw | nhwc | nchw for an array shape.
+
+  A trailing axis of 1-4 is channels (HWC wins ties such as 3x4x3); else a leading axis of
+  1-4 is channels (CHW); a rank-3 array with neither is a batch of grayscale images (NHW).
+  `requested` ('hwc' or 'chw') overrides the guess; for rank 4 it means NHWC or NCHW.
+  """
+  rank = len(shape)
+  if rank == 2:
+    return 'hw'
+  if rank == 3:
+    if requested != 'auto':
+      return requested
+    if shape[2] in _CHANNEL_COUNTS:
+      return 'hwc'
+    if shape[0] in _CHANNEL_COUNTS:
+      return 'chw'
+    return 'nhw'
+  if rank == 4:
+    if requested != 'auto':
+      return 'n' + requested
+    if shape[3] in _CHANNEL_COUNTS:
+      return 'nhwc'
+    if shape[1] in _CHANNEL_COUNTS:
+      return 'nchw'
+    raise errors.DecodeError(
+        errors.SHAPE_MISMATCH,
+        f'rank-4 shape {list(shape)} has no channel axis of size 1-4; pass '
+        '--tensor_layout hwc or chw')
+  raise errors.DecodeError(
+      errors.SHAPE_MISMATCH, f'an image needs 2 to 4 dimensions, got shape {list(shape)}')
+
+
+def split_batch(pixels: np.ndarray, layout: str) -> Tuple[List[np.ndarray], str]:
+  """Images of a possibly batched array, and the layout of each."""
+  if layout.startswith('n'):
+    return list(pixels), layout[1:]
+  return [pixels], layout
+
+
+def image_hw(pixels: np.ndarray, layout: str) -> Tuple[int, int]:
+  if layout == 'chw':
+    return pixels.shape[1], pixels.shape[2]
+  return pixels.shape[0], pixels.shape[1]
+
+
+# ---------------------------------------------------------------------------------------
+# Finding the image feature
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  key: str
+  encoding: str
+  size: int
+  hinted: bool
+
+
+def classify_feature(features: Dict[str, FeatureValue], key: str) -> Optional[str]:
+  """The encoding `key` would decode with, or None when it does not look like an image."""
+  feature = features[key]
+  if not len(feature):
+    return None
+  if feature.kind == example_lib.BYTES:
+    value = feature.values[0]
+    if image_formats.sniff_format(value):
+      return 'encoded'
+    if len(value) >= 16 and tensor_proto.looks_like_tensor(value):
+      return 'tensor'
+    if len(value) >= 64 and (declared_shape(features, key)[0] is not None or
+                             _IMAGE_NAME_HINT.search(key)):
+      return 'raw'
+    return None
+  if len(feature) >= 16 and (declared_shape(features, key)[0] is not None or
+                             _IMAGE_NAME_HINT.search(key)):
+    return 'list'
+  return None
+
+
+def image_candidates(features: Dict[str, FeatureValue]) -> List[Candidate]:
+  """Features that could be the image, best first (named like an image, then largest)."""
+  found = []
+  for key, feature in features.items():
+    encoding = classify_feature(features, key)
+    if encoding is None:
+      continue
+    if feature.kind == example_lib.BYTES:
+      size = sum(len(v) for v in feature.values)
+    else:
+      size = len(feature) * 4
+    found.append(Candidate(key, encoding, size, bool(_IMAGE_NAME_HINT.search(key))))
+  return sorted(found, key=lambda c: (not c.hinted, -c.size, c.key))
+
+
+def describe_features(features: Dict[str, FeatureValue]) -> str:
+  return ', '.join(f'{name} ({f.kind}[{len(f)}])' for name, f in sorted(features.items())
+                   ) or '(no features)'
+
+
+def missing_image_error(features: Dict[str, FeatureValue],
+                        key: Optional[str]) -> errors.DecodeError:
+  candidates = image_candidates(features)
+  likely = (f'; the likely image feature is {candidates[0].key!r} '
+            f'({candidates[0].encoding})') if candidates else ''
+  if key is None:
+    what = 'no feature looks like an image'
+  else:
+    what = f'image feature {key!r} not found'
+  return errors.DecodeError(
+      errors.MISSING_FEATURE,
+      f'{what}; this record has: {describe_features(features)}{likely}')
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding
+
+
+def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
+                    spec: ImageSpec) -> List[DecodedImage]:
+  """Every image in one parsed record; raises DecodeError with a reason code."""
+  key = spec.key
+  if key is None:
+    candidates = image_candidates(features)
+    if not candidates:
+      raise missing_image_error(features, None)
+    key = candidates[0].key
+  feature = features.get(key)
+  if feature is None or not len(feature):
+    raise missing_image_error(features, key)
+  encoding = spec.encoding or classify_feature(features, key) or (
+      'list' if feature.kind != example_lib.BYTES else 'raw')
+  scalars = example_lib.scalar_features(features, exclude=(key,))
+
+  # (pixels, layout, source dtype, encoded bytes, encoded format) per image
+  images: List[Tuple[np.ndarray, str, str, Optional[bytes], Optional[str]]] = []
+  if encoding == 'encoded':
+    _require_kind(feature, key, example_lib.BYTES, encoding)
+    for value in feature.values:
+      fmt = image_formats.sniff_format(value)
+      pixels = image_formats.decode_encoded(value, fmt, spec.max_pixels)
+      layout = 'hw' if pixels.ndim == 2 else 'hwc'
+      images.append((pixels, layout, pixels.dtype.name, value, fmt))
+  elif encoding == 'tensor':
+    _require_kind(feature, key, example_lib.BYTES, encoding)
+    for value in feature.values:
+      tensor = tensor_proto.parse_tensor_proto(value)
+      _check_pixels(tensor_proto.tensor_shape(tensor), spec, key)
+      pixels = tensor_proto.tensor_to_array(tensor, max_elements=_max_elements(spec))
+      dtype_name = tensor_proto.dtype_name(tensor.dtype)
+      images += _split(pixels, spec, dtype_name)
+  elif encoding == 'raw':
+    _require_kind(feature, key, example_lib.BYTES, encoding)
+    pixels, dtype_name = _decode_raw(features, key, spec)
+    images += _split(pixels, spec, dtype_name)
+  else:
+    if feature.kind == example_lib.BYTES:
+      raise errors.DecodeError(
+          errors.DECODE_ERROR, f'feature {key!r} is a bytes feature; encoding "list" needs '
+          'a float_list or int64_list')
+    pixels, dtype_name = _decode_list(features, key, spec)
+    images += _split(pixels, spec, dtype_name)
+
+  return [
+      DecodedImage(ref=ref, n=n, pixels=pixels, layout=layout, source_dtype=dtype_name,
+                   encoding=encoding, key=key, features=scalars, encoded=encoded,
+                   encoded_format=fmt, batch_size=len(images))
+      for n, (pixels, layout, dtype_name, encoded, fmt) in enumerate(images)
+  ]
+
+
+def decode_record(ref: RecordRef, payload: bytes, spec: ImageSpec) -> List[DecodedImage]:
+  """Parses one serialized Example and decodes its images; errors carry the record."""
+  try:
+    return decode_features(ref, example_lib.parse_example(payload), spec)
+  except errors.UnrecordError as e:
+    raise e.at(ref.path, ref.index, ref.offset)
+
+
+def _require_kind(feature: FeatureValue, key: str, kind: str, encoding: str) -> None:
+  if feature.kind != kind:
+    raise errors.DecodeError(
+        errors.DECODE_ERROR,
+        f'feature {key!r} is a {feature.kind} feature; encoding {encoding!r} needs {kind}')
+
+
+def _max_elements(spec: ImageSpec) -> int:
+  return spec.max_pixels * 4 * 64  # a batch of up to 64 full-size RGBA images
+
+
+def _check_pixels(shape: Sequence[int], spec: ImageSpec, key: str) -> None:
+  if len(shape) < 2:
+    return
+  layout = detect_layout(shape, spec.layout) if 2 <= len(shape) <= 4 else 'hw'
+  dims = dict(zip(layout, shape)) if len(layout) == len(shape) else {}
+  pixels = dims.get('h', 1) * dims.get('w', 1)
+  if pixels > spec.max_pixels:
+    raise errors.DecodeError(
+        errors.TOO_MANY_PIXELS,
+        f'feature {key!r} has images of {dims.get("h")}x{dims.get("w")} = {pixels} pixels, '
+        f'more than --max_pixels={spec.max_pixels}')
+
+
+def _split(pixels: np.ndarray, spec: ImageSpec, dtype_name: str):
+  layout = detect_layout(pixels.shape, spec.layout)
+  parts, each_layout = split_batch(pixels, layout)
+  return [(p, each_layout, dtype_name, None, None) for p in parts]
+
+
+def _decode_raw(features, key, spec):
+  data = b''.join(features[key].values)
+  dtype_name = spec.dtype or declared_dtype(features, key)
+  shape = spec.shape or declared_shape(features, key)[0]
+  if dtype_name is None:
+    dtype_name = _guess_raw_dtype(shape, len(data))
+  if dtype_name == 'bfloat16':
+    raw_dtype = np.dtype('<u2')
+  else:
+    raw_dtype = np.dtype(dtype_name).newbyteorder('<')
+  if len(data) % raw_dtype.itemsize:
+    raise errors.DecodeError(
+        errors.SHAPE_MISMATCH,
+        f'feature {key!r} holds {len(data)} bytes, not a whole number of {dtype_name} '
+        f'values')
+  count = len(data) // raw_dtype.itemsize
+  shape = _complete_shape(shape, count, key)
+  _check_count(shape, count, key, f'{dtype_name} values')
+  _check_pixels(shape, spec, key)
+  pixels = np.frombuffer(data, dtype=raw_dtype).reshape(shape)
+  if dtype_name == 'bfloat16':
+    pixels = (pixels.astype(np.uint32) << 16).view(np.float32)
+  return pixels, dtype_name
+
+
+def _guess_raw_dtype(shape, nbytes: int) -> str:
+  """uint8 unless the byte count says otherwise (2 -> uint16, 4 -> float32, 8 -> float64)."""
+  if shape is None or shape[-1] is None:
+    return 'uint8'
+  count = 1
+  for d in shape:
+    count *= max(int(d), 1)
+  itemsize = nbytes // count if count and nbytes % count == 0 else 1
+  return {1: 'uint8', 2: 'uint16', 4: 'float32', 8: 'float64'}.get(itemsize, 'uint8')
+
+
+def _decode_list(features, key, spec):
+  feature = features[key]
+  values = feature.values
+  shape = spec.shape or declared_shape(features, key)[0]
+  shape = _complete_shape(shape, len(values), key)
+  _check_count(shape, len(values), key, 'values')
+  _check_pixels(shape, spec, key)
+  dtype_name = spec.dtype or declared_dtype(features, key)
+  pixels = np.asarray(values).reshape(shape)
+  if dtype_name is not None and dtype_name != pixels.dtype.name and dtype_name != 'bfloat16':
+    target = np.dtype(dtype_name)
+    if target.kind in 'iu':
+      info = np.iinfo(target)
+      if pixels.size and (pixels.min() < info.min or pixels.max() > info.max):
+        raise errors.DecodeError(
+            errors.UNSUPPORTED_DTYPE,
+            f'feature {key!r} declares dtype {dtype_name} but holds values '
+            f'{pixels.min()}..{pixels.max()} outside its range')
+    pixels = pixels.astype(target)
+  return pixels, pixels.dtype.name

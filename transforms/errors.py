@@ -1,0 +1,140 @@
+"""Typed errors with a reason code and the place in the input they came from.
+
+Every failure unrecord reports carries a stable `reason` (for counters, dead-letter rows
+and exit summaries) and, where known, the source file, record index and byte offset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+# Stable reason codes. Dead-letter rows, Beam counters and summaries use these strings.
+CRC_MISMATCH = 'crc_mismatch'
+TRUNCATED = 'truncated'
+RECORD_TOO_LARGE = 'record_too_large'
+PROTO_PARSE = 'proto_parse'
+MISSING_FEATURE = 'missing_feature'
+UNSUPPORTED_DTYPE = 'unsupported_dtype'
+SHAPE_MISMATCH = 'shape_mismatch'
+TOO_MANY_PIXELS = 'too_many_pixels'
+NON_FINITE = 'non_finite'
+DECODE_ERROR = 'decode_error'
+ENCODE_ERROR = 'encode_error'
+WRITE_ERROR = 'write_error'
+UNSAFE_NAME = 'unsafe_name'
+NAME_COLLISION = 'name_collision'
+
+REASONS = (
+    CRC_MISMATCH, TRUNCATED, RECORD_TOO_LARGE, PROTO_PARSE, MISSING_FEATURE,
+    UNSUPPORTED_DTYPE, SHAPE_MISMATCH, TOO_MANY_PIXELS, NON_FINITE, DECODE_ERROR,
+    ENCODE_ERROR, WRITE_ERROR, UNSAFE_NAME, NAME_COLLISION)
+
+
+class UnrecordError(Exception):
+  """Base of every error unrecord raises about the data it reads."""
+
+  def __init__(
+      self,
+      reason: str,
+      message: str,
+      *,
+      path: Optional[str] = None,
+      index: Optional[int] = None,
+      offset: Optional[int] = None):
+    super().__init__(message)
+    self.reason = reason
+    self.message = message
+    self.path = path
+    self.index = index
+    self.offset = offset
+
+  def at(self, path: Optional[str], index: Optional[int],
+         offset: Optional[int]) -> 'UnrecordError':
+    """Fills in the location where the raiser did not know it; returns self."""
+    self.path = self.path if self.path is not None else path
+    self.index = self.index if self.index is not None else index
+    self.offset = self.offset if self.offset is not None else offset
+    return self
+
+  def __str__(self) -> str:
+    where = []
+    if self.path is not None:
+      where.append(self.path)
+    if self.index is not None:
+      where.append(f'record {self.index}')
+    if self.offset is not None:
+      where.append(f'byte {self.offset}')
+    prefix = f'[{self.reason}] ' + (', '.join(where) + ': ' if where else '')
+    return prefix + self.message
+
+  def __reduce__(self):
+    # Keyword-only arguments do not survive the default exception pickling.
+    return (_rebuild, (type(self), self.reason, self.message, self.path,
+                       self.index, self.offset))
+
+
+def _rebuild(cls, reason, message, path, index, offset):
+  error = cls.__new__(cls)
+  UnrecordError.__init__(
+      error, reason, message, path=path, index=index, offset=offset)
+  return error
+
+
+class CorruptRecordError(UnrecordError):
+  """The TFRecord framing is damaged: bad CRC, short read or absurd length."""
+
+
+class DecodeError(UnrecordError):
+  """A record's payload does not hold an image unrecord can decode."""
+
+
+class ConfigError(ValueError):
+  """The user's options or the data's schema do not fit; raised before a run starts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+  """One dead-letter row: what failed, where, and the bytes needed to replay it."""
+  reason: str
+  stage: str
+  message: str
+  path: Optional[str] = None
+  index: Optional[int] = None
+  offset: Optional[int] = None
+  n: Optional[int] = None
+  images: int = 1
+  payload: Optional[bytes] = None
+
+  @classmethod
+  def from_error(
+      cls,
+      error: UnrecordError,
+      stage: str,
+      *,
+      n: Optional[int] = None,
+      images: int = 1,
+      payload: Optional[bytes] = None) -> 'Failure':
+    return cls(
+        reason=error.reason,
+        stage=stage,
+        message=error.message,
+        path=error.path,
+        index=error.index,
+        offset=error.offset,
+        n=n,
+        images=images,
+        payload=payload)
+
+  def to_row(self) -> dict:
+    """The JSON-ready dead-letter row (the payload goes to the replay file instead)."""
+    return {
+        'reason': self.reason,
+        'stage': self.stage,
+        'source': self.path,
+        'index': self.index,
+        'offset': self.offset,
+        'n': self.n,
+        'images': self.images,
+        'message': self.message,
+    }

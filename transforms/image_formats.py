@@ -1,0 +1,121 @@
+"""Already-encoded images (PNG, JPEG, WebP, BMP, TIFF, GIF): sniffing and safe decoding.
+
+The header is read first (Pillow opens lazily) so an image claiming too many pixels is
+rejected before any pixel buffer exists. Pixels come back in RGB(A) order with their
+bit depth kept (16-bit PNG/TIFF stay uint16).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from transforms import errors
+
+DEFAULT_MAX_PIXELS = 1 << 26  # 67 megapixels, e.g. 8192 x 8192
+
+_MAGIC = (
+    (b'\x89PNG\r\n\x1a\n', 'png'),
+    (b'\xff\xd8\xff', 'jpeg'),
+    (b'GIF87a', 'gif'),
+    (b'GIF89a', 'gif'),
+    (b'II*\x00', 'tiff'),
+    (b'MM\x00*', 'tiff'),
+    (b'BM', 'bmp'),
+)
+FORMATS = ('png', 'jpeg', 'webp', 'bmp', 'tiff', 'gif')
+_MIN_ENCODED_SIZE = 26  # smaller than any real header + one pixel of these formats
+
+# OpenCV keeps 16-bit colour and alpha where Pillow would not (Pillow reads 48-bit PNG as
+# 8-bit RGB); Pillow is strict about truncated JPEGs where libjpeg via OpenCV fills grey.
+_OPENCV_FORMATS = ('png', 'tiff', 'webp')
+
+
+def sniff_format(data: bytes) -> Optional[str]:
+  """The encoded image format of `data` from its magic bytes, or None."""
+  if len(data) < _MIN_ENCODED_SIZE:
+    return None
+  if data[:4] == b'RIFF' and data[8:12] == b'WEBP':
+    return 'webp'
+  for magic, name in _MAGIC:
+    if data.startswith(magic):
+      return name
+  return None
+
+
+def _open_header(data: bytes, max_pixels: int) -> Image.Image:
+  with warnings.catch_warnings():
+    warnings.simplefilter('error', Image.DecompressionBombWarning)
+    try:
+      image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+      raise errors.DecodeError(errors.TOO_MANY_PIXELS, str(e)) from e
+    except (OSError, SyntaxError, ValueError) as e:
+      raise errors.DecodeError(
+          errors.DECODE_ERROR, f'encoded image header cannot be read ({e})') from e
+  width, height = image.size
+  if width * height > max_pixels:
+    raise errors.DecodeError(
+        errors.TOO_MANY_PIXELS,
+        f'encoded {image.format} image claims {width}x{height} = {width * height} pixels, '
+        f'more than --max_pixels={max_pixels}; it was not decoded')
+  return image
+
+
+def image_size(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[int, int]:
+  """(width, height) from the header alone."""
+  return _open_header(data, max_pixels).size
+
+
+def decode_encoded(data: bytes, fmt: Optional[str] = None,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+  """Decodes an encoded image to HxW or HxWxC (RGB/RGBA order), keeping its bit depth."""
+  fmt = fmt or sniff_format(data)
+  if fmt is None:
+    raise errors.DecodeError(errors.DECODE_ERROR,
+                             'bytes are not a PNG, JPEG, WebP, BMP, TIFF or GIF image')
+  header = _open_header(data, max_pixels)
+  width, height = header.size
+  if fmt in _OPENCV_FORMATS:
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+      raise errors.DecodeError(errors.DECODE_ERROR,
+                               f'{fmt} image data is damaged and cannot be decoded')
+    pixels = _bgr_to_rgb(pixels)
+  else:
+    pixels = _decode_with_pillow(header, fmt)
+  if pixels.shape[:2] != (height, width):
+    raise errors.DecodeError(
+        errors.DECODE_ERROR,
+        f'{fmt} header says {width}x{height} but the data decodes to '
+        f'{pixels.shape[1]}x{pixels.shape[0]}')
+  return pixels
+
+
+def _decode_with_pillow(image: Image.Image, fmt: str) -> np.ndarray:
+  with warnings.catch_warnings():
+    warnings.simplefilter('error', Image.DecompressionBombWarning)
+    try:
+      image.load()
+      if image.mode in ('P', 'PA'):
+        image = image.convert('RGBA' if 'transparency' in image.info or
+                              image.mode == 'PA' else 'RGB')
+      elif image.mode in ('1', 'CMYK', 'YCbCr', 'LAB', 'HSV'):
+        image = image.convert('L' if image.mode == '1' else 'RGB')
+      return np.asarray(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+      raise errors.DecodeError(errors.DECODE_ERROR,
+                               f'{fmt} image data is damaged ({e})') from e
+
+
+def _bgr_to_rgb(pixels: np.ndarray) -> np.ndarray:
+  if pixels.ndim == 3 and pixels.shape[2] == 3:
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+  if pixels.ndim == 3 and pixels.shape[2] == 4:
+    return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGBA)
+  return pixels

@@ -1,0 +1,162 @@
+"""Beam transforms that read TFRecords of images: ReadImageRecords and DecodeImages.
+
+Thin wiring over the pure modules `tfrecord`, `storage` and `decode`. Both transforms
+return a DoOutputsTuple: the main output, and `dead_letter` carrying `errors.Failure` rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, List, Optional, Sequence, Union
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms import decode
+from transforms import errors
+from transforms import storage
+from transforms import tfrecord
+from transforms.tfrecord import FileRange, RecordRef
+
+METRICS_NAMESPACE = 'unrecord'
+DEAD_LETTER = 'dead_letter'
+DEFAULT_SPLIT_BYTES = 64 << 20
+_SNIFF_BYTES = tfrecord.HEADER_SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadConfig:
+  """How input files are found and framed. Validated here; no I/O until the run."""
+  compression: str = 'auto'
+  max_record_size: int = tfrecord.DEFAULT_MAX_RECORD_SIZE
+  split_bytes: int = DEFAULT_SPLIT_BYTES
+  storage_options: Optional[storage.StorageOptions] = None
+
+  def __post_init__(self):
+    if self.compression not in tfrecord.COMPRESSIONS:
+      raise errors.ConfigError(
+          f'compression must be one of {", ".join(tfrecord.COMPRESSIONS)}, got '
+          f'{self.compression!r}')
+    if self.max_record_size <= 0 or self.split_bytes <= 0:
+      raise errors.ConfigError('max_record_size and split_bytes must be positive')
+
+
+def plan_file(item: storage.InputFile, config: ReadConfig) -> List[FileRange]:
+  """Ranges to read one file in: several for a large uncompressed file, else one."""
+  with storage.open_input(item.url, config.storage_options) as stream:
+    head = stream.read(_SNIFF_BYTES)
+    compression = tfrecord.resolve_compression(item.url, config.compression, head)
+    if compression != 'none':
+      return [FileRange(item.url, 0, None, 0, compression, item.size)]
+    return tfrecord.plan_ranges(stream, item.url, size=item.size,
+                                split_bytes=config.split_bytes,
+                                max_record_size=config.max_record_size)
+
+
+def read_range(file_range: FileRange, config: ReadConfig
+               ) -> Iterator[Union[tfrecord.Record, errors.CorruptRecordError]]:
+  """Every slot of one range: `(RecordRef, payload)` or a CorruptRecordError value."""
+  with storage.open_input(file_range.path, config.storage_options) as raw:
+    compressed = file_range.compression != 'none'
+    stream = tfrecord.open_decompressed(raw, file_range.compression)
+    yield from tfrecord.read_records(
+        stream, file_range.path, start=file_range.start, end=file_range.end,
+        first_index=file_range.first_index, max_record_size=config.max_record_size,
+        size=None if compressed else file_range.size, seekable=not compressed)
+
+
+def read_all(patterns: Sequence[str], config: ReadConfig = ReadConfig()
+             ) -> Iterator[Union[tfrecord.Record, errors.CorruptRecordError]]:
+  """Every slot of every file the patterns name, in order; the non-Beam path."""
+  for item in storage.expand_patterns(patterns, config.storage_options):
+    for file_range in plan_file(item, config):
+      yield from read_range(file_range, config)
+
+
+class _ReadRangeFn(beam.DoFn):
+  """FileRange -> (RecordRef, bytes); framing damage goes to the dead letter."""
+
+  def __init__(self, config: ReadConfig):
+    self._config = config
+    self._records = Metrics.counter(METRICS_NAMESPACE, 'records_read')
+    self._bytes = Metrics.counter(METRICS_NAMESPACE, 'bytes_read')
+
+  def process(self, file_range: FileRange):
+    for item in read_range(file_range, self._config):
+      if isinstance(item, errors.CorruptRecordError):
+        Metrics.counter(METRICS_NAMESPACE, f'failed_{item.reason}').inc()
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER,
+                                       errors.Failure.from_error(item, stage='read'))
+      else:
+        self._records.inc()
+        self._bytes.inc(len(item[1]))
+        yield item
+
+
+class ReadImageRecords(beam.PTransform):
+  """Input patterns -> `(RecordRef, bytes)` records, split so the runner can balance them.
+
+  Large uncompressed files are cut into record ranges by a header-only index pass, so one
+  big file spreads over all workers. Outputs: `records` and `dead_letter` (Failure).
+  """
+
+  def __init__(self, patterns: Sequence[str], config: ReadConfig = ReadConfig()):
+    super().__init__()
+    self._patterns = tuple(storage.split_patterns(patterns))
+    if not self._patterns:
+      raise errors.ConfigError('ReadImageRecords needs at least one input pattern')
+    self._config = config
+
+  def expand(self, pbegin):
+    files = (
+        pbegin
+        | 'Patterns' >> beam.Create([self._patterns])
+        | 'ExpandPatterns' >> beam.FlatMap(storage.expand_patterns,
+                                           self._config.storage_options))
+    # InputFile
+    ranges = (
+        files
+        | 'DistributeFiles' >> beam.Reshuffle()
+        | 'PlanRanges' >> beam.FlatMap(plan_file, self._config))
+    # FileRange
+    return (
+        ranges
+        | 'DistributeRanges' >> beam.Reshuffle()
+        | 'ReadRanges' >> beam.ParDo(_ReadRangeFn(self._config)).with_outputs(
+            DEAD_LETTER, main='records'))
+
+
+class _DecodeFn(beam.DoFn):
+  """(RecordRef, bytes) -> DecodedImage per image; undecodable records go to the dead letter."""
+
+  def __init__(self, spec: decode.ImageSpec):
+    self._spec = spec
+    self._images = Metrics.counter(METRICS_NAMESPACE, 'images_decoded')
+
+  def process(self, record: tfrecord.Record):
+    ref, payload = record
+    try:
+      images = decode.decode_record(ref, payload, self._spec)
+    except errors.UnrecordError as e:
+      Metrics.counter(METRICS_NAMESPACE, f'failed_{e.reason}').inc()
+      yield beam.pvalue.TaggedOutput(
+          DEAD_LETTER, errors.Failure.from_error(e, stage='decode', payload=payload))
+      return
+    self._images.inc(len(images))
+    yield from images
+
+
+class DecodeImages(beam.PTransform):
+  """`(RecordRef, bytes)` -> DecodedImage (one per image; batches are split).
+
+  Outputs: `images` and `dead_letter` (Failure rows with the record's original bytes).
+  """
+
+  def __init__(self, spec: decode.ImageSpec = decode.ImageSpec()):
+    super().__init__()
+    self._spec = spec
+
+  def expand(self, records):
+    return records | 'Decode' >> beam.ParDo(_DecodeFn(self._spec)).with_outputs(
+        DEAD_LETTER, main='images')
+
