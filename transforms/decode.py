@@ -80,6 +80,8 @@ class DecodedImage:
   encoded: Optional[bytes] = None
   encoded_format: Optional[str] = None
   batch_size: int = 1
+  stored_shape: Tuple[int, ...] = ()
+  stored_layout: str = ''
 
 
 # ---------------------------------------------------------------------------------------
@@ -350,15 +352,15 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
       'list' if feature.kind != example_lib.BYTES else 'raw')
   scalars = example_lib.scalar_features(features, exclude=(key,))
 
-  # (pixels, layout, source dtype, encoded bytes, encoded format) per image
-  images: List[Tuple[np.ndarray, str, str, Optional[bytes], Optional[str]]] = []
+  images: List[_Part] = []
   if encoding == 'encoded':
     _require_kind(feature, key, example_lib.BYTES, encoding)
     for value in feature.values:
       fmt = image_formats.sniff_format(value)
       pixels = image_formats.decode_encoded(value, fmt, spec.max_pixels)
       layout = 'hw' if pixels.ndim == 2 else 'hwc'
-      images.append((pixels, layout, pixels.dtype.name, value, fmt))
+      images.append(_Part(pixels, layout, pixels.dtype.name, pixels.shape, layout, value,
+                          fmt))
   elif encoding == 'tensor':
     _require_kind(feature, key, example_lib.BYTES, encoding)
     for value in feature.values:
@@ -380,10 +382,12 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
     images += _split(pixels, spec, dtype_name)
 
   return [
-      DecodedImage(ref=ref, n=n, pixels=pixels, layout=layout, source_dtype=dtype_name,
-                   encoding=encoding, key=key, features=scalars, encoded=encoded,
-                   encoded_format=fmt, batch_size=len(images))
-      for n, (pixels, layout, dtype_name, encoded, fmt) in enumerate(images)
+      DecodedImage(ref=ref, n=n, pixels=part.pixels, layout=part.layout,
+                   source_dtype=part.dtype_name, encoding=encoding, key=key,
+                   features=scalars, encoded=part.encoded, encoded_format=part.fmt,
+                   batch_size=len(images), stored_shape=tuple(part.stored_shape),
+                   stored_layout=part.stored_layout)
+      for n, part in enumerate(images)
   ]
 
 
@@ -419,10 +423,22 @@ def _check_pixels(shape: Sequence[int], spec: ImageSpec, key: str) -> None:
         f'more than --max_pixels={spec.max_pixels}')
 
 
-def _split(pixels: np.ndarray, spec: ImageSpec, dtype_name: str):
+@dataclasses.dataclass(frozen=True)
+class _Part:
+  """One image of a record before it becomes a DecodedImage."""
+  pixels: np.ndarray
+  layout: str
+  dtype_name: str
+  stored_shape: Tuple[int, ...]
+  stored_layout: str
+  encoded: Optional[bytes] = None
+  fmt: Optional[str] = None
+
+
+def _split(pixels: np.ndarray, spec: ImageSpec, dtype_name: str) -> List[_Part]:
   layout = detect_layout(pixels.shape, spec.layout)
   parts, each_layout = split_batch(pixels, layout)
-  return [(p, each_layout, dtype_name, None, None) for p in parts]
+  return [_Part(p, each_layout, dtype_name, pixels.shape, layout) for p in parts]
 
 
 def _decode_raw(features, key, spec):

@@ -1,0 +1,1 @@
+"""Entry points: parse options, build the pipeline from `transforms`, run it, report."""

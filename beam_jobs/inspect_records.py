@@ -1,0 +1,165 @@
+"""`unrecord inspect`: what a set of TFRecords holds, and how unrecord would read it.
+
+    python -m beam_jobs.inspect_records --input PATTERN [--limit N] [--json]
+        [--contact_sheet FILE.png]
+
+Reads only the first --limit records (no pipeline). Exit status: 0, or 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+from beam_jobs import options
+from transforms import decode
+from transforms import errors
+from transforms import normalize
+from transforms import preview
+from transforms import schema as schema_lib
+from transforms import storage
+
+PROG = 'unrecord inspect'
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog=PROG, description='Show the features of TFRecords and the image schema '
+      'unrecord detects in them.')
+  options.add_input_arguments(parser)
+  group = parser.add_argument_group('inspect output')
+  group.add_argument('--limit', type=int, default=16, metavar='N',
+                     help='How many records to sample from the start. Default: 16.')
+  group.add_argument('--json', action='store_true',
+                     help='Print exactly one JSON object on stdout instead of tables.')
+  group.add_argument('--contact_sheet', default=None, metavar='FILE.png',
+                     help='Write a captioned PNG grid of the sampled images (any fsspec '
+                     'URL).')
+  return parser
+
+
+def inspect(args) -> schema_lib.Schema:
+  """Samples the inputs and detects their schema (no Beam pipeline)."""
+  config = options.read_config(args)
+  patterns = options.input_patterns(args)
+  records, damage, files = schema_lib.sample_records(patterns, args.limit, config)
+  tfds = schema_lib.read_tfds_info(files[0], config.storage_options) if files else None
+  found = schema_lib.detect_schema(
+      records, image_key=args.image_key, label_key=args.label_key, id_key=args.id_key,
+      label_names=options.load_label_names(args.label_names, config.storage_options),
+      spec=options.image_spec(args), tfds=tfds, files=files)
+  found.failures = damage + found.failures
+  if args.contact_sheet:
+    write_contact_sheet(args.contact_sheet, records, found, options.image_spec(args),
+                        config.storage_options)
+  return found
+
+
+def caption(image: decode.DecodedImage, found: schema_lib.Schema) -> str:
+  parts = []
+  if found.id_key and found.id_key in image.features:
+    parts.append(str(image.features[found.id_key]))
+  else:
+    parts.append(f'#{image.ref.index}' + (f'.{image.n}' if image.batch_size > 1 else ''))
+  label = image.features.get(found.label_key) if found.label_key else None
+  if label is not None:
+    names = found.label_names
+    parts.append(names[label] if names and isinstance(label, int) and
+                 0 <= label < len(names) else str(label))
+  return ' · '.join(parts)
+
+
+def write_contact_sheet(url: str, records, found: schema_lib.Schema,
+                        spec: decode.ImageSpec, storage_options, limit: int = 64) -> int:
+  """Renders the first images of `records` to a PNG at `url`; returns how many."""
+  if found.image is None:
+    raise errors.ConfigError('no image was found in the sampled records, so there is '
+                             'nothing to put on a contact sheet')
+  spec = decode.ImageSpec(key=found.image.key, shape=spec.shape, dtype=spec.dtype,
+                          layout=spec.layout, max_pixels=spec.max_pixels)
+  display_range = dataset_display_range(found.image)
+  items = []
+  for ref, payload in records:
+    try:
+      images = decode.decode_record(ref, payload, spec)
+    except errors.UnrecordError:
+      continue
+    for image in images:
+      pixels = normalize.to_display(image.pixels, image.layout, display_range)
+      items.append((pixels, caption(image, found)))
+      if len(items) >= limit:
+        break
+    if len(items) >= limit:
+      break
+  sheet = preview.contact_sheet(items)
+  fs, path = storage.filesystem(url, storage_options)
+  with fs.open(path, 'wb') as f:
+    sheet.save(f, format='PNG')
+  return len(items)
+
+
+def dataset_display_range(image: schema_lib.ImageInfo) -> Optional[tuple]:
+  """One value range for every image of a dataset, from the observed extent.
+
+  None for types whose own range is meant (uint8, uint16, int8, bool).
+  """
+  if image.dtype in ('uint8', 'uint16', 'int8', 'bool'):
+    return None
+  kind = np.float64 if 'float' in image.dtype else np.int64
+  return normalize.detect_range(np.asarray(image.value_range, dtype=kind))
+
+
+def render_text(found: schema_lib.Schema, files: int = 0) -> str:
+  lines = [f'Sampled {found.records_sampled} records'
+           + (f' (splits: {", ".join(found.splits)})' if found.splits else '')
+           + (f'; TFDS dataset {found.tfds_name!r}' if found.tfds_name else '')]
+  lines.append('')
+  width = max([len('feature')] + [len(k) for k in found.features])
+  lines.append(f'{"feature":<{width}}  {"kind":<5}  {"length":<9}  samples')
+  for name, summary in sorted(found.features.items()):
+    length = (str(summary.min_length) if summary.min_length == summary.max_length
+              else f'{summary.min_length}-{summary.max_length}')
+    lines.append(f'{name:<{width}}  {summary.kind:<5}  {length:<9}  '
+                 f'{", ".join(summary.samples)}')
+  lines.append('')
+  if found.image:
+    image = found.image
+    fmt = f' ({image.format})' if image.format else ''
+    lines.append(
+        f'image:  key={image.key}  encoding={image.encoding}{fmt}  dtype={image.dtype}  '
+        f'shape={image.shape}  layout={image.layout}  '
+        f'values={image.value_range[0]}..{image.value_range[1]}')
+  else:
+    lines.append('image:  not found (pass --image_key; see the features above)')
+  label = found.label_key or '-'
+  if found.label_key and found.label_names:
+    shown = ', '.join(found.label_names[:8]) + (', ...' if len(found.label_names) > 8
+                                                else '')
+    label += f'  ({len(found.label_names)} names: {shown})'
+  lines.append(f'label:  {label}')
+  lines.append(f'id:     {found.id_key or "-"}')
+  for failure in found.failures[:10]:
+    lines.append(f'failed: {failure}')
+  return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    found = inspect(args)
+  except errors.ConfigError as e:
+    return options.fail(PROG, str(e))
+  if args.json:
+    json.dump(found.to_json(), sys.stdout)
+    sys.stdout.write('\n')
+  else:
+    print(render_text(found))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

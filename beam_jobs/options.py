@@ -1,0 +1,140 @@
+"""Command-line options shared by the entry points, and their conversion to configs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+import fsspec
+
+from transforms import decode
+from transforms import errors
+from transforms import image_formats
+from transforms import read
+from transforms import storage
+from transforms import tensor_proto
+from transforms import tfrecord
+
+
+def add_input_arguments(parser) -> None:
+  """Where the records are and how to find the image in them (inspect and export)."""
+  group = parser.add_argument_group('unrecord input')
+  group.add_argument(
+      '--input', action='append', required=True, metavar='PATTERN',
+      help='TFRecord files: a path, directory, glob or any fsspec URL (gs://, s3://, '
+      'memory://). Repeat the flag or separate patterns with commas.')
+  group.add_argument(
+      '--compression', default='auto', choices=tfrecord.COMPRESSIONS,
+      help='Input compression. auto: from the extension (.gz/.gzip, .zz/.zlib), else '
+      'from the file content. Default: auto.')
+  group.add_argument(
+      '--max_record_size', type=int, default=tfrecord.DEFAULT_MAX_RECORD_SIZE,
+      metavar='BYTES',
+      help='A record claiming more bytes than this is reported as record_too_large and '
+      'never allocated. Default: 268435456 (256 MiB).')
+  group.add_argument(
+      '--storage_options', default=None, metavar='JSON',
+      help='fsspec filesystem settings per protocol, e.g. '
+      '\'{"s3": {"endpoint_url": "http://127.0.0.1:9000"}}\'. Merged over fsspec\'s own '
+      'configuration (FSSPEC_* environment variables, config files).')
+  group.add_argument(
+      '--image_key', default=None, metavar='FEATURE',
+      help='The feature holding the image. Default: detected (an encoded image, a '
+      'serialized tensor, raw bytes or a numeric list with a shape).')
+  group.add_argument(
+      '--label_key', default=None, metavar='FEATURE',
+      help='The integer class feature. Default: detected (TFDS ClassLabel, "label", ...).')
+  group.add_argument(
+      '--id_key', default=None, metavar='FEATURE',
+      help='The feature that identifies a record. Default: detected ("id", "key", '
+      '"image/filename", ...).')
+  group.add_argument(
+      '--label_names', default=None, metavar='FILE',
+      help='Class names, one per line, line N naming label N. Default: TFDS '
+      '<label>.labels.txt beside the shards, when present.')
+  group.add_argument(
+      '--shape', default=None, metavar='H,W[,C]',
+      help='Shape of raw-byte or list images when the records do not say it.')
+  group.add_argument(
+      '--dtype', default=None, choices=tensor_proto.DTYPE_NAMES,
+      help='dtype of raw-byte images when the records do not say it. Default: from a '
+      'dtype feature, else uint8 (or by byte count: 2 -> uint16, 4 -> float32).')
+  group.add_argument(
+      '--tensor_layout', default='auto', choices=decode.LAYOUTS,
+      help='Axis order of tensors: hwc, chw (NHWC/NCHW for batches), or auto (a trailing '
+      'axis of 1-4 is channels, else a leading one). Default: auto.')
+  group.add_argument(
+      '--max_pixels', type=int, default=image_formats.DEFAULT_MAX_PIXELS, metavar='N',
+      help='Images with more pixels are rejected (too_many_pixels) before they are '
+      f'decoded. Default: {image_formats.DEFAULT_MAX_PIXELS}.')
+
+
+def parse_storage_options(text: Optional[str]) -> Optional[storage.StorageOptions]:
+  if not text:
+    return None
+  try:
+    value = json.loads(text)
+  except ValueError as e:
+    raise errors.ConfigError(f'--storage_options is not valid JSON ({e})') from None
+  known = set(fsspec.available_protocols())
+  if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+    raise errors.ConfigError(
+        '--storage_options must map a protocol to its settings, e.g. '
+        '{"s3": {"endpoint_url": "http://127.0.0.1:9000"}}')
+  unknown = sorted(k for k in value if k not in known)
+  if unknown:
+    raise errors.ConfigError(f'--storage_options names unknown protocols: '
+                             f'{", ".join(unknown)}')
+  return value
+
+
+def parse_shape(text: Optional[str]):
+  if not text:
+    return None
+  try:
+    return tuple(int(v) for v in text.replace('x', ',').split(','))
+  except ValueError:
+    raise errors.ConfigError(f'--shape must be like 224,224,3, got {text!r}') from None
+
+
+def read_config(args) -> read.ReadConfig:
+  return read.ReadConfig(
+      compression=args.compression, max_record_size=args.max_record_size,
+      storage_options=parse_storage_options(args.storage_options))
+
+
+def image_spec(args) -> decode.ImageSpec:
+  return decode.ImageSpec(
+      key=args.image_key, shape=parse_shape(args.shape), dtype=args.dtype,
+      layout=args.tensor_layout, max_pixels=args.max_pixels)
+
+
+def input_patterns(args) -> List[str]:
+  return storage.split_patterns(args.input or [])
+
+
+def load_label_names(path: Optional[str],
+                     storage_options: Optional[storage.StorageOptions] = None
+                     ) -> Optional[List[str]]:
+  if not path:
+    return None
+  fs, fs_path = storage.filesystem(path, storage_options)
+  try:
+    with fs.open(fs_path, 'rb') as f:
+      text = f.read().decode('utf-8')
+  except (OSError, UnicodeDecodeError) as e:
+    raise errors.ConfigError(f'--label_names {path!r} cannot be read ({e})') from None
+  names = [line.strip() for line in text.splitlines()]
+  while names and not names[-1]:
+    names.pop()
+  if not names:
+    raise errors.ConfigError(f'--label_names {path!r} is empty')
+  return names
+
+
+def fail(prog: str, message: str) -> int:
+  """Prints a usage-style error and returns the exit status for bad input (2)."""
+  print(f'{prog}: error: {message}', file=sys.stderr)
+  return 2
+

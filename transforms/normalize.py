@@ -1,0 +1,261 @@
+"""Image arrays of any dtype, range and layout -> the pixels an image file should hold.
+
+Pure NumPy. The steps, in order: to HWC; BGR -> RGB; non-finite policy; undo mean/std;
+map the value range onto the target bit depth, rounding to nearest and clipping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from transforms import errors
+
+VALUE_RANGES = ('auto', '0,1', '-1,1', '0,255', '0,65535', 'minmax')
+BIT_DEPTHS = ('auto', '8', '16', 'float')
+CHANNEL_ORDERS = ('rgb', 'bgr')
+NON_FINITE_POLICIES = ('fail', 'clip')
+
+# Named mean/std presets, in the value scale the normalization was applied in.
+PRESETS: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
+    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    'imagenet_255': ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+    'clip': ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    'half': ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+_INTEGER_RANGES = {
+    'uint8': (0, 255), 'int8': (-128, 127), 'uint16': (0, 65535), 'bool': (0, 1),
+}
+
+
+def parse_value_range(text: str) -> Optional[Tuple[float, float]]:
+  """'0,1' -> (0.0, 1.0); 'auto' -> None; 'minmax' -> ('minmax'); validates LO,HI."""
+  text = text.strip().lower()
+  if text in ('auto', 'minmax'):
+    return None
+  try:
+    low, high = (float(v) for v in text.split(','))
+  except ValueError:
+    raise errors.ConfigError(
+        f'value range must be auto, minmax or LO,HI (e.g. 0,1), got {text!r}') from None
+  if not high > low:
+    raise errors.ConfigError(f'value range {text!r}: HI must be greater than LO')
+  return low, high
+
+
+def parse_mean_std(text: Optional[str]) -> Optional[Tuple[float, ...]]:
+  if text is None or text == '':
+    return None
+  try:
+    return tuple(float(v) for v in text.split(','))
+  except ValueError:
+    raise errors.ConfigError(
+        f'mean/std must be a number or comma-separated numbers, got {text!r}') from None
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalizeSpec:
+  """How tensor values map to pixels. See README "Normalization" for each field."""
+  value_range: str = 'auto'
+  mean: Optional[Tuple[float, ...]] = None
+  std: Optional[Tuple[float, ...]] = None
+  channel_order: str = 'rgb'
+  bit_depth: str = 'auto'
+  non_finite: str = 'fail'
+
+  def __post_init__(self):
+    if self.value_range not in ('auto', 'minmax'):
+      parse_value_range(self.value_range)
+    if self.channel_order not in CHANNEL_ORDERS:
+      raise errors.ConfigError(f'channel order must be rgb or bgr, got '
+                               f'{self.channel_order!r}')
+    if self.bit_depth not in BIT_DEPTHS:
+      raise errors.ConfigError(
+          f'bit depth must be one of {", ".join(BIT_DEPTHS)}, got {self.bit_depth!r}')
+    if self.non_finite not in NON_FINITE_POLICIES:
+      raise errors.ConfigError(
+          f'non-finite policy must be fail or clip, got {self.non_finite!r}')
+    if (self.mean is None) != (self.std is None):
+      raise errors.ConfigError('--mean and --std go together')
+    if self.std is not None and any(s == 0 for s in self.std):
+      raise errors.ConfigError('--std values must be non-zero')
+
+  @property
+  def undoes_mean_std(self) -> bool:
+    return self.mean is not None
+
+
+def preset(name: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+  if name not in PRESETS:
+    raise errors.ConfigError(
+        f'unknown mean/std preset {name!r}; known: {", ".join(sorted(PRESETS))}')
+  return PRESETS[name]
+
+
+def to_hwc(pixels: np.ndarray, layout: str) -> np.ndarray:
+  """HxW stays; CxHxW -> HxWxC; HxWx1 -> HxW (a single-channel image)."""
+  if layout == 'chw':
+    pixels = np.moveaxis(pixels, 0, -1)
+  elif layout not in ('hw', 'hwc'):
+    raise errors.DecodeError(errors.SHAPE_MISMATCH, f'unexpected image layout {layout!r}')
+  if pixels.ndim == 3 and pixels.shape[2] == 1:
+    pixels = pixels[:, :, 0]
+  if pixels.ndim == 3 and pixels.shape[2] > 4:
+    raise errors.DecodeError(
+        errors.SHAPE_MISMATCH,
+        f'image has {pixels.shape[2]} channels; image files hold 1 to 4 (pass '
+        '--tensor_layout if the channel axis was guessed wrong)')
+  return pixels
+
+
+def detect_range(values: np.ndarray, dtype_name: Optional[str] = None
+                 ) -> Tuple[float, float]:
+  """The value range an array's values were meant in.
+
+  uint8/int8/uint16/bool: their type range. Floats: [0,1], [-1,1] or [0,255] when the data
+  fits, else its own min..max. Other integers: [0,255] or [0,65535] when the data fits,
+  else min..max.
+  """
+  name = dtype_name or values.dtype.name
+  if name in _INTEGER_RANGES:
+    return _INTEGER_RANGES[name]
+  finite = values[np.isfinite(values)] if values.dtype.kind == 'f' else values
+  if finite.size == 0:
+    return (0.0, 1.0)
+  low, high = float(finite.min()), float(finite.max())
+  if values.dtype.kind == 'f':
+    for candidate in ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0)):
+      if low >= candidate[0] and high <= candidate[1]:
+        return candidate
+  else:
+    for candidate in ((0, 255), (0, 65535)):
+      if low >= candidate[0] and high <= candidate[1]:
+        return candidate
+  if high == low:
+    return (low, low + 1.0)
+  return (low, high)
+
+
+def merge_ranges(ranges: Sequence[Tuple[float, float]]) -> Tuple[float, float]:
+  return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+
+def target_bits(pixels_dtype: str, bit_depth: str, holds_16bit: bool,
+                holds_float: bool) -> str:
+  """'8', '16' or 'float': what the written file will hold."""
+  if bit_depth == 'float':
+    if not holds_float:
+      raise errors.ConfigError('--bit_depth float needs --format tiff')
+    return 'float'
+  if bit_depth == '16':
+    if not holds_16bit:
+      raise errors.ConfigError('--bit_depth 16 needs --format png or tiff')
+    return '16'
+  if bit_depth == '8':
+    return '8'
+  return '16' if pixels_dtype == 'uint16' and holds_16bit else '8'
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalized:
+  pixels: np.ndarray
+  value_range: Optional[Tuple[float, float]]
+  steps: Tuple[str, ...]
+
+
+def normalize(pixels: np.ndarray, layout: str, spec: NormalizeSpec, *, bits: str,
+              value_range: Optional[Tuple[float, float]] = None,
+              source_dtype: Optional[str] = None) -> Normalized:
+  """Pixels ready to encode: HxW or HxWxC in RGB(A) order, uint8/uint16/float32.
+
+  `value_range` is the range resolved for the whole dataset (see `resolve_range`); when
+  None it is taken from `spec.value_range`, or detected on this image.
+  """
+  steps = []
+  pixels = to_hwc(pixels, layout)
+  if layout == 'chw':
+    steps.append('chw_to_hwc')
+  if spec.channel_order == 'bgr' and pixels.ndim == 3 and pixels.shape[2] >= 3:
+    pixels = pixels[..., [2, 1, 0] + list(range(3, pixels.shape[2]))]
+    steps.append('bgr_to_rgb')
+  if pixels.dtype == np.bool_:
+    pixels = pixels.astype(np.uint8)
+    source_dtype = 'bool'
+
+  if pixels.dtype.kind == 'f':
+    finite = np.isfinite(pixels)
+    if not finite.all():
+      if spec.non_finite == 'fail':
+        bad = int(pixels.size - np.count_nonzero(finite))
+        raise errors.DecodeError(
+            errors.NON_FINITE,
+            f'image holds {bad} NaN/Inf values (pass --non_finite clip to map NaN to the '
+            'low end and +/-Inf to the ends of the range)')
+      steps.append('non_finite_clipped')
+
+  if spec.undoes_mean_std:
+    pixels = _undo_mean_std(pixels, spec.mean, spec.std)
+    steps.append('undo_mean_std')
+
+  if bits == 'float':
+    if spec.undoes_mean_std or pixels.dtype.kind != 'f':
+      pixels = pixels.astype(np.float32)
+    return Normalized(np.ascontiguousarray(pixels, dtype=np.float32), None,
+                      tuple(steps + ['float32']))
+
+  top = 255 if bits == '8' else 65535
+  target = np.uint8 if bits == '8' else np.uint16
+  if (pixels.dtype == np.uint8 and bits == '8' and value_range in (None, (0, 255))
+      and spec.value_range in ('auto', '0,255')):
+    return Normalized(pixels, (0, 255), tuple(steps))
+  if (pixels.dtype == np.uint16 and bits == '16' and value_range in (None, (0, 65535))
+      and spec.value_range in ('auto', '0,65535')):
+    return Normalized(pixels, (0, 65535), tuple(steps))
+
+  if value_range is None:
+    value_range = resolve_range(spec.value_range, pixels, source_dtype)
+  low, high = value_range
+  scaled = (pixels.astype(np.float64) - low) * (top / (high - low))
+  if pixels.dtype.kind == 'f':
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=top, neginf=0.0)
+  out = np.clip(np.rint(scaled), 0, top).astype(target)
+  steps.append(f'range_{_fmt(low)}_{_fmt(high)}_to_{bits}bit')
+  return Normalized(out, (low, high), tuple(steps))
+
+
+def resolve_range(value_range: str, pixels: np.ndarray,
+                  source_dtype: Optional[str] = None) -> Tuple[float, float]:
+  """A concrete (low, high) for a `--value_range` setting over the given values."""
+  if value_range == 'auto':
+    return detect_range(pixels, source_dtype)
+  if value_range == 'minmax':
+    finite = pixels[np.isfinite(pixels)] if pixels.dtype.kind == 'f' else pixels
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0, 1)
+    return (low, high) if high > low else (low, low + 1.0)
+  return parse_value_range(value_range)
+
+
+def _undo_mean_std(pixels: np.ndarray, mean, std) -> np.ndarray:
+  channels = pixels.shape[2] if pixels.ndim == 3 else 1
+  mean_array = np.asarray(mean, dtype=np.float64)
+  std_array = np.asarray(std, dtype=np.float64)
+  for name, array in (('mean', mean_array), ('std', std_array)):
+    if array.size not in (1, channels):
+      raise errors.DecodeError(
+          errors.SHAPE_MISMATCH,
+          f'--{name} has {array.size} values but the image has {channels} channels')
+  return pixels.astype(np.float64) * std_array + mean_array
+
+
+def _fmt(value: float) -> str:
+  return f'{value:g}'
+
+
+def to_display(pixels: np.ndarray, layout: str,
+               value_range: Optional[Tuple[float, float]] = None) -> np.ndarray:
+  """An 8-bit RGB(A) or gray rendering for previews (contact sheets, reports)."""
+  spec = NormalizeSpec(non_finite='clip')
+  return normalize(pixels, layout, spec, bits='8', value_range=value_range).pixels

@@ -1,0 +1,356 @@
+"""What a set of TFRecords holds: features, the image, label and id, TFDS metadata.
+
+`detect_schema` looks at a sample of records and decides what `inspect` reports and what
+the export job uses when the user leaves keys unset. An explicit key always wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import posixpath
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from transforms import decode
+from transforms import errors
+from transforms import example as example_lib
+from transforms import normalize
+from transforms import storage
+from transforms import tfrecord
+
+_TFDS_SHARD = re.compile(
+    r'^(?P<dataset>.+?)-(?P<split>[^-]+)\.(tfrecord|array_record|riegeli)'
+    r'-\d{5}-of-\d{5}(\.gz|\.zz)?$')
+_SPLIT_WORDS = re.compile(r'^(train|test|validation|valid|val|eval|dev)([-_.]|$)', re.I)
+_LABEL_NAMES = ('label', 'image/class/label', 'labels', 'class', 'class_id', 'label_id',
+                'target', 'category', 'category_id', 'y')
+_LABEL_PATTERN = re.compile(r'(label|class|target|category)', re.I)
+_ID_NAMES = ('id', 'image/id', 'key', 'image/key', 'image/source_id', 'example_id',
+             'image_id', 'uid', 'image/filename', 'filename', 'file_name', 'name')
+_ID_PATTERN = re.compile(r'(^|[/_])(id|key|filename|file_name|uuid)$', re.I)
+
+
+def split_of(url: str) -> Optional[str]:
+  """The split a shard belongs to, from TFDS-style or train-/test- prefixed names."""
+  name = posixpath.basename(url)
+  match = _TFDS_SHARD.match(name)
+  if match:
+    return match.group('split')
+  match = _SPLIT_WORDS.match(name)
+  return match.group(1).lower() if match else None
+
+
+def stem_of(url: str) -> str:
+  """The file name without its extensions ('a/b/train.tfrecord.gz' -> 'train')."""
+  name = posixpath.basename(url.rstrip('/'))
+  match = _TFDS_SHARD.match(name)
+  if match:  # keep the shard number: 'ds-train.tfrecord-00001-of-00004' -> 'ds-train-00001'
+    shard = re.search(r'-(\d{5})-of-\d{5}', name).group(1)
+    return f'{match.group("dataset")}-{match.group("split")}-{shard}'
+  return name.split('.', 1)[0] or name
+
+
+# ---------------------------------------------------------------------------------------
+# TFDS metadata
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsInfo:
+  """What a TFDS-prepared folder says: dataset name, image and ClassLabel features."""
+  name: Optional[str]
+  image_keys: Tuple[str, ...]
+  class_labels: Dict[str, Optional[Tuple[str, ...]]]
+
+
+def read_tfds_info(shard_url: str,
+                   storage_options: Optional[storage.StorageOptions] = None
+                   ) -> Optional[TfdsInfo]:
+  """Reads dataset_info.json / features.json / *.labels.txt beside a shard, if present."""
+  fs, path = storage.filesystem(shard_url, storage_options)
+  folder = posixpath.dirname(path)
+
+  def read_text(name: str) -> Optional[str]:
+    try:
+      with fs.open(posixpath.join(folder, name), 'rb') as f:
+        return f.read(4 << 20).decode('utf-8')
+    except (OSError, UnicodeDecodeError):
+      return None
+
+  features_text = read_text('features.json')
+  info_text = read_text('dataset_info.json')
+  if features_text is None and info_text is None:
+    return None
+  name = None
+  if info_text:
+    try:
+      name = json.loads(info_text).get('name')
+    except (ValueError, AttributeError):
+      name = None
+  image_keys: List[str] = []
+  label_keys: List[str] = []
+  if features_text:
+    try:
+      _walk_tfds_features(json.loads(features_text), '', image_keys, label_keys)
+    except (ValueError, AttributeError, TypeError):
+      pass
+  class_labels = {}
+  for key in label_keys:
+    text = (read_text(f'{key.replace("/", "-")}.labels.txt') or
+            read_text(f'{key.split("/")[-1]}.labels.txt'))
+    class_labels[key] = tuple(line.strip() for line in text.splitlines()
+                              if line.strip()) if text else None
+  return TfdsInfo(name, tuple(image_keys), class_labels)
+
+
+def _walk_tfds_features(node: dict, prefix: str, image_keys: List[str],
+                        label_keys: List[str]) -> None:
+  features = node.get('featuresDict', {}).get('features', {})
+  for key, feature in features.items():
+    full = f'{prefix}{key}'
+    class_name = feature.get('pythonClassName', '')
+    if class_name.endswith('.Image'):
+      image_keys.append(full)
+    elif class_name.endswith('.ClassLabel'):
+      label_keys.append(full)
+    elif 'featuresDict' in feature:
+      _walk_tfds_features(feature, f'{full}/', image_keys, label_keys)
+
+
+# ---------------------------------------------------------------------------------------
+# Detection
+
+
+@dataclasses.dataclass
+class FeatureSummary:
+  kind: str
+  min_length: int
+  max_length: int
+  samples: List[str]
+
+  def to_json(self) -> dict:
+    return {'kind': self.kind, 'min_length': self.min_length,
+            'max_length': self.max_length, 'samples': self.samples}
+
+
+@dataclasses.dataclass
+class ImageInfo:
+  key: str
+  encoding: str
+  dtype: str
+  shape: List[int]
+  layout: str
+  value_range: List[float]
+  format: Optional[str] = None
+
+  def to_json(self) -> dict:
+    info = {'key': self.key, 'encoding': self.encoding, 'dtype': self.dtype,
+            'shape': self.shape, 'layout': self.layout, 'value_range': self.value_range}
+    if self.format is not None:
+      info['format'] = self.format
+    return info
+
+
+@dataclasses.dataclass
+class Schema:
+  records_sampled: int
+  features: Dict[str, FeatureSummary]
+  image: Optional[ImageInfo]
+  label_key: Optional[str]
+  id_key: Optional[str]
+  label_names: Optional[List[str]]
+  splits: List[str] = dataclasses.field(default_factory=list)
+  tfds_name: Optional[str] = None
+  failures: List[str] = dataclasses.field(default_factory=list)
+  scalar_keys: List[str] = dataclasses.field(default_factory=list)
+
+  def to_json(self) -> dict:
+    return {
+        'records_sampled': self.records_sampled,
+        'features': {k: v.to_json() for k, v in sorted(self.features.items())},
+        'image': self.image.to_json() if self.image else None,
+        'label_key': self.label_key,
+        'id_key': self.id_key,
+        'label_names': self.label_names,
+        'splits': self.splits,
+        'tfds_name': self.tfds_name,
+        'failures': self.failures,
+    }
+
+
+def sample_records(patterns: Sequence[str], limit: int,
+                   config=None) -> Tuple[List[tfrecord.Record], List[str], List[str]]:
+  """Up to `limit` good records from the start of the inputs, the damage met, the files."""
+  from transforms import read  # local import: read pulls in Beam
+
+  config = config or read.ReadConfig()
+  files = storage.expand_patterns(patterns, config.storage_options)
+  records: List[tfrecord.Record] = []
+  damage: List[str] = []
+  for item in files:
+    for file_range in read.plan_file(item, config):
+      for slot in read.read_range(file_range, config):
+        if isinstance(slot, errors.CorruptRecordError):
+          damage.append(str(slot))
+        else:
+          records.append(slot)
+        if len(records) >= limit:
+          return records, damage, [f.url for f in files]
+  return records, damage, [f.url for f in files]
+
+
+def _describe_value(feature: example_lib.FeatureValue) -> str:
+  if feature.kind != example_lib.BYTES:
+    shown = ', '.join(f'{v:g}' if feature.kind == example_lib.FLOAT else str(v)
+                      for v in feature.values[:4])
+    return f'[{shown}{", ..." if len(feature) > 4 else ""}]'
+  if not len(feature):
+    return '[]'
+  value = feature.values[0]
+  fmt = decode.image_formats.sniff_format(value)
+  if fmt:
+    return f'<{len(value)} bytes: {fmt}>'
+  if len(value) <= 64:
+    try:
+      return repr(value.decode('utf-8'))
+    except UnicodeDecodeError:
+      pass
+  if decode.tensor_proto.looks_like_tensor(value):
+    tensor = decode.tensor_proto.parse_tensor_proto(value)
+    return (f'<serialized {decode.tensor_proto.dtype_name(tensor.dtype)} tensor '
+            f'{[d.size for d in tensor.tensor_shape.dim]}>')
+  return f'<{len(value)} bytes>'
+
+
+def _pick(features: Dict[str, example_lib.FeatureValue], names: Sequence[str],
+          pattern: re.Pattern, kinds: Sequence[str], exclude: Sequence[str]) -> Optional[str]:
+  scalar = {k for k, f in features.items() if len(f) == 1 and f.kind in kinds and
+            k not in exclude}
+  for name in names:
+    if name in scalar:
+      return name
+  matches = sorted(k for k in scalar if pattern.search(k))
+  return matches[0] if matches else None
+
+
+def detect_schema(
+    records: Sequence[tfrecord.Record],
+    *,
+    image_key: Optional[str] = None,
+    label_key: Optional[str] = None,
+    id_key: Optional[str] = None,
+    label_names: Optional[Sequence[str]] = None,
+    spec: decode.ImageSpec = decode.ImageSpec(),
+    tfds: Optional[TfdsInfo] = None,
+    files: Sequence[str] = (),
+) -> Schema:
+  """The schema of a sample of records; explicit keys win over detection."""
+  parsed: List[Tuple[tfrecord.RecordRef, Dict[str, example_lib.FeatureValue]]] = []
+  failures: List[str] = []
+  for ref, payload in records:
+    try:
+      parsed.append((ref, example_lib.parse_example(payload)))
+    except errors.UnrecordError as e:
+      failures.append(str(e.at(ref.path, ref.index, ref.offset)))
+
+  summaries: Dict[str, FeatureSummary] = {}
+  for _, features in parsed:
+    for name, feature in features.items():
+      summary = summaries.get(name)
+      if summary is None:
+        summaries[name] = FeatureSummary(feature.kind, len(feature), len(feature),
+                                         [_describe_value(feature)])
+        continue
+      summary.min_length = min(summary.min_length, len(feature))
+      summary.max_length = max(summary.max_length, len(feature))
+      if len(summary.samples) < 3:
+        summary.samples.append(_describe_value(feature))
+  for name, summary in summaries.items():
+    missing = sum(1 for _, f in parsed if name not in f)
+    if missing:
+      summary.min_length = 0
+
+  first = parsed[0][1] if parsed else {}
+  if image_key is None and tfds and tfds.image_keys:
+    image_key = next((k for k in tfds.image_keys if k in first), None)
+  if image_key is not None and parsed and image_key not in first:
+    raise errors.ConfigError(str(decode.missing_image_error(first, image_key)))
+
+  image = None
+  if parsed:
+    image, image_key, more_failures = _detect_image(parsed, image_key, spec)
+    failures += more_failures
+
+  exclude = [image_key] if image_key else []
+  if label_key is None and tfds:
+    label_key = next((k for k in tfds.class_labels if k in first), None)
+  if label_key is None:
+    label_key = _pick(first, _LABEL_NAMES, _LABEL_PATTERN, (example_lib.INT64,), exclude)
+  elif parsed and label_key not in first:
+    raise errors.ConfigError(f'label feature {label_key!r} not found; this record has: '
+                             f'{decode.describe_features(first)}')
+  if id_key is None:
+    id_key = _pick(first, _ID_NAMES, _ID_PATTERN, (example_lib.BYTES, example_lib.INT64),
+                   exclude + ([label_key] if label_key else []))
+  elif parsed and id_key not in first:
+    raise errors.ConfigError(f'id feature {id_key!r} not found; this record has: '
+                             f'{decode.describe_features(first)}')
+
+  names = list(label_names) if label_names else None
+  if names is None and tfds and label_key in tfds.class_labels and \
+      tfds.class_labels[label_key]:
+    names = list(tfds.class_labels[label_key])
+
+  scalar_keys = sorted(k for k, s in summaries.items() if s.min_length == 1 ==
+                       s.max_length and k != image_key)
+  return Schema(
+      records_sampled=len(records), features=summaries, image=image, label_key=label_key,
+      id_key=id_key, label_names=names,
+      splits=sorted({s for s in (split_of(f) for f in files) if s}),
+      tfds_name=tfds.name if tfds else None, failures=failures, scalar_keys=scalar_keys)
+
+
+def _detect_image(parsed, image_key, spec):
+  failures = []
+  if image_key is None:
+    candidates = decode.image_candidates(parsed[0][1])
+    if not candidates:
+      failures.append(str(decode.missing_image_error(parsed[0][1], None)))
+      return None, None, failures
+    image_key = candidates[0].key
+  spec = dataclasses.replace(spec, key=image_key)
+  first_images: Optional[List[decode.DecodedImage]] = None
+  ranges = []
+  for ref, features in parsed:
+    try:
+      images = decode.decode_features(ref, features, spec)
+    except errors.UnrecordError as e:
+      failures.append(str(e.at(ref.path, ref.index, ref.offset)))
+      continue
+    if first_images is None:
+      first_images = images
+    ranges += [_extent(image.pixels) for image in images if image.pixels.size]
+  if first_images is None:
+    return None, image_key, failures
+  head = first_images[0]
+  low, high = normalize.merge_ranges(ranges) if ranges else (0, 0)
+  shape, layout = list(head.stored_shape), head.stored_layout
+  info = ImageInfo(
+      key=image_key, encoding=head.encoding, dtype=head.source_dtype, shape=shape,
+      layout=layout, value_range=[_plain(low), _plain(high)], format=head.encoded_format)
+  return info, image_key, failures
+
+
+def _extent(pixels: np.ndarray) -> Tuple[float, float]:
+  """Observed (min, max), ignoring NaN/Inf."""
+  finite = pixels[np.isfinite(pixels)] if pixels.dtype.kind == 'f' else pixels
+  if not finite.size:
+    return (0.0, 0.0)
+  return float(finite.min()), float(finite.max())
+
+
+def _plain(value):
+  value = float(value)
+  return int(value) if value.is_integer() else value
