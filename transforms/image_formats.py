@@ -8,6 +8,7 @@ bit depth kept (16-bit PNG/TIFF stay uint16).
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from typing import Optional, Tuple
 
@@ -48,7 +49,30 @@ def sniff_format(data: bytes) -> Optional[str]:
   return None
 
 
+def _declared_size(data: bytes) -> Optional[Tuple[int, int]]:
+  """(width, height) read straight from fixed header fields, for formats that have them."""
+  if data.startswith(b'\x89PNG') and len(data) >= 24:
+    return struct.unpack('>II', data[16:24])
+  if data.startswith(b'GIF') and len(data) >= 10:
+    return struct.unpack('<HH', data[6:10])
+  if data.startswith(b'BM') and len(data) >= 26:
+    width, height = struct.unpack('<ii', data[18:26])
+    return abs(width), abs(height)
+  return None
+
+
+def _check_pixels(width: int, height: int, fmt: str, max_pixels: int) -> None:
+  if width * height > max_pixels:
+    raise errors.DecodeError(
+        errors.TOO_MANY_PIXELS,
+        f'encoded {fmt} image claims {width}x{height} = {width * height} pixels, more '
+        f'than --max_pixels={max_pixels}; it was not decoded')
+
+
 def _open_header(data: bytes, max_pixels: int) -> Image.Image:
+  declared = _declared_size(data)
+  if declared is not None:
+    _check_pixels(*declared, sniff_format(data) or 'image', max_pixels)
   with warnings.catch_warnings():
     warnings.simplefilter('error', Image.DecompressionBombWarning)
     try:
@@ -58,12 +82,7 @@ def _open_header(data: bytes, max_pixels: int) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
       raise errors.DecodeError(
           errors.DECODE_ERROR, f'encoded image header cannot be read ({e})') from e
-  width, height = image.size
-  if width * height > max_pixels:
-    raise errors.DecodeError(
-        errors.TOO_MANY_PIXELS,
-        f'encoded {image.format} image claims {width}x{height} = {width * height} pixels, '
-        f'more than --max_pixels={max_pixels}; it was not decoded')
+  _check_pixels(*image.size, image.format or 'image', max_pixels)
   return image
 
 

@@ -253,7 +253,7 @@ def _find_next_frame(source: _Source, start: int, max_record_size: int) -> Optio
       candidate = position + i
       body = source.read_at(candidate + HEADER_SIZE, length + FOOTER_SIZE)
       if (len(body) == length + FOOTER_SIZE and
-          masked_crc(memoryview(body)[:length]) == _U32.unpack_from(body, length)[0]):
+          masked_crc(body[:length]) == _U32.unpack_from(body, length)[0]):
         return candidate
     position += len(window) - HEADER_SIZE + 1
     source.release(position)
@@ -378,15 +378,18 @@ def read_records(
   walk = _walk(source, path, start=start, end=end, first_index=first_index,
                max_record_size=max_record_size, size=size, read_payload=True)
   last_index, last_offset = first_index, start
+  damaged_at_end = False
   try:
     for item in walk:
-      if not isinstance(item, errors.CorruptRecordError):
+      damaged_at_end = isinstance(item, errors.CorruptRecordError)
+      if not damaged_at_end:
         last_index, last_offset = item[0].index + 1, item[0].offset
       yield item
   except errors.CorruptRecordError as e:
     yield e.at(path, last_index, last_offset)
     return
-  if getattr(getattr(stream, 'raw', None), 'truncated', False):
+  # A compressed stream cut at a frame boundary looks clean to the walk.
+  if not damaged_at_end and getattr(getattr(stream, 'raw', None), 'truncated', False):
     yield errors.CorruptRecordError(
         errors.TRUNCATED, 'the compressed stream ends before its end marker; the file '
         'was probably cut short', path=path, index=last_index, offset=last_offset)
