@@ -17,11 +17,15 @@ from transforms import tensor_proto
 from transforms import tfrecord
 
 
-def add_input_arguments(parser) -> None:
-  """Where the records are and how to find the image in them (inspect and export)."""
+def add_input_arguments(parser, required: bool = True) -> None:
+  """Where the records are and how to find the image in them (inspect and export).
+
+  `required=False` for PipelineOptions, which Beam also parses with no arguments at all;
+  the export job checks --input itself.
+  """
   group = parser.add_argument_group('unrecord input')
   group.add_argument(
-      '--input', action='append', required=True, metavar='PATTERN',
+      '--input', action='append', required=required, metavar='PATTERN',
       help='TFRecord files: a path, directory, glob or any fsspec URL (gs://, s3://, '
       'memory://). Repeat the flag or separate patterns with commas.')
   group.add_argument(

@@ -41,6 +41,9 @@ class ImageSpec:
   dtype: Optional[str] = None
   layout: str = 'auto'
   max_pixels: int = image_formats.DEFAULT_MAX_PIXELS
+  # False: encoded images are only checked (header, size, end marker), not decoded;
+  # `pixels` stays None until `ensure_pixels`. For passthrough, where pixels are unused.
+  decode_encoded: bool = True
 
   def __post_init__(self):
     if self.encoding is not None and self.encoding not in ENCODINGS:
@@ -67,11 +70,12 @@ class DecodedImage:
 
   `pixels` is HxW, HxWxC or CxHxW as `layout` says, in the stored dtype (bfloat16 is
   widened to float32; `source_dtype` keeps the original name). For encoded sources,
-  `encoded` holds the original bytes so a writer can pass them through untouched.
+  `encoded` holds the original bytes so a writer can pass them through untouched, and
+  `pixels` is None when the spec asked not to decode them (see `ensure_pixels`).
   """
   ref: RecordRef
   n: int
-  pixels: np.ndarray
+  pixels: Optional[np.ndarray]
   layout: str
   source_dtype: str
   encoding: str
@@ -357,10 +361,14 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
     _require_kind(feature, key, example_lib.BYTES, encoding)
     for value in feature.values:
       fmt = image_formats.sniff_format(value)
-      pixels = image_formats.decode_encoded(value, fmt, spec.max_pixels)
-      layout = 'hw' if pixels.ndim == 2 else 'hwc'
-      images.append(_Part(pixels, layout, pixels.dtype.name, pixels.shape, layout, value,
-                          fmt))
+      if spec.decode_encoded:
+        pixels = image_formats.decode_encoded(value, fmt, spec.max_pixels)
+        shape, dtype_name = pixels.shape, pixels.dtype.name
+      else:
+        pixels = None
+        shape, dtype_name = image_formats.check_encoded(value, fmt, spec.max_pixels)
+      layout = 'hw' if len(shape) == 2 else 'hwc'
+      images.append(_Part(pixels, layout, dtype_name, shape, layout, value, fmt))
   elif encoding == 'tensor':
     _require_kind(feature, key, example_lib.BYTES, encoding)
     for value in feature.values:
@@ -389,6 +397,15 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
                    stored_layout=part.stored_layout)
       for n, part in enumerate(images)
   ]
+
+
+def ensure_pixels(image: DecodedImage, max_pixels: int) -> DecodedImage:
+  """`image` with its pixels decoded (a no-op when they already are)."""
+  if image.pixels is not None:
+    return image
+  pixels = image_formats.decode_encoded(image.encoded, image.encoded_format, max_pixels)
+  return dataclasses.replace(image, pixels=pixels, source_dtype=pixels.dtype.name,
+                             layout='hw' if pixels.ndim == 2 else 'hwc')
 
 
 def decode_record(ref: RecordRef, payload: bytes, spec: ImageSpec) -> List[DecodedImage]:

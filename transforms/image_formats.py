@@ -91,6 +91,33 @@ def image_size(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[int, 
   return _open_header(data, max_pixels).size
 
 
+_END_MARKERS = {'png': b'IEND', 'jpeg': b'\xff\xd9'}
+
+
+def check_encoded(data: bytes, fmt: Optional[str] = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[Tuple[int, ...], str]:
+  """Checks an encoded image without decoding its pixels; returns (shape, dtype name).
+
+  Reads the header (format, size, pixel limit) and, for PNG and JPEG, requires the end
+  marker near the end of the data, which catches truncated files.
+  """
+  fmt = fmt or sniff_format(data)
+  if fmt is None:
+    raise errors.DecodeError(errors.DECODE_ERROR,
+                             'bytes are not a PNG, JPEG, WebP, BMP, TIFF or GIF image')
+  header = _open_header(data, max_pixels)
+  marker = _END_MARKERS.get(fmt)
+  if marker is not None and marker not in data[-64:]:
+    raise errors.DecodeError(
+        errors.DECODE_ERROR, f'{fmt} image has no end marker: the data is truncated')
+  width, height = header.size
+  bands = len(header.getbands()) if header.mode != 'P' else 3
+  shape = (height, width) if bands == 1 else (height, width, bands)
+  sixteen = header.mode.startswith('I;16') or (fmt == 'png' and len(data) > 24 and
+                                               data[24] == 16)
+  return shape, 'uint16' if sixteen else 'float32' if header.mode == 'F' else 'uint8'
+
+
 def decode_encoded(data: bytes, fmt: Optional[str] = None,
                    max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
   """Decodes an encoded image to HxW or HxWxC (RGB/RGBA order), keeping its bit depth."""

@@ -26,6 +26,7 @@ PRESETS: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
     'half': ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
+_RANGE_SLACK = 1e-3
 _INTEGER_RANGES = {
     'uint8': (0, 255), 'int8': (-128, 127), 'uint16': (0, 65535), 'bool': (0, 1),
 }
@@ -128,7 +129,9 @@ def detect_range(values: np.ndarray, dtype_name: Optional[str] = None
   low, high = float(finite.min()), float(finite.max())
   if values.dtype.kind == 'f':
     for candidate in ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0)):
-      if low >= candidate[0] and high <= candidate[1]:
+      # A hair outside (float error after undoing a normalization) still counts.
+      slack = (candidate[1] - candidate[0]) * _RANGE_SLACK
+      if low >= candidate[0] - slack and high <= candidate[1] + slack:
         return candidate
   else:
     for candidate in ((0, 255), (0, 65535)):
@@ -144,8 +147,13 @@ def merge_ranges(ranges: Sequence[Tuple[float, float]]) -> Tuple[float, float]:
 
 
 def target_bits(pixels_dtype: str, bit_depth: str, holds_16bit: bool,
-                holds_float: bool) -> str:
-  """'8', '16' or 'float': what the written file will hold."""
+                holds_float: bool,
+                value_range: Optional[Tuple[float, float]] = None) -> str:
+  """'8', '16' or 'float': what the written file will hold.
+
+  auto: 16 for uint16 data, and for other integer data whose range is 0..65535, where the
+  format holds 16 bits; else 8.
+  """
   if bit_depth == 'float':
     if not holds_float:
       raise errors.ConfigError('--bit_depth float needs --format tiff')
@@ -156,7 +164,10 @@ def target_bits(pixels_dtype: str, bit_depth: str, holds_16bit: bool,
     return '16'
   if bit_depth == '8':
     return '8'
-  return '16' if pixels_dtype == 'uint16' and holds_16bit else '8'
+  sixteen = pixels_dtype == 'uint16' or (
+      pixels_dtype in ('int16', 'int32', 'int64', 'uint32', 'uint64') and
+      value_range is not None and tuple(value_range) == (0, 65535))
+  return '16' if sixteen and holds_16bit else '8'
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,6 +65,17 @@ def read_range(file_range: FileRange, config: ReadConfig
         size=None if compressed else file_range.size, seekable=not compressed)
 
 
+def fetch_record(path: str, offset: int, config: ReadConfig) -> Optional[bytes]:
+  """The payload of the intact record whose frame starts at `offset`, else None."""
+  with storage.open_input(path, config.storage_options) as probe:
+    compression = tfrecord.resolve_compression(path, config.compression,
+                                               probe.read(_SNIFF_BYTES))
+  file_range = FileRange(path, offset, offset + 1, 0, compression)
+  for slot in read_range(file_range, config):
+    return None if isinstance(slot, errors.CorruptRecordError) else slot[1]
+  return None
+
+
 def read_all(patterns: Sequence[str], config: ReadConfig = ReadConfig()
              ) -> Iterator[Union[tfrecord.Record, errors.CorruptRecordError]]:
   """Every slot of every file the patterns name, in order; the non-Beam path."""

@@ -375,6 +375,7 @@ def read_records(
   if seekable is None:
     seekable = _is_seekable(stream)
   source = _Source(stream, seekable)
+  source.skip_to(start)
   walk = _walk(source, path, start=start, end=end, first_index=first_index,
                max_record_size=max_record_size, size=size, read_payload=True)
   last_index, last_offset = first_index, start

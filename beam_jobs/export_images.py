@@ -1,0 +1,331 @@
+"""`unrecord export`: TFRecords of images -> image files, on any Beam runner.
+
+    python -m beam_jobs.export_images --input PATTERN --output URL [options] [Beam options]
+
+Launch: parse options, sample the first records to settle the schema (keys, value range,
+names) so mistakes fail before any worker starts, build the pipeline from
+`transforms.export.ExportImages`, run it, print a closing summary from `_report.json`.
+Exit status: 0 success; 1 more failures than --max_failures; 2 bad options or input;
+3 the runner failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import sys
+import time
+from typing import List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
+                                                  StandardOptions, _BeamArgumentParser)
+
+from beam_jobs import options as common
+from transforms import encode
+from transforms import errors
+from transforms import export
+from transforms import naming
+from transforms import normalize
+from transforms import render
+from transforms import schema as schema_lib
+from transforms import sink
+
+PROG = 'unrecord export'
+LOCAL_RUNNERS = (None, 'DirectRunner', 'FnApiRunner')
+
+
+class ExportOptions(PipelineOptions):
+  """unrecord's own options; every other Beam option passes through unchanged."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    common.add_input_arguments(parser, required=False)
+    group = parser.add_argument_group('unrecord output')
+    group.add_argument('--output', default=None, metavar='URL',
+                       help='Output root: a folder or any fsspec URL. Required.')
+    group.add_argument('--format', default='png', choices=encode.FORMATS,
+                       help='Image format to write. Default: png.')
+    group.add_argument('--quality', type=int, default=95,
+                       help='JPEG and lossy WebP quality, 1-100. Default: 95.')
+    group.add_argument('--png_compression', type=int, default=None, metavar='0-9',
+                       help='zlib level for PNG (OpenCV/Pillow encoders). Default: the '
+                       "encoder's own (fpng has one fixed fast level).")
+    group.add_argument('--png_encoder', default='auto', choices=encode.PNG_ENCODERS,
+                       help='auto: fpng for 8-bit RGB/RGBA, OpenCV for gray and 16-bit. '
+                       'Default: auto.')
+    group.add_argument('--webp_lossless', action='store_true',
+                       help='Write lossless WebP instead of lossy.')
+    group.add_argument('--jpeg_progressive', action='store_true',
+                       help='Write progressive JPEG.')
+    group.add_argument('--reencode', action='store_true',
+                       help='Re-encode images even when the source is already in the '
+                       'requested format (default: pass the original bytes through).')
+    group.add_argument('--name_template', default=None, metavar='TEMPLATE',
+                       help='Output path relative to --output, with fields {id} {index} '
+                       '{n} {stem} {label} {label_name} {split} {ext} and any one-value '
+                       f'feature. Default: {naming.DEFAULT_TEMPLATE} '
+                       f'({naming.BATCH_TEMPLATE} for batched records).')
+    group.add_argument('--layout', default='flat', choices=('flat', 'class'),
+                       help=f'class: {naming.CLASS_TEMPLATE}, the class-folder layout '
+                       'Keras and torchvision ImageFolder load. Default: flat.')
+    group.add_argument('--skip_existing', action='store_true',
+                       help='Leave images whose output file already exists untouched.')
+    group.add_argument('--max_failures', type=int, default=0, metavar='N',
+                       help='Exit 0 and write _SUCCESS when at most N images failed. '
+                       'Default: 0.')
+    group.add_argument('--sample_records', type=int, default=64, metavar='N',
+                       help='Records read at launch to detect keys and the value range. '
+                       'Default: 64.')
+    group.add_argument('--split_size_mb', type=int, default=64, metavar='MB',
+                       help='Uncompressed files larger than this are split into record '
+                       'ranges read in parallel. Default: 64.')
+    norm = parser.add_argument_group('unrecord normalization')
+    norm.add_argument('--value_range', default='auto', metavar='RANGE',
+                      help='Range the tensor values mean: auto, 0,1, -1,1, 0,255, '
+                      '0,65535, minmax (per image) or LO,HI. Default: auto (decided once '
+                      'from the sampled records).')
+    norm.add_argument('--mean', default=None, metavar='M[,M,M]|PRESET',
+                      help='Undo a normalization: pixel = value * std + mean, before the '
+                      f'range is applied. Presets: {", ".join(sorted(normalize.PRESETS))}.')
+    norm.add_argument('--std', default=None, metavar='S[,S,S]|PRESET',
+                      help='See --mean (a preset given to --mean sets both).')
+    norm.add_argument('--channel_order', default='rgb', choices=normalize.CHANNEL_ORDERS,
+                      help='Channel order of the input tensors. Default: rgb.')
+    norm.add_argument('--bit_depth', default='auto', choices=normalize.BIT_DEPTHS,
+                      help='auto: 16-bit data stays 16-bit where the format holds it '
+                      '(png, tiff), else 8. float: keep float32 values (tiff only). '
+                      'Default: auto.')
+    norm.add_argument('--non_finite', default='fail', choices=normalize.NON_FINITE_POLICIES,
+                      help='NaN/Inf: fail sends the image to the dead letter '
+                      '(non_finite); clip maps NaN to the low end and +/-Inf to the ends. '
+                      'Default: fail.')
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+  parser = _BeamArgumentParser(allow_abbrev=False)
+  seen = {}
+  for cls in PipelineOptions.__subclasses__():
+    seen.setdefault(str(cls), cls)
+  for cls in seen.values():
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  return parser
+
+
+def unknown_arguments(argv: Sequence[str]) -> List[str]:
+  """Arguments no Beam or unrecord option takes, each with a suggestion if one is close."""
+  parser = _beam_parser()
+  _, unknown = parser.parse_known_args(list(argv))
+  known = [o for action in parser._actions for o in action.option_strings]
+  messages = []
+  for arg in unknown:
+    message = f'unknown argument {arg!r}'
+    if arg.startswith('--'):
+      close = difflib.get_close_matches(arg.split('=', 1)[0], known, n=1)
+      if close:
+        message += f' (did you mean {close[0]}?)'
+    messages.append(message)
+  return messages
+
+
+def help_text() -> str:
+  """unrecord's options first, then a pointer to Beam's."""
+  parser = argparse.ArgumentParser(
+      prog=PROG, usage=f'{PROG} --input PATTERN --output URL [options] [Beam options]',
+      description='Write the images held in TFRecords to image files with Apache Beam.',
+      add_help=False)
+  ExportOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+  beam_names = sorted({o for action in _beam_parser()._actions for o in action.option_strings
+                       if not any(o in a.option_strings for a in parser._actions)})
+  runner_names = ('--runner', '--direct_num_workers', '--direct_running_mode',
+                  '--project', '--region', '--temp_location', '--sdk_container_image',
+                  '--environment_type', '--environment_config', '--job_endpoint',
+                  '--flink_master', '--flink_version', '--max_num_workers')
+  shown = [n for n in runner_names if n in beam_names]
+  return (parser.format_help() + '\nApache Beam options (all accepted, '
+          f'{len(beam_names)} in all), most used:\n  ' + ', '.join(shown) +
+          '\n\nLocally the job runs on DirectRunner (its FnApiRunner engine, so Beam never '
+          'tries to download Prism)\nwith one worker process per core; set '
+          '--direct_num_workers to change that.\n')
+
+
+def mean_std(args) -> Tuple[Optional[Tuple[float, ...]], Optional[Tuple[float, ...]]]:
+  mean_text, std_text = args.mean, args.std
+  mean = std = None
+  if mean_text and mean_text in normalize.PRESETS:
+    mean, std = normalize.preset(mean_text)
+  elif mean_text:
+    mean = normalize.parse_mean_std(mean_text)
+  if std_text and std_text in normalize.PRESETS:
+    std = normalize.preset(std_text)[1]
+  elif std_text:
+    std = normalize.parse_mean_std(std_text)
+  return mean, std
+
+
+@dataclasses.dataclass
+class Plan:
+  """What the launch settled, for the opening line and the report."""
+  files: int
+  found: schema_lib.Schema
+  config: export.ExportConfig
+
+
+def build_config(args, started: float) -> Plan:
+  """Resolves options and the data's schema into an ExportConfig; raises ConfigError."""
+  if not args.input:
+    raise errors.ConfigError('no input given; pass --input PATTERN')
+  if not args.output:
+    raise errors.ConfigError('no output given; pass --output URL')
+  read_config = dataclasses.replace(common.read_config(args),
+                                    split_bytes=max(args.split_size_mb, 1) << 20)
+  patterns = tuple(common.input_patterns(args))
+  spec = common.image_spec(args)
+  records, damage, files = schema_lib.sample_records(patterns, args.sample_records,
+                                                      read_config)
+  if not records:
+    raise errors.ConfigError(
+        f'no intact record could be read from {len(files)} input file(s)' +
+        (f'; first problem: {damage[0]}' if damage else ''))
+  tfds = schema_lib.read_tfds_info(files[0], read_config.storage_options)
+  label_names = common.load_label_names(args.label_names, read_config.storage_options)
+  found = schema_lib.detect_schema(
+      records, image_key=args.image_key, label_key=args.label_key, id_key=args.id_key,
+      label_names=label_names, spec=spec, tfds=tfds, files=files)
+  if found.image is None:
+    raise errors.ConfigError(
+        (found.failures[0] if found.failures else 'no image feature was found') +
+        '; pass --image_key')
+
+  mean, std = mean_std(args)
+  normalize_spec = normalize.NormalizeSpec(
+      value_range=args.value_range, mean=mean, std=std, channel_order=args.channel_order,
+      bit_depth=args.bit_depth, non_finite=args.non_finite)
+  encode_spec = encode.EncodeSpec(
+      format=args.format, quality=args.quality, png_compression=args.png_compression,
+      png_encoder=args.png_encoder, webp_lossless=args.webp_lossless,
+      jpeg_progressive=args.jpeg_progressive)
+  normalize.target_bits(found.image.dtype, args.bit_depth, encode_spec.holds_16bit,
+                        encode_spec.holds_float)  # validates --bit_depth vs --format
+
+  image_feature = found.features[found.image.key]
+  batched = found.image.layout.startswith('n') or (
+      found.image.encoding in ('encoded', 'tensor') and image_feature.max_length > 1)
+  template = args.name_template or {
+      ('flat', False): naming.DEFAULT_TEMPLATE, ('flat', True): naming.BATCH_TEMPLATE,
+      ('class', False): naming.CLASS_TEMPLATE, ('class', True): naming.CLASS_BATCH_TEMPLATE,
+  }[(args.layout, batched)]
+  available = set(naming.BUILTIN_FIELDS) | set(found.scalar_keys)
+  if found.id_key is None:
+    available.discard('id')
+  if found.label_key is None:
+    available -= {'label', 'label_name'}
+  if any(schema_lib.split_of(f) is None for f in files):
+    available.discard('split')
+  naming.check_template(template, sorted(available))
+  if batched and 'n' not in naming.template_fields(template):
+    raise errors.ConfigError(
+        f'the records hold batches of images ({found.image.layout}); add {{n}} to '
+        '--name_template so each image of a batch gets its own name')
+
+  image_spec = dataclasses.replace(
+      spec, key=found.image.key, encoding=found.image.encoding,
+      decode_encoded=found.image.encoding != 'encoded' or
+      found.image.format != args.format or args.reencode)
+  render_config = render.RenderConfig(
+      encode=encode_spec, normalize=normalize_spec,
+      value_range=render.dataset_value_range(normalize_spec, found.image),
+      name_template=template, id_key=found.id_key, label_key=found.label_key,
+      label_names=tuple(found.label_names) if found.label_names else None,
+      reencode=args.reencode, max_pixels=args.max_pixels)
+  root = sink.OutputRoot(args.output, read_config.storage_options)
+  root.check_writable()
+  given = args.get_all_options(drop_default=True)
+  used = tuple(sorted((k, v) for k, v in given.items() if k in _REPORTED_OPTIONS))
+  config = export.ExportConfig(
+      patterns=patterns, output=args.output, read=read_config, image=image_spec,
+      render=render_config, skip_existing=args.skip_existing,
+      max_failures=args.max_failures, run_started=started, options_used=used)
+  return Plan(files=len(files), found=found, config=config)
+
+
+_REPORTED_OPTIONS = (
+    'input', 'output', 'compression', 'image_key', 'label_key', 'id_key', 'label_names',
+    'shape', 'dtype', 'tensor_layout', 'max_pixels', 'format', 'quality',
+    'png_compression', 'png_encoder', 'webp_lossless', 'jpeg_progressive', 'reencode',
+    'name_template', 'layout', 'skip_existing', 'max_failures', 'value_range', 'mean',
+    'std', 'channel_order', 'bit_depth', 'non_finite')
+
+
+def configure_runner(pipeline_options: PipelineOptions, argv: Sequence[str]) -> str:
+  """Local runs: FnApiRunner (no Prism download), one worker process per core."""
+  standard = pipeline_options.view_as(StandardOptions)
+  if standard.runner not in LOCAL_RUNNERS:
+    return standard.runner
+  standard.runner = 'FnApiRunner'
+  direct = pipeline_options.view_as(DirectOptions)
+  given = ' '.join(argv)
+  if '--direct_num_workers' not in given:
+    direct.direct_num_workers = os.cpu_count() or 1
+  if '--direct_running_mode' not in given:
+    direct.direct_running_mode = ('multi_processing' if direct.direct_num_workers != 1
+                                  else 'in_memory')
+  return (f'DirectRunner (FnApiRunner, {direct.direct_num_workers} '
+          f'{direct.direct_running_mode} worker(s))')
+
+
+def describe(plan: Plan, runner: str) -> str:
+  image = plan.found.image
+  config = plan.config
+  fmt = f' {image.format}' if image.format else ''
+  return (f'{PROG}: {plan.files} file(s); image {image.key!r} ({image.encoding}{fmt} '
+          f'{image.dtype} {image.shape} {image.layout}) -> {config.render.encode.format} '
+          f'as {config.render.name_template!r} under {config.output}; runner {runner}')
+
+
+def summary(report: dict) -> str:
+  reasons = ', '.join(f'{k}: {v}' for k, v in sorted(report['failed_by_reason'].items()))
+  return (f'{PROG}: written {report["written"]} (passthrough {report["passthrough"]}), '
+          f'skipped {report["skipped"]}, failed {report["failed"]}'
+          + (f' ({reasons})' if reasons else '') +
+          f', {report["bytes_written"]} bytes in {report["seconds"]:.1f} s '
+          f'({report["images_per_second"]} images/s) -> {report["output"]}')
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if '-h' in argv or '--help' in argv:
+    print(help_text())
+    return 0
+  started = time.time()
+  unknown = unknown_arguments(argv)
+  if unknown:
+    return common.fail(PROG, '; '.join(unknown))
+  pipeline_options = PipelineOptions(argv)
+  args = pipeline_options.view_as(ExportOptions)
+  try:
+    plan = build_config(args, started)
+  except errors.ConfigError as e:
+    return common.fail(PROG, str(e))
+  runner = configure_runner(pipeline_options, argv)
+  print(describe(plan, runner), file=sys.stderr)
+  try:
+    pipeline = beam.Pipeline(options=pipeline_options)
+    _ = pipeline | 'Export' >> export.ExportImages(plan.config)
+    pipeline.run().wait_until_finish()
+  except Exception as e:  # the runner's own failure: report it plainly, then exit 3
+    logging.getLogger(__name__).debug('pipeline failed', exc_info=True)
+    print(f'{PROG}: error: the pipeline failed: {type(e).__name__}: {e}', file=sys.stderr)
+    return 3
+  root = sink.OutputRoot(plan.config.output, plan.config.read.storage_options)
+  report = json.loads(root.read(export.REPORT))
+  print(summary(report), file=sys.stderr)
+  return 0 if report['success'] else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())

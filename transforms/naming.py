@@ -1,0 +1,167 @@
+"""Output file names from records: templates, safe values, paths that stay under the root.
+
+A template is a Python format string over fields: {id} {index} {n} {stem} {label}
+{label_name} {split} {ext} and every one-value feature by name ({image/filename}).
+Values that come from data are made safe before they reach a path (see `safe_value`);
+the template's own '/' are the only folder separators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import string
+import unicodedata
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from transforms import errors
+
+DEFAULT_TEMPLATE = '{stem}-{index:06d}.{ext}'
+BATCH_TEMPLATE = '{stem}-{index:06d}-{n:03d}.{ext}'
+CLASS_TEMPLATE = '{label_name}/{stem}-{index:06d}.{ext}'
+CLASS_BATCH_TEMPLATE = '{label_name}/{stem}-{index:06d}-{n:03d}.{ext}'
+BUILTIN_FIELDS = ('id', 'index', 'n', 'stem', 'label', 'label_name', 'split', 'ext')
+MAX_VALUE_BYTES = 120
+MAX_SEGMENT_BYTES = 240
+MAX_PATH_BYTES = 1000
+# unrecord's own files at the output root; no image may take these names.
+RESERVED_NAMES = ('_manifest.jsonl', '_dead_letter.jsonl', '_dead_letter.tfrecord',
+                  '_SUCCESS', '_report.json', '_report.html')
+_UNSAFE_CHARACTERS = {'/', '\\', ':', '*', '?', '"', '<', '>', '|'}
+
+
+def template_fields(template: str) -> List[str]:
+  """The field names a template uses, in order; raises ConfigError when malformed."""
+  try:
+    parsed = list(string.Formatter().parse(template))
+  except ValueError as e:
+    raise errors.ConfigError(f'--name_template {template!r} is malformed ({e})') from None
+  fields = []
+  for _, field, _, _ in parsed:
+    if field is None:
+      continue
+    if field == '' or field.isdigit():
+      raise errors.ConfigError(
+          f'--name_template {template!r} has a positional field; name every field, '
+          'e.g. {index}')
+    fields.append(field)
+  return fields
+
+
+def check_template(template: str, available: Sequence[str]) -> None:
+  """Raises ConfigError for a malformed template or a field the records do not have."""
+  if '\\' in template or template.startswith('/') or '..' in template.split('/'):
+    raise errors.ConfigError(
+        f'--name_template {template!r} must be a relative path with / separators and '
+        'no .. segments')
+  missing = [f for f in template_fields(template) if f not in available]
+  if missing:
+    raise errors.ConfigError(
+        f'--name_template uses {", ".join("{" + m + "}" for m in missing)}, which the '
+        f'records do not have; available fields: '
+        f'{", ".join("{" + a + "}" for a in sorted(available))}')
+
+
+def _bounded(text: str, limit: int) -> str:
+  encoded = text.encode('utf-8')
+  if len(encoded) <= limit:
+    return text
+  digest = hashlib.sha1(encoded).hexdigest()[:10]
+  cut = encoded[:limit - 11].decode('utf-8', 'ignore')
+  return f'{cut}~{digest}'
+
+
+def safe_value(value) -> str:
+  """A data value made safe for one path segment.
+
+  NFKC-normalized (so full-width look-alikes of / and \\ become real ones, then go),
+  path separators, drive colons, wildcards and control characters -> '_', '.' and '..'
+  -> '_', at most MAX_VALUE_BYTES UTF-8 bytes (longer values keep a hash suffix so they
+  stay distinct). Never empty.
+  """
+  text = unicodedata.normalize('NFKC', str(value))
+  text = ''.join('_' if ch in _UNSAFE_CHARACTERS or unicodedata.category(ch)[0] == 'C'
+                 else ch for ch in text)
+  text = text.strip()
+  if text in ('', '.', '..') or set(text) == {'.'}:
+    text = '_' * max(len(text), 1)
+  return _bounded(text, MAX_VALUE_BYTES)
+
+
+@dataclasses.dataclass(frozen=True)
+class NameTemplate:
+  template: str
+
+  def fields(self) -> List[str]:
+    return template_fields(self.template)
+
+  def render(self, values: Mapping[str, object]) -> str:
+    """The relative output path for one image; raises DecodeError(unsafe_name)."""
+    safe = {k: v if isinstance(v, (int, float)) and not isinstance(v, bool)
+            else safe_value(v) for k, v in values.items()}
+    try:
+      name = self.template.format_map(_Strict(safe))
+    except KeyError as e:
+      raise errors.DecodeError(
+          errors.MISSING_FEATURE,
+          f'this record has no value for name field {{{e.args[0]}}}') from None
+    except (ValueError, TypeError) as e:
+      raise errors.DecodeError(
+          errors.UNSAFE_NAME,
+          f'name template {self.template!r} cannot format this record\'s values ({e})'
+      ) from None
+    return check_relative_path(name)
+
+
+class _Strict(dict):
+  def __missing__(self, key):
+    raise KeyError(key)
+
+
+def check_relative_path(name: str) -> str:
+  """`name` if it is a safe relative path under the root, else DecodeError(unsafe_name)."""
+  segments = name.split('/')
+  problem = None
+  if not name or name.startswith('/') or '\\' in name or '\x00' in name:
+    problem = 'it is empty, absolute, or holds a backslash or NUL'
+  elif any(s in ('', '.', '..') for s in segments):
+    problem = 'it has an empty, "." or ".." segment'
+  elif any(len(s.encode('utf-8')) > MAX_SEGMENT_BYTES for s in segments):
+    problem = f'a segment is longer than {MAX_SEGMENT_BYTES} bytes'
+  elif len(name.encode('utf-8')) > MAX_PATH_BYTES:
+    problem = f'it is longer than {MAX_PATH_BYTES} bytes'
+  elif segments[0] in RESERVED_NAMES or segments[0].startswith('_unrecord'):
+    problem = f'{segments[0]!r} is one of unrecord\'s own files at the output root'
+  if problem:
+    raise errors.DecodeError(errors.UNSAFE_NAME,
+                             f'output name {name[:200]!r} is not safe: {problem}')
+  return name
+
+
+def name_values(
+    *,
+    index: int,
+    n: int,
+    stem: str,
+    ext: str,
+    features: Mapping[str, object],
+    id_key: Optional[str],
+    label_key: Optional[str],
+    label_names: Optional[Sequence[str]],
+    split: Optional[str],
+) -> Dict[str, object]:
+  """Every field a template may use for one image (absent ones are left out)."""
+  values: Dict[str, object] = dict(features)
+  values.update(index=index, n=n, stem=stem, ext=ext)
+  if split is not None:
+    values['split'] = split
+  if id_key is not None and id_key in features:
+    values['id'] = features[id_key]
+  if label_key is not None and label_key in features:
+    label = features[label_key]
+    values['label'] = label
+    if label_names and isinstance(label, int) and 0 <= label < len(label_names):
+      values['label_name'] = label_names[label]
+    else:
+      values['label_name'] = str(label)
+  return values

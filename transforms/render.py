@@ -1,0 +1,117 @@
+"""One decoded image -> its output name and encoded bytes. Pure; no Beam, no I/O.
+
+Passthrough: an image already encoded in the requested format, with no pixel change
+asked for, is written as its original bytes (byte-identical, no generation loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+import numpy as np
+
+from transforms import decode
+from transforms import encode
+from transforms import errors
+from transforms import naming
+from transforms import normalize
+from transforms import schema
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderConfig:
+  """Everything that decides an image's name and bytes, resolved before the run."""
+  encode: encode.EncodeSpec = encode.EncodeSpec()
+  normalize: normalize.NormalizeSpec = normalize.NormalizeSpec()
+  # The dataset's value range for `--value_range auto` (None: per type / per image).
+  value_range: Optional[Tuple[float, float]] = None
+  name_template: str = naming.DEFAULT_TEMPLATE
+  id_key: Optional[str] = None
+  label_key: Optional[str] = None
+  label_names: Optional[Tuple[str, ...]] = None
+  reencode: bool = False
+  max_pixels: int = decode.image_formats.DEFAULT_MAX_PIXELS
+
+  def __post_init__(self):
+    naming.template_fields(self.name_template)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+  data: bytes
+  shape: Tuple[int, ...]
+  dtype: str
+  steps: Tuple[str, ...]
+  encoder: str
+  passthrough: bool
+  value_range: Optional[Tuple[float, float]]
+
+
+def output_name(image: decode.DecodedImage, config: RenderConfig) -> str:
+  """The image's path relative to the output root; raises DecodeError."""
+  values = naming.name_values(
+      index=image.ref.index, n=image.n, stem=schema.stem_of(image.ref.path),
+      ext=config.encode.extension, features=image.features, id_key=config.id_key,
+      label_key=config.label_key, label_names=config.label_names,
+      split=schema.split_of(image.ref.path))
+  return naming.NameTemplate(config.name_template).render(values)
+
+
+def source_bits(dtype_name: str) -> str:
+  return {'uint8': '8', 'uint16': '16'}.get(dtype_name, '')
+
+
+def can_pass_through(image: decode.DecodedImage, config: RenderConfig) -> bool:
+  """True when writing the original encoded bytes gives exactly the requested file."""
+  spec = config.normalize
+  return (image.encoded is not None and not config.reencode
+          and image.encoded_format == config.encode.format
+          and spec.mean is None and spec.channel_order == 'rgb'
+          and spec.value_range == 'auto'
+          and spec.bit_depth in ('auto', source_bits(image.source_dtype)))
+
+
+def render(image: decode.DecodedImage, config: RenderConfig) -> Rendered:
+  """Encoded bytes for one image; raises DecodeError with a reason code."""
+  if can_pass_through(image, config):
+    shape = tuple(image.pixels.shape) if image.pixels is not None else image.stored_shape
+    return Rendered(image.encoded, shape, image.source_dtype, ('passthrough',),
+                    'passthrough', True, None)
+  image = decode.ensure_pixels(image, config.max_pixels)
+  bits = normalize.target_bits(
+      image.pixels.dtype.name, config.normalize.bit_depth, config.encode.holds_16bit,
+      config.encode.holds_float, config.value_range)
+  result = normalize.normalize(
+      image.pixels, image.layout, config.normalize, bits=bits,
+      value_range=config.value_range, source_dtype=image.source_dtype)
+  pixels = encode.fit_channels(result.pixels, config.encode)
+  data = encode.encode(pixels, config.encode)
+  encoder = (encode.png_encoder_for(pixels, config.encode)
+             if config.encode.format == 'png' else
+             'pillow' if config.encode.format == 'webp' else 'opencv')
+  return Rendered(data, tuple(pixels.shape), pixels.dtype.name, result.steps, encoder,
+                  False, result.value_range)
+
+
+def dataset_value_range(spec: normalize.NormalizeSpec, image: schema.ImageInfo
+                        ) -> Optional[Tuple[float, float]]:
+  """Resolves `--value_range` once for the whole dataset from the sampled extent.
+
+  auto: None for uint8/int8/uint16/bool (their type range is meant); otherwise the range
+  `normalize.detect_range` picks for the sampled min..max (after undoing mean/std).
+  minmax: None (each image is stretched over its own min..max). LO,HI: as given.
+  """
+  if spec.value_range == 'minmax':
+    return None
+  if spec.value_range != 'auto':
+    return normalize.parse_value_range(spec.value_range)
+  if image.dtype in ('uint8', 'int8', 'uint16', 'bool') and spec.mean is None:
+    return None
+  low, high = image.value_range
+  if spec.mean is not None:
+    mean, std = np.asarray(spec.mean, float), np.asarray(spec.std, float)
+    ends = np.concatenate([low * std + mean, high * std + mean])
+    low, high = float(ends.min()), float(ends.max())
+  kind = np.float64 if 'float' in image.dtype or spec.mean is not None else np.int64
+  return normalize.detect_range(np.asarray([low, high], dtype=kind))
