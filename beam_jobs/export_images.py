@@ -62,6 +62,10 @@ class ExportOptions(PipelineOptions):
                        help='Write lossless WebP instead of lossy.')
     group.add_argument('--jpeg_progressive', action='store_true',
                        help='Write progressive JPEG.')
+    group.add_argument('--jpeg_subsampling', default='auto',
+                       choices=encode.JPEG_SUBSAMPLING,
+                       help='JPEG chroma subsampling. auto: 444 (full colour detail) for '
+                       '--quality 90 and up, else 420 (smaller). Default: auto.')
     group.add_argument('--reencode', action='store_true',
                        help='Re-encode images even when the source is already in the '
                        'requested format (default: pass the original bytes through).')
@@ -208,7 +212,7 @@ def build_config(args, started: float) -> Plan:
   encode_spec = encode.EncodeSpec(
       format=args.format, quality=args.quality, png_compression=args.png_compression,
       png_encoder=args.png_encoder, webp_lossless=args.webp_lossless,
-      jpeg_progressive=args.jpeg_progressive)
+      jpeg_progressive=args.jpeg_progressive, jpeg_subsampling=args.jpeg_subsampling)
   normalize.target_bits(found.image.dtype, args.bit_depth, encode_spec.holds_16bit,
                         encode_spec.holds_float)  # validates --bit_depth vs --format
 
@@ -256,7 +260,8 @@ def build_config(args, started: float) -> Plan:
 _REPORTED_OPTIONS = (
     'input', 'output', 'compression', 'image_key', 'label_key', 'id_key', 'label_names',
     'shape', 'dtype', 'tensor_layout', 'max_pixels', 'format', 'quality',
-    'png_compression', 'png_encoder', 'webp_lossless', 'jpeg_progressive', 'reencode',
+    'png_compression', 'png_encoder', 'webp_lossless', 'jpeg_progressive',
+    'jpeg_subsampling', 'reencode',
     'name_template', 'layout', 'skip_existing', 'max_failures', 'value_range', 'mean',
     'std', 'channel_order', 'bit_depth', 'non_finite')
 

@@ -25,6 +25,12 @@ except ImportError:  # fpng is optional: OpenCV encodes PNG when it is missing
 
 FORMATS = ('png', 'jpeg', 'webp', 'tiff', 'bmp')
 PNG_ENCODERS = ('auto', 'fpng', 'opencv', 'pillow')
+JPEG_SUBSAMPLING = ('auto', '444', '422', '420')
+_OPENCV_SUBSAMPLING = {
+    '444': cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+    '422': cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
+    '420': cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+}
 EXTENSIONS = {'png': 'png', 'jpeg': 'jpg', 'webp': 'webp', 'tiff': 'tif', 'bmp': 'bmp'}
 _HOLDS_16BIT = ('png', 'tiff')
 _HOLDS_FLOAT = ('tiff',)
@@ -40,6 +46,9 @@ class EncodeSpec:
   png_encoder: str = 'auto'
   webp_lossless: bool = False
   jpeg_progressive: bool = False
+  # auto: 4:4:4 from quality 90 up (4:2:0 caps PSNR below 40 dB on detailed photos),
+  # else 4:2:0 (smaller files).
+  jpeg_subsampling: str = 'auto'
 
   def __post_init__(self):
     if self.format not in FORMATS:
@@ -52,6 +61,10 @@ class EncodeSpec:
     if self.png_encoder not in PNG_ENCODERS:
       raise errors.ConfigError(
           f'png_encoder must be one of {", ".join(PNG_ENCODERS)}, got {self.png_encoder!r}')
+    if self.jpeg_subsampling not in JPEG_SUBSAMPLING:
+      raise errors.ConfigError(
+          f'jpeg_subsampling must be one of {", ".join(JPEG_SUBSAMPLING)}, got '
+          f'{self.jpeg_subsampling!r}')
     if self.png_encoder == 'fpng' and fpng is None:
       raise errors.ConfigError('--png_encoder fpng needs the fpng package installed')
 
@@ -78,13 +91,16 @@ class EncodeSpec:
 
 
 def png_encoder_for(pixels: np.ndarray, spec: EncodeSpec) -> str:
-  """Which library encodes these PNG pixels: fpng takes 8-bit RGB/RGBA only."""
-  if spec.png_encoder != 'auto':
-    return spec.png_encoder
-  fits_fpng = (pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] in (3, 4))
-  if fpng is not None and fits_fpng and spec.png_compression is None:
-    return 'fpng'
-  return 'opencv'
+  """Which library encodes these PNG pixels.
+
+  fpng takes 8-bit RGB/RGBA only and has no compression levels: other pixels, or a
+  --png_compression level, go to OpenCV even when fpng was asked for.
+  """
+  fits_fpng = (fpng is not None and pixels.dtype == np.uint8 and pixels.ndim == 3 and
+               pixels.shape[2] in (3, 4) and spec.png_compression is None)
+  if spec.png_encoder in ('auto', 'fpng'):
+    return 'fpng' if fits_fpng else 'opencv'
+  return spec.png_encoder
 
 
 def fit_channels(pixels: np.ndarray, spec: EncodeSpec) -> np.ndarray:
@@ -127,7 +143,11 @@ def encode(pixels: np.ndarray, spec: EncodeSpec) -> bytes:
           cv2.IMWRITE_PNG_COMPRESSION, spec.png_compression]
       return _opencv('.png', pixels, params)
     if spec.format == 'jpeg':
-      params = [cv2.IMWRITE_JPEG_QUALITY, spec.quality]
+      subsampling = spec.jpeg_subsampling
+      if subsampling == 'auto':
+        subsampling = '444' if spec.quality >= 90 else '420'
+      params = [cv2.IMWRITE_JPEG_QUALITY, spec.quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                _OPENCV_SUBSAMPLING[subsampling]]
       if spec.jpeg_progressive:
         params += [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]
       return _opencv('.jpg', pixels, params)

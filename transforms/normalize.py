@@ -229,7 +229,8 @@ def normalize(pixels: np.ndarray, layout: str, spec: NormalizeSpec, *, bits: str
   if value_range is None:
     value_range = resolve_range(spec.value_range, pixels, source_dtype)
   low, high = value_range
-  scaled = (pixels.astype(np.float64) - low) * (top / (high - low))
+  with np.errstate(over='ignore'):
+    scaled = (pixels.astype(np.float64) - low) / (high - low) * top
   if pixels.dtype.kind == 'f':
     scaled = np.nan_to_num(scaled, nan=0.0, posinf=top, neginf=0.0)
   out = np.clip(np.rint(scaled), 0, top).astype(target)

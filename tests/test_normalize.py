@@ -1,0 +1,140 @@
+"""Normalization: ranges, rounding, layouts, colour order, mean/std, non-finite values."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from tests import fixtures
+from transforms import errors
+from transforms import normalize
+
+SPEC = normalize.NormalizeSpec()
+uint8_images = hnp.arrays(np.uint8, hnp.array_shapes(min_dims=3, max_dims=3, min_side=1,
+                                                     max_side=12).map(
+                                                         lambda s: s[:2] + (3,)))
+
+
+def _norm(pixels, layout='hwc', spec=SPEC, bits='8', **kwargs):
+  return normalize.normalize(pixels, layout, spec, bits=bits, **kwargs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(uint8_images, st.sampled_from(['float16', 'float32', 'float64']))
+def test_unit_floats_recover_their_uint8_pixels(pixels, dtype):
+  values = (pixels / 255.0).astype(dtype)
+  out = _norm(values, value_range=(0.0, 1.0)).pixels
+  assert out.dtype == np.uint8 and np.array_equal(out, pixels)
+
+
+@settings(max_examples=200, deadline=None)
+@given(uint8_images, st.sampled_from(['float16', 'float32', 'float64']))
+def test_signed_unit_floats_recover_their_uint8_pixels(pixels, dtype):
+  values = (pixels / 127.5 - 1.0).astype(dtype)
+  out = _norm(values, value_range=(-1.0, 1.0)).pixels
+  assert np.array_equal(out, pixels)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.float64, (4, 5), elements=st.floats(-1e6, 1e6)))
+def test_any_finite_floats_land_in_range_and_keep_their_order(values):
+  out = _norm(values, layout='hw', spec=normalize.NormalizeSpec(value_range='minmax')).pixels
+  assert out.dtype == np.uint8
+  flat_in, flat_out = values.ravel(), out.ravel().astype(int)
+  order = np.argsort(flat_in, kind='stable')
+  assert np.all(np.diff(flat_out[order]) >= 0)  # monotonic mapping
+
+
+def test_rounds_to_nearest_never_truncates():
+  values = np.array([[10.4, 10.6, 254.6, 0.49]], dtype=np.float32) / 255.0
+  out = _norm(values, layout='hw', value_range=(0.0, 1.0)).pixels
+  assert out.tolist() == [[10, 11, 255, 0]]
+
+
+def test_values_outside_the_range_are_clipped():
+  values = np.array([[-0.2, 0.5, 1.3]], dtype=np.float32)
+  assert _norm(values, layout='hw', value_range=(0.0, 1.0)).pixels.tolist() == [[0, 128, 255]]
+
+
+def test_uint8_stays_and_uint16_keeps_or_scales_with_rounding():
+  pixels = fixtures.photo()
+  assert _norm(pixels).pixels is pixels
+  depth = fixtures.photo_16bit()
+  assert np.array_equal(_norm(depth, layout='hw', bits='16').pixels, depth)
+  scaled = _norm(depth, layout='hw', bits='8').pixels
+  assert np.array_equal(scaled, np.rint(depth / 257.0).astype(np.uint8))
+
+
+@pytest.mark.parametrize('values,dtype,expected', [
+    ([0.0, 0.7], 'float32', (0.0, 1.0)), ([-0.9, 0.4], 'float32', (-1.0, 1.0)),
+    ([0.0, 200.0], 'float64', (0.0, 255.0)), ([-3.0, 900.0], 'float32', (-3.0, 900.0)),
+    ([0.0, 1.0004], 'float32', (0.0, 1.0)), ([0, 200], 'int64', (0, 255)),
+    ([0, 4000], 'int32', (0, 65535)), ([-5, 70000], 'int64', (-5, 70000)),
+    ([0, 3], 'uint8', (0, 255)), ([0, 3], 'uint16', (0, 65535)),
+])
+def test_detect_range(values, dtype, expected):
+  assert normalize.detect_range(np.array(values, dtype=dtype)) == pytest.approx(expected)
+
+
+def test_chw_becomes_hwc_and_single_channel_becomes_gray():
+  pixels = fixtures.photo()
+  assert np.array_equal(_norm(pixels.transpose(2, 0, 1), layout='chw').pixels, pixels)
+  gray = fixtures.gray_photo()
+  out = _norm(gray[:, :, None]).pixels
+  assert out.shape == gray.shape and np.array_equal(out, gray)
+
+
+def test_more_than_four_channels_is_a_shape_mismatch():
+  with pytest.raises(errors.DecodeError) as info:
+    _norm(np.zeros((4, 4, 6), np.uint8))
+  assert info.value.reason == 'shape_mismatch' and '6 channels' in str(info.value)
+
+
+def test_bgr_input_is_swapped_to_rgb_keeping_alpha():
+  rgba = np.dstack([fixtures.photo(), np.full((48, 40), 7, np.uint8)])
+  bgra = rgba[..., [2, 1, 0, 3]]
+  out = _norm(bgra, spec=normalize.NormalizeSpec(channel_order='bgr')).pixels
+  assert np.array_equal(out, rgba)
+
+
+@pytest.mark.parametrize('preset', ['imagenet', 'imagenet_255', 'half'])
+def test_mean_std_is_undone_exactly(preset):
+  mean, std = normalize.preset(preset)
+  pixels = fixtures.photo(2)
+  scale = 255.0 if preset == 'imagenet_255' else 1.0
+  tensor = ((pixels / 255.0 * scale - np.array(mean)) / np.array(std)).astype(np.float32)
+  spec = normalize.NormalizeSpec(mean=mean, std=std)
+  out = _norm(tensor, spec=spec, value_range=(0.0, scale)).pixels
+  assert np.array_equal(out, pixels)
+
+
+def test_non_finite_values_fail_by_default_and_clip_on_request():
+  values = np.array([[0.5, np.nan, np.inf, -np.inf]], dtype=np.float32)
+  with pytest.raises(errors.DecodeError) as info:
+    _norm(values, layout='hw', value_range=(0.0, 1.0))
+  assert info.value.reason == 'non_finite' and '3 NaN/Inf' in str(info.value)
+  out = _norm(values, layout='hw', value_range=(0.0, 1.0),
+              spec=normalize.NormalizeSpec(non_finite='clip')).pixels
+  assert out.tolist() == [[128, 0, 255, 0]]
+
+
+def test_float_bit_depth_keeps_float32_values():
+  values = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+  out = _norm(values, layout='hw', bits='float').pixels
+  assert out.dtype == np.float32 and np.array_equal(out, values)
+
+
+@pytest.mark.parametrize('dtype,depth,holds16,value_range,expected', [
+    ('uint16', 'auto', True, None, '16'), ('uint16', 'auto', False, None, '8'),
+    ('uint8', 'auto', True, None, '8'), ('float32', 'auto', True, (0, 1), '8'),
+    ('int32', 'auto', True, (0, 65535), '16'), ('uint8', '16', True, None, '16'),
+])
+def test_target_bits(dtype, depth, holds16, value_range, expected):
+  assert normalize.target_bits(dtype, depth, holds16, False, value_range) == expected
+
+
+def test_bad_settings_are_config_errors():
+  for kwargs in ({'value_range': '1,0'}, {'value_range': 'x'}, {'channel_order': 'rgba'},
+                 {'bit_depth': '12'}, {'mean': (0.5,)}, {'mean': (0.5,), 'std': (0,)}):
+    with pytest.raises(errors.ConfigError):
+      normalize.NormalizeSpec(**kwargs)
