@@ -75,17 +75,18 @@ def safe_value(value) -> str:
   """A data value made safe for one path segment.
 
   NFKC-normalized (so full-width look-alikes of / and \\ become real ones, then go),
-  path separators, drive colons, wildcards and control characters -> '_', '.' and '..'
-  -> '_', at most MAX_VALUE_BYTES UTF-8 bytes (longer values keep a hash suffix so they
+  path separators, drive colons, wildcards and control characters -> '_', leading dots
+  -> '_' (no '.', '..' or hidden files), at most MAX_VALUE_BYTES UTF-8 bytes (longer values keep a hash suffix so they
   stay distinct). Never empty.
   """
   text = unicodedata.normalize('NFKC', str(value))
   text = ''.join('_' if ch in _UNSAFE_CHARACTERS or unicodedata.category(ch)[0] == 'C'
                  else ch for ch in text)
   text = text.strip()
-  if text in ('', '.', '..') or set(text) == {'.'}:
-    text = '_' * max(len(text), 1)
-  return _bounded(text, MAX_VALUE_BYTES)
+  # Leading dots would make '.', '..' or a hidden file that loaders skip.
+  stripped = text.lstrip('.')
+  text = '_' * (len(text) - len(stripped)) + stripped
+  return _bounded(text or '_', MAX_VALUE_BYTES)
 
 
 @dataclasses.dataclass(frozen=True)
