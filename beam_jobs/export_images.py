@@ -266,12 +266,26 @@ _REPORTED_OPTIONS = (
     'std', 'channel_order', 'bit_depth', 'non_finite')
 
 
+def bypass_proxy_for_local_workers() -> None:
+  """Keeps the runner's gRPC channels to its own worker processes off any HTTP proxy.
+
+  gRPC honours http_proxy/https_proxy; behind a proxy the local runner would otherwise
+  send its localhost control traffic to the proxy and hang.
+  """
+  hosts = [h for h in os.environ.get('no_grpc_proxy', '').split(',') if h]
+  for host in ('localhost', '127.0.0.1'):
+    if host not in hosts:
+      hosts.append(host)
+  os.environ['no_grpc_proxy'] = ','.join(hosts)
+
+
 def configure_runner(pipeline_options: PipelineOptions, argv: Sequence[str]) -> str:
   """Local runs: FnApiRunner (no Prism download), one worker process per core."""
   standard = pipeline_options.view_as(StandardOptions)
   if standard.runner not in LOCAL_RUNNERS:
     return standard.runner
   standard.runner = 'FnApiRunner'
+  bypass_proxy_for_local_workers()
   direct = pipeline_options.view_as(DirectOptions)
   given = ' '.join(argv)
   if '--direct_num_workers' not in given:

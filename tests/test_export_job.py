@@ -1,0 +1,221 @@
+"""The export job run as a user runs it: a subprocess over TensorFlow-written TFRecords."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import fixtures
+from tests.test_inspect import _TFDS_BUILDER
+from transforms import tfrecord
+
+# Any attempt to reach the network (e.g. DirectRunner fetching Prism) fails fast here.
+OFFLINE = {'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9',
+           'HTTP_PROXY': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9'}
+METADATA = {'_manifest.jsonl', '_dead_letter.jsonl', '_dead_letter.tfrecord',
+            '_report.json', '_SUCCESS'}
+
+
+def _export(unrecord, *args, expect=0):
+  result = unrecord('export', *args, env=OFFLINE)
+  assert result.returncode == expect, result.stderr[-4000:]
+  return result
+
+
+def _files(root):
+  found = set()
+  for folder, _, names in os.walk(root):
+    for name in names:
+      found.add(os.path.relpath(os.path.join(folder, name), root))
+  return found
+
+
+def _manifest(root):
+  with open(os.path.join(root, '_manifest.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def _read_rgb(path):
+  image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
+
+
+@pytest.fixture(scope='module')
+def float_shards(tmp_path_factory):
+  root = tmp_path_factory.mktemp('float_shards')
+  photos = {}
+  for shard in range(2):
+    payloads = []
+    for i in range(3):
+      photo = fixtures.photo(shard * 3 + i, 40, 32)
+      photos[(f'train-{shard:05d}-of-00002', i)] = photo
+      payloads.append(fixtures.example({
+          'image': fixtures.bytes_feature(fixtures.serialized_tensor(
+              (photo / 255.0).astype(np.float32))),
+          'id': fixtures.bytes_feature(f's{shard}r{i}'.encode()),
+          'label': fixtures.int64_feature(i % 2)}))
+    fixtures.write_tfrecord(str(root / f'train-{shard:05d}-of-00002.tfrecord'), payloads)
+  return str(root), photos
+
+
+def test_float_tensors_become_exact_pngs_with_manifest_and_report(unrecord, float_shards,
+                                                                   tmp_path):
+  source, photos = float_shards
+  out = str(tmp_path / 'out')
+  result = _export(unrecord, '--input', source, '--output', out)
+  assert 'prism' not in result.stderr.lower()
+  expected = {f'{stem}-{i:06d}.png' for stem, i in photos}
+  assert _files(out) == expected | METADATA
+  for (stem, i), photo in photos.items():
+    assert np.array_equal(_read_rgb(os.path.join(out, f'{stem}-{i:06d}.png')), photo)
+  rows = _manifest(out)
+  assert {r['path'] for r in rows} == expected
+  for row in rows:
+    data = open(os.path.join(out, row['path']), 'rb').read()
+    assert row['bytes'] == len(data)
+    assert row['sha256'] == hashlib.sha256(data).hexdigest()
+    assert row['dtype_in'] == 'float32' and row['dtype_out'] == 'uint8'
+    assert row['shape_in'] == [40, 32, 3] and row['value_range'] == [0.0, 1.0]
+    assert row['id'] == f's{row["source"][-19]}r{row["index"]}'
+  report = json.load(open(os.path.join(out, '_report.json')))
+  assert (report['written'], report['failed'], report['success']) == (6, 0, True)
+  assert os.path.getsize(os.path.join(out, '_dead_letter.jsonl')) == 0
+  assert 'written 6' in result.stderr and 'failed 0' in result.stderr
+
+
+def test_templates_with_formats_and_fields(unrecord, float_shards, tmp_path):
+  source, photos = float_shards
+  out = str(tmp_path / 'named')
+  _export(unrecord, '--input', source, '--output', out, '--name_template',
+          '{split}/{label}/{id}-{index:04d}.{ext}', '--format', 'bmp')
+  images = _files(out) - METADATA
+  assert images == {f'train/{i % 2}/s{s}r{i}-{i:04d}.bmp' for s in range(2)
+                    for i in range(3)}
+
+
+def test_unknown_template_field_fails_before_the_run(unrecord, float_shards, tmp_path):
+  source, _ = float_shards
+  out = str(tmp_path / 'never')
+  result = _export(unrecord, '--input', source, '--output', out, '--name_template',
+                   '{labl}/{index}.{ext}', expect=2)
+  assert '{labl}' in result.stderr and '{label}' in result.stderr
+  assert '{id}' in result.stderr and not os.path.exists(out)
+
+
+def test_unknown_argument_is_an_error_with_a_suggestion(unrecord, float_shards, tmp_path):
+  source, _ = float_shards
+  result = _export(unrecord, '--input', source, '--output', str(tmp_path / 'x'),
+                   '--fromat', 'jpeg', expect=2)
+  assert "'--fromat'" in result.stderr and 'did you mean --format' in result.stderr
+
+
+def test_skip_existing_rerun_writes_nothing(unrecord, float_shards, tmp_path):
+  source, _ = float_shards
+  out = str(tmp_path / 'again')
+  _export(unrecord, '--input', source, '--output', out, '--skip_existing')
+  before = {p: (os.stat(os.path.join(out, p)).st_mtime_ns,
+                open(os.path.join(out, p), 'rb').read())
+            for p in _files(out) - METADATA}
+  _export(unrecord, '--input', source, '--output', out, '--skip_existing')
+  after = {p: (os.stat(os.path.join(out, p)).st_mtime_ns,
+               open(os.path.join(out, p), 'rb').read())
+           for p in _files(out) - METADATA}
+  assert after == before and len(after) == 6
+  report = json.load(open(os.path.join(out, '_report.json')))
+  assert (report['written'], report['skipped']) == (0, 6)
+
+
+def test_jpeg_passthrough_is_byte_identical(unrecord, tmp_path):
+  jpegs = [fixtures.encode_jpeg(fixtures.photo(i, 64, 48), quality=85) for i in range(4)]
+  path = fixtures.write_tfrecord(str(tmp_path / 'enc.tfrecord'), [
+      fixtures.example({'image/encoded': fixtures.bytes_feature(j),
+                        'image/filename': fixtures.bytes_feature(b'img%d.jpg' % i)})
+      for i, j in enumerate(jpegs)])
+  out = str(tmp_path / 'out')
+  _export(unrecord, '--input', path, '--output', out, '--format', 'jpeg',
+          '--name_template', '{image/filename}')
+  for i, jpeg in enumerate(jpegs):
+    assert open(os.path.join(out, f'img{i}.jpg'), 'rb').read() == jpeg
+  assert all(r['passthrough'] for r in _manifest(out))
+
+
+def test_16bit_depth_maps_stay_16bit(unrecord, tmp_path):
+  depth = fixtures.photo_16bit()
+  path = fixtures.write_tfrecord(str(tmp_path / 'depth.tfrecord'), [
+      fixtures.example({'depth/raw': fixtures.bytes_feature(depth.tobytes()),
+                        'depth/shape': fixtures.int64_feature(*depth.shape),
+                        'depth/dtype': fixtures.bytes_feature(b'uint16')})])
+  out = str(tmp_path / 'out')
+  _export(unrecord, '--input', path, '--output', out)
+  written = cv2.imread(os.path.join(out, 'depth-000000.png'), cv2.IMREAD_UNCHANGED)
+  assert written.dtype == np.uint16 and np.array_equal(written, depth)
+
+
+def test_bad_records_are_dead_lettered_and_good_ones_written(unrecord, tmp_path):
+  good = [fixtures.example({'image': fixtures.bytes_feature(fixtures.serialized_tensor(
+      fixtures.photo(i, 20, 16)))}) for i in range(3)]
+  nan = (fixtures.photo(4, 20, 16) / 255.0).astype(np.float32)
+  nan[3, 3, 0] = np.nan
+  missing = fixtures.example({'label': fixtures.int64_feature(1)})
+  nan_record = fixtures.example({'image': fixtures.bytes_feature(
+      fixtures.serialized_tensor(nan))})
+  frames = [tfrecord.encode_record(p) for p in (good[0], missing, good[1], nan_record,
+                                                good[2], good[0])]
+  data = bytearray(b''.join(frames))
+  last = sum(len(f) for f in frames[:-1])
+  data[last + 30] ^= 0xFF  # damage the last record's payload
+  path = str(tmp_path / 'mixed.tfrecord')
+  open(path, 'wb').write(bytes(data))
+  out = str(tmp_path / 'out')
+  result = _export(unrecord, '--input', path, '--output', out, '--value_range', '0,255',
+                   expect=1)
+  assert 'failed 3' in result.stderr
+  assert _files(out) - METADATA == {'mixed-000000.png', 'mixed-000002.png',
+                                    'mixed-000004.png'}
+  assert not os.path.exists(os.path.join(out, '_SUCCESS'))
+  rows = [json.loads(line) for line in open(os.path.join(out, '_dead_letter.jsonl'))]
+  assert [(r['reason'], r['index'], r['offset'], r['replayable']) for r in rows] == [
+      ('missing_feature', 1, len(frames[0]), True),
+      ('non_finite', 3, sum(len(f) for f in frames[:3]), True),
+      ('crc_mismatch', 5, last, False)]
+  assert all(r['source'] == path and r['message'] for r in rows)
+  replay = fixtures.read_with_tf(os.path.join(out, '_dead_letter.tfrecord'))
+  assert replay == [missing, nan_record]
+  _export(unrecord, '--input', path, '--output', out, '--value_range', '0,255',
+          '--max_failures', '3')
+  assert os.path.exists(os.path.join(out, '_SUCCESS'))
+
+
+@pytest.fixture(scope='module')
+def tfds_dataset(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('tfds_export'))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run([sys.executable, '-c', _TFDS_BUILDER.format(repo=repo), root],
+                 check=True, capture_output=True, timeout=300)
+  return os.path.join(root, 'tiny_photos', '1.0.0')
+
+
+def test_class_folders_load_in_keras(unrecord, tfds_dataset, tmp_path):
+  out = str(tmp_path / 'classes')
+  _export(unrecord, '--input', tfds_dataset, '--output', out, '--layout', 'class')
+  dataset = tf.keras.utils.image_dataset_from_directory(
+      out, image_size=(24, 20), batch_size=32, shuffle=False)
+  assert dataset.class_names == ['astronaut', 'chelsea', 'coffee']
+  images, labels = next(iter(dataset))
+  assert images.shape[0] == 9 and sorted(np.bincount(labels.numpy())) == [3, 3, 3]
+  assert {p.split('/')[0] for p in _files(out) - METADATA} == {
+      'astronaut', 'chelsea', 'coffee'}
+  assert all(r['passthrough'] for r in _manifest(out))  # TFDS PNG -> PNG, untouched
+
+
+def test_help_shows_unrecord_options_before_beam(unrecord):
+  result = unrecord('export', '--help', check=True)
+  text = result.stdout
+  assert text.index('--input') < text.index('--output') < text.index('Apache Beam options')
+  assert '--runner' in text and '--name_template' in text
