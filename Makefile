@@ -18,5 +18,9 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest
 
+# Exports a bundled sample of real photographs (scikit-image's, no download) with the job.
+demo: setup
+	$(PY) -m beam_jobs.demo --folder demo_out
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
