@@ -3,8 +3,6 @@
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -12,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 from tests import fixtures
-from tests.test_inspect import _TFDS_BUILDER
 from transforms import tfrecord
 
 # Any attempt to reach the network (e.g. DirectRunner fetching Prism) fails fast here.
@@ -92,11 +89,15 @@ def test_float_tensors_become_exact_pngs_with_manifest_and_report(unrecord, floa
 def test_templates_with_formats_and_fields(unrecord, float_shards, tmp_path):
   source, photos = float_shards
   out = str(tmp_path / 'named')
+  names = tmp_path / 'names.txt'
+  names.write_text('even\nodd\n')
   _export(unrecord, '--input', source, '--output', out, '--name_template',
-          '{split}/{label}/{id}-{index:04d}.{ext}', '--format', 'bmp')
+          '{split}/{label_name}/{id}-{label}-{index:04d}.{ext}', '--format', 'bmp',
+          '--label_names', str(names))
   images = _files(out) - METADATA
-  assert images == {f'train/{i % 2}/s{s}r{i}-{i:04d}.bmp' for s in range(2)
-                    for i in range(3)}
+  assert images == {f'train/{("even", "odd")[i % 2]}/s{s}r{i}-{i % 2}-{i:04d}.bmp'
+                    for s in range(2) for i in range(3)}
+  assert {r['label_name'] for r in _manifest(out)} == {'even', 'odd'}
 
 
 def test_unknown_template_field_fails_before_the_run(unrecord, float_shards, tmp_path):
@@ -190,15 +191,6 @@ def test_bad_records_are_dead_lettered_and_good_ones_written(unrecord, tmp_path)
   _export(unrecord, '--input', path, '--output', out, '--value_range', '0,255',
           '--max_failures', '3')
   assert os.path.exists(os.path.join(out, '_SUCCESS'))
-
-
-@pytest.fixture(scope='module')
-def tfds_dataset(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('tfds_export'))
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  subprocess.run([sys.executable, '-c', _TFDS_BUILDER.format(repo=repo), root],
-                 check=True, capture_output=True, timeout=300)
-  return os.path.join(root, 'tiny_photos', '1.0.0')
 
 
 def test_class_folders_load_in_keras(unrecord, tfds_dataset, tmp_path):

@@ -1,11 +1,7 @@
 """`unrecord inspect`, run as a user runs it, over every encoding and a TFDS dataset."""
 
-import io
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -146,42 +142,6 @@ def test_contact_sheet_is_a_real_picture(unrecord, datasets, tmp_path):
   assert image.shape[0] >= 128 and image.shape[1] >= 4 * 128
   cell = image[4:132, 4:132].astype(float)
   assert cell.std() > 10  # a photo, not a flat fill
-
-
-_TFDS_BUILDER = textwrap.dedent('''
-    import sys
-    import numpy as np
-    import tensorflow_datasets as tfds
-    sys.path.insert(0, {repo!r})
-    from tests import fixtures
-
-    class TinyPhotos(tfds.core.GeneratorBasedBuilder):
-      VERSION = tfds.core.Version('1.0.0')
-
-      def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({{
-            'image': tfds.features.Image(shape=(24, 20, 3)),
-            'label': tfds.features.ClassLabel(names=['astronaut', 'coffee', 'chelsea']),
-        }}))
-
-      def _split_generators(self, dl_manager):
-        return {{'train': self._generate_examples(6), 'test': self._generate_examples(3)}}
-
-      def _generate_examples(self, n):
-        for i in range(n):
-          yield f'k{{i}}', {{'image': fixtures.photo(i, 24, 20), 'label': i % 3}}
-
-    TinyPhotos(data_dir=sys.argv[1]).download_and_prepare()
-''')
-
-
-@pytest.fixture(scope='module')
-def tfds_dataset(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('tfds'))
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  subprocess.run([sys.executable, '-c', _TFDS_BUILDER.format(repo=repo), root],
-                 check=True, capture_output=True, timeout=300)
-  return os.path.join(root, 'tiny_photos', '1.0.0')
 
 
 def test_tfds_prepared_folder_gives_class_names_and_splits(unrecord, tfds_dataset):

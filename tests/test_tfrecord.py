@@ -127,7 +127,7 @@ def test_oversized_real_record_is_skipped_when_the_file_holds_it():
 
 @pytest.mark.parametrize('compression', ['gzip', 'zlib'])
 def test_truncated_compressed_file_reports_truncation(tmp_path, compression):
-  path = str(tmp_path / f'cut.tfrecord')
+  path = str(tmp_path / 'cut.tfrecord')
   tfrecord.write_tfrecord(path, [os.urandom(3000) for _ in range(5)], compression)
   data = open(path, 'rb').read()
   open(path, 'wb').write(data[:len(data) * 2 // 3])
@@ -183,3 +183,19 @@ def test_mutated_files_never_raise_and_keep_undamaged_records(data):
   # Exactly one record is damaged by one changed byte; every other one survives.
   assert len(good) == 5 and len(_bad(slots)) == 1
   assert all(p in payloads for p in good)
+
+
+def test_fsspec_urls_globs_and_directories_read_the_same(tmp_path):
+  import fsspec
+  payloads = [b'one', b'two']
+  memory = fsspec.filesystem('memory')
+  with memory.open('/unrecord-test/a.tfrecord', 'wb') as f:
+    f.write(b''.join(tfrecord.encode_record(p) for p in payloads))
+  folder = tmp_path / 'dir'
+  folder.mkdir()
+  tfrecord.write_tfrecord(str(folder / 'a.tfrecord'), payloads)
+  (folder / 'notes.txt').write_text('not a shard')
+  for pattern in ('memory://unrecord-test/a.tfrecord', 'memory://unrecord-test/*.tfrecord',
+                  str(folder), str(folder / '*.tfrecord'), f'file://{folder}/a.tfrecord'):
+    assert _good(read.read_all([pattern])) == payloads, pattern
+  memory.rm('/unrecord-test', recursive=True)

@@ -1,5 +1,6 @@
-"""unrecord's library: pure modules for TFRecords and images, and the Beam transforms over them.
+"""unrecord's library: pure modules for TFRecords and images, and Beam transforms over them.
 
 Pure modules (no Beam): errors, tfrecord, protos, tensor_proto, example, image_formats,
-decode, normalize, schema, storage, preview. Beam transforms: read.
+decode, schema, normalize, encode, naming, render, sink, storage, preview.
+Beam transforms: read (ReadImageRecords, DecodeImages), export (WriteImages, ExportImages).
 """

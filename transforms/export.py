@@ -14,7 +14,7 @@ import datetime
 import io
 import json
 import time
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics

@@ -16,7 +16,7 @@ from transforms import decode
 from transforms import errors
 from transforms import storage
 from transforms import tfrecord
-from transforms.tfrecord import FileRange, RecordRef
+from transforms.tfrecord import FileRange
 
 METRICS_NAMESPACE = 'unrecord'
 DEAD_LETTER = 'dead_letter'

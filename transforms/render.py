@@ -13,7 +13,6 @@ import numpy as np
 
 from transforms import decode
 from transforms import encode
-from transforms import errors
 from transforms import naming
 from transforms import normalize
 from transforms import schema
