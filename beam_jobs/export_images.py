@@ -19,9 +19,10 @@ import logging
 import os
 import sys
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
                                                   StandardOptions, _BeamArgumentParser)
 
@@ -306,8 +307,26 @@ def describe(plan: Plan, runner: str) -> str:
           f'as {config.render.name_template!r} under {config.output}; runner {runner}')
 
 
-def summary(report: dict) -> str:
-  reasons = ', '.join(f'{k}: {v}' for k, v in sorted(report['failed_by_reason'].items()))
+def failure_counters(result) -> Dict[str, int]:
+  """Per-reason failure counts from the runner's Beam counters (empty if it has none)."""
+  try:
+    counters = result.metrics().query(
+        MetricsFilter().with_namespace(export.NAMESPACE))['counters']
+  except (AttributeError, NotImplementedError, KeyError):
+    return {}
+  totals: Dict[str, int] = {}
+  for counter in counters:
+    name = counter.key.metric.name
+    if name.startswith('failed_') and counter.committed:
+      reason = name[len('failed_'):]
+      totals[reason] = totals.get(reason, 0) + counter.committed
+  return totals
+
+
+def summary(report: dict, counters: Optional[Dict[str, int]] = None) -> str:
+  """The closing line; failures by reason are the Beam counters' sums where available."""
+  by_reason = counters or report['failed_by_reason']
+  reasons = ', '.join(f'{k}: {v}' for k, v in sorted(by_reason.items()))
   return (f'{PROG}: written {report["written"]} (passthrough {report["passthrough"]}), '
           f'skipped {report["skipped"]}, failed {report["failed"]}'
           + (f' ({reasons})' if reasons else '') +
@@ -335,14 +354,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     pipeline = beam.Pipeline(options=pipeline_options)
     _ = pipeline | 'Export' >> export.ExportImages(plan.config)
-    pipeline.run().wait_until_finish()
+    result = pipeline.run()
+    result.wait_until_finish()
   except Exception as e:  # the runner's own failure: report it plainly, then exit 3
     logging.getLogger(__name__).debug('pipeline failed', exc_info=True)
     print(f'{PROG}: error: the pipeline failed: {type(e).__name__}: {e}', file=sys.stderr)
     return 3
   root = sink.OutputRoot(plan.config.output, plan.config.read.storage_options)
   report = json.loads(root.read(export.REPORT))
-  print(summary(report), file=sys.stderr)
+  print(summary(report, failure_counters(result)), file=sys.stderr)
   return 0 if report['success'] else 1
 
 

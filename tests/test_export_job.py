@@ -123,7 +123,9 @@ def test_skip_existing_rerun_writes_nothing(unrecord, float_shards, tmp_path):
   before = {p: (os.stat(os.path.join(out, p)).st_mtime_ns,
                 open(os.path.join(out, p), 'rb').read())
             for p in _files(out) - METADATA}
+  manifest = open(os.path.join(out, '_manifest.jsonl'), 'rb').read()
   _export(unrecord, '--input', source, '--output', out, '--skip_existing')
+  assert open(os.path.join(out, '_manifest.jsonl'), 'rb').read() == manifest
   after = {p: (os.stat(os.path.join(out, p)).st_mtime_ns,
                open(os.path.join(out, p), 'rb').read())
            for p in _files(out) - METADATA}

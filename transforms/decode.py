@@ -357,10 +357,22 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
   scalars = example_lib.scalar_features(features, exclude=(key,))
 
   images: List[_Part] = []
-  if encoding == 'encoded':
+  if encoding in ('encoded', 'tensor'):
     _require_kind(feature, key, example_lib.BYTES, encoding)
+    # Each value is checked by its magic bytes, so a dataset mixing serialized tensors
+    # and encoded images under one key decodes either way.
     for value in feature.values:
       fmt = image_formats.sniff_format(value)
+      if fmt is None and encoding == 'tensor':
+        tensor = tensor_proto.parse_tensor_proto(value)
+        _check_pixels(tensor_proto.tensor_shape(tensor), spec, key)
+        pixels = tensor_proto.tensor_to_array(tensor, max_elements=_max_elements(spec))
+        images += _split(pixels, spec, tensor_proto.dtype_name(tensor.dtype))
+        continue
+      if fmt is None:
+        raise errors.DecodeError(
+            errors.DECODE_ERROR, f'feature {key!r} holds bytes that are not a PNG, JPEG, '
+            'WebP, BMP, TIFF or GIF image')
       if spec.decode_encoded:
         pixels = image_formats.decode_encoded(value, fmt, spec.max_pixels)
         shape, dtype_name = pixels.shape, pixels.dtype.name
@@ -369,14 +381,6 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
         shape, dtype_name = image_formats.check_encoded(value, fmt, spec.max_pixels)
       layout = 'hw' if len(shape) == 2 else 'hwc'
       images.append(_Part(pixels, layout, dtype_name, shape, layout, value, fmt))
-  elif encoding == 'tensor':
-    _require_kind(feature, key, example_lib.BYTES, encoding)
-    for value in feature.values:
-      tensor = tensor_proto.parse_tensor_proto(value)
-      _check_pixels(tensor_proto.tensor_shape(tensor), spec, key)
-      pixels = tensor_proto.tensor_to_array(tensor, max_elements=_max_elements(spec))
-      dtype_name = tensor_proto.dtype_name(tensor.dtype)
-      images += _split(pixels, spec, dtype_name)
   elif encoding == 'raw':
     _require_kind(feature, key, example_lib.BYTES, encoding)
     pixels, dtype_name = _decode_raw(features, key, spec)

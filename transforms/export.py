@@ -21,6 +21,7 @@ from apache_beam.metrics import Metrics
 
 from transforms import decode
 from transforms import errors
+from transforms import image_formats
 from transforms import read
 from transforms import render
 from transforms import sink
@@ -89,6 +90,24 @@ def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendere
   }
 
 
+def existing_row(image: decode.DecodedImage, name: str, root: sink.OutputRoot,
+                 config: ExportConfig) -> dict:
+  """A manifest row for an image left in place by --skip_existing, from the file itself.
+
+  `write_manifest` prefers the previous run's row for the same path when there is one.
+  """
+  data = root.read(name)
+  try:
+    shape, dtype = image_formats.check_encoded(data, None, config.image.max_pixels)
+  except errors.UnrecordError:
+    shape, dtype = None, None
+  rendered = render.Rendered(data, tuple(shape or ()), dtype, ('existing',), 'existing',
+                             False, None)
+  row = manifest_row(image, name, rendered, config)
+  row['shape_out'] = list(shape) if shape else None
+  return row
+
+
 def _failure(error: errors.UnrecordError, stage: str, image: decode.DecodedImage
              ) -> errors.Failure:
   error.at(image.ref.path, image.ref.index, image.ref.offset)
@@ -114,7 +133,8 @@ class _WriteImageFn(beam.DoFn):
       name = render.output_name(image, config.render)
       if config.skip_existing and self._root.exists(name):
         self._skipped.inc()
-        yield beam.pvalue.TaggedOutput(SKIPPED, name)
+        yield beam.pvalue.TaggedOutput(SKIPPED, existing_row(image, name, self._root,
+                                                             config))
         return
       stage = 'encode'
       rendered = render.render(image, config.render)
@@ -177,11 +197,25 @@ def _jsonl(rows: Iterable[dict]) -> bytes:
                  for r in rows).encode('utf-8')
 
 
-def write_manifest(rows: List[dict], config: ExportConfig) -> dict:
-  """Writes `_manifest.jsonl` (sorted by path); returns its totals."""
-  rows = sorted(rows, key=lambda r: r['path'])
+def write_manifest(rows: List[dict], config: ExportConfig, skipped: List[dict]) -> dict:
+  """Writes `_manifest.jsonl`, sorted by path, covering written and skipped images.
+
+  A skipped image keeps its row from the previous manifest, byte for byte, when that
+  manifest has one (a re-run over unchanged input rewrites an identical manifest); else
+  (e.g. after a killed run) its row is made from the file found in place.
+  """
   root = sink.OutputRoot(config.output, config.read.storage_options)
-  root.write(MANIFEST, _jsonl(rows))
+  previous = {}
+  if skipped and root.exists(MANIFEST):
+    for line in root.read(MANIFEST).decode('utf-8').splitlines():
+      try:
+        previous[json.loads(line)['path']] = line + '\n'
+      except (ValueError, KeyError, TypeError):
+        continue
+  lines = {r['path']: _jsonl([r]).decode('utf-8') for r in skipped}
+  lines.update({p: previous[p] for p in lines if p in previous})
+  lines.update({r['path']: _jsonl([r]).decode('utf-8') for r in rows})
+  root.write(MANIFEST, ''.join(lines[p] for p in sorted(lines)).encode('utf-8'))
   return {'written': len(rows), 'bytes': sum(r['bytes'] for r in rows),
           'passthrough': sum(1 for r in rows if r['passthrough'])}
 
@@ -259,7 +293,11 @@ def _iso(epoch: float) -> str:
 
 
 class WriteImages(beam.PTransform):
-  """DecodedImage -> written files; outputs `rows` (manifest), `dead_letter`, `skipped`."""
+  """DecodedImage -> written files.
+
+  Outputs `rows` (manifest rows of written images), `dead_letter` (Failure) and `skipped`
+  (manifest rows of images --skip_existing left in place).
+  """
 
   def __init__(self, config: ExportConfig):
     super().__init__()
@@ -302,7 +340,8 @@ class ExportImages(beam.PTransform):
                 | 'AllFailures' >> beam.Flatten())
     manifest = (written['rows']
                 | 'CollectManifest' >> beam.combiners.ToList()
-                | 'WriteManifest' >> beam.Map(write_manifest, config))
+                | 'WriteManifest' >> beam.Map(write_manifest, config,
+                                              beam.pvalue.AsList(written['skipped'])))
     dead_letter = (failures
                    | 'CollectFailures' >> beam.combiners.ToList()
                    | 'WriteDeadLetter' >> beam.Map(write_dead_letter, config))

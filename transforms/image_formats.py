@@ -61,18 +61,30 @@ def _declared_size(data: bytes) -> Optional[Tuple[int, int]]:
   return None
 
 
-def _check_pixels(width: int, height: int, fmt: str, max_pixels: int) -> None:
+# No image codec here stores more pixels per byte than this (deflate tops out near
+# 1032:1 on bytes, i.e. about 8,300 1-bit pixels per byte); a header claiming more is
+# lying about its size, and decoding it would allocate for pixels that are not there.
+MAX_PIXELS_PER_BYTE = 20000
+
+
+def _check_pixels(width: int, height: int, fmt: str, max_pixels: int,
+                  size: Optional[int] = None) -> None:
   if width * height > max_pixels:
     raise errors.DecodeError(
         errors.TOO_MANY_PIXELS,
         f'encoded {fmt} image claims {width}x{height} = {width * height} pixels, more '
         f'than --max_pixels={max_pixels}; it was not decoded')
+  if size is not None and width * height > MAX_PIXELS_PER_BYTE * max(size, 1):
+    raise errors.DecodeError(
+        errors.DECODE_ERROR,
+        f'encoded {fmt} image claims {width}x{height} pixels but holds only {size} bytes; '
+        'its header and data disagree, so it was not decoded')
 
 
 def _open_header(data: bytes, max_pixels: int) -> Image.Image:
   declared = _declared_size(data)
   if declared is not None:
-    _check_pixels(*declared, sniff_format(data) or 'image', max_pixels)
+    _check_pixels(*declared, sniff_format(data) or 'image', max_pixels, len(data))
   with warnings.catch_warnings():
     warnings.simplefilter('error', Image.DecompressionBombWarning)
     try:
@@ -82,7 +94,7 @@ def _open_header(data: bytes, max_pixels: int) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
       raise errors.DecodeError(
           errors.DECODE_ERROR, f'encoded image header cannot be read ({e})') from e
-  _check_pixels(*image.size, image.format or 'image', max_pixels)
+  _check_pixels(*image.size, image.format or 'image', max_pixels, len(data))
   return image
 
 
