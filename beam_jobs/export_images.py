@@ -32,6 +32,7 @@ from transforms import errors
 from transforms import export
 from transforms import naming
 from transforms import normalize
+from transforms import read
 from transforms import render
 from transforms import schema as schema_lib
 from transforms import sink
@@ -198,9 +199,13 @@ def build_config(args, started: float) -> Plan:
         (f'; first problem: {damage[0]}' if damage else ''))
   tfds = schema_lib.read_tfds_info(files[0], read_config.storage_options)
   label_names = common.load_label_names(args.label_names, read_config.storage_options)
-  found = schema_lib.detect_schema(
-      records, image_key=args.image_key, label_key=args.label_key, id_key=args.id_key,
-      label_names=label_names, spec=spec, tfds=tfds, files=files)
+  decoder = read.make_decoder(spec)
+  try:
+    found = schema_lib.detect_schema(
+        records, image_key=args.image_key, label_key=args.label_key, id_key=args.id_key,
+        label_names=label_names, spec=spec, tfds=tfds, files=files, decoder=decoder)
+  finally:
+    getattr(decoder, 'close', lambda: None)()
   if found.image is None:
     raise errors.ConfigError(
         (found.failures[0] if found.failures else 'no image feature was found') +
@@ -263,7 +268,8 @@ _REPORTED_OPTIONS = (
     'shape', 'dtype', 'tensor_layout', 'max_pixels', 'format', 'quality',
     'png_compression', 'png_encoder', 'webp_lossless', 'jpeg_progressive',
     'jpeg_subsampling', 'reencode',
-    'name_template', 'layout', 'skip_existing', 'max_failures', 'value_range', 'mean',
+    'decoder_isolation', 'name_template', 'layout', 'skip_existing', 'max_failures',
+    'value_range', 'mean',
     'std', 'channel_order', 'bit_depth', 'non_finite')
 
 

@@ -9,6 +9,7 @@ Reads only the first --limit records (no pipeline). Exit status: 0, or 2 for bad
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Optional, Sequence
@@ -20,6 +21,7 @@ from transforms import decode
 from transforms import errors
 from transforms import normalize
 from transforms import preview
+from transforms import read
 from transforms import schema as schema_lib
 from transforms import storage
 
@@ -48,14 +50,19 @@ def inspect(args) -> schema_lib.Schema:
   patterns = options.input_patterns(args)
   records, damage, files = schema_lib.sample_records(patterns, args.limit, config)
   tfds = schema_lib.read_tfds_info(files[0], config.storage_options) if files else None
-  found = schema_lib.detect_schema(
-      records, image_key=args.image_key, label_key=args.label_key, id_key=args.id_key,
-      label_names=options.load_label_names(args.label_names, config.storage_options),
-      spec=options.image_spec(args), tfds=tfds, files=files)
-  found.failures = damage + found.failures
-  if args.contact_sheet:
-    write_contact_sheet(args.contact_sheet, records, found, options.image_spec(args),
-                        config.storage_options)
+  spec = options.image_spec(args)
+  decoder = read.make_decoder(spec)
+  try:
+    found = schema_lib.detect_schema(
+        records, image_key=args.image_key, label_key=args.label_key, id_key=args.id_key,
+        label_names=options.load_label_names(args.label_names, config.storage_options),
+        spec=spec, tfds=tfds, files=files, decoder=decoder)
+    found.failures = damage + found.failures
+    if args.contact_sheet:
+      write_contact_sheet(args.contact_sheet, records, found, spec,
+                          config.storage_options, decoder=decoder)
+  finally:
+    getattr(decoder, 'close', lambda: None)()
   return found
 
 
@@ -74,18 +81,19 @@ def caption(image: decode.DecodedImage, found: schema_lib.Schema) -> str:
 
 
 def write_contact_sheet(url: str, records, found: schema_lib.Schema,
-                        spec: decode.ImageSpec, storage_options, limit: int = 64) -> int:
+                        spec: decode.ImageSpec, storage_options, limit: int = 64,
+                        decoder=None) -> int:
   """Renders the first images of `records` to a PNG at `url`; returns how many."""
   if found.image is None:
     raise errors.ConfigError('no image was found in the sampled records, so there is '
                              'nothing to put on a contact sheet')
-  spec = decode.ImageSpec(key=found.image.key, shape=spec.shape, dtype=spec.dtype,
-                          layout=spec.layout, max_pixels=spec.max_pixels)
+  spec = dataclasses.replace(spec, key=found.image.key)
+  decoder = decoder or decode.image_formats.decode_encoded
   display_range = dataset_display_range(found.image)
   items = []
   for ref, payload in records:
     try:
-      images = decode.decode_record(ref, payload, spec)
+      images = decode.decode_record(ref, payload, spec, decoder)
     except errors.UnrecordError:
       continue
     for image in images:

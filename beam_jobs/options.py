@@ -69,6 +69,11 @@ def add_input_arguments(parser, required: bool = True) -> None:
       help='Axis order of tensors: hwc, chw (NHWC/NCHW for batches), or auto (a trailing '
       'axis of 1-4 is channels, else a leading one). Default: auto.')
   group.add_argument(
+      '--decoder_isolation', default='on', choices=('on', 'off'),
+      help='on: encoded images (PNG, JPEG, ...) are decoded in a separate process, so a '
+      'decoder crash on a hostile image fails only that image. off: decode in the worker, '
+      'about 0.35 ms faster per 224x224 image (docs/reliability.md). Default: on.')
+  group.add_argument(
       '--max_pixels', type=int, default=image_formats.DEFAULT_MAX_PIXELS, metavar='N',
       help='Images with more pixels are rejected (too_many_pixels) before they are '
       f'decoded. Default: {image_formats.DEFAULT_MAX_PIXELS}.')
@@ -111,7 +116,8 @@ def read_config(args) -> read.ReadConfig:
 def image_spec(args) -> decode.ImageSpec:
   return decode.ImageSpec(
       key=args.image_key, shape=parse_shape(args.shape), dtype=args.dtype,
-      layout=args.tensor_layout, max_pixels=args.max_pixels)
+      layout=args.tensor_layout, max_pixels=args.max_pixels,
+      isolate_decoder=args.decoder_isolation == 'on')
 
 
 def input_patterns(args) -> List[str]:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from transforms import errors
 from transforms import example as example_lib
 from transforms import image_formats
+from transforms import isolation
 from transforms import tensor_proto
 from transforms.example import FeatureValue
 from transforms.tfrecord import RecordRef
@@ -44,6 +45,10 @@ class ImageSpec:
   # False: encoded images are only checked (header, size, end marker), not decoded;
   # `pixels` stays None until `ensure_pixels`. For passthrough, where pixels are unused.
   decode_encoded: bool = True
+  # The function that decodes encoded images (MODULE:FUNCTION, same arguments as
+  # image_formats.decode_encoded), and whether it runs in an isolated child process.
+  decoder: str = isolation.DEFAULT_DECODER
+  isolate_decoder: bool = False
 
   def __post_init__(self):
     if self.encoding is not None and self.encoding not in ENCODINGS:
@@ -340,9 +345,16 @@ def missing_image_error(features: Dict[str, FeatureValue],
 # Decoding
 
 
+Decoder = Callable[..., np.ndarray]
+
+
 def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
-                    spec: ImageSpec) -> List[DecodedImage]:
-  """Every image in one parsed record; raises DecodeError with a reason code."""
+                    spec: ImageSpec,
+                    decoder: Decoder = image_formats.decode_encoded) -> List[DecodedImage]:
+  """Every image in one parsed record; raises DecodeError with a reason code.
+
+  `decoder` decodes encoded images (see ImageSpec.decoder / isolation.IsolatedCall).
+  """
   key = spec.key
   if key is None:
     candidates = image_candidates(features)
@@ -374,7 +386,7 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
             errors.DECODE_ERROR, f'feature {key!r} holds bytes that are not a PNG, JPEG, '
             'WebP, BMP, TIFF or GIF image')
       if spec.decode_encoded:
-        pixels = image_formats.decode_encoded(value, fmt, spec.max_pixels)
+        pixels = decoder(value, fmt, spec.max_pixels)
         shape, dtype_name = pixels.shape, pixels.dtype.name
       else:
         pixels = None
@@ -403,19 +415,21 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
   ]
 
 
-def ensure_pixels(image: DecodedImage, max_pixels: int) -> DecodedImage:
+def ensure_pixels(image: DecodedImage, max_pixels: int,
+                  decoder: Decoder = image_formats.decode_encoded) -> DecodedImage:
   """`image` with its pixels decoded (a no-op when they already are)."""
   if image.pixels is not None:
     return image
-  pixels = image_formats.decode_encoded(image.encoded, image.encoded_format, max_pixels)
+  pixels = decoder(image.encoded, image.encoded_format, max_pixels)
   return dataclasses.replace(image, pixels=pixels, source_dtype=pixels.dtype.name,
                              layout='hw' if pixels.ndim == 2 else 'hwc')
 
 
-def decode_record(ref: RecordRef, payload: bytes, spec: ImageSpec) -> List[DecodedImage]:
+def decode_record(ref: RecordRef, payload: bytes, spec: ImageSpec,
+                  decoder: Decoder = image_formats.decode_encoded) -> List[DecodedImage]:
   """Parses one serialized Example and decodes its images; errors carry the record."""
   try:
-    return decode_features(ref, example_lib.parse_example(payload), spec)
+    return decode_features(ref, example_lib.parse_example(payload), spec, decoder)
   except errors.UnrecordError as e:
     raise e.at(ref.path, ref.index, ref.offset)
 

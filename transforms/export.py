@@ -125,6 +125,12 @@ class _WriteImageFn(beam.DoFn):
 
   def setup(self):
     self._root = sink.OutputRoot(self._config.output, self._config.read.storage_options)
+    self._decoder = read.make_decoder(self._config.image)
+
+  def teardown(self):
+    close = getattr(self._decoder, 'close', None)
+    if close is not None:
+      close()
 
   def process(self, image: decode.DecodedImage):
     config = self._config
@@ -137,7 +143,7 @@ class _WriteImageFn(beam.DoFn):
                                                              config))
         return
       stage = 'encode'
-      rendered = render.render(image, config.render)
+      rendered = render.render(image, config.render, self._decoder)
       stage = 'write'
       self._root.write(name, rendered.data)
     except errors.UnrecordError as e:

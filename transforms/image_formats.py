@@ -91,7 +91,7 @@ def _open_header(data: bytes, max_pixels: int) -> Image.Image:
       image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
       raise errors.DecodeError(errors.TOO_MANY_PIXELS, str(e)) from e
-    except (OSError, SyntaxError, ValueError) as e:
+    except Exception as e:  # Pillow's header parsers raise many kinds on hostile data
       raise errors.DecodeError(
           errors.DECODE_ERROR, f'encoded image header cannot be read ({e})') from e
   _check_pixels(*image.size, image.format or 'image', max_pixels, len(data))
@@ -132,7 +132,21 @@ def check_encoded(data: bytes, fmt: Optional[str] = None,
 
 def decode_encoded(data: bytes, fmt: Optional[str] = None,
                    max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-  """Decodes an encoded image to HxW or HxWxC (RGB/RGBA order), keeping its bit depth."""
+  """Decodes an encoded image to HxW or HxWxC (RGB/RGBA order), keeping its bit depth.
+
+  Raises only DecodeError: Pillow and OpenCV raise many kinds of exception on hostile
+  data, and each of them means this image cannot be decoded.
+  """
+  try:
+    return _decode_encoded(data, fmt, max_pixels)
+  except errors.UnrecordError:
+    raise
+  except Exception as e:
+    raise errors.DecodeError(errors.DECODE_ERROR,
+                             f'image data cannot be decoded ({type(e).__name__}: {e})') from e
+
+
+def _decode_encoded(data: bytes, fmt: Optional[str], max_pixels: int) -> np.ndarray:
   fmt = fmt or sniff_format(data)
   if fmt is None:
     raise errors.DecodeError(errors.DECODE_ERROR,

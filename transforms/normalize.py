@@ -212,10 +212,13 @@ def normalize(pixels: np.ndarray, layout: str, spec: NormalizeSpec, *, bits: str
     steps.append('undo_mean_std')
 
   if bits == 'float':
-    if spec.undoes_mean_std or pixels.dtype.kind != 'f':
-      pixels = pixels.astype(np.float32)
-    return Normalized(np.ascontiguousarray(pixels, dtype=np.float32), None,
-                      tuple(steps + ['float32']))
+    with np.errstate(over='ignore'):
+      as_float32 = np.ascontiguousarray(pixels, dtype=np.float32)
+    if pixels.dtype.kind == 'f' and not np.array_equal(
+        np.isfinite(as_float32), np.isfinite(pixels)):
+      raise errors.DecodeError(
+          errors.NON_FINITE, 'values exceed the float32 range a float TIFF holds')
+    return Normalized(as_float32, None, tuple(steps + ['float32']))
 
   top = 255 if bits == '8' else 65535
   target = np.uint8 if bits == '8' else np.uint16
@@ -229,7 +232,7 @@ def normalize(pixels: np.ndarray, layout: str, spec: NormalizeSpec, *, bits: str
   if value_range is None:
     value_range = resolve_range(spec.value_range, pixels, source_dtype)
   low, high = value_range
-  with np.errstate(over='ignore'):
+  with np.errstate(over='ignore', invalid='ignore'):  # inf/NaN are mapped just below
     scaled = (pixels.astype(np.float64) - low) / (high - low) * top
   if pixels.dtype.kind == 'f':
     scaled = np.nan_to_num(scaled, nan=0.0, posinf=top, neginf=0.0)

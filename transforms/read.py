@@ -14,6 +14,7 @@ from apache_beam.metrics import Metrics
 
 from transforms import decode
 from transforms import errors
+from transforms import isolation
 from transforms import storage
 from transforms import tfrecord
 from transforms.tfrecord import FileRange
@@ -137,6 +138,13 @@ class ReadImageRecords(beam.PTransform):
             DEAD_LETTER, main='records'))
 
 
+def make_decoder(spec: decode.ImageSpec) -> decode.Decoder:
+  """The encoded-image decoder a DoFn uses: isolated in a child process, or direct."""
+  if spec.isolate_decoder:
+    return isolation.IsolatedCall(spec.decoder)
+  return isolation.resolve(spec.decoder)
+
+
 class _DecodeFn(beam.DoFn):
   """(RecordRef, bytes) -> DecodedImage per image; undecodable records go to the dead letter."""
 
@@ -144,10 +152,18 @@ class _DecodeFn(beam.DoFn):
     self._spec = spec
     self._images = Metrics.counter(METRICS_NAMESPACE, 'images_decoded')
 
+  def setup(self):
+    self._decoder = make_decoder(self._spec)
+
+  def teardown(self):
+    close = getattr(self._decoder, 'close', None)
+    if close is not None:
+      close()
+
   def process(self, record: tfrecord.Record):
     ref, payload = record
     try:
-      images = decode.decode_record(ref, payload, self._spec)
+      images = decode.decode_record(ref, payload, self._spec, self._decoder)
     except errors.UnrecordError as e:
       Metrics.counter(METRICS_NAMESPACE, f'failed_{e.reason}').inc()
       yield beam.pvalue.TaggedOutput(

@@ -71,13 +71,14 @@ def can_pass_through(image: decode.DecodedImage, config: RenderConfig) -> bool:
           and spec.bit_depth in ('auto', source_bits(image.source_dtype)))
 
 
-def render(image: decode.DecodedImage, config: RenderConfig) -> Rendered:
+def render(image: decode.DecodedImage, config: RenderConfig,
+           decoder: decode.Decoder = decode.image_formats.decode_encoded) -> Rendered:
   """Encoded bytes for one image; raises DecodeError with a reason code."""
   if can_pass_through(image, config):
     shape = tuple(image.pixels.shape) if image.pixels is not None else image.stored_shape
     return Rendered(image.encoded, shape, image.source_dtype, ('passthrough',),
                     'passthrough', True, None)
-  image = decode.ensure_pixels(image, config.max_pixels)
+  image = decode.ensure_pixels(image, config.max_pixels, decoder)
   bits = normalize.target_bits(
       image.pixels.dtype.name, config.normalize.bit_depth, config.encode.holds_16bit,
       config.encode.holds_float, config.value_range)

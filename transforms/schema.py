@@ -245,8 +245,12 @@ def detect_schema(
     spec: decode.ImageSpec = decode.ImageSpec(),
     tfds: Optional[TfdsInfo] = None,
     files: Sequence[str] = (),
+    decoder: Optional[decode.Decoder] = None,
 ) -> Schema:
-  """The schema of a sample of records; explicit keys win over detection."""
+  """The schema of a sample of records; explicit keys win over detection.
+
+  `decoder` decodes encoded images (default: in this process).
+  """
   parsed: List[Tuple[tfrecord.RecordRef, Dict[str, example_lib.FeatureValue]]] = []
   failures: List[str] = []
   for ref, payload in records:
@@ -280,7 +284,8 @@ def detect_schema(
 
   image = None
   if parsed:
-    image, image_key, more_failures = _detect_image(parsed, image_key, spec)
+    image, image_key, more_failures = _detect_image(
+        parsed, image_key, spec, decoder or decode.image_formats.decode_encoded)
     failures += more_failures
 
   exclude = [image_key] if image_key else []
@@ -312,7 +317,7 @@ def detect_schema(
       tfds_name=tfds.name if tfds else None, failures=failures, scalar_keys=scalar_keys)
 
 
-def _detect_image(parsed, image_key, spec):
+def _detect_image(parsed, image_key, spec, decoder):
   failures = []
   if image_key is None:
     candidates = decode.image_candidates(parsed[0][1])
@@ -325,7 +330,7 @@ def _detect_image(parsed, image_key, spec):
   ranges = []
   for ref, features in parsed:
     try:
-      images = decode.decode_features(ref, features, spec)
+      images = decode.decode_features(ref, features, spec, decoder)
     except errors.UnrecordError as e:
       failures.append(str(e.at(ref.path, ref.index, ref.offset)))
       continue
