@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo reliability fuzz clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,18 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest
+
+# The reliability tests alone, printing the figures docs/reliability.md records.
+reliability: setup
+	$(PY) -m pytest -s -q tests/test_corruption.py tests/test_bombs.py \
+	  tests/test_crash_safety.py tests/test_reasons.py tests/test_isolation.py \
+	  tests/test_fuzz.py tests/test_atheris.py
+
+# Coverage-guided fuzzing for as long as you like (default one hour): FUZZ_SECONDS=36000.
+FUZZ_SECONDS ?= 3600
+fuzz: setup
+	mkdir -p fuzz_corpus
+	$(PY) tests/fuzz/fuzz_pipeline.py -max_total_time=$(FUZZ_SECONDS) fuzz_corpus/
 
 # Exports a bundled sample of real photographs (scikit-image's, no download) with the job.
 demo: setup

@@ -13,7 +13,6 @@ import sys
 import textwrap
 import zlib
 
-import numpy as np
 
 from tests import fixtures
 from tests.conftest import REPO

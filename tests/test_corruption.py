@@ -12,7 +12,6 @@ import time
 
 import cv2
 import numpy as np
-import pytest
 
 from tests import fixtures
 from transforms import decode

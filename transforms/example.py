@@ -13,7 +13,7 @@ from transforms import protos
 
 BYTES, INT64, FLOAT = 'bytes', 'int64', 'float'
 Scalar = Union[int, float, str]
-_MAX_SCALAR_TEXT = 1024
+_MAX_SCALAR_TEXT = 4096  # longer bytes values are blobs, not ids or names
 
 
 @dataclasses.dataclass(frozen=True)
