@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test demo reliability fuzz clean
+.PHONY: setup chromium test demo reliability fuzz clean
 
 setup: $(STAMP)
 
@@ -15,7 +15,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: setup
+# Headless Chromium renders _report.html in a test; installed from Debian when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	   chromium >/dev/null) || \
+	  echo "make: chromium could not be installed; the report screenshot test will say so"
+
+test: setup chromium
 	$(PY) -m pytest
 
 # The reliability tests alone, printing the figures docs/reliability.md records.

@@ -32,10 +32,12 @@ from transforms import errors
 from transforms import export
 from transforms import naming
 from transforms import normalize
+from transforms import progress
 from transforms import read
 from transforms import render
 from transforms import schema as schema_lib
 from transforms import sink
+from transforms import storage
 
 PROG = 'unrecord export'
 LOCAL_RUNNERS = (None, 'DirectRunner', 'FnApiRunner')
@@ -84,6 +86,12 @@ class ExportOptions(PipelineOptions):
     group.add_argument('--max_failures', type=int, default=0, metavar='N',
                        help='Exit 0 and write _SUCCESS when at most N images failed. '
                        'Default: 0.')
+    group.add_argument('--quiet', action='store_true',
+                       help='No progress display (local runs show a live bar on a '
+                       'terminal, else a log line every --progress_interval seconds).')
+    group.add_argument('--progress_interval', type=float, default=10.0, metavar='SECONDS',
+                       help='Seconds between progress lines when stderr is not a '
+                       'terminal. Default: 10.')
     group.add_argument('--sample_records', type=int, default=64, metavar='N',
                        help='Records read at launch to detect keys and the value range. '
                        'Default: 64.')
@@ -179,6 +187,28 @@ class Plan:
   files: int
   found: schema_lib.Schema
   config: export.ExportConfig
+  mean_frame_bytes: float = 0.0
+
+
+def count_images(plan: Plan) -> Tuple[int, bool]:
+  """(images in the input, whether estimated) for the progress total.
+
+  Local uncompressed files are counted exactly from their frame headers; others are
+  estimated from their size and the sampled records' mean frame size.
+  """
+  config, image = plan.config, plan.found.image
+  feature = plan.found.features[image.key]
+  per_record = image.shape[0] if image.layout.startswith('n') else (
+      feature.max_length if image.encoding in ('encoded', 'tensor') else 1)
+  estimated = feature.min_length != feature.max_length
+  records = 0.0
+  for item in storage.expand_patterns(config.patterns, config.read.storage_options):
+    exact = read.count_records(item, config.read)
+    if exact is None:
+      estimated = True
+      exact = item.size / max(plan.mean_frame_bytes, 1.0)
+    records += exact
+  return int(round(records * per_record)), estimated
 
 
 def build_config(args, started: float) -> Plan:
@@ -260,7 +290,8 @@ def build_config(args, started: float) -> Plan:
       patterns=patterns, output=args.output, read=read_config, image=image_spec,
       render=render_config, skip_existing=args.skip_existing,
       max_failures=args.max_failures, run_started=started, options_used=used)
-  return Plan(files=len(files), found=found, config=config)
+  mean_frame = sum(len(payload) + 16 for _, payload in records) / len(records)
+  return Plan(files=len(files), found=found, config=config, mean_frame_bytes=mean_frame)
 
 
 _REPORTED_OPTIONS = (
@@ -302,6 +333,16 @@ def configure_runner(pipeline_options: PipelineOptions, argv: Sequence[str]) -> 
                                   else 'in_memory')
   return (f'DirectRunner (FnApiRunner, {direct.direct_num_workers} '
           f'{direct.direct_running_mode} worker(s))')
+
+
+def is_local(pipeline_options: PipelineOptions) -> bool:
+  """True for runners whose workers run on this machine and can reach 127.0.0.1."""
+  options = pipeline_options.get_all_options()
+  runner = options.get('runner')
+  if runner in ('FnApiRunner', 'DirectRunner', None):
+    return True
+  return runner == 'PortableRunner' and options.get('job_endpoint') == 'embed' and \
+      options.get('environment_type') in ('LOOPBACK', 'EXTERNAL')
 
 
 def describe(plan: Plan, runner: str) -> str:
@@ -357,6 +398,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return common.fail(PROG, str(e))
   runner = configure_runner(pipeline_options, argv)
   print(describe(plan, runner), file=sys.stderr)
+  monitor = None
+  if is_local(pipeline_options) and not args.quiet:
+    monitor = progress.ProgressMonitor(log_interval=args.progress_interval).start()
+    monitor.count_in_background(lambda: count_images(plan))
+    plan.config = dataclasses.replace(plan.config, progress=monitor.address)
   try:
     pipeline = beam.Pipeline(options=pipeline_options)
     _ = pipeline | 'Export' >> export.ExportImages(plan.config)
@@ -366,6 +412,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger(__name__).debug('pipeline failed', exc_info=True)
     print(f'{PROG}: error: the pipeline failed: {type(e).__name__}: {e}', file=sys.stderr)
     return 3
+  finally:
+    if monitor is not None:
+      monitor.stop()
   root = sink.OutputRoot(plan.config.output, plan.config.read.storage_options)
   report = json.loads(root.read(export.REPORT))
   print(summary(report, failure_counters(result)), file=sys.stderr)

@@ -14,7 +14,7 @@ import datetime
 import io
 import json
 import time
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -22,8 +22,10 @@ from apache_beam.metrics import Metrics
 from transforms import decode
 from transforms import errors
 from transforms import image_formats
+from transforms import progress
 from transforms import read
 from transforms import render
+from transforms import report as report_lib
 from transforms import sink
 from transforms import tfrecord
 
@@ -32,6 +34,7 @@ MANIFEST = '_manifest.jsonl'
 DEAD_LETTER_ROWS = '_dead_letter.jsonl'
 DEAD_LETTER_RECORDS = '_dead_letter.tfrecord'
 REPORT = '_report.json'
+REPORT_HTML = '_report.html'
 SUCCESS = '_SUCCESS'
 NAMESPACE = read.METRICS_NAMESPACE
 
@@ -48,6 +51,8 @@ class ExportConfig:
   max_failures: int = 0
   run_started: float = 0.0
   options_used: Tuple[Tuple[str, object], ...] = ()
+  # Where workers send live counts (local runs; see transforms/progress.py).
+  progress: Optional[Tuple[str, int]] = None
 
   def __post_init__(self):
     if not self.patterns:
@@ -126,8 +131,13 @@ class _WriteImageFn(beam.DoFn):
   def setup(self):
     self._root = sink.OutputRoot(self._config.output, self._config.read.storage_options)
     self._decoder = read.make_decoder(self._config.image)
+    self._progress = progress.ProgressSender(self._config.progress)
+
+  def finish_bundle(self):
+    self._progress.flush()
 
   def teardown(self):
+    self._progress.close()
     close = getattr(self._decoder, 'close', None)
     if close is not None:
       close()
@@ -139,6 +149,7 @@ class _WriteImageFn(beam.DoFn):
       name = render.output_name(image, config.render)
       if config.skip_existing and self._root.exists(name):
         self._skipped.inc()
+        self._progress.count('skipped')
         yield beam.pvalue.TaggedOutput(SKIPPED, existing_row(image, name, self._root,
                                                              config))
         return
@@ -147,9 +158,11 @@ class _WriteImageFn(beam.DoFn):
       stage = 'write'
       self._root.write(name, rendered.data)
     except errors.UnrecordError as e:
+      self._progress.count('failed')
       Metrics.counter(NAMESPACE, f'failed_{e.reason}').inc()
       yield beam.pvalue.TaggedOutput(read.DEAD_LETTER, _failure(e, stage, image))
       return
+    self._progress.count('written')
     self._written.inc()
     self._bytes.inc(len(rendered.data))
     yield manifest_row(image, name, rendered, config)
@@ -223,7 +236,8 @@ def write_manifest(rows: List[dict], config: ExportConfig, skipped: List[dict]) 
   lines.update({r['path']: _jsonl([r]).decode('utf-8') for r in rows})
   root.write(MANIFEST, ''.join(lines[p] for p in sorted(lines)).encode('utf-8'))
   return {'written': len(rows), 'bytes': sum(r['bytes'] for r in rows),
-          'passthrough': sum(1 for r in rows if r['passthrough'])}
+          'passthrough': sum(1 for r in rows if r['passthrough']),
+          'samples': report_lib.sample_rows(rows + skipped)}
 
 
 def write_dead_letter(failures: List[errors.Failure], config: ExportConfig) -> dict:
@@ -263,7 +277,7 @@ def write_dead_letter(failures: List[errors.Failure], config: ExportConfig) -> d
 
 def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict,
                  skipped: int) -> dict:
-  """Writes `_report.json`, removes temp debris, and writes `_SUCCESS` when it is earned."""
+  """Writes `_report.json` and `_report.html`, removes temp debris, then `_SUCCESS` if earned."""
   root = sink.OutputRoot(config.output, config.read.storage_options)
   root.remove_temp_debris()
   finished = time.time()
@@ -288,9 +302,25 @@ def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict,
       'options': {k: v for k, v in config.options_used},
   }
   root.write(REPORT, (json.dumps(report, indent=2, sort_keys=True) + '\n').encode())
+  root.write(REPORT_HTML, report_lib.render_html(
+      report, _thumbnails(root, manifest['samples'])).encode('utf-8'))
   if success:
     root.write(SUCCESS, b'')
   return report
+
+
+def _thumbnails(root: sink.OutputRoot, rows: List[dict]):
+  """(class, caption, thumbnail PNG) for the report's sample grid."""
+  samples = []
+  for row in rows:
+    try:
+      png = report_lib.thumbnail_png(root.read(row['path']))
+    except (OSError, errors.UnrecordError):
+      continue
+    label = row.get('label_name') or row.get('label')
+    caption = str(row['id']) if row.get('id') is not None else row['path']
+    samples.append(('' if label is None else str(label), caption, png))
+  return samples
 
 
 def _iso(epoch: float) -> str:
@@ -336,9 +366,11 @@ class ExportImages(beam.PTransform):
 
   def expand(self, pbegin):
     config = self._config
-    records = pbegin | 'ReadRecords' >> read.ReadImageRecords(config.patterns, config.read)
+    records = pbegin | 'ReadRecords' >> read.ReadImageRecords(
+        config.patterns, config.read, config.progress)
     # (RecordRef, bytes)
-    decoded = records.records | 'DecodeImages' >> read.DecodeImages(config.image)
+    decoded = records.records | 'DecodeImages' >> read.DecodeImages(
+        config.image, config.progress)
     # DecodedImage
     written = decoded.images | 'WriteImages' >> WriteImages(config)
     # manifest rows; Failure rows from every stage:

@@ -15,6 +15,7 @@ from apache_beam.metrics import Metrics
 from transforms import decode
 from transforms import errors
 from transforms import isolation
+from transforms import progress as progress_lib
 from transforms import storage
 from transforms import tfrecord
 from transforms.tfrecord import FileRange
@@ -66,6 +67,19 @@ def read_range(file_range: FileRange, config: ReadConfig
         size=None if compressed else file_range.size, seekable=not compressed)
 
 
+def count_records(item: storage.InputFile, config: ReadConfig) -> Optional[int]:
+  """Exact record count of a local uncompressed file (headers only), else None."""
+  fs, _ = storage.filesystem(item.url, config.storage_options)
+  if not storage.is_local(fs):
+    return None
+  with storage.open_input(item.url, config.storage_options) as stream:
+    head = stream.read(_SNIFF_BYTES)
+    if tfrecord.resolve_compression(item.url, config.compression, head) != 'none':
+      return None
+    return tfrecord.count_slots(stream, item.url, size=item.size,
+                                max_record_size=config.max_record_size)
+
+
 def fetch_record(path: str, offset: int, config: ReadConfig) -> Optional[bytes]:
   """The payload of the intact record whose frame starts at `offset`, else None."""
   with storage.open_input(path, config.storage_options) as probe:
@@ -88,14 +102,25 @@ def read_all(patterns: Sequence[str], config: ReadConfig = ReadConfig()
 class _ReadRangeFn(beam.DoFn):
   """FileRange -> (RecordRef, bytes); framing damage goes to the dead letter."""
 
-  def __init__(self, config: ReadConfig):
+  def __init__(self, config: ReadConfig, progress: Optional[progress_lib.Address] = None):
     self._config = config
+    self._progress_address = progress
     self._records = Metrics.counter(METRICS_NAMESPACE, 'records_read')
     self._bytes = Metrics.counter(METRICS_NAMESPACE, 'bytes_read')
+
+  def setup(self):
+    self._progress = progress_lib.ProgressSender(self._progress_address)
+
+  def finish_bundle(self):
+    self._progress.flush()
+
+  def teardown(self):
+    self._progress.close()
 
   def process(self, file_range: FileRange):
     for item in read_range(file_range, self._config):
       if isinstance(item, errors.CorruptRecordError):
+        self._progress.count('failed')
         Metrics.counter(METRICS_NAMESPACE, f'failed_{item.reason}').inc()
         yield beam.pvalue.TaggedOutput(DEAD_LETTER,
                                        errors.Failure.from_error(item, stage='read'))
@@ -112,12 +137,14 @@ class ReadImageRecords(beam.PTransform):
   big file spreads over all workers. Outputs: `records` and `dead_letter` (Failure).
   """
 
-  def __init__(self, patterns: Sequence[str], config: ReadConfig = ReadConfig()):
+  def __init__(self, patterns: Sequence[str], config: ReadConfig = ReadConfig(),
+               progress: Optional[progress_lib.Address] = None):
     super().__init__()
     self._patterns = tuple(storage.split_patterns(patterns))
     if not self._patterns:
       raise errors.ConfigError('ReadImageRecords needs at least one input pattern')
     self._config = config
+    self._progress = progress
 
   def expand(self, pbegin):
     files = (
@@ -134,7 +161,7 @@ class ReadImageRecords(beam.PTransform):
     return (
         ranges
         | 'DistributeRanges' >> beam.Reshuffle()
-        | 'ReadRanges' >> beam.ParDo(_ReadRangeFn(self._config)).with_outputs(
+        | 'ReadRanges' >> beam.ParDo(_ReadRangeFn(self._config, self._progress)).with_outputs(
             DEAD_LETTER, main='records'))
 
 
@@ -148,14 +175,21 @@ def make_decoder(spec: decode.ImageSpec) -> decode.Decoder:
 class _DecodeFn(beam.DoFn):
   """(RecordRef, bytes) -> DecodedImage per image; undecodable records go to the dead letter."""
 
-  def __init__(self, spec: decode.ImageSpec):
+  def __init__(self, spec: decode.ImageSpec,
+               progress: Optional[progress_lib.Address] = None):
     self._spec = spec
+    self._progress_address = progress
     self._images = Metrics.counter(METRICS_NAMESPACE, 'images_decoded')
 
   def setup(self):
     self._decoder = make_decoder(self._spec)
+    self._progress = progress_lib.ProgressSender(self._progress_address)
+
+  def finish_bundle(self):
+    self._progress.flush()
 
   def teardown(self):
+    self._progress.close()
     close = getattr(self._decoder, 'close', None)
     if close is not None:
       close()
@@ -165,6 +199,7 @@ class _DecodeFn(beam.DoFn):
     try:
       images = decode.decode_record(ref, payload, self._spec, self._decoder)
     except errors.UnrecordError as e:
+      self._progress.count('failed')
       Metrics.counter(METRICS_NAMESPACE, f'failed_{e.reason}').inc()
       yield beam.pvalue.TaggedOutput(
           DEAD_LETTER, errors.Failure.from_error(e, stage='decode', payload=payload))
@@ -179,11 +214,13 @@ class DecodeImages(beam.PTransform):
   Outputs: `images` and `dead_letter` (Failure rows with the record's original bytes).
   """
 
-  def __init__(self, spec: decode.ImageSpec = decode.ImageSpec()):
+  def __init__(self, spec: decode.ImageSpec = decode.ImageSpec(),
+               progress: Optional[progress_lib.Address] = None):
     super().__init__()
     self._spec = spec
+    self._progress = progress
 
   def expand(self, records):
-    return records | 'Decode' >> beam.ParDo(_DecodeFn(self._spec)).with_outputs(
+    return records | 'Decode' >> beam.ParDo(_DecodeFn(self._spec, self._progress)).with_outputs(
         DEAD_LETTER, main='images')
 

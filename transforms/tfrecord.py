@@ -446,6 +446,17 @@ def plan_ranges(
   return ranges
 
 
+def count_slots(stream: BinaryIO, path: str, *, size: int,
+                max_record_size: int = DEFAULT_MAX_RECORD_SIZE) -> int:
+  """How many slots (records and damaged stretches) an uncompressed file holds.
+
+  Reads frame headers only, seeking past payloads, like `plan_ranges`.
+  """
+  walk = _walk(_Source(stream, seekable=True), path, start=0, end=None, first_index=0,
+               max_record_size=max_record_size, size=size, read_payload=False)
+  return sum(1 for _ in walk)
+
+
 # ---------------------------------------------------------------------------------------
 # Writing
 

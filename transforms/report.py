@@ -1,0 +1,124 @@
+"""`_report.html`: one self-contained page (inline CSS, images as data URIs) per run."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import html
+import io
+from typing import Iterable, List, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from transforms import errors
+from transforms import normalize
+from transforms import preview
+
+SAMPLES_PER_CLASS = 8
+MAX_SAMPLES = 48
+
+_STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #1d1d1f; background: #fafafa; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8px; }
+.status { display: inline-block; padding: 2px 10px; border-radius: 12px; color: #fff; }
+.ok { background: #1a7f37; } .failed { background: #c62828; }
+.cards { display: flex; gap: 12px; flex-wrap: wrap; margin: 16px 0; }
+.card { background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 10px 16px; min-width: 110px; }
+.card b { display: block; font-size: 22px; }
+table { border-collapse: collapse; background: #fff; }
+td, th { border: 1px solid #ddd; padding: 4px 10px; text-align: left; vertical-align: top; }
+.grid { display: flex; flex-wrap: wrap; gap: 10px; }
+figure { margin: 0; width: 132px; } figure img { width: 128px; height: 128px; object-fit: contain;
+  background: #222; border: 2px solid #222; image-rendering: pixelated; }
+figcaption { font-size: 11px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.class { margin-bottom: 12px; } code { font-size: 12px; }
+"""
+
+
+def sample_rows(rows: Iterable[dict], per_class: int = SAMPLES_PER_CLASS,
+                limit: int = MAX_SAMPLES) -> List[dict]:
+  """Manifest rows to show: the first few of each class where labels exist, else the first."""
+  by_class = collections.OrderedDict()
+  for row in sorted(rows, key=lambda r: r['path']):
+    key = row.get('label_name') or row.get('label')
+    key = '' if key is None else str(key)
+    bucket = by_class.setdefault(key, [])
+    if len(bucket) < per_class:
+      bucket.append(row)
+  chosen = []
+  while len(chosen) < limit and any(by_class.values()):  # round-robin over classes
+    for bucket in by_class.values():
+      if bucket and len(chosen) < limit:
+        chosen.append(bucket.pop(0))
+  return chosen
+
+
+def thumbnail_png(data: bytes) -> bytes:
+  """A PNG thumbnail of an encoded image file (8-bit, 16-bit or float), for the page."""
+  pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  if pixels is None:
+    raise errors.DecodeError(errors.DECODE_ERROR, 'written file cannot be decoded')
+  if pixels.ndim == 3:
+    pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB if pixels.shape[2] == 3
+                          else cv2.COLOR_BGRA2RGBA)
+  layout = 'hw' if pixels.ndim == 2 else 'hwc'
+  shown = normalize.to_display(pixels, layout,
+                               None if pixels.dtype in (np.uint8, np.uint16) else
+                               normalize.detect_range(pixels))
+  out = io.BytesIO()
+  preview.thumbnail(shown).save(out, format='PNG')
+  return out.getvalue()
+
+
+def _data_uri(png: bytes) -> str:
+  return 'data:image/png;base64,' + base64.b64encode(png).decode('ascii')
+
+
+def _table(pairs: Sequence[Tuple[str, object]]) -> str:
+  return '<table>' + ''.join(f'<tr><th>{html.escape(str(k))}</th><td>'
+                             f'{html.escape(str(v))}</td></tr>' for k, v in pairs) + '</table>'
+
+
+def render_html(report: dict, samples: Sequence[Tuple[str, str, bytes]]) -> str:
+  """The page for one run. `samples`: (class, caption, thumbnail PNG) triples."""
+  ok = report['success']
+  status = ('<span class="status ok">success</span>' if ok else
+            '<span class="status failed">more failures than --max_failures</span>')
+  cards = ''.join(
+      f'<div class="card">{name}<b>{value}</b></div>' for name, value in (
+          ('written', report['written']), ('passthrough', report['passthrough']),
+          ('skipped', report['skipped']), ('failed', report['failed']),
+          ('images / s', report['images_per_second']),
+          ('seconds', report['seconds']),
+          ('MB written', round(report['bytes_written'] / 1e6, 2))))
+  reasons = report['failed_by_reason']
+  reason_table = _table(sorted(reasons.items())) if reasons else '<p>No failures.</p>'
+  groups = collections.OrderedDict()
+  for label, caption, png in samples:
+    groups.setdefault(label, []).append(
+        f'<figure><img alt="{html.escape(caption)}" src="{_data_uri(png)}">'
+        f'<figcaption title="{html.escape(caption)}">{html.escape(caption)}'
+        '</figcaption></figure>')
+  grid = ''.join(
+      f'<div class="class">{"<h3>" + html.escape(label) + "</h3>" if label else ""}'
+      f'<div class="grid">{"".join(figures)}</div></div>'
+      for label, figures in groups.items()) or '<p>No images were written.</p>'
+  failures = ''.join(f'<li><code>{html.escape(m)}</code></li>'
+                     for m in report['first_failures']) or '<li>None.</li>'
+  options = _table(sorted((k, v) for k, v in report['options'].items()))
+  return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>unrecord report</title>
+<style>{_STYLE}</style></head><body>
+<h1>unrecord export {status}</h1>
+<div>{html.escape(report['output'])} &middot; {html.escape(report['started'])} to
+{html.escape(report['finished'])}</div>
+<div class="cards">{cards}</div>
+<h2>Failures by reason</h2>{reason_table}
+<h2>Sample of written images</h2>{grid}
+<h2>First failures</h2><ol>{failures}</ol>
+<h2>Options</h2>{options}
+<h2>Inputs</h2><ul>{''.join(f'<li><code>{html.escape(i)}</code></li>'
+                             for i in report['inputs'])}</ul>
+</body></html>
+"""
