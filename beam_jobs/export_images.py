@@ -227,7 +227,7 @@ def build_config(args, started: float) -> Plan:
     raise errors.ConfigError(
         f'no intact record could be read from {len(files)} input file(s)' +
         (f'; first problem: {damage[0]}' if damage else ''))
-  tfds = schema_lib.read_tfds_info(files[0], read_config.storage_options)
+  tfds = schema_lib.find_tfds_info(files, read_config.storage_options)
   label_names = common.load_label_names(args.label_names, read_config.storage_options)
   decoder = read.make_decoder(spec)
   try:

@@ -49,7 +49,7 @@ def inspect(args) -> schema_lib.Schema:
   config = options.read_config(args)
   patterns = options.input_patterns(args)
   records, damage, files = schema_lib.sample_records(patterns, args.limit, config)
-  tfds = schema_lib.read_tfds_info(files[0], config.storage_options) if files else None
+  tfds = schema_lib.find_tfds_info(files, config.storage_options)
   spec = options.image_spec(args)
   decoder = read.make_decoder(spec)
   try:

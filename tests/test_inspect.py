@@ -151,3 +151,14 @@ def test_tfds_prepared_folder_gives_class_names_and_splits(unrecord, tfds_datase
   assert found['image']['format'] == 'png' and found['image']['shape'] == [24, 20, 3]
   assert found['splits'] == ['test', 'train'] and found['tfds_name'] == 'tiny_photos'
   assert found['records_sampled'] == 9
+
+
+def test_detection_skips_a_broken_first_record():
+  from transforms import schema
+  from transforms.tfrecord import RecordRef
+  broken = fixtures.example({'label': fixtures.int64_feature(1)})
+  good = fixtures.example({'image': fixtures.bytes_feature(fixtures.encode_png(
+      fixtures.photo(0, 8, 8))), 'label': fixtures.int64_feature(2)})
+  found = schema.detect_schema([(RecordRef('f', 0, 0), broken), (RecordRef('f', 1, 9), good)])
+  assert found.image.key == 'image' and found.label_key == 'label'
+  assert len(found.failures) == 1 and 'label (int64[1])' in found.failures[0]

@@ -318,7 +318,7 @@ def _thumbnails(root: sink.OutputRoot, rows: List[dict]):
     except (OSError, errors.UnrecordError):
       continue
     label = row.get('label_name') or row.get('label')
-    caption = str(row['id']) if row.get('id') is not None else row['path']
+    caption = str(row['id']) if row.get('id') is not None else row['path'].split('/')[-1]
     samples.append(('' if label is None else str(label), caption, png))
   return samples
 

@@ -65,6 +65,23 @@ class TfdsInfo:
   class_labels: Dict[str, Optional[Tuple[str, ...]]]
 
 
+def find_tfds_info(shard_urls: Sequence[str],
+                   storage_options: Optional[storage.StorageOptions] = None,
+                   max_folders: int = 16) -> Optional[TfdsInfo]:
+  """TFDS metadata from the first of the shards' folders that has any."""
+  folders = []
+  for url in shard_urls:
+    folder = posixpath.dirname(url)
+    if folder not in folders:
+      folders.append(folder)
+      info = read_tfds_info(url, storage_options)
+      if info is not None:
+        return info
+      if len(folders) >= max_folders:
+        break
+  return None
+
+
 def read_tfds_info(shard_url: str,
                    storage_options: Optional[storage.StorageOptions] = None
                    ) -> Optional[TfdsInfo]:
@@ -81,7 +98,12 @@ def read_tfds_info(shard_url: str,
 
   features_text = read_text('features.json')
   info_text = read_text('dataset_info.json')
-  if features_text is None and info_text is None:
+  try:
+    label_files = [posixpath.basename(p) for p in fs.glob(posixpath.join(folder,
+                                                                       '*.labels.txt'))]
+  except OSError:
+    label_files = []
+  if features_text is None and info_text is None and not label_files:
     return None
   name = None
   if info_text:
@@ -96,6 +118,9 @@ def read_tfds_info(shard_url: str,
       _walk_tfds_features(json.loads(features_text), '', image_keys, label_keys)
     except (ValueError, AttributeError, TypeError):
       pass
+  # Without features.json, a `<feature>.labels.txt` beside the shards names its classes.
+  label_keys += [name[:-len('.labels.txt')] for name in sorted(label_files)
+                 if name[:-len('.labels.txt')] not in label_keys]
   class_labels = {}
   for key in label_keys:
     text = (read_text(f'{key.replace("/", "-")}.labels.txt') or
@@ -276,7 +301,10 @@ def detect_schema(
     if missing:
       summary.min_length = 0
 
-  first = parsed[0][1] if parsed else {}
+  # The first record that holds an image decides; a broken record first must not.
+  first = next((f for _, f in parsed if (image_key in f if image_key else
+                                         decode.image_candidates(f))),
+               parsed[0][1] if parsed else {})
   if image_key is None and tfds and tfds.image_keys:
     image_key = next((k for k in tfds.image_keys if k in first), None)
   if image_key is not None and parsed and image_key not in first:
@@ -320,7 +348,8 @@ def detect_schema(
 def _detect_image(parsed, image_key, spec, decoder):
   failures = []
   if image_key is None:
-    candidates = decode.image_candidates(parsed[0][1])
+    candidates = next((c for c in (decode.image_candidates(f) for _, f in parsed) if c),
+                      None)
     if not candidates:
       failures.append(str(decode.missing_image_error(parsed[0][1], None)))
       return None, None, failures

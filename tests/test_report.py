@@ -1,0 +1,105 @@
+"""_report.html and _report.json, and the errors a user meets first, as a user meets them."""
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import fixtures
+
+CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
+                  '--no-first-run', '--disable-background-networking',
+                  '--disable-component-update', '--disable-sync']
+
+
+def _embedded_images(page: str):
+  return [Image.open(io.BytesIO(base64.b64decode(data))) for data in
+          re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+@pytest.fixture(scope='module')
+def report_run(tfds_dataset, tmp_path_factory):
+  """A class-layout export of the TFDS dataset plus one bad record, with its report."""
+  from tests.conftest import run_unrecord
+  root = tmp_path_factory.mktemp('report')
+  bad = fixtures.write_tfrecord(str(root / 'bad.tfrecord'), [
+      fixtures.example({'label': fixtures.int64_feature(1)})])
+  out = root / 'out'
+  result = run_unrecord('export', '--input', tfds_dataset, '--input', bad, '--output',
+                        str(out), '--layout', 'class', '--max_failures', '1')
+  assert result.returncode == 0, result.stderr[-3000:]
+  return out
+
+
+def test_report_json_has_the_numbers(report_run):
+  report = json.load(open(report_run / '_report.json'))
+  assert (report['written'], report['failed'], report['success']) == (9, 1, True)
+  assert report['failed_by_reason'] == {'missing_feature': 1}
+  assert 'no feature looks like an image' in report['first_failures'][0] or \
+      "image feature 'image' not found" in report['first_failures'][0]
+  assert report['options']['layout'] == 'class' and report['images_per_second'] > 0
+
+
+def test_report_html_is_self_contained_with_a_grid_per_class(report_run):
+  page = (report_run / '_report.html').read_text()
+  assert 'http://' not in page and 'https://' not in page  # opens offline
+  for text in ('written', 'missing_feature', 'astronaut', 'chelsea', 'coffee',
+               'First failures', 'layout'):
+    assert text in page, text
+  images = _embedded_images(page)
+  assert len(images) == 9
+  for image in images:
+    pixels = np.asarray(image.convert('RGB')).astype(float)
+    assert pixels.std() > 5  # a photo, not a blank tile
+
+
+def test_report_renders_in_headless_chromium(report_run, tmp_path):
+  chromium = shutil.which('chromium')
+  if chromium is None:
+    pytest.skip('chromium is not installed and `make test` could not install it '
+                '(apt-get install chromium needs root and the Debian archive)')
+  shot = tmp_path / 'report.png'
+  subprocess.run([chromium, *CHROMIUM_FLAGS, f'--user-data-dir={tmp_path / "profile"}',
+                  '--window-size=1100,1200', f'--screenshot={shot}',
+                  (report_run / '_report.html').as_uri()],
+                 capture_output=True, timeout=120, check=True)
+  pixels = np.asarray(Image.open(shot).convert('RGB')).astype(float)
+  assert pixels.shape[:2] == (1200, 1100)
+  assert pixels.std() > 20  # text, cards and photos, not a blank page
+  # the photos made it onto the page: some dark blue pixels of the astronaut's flag
+  blue = (pixels[..., 2] > pixels[..., 0] + 40) & (pixels[..., 2] > 60)
+  assert blue.sum() > 500
+
+
+def test_wrong_image_key_names_the_features(unrecord, tfds_dataset, tmp_path):
+  result = unrecord('export', '--input', tfds_dataset, '--output', str(tmp_path / 'o'),
+                    '--image_key', 'img')
+  assert result.returncode == 2
+  assert "image feature 'img' not found" in result.stderr
+  assert 'image (bytes[1])' in result.stderr and 'label (int64[1])' in result.stderr
+  assert "likely image feature is 'image'" in result.stderr
+
+
+def test_unwritable_output_names_the_path_and_the_reason(unrecord, tfds_dataset, tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('x')
+  result = unrecord('export', '--input', tfds_dataset, '--output', str(blocker / 'out'))
+  assert result.returncode == 2
+  assert str(blocker / 'out') in result.stderr and 'cannot be written' in result.stderr
+  assert 'Not a directory' in result.stderr or 'File exists' in result.stderr
+
+
+def test_nothing_matched_names_the_pattern_and_what_the_folder_holds(unrecord, tfds_dataset,
+                                                                     tmp_path):
+  result = unrecord('export', '--input', os.path.join(tfds_dataset, '*.tfrecords'),
+                    '--output', str(tmp_path / 'o'))
+  assert result.returncode == 2
+  assert '*.tfrecords' in result.stderr and 'dataset_info.json' in result.stderr
+  assert 'tiny_photos-train.tfrecord-00000-of-00001' in result.stderr
