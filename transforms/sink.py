@@ -54,7 +54,8 @@ class OutputRoot:
         self.fs.pipe_file(target, data)
     except OSError as e:
       raise errors.DecodeError(
-          errors.WRITE_ERROR, f'cannot write {self.url_of(relative)} ({e})') from e
+          errors.WRITE_ERROR,
+          f'cannot write {self.url_of(relative)} ({type(e).__name__}: {e})') from e
 
   def _write_local(self, target: str, data: bytes) -> None:
     folder = os.path.dirname(target)

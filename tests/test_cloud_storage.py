@@ -1,0 +1,140 @@
+"""The job against real object-store servers on 127.0.0.1: S3 (moto) and GCS (emulator)."""
+
+import hashlib
+import json
+import os
+import time
+
+import cv2
+import gcsfs
+import numpy as np
+import pytest
+import s3fs
+
+from tests import emulators
+from tests import fixtures
+
+PHOTOS = [fixtures.photo(i, 24, 20) for i in range(6)]
+
+
+@pytest.fixture(scope='module')
+def shards(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('cloud_shards')
+  for shard in range(2):
+    fixtures.write_tfrecord(str(folder / f'part-{shard}.tfrecord'), [
+        fixtures.example({
+            'image': fixtures.bytes_feature(fixtures.serialized_tensor(
+                (PHOTOS[shard * 3 + i] / 255.0).astype(np.float32))),
+            'id': fixtures.bytes_feature(f's{shard}i{i}'.encode())})
+        for i in range(3)])
+  return folder
+
+
+@pytest.fixture(scope='module')
+def servers():
+  with emulators.s3_server() as s3, emulators.gcs_server() as gcs:
+    yield s3, gcs
+
+
+def _s3(endpoint):
+  return s3fs.S3FileSystem(key=emulators.S3_KEY, secret=emulators.S3_SECRET,
+                           client_kwargs={'endpoint_url': endpoint}, skip_instance_cache=True)
+
+
+def _gcs(host, monkeypatch):
+  for key, value in emulators.gcs_env(host).items():
+    monkeypatch.setenv(key, value)
+  return gcsfs.GCSFileSystem(token='anon', skip_instance_cache=True)
+
+
+def _check_output(fs, root, secret=None):
+  """Every object is what the manifest says (size, sha256) and decodes to its photo."""
+  rows = [json.loads(line) for line in fs.cat_file(f'{root}/_manifest.jsonl').splitlines()]
+  assert len(rows) == len(PHOTOS)
+  listed = {p.split(f'{root}/', 1)[1] for p in fs.find(root)}
+  assert listed == {r['path'] for r in rows} | {
+      '_manifest.jsonl', '_dead_letter.jsonl', '_dead_letter.tfrecord', '_report.json',
+      '_report.html', '_SUCCESS'}
+  for row in rows:
+    data = fs.cat_file(f'{root}/{row["path"]}')
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (row['bytes'], row['sha256'])
+    shard, index = int(row['id'][1]), int(row['id'][3])
+    pixels = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), 1), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(pixels, PHOTOS[shard * 3 + index])
+  if secret:
+    for path in fs.find(root):
+      assert secret.encode() not in fs.cat_file(path), path
+
+
+def test_s3_to_gcs_with_storage_options(unrecord, shards, servers, monkeypatch):
+  s3_url, gcs_url = servers
+  s3 = _s3(s3_url)
+  s3.mkdir('in-bucket')
+  s3.put(str(shards) + '/', 'in-bucket/data/', recursive=True)
+  gcs = _gcs(gcs_url, monkeypatch)
+  gcs.mkdir('out-bucket')
+  options = json.dumps({'s3': {'key': emulators.S3_KEY, 'secret': emulators.S3_SECRET,
+                               'client_kwargs': {'endpoint_url': s3_url}}})
+  result = unrecord('export', '--input', 's3://in-bucket/data/*.tfrecord', '--output',
+                    'gs://out-bucket/images', '--name_template', '{id}.{ext}',
+                    '--storage_options', options, env=emulators.gcs_env(gcs_url))
+  assert result.returncode == 0, result.stderr[-3000:]
+  _check_output(gcs, 'out-bucket/images', secret=emulators.S3_SECRET)
+  assert emulators.S3_SECRET not in result.stdout + result.stderr
+
+
+def test_gcs_to_s3_with_fsspec_environment_configuration(unrecord, shards, servers,
+                                                         monkeypatch):
+  s3_url, gcs_url = servers
+  gcs = _gcs(gcs_url, monkeypatch)
+  gcs.mkdir('src-bucket')
+  gcs.put(str(shards) + '/', 'src-bucket/data/', recursive=True)
+  s3 = _s3(s3_url)
+  s3.mkdir('dst-bucket')
+  env = {**emulators.gcs_env(gcs_url), **emulators.s3_env(s3_url)}
+  result = unrecord('export', '--input', 'gs://src-bucket/data', '--output',
+                    's3://dst-bucket/images', '--name_template', '{id}.{ext}', env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  _check_output(s3, 'dst-bucket/images', secret=emulators.S3_SECRET)
+  assert emulators.S3_SECRET not in result.stdout + result.stderr
+
+
+def test_transient_faults_are_retried_and_nothing_is_lost_or_doubled(unrecord, shards,
+                                                                     servers):
+  s3_url, _ = servers
+  s3 = _s3(s3_url)
+  s3.mkdir('flaky-bucket')
+  with emulators.FaultyProxy(s3_url, 'flaky') as proxy:
+    result = unrecord('export', '--input', str(shards), '--output',
+                      's3://flaky-bucket/images', '--name_template', '{id}.{ext}',
+                      env=emulators.s3_env(proxy.url))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert proxy.faults >= 5, proxy.faults
+  _check_output(s3, 'flaky-bucket/images')
+
+
+def test_missing_bucket_fails_fast_and_clearly(unrecord, shards, servers):
+  s3_url, _ = servers
+  started = time.time()
+  result = unrecord('export', '--input', str(shards), '--output', 's3://no-such-bucket/x',
+                    env=emulators.s3_env(s3_url))
+  assert result.returncode == 2
+  assert time.time() - started < 30
+  assert "the output 's3://no-such-bucket/x' cannot be written" in result.stderr
+  assert 'NoSuchBucket' in result.stderr or 'does not exist' in result.stderr
+  assert emulators.S3_SECRET not in result.stderr
+
+
+def test_access_denied_fails_fast_and_leaves_nothing(unrecord, shards, servers):
+  s3_url, _ = servers
+  s3 = _s3(s3_url)
+  s3.mkdir('locked-bucket')
+  started = time.time()
+  with emulators.FaultyProxy(s3_url, 'deny') as proxy:
+    result = unrecord('export', '--input', str(shards), '--output',
+                      's3://locked-bucket/images', env=emulators.s3_env(proxy.url))
+  assert result.returncode == 2
+  assert time.time() - started < 60
+  assert "'s3://locked-bucket/images' cannot be written" in result.stderr
+  assert 'PermissionError' in result.stderr
+  assert s3.find('locked-bucket') == []
