@@ -1,0 +1,71 @@
+"""The same job on Beam's portable runner (the protocol Flink's job server speaks).
+
+`--job_endpoint embed` runs the portable job service in-process, so no job-server jar is
+needed; the SDK workers are LOOPBACK (in the launcher) or EXTERNAL (a worker pool the test
+starts, as the Flink TaskManager sidecar does in deploy/flink/).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from tests import emulators
+from tests import fixtures
+from tests.conftest import REPO
+
+PHOTOS = [fixtures.photo(i, 16, 16) for i in range(6)]
+
+
+@pytest.fixture(scope='module')
+def source(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('portable')
+  return fixtures.write_tfrecord(str(folder / 'p.tfrecord'), [fixtures.example({
+      'image': fixtures.bytes_feature(fixtures.serialized_tensor(p))}) for p in PHOTOS])
+
+
+def _check(out):
+  rows = [json.loads(line) for line in open(os.path.join(out, '_manifest.jsonl'))]
+  assert len(rows) == len(PHOTOS) and os.path.exists(os.path.join(out, '_SUCCESS'))
+  for row in rows:
+    pixels = cv2.cvtColor(cv2.imread(os.path.join(out, row['path'])), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(pixels, PHOTOS[row['index']])
+
+
+def test_portable_runner_with_loopback_workers(unrecord, source, tmp_path):
+  out = str(tmp_path / 'loopback')
+  result = unrecord('export', '--input', source, '--output', out, '--runner',
+                    'PortableRunner', '--job_endpoint', 'embed', '--environment_type',
+                    'LOOPBACK')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'runner PortableRunner' in result.stderr and 'written 6' in result.stderr
+  _check(out)
+
+
+def test_portable_runner_with_an_external_worker_pool(unrecord, source, tmp_path):
+  port = emulators.free_port()
+  # The pool starts each SDK worker as a bare `python` from PATH; in the container that
+  # is the image's Python with the project installed, here it is this virtualenv's.
+  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep +
+             os.environ.get('PATH', ''))
+  pool = subprocess.Popen(
+      [sys.executable, '-m', 'apache_beam.runners.worker.worker_pool_main',
+       f'--service_port={port}'], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  try:
+    time.sleep(2)
+    assert pool.poll() is None, 'the worker pool did not start'
+    out = str(tmp_path / 'external')
+    result = unrecord('export', '--input', source, '--output', out, '--runner',
+                      'PortableRunner', '--job_endpoint', 'embed', '--environment_type',
+                      'EXTERNAL', '--environment_config', f'localhost:{port}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    _check(out)
+  finally:
+    pool.terminate()
+    pool.wait(10)
