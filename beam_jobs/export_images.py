@@ -30,6 +30,7 @@ from beam_jobs import options as common
 from transforms import encode
 from transforms import errors
 from transforms import export
+from transforms import incremental
 from transforms import naming
 from transforms import normalize
 from transforms import progress
@@ -83,6 +84,10 @@ class ExportOptions(PipelineOptions):
                        'Keras and torchvision ImageFolder load. Default: flat.')
     group.add_argument('--skip_existing', action='store_true',
                        help='Leave images whose output file already exists untouched.')
+    group.add_argument('--incremental', action='store_true',
+                       help='Process only input shards that are new or changed since the '
+                       'last successful run (fingerprints in _unrecord_state.json at the '
+                       'output root); a changed shard\'s images are rewritten.')
     group.add_argument('--max_failures', type=int, default=0, metavar='N',
                        help='Exit 0 and write _SUCCESS when at most N images failed. '
                        'Default: 0.')
@@ -284,12 +289,18 @@ def build_config(args, started: float) -> Plan:
       reencode=args.reencode, max_pixels=args.max_pixels)
   root = sink.OutputRoot(args.output, read_config.storage_options)
   root.check_writable()
+  processed = ()
+  if args.incremental:
+    state = incremental.read_state(root)
+    processed = tuple(incremental.changed_shards(files, state, read_config.storage_options))
+    patterns = tuple(url for url, _ in processed)
   given = args.get_all_options(drop_default=True)
   used = tuple(sorted((k, v) for k, v in given.items() if k in _REPORTED_OPTIONS))
   config = export.ExportConfig(
-      patterns=patterns, output=args.output, read=read_config, image=image_spec,
-      render=render_config, skip_existing=args.skip_existing,
-      max_failures=args.max_failures, run_started=started, options_used=used)
+      patterns=patterns, output=args.output, read=read_config,
+      image=image_spec, render=render_config, skip_existing=args.skip_existing,
+      max_failures=args.max_failures, run_started=started, options_used=used,
+      incremental=args.incremental, processed=processed)
   mean_frame = sum(len(payload) + 16 for _, payload in records) / len(records)
   return Plan(files=len(files), found=found, config=config, mean_frame_bytes=mean_frame)
 
@@ -299,7 +310,8 @@ _REPORTED_OPTIONS = (
     'shape', 'dtype', 'tensor_layout', 'max_pixels', 'format', 'quality',
     'png_compression', 'png_encoder', 'webp_lossless', 'jpeg_progressive',
     'jpeg_subsampling', 'reencode',
-    'decoder_isolation', 'name_template', 'layout', 'skip_existing', 'max_failures',
+    'decoder_isolation', 'name_template', 'layout', 'skip_existing', 'incremental',
+    'max_failures',
     'value_range', 'mean',
     'std', 'channel_order', 'bit_depth', 'non_finite')
 
@@ -396,6 +408,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plan = build_config(args, started)
   except errors.ConfigError as e:
     return common.fail(PROG, str(e))
+  if not plan.config.patterns:  # --incremental, and no shard is new or changed
+    report = export.write_report(
+        None, plan.config, {'written': 0, 'bytes': 0, 'passthrough': 0, 'samples': []},
+        {'failed': 0, 'failed_by_reason': {}, 'first_failures': []}, 0)
+    print(f'{PROG}: no input shard is new or changed since the last run', file=sys.stderr)
+    print(summary(report), file=sys.stderr)
+    return 0
   runner = configure_runner(pipeline_options, argv)
   print(describe(plan, runner), file=sys.stderr)
   monitor = None

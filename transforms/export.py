@@ -22,6 +22,7 @@ from apache_beam.metrics import Metrics
 from transforms import decode
 from transforms import errors
 from transforms import image_formats
+from transforms import incremental
 from transforms import progress
 from transforms import read
 from transforms import render
@@ -53,9 +54,13 @@ class ExportConfig:
   options_used: Tuple[Tuple[str, object], ...] = ()
   # Where workers send live counts (local runs; see transforms/progress.py).
   progress: Optional[Tuple[str, int]] = None
+  # --incremental: the shards this run processes, with their fingerprints; the manifest
+  # keeps other shards' rows and the state file records these on success.
+  incremental: bool = False
+  processed: Tuple[Tuple[str, dict], ...] = ()
 
   def __post_init__(self):
-    if not self.patterns:
+    if not self.patterns and not self.incremental:
       raise errors.ConfigError('no input given; pass --input PATTERN')
     if not self.output:
       raise errors.ConfigError('no output given; pass --output URL')
@@ -224,19 +229,36 @@ def write_manifest(rows: List[dict], config: ExportConfig, skipped: List[dict]) 
   (e.g. after a killed run) its row is made from the file found in place.
   """
   root = sink.OutputRoot(config.output, config.read.storage_options)
-  previous = {}
-  if skipped and root.exists(MANIFEST):
+  previous = {}  # path -> (source, line)
+  if (skipped or config.incremental) and root.exists(MANIFEST):
     for line in root.read(MANIFEST).decode('utf-8').splitlines():
       try:
-        previous[json.loads(line)['path']] = line + '\n'
+        row = json.loads(line)
+        previous[row['path']] = (row['source'], line + '\n')
       except (ValueError, KeyError, TypeError):
         continue
   lines = {r['path']: _jsonl([r]).decode('utf-8') for r in skipped}
-  lines.update({p: previous[p] for p in lines if p in previous})
+  lines.update({p: previous[p][1] for p in lines if p in previous})
   lines.update({r['path']: _jsonl([r]).decode('utf-8') for r in rows})
+  stale = []
+  if config.incremental:
+    processed = {url for url, _ in config.processed}
+    for path, (source, line) in previous.items():
+      if path in lines:
+        continue
+      if source in processed:
+        stale.append(path)  # its shard changed and no longer makes this image
+      else:
+        lines[path] = line  # an unchanged shard's image, kept from the last run
+    for path in stale:
+      try:
+        root.fs.rm_file(root.path(path))
+      except FileNotFoundError:
+        pass
   root.write(MANIFEST, ''.join(lines[p] for p in sorted(lines)).encode('utf-8'))
   return {'written': len(rows), 'bytes': sum(r['bytes'] for r in rows),
           'passthrough': sum(1 for r in rows if r['passthrough']),
+          'stale_removed': len(stale),
           'samples': report_lib.sample_rows(rows + skipped)}
 
 
@@ -301,10 +323,15 @@ def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict,
       'finished': _iso(finished),
       'options': {k: v for k, v in config.options_used},
   }
+  if config.incremental:
+    report['incremental'] = {'shards_processed': len(config.processed),
+                             'stale_images_removed': manifest.get('stale_removed', 0)}
   root.write(REPORT, (json.dumps(report, indent=2, sort_keys=True) + '\n').encode())
   root.write(REPORT_HTML, report_lib.render_html(
       report, _thumbnails(root, manifest['samples'])).encode('utf-8'))
   if success:
+    if config.incremental:
+      incremental.write_state(root, config.processed)
     root.write(SUCCESS, b'')
   return report
 
