@@ -97,6 +97,10 @@ class ExportOptions(PipelineOptions):
     group.add_argument('--progress_interval', type=float, default=10.0, metavar='SECONDS',
                        help='Seconds between progress lines when stderr is not a '
                        'terminal. Default: 10.')
+    group.add_argument('--no_wait', action='store_true',
+                       help='Submit to a remote runner and exit 0 without waiting (Flex '
+                       'Template launchers, schedulers that track the job). The run still '
+                       'writes _report.json and _SUCCESS at the end.')
     group.add_argument('--sample_records', type=int, default=64, metavar='N',
                        help='Records read at launch to detect keys and the value range. '
                        'Default: 64.')
@@ -426,6 +430,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pipeline = beam.Pipeline(options=pipeline_options)
     _ = pipeline | 'Export' >> export.ExportImages(plan.config)
     result = pipeline.run()
+    if args.no_wait and not is_local(pipeline_options):
+      print(f'{PROG}: submitted to {runner}; not waiting (--no_wait)', file=sys.stderr)
+      return 0
     result.wait_until_finish()
   except Exception as e:  # the runner's own failure: report it plainly, then exit 3
     logging.getLogger(__name__).debug('pipeline failed', exc_info=True)
