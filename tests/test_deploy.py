@@ -4,7 +4,6 @@ import ast
 import json
 import os
 import re
-import shlex
 
 import yaml
 from apache_beam.options.pipeline_options import FlinkRunnerOptions
