@@ -244,7 +244,7 @@ def build_config(args, started: float) -> Plan:
         records, image_key=args.image_key, label_key=args.label_key, id_key=args.id_key,
         label_names=label_names, spec=spec, tfds=tfds, files=files, decoder=decoder)
   finally:
-    getattr(decoder, 'close', lambda: None)()
+    decoder.close()
   if found.image is None:
     raise errors.ConfigError(
         (found.failures[0] if found.failures else 'no image feature was found') +

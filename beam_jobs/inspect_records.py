@@ -62,7 +62,7 @@ def inspect(args) -> schema_lib.Schema:
       write_contact_sheet(args.contact_sheet, records, found, spec,
                           config.storage_options, decoder=decoder)
   finally:
-    getattr(decoder, 'close', lambda: None)()
+    decoder.close()
   return found
 
 

@@ -143,9 +143,7 @@ class _WriteImageFn(beam.DoFn):
 
   def teardown(self):
     self._progress.close()
-    close = getattr(self._decoder, 'close', None)
-    if close is not None:
-      close()
+    self._decoder.close()
 
   def process(self, image: decode.DecodedImage):
     config = self._config

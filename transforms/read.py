@@ -165,11 +165,14 @@ class ReadImageRecords(beam.PTransform):
             DEAD_LETTER, main='records'))
 
 
-def make_decoder(spec: decode.ImageSpec) -> decode.Decoder:
-  """The encoded-image decoder a DoFn uses: isolated in a child process, or direct."""
+def make_decoder(spec: decode.ImageSpec):
+  """The encoded-image decoder for `spec`: isolated in a child process, or direct.
+
+  Either way it is called like image_formats.decode_encoded and released with close().
+  """
   if spec.isolate_decoder:
     return isolation.IsolatedCall(spec.decoder)
-  return isolation.resolve(spec.decoder)
+  return isolation.DirectCall(spec.decoder)
 
 
 class _DecodeFn(beam.DoFn):
@@ -190,9 +193,7 @@ class _DecodeFn(beam.DoFn):
 
   def teardown(self):
     self._progress.close()
-    close = getattr(self._decoder, 'close', None)
-    if close is not None:
-      close()
+    self._decoder.close()
 
   def process(self, record: tfrecord.Record):
     ref, payload = record
