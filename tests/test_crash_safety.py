@@ -113,7 +113,7 @@ def test_replayed_bundles_leave_exactly_the_expected_files(unrecord, tmp_path):
   _check_complete(str(out), expected)
   assert set(os.listdir(out)) == set(expected) | {
       '_manifest.jsonl', '_dead_letter.jsonl', '_dead_letter.tfrecord', '_report.json',
-      '_SUCCESS'}
+      '_report.html', '_SUCCESS'}
   assert json.load(open(out / '_report.json'))['written'] == 40
   print(f'bundle repeat: {len(expected)} images, listing exact, no temp debris')
 
@@ -147,10 +147,11 @@ def test_killed_mid_run_then_rerun_is_complete_and_idempotent(unrecord, tmp_path
   assert report['skipped'] >= len(partial)
   assert report['written'] + report['skipped'] == len(expected)
 
-  before = {n: open(out / n, 'rb').read() for n in os.listdir(out) if n != '_report.json'}
+  reports = ('_report.json', '_report.html')  # they describe the latest run
+  before = {n: open(out / n, 'rb').read() for n in os.listdir(out) if n not in reports}
   result = unrecord('export', '--input', str(tmp_path / '*.tfrecord'), '--output',
                     str(out), '--skip_existing', '--png_encoder', 'opencv')
   assert result.returncode == 0
-  after = {n: open(out / n, 'rb').read() for n in os.listdir(out) if n != '_report.json'}
+  after = {n: open(out / n, 'rb').read() for n in os.listdir(out) if n not in reports}
   assert after == before  # images, manifest, dead letter and _SUCCESS: every byte
   assert json.load(open(out / '_report.json'))['written'] == 0
