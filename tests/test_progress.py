@@ -41,7 +41,7 @@ def test_workers_report_at_a_bounded_rate_and_counts_add_up():
 
 def _dataset(folder, count=1000):
   images = [fixtures.example({'image': fixtures.bytes_feature(fixtures.serialized_tensor(
-      fixtures.photo(i % 5, 48, 48)))}) for i in range(count)]
+      fixtures.photo(i % 5, 96, 96)))}) for i in range(count)]
   return fixtures.write_tfrecord(str(folder / 'many.tfrecord'), images)
 
 
