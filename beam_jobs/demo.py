@@ -129,8 +129,8 @@ def main(argv: List[str] = None) -> int:
   print(f'\nunrecord demo: done in {time.time() - started:.0f} s. Images written:')
   for name, (output, count) in totals.items():
     print(f'  {count:4d}  {output}/  ({name})')
-  print('Each folder also holds _manifest.jsonl, _report.json, _dead_letter.* and '
-        '_SUCCESS.')
+  print('Each folder also holds _manifest.jsonl, _report.html, _report.json, '
+        '_dead_letter.* and _SUCCESS.')
   return 0
 
 
