@@ -51,3 +51,25 @@ def test_read_decode_inspect_and_pipeline_run_where_tensorflow_cannot_import(tmp
   expected = int(sum(p.astype(np.int64).sum() for p in photos))
   assert f'TOTAL {expected}' in result.stdout
   assert (tmp_path / 'pipeline_total').read_text() == str(expected)
+
+
+def test_the_job_and_its_worker_processes_run_where_tensorflow_cannot_import(tmp_path):
+  """Default local run: the launcher and its worker processes all inherit the blocker."""
+  blocker = tmp_path / 'blocker' / 'tensorflow'
+  blocker.mkdir(parents=True)
+  # Leaves a mark on any attempt, so even an import wrapped in try/except is caught.
+  (blocker / '__init__.py').write_text(
+      "import os\n"
+      "open(os.path.join(os.path.dirname(__file__), 'ATTEMPTED'), 'a').write(\n"
+      "    str(os.getpid()) + '\\n')\n"
+      "raise ImportError('tensorflow is blocked: unrecord must not need it')\n")
+  path = fixtures.write_tfrecord(str(tmp_path / 'data.tfrecord'), [
+      fixtures.example({'image': fixtures.bytes_feature(fixtures.serialized_tensor(
+          fixtures.photo(i, 16, 12)))}) for i in range(6)])
+  env = dict(os.environ, PYTHONPATH=str(tmp_path / 'blocker'))
+  result = subprocess.run(
+      [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input', path, '--output',
+       str(tmp_path / 'out')], capture_output=True, text=True, env=env, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'multi_processing worker(s)' in result.stderr and 'written 6' in result.stderr
+  assert not (blocker / 'ATTEMPTED').exists(), 'a process tried to import tensorflow'
