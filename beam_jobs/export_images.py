@@ -311,13 +311,11 @@ def build_config(args, started: float) -> Plan:
 
 _REPORTED_OPTIONS = (
     'input', 'output', 'compression', 'image_key', 'label_key', 'id_key', 'label_names',
-    'shape', 'dtype', 'tensor_layout', 'max_pixels', 'format', 'quality',
-    'png_compression', 'png_encoder', 'webp_lossless', 'jpeg_progressive',
-    'jpeg_subsampling', 'reencode',
-    'decoder_isolation', 'name_template', 'layout', 'skip_existing', 'incremental',
-    'max_failures',
-    'value_range', 'mean',
-    'std', 'channel_order', 'bit_depth', 'non_finite')
+    'shape', 'dtype', 'tensor_layout', 'max_pixels', 'decoder_isolation', 'format',
+    'quality', 'png_compression', 'png_encoder', 'webp_lossless', 'jpeg_progressive',
+    'jpeg_subsampling', 'reencode', 'name_template', 'layout', 'skip_existing',
+    'incremental', 'max_failures', 'value_range', 'mean', 'std', 'channel_order',
+    'bit_depth', 'non_finite')
 
 
 def bypass_proxy_for_local_workers() -> None:

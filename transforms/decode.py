@@ -268,12 +268,6 @@ def split_batch(pixels: np.ndarray, layout: str) -> Tuple[List[np.ndarray], str]
   return [pixels], layout
 
 
-def image_hw(pixels: np.ndarray, layout: str) -> Tuple[int, int]:
-  if layout == 'chw':
-    return pixels.shape[1], pixels.shape[2]
-  return pixels.shape[0], pixels.shape[1]
-
-
 # ---------------------------------------------------------------------------------------
 # Finding the image feature
 

@@ -13,7 +13,6 @@ import numpy as np
 
 from transforms import errors
 
-VALUE_RANGES = ('auto', '0,1', '-1,1', '0,255', '0,65535', 'minmax')
 BIT_DEPTHS = ('auto', '8', '16', 'float')
 CHANNEL_ORDERS = ('rgb', 'bgr')
 NON_FINITE_POLICIES = ('fail', 'clip')
