@@ -337,7 +337,6 @@ def configure_runner(pipeline_options: PipelineOptions, argv: Sequence[str]) -> 
   if standard.runner not in LOCAL_RUNNERS:
     return standard.runner
   standard.runner = 'FnApiRunner'
-  bypass_proxy_for_local_workers()
   direct = pipeline_options.view_as(DirectOptions)
   given = ' '.join(argv)
   if '--direct_num_workers' not in given:
@@ -419,8 +418,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
   runner = configure_runner(pipeline_options, argv)
   print(describe(plan, runner), file=sys.stderr)
+  local = is_local(pipeline_options)
+  if local:  # FnApiRunner, or the portable runner's embedded job service
+    bypass_proxy_for_local_workers()
   monitor = None
-  if is_local(pipeline_options) and not args.quiet:
+  if local and not args.quiet:
     monitor = progress.ProgressMonitor(log_interval=args.progress_interval).start()
     monitor.count_in_background(lambda: count_images(plan))
     plan.config = dataclasses.replace(plan.config, progress=monitor.address)
@@ -428,7 +430,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pipeline = beam.Pipeline(options=pipeline_options)
     _ = pipeline | 'Export' >> export.ExportImages(plan.config)
     result = pipeline.run()
-    if args.no_wait and not is_local(pipeline_options):
+    if args.no_wait and not local:
       print(f'{PROG}: submitted to {runner}; not waiting (--no_wait)', file=sys.stderr)
       return 0
     result.wait_until_finish()

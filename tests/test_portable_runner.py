@@ -47,6 +47,18 @@ def test_portable_runner_with_loopback_workers(unrecord, source, tmp_path):
   _check(out)
 
 
+def test_portable_runner_works_behind_an_http_proxy(unrecord, source, tmp_path):
+  """gRPC honours http_proxy; the runner's own localhost traffic must not go there."""
+  out = str(tmp_path / 'proxied')
+  dead_proxy = 'http://127.0.0.1:9'
+  result = unrecord('export', '--input', source, '--output', out, '--runner',
+                    'PortableRunner', '--job_endpoint', 'embed', '--environment_type',
+                    'LOOPBACK', env={'http_proxy': dead_proxy, 'https_proxy': dead_proxy,
+                                     'HTTP_PROXY': dead_proxy, 'HTTPS_PROXY': dead_proxy})
+  assert result.returncode == 0, result.stderr[-3000:]
+  _check(out)
+
+
 def test_portable_runner_with_an_external_worker_pool(unrecord, source, tmp_path):
   port = emulators.free_port()
   # The pool starts each SDK worker as a bare `python` from PATH; in the container that
