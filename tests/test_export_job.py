@@ -86,6 +86,24 @@ def test_float_tensors_become_exact_pngs_with_manifest_and_report(unrecord, floa
   assert 'written 6' in result.stderr and 'failed 0' in result.stderr
 
 
+def test_tfds_shard_names_without_a_dataset_prefix_do_not_collide(unrecord, tmp_path):
+  """'train.tfrecord-0000N-of-00003' shards: the default names keep the shard number."""
+  photos = {}
+  for shard in range(3):
+    name = f'train.tfrecord-{shard:05d}-of-00003'
+    payloads = []
+    for i in range(2):
+      photos[(f'train-{shard:05d}', i)] = photo = fixtures.photo(shard * 2 + i, 24, 20)
+      payloads.append(fixtures.example({'image': fixtures.bytes_feature(
+          fixtures.serialized_tensor(photo))}))
+    fixtures.write_tfrecord(str(tmp_path / 'in' / name), payloads)
+  out = str(tmp_path / 'out')
+  _export(unrecord, '--input', str(tmp_path / 'in'), '--output', out)
+  assert _files(out) == {f'{stem}-{i:06d}.png' for stem, i in photos} | METADATA
+  for (stem, i), photo in photos.items():
+    assert np.array_equal(_read_rgb(os.path.join(out, f'{stem}-{i:06d}.png')), photo)
+
+
 def test_templates_with_formats_and_fields(unrecord, float_shards, tmp_path):
   source, photos = float_shards
   out = str(tmp_path / 'named')

@@ -209,3 +209,17 @@ def test_bgr_tensor_is_written_with_the_colours_it_meant():
     (got,) = _export(_tensor_record(np.ascontiguousarray(bgr)), fmt,
                      normalize=normalize.NormalizeSpec(channel_order='bgr'))
     assert np.array_equal(got, rgb), fmt
+
+
+@pytest.mark.parametrize('url, stem', [
+    ('gs://b/data/train.tfrecord.gz', 'train'),
+    ('mnist-train.tfrecord-00001-of-00004', 'mnist-train-00001'),
+    ('/d/train.tfrecord-00001-of-00004', 'train-00001'),
+    ('/d/train.tfrecord-00002-of-00004.gz', 'train-00002'),
+    ('part-00003.tfrecords', 'part-00003'),
+    ('shard.tfrecord.7', 'shard-7'),
+    ('images.2024-01-01.rec', 'images.2024-01-01'),
+    ('train-00000-of-00002', 'train-00000-of-00002'),
+])
+def test_stem_keeps_what_tells_shards_apart(url, stem):
+  assert schema.stem_of(url) == stem

@@ -24,6 +24,10 @@ from transforms import tfrecord
 _TFDS_SHARD = re.compile(
     r'^(?P<dataset>.+?)-(?P<split>[^-]+)\.(tfrecord|array_record|riegeli)'
     r'-\d{5}-of-\d{5}(\.gz|\.zz)?$')
+_COMPRESSION_EXT = re.compile(r'\.(gz|gzip|zz|zlib)$', re.I)
+_RECORD_EXT = re.compile(
+    r'\.(tfrecords?|tfr|records?|array_record|riegeli)([-_.](?P<shard>\d+)(-of-\d+)?)?$',
+    re.I)
 _SPLIT_WORDS = re.compile(r'^(train|test|validation|valid|val|eval|dev)([-_.]|$)', re.I)
 _LABEL_NAMES = ('label', 'image/class/label', 'labels', 'class', 'class_id', 'label_id',
                 'target', 'category', 'category_id', 'y')
@@ -44,13 +48,23 @@ def split_of(url: str) -> Optional[str]:
 
 
 def stem_of(url: str) -> str:
-  """The file name without its extensions ('a/b/train.tfrecord.gz' -> 'train')."""
-  name = posixpath.basename(url.rstrip('/'))
-  match = _TFDS_SHARD.match(name)
-  if match:  # keep the shard number: 'ds-train.tfrecord-00001-of-00004' -> 'ds-train-00001'
-    shard = re.search(r'-(\d{5})-of-\d{5}', name).group(1)
-    return f'{match.group("dataset")}-{match.group("split")}-{shard}'
-  return name.split('.', 1)[0] or name
+  """A file's name without its record and compression extensions, shard number kept.
+
+  Distinct shards of one dataset get distinct stems, so the default name template
+  cannot collide across them:
+
+    'a/b/train.tfrecord.gz'                -> 'train'
+    'mnist-train.tfrecord-00001-of-00004'  -> 'mnist-train-00001'
+    'train.tfrecord-00001-of-00004'        -> 'train-00001'
+    'part-00003.tfrecords'                 -> 'part-00003'
+    'images.2024-01-01.rec'                -> 'images.2024-01-01'
+  """
+  name = _COMPRESSION_EXT.sub('', posixpath.basename(url.rstrip('/')))
+  match = _RECORD_EXT.search(name)
+  if match is None:
+    return posixpath.splitext(name)[0] or name
+  base = name[:match.start()] or name
+  return f'{base}-{match.group("shard")}' if match.group('shard') else base
 
 
 # ---------------------------------------------------------------------------------------
