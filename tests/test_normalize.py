@@ -45,6 +45,34 @@ def test_any_finite_floats_land_in_range_and_keep_their_order(values):
   assert np.all(np.diff(flat_out[order]) >= 0)  # monotonic mapping
 
 
+def _plain_mapping(values, low, high, top):
+  """The mapping as one float64 expression: what normalize's in-place path must equal."""
+  with np.errstate(over='ignore', invalid='ignore'):
+    scaled = (values.astype(np.float64) - low) / (high - low) * top
+  scaled = np.nan_to_num(scaled, nan=0.0, posinf=top, neginf=0.0)
+  return np.clip(np.rint(scaled), 0, top)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(['float16', 'float32', 'float64']),
+       st.sampled_from([(0.0, 1.0), (-1.0, 1.0), (0.0, 255.0), (0.1, 0.9), (-3.0, 7.5)]),
+       st.sampled_from([('8', 255), ('16', 65535)]),
+       st.lists(st.floats(-20, 300) | st.sampled_from([np.nan, np.inf, -np.inf]),
+                min_size=1, max_size=40),
+       st.booleans())
+def test_fast_mapping_is_bit_identical_to_the_plain_expression(dtype, value_range, depth,
+                                                              values, ties):
+  low, high = value_range
+  bits, top = depth
+  values = np.asarray(values, dtype=np.float64)
+  if ties:  # values landing exactly on (or one rounding away from) k + 0.5
+    values = (np.floor(values) + 0.5) / top * (high - low) + low
+  values = values.astype(dtype).reshape(1, -1)
+  spec = normalize.NormalizeSpec(non_finite='clip')
+  out = _norm(values, layout='hw', spec=spec, bits=bits, value_range=value_range).pixels
+  assert np.array_equal(out, _plain_mapping(values, low, high, top))
+
+
 def test_rounds_to_nearest_never_truncates():
   values = np.array([[10.4, 10.6, 254.6, 0.49]], dtype=np.float32) / 255.0
   out = _norm(values, layout='hw', value_range=(0.0, 1.0)).pixels

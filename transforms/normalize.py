@@ -195,11 +195,11 @@ def normalize(pixels: np.ndarray, layout: str, spec: NormalizeSpec, *, bits: str
     pixels = pixels.astype(np.uint8)
     source_dtype = 'bool'
 
+  extent = _extent(pixels)
   if pixels.dtype.kind == 'f':
-    finite = np.isfinite(pixels)
-    if not finite.all():
+    if not np.isfinite(extent).all():
       if spec.non_finite == 'fail':
-        bad = int(pixels.size - np.count_nonzero(finite))
+        bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
         raise errors.DecodeError(
             errors.NON_FINITE,
             f'image holds {bad} NaN/Inf values (pass --non_finite clip to map NaN to the '
@@ -208,6 +208,7 @@ def normalize(pixels: np.ndarray, layout: str, spec: NormalizeSpec, *, bits: str
 
   if spec.undoes_mean_std:
     pixels = _undo_mean_std(pixels, spec.mean, spec.std)
+    extent = _extent(pixels)
     steps.append('undo_mean_std')
 
   if bits == 'float':
@@ -231,13 +232,42 @@ def normalize(pixels: np.ndarray, layout: str, spec: NormalizeSpec, *, bits: str
   if value_range is None:
     value_range = resolve_range(spec.value_range, pixels, source_dtype)
   low, high = value_range
-  with np.errstate(over='ignore', invalid='ignore'):  # inf/NaN are mapped just below
-    scaled = (pixels.astype(np.float64) - low) / (high - low) * top
-  if pixels.dtype.kind == 'f':
-    scaled = np.nan_to_num(scaled, nan=0.0, posinf=top, neginf=0.0)
-  out = np.clip(np.rint(scaled), 0, top).astype(target)
+  out = _map_range(pixels, float(low), float(high), top, extent).astype(target)
   steps.append(f'range_{_fmt(low)}_{_fmt(high)}_to_{bits}bit')
   return Normalized(out, (low, high), tuple(steps))
+
+
+def _extent(pixels: np.ndarray) -> Optional[Tuple[float, float]]:
+  """(min, max) of the values; NaN or +/-Inf among them shows in the result."""
+  if pixels.size == 0 or pixels.dtype.kind not in 'fiu':
+    return None
+  with np.errstate(invalid='ignore'):
+    return float(pixels.min()), float(pixels.max())
+
+
+def _map_range(pixels: np.ndarray, low: float, high: float, top: int,
+               extent: Optional[Tuple[float, float]]) -> np.ndarray:
+  """round((pixels - low) / (high - low) * top), clipped to 0..top, in float64.
+
+  One float64 scratch array, updated in place. Steps that cannot change a value are
+  skipped (subtracting 0, dividing by 1; clipping when the extent lies inside the
+  range, which monotone rounding keeps inside 0..top), so the result is bit-identical
+  to the plain expression: every step that runs, runs in the same order.
+  """
+  scaled = pixels.astype(np.float64)
+  with np.errstate(over='ignore', invalid='ignore'):  # inf/NaN are mapped just below
+    if low != 0:
+      np.subtract(scaled, low, out=scaled)
+    if high - low != 1:
+      np.divide(scaled, high - low, out=scaled)
+    np.multiply(scaled, top, out=scaled)
+  finite = extent is not None and np.isfinite(extent).all()
+  if pixels.dtype.kind == 'f' and not finite:
+    np.nan_to_num(scaled, copy=False, nan=0.0, posinf=top, neginf=0.0)
+  np.rint(scaled, out=scaled)
+  if not (finite and low <= extent[0] and extent[1] <= high):
+    np.clip(scaled, 0, top, out=scaled)
+  return scaled
 
 
 def resolve_range(value_range: str, pixels: np.ndarray,
