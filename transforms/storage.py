@@ -139,8 +139,13 @@ def _safe_isdir(fs, path: str) -> bool:
 
 def open_input(url: str, storage_options: Optional[StorageOptions] = None,
                block_size: int = 8 << 20) -> BinaryIO:
-  """A seekable binary stream for an input file."""
+  """A seekable binary stream for an input file.
+
+  Local files get a 64 KiB buffer: reads bigger than that go straight to the caller, and
+  an index pass skipping from header to header does not read a megabyte per record it
+  then throws away (measured: 1 MiB buffers made planning 4,000 600 KB records 1.5 s).
+  """
   fs, path = filesystem(url, storage_options)
   if is_local(fs):
-    return open(path, 'rb', buffering=1 << 20)
+    return open(path, 'rb', buffering=64 << 10)
   return fs.open(path, 'rb', block_size=block_size, cache_type='readahead')
