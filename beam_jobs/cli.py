@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -24,11 +26,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from beam_jobs import inspect_records
     return inspect_records.main(rest)
   if command == 'export':
-    from beam_jobs import export_images
-    return export_images.main(rest)
+    # Warm local workers start importing Beam now, alongside this process.
+    from beam_jobs import worker
+    pool = worker.start_for(rest)
+    try:
+      from beam_jobs import export_images
+      return export_images.main(rest, pool=pool)
+    finally:
+      if pool is not None:
+        pool.close()
   print(f'unrecord: error: unknown command {command!r}\n\n{USAGE}', file=sys.stderr)
   return 2
 
 
+def run() -> None:
+  """The console script: main(), then exit without finalizing the interpreter.
+
+  After a local run, interpreter teardown (gRPC's core shutdown among it) takes about
+  0.7 s of a job's wall time. Exit handlers still run (logging is flushed); only the
+  module teardown is skipped, as every file the job writes is closed by then.
+  """
+  code = main()
+  atexit._run_exitfuncs()  # pylint: disable=protected-access
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
+
+
 if __name__ == '__main__':
-  sys.exit(main())
+  run()

@@ -25,8 +25,12 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
                                                   StandardOptions, _BeamArgumentParser)
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.runners.runner import PipelineRunner
+from apache_beam.transforms import environments
 
 from beam_jobs import options as common
+from beam_jobs import worker as worker_lib
 from transforms import encode
 from transforms import errors
 from transforms import export
@@ -331,11 +335,17 @@ def bypass_proxy_for_local_workers() -> None:
   os.environ['no_grpc_proxy'] = ','.join(hosts)
 
 
-def configure_runner(pipeline_options: PipelineOptions, argv: Sequence[str]) -> str:
-  """Local runs: FnApiRunner (no Prism download), one worker process per core."""
+def configure_runner(pipeline_options: PipelineOptions, argv: Sequence[str],
+                     pool: Optional[worker_lib.WarmPool] = None
+                     ) -> Tuple[str, Optional[PipelineRunner]]:
+  """Local runs: FnApiRunner (no Prism download), one worker process per core.
+
+  Returns the runner's description, and a runner instance when the local workers are
+  `pool`'s warm processes (else None: the pipeline options name the runner).
+  """
   standard = pipeline_options.view_as(StandardOptions)
   if standard.runner not in LOCAL_RUNNERS:
-    return standard.runner
+    return standard.runner, None
   standard.runner = 'FnApiRunner'
   direct = pipeline_options.view_as(DirectOptions)
   given = ' '.join(argv)
@@ -344,8 +354,35 @@ def configure_runner(pipeline_options: PipelineOptions, argv: Sequence[str]) -> 
   if '--direct_running_mode' not in given:
     direct.direct_running_mode = ('multi_processing' if direct.direct_num_workers != 1
                                   else 'in_memory')
-  return (f'DirectRunner (FnApiRunner, {direct.direct_num_workers} '
-          f'{direct.direct_running_mode} worker(s))')
+  description = (f'DirectRunner (FnApiRunner, {direct.direct_num_workers} '
+                 f'{direct.direct_running_mode} worker(s))')
+  if pool is None or direct.direct_running_mode != 'multi_processing':
+    return description, None
+  # The same worker processes Beam's multi_processing mode starts, but already warm.
+  # FnApiRunner only takes a custom worker environment in its default running mode.
+  direct.direct_running_mode = 'in_memory'
+  environment = environments.SubprocessSDKEnvironment.from_command_string(
+      pool.worker_command())
+  return description, fn_runner.FnApiRunner(default_environment=environment)
+
+
+class _BeamNoise(logging.Filter):
+  """Drops two warnings every local run printed that do not apply to unrecord.
+
+  FnApiRunner advises multi_processing mode when given several workers in its default
+  mode; the warm workers are processes already. Each worker warns that registries may
+  not be effective without a semi-persistent directory; unrecord registers nothing.
+  """
+  NOISE = ('direct_running_mode should be', 'No semi_persistent_directory found')
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(noise in message for noise in self.NOISE)
+
+
+def quiet_beam_noise() -> None:
+  for name in (fn_runner.__name__, 'apache_beam.runners.portability.local_job_service'):
+    logging.getLogger(name).addFilter(_BeamNoise())
 
 
 def is_local(pipeline_options: PipelineOptions) -> bool:
@@ -394,7 +431,9 @@ def summary(report: dict, counters: Optional[Dict[str, int]] = None) -> str:
           f'({report["images_per_second"]} images/s) -> {report["output"]}')
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None,
+         pool: Optional[worker_lib.WarmPool] = None) -> int:
+  """Runs the export; `pool`: warm local workers the caller started (beam_jobs.cli)."""
   argv = list(sys.argv[1:] if argv is None else argv)
   if '-h' in argv or '--help' in argv:
     print(help_text())
@@ -416,18 +455,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'{PROG}: no input shard is new or changed since the last run', file=sys.stderr)
     print(summary(report), file=sys.stderr)
     return 0
-  runner = configure_runner(pipeline_options, argv)
+  runner, runner_instance = configure_runner(pipeline_options, argv, pool)
   print(describe(plan, runner), file=sys.stderr)
   local = is_local(pipeline_options)
   if local:  # FnApiRunner, or the portable runner's embedded job service
     bypass_proxy_for_local_workers()
+    quiet_beam_noise()
   monitor = None
   if local and not args.quiet:
     monitor = progress.ProgressMonitor(log_interval=args.progress_interval).start()
     monitor.count_in_background(lambda: count_images(plan))
     plan.config = dataclasses.replace(plan.config, progress=monitor.address)
   try:
-    pipeline = beam.Pipeline(options=pipeline_options)
+    pipeline = beam.Pipeline(runner=runner_instance, options=pipeline_options)
     _ = pipeline | 'Export' >> export.ExportImages(plan.config)
     result = pipeline.run()
     if args.no_wait and not local:

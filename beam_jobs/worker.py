@@ -1,0 +1,219 @@
+"""Local worker processes for the FnApiRunner, started before the runner asks for them.
+
+Beam's local multi-process mode starts `python -m apache_beam.runners.worker.sdk_worker_main`
+when the first stage runs; each such worker then spends about 1.6 s importing Beam, and at
+the end another 0.5 s in interpreter shutdown, one worker after the other. On a small
+job that is most of the wall time (docs/benchmarks.md).
+
+So the launcher starts `WarmPool` first thing: worker processes that import Beam and
+unrecord's transforms while the launcher itself is still importing and sampling. The
+runner is given a worker command that runs this module's tiny `--client` (standard
+library only): it hands its environment (the runner's control address, pipeline options,
+worker id) to a warm process over a Unix socket and waits for it, so the runner sees a
+worker process with the usual lifetime and exit code. The warm process runs Beam's own
+`sdk_worker_main.main`, then exits without interpreter teardown.
+
+If no warm process is free (more workers asked for than started, or a warm process died)
+the client runs the worker itself, as Beam would. A warm process exits when its client
+goes away, and when the launcher does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import List, Optional
+
+_ACK = b'A'
+_ACCEPT_POLL_SECONDS = 0.5
+
+
+class WarmPool:
+  """`count` warm worker processes listening on one Unix socket; close() when done."""
+
+  def __init__(self, count: int):
+    self._folder = tempfile.mkdtemp(prefix='unrecord-workers-')
+    self.address = os.path.join(self._folder, 'workers.sock')
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(self.address)
+    listener.listen(max(count, 1))
+    command = [sys.executable, '-m', 'beam_jobs.worker', '--serve', str(listener.fileno()),
+               str(os.getpid())]
+    self._processes: List[subprocess.Popen] = [
+        subprocess.Popen(command, pass_fds=(listener.fileno(),)) for _ in range(count)]
+    # The warm processes hold the listening socket now. Once each has taken a client and
+    # closed it, connecting fails at once and a client falls back to a cold start.
+    listener.close()
+
+  def worker_command(self) -> str:
+    """The shell command line the runner starts for each worker."""
+    return f'{_quote(sys.executable)} -m beam_jobs.worker --client {_quote(self.address)}'
+
+  def close(self) -> None:
+    """Stops warm processes that never got a client; removes the socket."""
+    for process in self._processes:
+      if process.poll() is None:
+        process.terminate()
+    for process in self._processes:
+      try:
+        process.wait(timeout=5)
+      except subprocess.TimeoutExpired:
+        process.kill()
+    try:
+      os.unlink(self.address)
+      os.rmdir(self._folder)
+    except OSError:
+      pass
+
+
+def start_for(argv: List[str]) -> Optional[WarmPool]:
+  """A pool when `unrecord export argv` will run local multi-process workers, else None.
+
+  Reads the few options that decide it without importing Beam (that is the point).
+  """
+  def value(flag: str) -> Optional[str]:
+    for i, arg in enumerate(argv):
+      if arg == flag and i + 1 < len(argv):
+        return argv[i + 1]
+      if arg.startswith(flag + '='):
+        return arg.split('=', 1)[1]
+    return None
+
+  if '-h' in argv or '--help' in argv:
+    return None
+  if value('--runner') not in (None, 'DirectRunner', 'FnApiRunner'):
+    return None
+  if value('--direct_running_mode') not in (None, 'multi_processing'):
+    return None
+  try:
+    workers = int(value('--direct_num_workers') or os.cpu_count() or 1)
+  except ValueError:
+    return None  # the option parser will say what is wrong with it
+  return WarmPool(workers) if workers > 1 else None
+
+
+def _quote(text: str) -> str:
+  import shlex
+  return shlex.quote(text)
+
+
+# ---------------------------------------------------------------------------------------
+# The warm process
+
+
+def serve(listener_fd: int, launcher_pid: int) -> None:
+  """Imports everything a worker needs, takes one client, runs the worker for it."""
+  from apache_beam.runners.worker import sdk_worker_main
+  # The job's own modules, so unpickling its DoFns costs no imports later.
+  import transforms.export  # noqa: F401  pylint: disable=unused-import
+  import transforms.read  # noqa: F401  pylint: disable=unused-import
+
+  listener = socket.socket(fileno=listener_fd)
+  connection, environment = _take_client(listener, launcher_pid)
+  listener.close()
+  os.environ.clear()
+  os.environ.update(environment)
+  threading.Thread(target=_exit_when_client_leaves, args=(connection,), daemon=True).start()
+  code = 0
+  try:
+    sdk_worker_main.main(sys.argv)
+  except BaseException:  # pylint: disable=broad-except
+    # sdk_worker_main has logged it to the runner; the exit code tells the runner too.
+    code = 1
+  try:
+    connection.sendall(bytes([code]))
+  except OSError:
+    pass
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # the harness has closed its channels; skip interpreter teardown
+
+
+def _take_client(listener: socket.socket, launcher_pid: int):
+  """Waits for a client and its environment; a client that gave up is skipped."""
+  listener.settimeout(_ACCEPT_POLL_SECONDS)
+  while True:
+    if os.getppid() != launcher_pid:
+      os._exit(0)  # the launcher is gone; nobody will ask for this worker
+    try:
+      connection, _ = listener.accept()
+    except socket.timeout:
+      continue
+    try:
+      connection.settimeout(None)
+      environment = json.loads(_read_line(connection))
+      connection.sendall(_ACK)
+      return connection, environment
+    except (OSError, ValueError):
+      connection.close()
+
+
+def _exit_when_client_leaves(connection: socket.socket) -> None:
+  try:
+    while connection.recv(1):
+      pass
+  except OSError:
+    pass
+  os._exit(1)
+
+
+def _read_line(connection: socket.socket) -> bytes:
+  data = bytearray()
+  while not data.endswith(b'\n'):
+    chunk = connection.recv(1 << 16)
+    if not chunk:
+      raise ConnectionError('client closed before sending its environment')
+    data += chunk
+  return bytes(data)
+
+
+# ---------------------------------------------------------------------------------------
+# The client the runner starts
+
+
+def client(address: str) -> int:
+  """Hands this process's environment to a warm worker and mirrors its exit code."""
+  try:
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Warm processes may still be importing; one that died closes its socket, so a
+    # client never waits on a worker that will not come.
+    connection.settimeout(60)
+    connection.connect(address)
+    connection.sendall(json.dumps(dict(os.environ)).encode() + b'\n')
+    if connection.recv(1) != _ACK:
+      raise ConnectionError('no warm worker took the connection')
+  except OSError:
+    return cold_start()
+  connection.settimeout(None)
+  reply = connection.recv(1)
+  return reply[0] if reply else 1
+
+
+def cold_start() -> int:
+  """No warm process free: be the worker, as `sdk_worker_main` would."""
+  from apache_beam.runners.worker import sdk_worker_main
+  sdk_worker_main.main(sys.argv)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(0)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ['--serve'] and len(argv) == 3:
+    serve(int(argv[1]), int(argv[2]))
+    return 0
+  if argv[:1] == ['--client'] and len(argv) == 2:
+    return client(argv[1])
+  print('usage: python -m beam_jobs.worker --client SOCKET | --serve FD LAUNCHER_PID',
+        file=sys.stderr)
+  return 2
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,111 @@
+"""Warm local workers (beam_jobs/worker.py): used when they can be, never a way to hang."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import apache_beam as beam
+import psutil
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import environments
+
+from beam_jobs import worker
+from tests import fixtures
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize('argv, warm', [
+    (['--input', 'x', '--output', 'y'], os.cpu_count() > 1),
+    (['--direct_num_workers', '2'], True),
+    (['--direct_num_workers=3'], True),
+    (['--direct_num_workers', '1'], False),
+    (['--runner', 'DataflowRunner'], False),
+    (['--runner=PortableRunner'], False),
+    (['--direct_running_mode', 'in_memory', '--direct_num_workers', '2'], False),
+    (['--direct_num_workers', 'two'], False),
+    (['--help'], False),
+])
+def test_a_pool_starts_only_for_local_multi_process_runs(argv, warm):
+  pool = worker.start_for(argv)
+  try:
+    assert (pool is not None) == warm
+  finally:
+    if pool is not None:
+      pool.close()
+
+
+def _cmdlines(root):
+  found = set()
+  try:
+    for child in psutil.Process(root).children(recursive=True):
+      try:
+        found.add((child.pid, ' '.join(child.cmdline())))
+      except psutil.Error:
+        pass
+  except psutil.Error:
+    pass
+  return found
+
+
+def test_the_job_runs_on_warm_workers_and_starts_no_cold_ones(tmp_path):
+  photos = [fixtures.photo(i, 30, 26) for i in range(40)]
+  fixtures.write_tfrecord(str(tmp_path / 'in' / 'a.tfrecord'), [
+      fixtures.example({'image': fixtures.bytes_feature(fixtures.encode_png(p))})
+      for p in photos])
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input', str(tmp_path / 'in'),
+       '--output', str(tmp_path / 'out'), '--quiet', '--direct_num_workers', '2'],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  seen = set()
+  sampler = threading.Thread(target=lambda: [
+      (seen.update(_cmdlines(process.pid)), time.sleep(0.02))
+      for _ in iter(lambda: process.poll() is None, False)])
+  sampler.start()
+  _, stderr = process.communicate(timeout=300)
+  sampler.join()
+  assert process.returncode == 0, stderr[-3000:]
+  assert len([n for n in os.listdir(tmp_path / 'out') if n.endswith('.png')]) == 40
+  commands = [command for _, command in seen]
+  assert sum('beam_jobs.worker --serve' in c for c in commands) == 2, commands
+  assert any('beam_jobs.worker --client' in c for c in commands), commands
+  assert not any('-m apache_beam.runners.worker.sdk_worker_main' in c for c in commands)
+  assert 'direct_running_mode should be' not in stderr
+
+
+def test_more_workers_than_warm_processes_start_cold_and_finish():
+  pool = worker.WarmPool(1)
+  try:
+    environment = environments.SubprocessSDKEnvironment.from_command_string(
+        pool.worker_command())
+    options = PipelineOptions(['--direct_num_workers=2'])
+    with beam.Pipeline(runner=fn_runner.FnApiRunner(default_environment=environment),
+                       options=options) as pipeline:
+      squares = (pipeline | beam.Create(range(50)) | beam.Reshuffle()
+                 | beam.Map(lambda x: x * x))
+      assert_that(squares, equal_to([x * x for x in range(50)]))
+  finally:
+    pool.close()
+
+
+def test_warm_processes_exit_when_the_launcher_dies(tmp_path):
+  script = ('import os, sys\n'
+            'from beam_jobs import worker\n'
+            'pool = worker.WarmPool(2)\n'
+            'print(" ".join(str(p.pid) for p in pool._processes), flush=True)\n'
+            'os._exit(0)\n')
+  launcher = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            timeout=60, check=True)
+  pids = [int(p) for p in launcher.stdout.split()]
+  assert len(pids) == 2
+  deadline = time.time() + 30
+  while time.time() < deadline and any(psutil.pid_exists(p) and
+                                        psutil.Process(p).status() != 'zombie'
+                                        for p in pids):
+    time.sleep(0.2)
+  assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != 'zombie'
+                 for p in pids)
