@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup chromium test demo reliability fuzz clean
+.PHONY: setup chromium test demo bench reliability fuzz clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,12 @@ chromium:
 
 test: setup chromium
 	$(PY) -m pytest
+
+# unrecord beside its peers (loop, thread pool, tf.data, naive Beam) and the encode floor on
+# TensorFlow-written data; rewrites docs/benchmarks.md's whole-job section and its plot.
+# Under 15 minutes on 2 cores. `make test` runs the same harness with --quick.
+bench: setup
+	$(PY) -m bench.run
 
 # The reliability tests alone, printing the figures docs/reliability.md records.
 reliability: setup

@@ -1,0 +1,377 @@
+"""`make bench`: unrecord beside its peers and the floor, on the same data, in one run.
+
+    python -m bench.run                 # full run (< 15 min on 2 cores); updates docs/
+    python -m bench.run --quick         # smoke run on tiny data (what `make test` runs)
+
+Every system runs as its own process, as a user runs it, measured by bench.measure
+(wall time, peak RSS of the process tree, each process's own peak). Before each run the
+previous output is deleted and the page cache's dirty pages are flushed (os.sync), so
+no run pays for another's writeback. Every system's output is checked: the right number
+of image files, and for PNG, sampled files decode to exactly the source crop's pixels.
+
+Results go to bench/out/results.json; the full run also rewrites the whole-job section
+of docs/benchmarks.md and docs/images/bench.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from bench import data as data_lib
+from bench import measure
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, 'docs', 'benchmarks.md')
+PLOT = os.path.join(ROOT, 'docs', 'images', 'bench.png')
+START_MARK = '<!-- bench:start -->'
+END_MARK = '<!-- bench:end -->'
+PEERS = ('loop', 'threads', 'tfdata', 'beam_naive')
+LABELS = {
+    'job': 'unrecord', 'loop': 'loop (TF parse + cv2.imwrite)',
+    'threads': 'ThreadPoolExecutor loop', 'tfdata': 'tf.data (encode_png + write_file)',
+    'beam_naive': 'naive Beam (ReadFromTFRecord + Map)',
+    'floor_opencv': 'floor: OpenCV encode + write', 'floor_job': "floor: unrecord's encoder + write",
+    'floor_copy': 'floor: byte copy',
+}
+
+
+@dataclasses.dataclass
+class Row:
+  """One measured run."""
+  case: str
+  dataset: str
+  system: str
+  images: int
+  wall_seconds: float
+  tree_peak_mb: float
+  worker_peak_mb: float
+  launcher_peak_mb: float
+  timed_seconds: Optional[float] = None  # floors: encode + write only
+
+  @property
+  def rate(self) -> float:
+    """Images per second: whole run, or the timed part for the floors."""
+    return self.images / (self.timed_seconds or self.wall_seconds)
+
+
+class Bench:
+  """Runs cases, checks their outputs, keeps the rows."""
+
+  def __init__(self, out: str, quick: bool, crops: Dict[str, set]):
+    self.out = out
+    self.quick = quick
+    self.rows: List[Row] = []
+    self._crops = crops
+
+  def _fresh(self, name: str) -> str:
+    path = os.path.join(self.out, 'runs', name)
+    shutil.rmtree(path, ignore_errors=True)
+    os.sync()
+    return path
+
+  def run(self, case: str, dataset: data_lib.Dataset, system: str, fmt: str,
+          extra: tuple = (), verify: bool = True) -> Row:
+    output = self._fresh(case)
+    if system == 'job':
+      command = [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input', dataset.folder,
+                 '--output', output, '--format', fmt, '--quiet', *extra]
+      if fmt == 'jpeg':
+        command += ['--quality', '90']
+    else:
+      command = [sys.executable, '-m', 'bench.peers', system, '--kind', dataset.kind,
+                 '--input', dataset.pattern, '--output', output, '--format', fmt, *extra]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=ROOT)
+    measured = measure.run(command, env=env, cwd=ROOT)
+    timed = (measured.result or {}).get('timed_seconds')
+    row = Row(case, dataset.name, system, dataset.count, measured.wall_seconds,
+              measured.tree_peak_rss / 2**20, measured.worker_peak / 2**20,
+              measured.launcher_peak / 2**20, timed)
+    if verify:
+      self._verify(output, dataset, fmt)
+    shutil.rmtree(output, ignore_errors=True)
+    self.rows.append(row)
+    timed_text = f', timed {timed:.2f} s' if timed else ''
+    print(f'  {case:<22} {row.wall_seconds:7.2f} s wall{timed_text}, {row.rate:8.0f} img/s, '
+          f'tree peak {row.tree_peak_mb:6.0f} MB, worker peak {row.worker_peak_mb:5.0f} MB',
+          flush=True)
+    return row
+
+  def _verify(self, output: str, dataset: data_lib.Dataset, fmt: str) -> None:
+    """Right number of images; sampled PNGs hold exactly a source crop's pixels."""
+    import cv2
+    images = []
+    for folder, _, names in os.walk(output):
+      images += [os.path.join(folder, n) for n in names
+                 if n.endswith(('.png', '.jpg', '.jpeg')) and not n.startswith('_')]
+    if len(images) != dataset.count:
+      raise AssertionError(f'{output}: {len(images)} images, expected {dataset.count}')
+    sample = random.Random(0).sample(images, min(len(images), 40 if self.quick else 100))
+    expected = self._crops.get(dataset.kind)
+    for path in sample:
+      pixels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+      if pixels is None:
+        raise AssertionError(f'{path} does not decode')
+      if fmt == 'png' and expected is not None:
+        if pixels.ndim == 3:
+          pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+        if _digest(pixels) not in expected:
+          raise AssertionError(f'{path}: pixels match no source crop')
+
+  def find(self, case: str) -> Row:
+    return next(r for r in self.rows if r.case == case)
+
+
+def _digest(pixels: np.ndarray) -> str:
+  return hashlib.sha1(np.ascontiguousarray(pixels.squeeze()).tobytes()).hexdigest()
+
+
+def source_digests(datasets: Dict[str, data_lib.Dataset]) -> Dict[str, set]:
+  color = {_digest(c) for c in data_lib.crops(datasets['a'].count, data_lib.SIZE)}
+  gray = {_digest(c) for c in data_lib.crops(datasets['c'].count, data_lib.GRAY_SIZE,
+                                             gray=True, seed=1)}
+  return {'tensor_f32': color, 'raw_u8': color, 'gray_u8': gray}
+
+
+def marginal(small: Row, large: Row) -> float:
+  """Steady-state images/s: the extra images of the larger run over its extra time.
+
+  NaN when the larger run was not slower (start-up noise swamps tiny quick-mode data).
+  """
+  extra = large.wall_seconds - small.wall_seconds
+  return (large.images - small.images) / extra if extra > 0 else float('nan')
+
+
+def run_all(args) -> dict:
+  out = os.path.abspath(args.out)
+  os.makedirs(out, exist_ok=True)
+  count, gray_count = (120, 2000) if args.quick else (4000, 60000)
+  print(f'bench: building datasets under {args.data} ({count} images, {gray_count} gray)',
+        flush=True)
+  datasets = data_lib.build(args.data, count=count, gray_count=gray_count)
+  a, b, c, d, e = (datasets[k] for k in 'abcde')
+  links = os.path.join(out, 'links')
+  a_half = data_lib.subset(a, os.path.join(links, 'a_half'), a.shards // 2)
+  c_half = data_lib.subset(c, os.path.join(links, 'c_half'), c.shards // 2)
+  d_half = data_lib.subset(d, os.path.join(links, 'd_half'), d.shards // 2)
+  b_half = data_lib.subset(b, os.path.join(links, 'b_half'), b.shards // 2)
+  tiny = data_lib.build(os.path.join(args.data, 'tiny'), count=8, gray_count=8)['a']
+  bench = Bench(out, args.quick, source_digests(datasets))
+  cores = os.cpu_count() or 1
+
+  print('bench: (a) float32 tensors -> PNG: the job, its peers, the floor', flush=True)
+  bench.run('a/job', a, 'job', 'png')
+  bench.run('a_half/job', a_half, 'job', 'png')
+  for peer in PEERS:
+    bench.run(f'a/{peer}', a, peer, 'png')
+  bench.run('a/floor_opencv', a, 'floor_opencv', 'png')
+  bench.run('a/floor_job', a, 'floor_job', 'png')
+
+  print('bench: start-up on a tiny input (8 images)', flush=True)
+  bench.run('tiny/job', tiny, 'job', 'png')
+  bench.run('tiny/job_1worker', tiny, 'job', 'png', ('--direct_num_workers', '1'))
+
+  print('bench: (b) raw uint8 -> PNG and JPEG q90', flush=True)
+  bench.run('b_png/job', b, 'job', 'png')
+  bench.run('b_half_png/job', b_half, 'job', 'png')
+  bench.run('b_jpeg/job', b, 'job', 'jpeg')
+  bench.run('b_half_jpeg/job', b_half, 'job', 'jpeg')
+  bench.run('b_jpeg/floor_job', b, 'floor_job', 'jpeg')
+  bench.run('b_jpeg/floor_opencv', b, 'floor_opencv', 'jpeg')
+
+  print('bench: (c) 28x28 gray -> PNG, per-element overhead', flush=True)
+  bench.run('c/job', c, 'job', 'png')
+  bench.run('c_half/job', c_half, 'job', 'png')
+  bench.run('c/floor_job', c, 'floor_job', 'png')
+
+  print('bench: (d) encoded JPEG -> JPEG passthrough', flush=True)
+  bench.run('d/job', d, 'job', 'jpeg')
+  bench.run('d_half/job', d_half, 'job', 'jpeg')
+  bench.run('d/floor_copy', d, 'floor_copy', 'jpeg')
+
+  print('bench: (e) one big file, 1 and 2 workers', flush=True)
+  # Small split size in quick mode so the tiny file still splits.
+  split = ('--split_size_mb', '1') if args.quick else ()
+  bench.run('e/job_1worker', e, 'job', 'png', ('--direct_num_workers', '1', *split))
+  bench.run(f'e/job_{cores}workers', e, 'job', 'png', split)
+
+  print('bench: memory from 2k to 20k images', flush=True)
+  copies = 1 if args.quick else 5
+  big = data_lib.replicated(a, os.path.join(links, 'a_x5'), copies)
+  bench.run('a_x5/job', big, 'job', 'png', verify=False)
+  return summarize(bench, args, cores)
+
+
+def summarize(bench: Bench, args, cores: int) -> dict:
+  r = bench.find
+  job_a, half_a = r('a/job'), r('a_half/job')
+  steady_a = marginal(half_a, job_a)
+  figures = {
+      'a_wall_vs_peer': {p: r(f'a/{p}').wall_seconds / job_a.wall_seconds for p in PEERS},
+      'a_steady_img_s': steady_a,
+      'a_floor_job_img_s': r('a/floor_job').rate,
+      'a_floor_opencv_img_s': r('a/floor_opencv').rate,
+      'a_steady_vs_floor_job': steady_a / r('a/floor_job').rate,
+      'startup_seconds': r('tiny/job').wall_seconds,
+      'startup_seconds_1worker': r('tiny/job_1worker').wall_seconds,
+      'b_png_steady_img_s': marginal(r('b_half_png/job'), r('b_png/job')),
+      'b_jpeg_steady_img_s': marginal(r('b_half_jpeg/job'), r('b_jpeg/job')),
+      'b_jpeg_floor_job_img_s': r('b_jpeg/floor_job').rate,
+      'c_steady_img_s': marginal(r('c_half/job'), r('c/job')),
+      'c_floor_job_img_s': r('c/floor_job').rate,
+      'd_steady_img_s': marginal(r('d_half/job'), r('d/job')),
+      'd_floor_copy_img_s': r('d/floor_copy').rate,
+  }
+  figures['b_jpeg_steady_vs_floor_job'] = (figures['b_jpeg_steady_img_s'] /
+                                           figures['b_jpeg_floor_job_img_s'])
+  figures['c_steady_vs_floor_job'] = figures['c_steady_img_s'] / figures['c_floor_job_img_s']
+  figures['d_steady_vs_copy'] = figures['d_steady_img_s'] / figures['d_floor_copy_img_s']
+  one, many = r('e/job_1worker'), r(f'e/job_{cores}workers')
+  figures['e_speedup_wall'] = one.wall_seconds / many.wall_seconds
+  # Start-up (measured on the tiny input with the same worker count) taken out of both.
+  many_work = many.wall_seconds - r('tiny/job').wall_seconds
+  figures['e_speedup_steady'] = (
+      (one.wall_seconds - r('tiny/job_1worker').wall_seconds) / many_work
+      if many_work > 0 else float('nan'))
+  figures['rss_worker_2k_mb'] = half_a.worker_peak_mb
+  figures['rss_worker_20k_mb'] = r('a_x5/job').worker_peak_mb
+  figures['rss_worker_change'] = (figures['rss_worker_20k_mb'] /
+                                  max(figures['rss_worker_2k_mb'], 1e-9) - 1)
+  targets = [
+      ('(a) wall vs naive Beam', figures['a_wall_vs_peer']['beam_naive'], '>=', 3.0),
+      ('(a) wall vs thread pool', figures['a_wall_vs_peer']['threads'], '>=', 2.5),
+      ('(a) wall vs tf.data', figures['a_wall_vs_peer']['tfdata'], '>=', 5.0),
+      ('(a) steady / floor (same encoder)', figures['a_steady_vs_floor_job'], '>=', 0.85),
+      ('(a) steady img/s (moonshot)', steady_a, '>=', 1500),
+      ('(c) steady / floor', figures['c_steady_vs_floor_job'], '>=', 0.5),
+      ('(d) passthrough / byte copy', figures['d_steady_vs_copy'], '>=', 0.8),
+      (f'(e) speed-up 1 -> {cores} workers (steady)', figures['e_speedup_steady'], '>=', 1.7),
+      ('start-up, tiny input (s)', figures['startup_seconds'], '<=', 6.0),
+      ('peak RSS per worker, 20k (MB)', figures['rss_worker_20k_mb'], '<=', 400),
+      ('RSS change 2k -> 20k', abs(figures['rss_worker_change']), '<=', 0.10),
+  ]
+  results = {
+      'machine': {'cores': cores, 'python': platform.python_version(),
+                  'platform': platform.platform()},
+      'date': time.strftime('%Y-%m-%d'),
+      'quick': args.quick,
+      'rows': [dict(dataclasses.asdict(row), rate=row.rate) for row in bench.rows],
+      'figures': figures,
+      'targets': [{'name': n, 'value': v, 'op': op, 'goal': g,
+                   'met': v >= g if op == '>=' else v <= g} for n, v, op, g in targets],
+  }
+  with open(os.path.join(bench.out, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=1)
+  print('\nbench: targets')
+  for t in results['targets']:
+    print(f"  {'met ' if t['met'] else 'MISS'} {t['name']:<40} {t['value']:10.2f} "
+          f"(goal {t['op']} {t['goal']})")
+  return results
+
+
+def plot(results: dict, path: str) -> None:
+  """Bar chart of images/s per system on dataset (a)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  rows = {row['case']: row for row in results['rows']}
+  bars = [(LABELS[p] + ', whole run', rows[f'a/{p}']['rate']) for p in PEERS]
+  bars.append(('unrecord, whole run', rows['a/job']['rate']))
+  bars.append(('unrecord, steady state', results['figures']['a_steady_img_s']))
+  bars.append((LABELS['floor_opencv'], rows['a/floor_opencv']['rate']))
+  bars.append((LABELS['floor_job'], rows['a/floor_job']['rate']))
+  figure, axis = plt.subplots(figsize=(9, 4.2), dpi=110)
+  colours = ['#8a8a8a'] * len(PEERS) + ['#1f6fb4', '#1f6fb4', '#c9a227', '#c9a227']
+  axis.barh([b[0] for b in bars], [b[1] for b in bars], color=colours)
+  for y, (_, value) in enumerate(bars):
+    axis.text(value, y, f' {value:,.0f}', va='center', fontsize=8)
+  axis.invert_yaxis()
+  axis.set_xlabel('images per second (higher is better)')
+  axis.set_title(f"224x224 float32 tensors -> PNG, {results['rows'][0]['images']:,} images, "
+                 f"{results['machine']['cores']} cores")
+  figure.tight_layout()
+  figure.savefig(path)
+  plt.close(figure)
+
+
+def markdown(results: dict) -> str:
+  """The whole-job section of docs/benchmarks.md."""
+  rows = results['rows']
+  lines = [START_MARK, '',
+           f"Figures from `make bench` on {results['date']}: {results['machine']['cores']} "
+           f"cores, Python {results['machine']['python']}. One run each; "
+           'whole-run wall time includes interpreter start, imports and every file written.',
+           '', '![images per second per system](images/bench.png)', '',
+           '| case | system | images | wall s | img/s | tree peak MB | worker peak MB |',
+           '|---|---|---:|---:|---:|---:|---:|']
+  for row in rows:
+    timed = f" (timed {row['timed_seconds']:.2f} s)" if row['timed_seconds'] else ''
+    lines.append(f"| {row['case']} | {LABELS.get(row['system'], row['system'])} | "
+                 f"{row['images']:,} | {row['wall_seconds']:.2f}{timed} | {row['rate']:,.0f} | "
+                 f"{row['tree_peak_mb']:,.0f} | {row['worker_peak_mb']:,.0f} |")
+  lines += ['', '| target | measured | goal | |', '|---|---:|---:|---|']
+  for t in results['targets']:
+    lines.append(f"| {t['name']} | {t['value']:,.2f} | {t['op']} {t['goal']} | "
+                 f"{'met' if t['met'] else '**missed**'} |")
+  lines += ['', END_MARK]
+  return '\n'.join(lines)
+
+
+def update_docs(results: dict) -> None:
+  os.makedirs(os.path.dirname(PLOT), exist_ok=True)
+  plot(results, PLOT)
+  with open(DOCS) as f:
+    text = f.read()
+  if START_MARK not in text:
+    raise SystemExit(f'{DOCS} has no {START_MARK} ... {END_MARK} section to fill')
+  head, rest = text.split(START_MARK, 1)
+  _, tail = rest.split(END_MARK, 1)
+  with open(DOCS, 'w') as f:
+    f.write(head + markdown(results) + tail)
+
+
+def main(argv=None) -> int:
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow writes the datasets
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--quick', action='store_true',
+                      help='tiny data, every case once: a smoke run (no docs update)')
+  parser.add_argument('--data', help='where the datasets are written, cached between runs '
+                      '(default: bench/data, or bench/out/quick/data with --quick)')
+  parser.add_argument('--out', help='results and scratch output (default: bench/out, or '
+                      'bench/out/quick with --quick)')
+  parser.add_argument('--no_docs', action='store_true',
+                      help='do not rewrite docs/benchmarks.md and docs/images/bench.png')
+  args = parser.parse_args(argv)
+  default_out = os.path.join(ROOT, 'bench', 'out', *(['quick'] if args.quick else []))
+  args.out = args.out or default_out
+  args.data = args.data or (os.path.join(args.out, 'data') if args.quick
+                            else os.path.join(ROOT, 'bench', 'data'))
+  started = time.time()
+  try:
+    results = run_all(args)
+  except subprocess.CalledProcessError as e:
+    print(f'bench: {e.cmd[2:4]} failed with exit code {e.returncode}:\n{e.stderr}',
+          file=sys.stderr)
+    return 2
+  if not args.quick and not args.no_docs:
+    update_docs(results)
+    print(f'bench: wrote {DOCS} and {PLOT}')
+  print(f'bench: done in {time.time() - started:.0f} s')
+  missed = [t['name'] for t in results['targets'] if not t['met']]
+  return 1 if missed and not args.quick else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

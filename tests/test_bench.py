@@ -1,0 +1,32 @@
+"""`make bench` in its --quick mode: every system runs, writes right pixels, gets measured."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
+  out = tmp_path / 'bench'
+  result = subprocess.run(
+      [sys.executable, '-m', 'bench.run', '--quick', '--out', str(out)],
+      cwd=REPO, capture_output=True, text=True, timeout=900)
+  # The harness fails (exit 2) when any system's output is wrong: a missing image, or a
+  # PNG whose pixels match no source crop.
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  results = json.loads((out / 'results.json').read_text())
+  systems = {(row['dataset'], row['system']) for row in results['rows']}
+  for peer in ('loop', 'threads', 'tfdata', 'beam_naive', 'floor_opencv', 'floor_job',
+               'job'):
+    assert ('a', peer) in systems
+  assert {('c', 'floor_job'), ('d', 'floor_copy'), ('e', 'job')} <= systems
+  for row in results['rows']:
+    assert row['wall_seconds'] > 0 and row['images'] > 0 and row['tree_peak_mb'] > 0
+  job = next(r for r in results['rows'] if r['case'] == 'a/job')
+  assert job['worker_peak_mb'] > 0  # the job's worker processes were seen and measured
+  assert len(results['targets']) == 11
+  assert results['machine']['cores'] == os.cpu_count()
+  # Quick mode never rewrites the committed figures.
+  assert 'bench: wrote' not in result.stdout
