@@ -125,7 +125,11 @@ def _failure(error: errors.UnrecordError, stage: str, image: decode.DecodedImage
 
 
 class _WriteImageFn(beam.DoFn):
-  """DecodedImage -> manifest row; the image file is written as a side effect."""
+  """DecodedImage -> (path, manifest line); the image file is written as a side effect.
+
+  Rows travel as their JSON line, not as dicts: about 500 bytes instead of several KB,
+  which is what the manifest's collection holds per image.
+  """
 
   def __init__(self, config: ExportConfig):
     self._config = config
@@ -168,7 +172,7 @@ class _WriteImageFn(beam.DoFn):
     self._progress.count('written')
     self._written.inc()
     self._bytes.inc(len(rendered.data))
-    yield manifest_row(image, name, rendered, config)
+    yield name, manifest_line(manifest_row(image, name, rendered, config))
 
 
 def _source_key(row: dict) -> Tuple[str, int, int]:
@@ -176,7 +180,7 @@ def _source_key(row: dict) -> Tuple[str, int, int]:
 
 
 class _ResolveCollisionsFn(beam.DoFn):
-  """(path, rows) -> one row per path; other images that took the name are dead-lettered.
+  """(path, lines) -> one (path, line) per path; other images that took it are dead-lettered.
 
   Replayed bundles write the same image twice: same source, one row. Different images
   with one name: the file on disk holds exactly one of them (writes are atomic); that
@@ -190,17 +194,21 @@ class _ResolveCollisionsFn(beam.DoFn):
     self._root = sink.OutputRoot(self._config.output, self._config.read.storage_options)
 
   def process(self, element):
-    name, rows = element
+    name, lines = element
+    unique = sorted(set(lines))
+    if len(unique) == 1:  # the usual case: no row needs parsing
+      yield name, unique[0]
+      return
     by_source = {}
-    for row in sorted(rows, key=_source_key):
+    for row in sorted((json.loads(line) for line in unique), key=_source_key):
       by_source.setdefault(_source_key(row), row)
     if len(by_source) == 1:
-      yield next(iter(by_source.values()))
+      yield name, manifest_line(next(iter(by_source.values())))
       return
     on_disk = sink.sha256(self._root.read(name))
     kept = next((r for r in by_source.values() if r['sha256'] == on_disk), None)
     if kept is not None:
-      yield kept
+      yield name, manifest_line(kept)
     others = ', '.join(f'{r["source"]} record {r["index"]}' for r in by_source.values())
     for row in by_source.values():
       if row is kept:
@@ -214,17 +222,23 @@ class _ResolveCollisionsFn(beam.DoFn):
           'add {id}, {index} or {n} to --name_template to tell them apart'))
 
 
+def manifest_line(row: dict) -> str:
+  """One `_manifest.jsonl` line (keys sorted, so equal rows give equal lines)."""
+  return json.dumps(row, sort_keys=True, ensure_ascii=False) + '\n'
+
+
 def _jsonl(rows: Iterable[dict]) -> bytes:
-  return ''.join(json.dumps(r, sort_keys=True, ensure_ascii=False) + '\n'
-                 for r in rows).encode('utf-8')
+  return ''.join(manifest_line(r) for r in rows).encode('utf-8')
 
 
-def write_manifest(rows: List[dict], config: ExportConfig, skipped: List[dict]) -> dict:
+def write_manifest(written: Iterable[Tuple[str, str]], config: ExportConfig,
+                   skipped: List[dict]) -> dict:
   """Writes `_manifest.jsonl`, sorted by path, covering written and skipped images.
 
-  A skipped image keeps its row from the previous manifest, byte for byte, when that
-  manifest has one (a re-run over unchanged input rewrites an identical manifest); else
-  (e.g. after a killed run) its row is made from the file found in place.
+  `written` holds (path, manifest line) pairs. A skipped image keeps its row from the
+  previous manifest, byte for byte, when that manifest has one (a re-run over unchanged
+  input rewrites an identical manifest); else (e.g. after a killed run) its row is made
+  from the file found in place.
   """
   root = sink.OutputRoot(config.output, config.read.storage_options)
   previous = {}  # path -> (source, line)
@@ -235,9 +249,10 @@ def write_manifest(rows: List[dict], config: ExportConfig, skipped: List[dict]) 
         previous[row['path']] = (row['source'], line + '\n')
       except (ValueError, KeyError, TypeError):
         continue
-  lines = {r['path']: _jsonl([r]).decode('utf-8') for r in skipped}
+  lines = {r['path']: manifest_line(r) for r in skipped}
   lines.update({p: previous[p][1] for p in lines if p in previous})
-  lines.update({r['path']: _jsonl([r]).decode('utf-8') for r in rows})
+  new = dict(written)  # path -> line; the one structure that grows with the run
+  lines.update(new)
   stale = []
   if config.incremental:
     processed = {url for url, _ in config.processed}
@@ -253,14 +268,25 @@ def write_manifest(rows: List[dict], config: ExportConfig, skipped: List[dict]) 
         root.fs.rm_file(root.path(path))
       except FileNotFoundError:
         pass
-  root.write(MANIFEST, ''.join(lines[p] for p in sorted(lines)).encode('utf-8'))
-  return {'written': len(rows), 'bytes': sum(r['bytes'] for r in rows),
-          'passthrough': sum(1 for r in rows if r['passthrough']),
-          'stale_removed': len(stale),
-          'samples': report_lib.sample_rows(rows + skipped)}
+  paths = sorted(lines)
+  root.write(MANIFEST, ''.join(lines[p] for p in paths).encode('utf-8'))
+  # Totals and report samples, one parsed row at a time (nothing more is held).
+  skipped_paths = {r['path'] for r in skipped}
+  sampler = report_lib.RowSampler()
+  total_bytes = passthrough = 0
+  for path in paths:
+    if path in new:
+      row = json.loads(new[path])
+      total_bytes += row['bytes']
+      passthrough += bool(row['passthrough'])
+      sampler.add(row)
+    elif path in skipped_paths:
+      sampler.add(json.loads(lines[path]))
+  return {'written': len(new), 'bytes': total_bytes, 'passthrough': passthrough,
+          'stale_removed': len(stale), 'samples': sampler.chosen()}
 
 
-def write_dead_letter(failures: List[errors.Failure], config: ExportConfig) -> dict:
+def write_dead_letter(failures: Iterable[errors.Failure], config: ExportConfig) -> dict:
   """Writes `_dead_letter.jsonl` and the failed records' bytes to `_dead_letter.tfrecord`.
 
   Records that failed after decoding are fetched again from their source by offset, so
@@ -353,11 +379,19 @@ def _iso(epoch: float) -> str:
       timespec='seconds')
 
 
+def _write_manifest_once(_, config, rows, skipped):
+  return write_manifest(rows, config, skipped)
+
+
+def _write_dead_letter_once(_, config, failures):
+  return write_dead_letter(failures, config)
+
+
 class WriteImages(beam.PTransform):
   """DecodedImage -> written files.
 
-  Outputs `rows` (manifest rows of written images), `dead_letter` (Failure) and `skipped`
-  (manifest rows of images --skip_existing left in place).
+  Outputs `rows` ((path, manifest JSON line) of each written image), `dead_letter`
+  (Failure) and `skipped` (manifest row dicts of images --skip_existing left in place).
   """
 
   def __init__(self, config: ExportConfig):
@@ -367,10 +401,9 @@ class WriteImages(beam.PTransform):
   def expand(self, images):
     written = images | 'Write' >> beam.ParDo(_WriteImageFn(self._config)).with_outputs(
         read.DEAD_LETTER, SKIPPED, main='rows')
-    # manifest row dicts
+    # (path, manifest line)
     resolved = (
         written.rows
-        | 'KeyByPath' >> beam.Map(lambda row: (row['path'], row))
         | 'GroupByPath' >> beam.GroupByKey()
         | 'ResolveCollisions' >> beam.ParDo(_ResolveCollisionsFn(self._config)).with_outputs(
             read.DEAD_LETTER, main='rows'))
@@ -382,7 +415,8 @@ class WriteImages(beam.PTransform):
 class ExportImages(beam.PTransform):
   """The whole job: patterns -> image files and metadata under `config.output`.
 
-  Returns a dict of PCollections: `manifest` (rows), `dead_letter` (Failure), `report`.
+  Returns a dict of PCollections: `manifest` ((path, manifest JSON line) per written
+  image), `dead_letter` (Failure), `report`.
   """
 
   def __init__(self, config: ExportConfig):
@@ -401,13 +435,18 @@ class ExportImages(beam.PTransform):
     # manifest rows; Failure rows from every stage:
     failures = ((records.dead_letter, decoded.dead_letter, written['dead_letter'])
                 | 'AllFailures' >> beam.Flatten())
-    manifest = (written['rows']
-                | 'CollectManifest' >> beam.combiners.ToList()
-                | 'WriteManifest' >> beam.Map(write_manifest, config,
-                                              beam.pvalue.AsList(written['skipped'])))
-    dead_letter = (failures
-                   | 'CollectFailures' >> beam.combiners.ToList()
-                   | 'WriteDeadLetter' >> beam.Map(write_dead_letter, config))
+    # The manifest and dead letter each end in one file, so one worker writes each. Their
+    # rows arrive as side-input iterables, which runners stream in pages; a ToList would
+    # make all rows one element, copied whole through every layer of the transport.
+    manifest = (pbegin
+                | 'StartManifest' >> beam.Create([None])
+                | 'WriteManifest' >> beam.Map(
+                    _write_manifest_once, config, beam.pvalue.AsIter(written['rows']),
+                    beam.pvalue.AsList(written['skipped'])))
+    dead_letter = (pbegin
+                   | 'StartDeadLetter' >> beam.Create([None])
+                   | 'WriteDeadLetter' >> beam.Map(
+                       _write_dead_letter_once, config, beam.pvalue.AsIter(failures)))
     skipped = written['skipped'] | 'CountSkipped' >> beam.combiners.Count.Globally()
     report = (pbegin
               | 'Finish' >> beam.Create([None])

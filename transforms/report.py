@@ -36,22 +36,32 @@ figcaption { font-size: 11px; overflow: hidden; text-overflow: ellipsis; white-s
 """
 
 
-def sample_rows(rows: Iterable[dict], per_class: int = SAMPLES_PER_CLASS,
-                limit: int = MAX_SAMPLES) -> List[dict]:
-  """Manifest rows to show: the first few of each class where labels exist, else the first."""
-  by_class = collections.OrderedDict()
-  for row in sorted(rows, key=lambda r: r['path']):
+class RowSampler:
+  """Manifest rows to show in the report: the first few of each class where labels
+  exist, else the first. Fed one row at a time in path order; holds only what it keeps.
+  """
+
+  def __init__(self, per_class: int = SAMPLES_PER_CLASS, limit: int = MAX_SAMPLES):
+    self._per_class = per_class
+    self._limit = limit
+    self._by_class = collections.OrderedDict()
+
+  def add(self, row: dict) -> None:
     key = row.get('label_name') or row.get('label')
-    key = '' if key is None else str(key)
-    bucket = by_class.setdefault(key, [])
-    if len(bucket) < per_class:
+    bucket = self._by_class.setdefault('' if key is None else str(key), [])
+    if len(bucket) < self._per_class:
       bucket.append(row)
-  chosen = []
-  while len(chosen) < limit and any(by_class.values()):  # round-robin over classes
-    for bucket in by_class.values():
-      if bucket and len(chosen) < limit:
-        chosen.append(bucket.pop(0))
-  return chosen
+
+  def chosen(self) -> List[dict]:
+    buckets = [list(bucket) for bucket in self._by_class.values()]
+    chosen = []
+    while len(chosen) < self._limit and any(buckets):  # round-robin over classes
+      for bucket in buckets:
+        if bucket and len(chosen) < self._limit:
+          chosen.append(bucket.pop(0))
+    return chosen
+
+
 
 
 def thumbnail_png(data: bytes) -> bytes:
