@@ -142,7 +142,7 @@ def build(root: str, count: int = 4000, gray_count: int = 60000) -> Dict[str, Da
   }
   for name, dataset in datasets.items():
     stamp = os.path.join(dataset.folder, '_dataset.json')
-    expected = dataclasses.asdict(dataset)
+    expected = {k: v for k, v in dataclasses.asdict(dataset).items() if k != 'folder'}
     if os.path.exists(stamp):
       with open(stamp) as f:
         if json.load(f) == expected:
