@@ -1,6 +1,6 @@
 """Runs one command the way a user does and measures it: wall time and memory.
 
-Memory is sampled every 50 ms over the whole process tree: the peak of the summed RSS
+Memory is sampled every 250 ms over the whole process tree: the peak of the summed RSS
 (pages shared between processes counted in each), and each process's own high-water mark
 (VmHWM from /proc, which the kernel keeps, so no peak between samples is missed).
 """
@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import psutil
 
-SAMPLE_SECONDS = 0.05
+SAMPLE_SECONDS = 0.25
 
 
 @dataclasses.dataclass
