@@ -195,9 +195,8 @@ def normalize(pixels: np.ndarray, layout: str, spec: NormalizeSpec, *, bits: str
     pixels = pixels.astype(np.uint8)
     source_dtype = 'bool'
 
-  extent = _extent(pixels)
   if pixels.dtype.kind == 'f':
-    if not np.isfinite(extent).all():
+    if not _all_finite(pixels):
       if spec.non_finite == 'fail':
         bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
         raise errors.DecodeError(
@@ -208,7 +207,6 @@ def normalize(pixels: np.ndarray, layout: str, spec: NormalizeSpec, *, bits: str
 
   if spec.undoes_mean_std:
     pixels = _undo_mean_std(pixels, spec.mean, spec.std)
-    extent = _extent(pixels)
     steps.append('undo_mean_std')
 
   if bits == 'float':
@@ -232,27 +230,26 @@ def normalize(pixels: np.ndarray, layout: str, spec: NormalizeSpec, *, bits: str
   if value_range is None:
     value_range = resolve_range(spec.value_range, pixels, source_dtype)
   low, high = value_range
-  out = _map_range(pixels, float(low), float(high), top, extent).astype(target)
+  out = _map_range(pixels, float(low), float(high), top).astype(target)
   steps.append(f'range_{_fmt(low)}_{_fmt(high)}_to_{bits}bit')
   return Normalized(out, (low, high), tuple(steps))
 
 
-def _extent(pixels: np.ndarray) -> Optional[Tuple[float, float]]:
-  """(min, max) of the values; NaN or +/-Inf among them shows in the result."""
-  if pixels.size == 0 or pixels.dtype.kind not in 'fiu':
-    return None
+def _all_finite(pixels: np.ndarray) -> bool:
+  """No NaN or +/-Inf: two reductions (either shows in min or max), no boolean array."""
+  if pixels.size == 0:
+    return True
   with np.errstate(invalid='ignore'):
-    return float(pixels.min()), float(pixels.max())
+    return bool(np.isfinite(pixels.min()) and np.isfinite(pixels.max()))
 
 
-def _map_range(pixels: np.ndarray, low: float, high: float, top: int,
-               extent: Optional[Tuple[float, float]]) -> np.ndarray:
-  """round((pixels - low) / (high - low) * top), clipped to 0..top, in float64.
+def _map_range(pixels: np.ndarray, low: float, high: float, top: int) -> np.ndarray:
+  """round((pixels - low) / (high - low) * top), NaN -> 0, +/-Inf -> ends, clipped to 0..top.
 
   One float64 scratch array, updated in place. Steps that cannot change a value are
-  skipped (subtracting 0, dividing by 1; clipping when the extent lies inside the
-  range, which monotone rounding keeps inside 0..top), so the result is bit-identical
-  to the plain expression: every step that runs, runs in the same order.
+  skipped: subtracting 0, dividing by 1, and mapping non-finite values and clipping when
+  the rounded result already lies in 0..top (two reductions tell). Every step that runs,
+  runs in the same order, so the result is bit-identical to the plain expression.
   """
   scaled = pixels.astype(np.float64)
   with np.errstate(over='ignore', invalid='ignore'):  # inf/NaN are mapped just below
@@ -261,11 +258,13 @@ def _map_range(pixels: np.ndarray, low: float, high: float, top: int,
     if high - low != 1:
       np.divide(scaled, high - low, out=scaled)
     np.multiply(scaled, top, out=scaled)
-  finite = extent is not None and np.isfinite(extent).all()
-  if pixels.dtype.kind == 'f' and not finite:
+    np.rint(scaled, out=scaled)
+    smallest, largest = scaled.min(), scaled.max()  # NaN anywhere shows in both
+  if not (np.isfinite(smallest) and np.isfinite(largest) and smallest >= 0 and
+          largest <= top):
+    # rint maps NaN and +/-Inf to themselves and the replacements are integers, so
+    # doing this after rint equals doing it before.
     np.nan_to_num(scaled, copy=False, nan=0.0, posinf=top, neginf=0.0)
-  np.rint(scaled, out=scaled)
-  if not (finite and low <= extent[0] and extent[1] <= high):
     np.clip(scaled, 0, top, out=scaled)
   return scaled
 
