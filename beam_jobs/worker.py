@@ -109,9 +109,9 @@ def _quote(text: str) -> str:
 def serve(listener_fd: int, launcher_pid: int) -> None:
   """Imports everything a worker needs, takes one client, runs the worker for it."""
   from apache_beam.runners.worker import sdk_worker_main
-  # The job's own modules, so unpickling its DoFns costs no imports later.
+  # The job's own modules (export imports the rest), so unpickling its DoFns costs no
+  # imports later.
   import transforms.export  # noqa: F401  pylint: disable=unused-import
-  import transforms.read  # noqa: F401  pylint: disable=unused-import
 
   listener = socket.socket(fileno=listener_fd)
   connection, environment = _take_client(listener, launcher_pid)

@@ -6,7 +6,7 @@ import base64
 import collections
 import html
 import io
-from typing import Iterable, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import cv2
 import numpy as np
