@@ -380,9 +380,13 @@ class _BeamNoise(logging.Filter):
     return not any(noise in message for noise in self.NOISE)
 
 
+_BEAM_NOISE = _BeamNoise()
+
+
 def quiet_beam_noise() -> None:
+  """Installs the filter once per logger, however often main() runs in one process."""
   for name in (fn_runner.__name__, 'apache_beam.runners.portability.local_job_service'):
-    logging.getLogger(name).addFilter(_BeamNoise())
+    logging.getLogger(name).addFilter(_BEAM_NOISE)
 
 
 def is_local(pipeline_options: PipelineOptions) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -52,7 +53,8 @@ class WarmPool:
 
   def worker_command(self) -> str:
     """The shell command line the runner starts for each worker."""
-    return f'{_quote(sys.executable)} -m beam_jobs.worker --client {_quote(self.address)}'
+    return (f'{shlex.quote(sys.executable)} -m beam_jobs.worker '
+            f'--client {shlex.quote(self.address)}')
 
   def close(self) -> None:
     """Stops warm processes that never got a client; removes the socket."""
@@ -95,11 +97,6 @@ def start_for(argv: List[str]) -> Optional[WarmPool]:
   except ValueError:
     return None  # the option parser will say what is wrong with it
   return WarmPool(workers) if workers > 1 else None
-
-
-def _quote(text: str) -> str:
-  import shlex
-  return shlex.quote(text)
 
 
 # ---------------------------------------------------------------------------------------

@@ -271,7 +271,7 @@ def write_manifest(written: Iterable[Tuple[str, str]], config: ExportConfig,
   paths = sorted(lines)
   root.write(MANIFEST, ''.join(lines[p] for p in paths).encode('utf-8'))
   # Totals and report samples, one parsed row at a time (nothing more is held).
-  skipped_paths = {r['path'] for r in skipped}
+  skipped_rows = {r['path']: r for r in skipped}
   sampler = report_lib.RowSampler()
   total_bytes = passthrough = 0
   for path in paths:
@@ -280,8 +280,8 @@ def write_manifest(written: Iterable[Tuple[str, str]], config: ExportConfig,
       total_bytes += row['bytes']
       passthrough += bool(row['passthrough'])
       sampler.add(row)
-    elif path in skipped_paths:
-      sampler.add(json.loads(lines[path]))
+    elif path in skipped_rows:
+      sampler.add(skipped_rows[path])
   return {'written': len(new), 'bytes': total_bytes, 'passthrough': passthrough,
           'stale_removed': len(stale), 'samples': sampler.chosen()}
 
