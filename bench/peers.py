@@ -42,29 +42,54 @@ JPEG_QUALITY = 90
 # TensorFlow parsing, as the seed scripts do it
 
 
-def tf_parser(kind: str) -> Callable[[bytes], np.ndarray]:
-  """serialized tf.train.Example -> HWC uint8 (or the encoded bytes for 'jpeg')."""
+def _feature_spec(kind: str) -> dict:
   import tensorflow as tf
+  if kind in ('raw_u8', 'gray_u8'):
+    return {'image/raw': tf.io.FixedLenFeature([], tf.string),
+            'image/shape': tf.io.FixedLenFeature([3], tf.int64)}
+  return {'image': tf.io.FixedLenFeature([], tf.string)}
+
+
+def tf_parser(kind: str) -> Callable[[bytes], np.ndarray]:
+  """serialized tf.train.Example -> HWC uint8 (or the encoded bytes for 'jpeg'), eagerly,
+  scaling floats with NumPy as the seed loop does."""
+  import tensorflow as tf
+  spec = _feature_spec(kind)
   if kind == 'tensor_f32':
-    spec = {'image': tf.io.FixedLenFeature([], tf.string)}
 
     def parse(raw):
       tensor = tf.io.parse_tensor(tf.io.parse_single_example(raw, spec)['image'],
                                   tf.float32).numpy()
       return np.clip(np.rint(tensor * 255), 0, 255).astype(np.uint8)
   elif kind in ('raw_u8', 'gray_u8'):
-    spec = {'image/raw': tf.io.FixedLenFeature([], tf.string),
-            'image/shape': tf.io.FixedLenFeature([3], tf.int64)}
 
     def parse(raw):
       features = tf.io.parse_single_example(raw, spec)
       pixels = tf.io.decode_raw(features['image/raw'], tf.uint8)
       return tf.reshape(pixels, features['image/shape']).numpy()
   else:
-    spec = {'image': tf.io.FixedLenFeature([], tf.string)}
 
     def parse(raw):
       return tf.io.parse_single_example(raw, spec)['image'].numpy()
+  return parse
+
+
+def tf_graph_parser(kind: str) -> Callable:
+  """The same parse as TensorFlow ops only, for tf.data's map (tf.round rounds half to
+  even, like np.rint)."""
+  import tensorflow as tf
+  spec = _feature_spec(kind)
+
+  def parse(raw):
+    features = tf.io.parse_single_example(raw, spec)
+    if kind == 'jpeg':
+      return features['image']
+    if kind == 'tensor_f32':
+      tensor = tf.ensure_shape(tf.io.parse_tensor(features['image'], tf.float32),
+                               [None, None, 3])
+      return tf.cast(tf.clip_by_value(tf.round(tensor * 255), 0, 255), tf.uint8)
+    return tf.reshape(tf.io.decode_raw(features['image/raw'], tf.uint8),
+                      features['image/shape'])
   return parse
 
 
@@ -125,30 +150,15 @@ def run_tfdata(args) -> int:
   files = sorted(glob.glob(args.input))
   ext = _ext(args.kind, args.format)
   output = args.output.rstrip('/') + '/'
-  if args.kind == 'tensor_f32':
-    spec = {'image': tf.io.FixedLenFeature([], tf.string)}
-  elif args.kind == 'jpeg':
-    spec = {'image': tf.io.FixedLenFeature([], tf.string)}
-  else:
-    spec = {'image/raw': tf.io.FixedLenFeature([], tf.string),
-            'image/shape': tf.io.FixedLenFeature([3], tf.int64)}
+  parse = tf_graph_parser(args.kind)
 
   def convert(index, raw):
-    features = tf.io.parse_single_example(raw, spec)
-    if args.kind == 'jpeg':
-      encoded = features['image']
-    else:
-      if args.kind == 'tensor_f32':
-        tensor = tf.io.parse_tensor(features['image'], tf.float32)
-        tensor = tf.ensure_shape(tensor, [None, None, 3])
-        pixels = tf.cast(tf.clip_by_value(tf.round(tensor * 255), 0, 255), tf.uint8)
-      else:
-        pixels = tf.reshape(tf.io.decode_raw(features['image/raw'], tf.uint8),
-                            features['image/shape'])
+    encoded = parse(raw)
+    if args.kind != 'jpeg':
       if args.format == 'jpeg':
-        encoded = tf.io.encode_jpeg(pixels, quality=JPEG_QUALITY)
+        encoded = tf.io.encode_jpeg(encoded, quality=JPEG_QUALITY)
       else:
-        encoded = tf.io.encode_png(pixels)
+        encoded = tf.io.encode_png(encoded)
     path = tf.strings.join([output, tf.strings.as_string(index), '.', ext])
     tf.io.write_file(path, encoded)
     return index
@@ -197,26 +207,7 @@ def run_beam_naive(args) -> int:
 def _load(args) -> List[Tuple[str, object]]:
   """The dataset's images (or JPEG payloads), parsed by tf.data in parallel."""
   import tensorflow as tf
-  if args.kind == 'tensor_f32':
-    spec = {'image': tf.io.FixedLenFeature([], tf.string)}
-
-    def parse(raw):
-      tensor = tf.io.parse_tensor(tf.io.parse_single_example(raw, spec)['image'],
-                                  tf.float32)
-      return tf.cast(tf.clip_by_value(tf.round(tensor * 255), 0, 255), tf.uint8)
-  elif args.kind == 'jpeg':
-    spec = {'image': tf.io.FixedLenFeature([], tf.string)}
-
-    def parse(raw):
-      return tf.io.parse_single_example(raw, spec)['image']
-  else:
-    spec = {'image/raw': tf.io.FixedLenFeature([], tf.string),
-            'image/shape': tf.io.FixedLenFeature([3], tf.int64)}
-
-    def parse(raw):
-      features = tf.io.parse_single_example(raw, spec)
-      return tf.reshape(tf.io.decode_raw(features['image/raw'], tf.uint8),
-                        features['image/shape'])
+  parse = tf_graph_parser(args.kind)
   dataset = tf.data.TFRecordDataset(sorted(glob.glob(args.input))).map(
       parse, num_parallel_calls=tf.data.AUTOTUNE)
   return [(f'{i:07d}', value) for i, value in enumerate(dataset.as_numpy_iterator())]
