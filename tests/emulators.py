@@ -136,7 +136,9 @@ class FaultyProxy:
         for key, value in response.getheaders():
           if key.lower() not in ('transfer-encoding', 'connection', 'content-length'):
             self.send_header(key, value)
-        self.send_header('Content-Length', str(len(data)))
+        # A HEAD response has no body but states the object's length, as S3 does.
+        self.send_header('Content-Length', response.getheader('Content-Length', '0')
+                         if self.command == 'HEAD' else str(len(data)))
         self.end_headers()
         if self.command != 'HEAD':
           self.wfile.write(data)
