@@ -454,8 +454,9 @@ def main(argv: Optional[Sequence[str]] = None,
     return common.fail(PROG, str(e))
   if not plan.config.patterns:  # --incremental, and no shard is new or changed
     report = export.write_report(
-        None, plan.config, {'written': 0, 'bytes': 0, 'passthrough': 0, 'samples': []},
-        {'failed': 0, 'failed_by_reason': {}, 'first_failures': []}, 0)
+        None, plan.config,
+        {'written': 0, 'skipped': 0, 'bytes': 0, 'passthrough': 0, 'samples': []},
+        {'failed': 0, 'failed_by_reason': {}, 'first_failures': []})
     print(f'{PROG}: no input shard is new or changed since the last run', file=sys.stderr)
     print(summary(report), file=sys.stderr)
     return 0

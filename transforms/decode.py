@@ -11,6 +11,7 @@ A rank-4 array (or rank 3 with no channel axis, N x H x W) is a batch: one image
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -21,6 +22,7 @@ from transforms import errors
 from transforms import example as example_lib
 from transforms import image_formats
 from transforms import isolation
+from transforms import normalize
 from transforms import tensor_proto
 from transforms.example import FeatureValue
 from transforms.tfrecord import RecordRef
@@ -117,12 +119,13 @@ def normalize_dtype_name(value) -> str:
   return name
 
 
-def _bases(key: str) -> List[str]:
+@functools.lru_cache(maxsize=256)
+def _bases(key: str) -> Tuple[str, ...]:
   bases = [key]
   for suffix in _KEY_SUFFIXES:
     if key.endswith(suffix) and len(key) > len(suffix):
       bases.append(key[:-len(suffix)])
-  return bases
+  return tuple(bases)
 
 
 def _int_feature(features: Dict[str, FeatureValue], name: str) -> Optional[List[int]]:
@@ -381,7 +384,7 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
             'WebP, BMP, TIFF or GIF image')
       if spec.decode_encoded:
         pixels = decoder(value, fmt, spec.max_pixels)
-        shape, dtype_name = pixels.shape, pixels.dtype.name
+        shape, dtype_name = pixels.shape, normalize.dtype_name(pixels.dtype)
       else:
         pixels = None
         shape, dtype_name = image_formats.check_encoded(value, fmt, spec.max_pixels)
@@ -415,7 +418,7 @@ def ensure_pixels(image: DecodedImage, max_pixels: int,
   if image.pixels is not None:
     return image
   pixels = decoder(image.encoded, image.encoded_format, max_pixels)
-  return dataclasses.replace(image, pixels=pixels, source_dtype=pixels.dtype.name,
+  return dataclasses.replace(image, pixels=pixels, source_dtype=normalize.dtype_name(pixels.dtype),
                              layout='hw' if pixels.ndim == 2 else 'hwc')
 
 
@@ -515,7 +518,7 @@ def _decode_list(features, key, spec):
   _check_pixels(shape, spec, key)
   dtype_name = spec.dtype or declared_dtype(features, key)
   pixels = np.asarray(values).reshape(shape)
-  if dtype_name is not None and dtype_name != pixels.dtype.name and dtype_name != 'bfloat16':
+  if dtype_name is not None and dtype_name != normalize.dtype_name(pixels.dtype) and dtype_name != 'bfloat16':
     target = np.dtype(dtype_name)
     if target.kind in 'iu':
       info = np.iinfo(target)
@@ -525,4 +528,4 @@ def _decode_list(features, key, spec):
             f'feature {key!r} declares dtype {dtype_name} but holds values '
             f'{pixels.min()}..{pixels.max()} outside its range')
     pixels = pixels.astype(target)
-  return pixels, pixels.dtype.name
+  return pixels, normalize.dtype_name(pixels.dtype)

@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import datetime
 import io
+import itertools
 import json
 import time
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -23,6 +24,7 @@ from transforms import decode
 from transforms import errors
 from transforms import image_formats
 from transforms import incremental
+from transforms import manifest as manifest_lib
 from transforms import progress
 from transforms import read
 from transforms import render
@@ -30,7 +32,6 @@ from transforms import report as report_lib
 from transforms import sink
 from transforms import tfrecord
 
-SKIPPED = 'skipped'
 MANIFEST = '_manifest.jsonl'
 DEAD_LETTER_ROWS = '_dead_letter.jsonl'
 DEAD_LETTER_RECORDS = '_dead_letter.tfrecord'
@@ -118,29 +119,24 @@ def existing_row(image: decode.DecodedImage, name: str, root: sink.OutputRoot,
   return row
 
 
-def _failure(error: errors.UnrecordError, stage: str, image: decode.DecodedImage
-             ) -> errors.Failure:
-  error.at(image.ref.path, image.ref.index, image.ref.offset)
-  return errors.Failure.from_error(error, stage, n=image.n)
+class _ExportRangeFn(beam.DoFn):
+  """FileRange -> names of sorted manifest runs; every image of the range is written.
 
-
-class _WriteImageFn(beam.DoFn):
-  """DecodedImage -> (path, manifest line); the image file is written as a side effect.
-
-  Rows travel as their JSON line, not as dicts: about 500 bytes instead of several KB,
-  which is what the manifest's collection holds per image.
+  Reading, decoding, rendering and writing happen in this one DoFn, over the pure
+  functions of `read`, `decode`, `render` and `sink`: each image costs one Python call
+  chain instead of three DoFn hops, and nothing per image crosses the runner except
+  failures. Manifest entries go to run files on storage (`manifest_lib.RunWriter`).
   """
 
   def __init__(self, config: ExportConfig):
     self._config = config
-    self._written = Metrics.counter(NAMESPACE, 'images_written')
-    self._skipped = Metrics.counter(NAMESPACE, 'images_skipped')
-    self._bytes = Metrics.counter(NAMESPACE, 'bytes_written')
 
   def setup(self):
-    self._root = sink.OutputRoot(self._config.output, self._config.read.storage_options)
-    self._decoder = read.make_decoder(self._config.image)
-    self._progress = progress.ProgressSender(self._config.progress)
+    config = self._config
+    self._root = sink.OutputRoot(config.output, config.read.storage_options)
+    self._decoder = read.make_decoder(config.image)
+    self._progress = progress.ProgressSender(config.progress)
+    self._namer = render.Namer(config.render)
 
   def finish_bundle(self):
     self._progress.flush()
@@ -149,141 +145,125 @@ class _WriteImageFn(beam.DoFn):
     self._progress.close()
     self._decoder.close()
 
-  def process(self, image: decode.DecodedImage):
-    config = self._config
-    stage = 'name'
-    try:
-      name = render.output_name(image, config.render)
-      if config.skip_existing and self._root.exists(name):
-        self._skipped.inc()
-        self._progress.count('skipped')
-        yield beam.pvalue.TaggedOutput(SKIPPED, existing_row(image, name, self._root,
-                                                             config))
-        return
-      stage = 'encode'
-      rendered = render.render(image, config.render, self._decoder)
-      stage = 'write'
-      self._root.write(name, rendered.data)
-    except errors.UnrecordError as e:
-      self._progress.count('failed')
-      Metrics.counter(NAMESPACE, f'failed_{e.reason}').inc()
-      yield beam.pvalue.TaggedOutput(read.DEAD_LETTER, _failure(e, stage, image))
-      return
-    self._progress.count('written')
-    self._written.inc()
-    self._bytes.inc(len(rendered.data))
-    yield name, manifest_line(manifest_row(image, name, rendered, config))
-
-
-def _source_key(row: dict) -> Tuple[str, int, int]:
-  return row['source'], row['index'], row['n']
-
-
-class _ResolveCollisionsFn(beam.DoFn):
-  """(path, lines) -> one (path, line) per path; other images that took it are dead-lettered.
-
-  Replayed bundles write the same image twice: same source, one row. Different images
-  with one name: the file on disk holds exactly one of them (writes are atomic); that
-  one keeps its row and every other gets `name_collision`.
-  """
-
-  def __init__(self, config: ExportConfig):
-    self._config = config
-
-  def setup(self):
-    self._root = sink.OutputRoot(self._config.output, self._config.read.storage_options)
-
-  def process(self, element):
-    name, lines = element
-    unique = sorted(set(lines))
-    if len(unique) == 1:  # the usual case: no row needs parsing
-      yield name, unique[0]
-      return
-    by_source = {}
-    for row in sorted((json.loads(line) for line in unique), key=_source_key):
-      by_source.setdefault(_source_key(row), row)
-    if len(by_source) == 1:
-      yield name, manifest_line(next(iter(by_source.values())))
-      return
-    on_disk = sink.sha256(self._root.read(name))
-    kept = next((r for r in by_source.values() if r['sha256'] == on_disk), None)
-    if kept is not None:
-      yield name, manifest_line(kept)
-    others = ', '.join(f'{r["source"]} record {r["index"]}' for r in by_source.values())
-    for row in by_source.values():
-      if row is kept:
+  def process(self, file_range: tfrecord.FileRange):
+    config, root, sent = self._config, self._root, self._progress
+    runs = manifest_lib.RunWriter(root)
+    tally = collections.Counter()
+    for slot in read.read_range(file_range, config.read):
+      if isinstance(slot, errors.CorruptRecordError):
+        yield self._fail(slot, 'read', tally)
         continue
-      Metrics.counter(NAMESPACE, f'failed_{errors.NAME_COLLISION}').inc()
-      Metrics.counter(NAMESPACE, 'images_written').dec()
-      yield beam.pvalue.TaggedOutput(read.DEAD_LETTER, errors.Failure(
-          reason=errors.NAME_COLLISION, stage='write', path=row['source'],
-          index=row['index'], offset=row['offset'], n=row['n'],
-          message=f'output name {name!r} is taken by more than one image ({others}); '
-          'add {id}, {index} or {n} to --name_template to tell them apart'))
+      ref, payload = slot
+      tally['records_read'] += 1
+      tally['bytes_read'] += len(payload)
+      try:
+        images = decode.decode_record(ref, payload, config.image, self._decoder)
+      except errors.UnrecordError as e:
+        yield self._fail(e, 'decode', tally, payload=payload)
+        continue
+      tally['images_decoded'] += len(images)
+      for image in images:
+        stage = 'name'
+        try:
+          name = self._namer.name(image)
+          if config.skip_existing and root.exists(name):
+            row = existing_row(image, name, root, config)
+            runs.add(manifest_lib.entry(manifest_lib.SKIPPED, row, manifest_line(row)))
+            tally['images_skipped'] += 1
+            sent.count('skipped')
+            continue
+          stage = 'encode'
+          rendered = render.render(image, config.render, self._decoder)
+          stage = 'write'
+          root.write(name, rendered.data)
+        except errors.UnrecordError as e:
+          yield self._fail(_located(e, image), stage, tally, n=image.n)
+          continue
+        row = manifest_row(image, name, rendered, config)
+        runs.add(manifest_lib.entry(manifest_lib.WRITTEN, row, manifest_line(row)))
+        tally['images_written'] += 1
+        tally['bytes_written'] += len(rendered.data)
+        sent.count('written')
+    for name, value in tally.items():
+      Metrics.counter(NAMESPACE, name).inc(value)
+    yield from runs.flush()
+
+  def _fail(self, error: errors.UnrecordError, stage: str, tally, **fields):
+    self._progress.count('failed')
+    tally[f'failed_{error.reason}'] += 1
+    return beam.pvalue.TaggedOutput(
+        read.DEAD_LETTER, errors.Failure.from_error(error, stage, **fields))
+
+
+def _located(error: errors.UnrecordError, image: decode.DecodedImage) -> errors.UnrecordError:
+  return error.at(image.ref.path, image.ref.index, image.ref.offset)
+
+
+_ROW_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
 
 
 def manifest_line(row: dict) -> str:
   """One `_manifest.jsonl` line (keys sorted, so equal rows give equal lines)."""
-  return json.dumps(row, sort_keys=True, ensure_ascii=False) + '\n'
+  return _ROW_ENCODER.encode(row) + '\n'
 
 
 def _jsonl(rows: Iterable[dict]) -> bytes:
   return ''.join(manifest_line(r) for r in rows).encode('utf-8')
 
 
-def write_manifest(written: Iterable[Tuple[str, str]], config: ExportConfig,
-                   skipped: List[dict]) -> dict:
-  """Writes `_manifest.jsonl`, sorted by path, covering written and skipped images.
+def write_manifest(runs: Iterable[str], config: ExportConfig) -> dict:
+  """Merges the workers' sorted runs into `_manifest.jsonl`, sorted by path.
 
-  `written` holds (path, manifest line) pairs. A skipped image keeps its row from the
-  previous manifest, byte for byte, when that manifest has one (a re-run over unchanged
-  input rewrites an identical manifest); else (e.g. after a killed run) its row is made
-  from the file found in place.
+  A skipped image keeps its row from the previous manifest, byte for byte, when that
+  manifest has one (a re-run over unchanged input rewrites an identical manifest); else
+  (e.g. after a killed run) its row is made from the file found in place. With
+  --incremental, rows of shards this run did not process are kept, and images whose
+  shard changed and no longer makes them are deleted. Names taken by more than one
+  image come back as `collisions` (Failure rows) for the dead letter.
   """
   root = sink.OutputRoot(config.output, config.read.storage_options)
-  previous = {}  # path -> (source, line)
-  if (skipped or config.incremental) and root.exists(MANIFEST):
-    for line in root.read(MANIFEST).decode('utf-8').splitlines():
-      try:
-        row = json.loads(line)
-        previous[row['path']] = (row['source'], line + '\n')
-      except (ValueError, KeyError, TypeError):
-        continue
-  lines = {r['path']: manifest_line(r) for r in skipped}
-  lines.update({p: previous[p][1] for p in lines if p in previous})
-  new = dict(written)  # path -> line; the one structure that grows with the run
-  lines.update(new)
-  stale = []
-  if config.incremental:
-    processed = {url for url, _ in config.processed}
-    for path, (source, line) in previous.items():
-      if path in lines:
-        continue
-      if source in processed:
-        stale.append(path)  # its shard changed and no longer makes this image
-      else:
-        lines[path] = line  # an unchanged shard's image, kept from the last run
-    for path in stale:
-      try:
-        root.fs.rm_file(root.path(path))
-      except FileNotFoundError:
-        pass
-  paths = sorted(lines)
-  root.write(MANIFEST, ''.join(lines[p] for p in paths).encode('utf-8'))
-  # Totals and report samples, one parsed row at a time (nothing more is held).
-  skipped_rows = {r['path']: r for r in skipped}
+  runs = list(runs)
+  if (config.skip_existing or config.incremental) and root.exists(MANIFEST):
+    with root.open_read(MANIFEST) as previous:
+      runs += manifest_lib.sorted_runs(root, manifest_lib.previous_entries(previous))
+  processed = {url for url, _ in config.processed}
   sampler = report_lib.RowSampler()
-  total_bytes = passthrough = 0
-  for path in paths:
-    if path in new:
-      row = json.loads(new[path])
-      total_bytes += row['bytes']
-      passthrough += bool(row['passthrough'])
-      sampler.add(row)
-    elif path in skipped_rows:
-      sampler.add(skipped_rows[path])
-  return {'written': len(new), 'bytes': total_bytes, 'passthrough': passthrough,
-          'stale_removed': len(stale), 'samples': sampler.chosen()}
+  with root.open_write(MANIFEST) as out:
+    merged = manifest_lib.merge_runs(
+        manifest_lib.merged(root, runs), out,
+        keep_previous=lambda row: config.incremental and row.get('source') not in processed,
+        on_disk_sha256=lambda path: _sha256_or_none(root, path),
+        sample=sampler.add)
+  for path in merged.stale:
+    try:
+      root.fs.rm_file(root.path(path))
+    except FileNotFoundError:
+      pass
+  failures = [f for c in merged.collisions for f in _collision_failures(c)]
+  Metrics.counter(NAMESPACE, f'failed_{errors.NAME_COLLISION}').inc(len(failures))
+  Metrics.counter(NAMESPACE, 'images_written').dec(len(failures))
+  return {'written': merged.written, 'skipped': merged.skipped, 'bytes': merged.bytes,
+          'passthrough': merged.passthrough, 'stale_removed': len(merged.stale),
+          'samples': [json.loads(line) for line in sampler.chosen()],
+          'collisions': failures}
+
+
+def _sha256_or_none(root: sink.OutputRoot, path: str) -> Optional[str]:
+  try:
+    return sink.sha256(root.read(path))
+  except OSError:
+    return None
+
+
+def _collision_failures(collision: manifest_lib.Collision) -> List[errors.Failure]:
+  rows = ([collision.kept] if collision.kept else []) + collision.others
+  others = ', '.join(f'{r["source"]} record {r["index"]}' for r in rows)
+  return [errors.Failure(
+      reason=errors.NAME_COLLISION, stage='write', path=row['source'], index=row['index'],
+      offset=row['offset'], n=row['n'],
+      message=f'output name {collision.path!r} is taken by more than one image ({others}); '
+      'add {id}, {index} or {n} to --name_template to tell them apart')
+      for row in collision.others]
 
 
 def write_dead_letter(failures: Iterable[errors.Failure], config: ExportConfig) -> dict:
@@ -321,11 +301,11 @@ def write_dead_letter(failures: Iterable[errors.Failure], config: ExportConfig) 
           'first_failures': [r['message'] for r in rows[:20]]}
 
 
-def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict,
-                 skipped: int) -> dict:
+def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict) -> dict:
   """Writes `_report.json` and `_report.html`, removes temp debris, then `_SUCCESS` if earned."""
   root = sink.OutputRoot(config.output, config.read.storage_options)
   root.remove_temp_debris()
+  root.remove_tree(manifest_lib.SCRATCH)
   finished = time.time()
   seconds = max(finished - (config.run_started or finished), 1e-9)
   success = dead_letter['failed'] <= config.max_failures
@@ -334,7 +314,7 @@ def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict,
       'inputs': list(config.patterns),
       'written': manifest['written'],
       'passthrough': manifest['passthrough'],
-      'skipped': skipped,
+      'skipped': manifest['skipped'],
       'failed': dead_letter['failed'],
       'failed_by_reason': dead_letter['failed_by_reason'],
       'first_failures': dead_letter['first_failures'],
@@ -379,44 +359,19 @@ def _iso(epoch: float) -> str:
       timespec='seconds')
 
 
-def _write_manifest_once(_, config, rows, skipped):
-  return write_manifest(rows, config, skipped)
+def _write_manifest_once(_, config, runs):
+  return write_manifest(runs, config)
 
 
-def _write_dead_letter_once(_, config, failures):
-  return write_dead_letter(failures, config)
-
-
-class WriteImages(beam.PTransform):
-  """DecodedImage -> written files.
-
-  Outputs `rows` ((path, manifest JSON line) of each written image), `dead_letter`
-  (Failure) and `skipped` (manifest row dicts of images --skip_existing left in place).
-  """
-
-  def __init__(self, config: ExportConfig):
-    super().__init__()
-    self._config = config
-
-  def expand(self, images):
-    written = images | 'Write' >> beam.ParDo(_WriteImageFn(self._config)).with_outputs(
-        read.DEAD_LETTER, SKIPPED, main='rows')
-    # (path, manifest line)
-    resolved = (
-        written.rows
-        | 'GroupByPath' >> beam.GroupByKey()
-        | 'ResolveCollisions' >> beam.ParDo(_ResolveCollisionsFn(self._config)).with_outputs(
-            read.DEAD_LETTER, main='rows'))
-    dead = ((written.dead_letter, resolved.dead_letter)
-            | 'WriteFailures' >> beam.Flatten())
-    return {'rows': resolved.rows, 'dead_letter': dead, 'skipped': written.skipped}
+def _write_dead_letter_once(_, config, failures, manifest):
+  return write_dead_letter(itertools.chain(failures, manifest['collisions']), config)
 
 
 class ExportImages(beam.PTransform):
   """The whole job: patterns -> image files and metadata under `config.output`.
 
-  Returns a dict of PCollections: `manifest` ((path, manifest JSON line) per written
-  image), `dead_letter` (Failure), `report`.
+  Returns a dict of PCollections: `dead_letter` (Failure), `manifest` (the dict
+  `write_manifest` returns) and `report` (the `_report.json` dict).
   """
 
   def __init__(self, config: ExportConfig):
@@ -425,32 +380,26 @@ class ExportImages(beam.PTransform):
 
   def expand(self, pbegin):
     config = self._config
-    records = pbegin | 'ReadRecords' >> read.ReadImageRecords(
-        config.patterns, config.read, config.progress)
-    # (RecordRef, bytes)
-    decoded = records.records | 'DecodeImages' >> read.DecodeImages(
-        config.image, config.progress)
-    # DecodedImage
-    written = decoded.images | 'WriteImages' >> WriteImages(config)
-    # manifest rows; Failure rows from every stage:
-    failures = ((records.dead_letter, decoded.dead_letter, written['dead_letter'])
-                | 'AllFailures' >> beam.Flatten())
-    # The manifest and dead letter each end in one file, so one worker writes each. Their
-    # rows arrive as side-input iterables, which runners stream in pages; a ToList would
-    # make all rows one element, copied whole through every layer of the transport.
+    ranges = pbegin | 'PlanRanges' >> read.PlanRanges(config.patterns, config.read)
+    # FileRange
+    exported = ranges | 'Export' >> beam.ParDo(_ExportRangeFn(config)).with_outputs(
+        read.DEAD_LETTER, main='runs')
+    # names of sorted manifest runs; Failure rows
+    # The manifest and dead letter each end in one file, so one worker writes each; the
+    # runs are merged from storage, so no worker holds a row per image.
     manifest = (pbegin
                 | 'StartManifest' >> beam.Create([None])
                 | 'WriteManifest' >> beam.Map(
-                    _write_manifest_once, config, beam.pvalue.AsIter(written['rows']),
-                    beam.pvalue.AsList(written['skipped'])))
+                    _write_manifest_once, config, beam.pvalue.AsList(exported.runs)))
     dead_letter = (pbegin
                    | 'StartDeadLetter' >> beam.Create([None])
                    | 'WriteDeadLetter' >> beam.Map(
-                       _write_dead_letter_once, config, beam.pvalue.AsIter(failures)))
-    skipped = written['skipped'] | 'CountSkipped' >> beam.combiners.Count.Globally()
+                       _write_dead_letter_once, config,
+                       beam.pvalue.AsIter(exported.dead_letter),
+                       beam.pvalue.AsSingleton(manifest)))
     report = (pbegin
               | 'Finish' >> beam.Create([None])
               | 'WriteReport' >> beam.Map(
                   write_report, config, beam.pvalue.AsSingleton(manifest),
-                  beam.pvalue.AsSingleton(dead_letter), beam.pvalue.AsSingleton(skipped)))
-    return {'manifest': written['rows'], 'dead_letter': failures, 'report': report}
+                  beam.pvalue.AsSingleton(dead_letter)))
+    return {'dead_letter': exported.dead_letter, 'manifest': manifest, 'report': report}

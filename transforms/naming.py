@@ -9,10 +9,12 @@ the template's own '/' are the only folder separators.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import re
 import string
 import unicodedata
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from transforms import errors
 
@@ -71,6 +73,7 @@ def _bounded(text: str, limit: int) -> str:
   return f'{cut}~{digest}'
 
 
+@functools.lru_cache(maxsize=4096, typed=True)
 def safe_value(value) -> str:
   """A data value made safe for one path segment.
 
@@ -96,10 +99,19 @@ class NameTemplate:
   def fields(self) -> List[str]:
     return template_fields(self.template)
 
+  @functools.cached_property
+  def _used(self) -> Tuple[str, ...]:
+    # '{id[0]}' and '{a.b}' look up 'id' and 'a'.
+    return tuple({re.split(r'[.\[]', f, maxsplit=1)[0]: None for f in self.fields()})
+
   def render(self, values: Mapping[str, object]) -> str:
     """The relative output path for one image; raises DecodeError(unsafe_name)."""
-    safe = {k: v if isinstance(v, (int, float)) and not isinstance(v, bool)
-            else safe_value(v) for k, v in values.items()}
+    safe = {}
+    for k in self._used:
+      if k in values:
+        v = values[k]
+        safe[k] = (v if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   else safe_value(v))
     try:
       name = self.template.format_map(_Strict(safe))
     except KeyError as e:

@@ -130,21 +130,19 @@ class _ReadRangeFn(beam.DoFn):
         yield item
 
 
-class ReadImageRecords(beam.PTransform):
-  """Input patterns -> `(RecordRef, bytes)` records, split so the runner can balance them.
+class PlanRanges(beam.PTransform):
+  """Input patterns -> FileRange, spread over workers so the runner can balance them.
 
   Large uncompressed files are cut into record ranges by a header-only index pass, so one
-  big file spreads over all workers. Outputs: `records` and `dead_letter` (Failure).
+  big file spreads over all workers.
   """
 
-  def __init__(self, patterns: Sequence[str], config: ReadConfig = ReadConfig(),
-               progress: Optional[progress_lib.Address] = None):
+  def __init__(self, patterns: Sequence[str], config: ReadConfig = ReadConfig()):
     super().__init__()
     self._patterns = tuple(storage.split_patterns(patterns))
     if not self._patterns:
-      raise errors.ConfigError('ReadImageRecords needs at least one input pattern')
+      raise errors.ConfigError('reading records needs at least one input pattern')
     self._config = config
-    self._progress = progress
 
   def expand(self, pbegin):
     files = (
@@ -158,9 +156,26 @@ class ReadImageRecords(beam.PTransform):
         | 'DistributeFiles' >> beam.Reshuffle()
         | 'PlanRanges' >> beam.FlatMap(plan_file, self._config))
     # FileRange
+    return ranges | 'DistributeRanges' >> beam.Reshuffle()
+
+
+class ReadImageRecords(beam.PTransform):
+  """Input patterns -> `(RecordRef, bytes)` records, read range by range (PlanRanges).
+
+  Outputs: `records` and `dead_letter` (Failure).
+  """
+
+  def __init__(self, patterns: Sequence[str], config: ReadConfig = ReadConfig(),
+               progress: Optional[progress_lib.Address] = None):
+    super().__init__()
+    self._plan = PlanRanges(patterns, config)
+    self._config = config
+    self._progress = progress
+
+  def expand(self, pbegin):
     return (
-        ranges
-        | 'DistributeRanges' >> beam.Reshuffle()
+        pbegin
+        | 'PlanRanges' >> self._plan
         | 'ReadRanges' >> beam.ParDo(_ReadRangeFn(self._config, self._progress)).with_outputs(
             DEAD_LETTER, main='records'))
 

@@ -49,12 +49,31 @@ class Rendered:
 
 def output_name(image: decode.DecodedImage, config: RenderConfig) -> str:
   """The image's path relative to the output root; raises DecodeError."""
-  values = naming.name_values(
-      index=image.ref.index, n=image.n, stem=schema.stem_of(image.ref.path),
-      ext=config.encode.extension, features=image.features, id_key=config.id_key,
-      label_key=config.label_key, label_names=config.label_names,
-      split=schema.split_of(image.ref.path))
-  return naming.NameTemplate(config.name_template).render(values)
+  return Namer(config).name(image)
+
+
+class Namer:
+  """`output_name` for many images: what every image of one file shares is found once."""
+
+  _FILES_KEPT = 256
+
+  def __init__(self, config: RenderConfig):
+    self._config = config
+    self._template = naming.NameTemplate(config.name_template)
+    self._files = {}  # source path -> (stem, split)
+
+  def name(self, image: decode.DecodedImage) -> str:
+    config, path = self._config, image.ref.path
+    of_file = self._files.get(path)
+    if of_file is None:
+      if len(self._files) >= self._FILES_KEPT:
+        self._files.clear()
+      of_file = self._files[path] = (schema.stem_of(path), schema.split_of(path))
+    values = naming.name_values(
+        index=image.ref.index, n=image.n, stem=of_file[0], ext=config.encode.extension,
+        features=image.features, id_key=config.id_key, label_key=config.label_key,
+        label_names=config.label_names, split=of_file[1])
+    return self._template.render(values)
 
 
 def source_bits(dtype_name: str) -> str:
@@ -80,7 +99,7 @@ def render(image: decode.DecodedImage, config: RenderConfig,
                     'passthrough', True, None)
   image = decode.ensure_pixels(image, config.max_pixels, decoder)
   bits = normalize.target_bits(
-      image.pixels.dtype.name, config.normalize.bit_depth, config.encode.holds_16bit,
+      normalize.dtype_name(image.pixels.dtype), config.normalize.bit_depth, config.encode.holds_16bit,
       config.encode.holds_float, config.value_range)
   result = normalize.normalize(
       image.pixels, image.layout, config.normalize, bits=bits,
@@ -90,8 +109,8 @@ def render(image: decode.DecodedImage, config: RenderConfig,
   encoder = (encode.png_encoder_for(pixels, config.encode)
              if config.encode.format == 'png' else
              'pillow' if config.encode.format == 'webp' else 'opencv')
-  return Rendered(data, tuple(pixels.shape), pixels.dtype.name, result.steps, encoder,
-                  False, result.value_range)
+  return Rendered(data, tuple(pixels.shape), normalize.dtype_name(pixels.dtype),
+                  result.steps, encoder, False, result.value_range)
 
 
 def dataset_value_range(spec: normalize.NormalizeSpec, image: schema.ImageInfo

@@ -6,7 +6,7 @@ import base64
 import collections
 import html
 import io
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -38,7 +38,9 @@ figcaption { font-size: 11px; overflow: hidden; text-overflow: ellipsis; white-s
 
 class RowSampler:
   """Manifest rows to show in the report: the first few of each class where labels
-  exist, else the first. Fed one row at a time in path order; holds only what it keeps.
+  exist, else the first. Fed (class, row) in path order; holds only what it may show.
+
+  Only the first `limit` classes can be shown, so rows of later classes are never kept.
   """
 
   def __init__(self, per_class: int = SAMPLES_PER_CLASS, limit: int = MAX_SAMPLES):
@@ -46,13 +48,16 @@ class RowSampler:
     self._limit = limit
     self._by_class = collections.OrderedDict()
 
-  def add(self, row: dict) -> None:
-    key = row.get('label_name') or row.get('label')
-    bucket = self._by_class.setdefault('' if key is None else str(key), [])
+  def add(self, class_key: str, row) -> None:
+    bucket = self._by_class.get(class_key)
+    if bucket is None:
+      if len(self._by_class) >= self._limit:
+        return
+      bucket = self._by_class[class_key] = []
     if len(bucket) < self._per_class:
       bucket.append(row)
 
-  def chosen(self) -> List[dict]:
+  def chosen(self) -> list:
     buckets = [list(bucket) for bucket in self._by_class.values()]
     chosen = []
     while len(chosen) < self._limit and any(buckets):  # round-robin over classes
@@ -60,8 +65,6 @@ class RowSampler:
         if bucket and len(chosen) < self._limit:
           chosen.append(bucket.pop(0))
     return chosen
-
-
 
 
 def thumbnail_png(data: bytes) -> bytes:

@@ -9,17 +9,25 @@ block raises, leaving a partial file at the final path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import os
 import posixpath
+import shutil
+import tempfile
 import time
 import uuid
-from typing import List, Optional
+from typing import BinaryIO, Iterator, List, Optional
 
 from transforms import errors
 from transforms import storage
 
 TEMP_SUFFIX = '.unrecord-tmp'
+# Temp names: this process's random prefix and a counter (cheaper than a uuid per file;
+# the prefix keeps processes on other machines sharing a filesystem apart).
+_TEMP_PREFIX = uuid.uuid4().hex[:8]
+_temp_counter = itertools.count()
 
 
 class OutputRoot:
@@ -58,15 +66,15 @@ class OutputRoot:
           f'cannot write {self.url_of(relative)} ({type(e).__name__}: {e})') from e
 
   def _write_local(self, target: str, data: bytes) -> None:
-    folder = os.path.dirname(target)
-    if folder not in self._made_dirs:
-      os.makedirs(folder, exist_ok=True)
-      self._made_dirs.add(folder)
-    temp = os.path.join(folder, f'.{os.path.basename(target)[:80]}.'
-                        f'{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}')
+    temp = self._local_temp(target)
     try:
-      with open(temp, 'wb') as f:
-        f.write(data)
+      fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+      try:
+        view = memoryview(data)
+        while view:
+          view = view[os.write(fd, view):]
+      finally:
+        os.close(fd)
       os.replace(temp, target)
     except BaseException:
       try:
@@ -74,6 +82,63 @@ class OutputRoot:
       except OSError:
         pass
       raise
+
+  def _local_temp(self, target: str) -> str:
+    """A fresh hidden temp name beside `target`, whose folder is made if needed."""
+    folder, name = os.path.split(target)
+    if folder not in self._made_dirs:
+      os.makedirs(folder, exist_ok=True)
+      self._made_dirs.add(folder)
+    return (f'{folder}/.{name[:80]}.{_TEMP_PREFIX}{os.getpid():x}-{next(_temp_counter)}'
+            f'{TEMP_SUFFIX}')
+
+  @contextlib.contextmanager
+  def open_write(self, relative: str) -> Iterator[BinaryIO]:
+    """A file to stream `relative` into; it appears whole when the block ends, or never.
+
+    Local: a temp file renamed into place. Elsewhere: a local spool file, uploaded in one
+    `put_file` when the block ends (a store shows an upload whole or not at all).
+    """
+    target = self.path(relative)
+    if self.local:
+      temp = self._local_temp(target)
+      try:
+        with open(temp, 'wb', buffering=1 << 20) as f:
+          yield f
+        os.replace(temp, target)
+      except BaseException:
+        try:
+          os.unlink(temp)
+        except OSError:
+          pass
+        raise
+      return
+    with tempfile.TemporaryDirectory(prefix='unrecord-') as spool:
+      local = os.path.join(spool, 'upload')
+      with open(local, 'wb', buffering=1 << 20) as f:
+        yield f
+      try:
+        self.fs.put_file(local, target)
+      except OSError as e:
+        raise errors.DecodeError(
+            errors.WRITE_ERROR,
+            f'cannot write {self.url_of(relative)} ({type(e).__name__}: {e})') from e
+
+  def open_read(self, relative: str) -> BinaryIO:
+    if self.local:
+      return open(self.path(relative), 'rb', buffering=1 << 20)
+    return self.fs.open(self.path(relative), 'rb', block_size=1 << 20)
+
+  def remove_tree(self, relative: str) -> None:
+    """Deletes the folder `relative` and all it holds; a missing one is fine."""
+    path = self.path(relative)
+    if self.local:
+      shutil.rmtree(path, ignore_errors=True)
+      return
+    try:
+      self.fs.rm(path, recursive=True)
+    except FileNotFoundError:
+      pass
 
   def check_writable(self) -> None:
     """Writes and removes a probe file; raises ConfigError naming the root and reason."""
