@@ -3,7 +3,8 @@
 Outputs under the root: one file per image, and beside them (never in subfolders)
 `_manifest.jsonl`, `_dead_letter.jsonl`, `_dead_letter.tfrecord`, `_report.json`, and
 `_SUCCESS` last, only when failures <= max_failures. Pixels never cross a shuffle: each
-worker reads, decodes, encodes and writes its own records; only small rows are grouped.
+worker reads, decodes, encodes and writes its own record ranges; manifest rows go to
+sorted run files that one worker merges (transforms/manifest.py).
 """
 
 from __future__ import annotations

@@ -61,13 +61,15 @@ class OutputRoot:
       else:
         self.fs.pipe_file(target, data)
     except OSError as e:
-      raise errors.DecodeError(
-          errors.WRITE_ERROR,
-          f'cannot write {self.url_of(relative)} ({type(e).__name__}: {e})') from e
+      raise self._write_error(relative, e) from e
+
+  def _write_error(self, relative: str, error: OSError) -> errors.DecodeError:
+    return errors.DecodeError(
+        errors.WRITE_ERROR,
+        f'cannot write {self.url_of(relative)} ({type(error).__name__}: {error})')
 
   def _write_local(self, target: str, data: bytes) -> None:
-    temp = self._local_temp(target)
-    try:
+    with self._renamed_into_place(target) as temp:
       fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
       try:
         view = memoryview(data)
@@ -75,6 +77,13 @@ class OutputRoot:
           view = view[os.write(fd, view):]
       finally:
         os.close(fd)
+
+  @contextlib.contextmanager
+  def _renamed_into_place(self, target: str) -> Iterator[str]:
+    """A temp path beside `target`, renamed over it when the block ends, else removed."""
+    temp = self._local_temp(target)
+    try:
+      yield temp
       os.replace(temp, target)
     except BaseException:
       try:
@@ -101,17 +110,9 @@ class OutputRoot:
     """
     target = self.path(relative)
     if self.local:
-      temp = self._local_temp(target)
-      try:
+      with self._renamed_into_place(target) as temp:
         with open(temp, 'wb', buffering=1 << 20) as f:
           yield f
-        os.replace(temp, target)
-      except BaseException:
-        try:
-          os.unlink(temp)
-        except OSError:
-          pass
-        raise
       return
     with tempfile.TemporaryDirectory(prefix='unrecord-') as spool:
       local = os.path.join(spool, 'upload')
@@ -120,9 +121,7 @@ class OutputRoot:
       try:
         self.fs.put_file(local, target)
       except OSError as e:
-        raise errors.DecodeError(
-            errors.WRITE_ERROR,
-            f'cannot write {self.url_of(relative)} ({type(e).__name__}: {e})') from e
+        raise self._write_error(relative, e) from e
 
   def open_read(self, relative: str) -> BinaryIO:
     if self.local:
