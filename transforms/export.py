@@ -121,7 +121,7 @@ def existing_row(image: decode.DecodedImage, name: str, root: sink.OutputRoot,
 
 
 class _ExportRangeFn(beam.DoFn):
-  """FileRange -> names of sorted manifest runs; every image of the range is written.
+  """FileRange -> (name, entries) of sorted manifest runs; each image of the range is written.
 
   Reading, decoding, rendering and writing happen in this one DoFn, over the pure
   functions of `read`, `decode`, `render` and `sink`: each image costs one Python call
@@ -385,7 +385,7 @@ class ExportImages(beam.PTransform):
     # FileRange
     exported = ranges | 'Export' >> beam.ParDo(_ExportRangeFn(config)).with_outputs(
         read.DEAD_LETTER, main='runs')
-    # names of sorted manifest runs; Failure rows
+    # (run name, entries) of sorted manifest runs; Failure rows
     # The manifest and dead letter each end in one file, so one worker writes each; the
     # runs are merged from storage, so no worker holds a row per image.
     manifest = (pbegin
