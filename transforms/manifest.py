@@ -99,10 +99,14 @@ class RunWriter:
 
   def _write_run(self) -> None:
     self._entries.sort()
-    name = f'{SCRATCH}/run-{uuid.uuid4().hex}'
+    name = _run_name()
     self._root.write(name, b''.join(self._entries))
     self.runs.append((name, len(self._entries)))
     self._entries, self._held = [], 0
+
+
+def _run_name() -> str:
+  return f'{SCRATCH}/run-{uuid.uuid4().hex}'
 
 
 def _lines(root: sink.OutputRoot, run: Run) -> Iterator[bytes]:
@@ -122,7 +126,7 @@ def merged(root: sink.OutputRoot, runs: List[Run], fan_in: int = FAN_IN
   runs = list(runs)
   while len(runs) > fan_in:
     group, runs = runs[:fan_in], runs[fan_in:]
-    name = f'{SCRATCH}/run-{uuid.uuid4().hex}'
+    name = _run_name()
     with root.open_write(name) as out:
       out.writelines(heapq.merge(*(_lines(root, r) for r in group)))
     runs.append((name, sum(count for _, count in group)))
@@ -163,13 +167,10 @@ def merge_runs(entries: Iterable[bytes], out: BinaryIO, *,
   """
   result = MergeResult()
   for _, group in itertools.groupby(entries, key=path_of):
-    group = list(group)
-    if len(group) == 1 and group[0].split(b'\0', 2)[1] == WRITTEN:
-      # The usual case: one image made this path; nothing needs parsing.
-      found = Entry.parse(group[0])
-      _emit(out, result, found, sample)
-      continue
     found = [Entry.parse(raw) for raw in group]
+    if len(found) == 1 and found[0].kind == WRITTEN:
+      _emit(out, result, found[0], sample)  # the usual case: one image made this path
+      continue
     written = [e for e in found if e.kind == WRITTEN]
     previous = next((e for e in found if e.kind == PREVIOUS), None)
     if written:
@@ -180,13 +181,13 @@ def merge_runs(entries: Iterable[bytes], out: BinaryIO, *,
         _emit(out, result, next(iter(by_source.values())), sample)
         continue
       digest = on_disk_sha256(found[0].path)
-      rows = [e.row() for e in by_source.values()]
-      kept_index = next((i for i, r in enumerate(rows) if r.get('sha256') == digest), None)
-      if kept_index is not None:
-        _emit(out, result, list(by_source.values())[kept_index], sample)
+      rows = [(e, e.row()) for e in by_source.values()]
+      kept = next(((e, r) for e, r in rows if r.get('sha256') == digest), None)
+      if kept is not None:
+        _emit(out, result, kept[0], sample)
       result.collisions.append(Collision(
-          found[0].path, rows[kept_index] if kept_index is not None else None,
-          [r for i, r in enumerate(rows) if i != kept_index]))
+          found[0].path, kept[1] if kept else None,
+          [r for e, r in rows if kept is None or e is not kept[0]]))
       continue
     skipped = next((e for e in found if e.kind == SKIPPED), None)
     if skipped is not None:
