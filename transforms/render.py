@@ -47,13 +47,8 @@ class Rendered:
   value_range: Optional[Tuple[float, float]]
 
 
-def output_name(image: decode.DecodedImage, config: RenderConfig) -> str:
-  """The image's path relative to the output root; raises DecodeError."""
-  return Namer(config).name(image)
-
-
 class Namer:
-  """`output_name` for many images: what every image of one file shares is found once."""
+  """Output names for many images; what all images of one file share is found once."""
 
   _FILES_KEPT = 256
 
@@ -63,6 +58,7 @@ class Namer:
     self._files = {}  # source path -> (stem, split)
 
   def name(self, image: decode.DecodedImage) -> str:
+    """The image's path relative to the output root; raises DecodeError."""
     config, path = self._config, image.ref.path
     of_file = self._files.get(path)
     if of_file is None:
