@@ -168,3 +168,44 @@ def test_bad_settings_are_config_errors():
                  {'bit_depth': '12'}, {'mean': (0.5,)}, {'mean': (0.5,), 'std': (0,)}):
     with pytest.raises(errors.ConfigError):
       normalize.NormalizeSpec(**kwargs)
+
+
+def _near_half_steps(low, high, count, seed):
+  """float32 values in [low, high] one to three float32 steps either side of the points
+  that map to k + 0.5: where rounding in float32 and in float64 can disagree."""
+  rng = np.random.default_rng(seed)
+  steps = rng.integers(0, 255, count) + 0.5
+  exact = (steps / 255 * (high - low) + low).astype(np.float32)
+  nudges = rng.choice(np.array([-3, -2, -1, 1, 2, 3], dtype=np.int32), count)
+  nudged = exact.view(np.int32) + nudges
+  return np.clip(nudged.view(np.float32), np.float32(low), np.float32(high))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([(0.0, 1.0), (-1.0, 1.0), (0.0, 255.0), (0.1, 0.9), (-3.0, 7.5),
+                        (-0.3, 2.0), (1e-3, 4e6)]),
+       st.sampled_from(['float32', 'float64']),
+       st.integers(0, 2**32 - 1),
+       st.integers(0, 3))
+def test_one_pass_uint8_mapping_is_bit_identical_to_the_float64_expression(
+    value_range, dtype, seed, ties):
+  low, high = value_range
+  rng = np.random.default_rng(seed)
+  values = rng.uniform(low, high, 3000).astype(dtype)  # arbitrary floats: a few land
+  if ties:                                             # within 1e-3 of a half-step
+    values[:ties] = _near_half_steps(low, high, ties, seed)
+  values = np.clip(values, low, high).astype(dtype).reshape(30, 100)
+  extent = (float(values.min()), float(values.max()))
+  fast = normalize._map_range_to_uint8(values, low, high, extent)
+  assert fast is not None and fast.dtype == np.uint8
+  assert np.array_equal(fast, _plain_mapping(values, low, high, 255))
+
+
+def test_one_pass_uint8_mapping_serves_photos_and_leaves_the_rest_to_float64():
+  photo = fixtures.photo(height=64, width=64).astype(np.float32) / 255
+  out = _norm(photo, value_range=(0.0, 1.0)).pixels
+  assert np.array_equal(out, _plain_mapping(photo, 0.0, 1.0, 255))
+  assert np.array_equal(normalize._map_range_to_uint8(photo, 0.0, 1.0, (0.0, 1.0)), out)
+  # outside the range (clipping), and float16, take the float64 path
+  assert normalize._map_range_to_uint8(photo * 1.5, 0.0, 1.0, (0.0, 1.5)) is None
+  assert normalize._map_range_to_uint8(photo.astype(np.float16), 0.0, 1.0, (0.0, 1.0)) is None

@@ -19,6 +19,7 @@ import time
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
+import cv2
 from apache_beam.metrics import Metrics
 
 from transforms import decode
@@ -133,6 +134,7 @@ class _ExportRangeFn(beam.DoFn):
     self._config = config
 
   def setup(self):
+    cv2.setNumThreads(0)  # the runner's workers are the parallelism; no pool per worker
     config = self._config
     self._root = sink.OutputRoot(config.output, config.read.storage_options)
     self._decoder = read.make_decoder(config.image)
