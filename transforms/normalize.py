@@ -287,11 +287,13 @@ def _map_range_to_uint8(pixels: np.ndarray, low: float, high: float,
   """
   smallest, largest = extent
   if (pixels.dtype not in (np.float32, np.float64) or pixels.size == 0 or
-      not low <= smallest <= largest <= high):
+      not low <= smallest <= largest <= high or not high > low):
     return None
   scale = 255.0 / (high - low)
   shift = -low * scale
   error = _FLOAT32_ROUNDOFF * (4 * max(abs(low), abs(high)) * scale + 3 * abs(shift) + 768)
+  if not error < 1e-3:  # float32 too coarse for this range (huge or inf offsets)
+    return None
   margin = 3 * error
   below = cv2.convertScaleAbs(pixels, alpha=scale, beta=shift - margin)
   above = cv2.convertScaleAbs(pixels, alpha=scale, beta=shift + margin)
