@@ -7,13 +7,15 @@ checked against the data, and capped, before anything is allocated.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+import dataclasses
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from google.protobuf import message as protobuf_message
 
 from transforms import errors
 from transforms import protos
+from transforms import wire
 
 DEFAULT_MAX_ELEMENTS = 1 << 30
 
@@ -50,12 +52,79 @@ def dtype_name(enum: int) -> str:
 
 
 def parse_tensor_proto(data: bytes):
-  """The TensorProto message in `data`; raises DecodeError(proto_parse)."""
+  """The TensorProto message in `data`; raises DecodeError(proto_parse).
+
+  Large tensors in the form `tf.io.serialize_tensor` writes are read in place
+  (`_scan_tensor`): their `tensor_content` is a view of `data`, not a copy.
+  """
+  if len(data) >= _SCAN_MIN_BYTES:
+    tensor = _scan_tensor(data)
+    if tensor is not None:
+      return tensor
+  return _parse_with_protobuf(data)
+
+
+def _parse_with_protobuf(data: bytes):
   try:
     return protos.TensorProto.FromString(data)
   except (protobuf_message.DecodeError, ValueError) as e:
     raise errors.DecodeError(
         errors.PROTO_PARSE, f'bytes are not a serialized TensorProto ({e})') from e
+
+
+# Below this size protobuf's C parser is faster than scanning in Python.
+_SCAN_MIN_BYTES = 32 << 10
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dim:
+  size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+  dim: Tuple[_Dim, ...]
+  unknown_rank: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class _ScannedTensor:
+  """The TensorProto fields `tensor_to_array` reads, with tensor_content a memoryview."""
+  dtype: int
+  tensor_shape: _Shape
+  tensor_content: memoryview
+
+
+def _scan_tensor(data: bytes) -> Optional[_ScannedTensor]:
+  """A TensorProto of dtype (1), tensor_shape (2: dim = 2 {size = 1}) and a non-empty
+  tensor_content (4), each at most once, read in place; None for any other form (typed
+  value fields, dimension names, unknown rank, negative sizes, a field twice, ...),
+  which protobuf's parser then reads."""
+  try:
+    seen = {}
+    for number, wire_type, start, end in wire.fields(data, 0, len(data)):
+      if number in seen or (number, wire_type) not in (
+          (1, wire.VARINT), (2, wire.LENGTH_DELIMITED), (4, wire.LENGTH_DELIMITED)):
+        return None
+      seen[number] = (start, end)
+    if 4 not in seen or seen[4][0] == seen[4][1] or seen.get(1, (0,))[0] >= 1 << 31:
+      return None
+    dims = []
+    if 2 in seen:
+      for number, shape_start, shape_end in wire.length_delimited(data, *seen[2]):
+        if number != 2:
+          return None
+        size = 0
+        for dim_field, wire_type, value, _ in wire.fields(data, shape_start, shape_end):
+          if dim_field != 1 or wire_type != wire.VARINT or value >> 63:
+            return None
+          size = value
+        dims.append(_Dim(size))
+  except wire.NotCanonical:
+    return None
+  content_start, content_end = seen[4]
+  return _ScannedTensor(seen.get(1, (0,))[0], _Shape(tuple(dims)),
+                        memoryview(data)[content_start:content_end])
 
 
 def tensor_shape(tensor) -> Tuple[int, ...]:
