@@ -30,3 +30,20 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
   assert results['machine']['cores'] == os.cpu_count()
   # Quick mode never rewrites the committed figures.
   assert 'bench: wrote' not in result.stdout
+
+
+def test_per_image_harness_runs_the_export_fn_and_writes_every_image(tmp_path):
+  from tests import fixtures
+  import numpy as np
+  payloads = [fixtures.example({
+      'image': fixtures.bytes_feature(fixtures.serialized_tensor(
+          (fixtures.photo(i, 96, 96) / 255.0).astype(np.float32))),
+      'label': fixtures.int64_feature(i % 3)}) for i in range(12)]
+  fixtures.write_tfrecord(str(tmp_path / 'train.tfrecord-00000-of-00001'), payloads)
+  result = subprocess.run(
+      [sys.executable, '-m', 'bench.per_image', str(tmp_path / 'train*'), '--files', '1',
+       '--output', str(tmp_path / 'out'), '--profile'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.startswith('12 images from 1 ranges of 1 files: ')
+  assert '_map_range_to_uint8' in result.stdout  # the profile covers the export's code
