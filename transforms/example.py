@@ -31,8 +31,8 @@ def parse_example(payload: bytes) -> Dict[str, FeatureValue]:
   """Parses a serialized tf.train.Example; raises DecodeError(proto_parse).
 
   Large records are read straight from their wire bytes (`_scan_example`), which copies
-  each value once; protobuf's parser copies a 600 KB image twice more. Anything the
-  scan does not recognise as the canonical encoding goes to protobuf's parser.
+  each value once, where protobuf's parser copies it twice (the parse, then the value).
+  Anything the scan does not recognise as the canonical encoding goes to protobuf.
   """
   if len(payload) >= _SCAN_MIN_BYTES:
     features = _scan_example(payload)
