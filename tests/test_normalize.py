@@ -176,9 +176,11 @@ def _near_half_steps(low, high, count, seed):
   rng = np.random.default_rng(seed)
   steps = rng.integers(0, 255, count) + 0.5
   exact = (steps / 255 * (high - low) + low).astype(np.float32)
-  nudges = rng.choice(np.array([-3, -2, -1, 1, 2, 3], dtype=np.int32), count)
-  nudged = exact.view(np.int32) + nudges
-  return np.clip(nudged.view(np.float32), np.float32(low), np.float32(high))
+  nudges = rng.choice([-3, -2, -1, 1, 2, 3], count)
+  for i, steps in enumerate(nudges):  # float32 steps; stepping the bits of 0.0 gives NaN
+    for _ in range(abs(steps)):
+      exact[i] = np.nextafter(exact[i], np.float32(np.inf if steps > 0 else -np.inf))
+  return np.clip(exact, np.float32(low), np.float32(high))
 
 
 @settings(max_examples=300, deadline=None)
