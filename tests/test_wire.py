@@ -127,9 +127,10 @@ def _tensor_bytes(**fields) -> bytes:
       tensor.tensor_shape.unknown_rank = value
     elif name == 'dim_name':
       tensor.tensor_shape.dim[0].name = value
+    elif isinstance(value, list):
+      getattr(tensor, name).extend(value)
     else:
-      setattr(tensor, name, value) if not isinstance(value, list) else getattr(
-          tensor, name).extend(value)
+      setattr(tensor, name, value)
   return tensor.SerializeToString()
 
 

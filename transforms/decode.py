@@ -418,7 +418,8 @@ def ensure_pixels(image: DecodedImage, max_pixels: int,
   if image.pixels is not None:
     return image
   pixels = decoder(image.encoded, image.encoded_format, max_pixels)
-  return dataclasses.replace(image, pixels=pixels, source_dtype=normalize.dtype_name(pixels.dtype),
+  return dataclasses.replace(image, pixels=pixels,
+                             source_dtype=normalize.dtype_name(pixels.dtype),
                              layout='hw' if pixels.ndim == 2 else 'hwc')
 
 
@@ -518,7 +519,7 @@ def _decode_list(features, key, spec):
   _check_pixels(shape, spec, key)
   dtype_name = spec.dtype or declared_dtype(features, key)
   pixels = np.asarray(values).reshape(shape)
-  if dtype_name is not None and dtype_name != normalize.dtype_name(pixels.dtype) and dtype_name != 'bfloat16':
+  if dtype_name not in (None, 'bfloat16', normalize.dtype_name(pixels.dtype)):
     target = np.dtype(dtype_name)
     if target.kind in 'iu':
       info = np.iinfo(target)

@@ -136,19 +136,12 @@ def _scan_feature(payload: bytes, start: int, end: int) -> FeatureValue:
 
 def _packed_floats(float_list) -> np.ndarray:
   """The values of a FloatList as float32, straight from their packed wire bytes."""
-  wire = float_list.SerializeToString()
-  if not wire:
+  data = float_list.SerializeToString()  # tag | varint length | float32s, or b''
+  packed = list(wire.length_delimited(data, 0, len(data)))
+  if not packed:
     return np.zeros(0, dtype=np.float32)
-  # wire = tag (0x0a) | varint byte length | little-endian float32s
-  position, length, shift = 1, 0, 0
-  while True:
-    byte = wire[position]
-    length |= (byte & 0x7F) << shift
-    position += 1
-    shift += 7
-    if not byte & 0x80:
-      break
-  return np.frombuffer(wire, dtype='<f4', count=length // 4, offset=position)
+  _, start, end = packed[0]
+  return np.frombuffer(data, dtype='<f4', count=(end - start) // 4, offset=start)
 
 
 def scalar_value(feature: FeatureValue) -> Union[Scalar, None]:

@@ -95,8 +95,8 @@ def render(image: decode.DecodedImage, config: RenderConfig,
                     'passthrough', True, None)
   image = decode.ensure_pixels(image, config.max_pixels, decoder)
   bits = normalize.target_bits(
-      normalize.dtype_name(image.pixels.dtype), config.normalize.bit_depth, config.encode.holds_16bit,
-      config.encode.holds_float, config.value_range)
+      normalize.dtype_name(image.pixels.dtype), config.normalize.bit_depth,
+      config.encode.holds_16bit, config.encode.holds_float, config.value_range)
   result = normalize.normalize(
       image.pixels, image.layout, config.normalize, bits=bits,
       value_range=config.value_range, source_dtype=image.source_dtype)

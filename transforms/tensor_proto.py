@@ -107,7 +107,8 @@ def _scan_tensor(data: bytes) -> Optional[_ScannedTensor]:
           (1, wire.VARINT), (2, wire.LENGTH_DELIMITED), (4, wire.LENGTH_DELIMITED)):
         return None
       seen[number] = (start, end)
-    if 4 not in seen or seen[4][0] == seen[4][1] or seen.get(1, (0,))[0] >= 1 << 31:
+    dtype = seen.get(1, (0, 0))[0]  # absent: 0, DT_INVALID, as protobuf reads it
+    if 4 not in seen or seen[4][0] == seen[4][1] or dtype >= 1 << 31:
       return None
     dims = []
     if 2 in seen:
@@ -123,7 +124,7 @@ def _scan_tensor(data: bytes) -> Optional[_ScannedTensor]:
   except wire.NotCanonical:
     return None
   content_start, content_end = seen[4]
-  return _ScannedTensor(seen.get(1, (0,))[0], _Shape(tuple(dims)),
+  return _ScannedTensor(dtype, _Shape(tuple(dims)),
                         memoryview(data)[content_start:content_end])
 
 
