@@ -5,9 +5,15 @@ when the first stage runs; each such worker then spends about 1.6 s importing Be
 the end another 0.5 s in interpreter shutdown, one worker after the other. On a small
 job that is most of the wall time (docs/benchmarks.md).
 
-So the launcher starts `WarmPool` first thing: worker processes that import Beam and
-unrecord's transforms while the launcher itself is still importing and sampling. The
-runner is given a worker command that runs this module's tiny `--client` (standard
+So the launcher starts `WarmPool` first thing: one process that imports Beam and
+unrecord's transforms while the launcher itself is still importing and sampling, then
+forks the warm workers from itself. The imports are paid once, on one core, instead of
+once per worker with all of them and the launcher contending for the same cores (with
+2 workers on 2 cores that cost about 1 s of start-up; docs/benchmarks.md). Nothing
+forked has started a thread or a gRPC channel: the imports start none that matter
+(OpenBLAS and jemalloc re-arm theirs across fork), and channels are made after it.
+
+The runner is given a worker command that runs this module's tiny `--client` (standard
 library only): it hands its environment (the runner's control address, pipeline options,
 worker id) to a warm process over a Unix socket and waits for it, so the runner sees a
 worker process with the usual lifetime and exit code. The warm process runs Beam's own
@@ -15,7 +21,7 @@ worker process with the usual lifetime and exit code. The warm process runs Beam
 
 If no warm process is free (more workers asked for than started, or a warm process died)
 the client runs the worker itself, as Beam would. A warm process exits when its client
-goes away, and when the launcher does.
+goes away, and when the importing process or the launcher does.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from typing import List, Optional
 
 _ACK = b'A'
@@ -35,7 +43,11 @@ _ACCEPT_POLL_SECONDS = 0.5
 
 
 class WarmPool:
-  """`count` warm worker processes listening on one Unix socket; close() when done."""
+  """`count` warm worker processes listening on one Unix socket; close() when done.
+
+  One process imports, then forks the `count` workers (its children); closing the pool
+  stops it and every worker still running.
+  """
 
   def __init__(self, count: int):
     self._folder = tempfile.mkdtemp(prefix='unrecord-workers-')
@@ -44,9 +56,8 @@ class WarmPool:
     listener.bind(self.address)
     listener.listen(max(count, 1))
     command = [sys.executable, '-m', 'beam_jobs.worker', '--serve', str(listener.fileno()),
-               str(os.getpid())]
-    self._processes: List[subprocess.Popen] = [
-        subprocess.Popen(command, pass_fds=(listener.fileno(),)) for _ in range(count)]
+               str(os.getpid()), str(count)]
+    self.process = subprocess.Popen(command, pass_fds=(listener.fileno(),))
     # The warm processes hold the listening socket now. Once each has taken a client and
     # closed it, connecting fails at once and a client falls back to a cold start.
     listener.close()
@@ -57,15 +68,14 @@ class WarmPool:
             f'--client {shlex.quote(self.address)}')
 
   def close(self) -> None:
-    """Stops warm processes that never got a client; removes the socket."""
-    for process in self._processes:
-      if process.poll() is None:
-        process.terminate()
-    for process in self._processes:
-      try:
-        process.wait(timeout=5)
-      except subprocess.TimeoutExpired:
-        process.kill()
+    """Stops the warm processes still running; removes the socket."""
+    if self.process.poll() is None:
+      self.process.terminate()
+    try:
+      self.process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+      self.process.kill()
+      self.process.wait()
     try:
       os.unlink(self.address)
       os.rmdir(self._folder)
@@ -103,15 +113,51 @@ def start_for(argv: List[str]) -> Optional[WarmPool]:
 # The warm process
 
 
-def serve(listener_fd: int, launcher_pid: int) -> None:
-  """Imports everything a worker needs, takes one client, runs the worker for it."""
-  from apache_beam.runners.worker import sdk_worker_main
+def serve(listener_fd: int, launcher_pid: int, count: int) -> None:
+  """Imports everything a worker needs once, then forks `count` warm workers from itself.
+
+  Stays as their parent: it stops them (SIGTERM) when it is terminated or the launcher
+  goes away, and exits when all of them have.
+  """
+  from apache_beam.runners.worker import sdk_worker_main  # noqa: F401
   # The job's own modules (export imports the rest), so unpickling its DoFns costs no
   # imports later.
   import transforms.export  # noqa: F401  pylint: disable=unused-import
 
   listener = socket.socket(fileno=listener_fd)
-  connection, environment = _take_client(listener, launcher_pid)
+  parent = os.getpid()
+  children = set()
+  for _ in range(count):
+    pid = os.fork()
+    if pid == 0:
+      _serve_one(listener, parent)  # never returns
+    children.add(pid)
+  listener.close()
+
+  def stop(*_):
+    for pid in children:
+      try:
+        os.kill(pid, signal.SIGTERM)
+      except ProcessLookupError:
+        pass
+    os._exit(0)
+
+  signal.signal(signal.SIGTERM, stop)
+  while children:
+    if os.getppid() != launcher_pid:
+      stop()
+    pid, _ = os.waitpid(-1, os.WNOHANG)
+    if pid:
+      children.discard(pid)
+    else:
+      time.sleep(_ACCEPT_POLL_SECONDS)
+  os._exit(0)
+
+
+def _serve_one(listener: socket.socket, parent_pid: int) -> None:
+  """In a forked warm process: takes one client, runs the worker for it, exits."""
+  from apache_beam.runners.worker import sdk_worker_main
+  connection, environment = _take_client(listener, parent_pid)
   listener.close()
   os.environ.clear()
   os.environ.update(environment)
@@ -131,12 +177,12 @@ def serve(listener_fd: int, launcher_pid: int) -> None:
   os._exit(code)  # the harness has closed its channels; skip interpreter teardown
 
 
-def _take_client(listener: socket.socket, launcher_pid: int):
+def _take_client(listener: socket.socket, parent_pid: int):
   """Waits for a client and its environment; a client that gave up is skipped."""
   listener.settimeout(_ACCEPT_POLL_SECONDS)
   while True:
-    if os.getppid() != launcher_pid:
-      os._exit(0)  # the launcher is gone; nobody will ask for this worker
+    if os.getppid() != parent_pid:
+      os._exit(0)  # the pool is gone; nobody will ask for this worker
     try:
       connection, _ = listener.accept()
     except socket.timeout:
@@ -202,12 +248,12 @@ def cold_start() -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  if argv[:1] == ['--serve'] and len(argv) == 3:
-    serve(int(argv[1]), int(argv[2]))
+  if argv[:1] == ['--serve'] and len(argv) == 4:
+    serve(int(argv[1]), int(argv[2]), int(argv[3]))
     return 0
   if argv[:1] == ['--client'] and len(argv) == 2:
     return client(argv[1])
-  print('usage: python -m beam_jobs.worker --client SOCKET | --serve FD LAUNCHER_PID',
+  print('usage: python -m beam_jobs.worker --client SOCKET | --serve FD LAUNCHER_PID COUNT',
         file=sys.stderr)
   return 2
 

@@ -44,7 +44,7 @@ def _cmdlines(root):
   try:
     for child in psutil.Process(root).children(recursive=True):
       try:
-        found.add((child.pid, ' '.join(child.cmdline())))
+        found.add((child.pid, child.ppid(), ' '.join(child.cmdline())))
       except psutil.Error:
         pass
   except psutil.Error:
@@ -70,8 +70,12 @@ def test_the_job_runs_on_warm_workers_and_starts_no_cold_ones(tmp_path):
   sampler.join()
   assert process.returncode == 0, stderr[-3000:]
   assert len([n for n in os.listdir(tmp_path / 'out') if n.endswith('.png')]) == 40
-  commands = [command for _, command in seen]
-  assert sum('beam_jobs.worker --serve' in c for c in commands) == 2, commands
+  commands = [command for _, _, command in seen]
+  serving = {pid: parent for pid, parent, c in seen if 'beam_jobs.worker --serve' in c}
+  # One process imports, started by the launcher; two workers are forked from it.
+  importer = [pid for pid, parent in serving.items() if parent == process.pid]
+  assert len(importer) == 1, seen
+  assert sorted(serving.values()).count(importer[0]) == 2, seen
   assert any('beam_jobs.worker --client' in c for c in commands), commands
   assert not any('-m apache_beam.runners.worker.sdk_worker_main' in c for c in commands)
   assert 'direct_running_mode should be' not in stderr
@@ -92,20 +96,46 @@ def test_more_workers_than_warm_processes_start_cold_and_finish():
     pool.close()
 
 
+def _forked_workers(pool, count):
+  """The pool's importing process and its forked workers, once all have started."""
+  deadline = time.time() + 120
+  while time.time() < deadline:
+    children = psutil.Process(pool.process.pid).children()
+    if len(children) == count:
+      return [pool.process.pid] + [c.pid for c in children]
+    time.sleep(0.1)
+  raise AssertionError(f'{count} warm workers did not start')
+
+
 def test_warm_processes_exit_when_the_launcher_dies(tmp_path):
   script = ('import os, sys\n'
             'from beam_jobs import worker\n'
+            'from tests.test_worker import _forked_workers\n'
             'pool = worker.WarmPool(2)\n'
-            'print(" ".join(str(p.pid) for p in pool._processes), flush=True)\n'
+            'print(" ".join(str(p) for p in _forked_workers(pool, 2)), flush=True)\n'
             'os._exit(0)\n')
   launcher = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                            timeout=60, check=True)
+                            timeout=180, check=True, cwd=REPO)
   pids = [int(p) for p in launcher.stdout.split()]
-  assert len(pids) == 2
+  assert len(pids) == 3
+
+
+def test_closing_the_pool_stops_its_workers():
+  pool = worker.WarmPool(2)
+  pids = _forked_workers(pool, 2)
+  pool.close()
   deadline = time.time() + 30
-  while time.time() < deadline and any(psutil.pid_exists(p) and
-                                        psutil.Process(p).status() != 'zombie'
-                                        for p in pids):
+  while time.time() < deadline and any(_alive(p) for p in pids):
     time.sleep(0.2)
-  assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != 'zombie'
-                 for p in pids)
+  assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid):
+  try:
+    return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+  except psutil.NoSuchProcess:
+    return False
+  deadline = time.time() + 30
+  while time.time() < deadline and any(_alive(p) for p in pids):
+    time.sleep(0.2)
+  assert not any(_alive(p) for p in pids)
