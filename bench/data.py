@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import struct
 from typing import Dict, Iterator, List
 
 import numpy as np
@@ -179,3 +181,21 @@ def subset(dataset: Dataset, folder: str, shards: int) -> Dataset:
     os.symlink(os.path.abspath(path), os.path.join(folder, os.path.basename(path)))
   return Dataset(f'{dataset.name}[:{shards}]', dataset.kind, folder,
                  dataset.count * shards // dataset.shards, shards)
+
+
+def head(dataset: Dataset, folder: str, records: int) -> Dataset:
+  """The first `records` records of a one-file dataset, as one file of their own.
+
+  The records' frames are copied as they are (length, CRCs and all), so the file is the
+  big one's start: same record size and structure, fewer images.
+  """
+  source, = dataset.files()
+  shutil.rmtree(folder, ignore_errors=True)
+  os.makedirs(folder)
+  with open(source, 'rb') as f, open(os.path.join(folder, os.path.basename(source)),
+                                       'wb') as out:
+    for _ in range(records):
+      header = f.read(12)  # uint64 length, uint32 masked CRC of the length
+      length, = struct.unpack('<Q', header[:8])
+      out.write(header + f.read(length + 4))  # data, uint32 masked CRC of the data
+  return Dataset(f'{dataset.name}[:{records}]', dataset.kind, folder, records, 1)
