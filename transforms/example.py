@@ -34,7 +34,7 @@ def parse_example(payload: bytes) -> Dict[str, FeatureValue]:
   each value once, where protobuf's parser copies it twice (the parse, then the value).
   Anything the scan does not recognise as the canonical encoding goes to protobuf.
   """
-  if len(payload) >= _SCAN_MIN_BYTES:
+  if len(payload) >= wire.SCAN_MIN_BYTES:
     features = _scan_example(payload)
     if features is not None:
       return features
@@ -62,8 +62,6 @@ def _parse_with_protobuf(payload: bytes) -> Dict[str, FeatureValue]:
   return features
 
 
-# Below this size protobuf's C parser is faster than scanning in Python.
-_SCAN_MIN_BYTES = 32 << 10
 # Longer packed int64 lists (images stored as numbers) are left to protobuf's parser.
 _SCAN_MAX_INT64_BYTES = 256
 

@@ -57,7 +57,7 @@ def parse_tensor_proto(data: bytes):
   Large tensors in the form `tf.io.serialize_tensor` writes are read in place
   (`_scan_tensor`): their `tensor_content` is a view of `data`, not a copy.
   """
-  if len(data) >= _SCAN_MIN_BYTES:
+  if len(data) >= wire.SCAN_MIN_BYTES:
     tensor = _scan_tensor(data)
     if tensor is not None:
       return tensor
@@ -70,10 +70,6 @@ def _parse_with_protobuf(data: bytes):
   except (protobuf_message.DecodeError, ValueError) as e:
     raise errors.DecodeError(
         errors.PROTO_PARSE, f'bytes are not a serialized TensorProto ({e})') from e
-
-
-# Below this size protobuf's C parser is faster than scanning in Python.
-_SCAN_MIN_BYTES = 32 << 10
 
 
 @dataclasses.dataclass(frozen=True)
