@@ -121,13 +121,10 @@ def check_encoded(data: bytes, fmt: Optional[str] = None,
   if frame is not None:
     height, width, layers = frame
     _check_pixels(width, height, 'JPEG', max_pixels, len(data))
-  header = _open_header(data, max_pixels) if frame is None else None
-  marker = _END_MARKERS.get(fmt)
-  if marker is not None and marker not in data[-64:]:
-    raise errors.DecodeError(
-        errors.DECODE_ERROR, f'{fmt} image has no end marker: the data is truncated')
-  if frame is not None:
+    _check_end_marker(data, fmt)
     return ((height, width) if layers == 1 else (height, width, layers)), 'uint8'
+  header = _open_header(data, max_pixels)
+  _check_end_marker(data, fmt)
   width, height = header.size
   bands = len(header.getbands()) if header.mode != 'P' else 3
   shape = (height, width) if bands == 1 else (height, width, bands)
@@ -187,6 +184,13 @@ def _jpeg_frame(data: bytes) -> Optional[Tuple[int, int, int]]:
       return None
     pos = after
   return None
+
+
+def _check_end_marker(data: bytes, fmt: str) -> None:
+  marker = _END_MARKERS.get(fmt)
+  if marker is not None and marker not in data[-64:]:
+    raise errors.DecodeError(
+        errors.DECODE_ERROR, f'{fmt} image has no end marker: the data is truncated')
 
 
 def decode_encoded(data: bytes, fmt: Optional[str] = None,
