@@ -17,13 +17,15 @@ are cached under the data folder and rebuilt only when their size changes.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
-import struct
 from typing import Dict, Iterator, List
 
 import numpy as np
+
+from transforms import tfrecord
 
 PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry',
           'hubble_deep_field', 'retina')
@@ -186,16 +188,20 @@ def subset(dataset: Dataset, folder: str, shards: int) -> Dataset:
 def head(dataset: Dataset, folder: str, records: int) -> Dataset:
   """The first `records` records of a one-file dataset, as one file of their own.
 
-  The records' frames are copied as they are (length, CRCs and all), so the file is the
-  big one's start: same record size and structure, fewer images.
+  Written frame by frame as the reader gives them, so the file is the big one's start:
+  same record size and structure, fewer images.
   """
   source, = dataset.files()
   shutil.rmtree(folder, ignore_errors=True)
   os.makedirs(folder)
-  with open(source, 'rb') as f, open(os.path.join(folder, os.path.basename(source)),
-                                       'wb') as out:
-    for _ in range(records):
-      header = f.read(12)  # uint64 length, uint32 masked CRC of the length
-      length, = struct.unpack('<Q', header[:8])
-      out.write(header + f.read(length + 4))  # data, uint32 masked CRC of the data
+
+  def payloads(stream):
+    for slot in itertools.islice(tfrecord.read_records(stream, source), records):
+      if isinstance(slot, Exception):
+        raise slot  # a damaged benchmark input: rebuild it (rm -r the data folder)
+      yield slot[1]
+
+  with open(source, 'rb') as stream:
+    tfrecord.write_tfrecord(os.path.join(folder, os.path.basename(source)),
+                            payloads(stream))
   return Dataset(f'{dataset.name}[:{records}]', dataset.kind, folder, records, 1)
