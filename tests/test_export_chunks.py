@@ -1,6 +1,7 @@
 """The export DoFn works in chunks of records, one stage at a time over a chunk; the
 files, manifest and dead letter must be those of one record at a time."""
 
+import json
 import os
 import re
 
@@ -116,3 +117,30 @@ def test_chunked_export_writes_what_one_record_at_a_time_writes(inputs, tmp_path
       'proto_parse', 'name_collision', 'missing_feature', 'unsafe_name', 'write_error',
       'encode_error', 'non_finite', 'crc_mismatch'])
   assert len(one['_manifest.jsonl'].decode().splitlines()) == len(images)
+
+
+def test_skip_existing_never_hides_an_image_behind_a_name_another_one_took(tmp_path,
+                                                                         monkeypatch):
+  """Records 0 and 100 get one name: with --skip_existing the second, in a later chunk,
+  finds the first one's file; it is a name collision, as it is without the flag."""
+  ids = {0: 'same', 100: 'same'}
+  payloads = [fixtures.example({
+      'id': fixtures.bytes_feature(ids.get(i, f'r{i:03d}').encode()),
+      'image': fixtures.bytes_feature(fixtures.serialized_tensor(fixtures.photo(i, 8, 8)))})
+      for i in range(RECORDS)]
+  records = fixtures.write_tfrecord(str(tmp_path / 'same.tfrecord'), payloads)
+  out = tmp_path / 'out'
+  monkeypatch.setattr(export, 'CHUNK_RECORDS', 64)
+  argv = ['--input', records, '--output', str(out), '--id_key', 'id', '--name_template',
+          '{id}.{ext}', '--skip_existing', '--max_failures', '100',
+          '--runner', 'FnApiRunner']
+  options = PipelineOptions(argv)
+  plan = export_images.build_config(options.view_as(export_images.ExportOptions), 0.0)
+  pipeline = beam.Pipeline(options=options)
+  _ = pipeline | export.ExportImages(plan.config)
+  pipeline.run().wait_until_finish()
+
+  [row] = [json.loads(line) for line in open(out / '_dead_letter.jsonl')]
+  assert (row['reason'], row['index']) == ('name_collision', 100)
+  report = json.load(open(out / '_report.json'))
+  assert (report['written'], report['skipped'], report['failed']) == (RECORDS - 1, 0, 1)

@@ -86,6 +86,20 @@ def test_a_replayed_image_gives_one_row_and_different_images_one_name_collide():
   assert (collision.path, collision.kept, collision.others) == ('two.png', second, [first])
 
 
+def test_an_image_skipped_for_a_file_another_image_of_the_run_wrote_collides():
+  first = _row('two.png', index=1, sha='aa')
+  skipped_second = _row('two.png', index=2, sha='aa')  # its row is made from that file
+  replay = _row('one.png', index=3, sha='cc')  # a retried bundle skips its own file
+  rows, result, _ = _merge(
+      [_entry(manifest.WRITTEN, first), _entry(manifest.SKIPPED, skipped_second),
+       _entry(manifest.WRITTEN, replay), _entry(manifest.SKIPPED, replay)],
+      on_disk={'two.png': 'aa', 'one.png': 'cc'})
+  assert rows == [replay, first] and (result.written, result.skipped) == (2, 0)
+  [collision] = result.collisions
+  assert (collision.path, collision.kept, collision.others, collision.skipped) == (
+      'two.png', first, [skipped_second], 1)
+
+
 def test_a_collision_whose_file_matches_no_row_keeps_none():
   rows, result, _ = _merge(
       [_entry(manifest.WRITTEN, _row('x.png', index=1, sha='aa')),

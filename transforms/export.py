@@ -301,7 +301,9 @@ def write_manifest(runs: Iterable[str], config: ExportConfig) -> dict:
       pass
   failures = [f for c in merged.collisions for f in _collision_failures(c)]
   Metrics.counter(NAMESPACE, f'failed_{errors.NAME_COLLISION}').inc(len(failures))
-  Metrics.counter(NAMESPACE, 'images_written').dec(len(failures))
+  skipped = sum(c.skipped for c in merged.collisions)
+  Metrics.counter(NAMESPACE, 'images_written').dec(len(failures) - skipped)
+  Metrics.counter(NAMESPACE, 'images_skipped').dec(skipped)
   return {'written': merged.written, 'skipped': merged.skipped, 'bytes': merged.bytes,
           'passthrough': merged.passthrough, 'stale_removed': len(merged.stale),
           'samples': [json.loads(line) for line in sampler.chosen()],

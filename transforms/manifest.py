@@ -135,10 +135,14 @@ def merged(root: sink.OutputRoot, runs: List[Run], fan_in: int = FAN_IN
 
 @dataclasses.dataclass
 class Collision:
-  """Different images that were given one output name; `kept` is the one on disk."""
+  """Different images that were given one output name; `kept` is the one on disk.
+
+  `skipped` of the `others` were left by --skip_existing, finding the file another image
+  of this run had written."""
   path: str
   kept: Optional[dict]
   others: List[dict]
+  skipped: int = 0
 
 
 @dataclasses.dataclass
@@ -159,8 +163,9 @@ def merge_runs(entries: Iterable[bytes], out: BinaryIO, *,
   """Writes the manifest lines for `entries` (in path order) to `out`.
 
   Per path: this run's row wins (replays of one image write identical rows; different
-  images with one name keep the row whose sha256 matches the file on disk, the others
-  become collisions); an image --skip_existing left keeps the previous manifest's row
+  images with one name keep the written row whose sha256 matches the file on disk, the
+  others become collisions, also those --skip_existing left because an image of this run
+  wrote their name first); an image --skip_existing left keeps the previous manifest's row
   if there is one, else a row made from its file; a path only the previous manifest has
   is kept if `keep_previous(row)`, else reported in `stale`. `sample(class_key, line)`
   sees every written or skipped row in path order.
@@ -174,20 +179,25 @@ def merge_runs(entries: Iterable[bytes], out: BinaryIO, *,
     written = [e for e in found if e.kind == WRITTEN]
     previous = next((e for e in found if e.kind == PREVIOUS), None)
     if written:
+      # One entry per image, its written one if it has one (a replayed bundle skips the
+      # file its first attempt wrote).
       by_source: Dict[str, Entry] = {}
-      for e in sorted(written, key=lambda e: (e.source_key, e.line)):
+      claims = written + [e for e in found if e.kind == SKIPPED]
+      for e in sorted(claims, key=lambda e: (e.kind != WRITTEN, e.source_key, e.line)):
         by_source.setdefault(e.source_key, e)
       if len(by_source) == 1:
         _emit(out, result, next(iter(by_source.values())), sample)
         continue
       digest = on_disk_sha256(found[0].path)
       rows = [(e, e.row()) for e in by_source.values()]
-      kept = next(((e, r) for e, r in rows if r.get('sha256') == digest), None)
+      kept = next(((e, r) for e, r in rows
+                   if e.kind == WRITTEN and r.get('sha256') == digest), None)
       if kept is not None:
         _emit(out, result, kept[0], sample)
+      others = [(e, r) for e, r in rows if kept is None or e is not kept[0]]
       result.collisions.append(Collision(
-          found[0].path, kept[1] if kept else None,
-          [r for e, r in rows if kept is None or e is not kept[0]]))
+          found[0].path, kept[1] if kept else None, [r for _, r in others],
+          sum(e.kind == SKIPPED for e, _ in others)))
       continue
     skipped = next((e for e in found if e.kind == SKIPPED), None)
     if skipped is not None:
