@@ -62,17 +62,21 @@ def inputs(tmp_path_factory):
   return records, str(framing)
 
 
-def _run(inputs, out, monkeypatch, records):
-  monkeypatch.setattr(export, 'CHUNK_RECORDS', records)
-  os.makedirs(os.path.join(out, 'blocked.webp'))  # a folder where a file must go
-  argv = ['--input', inputs[0], '--input', inputs[1], '--output', out,
-          '--image_key', 'image', '--id_key', 'id', '--format', 'webp', '--name_template', '{id}.{ext}',
-          '--max_pixels', '1000000', '--max_failures', '100', '--runner', 'FnApiRunner']
-  options = PipelineOptions(argv)
+def _export(*args):
+  """The export in this process (FnApiRunner), so the chunk size can be patched."""
+  options = PipelineOptions([*args, '--id_key', 'id', '--name_template', '{id}.{ext}',
+                             '--max_failures', '100', '--runner', 'FnApiRunner'])
   plan = export_images.build_config(options.view_as(export_images.ExportOptions), 0.0)
   pipeline = beam.Pipeline(options=options)
   _ = pipeline | export.ExportImages(plan.config)
   pipeline.run().wait_until_finish()
+
+
+def _run(inputs, out, monkeypatch, records):
+  monkeypatch.setattr(export, 'CHUNK_RECORDS', records)
+  os.makedirs(os.path.join(out, 'blocked.webp'))  # a folder where a file must go
+  _export('--input', inputs[0], '--input', inputs[1], '--output', out, '--image_key',
+          'image', '--format', 'webp', '--max_pixels', '1000000')
   files = {}
   for name in os.listdir(out):
     path = os.path.join(out, name)
@@ -130,15 +134,8 @@ def test_skip_existing_never_hides_an_image_behind_a_name_another_one_took(tmp_p
       for i in range(RECORDS)]
   records = fixtures.write_tfrecord(str(tmp_path / 'same.tfrecord'), payloads)
   out = tmp_path / 'out'
-  monkeypatch.setattr(export, 'CHUNK_RECORDS', 64)
-  argv = ['--input', records, '--output', str(out), '--id_key', 'id', '--name_template',
-          '{id}.{ext}', '--skip_existing', '--max_failures', '100',
-          '--runner', 'FnApiRunner']
-  options = PipelineOptions(argv)
-  plan = export_images.build_config(options.view_as(export_images.ExportOptions), 0.0)
-  pipeline = beam.Pipeline(options=options)
-  _ = pipeline | export.ExportImages(plan.config)
-  pipeline.run().wait_until_finish()
+  monkeypatch.setattr(export, 'CHUNK_RECORDS', 64)  # records 0 and 100 in two chunks
+  _export('--input', records, '--output', str(out), '--skip_existing')
 
   [row] = [json.loads(line) for line in open(out / '_dead_letter.jsonl')]
   assert (row['reason'], row['index']) == ('name_collision', 100)
