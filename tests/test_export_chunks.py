@@ -115,9 +115,8 @@ def test_chunked_export_writes_what_one_record_at_a_time_writes(inputs, tmp_path
   # Every record and framing.tfrecord's 3 frames, less the damaged frame, the 6 records
   # that fail, and one of the two images named dup.
   assert len(images) == RECORDS + 3 - 1 - 6 - 1 and 'dup.webp' in images
-  rows = one['_dead_letter.jsonl'].decode().splitlines()
-  reasons = sorted(row.split('"reason": "')[1].split('"')[0] for row in rows)
-  assert reasons == sorted([
+  rows = [json.loads(line) for line in one['_dead_letter.jsonl'].splitlines()]
+  assert sorted(row['reason'] for row in rows) == sorted([
       'proto_parse', 'name_collision', 'missing_feature', 'unsafe_name', 'write_error',
       'encode_error', 'non_finite', 'crc_mismatch'])
   assert len(one['_manifest.jsonl'].decode().splitlines()) == len(images)
