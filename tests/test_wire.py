@@ -38,14 +38,20 @@ def _serialize(spec) -> bytes:
   return message.SerializeToString()
 
 
-def _same(scanned, parsed) -> bool:
+def _same(scanned, parsed, payload) -> bool:
   if scanned.keys() != parsed.keys():
     return False
+  record = np.frombuffer(payload, np.uint8)
   for name, value in scanned.items():
     other = parsed[name]
     if value.kind != other.kind:
       return False
     if value.kind == example_lib.BYTES:
+      views = value.buffers()
+      # lent in place: views of the record, not copies (empty values hold no memory)
+      if [bytes(v) for v in views] != other.values or not all(
+          not len(v) or np.shares_memory(np.frombuffer(v, np.uint8), record) for v in views):
+        return False
       if value.values != other.values or not all(type(v) is bytes for v in value.values):
         return False
     elif not (value.values.dtype == other.values.dtype and
@@ -60,7 +66,7 @@ def test_scanned_examples_equal_protobufs_parse(spec):
   payload = _serialize(spec)
   scanned = example_lib._scan_example(payload)
   assert scanned is not None  # protobuf's own output is the canonical form
-  assert _same(scanned, example_lib._parse_with_protobuf(payload))
+  assert _same(scanned, example_lib._parse_with_protobuf(payload), payload)
 
 
 @settings(max_examples=500, deadline=None)
@@ -83,7 +89,7 @@ def test_damaged_examples_are_scanned_as_protobuf_reads_them_or_left_to_it(spec,
   if scanned is None:
     return
   parsed = example_lib._parse_with_protobuf(payload)  # must not raise: the scan accepted
-  assert _same(scanned, parsed)
+  assert _same(scanned, parsed, payload)
 
 
 def test_large_records_take_the_scan_and_small_ones_protobuf(monkeypatch):
@@ -115,7 +121,12 @@ def test_scanned_tensors_written_by_tensorflow_equal_protobufs_parse(dtype, shap
   expected = tensor_proto.tensor_to_array(parsed)
   assert array.dtype == expected.dtype and array.shape == expected.shape == shape
   assert array.tobytes() == expected.tobytes()
-  assert np.shares_memory(array, np.frombuffer(data, np.uint8)) or dtype == 'bfloat16'
+  # Read in place where the items sit at an offset they can be read at; copied (once, to
+  # an aligned array) where they do not.
+  assert array.flags.aligned
+  content = np.frombuffer(scanned.tensor_content, np.uint8)
+  in_place = content.ctypes.data % array.dtype.alignment == 0 and dtype != 'bfloat16'
+  assert np.shares_memory(array, np.frombuffer(data, np.uint8)) == in_place
 
 
 def _tensor_bytes(**fields) -> bytes:

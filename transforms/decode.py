@@ -289,7 +289,7 @@ def classify_feature(features: Dict[str, FeatureValue], key: str) -> Optional[st
   if not len(feature):
     return None
   if feature.kind == example_lib.BYTES:
-    value = feature.values[0]
+    value = feature.buffers()[0]
     if image_formats.sniff_format(value):
       return 'encoded'
     if len(value) >= 16 and tensor_proto.looks_like_tensor(value):
@@ -312,7 +312,7 @@ def image_candidates(features: Dict[str, FeatureValue]) -> List[Candidate]:
     if encoding is None:
       continue
     if feature.kind == example_lib.BYTES:
-      size = sum(len(v) for v in feature.values)
+      size = sum(len(v) for v in feature.buffers())
     else:
       size = len(feature) * 4
     found.append(Candidate(key, encoding, size, bool(_IMAGE_NAME_HINT.search(key))))
@@ -370,7 +370,7 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
     _require_kind(feature, key, example_lib.BYTES, encoding)
     # Each value is checked by its magic bytes, so a dataset mixing serialized tensors
     # and encoded images under one key decodes either way.
-    for value in feature.values:
+    for value in feature.buffers():
       fmt = image_formats.sniff_format(value)
       if fmt is None and encoding == 'tensor':
         tensor = tensor_proto.parse_tensor_proto(value)
@@ -382,6 +382,7 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
         raise errors.DecodeError(
             errors.DECODE_ERROR, f'feature {key!r} holds bytes that are not a PNG, JPEG, '
             'WebP, BMP, TIFF or GIF image')
+      value = bytes(value)  # kept with the image: written through, hashed, or decoded
       if spec.decode_encoded:
         pixels = decoder(value, fmt, spec.max_pixels)
         shape, dtype_name = pixels.shape, normalize.dtype_name(pixels.dtype)
@@ -475,7 +476,8 @@ def _split(pixels: np.ndarray, spec: ImageSpec, dtype_name: str) -> List[_Part]:
 
 
 def _decode_raw(features, key, spec):
-  data = b''.join(features[key].values)
+  views = features[key].buffers()
+  data = views[0] if len(views) == 1 else b''.join(views)
   dtype_name = spec.dtype or declared_dtype(features, key)
   shape = spec.shape or declared_shape(features, key)[0]
   if dtype_name is None:
@@ -493,7 +495,7 @@ def _decode_raw(features, key, spec):
   shape = _complete_shape(shape, count, key)
   _check_count(shape, count, key, f'{dtype_name} values')
   _check_pixels(shape, spec, key)
-  pixels = np.frombuffer(data, dtype=raw_dtype).reshape(shape)
+  pixels = tensor_proto.aligned(np.frombuffer(data, dtype=raw_dtype)).reshape(shape)
   if dtype_name == 'bfloat16':
     pixels = (pixels.astype(np.uint32) << 16).view(np.float32)
   return pixels, dtype_name

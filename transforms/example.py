@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from google.protobuf import message as protobuf_message
@@ -17,21 +16,54 @@ Scalar = Union[int, float, str]
 _MAX_SCALAR_TEXT = 4096  # longer bytes values are blobs, not ids or names
 
 
-@dataclasses.dataclass(frozen=True)
 class FeatureValue:
-  """One feature: its kind and its values (a list of bytes, or a 1-D NumPy array)."""
-  kind: str
-  values: Union[List[bytes], np.ndarray]
+  """One feature: its kind and its values (a list of bytes, or a 1-D NumPy array).
+
+  A bytes_list read in place from a large record (`_scan_example`) holds views of the
+  record: `buffers()` lends them without a copy, for the paths that only read the bytes
+  (a tensor or raw pixels, `transforms.decode`); `values` copies them out as bytes on
+  first use. A 600 KB tensor is then copied at most once: into an aligned array, when its
+  items sit misaligned, where NumPy reads them slowly (`tensor_proto.aligned`).
+  """
+
+  __slots__ = ('kind', '_values', '_views')
+
+  def __init__(self, kind: str, values: Union[List[bytes], np.ndarray, None] = None, *,
+               views: Optional[List[memoryview]] = None):
+    self.kind = kind
+    self._values = values
+    self._views = views
+
+  @property
+  def values(self) -> Union[List[bytes], np.ndarray]:
+    if self._values is None:
+      self._values = [bytes(view) for view in self._views]
+    return self._values
+
+  def buffers(self) -> Sequence[Union[bytes, memoryview]]:
+    """The values of a bytes feature, as views of the record when it was read in place."""
+    return self.values if self._views is None else self._views
 
   def __len__(self) -> int:
-    return len(self.values)
+    return len(self.values if self._views is None else self._views)
+
+  def __eq__(self, other) -> bool:
+    if not isinstance(other, FeatureValue):
+      return NotImplemented
+    return (self.kind, self.values) == (other.kind, other.values)
+
+  __hash__ = None
+
+  def __repr__(self) -> str:
+    return f'FeatureValue({self.kind!r}, {self.values!r})'
 
 
 def parse_example(payload: bytes) -> Dict[str, FeatureValue]:
   """Parses a serialized tf.train.Example; raises DecodeError(proto_parse).
 
-  Large records are read straight from their wire bytes (`_scan_example`), which copies
-  each value once, where protobuf's parser copies it twice (the parse, then the value).
+  Large records are read straight from their wire bytes (`_scan_example`), which leaves
+  bytes values in place (`FeatureValue.buffers`), where protobuf's parser copies them
+  twice (the parse, then the value).
   Anything the scan does not recognise as the canonical encoding goes to protobuf.
   """
   if len(payload) >= wire.SCAN_MIN_BYTES:
@@ -106,12 +138,13 @@ def _scan_feature(payload: bytes, start: int, end: int) -> FeatureValue:
   if kind not in (1, 2, 3):
     raise wire.NotCanonical
   if kind == 1:
-    values = []
+    record = memoryview(payload)
+    views = []
     for field, value_start, value_end in wire.length_delimited(payload, list_start, list_end):
       if field != 1:
         raise wire.NotCanonical
-      values.append(bytes(payload[value_start:value_end]))
-    return FeatureValue(BYTES, values)
+      views.append(record[value_start:value_end])
+    return FeatureValue(BYTES, views=views)
   if list_start == list_end:
     return FeatureValue(FLOAT if kind == 2 else INT64,
                         np.zeros(0, np.float32 if kind == 2 else np.int64))

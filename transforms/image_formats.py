@@ -37,14 +37,15 @@ _MIN_ENCODED_SIZE = 26  # smaller than any real header + one pixel of these form
 _OPENCV_FORMATS = ('png', 'tiff', 'webp')
 
 
-def sniff_format(data: bytes) -> Optional[str]:
-  """The encoded image format of `data` from its magic bytes, or None."""
+def sniff_format(data) -> Optional[str]:
+  """The encoded image format of `data` (bytes-like) from its magic bytes, or None."""
   if len(data) < _MIN_ENCODED_SIZE:
     return None
-  if data[:4] == b'RIFF' and data[8:12] == b'WEBP':
+  head = bytes(data[:12])
+  if head[:4] == b'RIFF' and head[8:12] == b'WEBP':
     return 'webp'
   for magic, name in _MAGIC:
-    if data.startswith(magic):
+    if head.startswith(magic):
       return name
   return None
 
