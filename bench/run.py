@@ -8,7 +8,8 @@ Every system runs as its own process, as a user runs it, measured by bench.measu
 previous output is deleted and the page cache's dirty pages are flushed (os.sync), so
 no run pays for another's writeback. Images go to /dev/shm by default (--scratch), so
 the figures measure the software: this machine's disk moved them 10-30% from run to run.
-Each case runs twice (--repeat) and the faster run is kept. Every system's output is
+Each case runs twice (--repeat) and the faster run is kept; cases whose walls are
+compared (2k and 20k images, (e)'s four) run in interleaved rounds. Every system's output is
 checked: the right number of image files, and for PNG, sampled files decode to exactly
 the source crop's pixels.
 
@@ -70,6 +71,17 @@ class Row:
     return self.images / (self.timed_seconds or self.wall_seconds)
 
 
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One system on one dataset: `name` is the row's case, e.g. 'a/job'."""
+  name: str
+  dataset: data_lib.Dataset
+  system: str
+  fmt: str
+  extra: tuple = ()
+  verify: bool = True
+
+
 class Bench:
   """Runs cases, checks their outputs, keeps the rows."""
 
@@ -92,35 +104,52 @@ class Bench:
           extra: tuple = (), verify: bool = True, repeat: int = 0) -> Row:
     """Runs a case `repeat` times (at least the bench's own count): the fastest run's
     times, the largest memory seen."""
-    if system == 'job':
-      command = [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input', dataset.folder,
-                 '--output', '{output}', '--format', fmt, '--quiet', *extra]
-      if fmt == 'jpeg':
+    return self.interleaved([Case(case, dataset, system, fmt, extra, verify)], repeat)[0]
+
+  def interleaved(self, cases: List['Case'], repeat: int = 0) -> List[Row]:
+    """Runs each case `repeat` times (at least the bench's own count), round by round
+    (a, b, a, b, ...), so cases whose walls are subtracted or divided see the same hours
+    of this machine, whose speed drifts by 10-30% over an hour. One row per case."""
+    runs = {case.name: [] for case in cases}
+    for _ in range(max(repeat, self.repeat)):
+      for case in cases:
+        runs[case.name].append(self._measure(case))
+    return [self._keep(case, runs[case.name]) for case in cases]
+
+  def _measure(self, case: Case) -> measure.Measurement:
+    if case.system == 'job':
+      command = [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input',
+                 case.dataset.folder, '--output', '{output}', '--format', case.fmt,
+                 '--quiet', *case.extra]
+      if case.fmt == 'jpeg':
         command += ['--quality', '90']
     else:
-      command = [sys.executable, '-m', 'bench.peers', system, '--kind', dataset.kind,
-                 '--input', dataset.pattern, '--output', '{output}', '--format', fmt, *extra]
+      command = [sys.executable, '-m', 'bench.peers', case.system, '--kind',
+                 case.dataset.kind, '--input', case.dataset.pattern, '--output', '{output}',
+                 '--format', case.fmt, *case.extra]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=ROOT)
-    runs = []
-    for _ in range(max(repeat, self.repeat)):
-      output = self._fresh(case)
-      measured = measure.run([output if a == '{output}' else a for a in command],
-                             env=env, cwd=ROOT)
-      if verify:
-        self._verify(output, dataset, fmt)
-      shutil.rmtree(output, ignore_errors=True)
-      runs.append(measured)
+    output = self._fresh(case.name)
+    measured = measure.run([output if a == '{output}' else a for a in command],
+                           env=env, cwd=ROOT)
+    if case.verify:
+      self._verify(output, case.dataset, case.fmt)
+    shutil.rmtree(output, ignore_errors=True)
+    return measured
+
+  def _keep(self, case: Case, runs: List[measure.Measurement]) -> Row:
+    """The fastest run's times, the largest memory seen."""
     best = min(runs, key=lambda m: (m.result or {}).get('timed_seconds') or m.wall_seconds)
-    row = Row(case, dataset.name, system, dataset.count, best.wall_seconds,
+    row = Row(case.name, case.dataset.name, case.system, case.dataset.count,
+              best.wall_seconds,
               max(m.tree_peak_rss for m in runs) / 2**20,
               max(m.worker_peak for m in runs) / 2**20,
               max(m.launcher_peak for m in runs) / 2**20,
               (best.result or {}).get('timed_seconds'))
     self.rows.append(row)
     timed_text = f', timed {row.timed_seconds:.2f} s' if row.timed_seconds else ''
-    print(f'  {case:<22} {row.wall_seconds:7.2f} s wall{timed_text}, {row.rate:8.0f} img/s, '
-          f'tree peak {row.tree_peak_mb:6.0f} MB, worker peak {row.worker_peak_mb:5.0f} MB',
-          flush=True)
+    print(f'  {case.name:<22} {row.wall_seconds:7.2f} s wall{timed_text}, {row.rate:8.0f} '
+          f'img/s, tree peak {row.tree_peak_mb:6.0f} MB, worker peak '
+          f'{row.worker_peak_mb:5.0f} MB', flush=True)
     return row
 
   def _verify(self, output: str, dataset: data_lib.Dataset, fmt: str) -> None:
@@ -188,15 +217,14 @@ def run_all(args) -> dict:
 
   print('bench: (a) float32 tensors -> PNG: the job, its peers, the floor', flush=True)
   bench.run('a/job', a, 'job', 'png')
-  bench.run('a_half/job', a_half, 'job', 'png')
   for peer in PEERS:
     bench.run(f'a/{peer}', a, peer, 'png')
   bench.run('a/floor_opencv', a, 'floor_opencv', 'png')
   bench.run('a/floor_job', a, 'floor_job', 'png')
 
   print('bench: start-up on a tiny input (8 images)', flush=True)
-  # Start-up and (e) are differences of walls a few seconds long, so their noise counts
-  # twice: these cases and (e)'s run one more time than the others.
+  # Start-up is a wall a few seconds long, whose noise counts in full: it runs one more
+  # time than the other cases.
   more = 0 if args.quick else args.repeat + 1
   bench.run('tiny/job', tiny, 'job', 'png', repeat=more)
   bench.run('tiny/job_1worker', tiny, 'job', 'png', ('--direct_num_workers', '1'),
@@ -211,33 +239,36 @@ def run_all(args) -> dict:
   bench.run('b_jpeg/floor_opencv', b, 'floor_opencv', 'jpeg')
 
   print('bench: (c) 28x28 gray -> PNG, per-element overhead', flush=True)
-  bench.run('c/job', c, 'job', 'png')
-  bench.run('c_half/job', c_half, 'job', 'png')
+  bench.interleaved([Case('c/job', c, 'job', 'png'), Case('c_half/job', c_half, 'job', 'png')])
   bench.run('c/floor_job', c, 'floor_job', 'png')
 
   print('bench: (d) encoded JPEG -> JPEG passthrough', flush=True)
-  bench.run('d/job', d, 'job', 'jpeg')
   bench.run('d_half/job', d_half, 'job', 'jpeg')
   bench.run('d/floor_copy', d, 'floor_copy', 'jpeg')
   # 2,000 extra passthrough images take about as long as the noise between two runs;
   # ten times the data (symlinks) gives a marginal rate noise does not swamp.
   d_x10 = data_lib.replicated(d, os.path.join(links, 'd_x10'), 1 if args.quick else 10)
-  bench.run('d_x10/job', d_x10, 'job', 'jpeg')
+  bench.interleaved([Case('d/job', d, 'job', 'jpeg'), Case('d_x10/job', d_x10, 'job', 'jpeg')])
 
   print('bench: (e) one big file, 1 and 2 workers', flush=True)
   # Small split size in quick mode so the tiny file still splits. The steady speed-up is
   # the marginal rate from the file's first tenth (one file, same records) to all of it.
+  # Each of its walls moves by up to half a second with start-up alone (the main stage
+  # itself scales 1.9-2x), so (e) runs three more rounds than the other cases.
   split = ('--split_size_mb', '1') if args.quick else ()
   e_head = data_lib.head(e, os.path.join(links, 'e_head'), max(e.count // 10, 1))
-  for case, dataset in (('e_head', e_head), ('e', e)):
-    bench.run(f'{case}/job_1worker', dataset, 'job', 'png',
-              ('--direct_num_workers', '1', *split), repeat=more)
-    bench.run(f'{case}/job_{cores}workers', dataset, 'job', 'png', split, repeat=more)
+  bench.interleaved([
+      Case(f'{case}/job_{workers}', dataset, 'job', 'png', extra + split)
+      for case, dataset in (('e_head', e_head), ('e', e))
+      for workers, extra in (('1worker', ('--direct_num_workers', '1')),
+                             (f'{cores}workers', ()))
+  ], repeat=0 if args.quick else args.repeat + 3)
 
-  print('bench: memory from 2k to 20k images', flush=True)
+  print('bench: 2k and 20k images: steady state and memory', flush=True)
   copies = 1 if args.quick else 5
   big = data_lib.replicated(a, os.path.join(links, 'a_x5'), copies)
-  bench.run('a_x5/job', big, 'job', 'png', verify=False)
+  bench.interleaved([Case('a_half/job', a_half, 'job', 'png'),
+                     Case('a_x5/job', big, 'job', 'png', verify=False)])
   shutil.rmtree(bench.scratch, ignore_errors=True)
   return summarize(bench, args, cores)
 
@@ -354,8 +385,9 @@ def markdown(results: dict) -> str:
   lines = [START_MARK, '',
            f"Figures from `make bench` on {results['date']}: {results['machine']['cores']} "
            f"cores, Python {results['machine']['python']}. Each case run "
-           f"{results['repeat']} time(s) (tiny and (e): one more), the fastest kept "
-           "(memory: the largest seen); "
+           f"{results['repeat']} time(s) (tiny: one more, (e): three more; cases compared "
+           "with each other in interleaved rounds), the fastest kept (memory: the largest "
+           "seen); "
            f"images written to `{results['scratch']}`; "
            'whole-run wall time includes interpreter start, imports and every file written.',
            '', '![images per second per system](images/bench.png)', '',
