@@ -239,7 +239,12 @@ def run_all(args) -> dict:
   bench.run('b_jpeg/floor_opencv', b, 'floor_opencv', 'jpeg')
 
   print('bench: (c) 28x28 gray -> PNG, per-element overhead', flush=True)
-  bench.interleaved([Case('c/job', c, 'job', 'png'), Case('c_half/job', c_half, 'job', 'png')])
+  # 30,000 extra images take 1.5-3.3 s, no more than the noise between two runs (the same
+  # code read 0.62 and 0.31 of the floor in two runs); three times the data (symlinks)
+  # gives 120,000 extra.
+  c_x3 = data_lib.replicated(c, os.path.join(links, 'c_x3'), 1 if args.quick else 3)
+  bench.interleaved([Case('c_half/job', c_half, 'job', 'png'), Case('c/job', c, 'job', 'png'),
+                     Case('c_x3/job', c_x3, 'job', 'png')])
   bench.run('c/floor_job', c, 'floor_job', 'png')
 
   print('bench: (d) encoded JPEG -> JPEG passthrough', flush=True)
@@ -291,7 +296,8 @@ def summarize(bench: Bench, args, cores: int) -> dict:
       'b_png_steady_img_s': marginal(r('b_half_png/job'), r('b_png/job')),
       'b_jpeg_steady_img_s': marginal(r('b_half_jpeg/job'), r('b_jpeg/job')),
       'b_jpeg_floor_job_img_s': r('b_jpeg/floor_job').rate,
-      'c_steady_img_s': marginal(r('c_half/job'), r('c/job')),
+      'c_steady_img_s': marginal(r('c/job'), r('c_x3/job')),
+      'c_steady_30k_60k_img_s': marginal(r('c_half/job'), r('c/job')),
       'c_floor_job_img_s': r('c/floor_job').rate,
       'd_steady_img_s': marginal(r('d/job'), r('d_x10/job')),
       'd_steady_2k_4k_img_s': marginal(r('d_half/job'), r('d/job')),
@@ -325,7 +331,7 @@ def summarize(bench: Bench, args, cores: int) -> dict:
       ('(a) steady 2k->20k / floor (same encoder)', figures['a_steady_vs_floor_job'], '>=',
        0.85),
       ('(a) steady 2k->20k img/s (moonshot)', steady_a, '>=', 1500),
-      ('(c) steady / floor', figures['c_steady_vs_floor_job'], '>=', 0.5),
+      ('(c) steady 60k->180k / floor', figures['c_steady_vs_floor_job'], '>=', 0.5),
       ('(d) passthrough 4k->40k / byte copy', figures['d_steady_vs_copy'], '>=', 0.8),
       (f'(e) speed-up 1 -> {cores} workers (steady, {r("e_head/job_1worker").images:,}->'
        f'{one.images:,})', figures['e_speedup_steady'], '>=', 1.7),
