@@ -9,9 +9,9 @@ previous output is deleted and the page cache's dirty pages are flushed (os.sync
 no run pays for another's writeback. Images go to /dev/shm by default (--scratch), so
 the figures measure the software: this machine's disk moved them 10-30% from run to run.
 Each case runs twice (--repeat) and the faster run is kept; cases whose walls are
-compared (2k and 20k images, (e)'s four) run in interleaved rounds. Every system's output is
-checked: the right number of image files, and for PNG, sampled files decode to exactly
-the source crop's pixels.
+compared for a steady rate ((a) 2k and 20k, (c), (d), (e)'s four) run in interleaved
+rounds. Every system's output is checked: the right number of image files, and for PNG,
+sampled files decode to exactly the source crop's pixels.
 
 Results go to bench/out/results.json; the full run also rewrites the whole-job section
 of docs/benchmarks.md and docs/images/bench.png.
@@ -106,7 +106,7 @@ class Bench:
     times, the largest memory seen."""
     return self.interleaved([Case(case, dataset, system, fmt, extra, verify)], repeat)[0]
 
-  def interleaved(self, cases: List['Case'], repeat: int = 0) -> List[Row]:
+  def interleaved(self, cases: List[Case], repeat: int = 0) -> List[Row]:
     """Runs each case `repeat` times (at least the bench's own count), round by round
     (a, b, a, b, ...), so cases whose walls are subtracted or divided see the same hours
     of this machine, whose speed drifts by 10-30% over an hour. One row per case."""
