@@ -9,6 +9,7 @@ from transforms import errors
 from transforms import example as example_lib
 from transforms import protos
 from transforms import tensor_proto
+from transforms import wire
 
 tf = fixtures.tf
 
@@ -90,6 +91,16 @@ def test_damaged_examples_are_scanned_as_protobuf_reads_them_or_left_to_it(spec,
     return
   parsed = example_lib._parse_with_protobuf(payload)  # must not raise: the scan accepted
   assert _same(scanned, parsed, payload)
+
+
+def test_float_lists_come_back_aligned_from_either_parser():
+  floats = np.linspace(0, 1, 28 * 28, dtype=np.float32)
+  small = example_lib.build_example({'image': floats})
+  large = example_lib.build_example({'image': np.resize(floats, 16 * 28 * 28)})
+  assert len(large) >= wire.SCAN_MIN_BYTES > len(small)
+  for payload, expected in ((small, floats), (large, np.resize(floats, 16 * 28 * 28))):
+    values = example_lib.parse_example(payload)['image'].values
+    assert values.flags.aligned and values.tobytes() == expected.tobytes()
 
 
 def test_large_records_take_the_scan_and_small_ones_protobuf(monkeypatch):

@@ -9,6 +9,7 @@ from google.protobuf import message as protobuf_message
 
 from transforms import errors
 from transforms import protos
+from transforms import tensor_proto
 from transforms import wire
 
 BYTES, INT64, FLOAT = 'bytes', 'int64', 'float'
@@ -45,7 +46,7 @@ class FeatureValue:
     return self.values if self._views is None else self._views
 
   def __len__(self) -> int:
-    return len(self.values if self._views is None else self._views)
+    return len(self.buffers())
 
   def __eq__(self, other) -> bool:
     if not isinstance(other, FeatureValue):
@@ -172,7 +173,9 @@ def _packed_floats(float_list) -> np.ndarray:
   if not packed:
     return np.zeros(0, dtype=np.float32)
   _, start, end = packed[0]
-  return np.frombuffer(data, dtype='<f4', count=(end - start) // 4, offset=start)
+  # The floats follow a tag and a varint length, so the view is misaligned (slow to reduce).
+  return tensor_proto.aligned(
+      np.frombuffer(data, dtype='<f4', count=(end - start) // 4, offset=start))
 
 
 def scalar_value(feature: FeatureValue) -> Union[Scalar, None]:
