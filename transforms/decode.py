@@ -143,15 +143,22 @@ def _int_feature(features: Dict[str, FeatureValue], name: str) -> Optional[List[
     return None
 
 
-def _sibling(features, key, names) -> Tuple[Optional[str], Optional[List[int]]]:
-  """Looks up `X/name`, `X_name` then unprefixed `name` for each base X of `key`."""
+@functools.lru_cache(maxsize=256)
+def _sibling_names(key: str, names: Tuple[str, ...]) -> Tuple[str, ...]:
+  """`X/name`, `X_name` for each base X of `key`, then the unprefixed names; made once
+  per key rather than per record."""
   candidates = []
   for base in _bases(key):
     for name in names:
       candidates += [f'{base}/{name}', f'{base}_{name}']
   candidates += list(names)
-  for candidate in candidates:
-    if candidate != key and candidate in features:
+  return tuple(c for c in candidates if c != key)
+
+
+def _sibling(features, key, names) -> Tuple[Optional[str], Optional[List[int]]]:
+  """Looks up `X/name`, `X_name` then unprefixed `name` for each base X of `key`."""
+  for candidate in _sibling_names(key, names):
+    if candidate in features:
       values = _int_feature(features, candidate)
       if values is not None:
         return candidate, values
@@ -174,13 +181,17 @@ def declared_shape(features: Dict[str, FeatureValue], key: str
 
 
 def declared_dtype(features: Dict[str, FeatureValue], key: str) -> Optional[str]:
-  for base in _bases(key):
-    for name in (f'{base}/dtype', f'{base}_dtype', f'{base}/format_dtype'):
-      if name in features:
-        return _dtype_of_feature(features[name])
-  if 'dtype' in features and key != 'dtype':
-    return _dtype_of_feature(features['dtype'])
+  for name in _dtype_names(key):
+    if name in features:
+      return _dtype_of_feature(features[name])
   return None
+
+
+@functools.lru_cache(maxsize=256)
+def _dtype_names(key: str) -> Tuple[str, ...]:
+  names = [name for base in _bases(key)
+           for name in (f'{base}/dtype', f'{base}_dtype', f'{base}/format_dtype')]
+  return tuple(names + ['dtype'] if key != 'dtype' else names)
 
 
 def _dtype_of_feature(feature: FeatureValue) -> Optional[str]:
@@ -482,10 +493,7 @@ def _decode_raw(features, key, spec):
   shape = spec.shape or declared_shape(features, key)[0]
   if dtype_name is None:
     dtype_name = _guess_raw_dtype(shape, len(data))
-  if dtype_name == 'bfloat16':
-    raw_dtype = np.dtype('<u2')
-  else:
-    raw_dtype = np.dtype(dtype_name).newbyteorder('<')
+  raw_dtype = _raw_dtype(dtype_name)
   if len(data) % raw_dtype.itemsize:
     raise errors.DecodeError(
         errors.SHAPE_MISMATCH,
@@ -499,6 +507,12 @@ def _decode_raw(features, key, spec):
   if dtype_name == 'bfloat16':
     pixels = (pixels.astype(np.uint32) << 16).view(np.float32)
   return pixels, dtype_name
+
+
+@functools.lru_cache(maxsize=None)
+def _raw_dtype(dtype_name: str) -> np.dtype:
+  """How raw bytes of `dtype_name` are stored: little-endian, bfloat16 as its bits."""
+  return np.dtype('<u2') if dtype_name == 'bfloat16' else np.dtype(dtype_name).newbyteorder('<')
 
 
 def _guess_raw_dtype(shape, nbytes: int) -> str:
