@@ -1,4 +1,4 @@
-"""Hostile names, replayed bundles, and a job killed mid-run then run again."""
+"""Hostile names, replayed bundles, a failed write, and a job killed mid-run then run again."""
 
 import hashlib
 import json
@@ -13,6 +13,7 @@ import numpy as np
 
 from tests import fixtures
 from tests.conftest import REPO
+from transforms import errors
 from transforms import sink
 
 MARKER = 'unrecord-escape-7f3a'
@@ -155,3 +156,23 @@ def test_killed_mid_run_then_rerun_is_complete_and_idempotent(unrecord, tmp_path
   after = {n: open(out / n, 'rb').read() for n in os.listdir(out) if n not in reports}
   assert after == before  # images, manifest, dead letter and _SUCCESS: every byte
   assert json.load(open(out / '_report.json'))['written'] == 0
+
+
+def test_a_failed_write_raises_a_write_error_and_leaves_no_temp_file(tmp_path):
+  root = sink.OutputRoot(str(tmp_path), None)
+  root.write('kept.png', b'old')
+  (tmp_path / 'taken').mkdir()
+  (tmp_path / 'taken' / 'inside').write_bytes(b'x')  # os.replace onto a full folder fails
+
+  try:
+    root.write('taken', b'new bytes')
+  except errors.DecodeError as e:
+    assert e.reason == errors.WRITE_ERROR
+    assert 'taken' in str(e)
+  else:
+    raise AssertionError('writing over a folder did not fail')
+
+  assert _listing(tmp_path) == {'kept.png', 'taken', os.path.join('taken', 'inside')}
+  assert (tmp_path / 'kept.png').read_bytes() == b'old'
+  root.write('kept.png', b'new')  # and a good write after it still lands whole
+  assert (tmp_path / 'kept.png').read_bytes() == b'new'

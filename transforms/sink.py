@@ -69,7 +69,10 @@ class OutputRoot:
         f'cannot write {self.url_of(relative)} ({type(error).__name__}: {error})')
 
   def _write_local(self, target: str, data: bytes) -> None:
-    with self._renamed_into_place(target) as temp:
+    # `_renamed_into_place` spelled out: its generator context costs about 1.7 us of
+    # the 20 us a small file takes here (docs/benchmarks.md).
+    temp = self._local_temp(target)
+    try:
       fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
       try:
         view = memoryview(data)
@@ -77,6 +80,10 @@ class OutputRoot:
           view = view[os.write(fd, view):]
       finally:
         os.close(fd)
+      os.replace(temp, target)
+    except BaseException:
+      _remove_quietly(temp)
+      raise
 
   @contextlib.contextmanager
   def _renamed_into_place(self, target: str) -> Iterator[str]:
@@ -86,10 +93,7 @@ class OutputRoot:
       yield temp
       os.replace(temp, target)
     except BaseException:
-      try:
-        os.unlink(temp)
-      except OSError:
-        pass
+      _remove_quietly(temp)
       raise
 
   def _local_temp(self, target: str) -> str:
@@ -173,3 +177,10 @@ class OutputRoot:
 
 def sha256(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
+
+
+def _remove_quietly(path: str) -> None:
+  try:
+    os.unlink(path)
+  except OSError:
+    pass
