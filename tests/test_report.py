@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from tests import fixtures
+from transforms import export
 
 CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
                   '--no-first-run', '--disable-background-networking',
@@ -45,6 +46,18 @@ def test_report_json_has_the_numbers(report_run):
   assert 'no feature looks like an image' in report['first_failures'][0] or \
       "image feature 'image' not found" in report['first_failures'][0]
   assert report['options']['layout'] == 'class' and report['images_per_second'] > 0
+  work = report['work']  # a range per small file: the TFDS shards and the bad one
+  assert work['ranges'] >= 2
+  assert 0 < work['seconds'] and 0 <= work['startup_seconds']
+  assert work['startup_seconds'] + work['seconds'] <= report['seconds'] + 0.01
+  assert 0 < work['range_seconds'] and work['mean_busy_workers'] > 0
+
+
+def test_work_timing_separates_the_workers_time_from_start_up():
+  assert export.work_timing([(10.0, 12.0), (11.0, 14.0), (12.5, 13.0)], 8.0) == {
+      'ranges': 3, 'seconds': 4.0, 'startup_seconds': 2.0, 'range_seconds': 5.5,
+      'mean_busy_workers': 1.38}
+  assert export.work_timing([], 8.0) is None
 
 
 def test_report_html_is_self_contained_with_a_grid_per_class(report_run):

@@ -41,6 +41,7 @@ REPORT = '_report.json'
 REPORT_HTML = '_report.html'
 SUCCESS = '_SUCCESS'
 NAMESPACE = read.METRICS_NAMESPACE
+SPANS = 'spans'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +125,9 @@ def existing_row(image: decode.DecodedImage, name: str, root: sink.OutputRoot,
 class _ExportRangeFn(beam.DoFn):
   """FileRange -> (name, entries) of sorted manifest runs; each image of the range is written.
 
+  Also yields, tagged SPANS, the (start, end) wall-clock seconds of each range's work,
+  from which the report tells the workers' time from the job's start-up and wind-down.
+
   Reading, decoding, rendering and writing happen in this one DoFn, over the pure
   functions of `read`, `decode`, `render` and `sink`: each image costs one Python call
   chain instead of three DoFn hops, and nothing per image crosses the runner except
@@ -155,6 +159,7 @@ class _ExportRangeFn(beam.DoFn):
     self._decoder.close()
 
   def process(self, file_range: tfrecord.FileRange):
+    started = time.time()
     runs = manifest_lib.RunWriter(self._root)
     tally = collections.Counter()
     slots = read.read_range(file_range, self._config.read)
@@ -166,6 +171,7 @@ class _ExportRangeFn(beam.DoFn):
     for name, value in tally.items():
       Metrics.counter(NAMESPACE, name).inc(value)
     yield from runs.flush()
+    yield beam.pvalue.TaggedOutput(SPANS, (started, time.time()))
 
   def _decode(self, chunk, tally):
     """The chunk's images; failures are yielded."""
@@ -364,8 +370,12 @@ def write_dead_letter(failures: Iterable[errors.Failure], config: ExportConfig) 
           'first_failures': [r['message'] for r in rows[:20]]}
 
 
-def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict) -> dict:
-  """Writes `_report.json` and `_report.html`, removes temp debris, then `_SUCCESS` if earned."""
+def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict,
+                 spans: Iterable[Tuple[float, float]] = ()) -> dict:
+  """Writes `_report.json` and `_report.html`, removes temp debris, then `_SUCCESS` if earned.
+
+  `spans`: (start, end) of each record range's work, for the report's `work` block.
+  """
   root = sink.OutputRoot(config.output, config.read.storage_options)
   root.remove_temp_debris()
   root.remove_tree(manifest_lib.SCRATCH)
@@ -390,6 +400,7 @@ def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict) -> 
       'finished': _iso(finished),
       'options': {k: v for k, v in config.options_used},
   }
+  report['work'] = work_timing(spans, config.run_started or finished)
   if config.incremental:
     report['incremental'] = {'shards_processed': len(config.processed),
                              'stale_images_removed': manifest.get('stale_removed', 0)}
@@ -401,6 +412,27 @@ def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict) -> 
       incremental.write_state(root, config.processed)
     root.write(SUCCESS, b'')
   return report
+
+
+def work_timing(spans: Iterable[Tuple[float, float]], run_started: float
+                ) -> Optional[dict]:
+  """When the workers worked on record ranges, against the whole run (None: no range).
+
+  `seconds` runs from the first range's start to the last range's end: the job without
+  its start-up (`startup_seconds`: launch, planning, workers starting) and without the
+  manifest merge and report after it. `range_seconds` sums every range's own time; over
+  `seconds`, it tells how many workers were busy on average. Times are the workers'
+  clocks (one machine locally; NTP-synchronised VMs on Dataflow).
+  """
+  spans = list(spans)
+  if not spans:
+    return None
+  first, last = min(s for s, _ in spans), max(e for _, e in spans)
+  busy = sum(e - s for s, e in spans)
+  return {'ranges': len(spans), 'seconds': round(last - first, 3),
+          'startup_seconds': round(first - run_started, 3),
+          'range_seconds': round(busy, 3),
+          'mean_busy_workers': round(busy / (last - first), 2) if last > first else None}
 
 
 def _thumbnails(root: sink.OutputRoot, rows: List[dict]):
@@ -446,8 +478,8 @@ class ExportImages(beam.PTransform):
     ranges = pbegin | 'PlanRanges' >> read.PlanRanges(config.patterns, config.read)
     # FileRange
     exported = ranges | 'Export' >> beam.ParDo(_ExportRangeFn(config)).with_outputs(
-        read.DEAD_LETTER, main='runs')
-    # (run name, entries) of sorted manifest runs; Failure rows
+        read.DEAD_LETTER, SPANS, main='runs')
+    # (run name, entries) of sorted manifest runs; Failure rows; (start, end) per range
     # The manifest and dead letter each end in one file, so one worker writes each; the
     # runs are merged from storage, so no worker holds a row per image.
     manifest = (pbegin
@@ -464,5 +496,6 @@ class ExportImages(beam.PTransform):
               | 'Finish' >> beam.Create([None])
               | 'WriteReport' >> beam.Map(
                   write_report, config, beam.pvalue.AsSingleton(manifest),
-                  beam.pvalue.AsSingleton(dead_letter)))
+                  beam.pvalue.AsSingleton(dead_letter),
+                  beam.pvalue.AsList(exported[SPANS])))
     return {'dead_letter': exported.dead_letter, 'manifest': manifest, 'report': report}
