@@ -28,7 +28,12 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
     assert row['wall_seconds'] > 0 and row['images'] > 0 and row['tree_peak_mb'] > 0
   job = next(r for r in results['rows'] if r['case'] == 'a/job')
   assert job['worker_peak_mb'] > 0  # the job's worker processes were seen and measured
-  assert len(results['targets']) == 11
+  assert len(results['targets']) == 12
+  # Every job run reports its workers' time, inside its wall time.
+  for row in results['rows']:
+    if row['system'] == 'job':
+      assert 0 < row['work_seconds'] < row['wall_seconds'], row
+  assert results['figures']['e_speedup_work'] > 0
   assert results['machine']['cores'] == os.cpu_count()
   # Quick mode never rewrites the committed figures.
   assert 'bench: wrote' not in result.stdout
