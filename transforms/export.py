@@ -421,8 +421,9 @@ def work_timing(spans: Iterable[Tuple[float, float]], run_started: float
   `seconds` runs from the first range's start to the last range's end: the job without
   its start-up (`startup_seconds`: launch, planning, workers starting) and without the
   manifest merge and report after it. `range_seconds` sums every range's own time; over
-  `seconds`, it tells how many workers were busy on average. Times are the workers'
-  clocks (one machine locally; NTP-synchronised VMs on Dataflow).
+  `seconds`, it tells how many workers were busy on average. Spans are the workers'
+  clocks; `startup_seconds` sets the first against the launcher's, so on a cluster it
+  is only as good as their clocks agree (NTP keeps Dataflow's VMs within milliseconds).
   """
   spans = list(spans)
   if not spans:
