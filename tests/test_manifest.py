@@ -33,7 +33,7 @@ def _merge(entries, keep_previous=lambda row: False, on_disk=None):
   result = manifest.merge_runs(
       sorted(entries), out, keep_previous=keep_previous,
       on_disk_sha256=lambda path: (on_disk or {}).get(path),
-      sample=lambda key, line: seen.append((key, json.loads(line)['path'])))
+      sample=lambda key, line: seen.append((json.loads(key), json.loads(line)['path'])))
   return [json.loads(line) for line in out.getvalue().splitlines()], result, seen
 
 

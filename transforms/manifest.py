@@ -41,14 +41,14 @@ class Entry:
   source_key: str
   bytes: int
   passthrough: bool
-  class_key: str
+  class_key: bytes  # the class as JSON text: for telling classes apart, never read
   line: bytes
 
   @classmethod
   def parse(cls, raw: bytes) -> 'Entry':
     path, kind, source_key, size, passthrough, class_key, line = raw.split(b'\0', 6)
     return cls(path.decode('utf-8'), kind, source_key.decode('utf-8'), int(size),
-               passthrough == b'1', json.loads(class_key), line)
+               passthrough == b'1', class_key, line)
 
   def row(self) -> dict:
     return json.loads(self.line)
@@ -159,7 +159,7 @@ class MergeResult:
 def merge_runs(entries: Iterable[bytes], out: BinaryIO, *,
                keep_previous: Callable[[dict], bool],
                on_disk_sha256: Callable[[str], Optional[str]],
-               sample: Callable[[str, bytes], None]) -> MergeResult:
+               sample: Callable[[bytes, bytes], None]) -> MergeResult:
   """Writes the manifest lines for `entries` (in path order) to `out`.
 
   Per path: this run's row wins (replays of one image write identical rows; different
@@ -172,10 +172,14 @@ def merge_runs(entries: Iterable[bytes], out: BinaryIO, *,
   """
   result = MergeResult()
   for _, group in itertools.groupby(entries, key=path_of):
+    group = list(group)
+    if len(group) == 1:
+      # The usual case, one image made this path: its fields are split, never parsed.
+      _, kind, _, size, passthrough, class_key, line = group[0].split(b'\0', 6)
+      if kind == WRITTEN:
+        _emit(out, result, int(size), passthrough == b'1', class_key, line, sample)
+        continue
     found = [Entry.parse(raw) for raw in group]
-    if len(found) == 1 and found[0].kind == WRITTEN:
-      _emit(out, result, found[0], sample)  # the usual case: one image made this path
-      continue
     written = [e for e in found if e.kind == WRITTEN]
     previous = next((e for e in found if e.kind == PREVIOUS), None)
     if written:
@@ -186,14 +190,14 @@ def merge_runs(entries: Iterable[bytes], out: BinaryIO, *,
       for e in sorted(claims, key=lambda e: (e.kind != WRITTEN, e.source_key, e.line)):
         by_source.setdefault(e.source_key, e)
       if len(by_source) == 1:
-        _emit(out, result, next(iter(by_source.values())), sample)
+        _emit_entry(out, result, next(iter(by_source.values())), sample)
         continue
       digest = on_disk_sha256(found[0].path)
       rows = [(e, e.row()) for e in by_source.values()]
       kept = next(((e, r) for e, r in rows
                    if e.kind == WRITTEN and r.get('sha256') == digest), None)
       if kept is not None:
-        _emit(out, result, kept[0], sample)
+        _emit_entry(out, result, kept[0], sample)
       others = [(e, r) for e, r in rows if kept is None or e is not kept[0]]
       result.collisions.append(Collision(
           found[0].path, kept[1] if kept else None, [r for _, r in others],
@@ -212,13 +216,18 @@ def merge_runs(entries: Iterable[bytes], out: BinaryIO, *,
   return result
 
 
-def _emit(out: BinaryIO, result: MergeResult, e: Entry,
-          sample: Callable[[str, bytes], None]) -> None:
-  out.write(e.line)
+def _emit_entry(out: BinaryIO, result: MergeResult, e: Entry,
+                sample: Callable[[bytes, bytes], None]) -> None:
+  _emit(out, result, e.bytes, e.passthrough, e.class_key, e.line, sample)
+
+
+def _emit(out: BinaryIO, result: MergeResult, size: int, passthrough: bool,
+          class_key: bytes, line: bytes, sample: Callable[[bytes, bytes], None]) -> None:
+  out.write(line)
   result.written += 1
-  result.bytes += e.bytes
-  result.passthrough += e.passthrough
-  sample(e.class_key, e.line)
+  result.bytes += size
+  result.passthrough += passthrough
+  sample(class_key, line)
 
 
 def previous_entries(lines: Iterable[bytes]) -> Iterator[bytes]:

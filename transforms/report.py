@@ -6,7 +6,7 @@ import base64
 import collections
 import html
 import io
-from typing import Sequence, Tuple
+from typing import Hashable, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -48,7 +48,7 @@ class RowSampler:
     self._limit = limit
     self._by_class = collections.OrderedDict()
 
-  def add(self, class_key: str, row) -> None:
+  def add(self, class_key: Hashable, row) -> None:
     bucket = self._by_class.get(class_key)
     if bucket is None:
       if len(self._by_class) >= self._limit:
