@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import re
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -165,17 +166,21 @@ def _sibling(features, key, names) -> Tuple[Optional[str], Optional[List[int]]]:
   return None, None
 
 
+_SHAPE, _HEIGHT, _WIDTH, _CHANNELS = (
+    ('shape',), ('height', 'rows'), ('width', 'cols'), ('channels', 'depth', 'num_channels'))
+
+
 def declared_shape(features: Dict[str, FeatureValue], key: str
                    ) -> Tuple[Optional[Tuple[Optional[int], ...]], Optional[str]]:
   """The shape sibling features give for `key` (channels may be None), and its source."""
-  name, shape = _sibling(features, key, ('shape',))
+  name, shape = _sibling(features, key, _SHAPE)
   if shape is not None:
     return tuple(shape), name
-  name_h, height = _sibling(features, key, ('height', 'rows'))
-  name_w, width = _sibling(features, key, ('width', 'cols'))
+  name_h, height = _sibling(features, key, _HEIGHT)
+  name_w, width = _sibling(features, key, _WIDTH)
   if height is None or width is None:
     return None, None
-  _, channels = _sibling(features, key, ('channels', 'depth', 'num_channels'))
+  _, channels = _sibling(features, key, _CHANNELS)
   channel_count = channels[0] if channels else None
   return (height[0], width[0], channel_count), f'{name_h}+{name_w}'
 
@@ -192,6 +197,14 @@ def _dtype_names(key: str) -> Tuple[str, ...]:
   names = [name for base in _bases(key)
            for name in (f'{base}/dtype', f'{base}_dtype', f'{base}/format_dtype')]
   return tuple(names + ['dtype'] if key != 'dtype' else names)
+
+
+@functools.lru_cache(maxsize=256)
+def declaring_names(key: str) -> FrozenSet[str]:
+  """Every feature `declared_shape` or `declared_dtype` may read for `key`."""
+  return frozenset(itertools.chain(
+      *(_sibling_names(key, names) for names in (_SHAPE, _HEIGHT, _WIDTH, _CHANNELS)),
+      _dtype_names(key)))
 
 
 def _dtype_of_feature(feature: FeatureValue) -> Optional[str]:
@@ -493,7 +506,7 @@ def _decode_raw(features, key, spec):
   shape = spec.shape or declared_shape(features, key)[0]
   if dtype_name is None:
     dtype_name = _guess_raw_dtype(shape, len(data))
-  raw_dtype = _raw_dtype(dtype_name)
+  raw_dtype = raw_dtype_of(dtype_name)
   if len(data) % raw_dtype.itemsize:
     raise errors.DecodeError(
         errors.SHAPE_MISMATCH,
@@ -510,7 +523,7 @@ def _decode_raw(features, key, spec):
 
 
 @functools.lru_cache(maxsize=None)
-def _raw_dtype(dtype_name: str) -> np.dtype:
+def raw_dtype_of(dtype_name: str) -> np.dtype:
   """How raw bytes of `dtype_name` are stored: little-endian, bfloat16 as its bits."""
   return np.dtype('<u2') if dtype_name == 'bfloat16' else np.dtype(dtype_name).newbyteorder('<')
 

@@ -14,7 +14,7 @@ from transforms import wire
 
 BYTES, INT64, FLOAT = 'bytes', 'int64', 'float'
 Scalar = Union[int, float, str]
-_MAX_SCALAR_TEXT = 4096  # longer bytes values are blobs, not ids or names
+MAX_SCALAR_TEXT = 4096  # longer bytes values are blobs, not ids or names
 
 
 class FeatureValue:
@@ -184,7 +184,7 @@ def scalar_value(feature: FeatureValue) -> Union[Scalar, None]:
     return None
   value = feature.values[0]
   if feature.kind == BYTES:
-    if len(value) > _MAX_SCALAR_TEXT:
+    if len(value) > MAX_SCALAR_TEXT:
       return None
     try:
       return value.decode('utf-8')

@@ -29,6 +29,7 @@ from transforms import incremental
 from transforms import manifest as manifest_lib
 from transforms import progress
 from transforms import read
+from transforms import record_layout
 from transforms import render
 from transforms import report as report_lib
 from transforms import sink
@@ -148,6 +149,7 @@ class _ExportRangeFn(beam.DoFn):
     config = self._config
     self._root = sink.OutputRoot(config.output, config.read.storage_options)
     self._decoder = read.make_decoder(config.image)
+    self._records = record_layout.LayoutDecoder(config.image, self._decoder)
     self._progress = progress.ProgressSender(config.progress)
     self._namer = render.Namer(config.render)
 
@@ -184,7 +186,7 @@ class _ExportRangeFn(beam.DoFn):
       tally['records_read'] += 1
       tally['bytes_read'] += len(payload)
       try:
-        decoded = decode.decode_record(ref, payload, self._config.image, self._decoder)
+        decoded = self._records.decode(ref, payload)
       except errors.UnrecordError as e:
         yield self._fail(e, 'decode', tally, payload=payload)
         continue

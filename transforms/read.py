@@ -16,6 +16,7 @@ from transforms import decode
 from transforms import errors
 from transforms import isolation
 from transforms import progress as progress_lib
+from transforms import record_layout
 from transforms import storage
 from transforms import tfrecord
 from transforms.tfrecord import FileRange
@@ -201,6 +202,7 @@ class _DecodeFn(beam.DoFn):
 
   def setup(self):
     self._decoder = make_decoder(self._spec)
+    self._records = record_layout.LayoutDecoder(self._spec, self._decoder)
     self._progress = progress_lib.ProgressSender(self._progress_address)
 
   def finish_bundle(self):
@@ -213,7 +215,7 @@ class _DecodeFn(beam.DoFn):
   def process(self, record: tfrecord.Record):
     ref, payload = record
     try:
-      images = decode.decode_record(ref, payload, self._spec, self._decoder)
+      images = self._records.decode(ref, payload)
     except errors.UnrecordError as e:
       self._progress.count('failed')
       Metrics.counter(METRICS_NAMESPACE, f'failed_{e.reason}').inc()

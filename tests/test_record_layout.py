@@ -1,0 +1,176 @@
+"""Records decoded by their layout (transforms/record_layout.py) equal a full decode."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from tests import fixtures
+from transforms import decode
+from transforms import errors
+from transforms import record_layout
+from transforms.tfrecord import RecordRef
+
+F = fixtures
+RAW = decode.ImageSpec(key='image/raw', encoding='raw')
+_FIELDS = ('ref', 'n', 'layout', 'source_dtype', 'encoding', 'key', 'features', 'encoded',
+           'encoded_format', 'batch_size', 'stored_shape', 'stored_layout')
+
+
+def _outcome(decode_one, ref, payload):
+  """What a decode gives: each image's fields and pixels, or the error's reason and text."""
+  try:
+    images = decode_one(ref, payload)
+  except errors.UnrecordError as e:
+    return ('error', e.reason, str(e))
+  return [(tuple(getattr(image, f) for f in _FIELDS), image.pixels.dtype,
+           image.pixels.shape, image.pixels.tobytes(), image.pixels.flags.aligned)
+          for image in images]
+
+
+def _decode_all(payloads, spec=RAW, monkeypatch=None):
+  """Each payload through one LayoutDecoder and through decode_record; how many of the
+  LayoutDecoder's went to the full decode."""
+  full = []
+  if monkeypatch is not None:
+    original = decode.decode_record
+    monkeypatch.setattr(decode, 'decode_record',
+                        lambda *args: full.append(1) or original(*args))
+  decoder = record_layout.LayoutDecoder(spec)
+  refs = [RecordRef('data.tfrecord', i, i * 1000) for i in range(len(payloads))]
+  got = [_outcome(decoder.decode, ref, p) for ref, p in zip(refs, payloads)]
+  calls = len(full)
+  if monkeypatch is not None:
+    monkeypatch.undo()
+  expected = [_outcome(lambda r, p: decode.decode_record(r, p, spec), ref, p)
+              for ref, p in zip(refs, payloads)]
+  return got, expected, calls
+
+
+def _record(index, label=None, shape=(28, 28, 1), **extra):
+  pixels = F.gray_photo(index=index % 8)[:shape[0], :shape[1]]
+  pixels = np.resize(pixels, shape)
+  features = {'image/raw': F.bytes_feature(pixels.tobytes()),
+              'image/shape': F.int64_feature(*shape),
+              'label': F.int64_feature(index % 10 if label is None else label)}
+  features.update(extra)
+  return F.example(features)
+
+
+def test_a_tensorflow_dataset_decodes_by_layout_as_in_full(monkeypatch):
+  payloads = [
+      _record(i, label=i * 37 % 200,  # labels from 128 on take a second varint byte
+              id=F.bytes_feature(f'img-{i:03d}'.encode()),
+              score=F.float_feature(i / 7),
+              box=F.float_feature(0.1 * i, 0.2, 0.3 * i, 0.4),
+              tags=F.bytes_feature(b'a%d' % (i % 3), b'b'),
+              height=F.int64_feature(28))
+      for i in range(60)]
+  got, expected, full_decodes = _decode_all(payloads, monkeypatch=monkeypatch)
+  assert got == expected
+  assert got[5][0][0][6] == {'label': 5 * 37 % 200, 'id': 'img-005', 'score':
+                             pytest.approx(5 / 7), 'height': 28}
+  # one full decode per record length (two label widths), every other record by layout
+  assert full_decodes == len({len(p) for p in payloads}) == 2
+
+
+@pytest.mark.parametrize('dtype', ['uint8', 'uint16', 'float32', 'bfloat16'])
+def test_typed_raw_pixels_with_a_dtype_feature(dtype, monkeypatch):
+  rng = np.random.default_rng(3)
+  payloads = []
+  for i in range(6):
+    values = rng.uniform(0, 200, (4, 5, 3)).astype(np.float32)
+    data = (values.view(np.uint32) >> 16).astype('<u2').tobytes() if dtype == 'bfloat16' \
+        else values.astype(dtype).tobytes()
+    payloads.append(F.example({
+        'image/raw': F.bytes_feature(data), 'image/raw/dtype': F.bytes_feature(dtype.encode()),
+        'image/raw/shape': F.int64_feature(4, 5, 3), 'n': F.int64_feature(i)}))
+  got, expected, full_decodes = _decode_all(payloads, monkeypatch=monkeypatch)
+  assert got == expected and full_decodes == 1
+  assert all(aligned for record in got for *_, aligned in record)
+
+
+def test_a_batch_in_one_record_splits_as_in_full():
+  payloads = [_record(i, shape=(2, 8, 8, 1)) for i in range(4)]
+  got, expected, _ = _decode_all(payloads)
+  assert got == expected and [len(images) for images in got] == [2, 2, 2, 2]
+
+
+def test_a_changed_shape_feature_of_the_same_length_is_decoded_in_full(monkeypatch):
+  payloads = [_record(0, shape=(28, 28, 1)), _record(1, shape=(14, 28, 2))]
+  assert len(payloads[0]) == len(payloads[1])
+  got, expected, full_decodes = _decode_all(payloads, monkeypatch=monkeypatch)
+  assert got == expected and full_decodes == 2
+  assert got[1][0][2] == (14, 28, 2)
+
+
+def test_a_label_that_becomes_two_values_in_the_same_bytes_is_no_feature():
+  one = _record(0, label=300)  # one varint of two bytes
+  two = F.example({'image/raw': F.bytes_feature(F.gray_photo().tobytes()),
+                   'image/shape': F.int64_feature(28, 28, 1),
+                   'label': F.int64_feature(5, 7)})  # two varints in the same two bytes
+  assert len(one) == len(two)
+  got, expected, _ = _decode_all([one, two])
+  assert got == expected
+  assert 'label' in got[0][0][0][6] and 'label' not in got[1][0][0][6]
+
+
+def test_a_malformed_varint_in_a_value_is_left_to_protobuf():
+  one = _record(0, label=300)
+  damaged = bytearray(one)
+  at = bytes(one).rindex(bytes([0xAC, 0x02]))  # 300, in the label's packed list
+  damaged[at + 1] = 0x82  # the list now ends inside a varint
+  got, expected, _ = _decode_all([one, bytes(damaged)])
+  assert got == expected and got[1][0] == 'error'
+
+
+def test_other_encodings_and_unknown_keys_are_decoded_in_full(monkeypatch):
+  payloads = [_record(i) for i in range(3)]
+  for spec in (decode.ImageSpec(), decode.ImageSpec(key='image/raw')):
+    got, expected, full_decodes = _decode_all(payloads, spec, monkeypatch)
+    assert got == expected and full_decodes == 3
+
+
+_values = st.one_of(
+    st.tuples(st.just('bytes'), st.lists(st.binary(max_size=12), max_size=3)),
+    st.tuples(st.just('int64'), st.lists(st.integers(-2**63, 2**63 - 1), max_size=3)),
+    st.tuples(st.just('float'), st.lists(st.floats(width=32), max_size=3)))
+_others = st.dictionaries(st.sampled_from(['label', 'id', 'box', 'image/raw/shape',
+                                           'height', 'width', 'dtype', 'x']),
+                          _values, max_size=4)
+
+
+def _feature(kind, values):
+  return {'bytes': F.bytes_feature, 'int64': F.int64_feature,
+          'float': F.float_feature}[kind](*values)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_others, st.integers(1, 6), st.integers(1, 6), st.data())
+def test_any_record_after_a_learned_one_decodes_as_in_full(others, height, width, data):
+  """A second record with the first one's features and other values, or its bytes
+  damaged: the layout path gives what the full decode gives, images or error."""
+  def record(values):
+    features = {name: _feature(*values[name]) for name in others}
+    features['image/raw'] = F.bytes_feature(data.draw(
+        st.binary(min_size=height * width, max_size=height * width)))
+    features['image/shape'] = F.int64_feature(height, width)
+    return F.example(features)
+
+  first = record(others)
+  second = record({name: (kind, data.draw(st.lists(
+      st.binary(max_size=12) if kind == 'bytes' else
+      st.integers(-2**63, 2**63 - 1) if kind == 'int64' else st.floats(width=32),
+      min_size=len(values), max_size=len(values))))
+      for name, (kind, values) in others.items()})
+  damaged = bytearray(second)
+  for _ in range(data.draw(st.integers(0, 2))):
+    damaged[data.draw(st.integers(0, len(damaged) - 1))] ^= data.draw(st.integers(1, 255))
+  got, expected, _ = _decode_all([first, second, bytes(damaged)])
+  assert _nan_safe(got) == _nan_safe(expected)
+
+
+def _nan_safe(outcomes):
+  """Outcomes with NaN features as a marker, since NaN != NaN."""
+  return [[(fields[:6] + ({k: 'nan' if v != v else v for k, v in fields[6].items()},)
+            + fields[7:], *rest) for fields, *rest in outcome]
+          if outcome[0] != 'error' else outcome for outcome in outcomes]
