@@ -176,3 +176,17 @@ def test_a_failed_write_raises_a_write_error_and_leaves_no_temp_file(tmp_path):
   assert (tmp_path / 'kept.png').read_bytes() == b'old'
   root.write('kept.png', b'new')  # and a good write after it still lands whole
   assert (tmp_path / 'kept.png').read_bytes() == b'new'
+
+
+def test_short_writes_are_completed_before_the_file_is_renamed_into_place(tmp_path,
+                                                                          monkeypatch):
+  data = fixtures.encode_png(fixtures.photo(height=32, width=32))
+  real_write = os.write
+  calls = []
+  # what a write interrupted by a signal returns: fewer bytes than asked for
+  monkeypatch.setattr(sink.os, 'write',
+                      lambda fd, chunk: calls.append(1) or real_write(fd, bytes(chunk[:100])))
+  sink.OutputRoot(str(tmp_path), None).write('a/short.png', data)
+  assert (tmp_path / 'a' / 'short.png').read_bytes() == data
+  assert len(calls) == -(-len(data) // 100)
+  assert _listing(tmp_path) == {'a', os.path.join('a', 'short.png')}

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from transforms import export
 from transforms import manifest
 from transforms import report
 from transforms import sink
@@ -170,3 +171,16 @@ def test_row_sampler_keeps_the_first_rows_of_the_first_classes_only():
   for i, label in enumerate('aaab'):
     few.add(label, i)
   assert few.chosen() == [0, 3, 1]
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(), _json_values, max_size=8))
+def test_manifest_lines_are_json_dumps_with_sorted_keys(row):
+  assert export.manifest_line(row) == json.dumps(row, sort_keys=True,
+                                                 ensure_ascii=False) + '\n'

@@ -80,27 +80,27 @@ def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendere
   label_key, id_key = config.render.label_key, config.render.id_key
   label = features.get(label_key) if label_key else None
   names = config.render.label_names
-  return {
-      'path': name,
-      'source': image.ref.path,
-      'index': image.ref.index,
-      'offset': image.ref.offset,
-      'n': image.n,
+  return {  # keys in sorted order, which `manifest_line` then sorts fastest
+      'bytes': len(rendered.data),
+      'dtype_in': image.source_dtype,
+      'dtype_out': rendered.dtype,
+      'encoder': rendered.encoder,
+      'format': config.render.encode.format,
       'id': features.get(id_key) if id_key else None,
+      'index': image.ref.index,
       'label': label,
       'label_name': (names[label] if names and isinstance(label, int) and
                      0 <= label < len(names) else None),
-      'bytes': len(rendered.data),
+      'n': image.n,
+      'normalization': list(rendered.steps),
+      'offset': image.ref.offset,
+      'passthrough': rendered.passthrough,
+      'path': name,
       'sha256': sink.sha256(rendered.data),
       'shape_in': list(image.pixels.shape if image.pixels is not None
                        else image.stored_shape),
-      'dtype_in': image.source_dtype,
       'shape_out': list(rendered.shape),
-      'dtype_out': rendered.dtype,
-      'format': config.render.encode.format,
-      'encoder': rendered.encoder,
-      'passthrough': rendered.passthrough,
-      'normalization': list(rendered.steps),
+      'source': image.ref.path,
       'value_range': list(rendered.value_range) if rendered.value_range else None,
   }
 
@@ -269,11 +269,21 @@ def _located(error: errors.UnrecordError, image: decode.DecodedImage) -> errors.
 
 
 _ROW_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+# The same encoder's C core, made once: JSONEncoder.encode makes it anew on every call,
+# a third of a 28x28 image's row (5.4 -> 3.6 us with the keys already in order).
+_ROW_C_ENCODER = (
+    json.encoder.c_make_encoder(
+        None, _ROW_ENCODER.default, json.encoder.c_encode_basestring, None,
+        _ROW_ENCODER.key_separator, _ROW_ENCODER.item_separator, True, False, True)
+    if json.encoder.c_make_encoder and json.encoder.c_encode_basestring else None)
 
 
 def manifest_line(row: dict) -> str:
-  """One `_manifest.jsonl` line (keys sorted, so equal rows give equal lines)."""
-  return _ROW_ENCODER.encode(row) + '\n'
+  """One `_manifest.jsonl` line: `json.dumps(row, sort_keys=True, ensure_ascii=False)`
+  and a newline (keys sorted, so equal rows give equal lines)."""
+  if _ROW_C_ENCODER is None:
+    return _ROW_ENCODER.encode(row) + '\n'
+  return ''.join(_ROW_C_ENCODER(row, 0)) + '\n'
 
 
 def _jsonl(rows: Iterable[dict]) -> bytes:

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import itertools
 import os
-import posixpath
 import shutil
 import tempfile
 import time
@@ -39,9 +38,11 @@ class OutputRoot:
     self.root = self.root.rstrip('/') or '/'
     self.local = storage.is_local(self.fs)
     self._made_dirs = set()
+    self._prefix = self.root if self.root.endswith('/') else self.root + '/'
 
   def path(self, relative: str) -> str:
-    return posixpath.join(self.root, relative)
+    """posixpath.join(root, relative), without its cost on every image."""
+    return relative if relative.startswith('/') else self._prefix + relative
 
   def url_of(self, relative: str) -> str:
     return storage.to_url(self.fs, self.path(relative))
@@ -72,9 +73,11 @@ class OutputRoot:
     with self._renamed_into_place(target) as temp:
       fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
       try:
-        view = memoryview(data)
-        while view:
-          view = view[os.write(fd, view):]
+        written = os.write(fd, data)
+        if written < len(data):  # rare: a short write, then the rest
+          view = memoryview(data)[written:]
+          while view:
+            view = view[os.write(fd, view):]
       finally:
         os.close(fd)
 
