@@ -144,6 +144,19 @@ def test_raw_bytes_with_shape_from_sibling_features(features):
   np.testing.assert_array_equal(image.pixels, expected)
 
 
+@pytest.mark.parametrize('bad', [float('inf'), float('-inf'), float('nan')])
+def test_a_float_size_feature_that_is_not_finite_is_no_size(bad):
+  """Such a sibling is skipped like text with no number in it (the height/width pair
+  decides here); it used to escape as an OverflowError that would stop the worker."""
+  payload = fixtures.example({
+      'image/raw': fixtures.bytes_feature(RAW.tobytes()),
+      'image/raw/shape': fixtures.float_feature(bad, 10.0, 3.0),
+      'image/height': fixtures.int64_feature(12), 'image/width': fixtures.int64_feature(10)})
+  (image,) = decode.decode_record(REF, payload, decode.ImageSpec(key='image/raw'))
+  assert image.pixels.shape == (12, 10, 3)
+  np.testing.assert_array_equal(image.pixels, RAW)
+
+
 def test_raw_float32_with_dtype_feature_and_options():
   pixels = (fixtures.photo(2, 8, 6) / 255.0).astype(np.float32)
   payload = fixtures.example({

@@ -174,3 +174,12 @@ def _nan_safe(outcomes):
   return [[(fields[:6] + ({k: 'nan' if v != v else v for k, v in fields[6].items()},)
             + fields[7:], *rest) for fields, *rest in outcome]
           if outcome[0] != 'error' else outcome for outcome in outcomes]
+
+
+def test_records_with_many_fixed_bytes_keep_no_layout(monkeypatch):
+  mask = F.int64_feature(*range(1000, 1000 + 30_000))  # 90 KB of varints, kept fixed
+  payloads = [_record(i, mask=mask) for i in range(3)]
+  got, expected, full_decodes = _decode_all(payloads, monkeypatch=monkeypatch)
+  assert got == expected and full_decodes == 3
+  small = [_record(i, mask=F.int64_feature(*range(1000, 1100))) for i in range(3)]
+  assert _decode_all(small, monkeypatch=monkeypatch)[2] == 1

@@ -136,6 +136,8 @@ def _int_feature(features: Dict[str, FeatureValue], name: str) -> Optional[List[
   if feature.kind == example_lib.INT64:
     return [int(v) for v in feature.values]
   if feature.kind == example_lib.FLOAT:
+    if not np.isfinite(feature.values).all():
+      return None  # like text with no number in it: no usable size here
     return [int(v) for v in feature.values]
   text = feature.values[0]
   try:

@@ -29,6 +29,9 @@ from transforms.tfrecord import RecordRef
 
 # Layouts kept per decoder; records of more lengths than this are decoded in full.
 MAX_LAYOUTS = 64
+# A layout keeps its fixed bytes; records with more than this outside the values they
+# vary in (a long number list, say) are decoded in full, so layouts stay small.
+MAX_FIXED_BYTES = 64 << 10
 # A packed int64 list of more bytes than this holds more than one value: not a scalar,
 # and its bytes stay fixed (checking that they are valid varints would cost a parse).
 _MAX_VARINT_BYTES = 10
@@ -91,7 +94,8 @@ class Layout:
   def learn(cls, payload: bytes, images: List[decode.DecodedImage],
             spec: decode.ImageSpec) -> Optional['Layout']:
     """The layout of `payload`, which decoded in full to `images`; None when it has
-    none this module can use (not the canonical encoding, or a key with many values)."""
+    none this module can use (not the canonical encoding, a key with many values, or
+    more than MAX_FIXED_BYTES of fixed bytes)."""
     if not images or images[0].pixels is None:
       return None
     try:
@@ -123,6 +127,8 @@ class Layout:
       position = end
     if position < len(payload):
       fixed.append((position, payload[position:]))
+    if sum(len(run) for _, run in fixed) > MAX_FIXED_BYTES:
+      return None
     first = images[0]
     varying = {name for name, _, _ in scalars}
     constant = {k: v for k, v in first.features.items() if k not in varying}
