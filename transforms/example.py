@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from google.protobuf import message as protobuf_message
@@ -95,73 +95,99 @@ def _parse_with_protobuf(payload: bytes) -> Dict[str, FeatureValue]:
   return features
 
 
-# Longer packed int64 lists (images stored as numbers) are left to protobuf's parser.
-_SCAN_MAX_INT64_BYTES = 256
-
-
 def _scan_example(payload: bytes) -> Optional[Dict[str, FeatureValue]]:
   """`parse_example`'s result read from the wire bytes, or None when they are anything
-  but the canonical encoding (unknown or repeated fields, a key twice, unpacked numbers,
-  invalid UTF-8, ...), which protobuf's parser then handles with its own rules.
-
-  Example{features=1: Features{feature=1: repeated MapEntry{key=1, value=2: Feature}}};
-  Feature is one of bytes_list=1 {value=1: repeated bytes}, float_list=2 {value=1:
-  packed float}, int64_list=3 {value=1: packed varint}.
-  """
+  but the canonical encoding (`feature_spans`), which protobuf's parser then handles with
+  its own rules."""
   try:
-    top = list(wire.length_delimited(payload, 0, len(payload)))
-    if not top:
-      return {}
-    (field, start, end), = top
-    if field != 1:
-      return None
-    features = {}
-    for field, entry_start, entry_end in wire.length_delimited(payload, start, end):
-      if field != 1:
-        return None
-      (key_field, key_start, key_end), (value_field, value_start, value_end) = (
-          wire.length_delimited(payload, entry_start, entry_end))
-      if key_field != 1 or value_field != 2:
-        return None
-      name = payload[key_start:key_end].decode('utf-8')
-      if name in features:
-        return None
-      features[name] = _scan_feature(payload, value_start, value_end)
-    return features
+    return {name: _scanned_value(payload, kind, spans)
+            for name, kind, spans in feature_spans(payload)}
   except (wire.NotCanonical, ValueError, UnicodeDecodeError):  # ValueError: count of fields
     return None
 
 
-def _scan_feature(payload: bytes, start: int, end: int) -> FeatureValue:
-  if start == end:
-    return FeatureValue(BYTES, [])
-  (kind, list_start, list_end), = wire.length_delimited(payload, start, end)
-  if kind not in (1, 2, 3):
-    raise wire.NotCanonical
-  if kind == 1:
-    record = memoryview(payload)
-    views = []
-    for field, value_start, value_end in wire.length_delimited(payload, list_start, list_end):
-      if field != 1:
-        raise wire.NotCanonical
-      views.append(record[value_start:value_end])
-    return FeatureValue(BYTES, views=views)
-  if list_start == list_end:
-    return FeatureValue(FLOAT if kind == 2 else INT64,
-                        np.zeros(0, np.float32 if kind == 2 else np.int64))
-  (field, packed_start, packed_end), = wire.length_delimited(payload, list_start, list_end)
+Span = Tuple[int, int]
+
+
+def feature_spans(payload: bytes) -> List[Tuple[str, Optional[str], Tuple[Span, ...]]]:
+  """(name, kind, value spans) of each feature of a serialized Example, in record order:
+  a span per bytes value, one for a packed number list; kind None for an empty Feature.
+
+  Reads only the canonical encoding and raises wire.NotCanonical (or ValueError, for a
+  wrong count of fields, or UnicodeDecodeError, for a name) on anything else: unknown or
+  repeated fields, a name twice, unpacked numbers, ...
+  Example{features=1: Features{feature=1: repeated MapEntry{key=1, value=2: Feature}}};
+  Feature is one of bytes_list=1 {value=1: repeated bytes}, float_list=2 {value=1:
+  packed float}, int64_list=3 {value=1: packed varint}.
+  """
+  top = list(wire.length_delimited(payload, 0, len(payload)))
+  if not top:
+    return []
+  (field, start, end), = top
   if field != 1:
     raise wire.NotCanonical
-  if kind == 2:
-    if (packed_end - packed_start) % 4:
+  features, names = [], set()
+  for field, entry_start, entry_end in wire.length_delimited(payload, start, end):
+    if field != 1:
       raise wire.NotCanonical
-    return FeatureValue(FLOAT, np.frombuffer(payload[packed_start:packed_end], '<f4'))
-  if packed_end - packed_start > _SCAN_MAX_INT64_BYTES:
+    (key_field, key_start, key_end), (value_field, value_start, value_end) = (
+        wire.length_delimited(payload, entry_start, entry_end))
+    if key_field != 1 or value_field != 2:
+      raise wire.NotCanonical
+    name = payload[key_start:key_end].decode('utf-8')
+    if name in names:
+      raise wire.NotCanonical
+    names.add(name)
+    features.append((name, *_value_spans(payload, value_start, value_end)))
+  return features
+
+
+def _value_spans(payload: bytes, start: int, end: int
+                 ) -> Tuple[Optional[str], Tuple[Span, ...]]:
+  if start == end:
+    return None, ()
+  (kind, list_start, list_end), = wire.length_delimited(payload, start, end)
+  if kind == 1:
+    spans = []
+    for field, value_start, value_end in wire.length_delimited(payload, list_start,
+                                                                list_end):
+      if field != 1:
+        raise wire.NotCanonical
+      spans.append((value_start, value_end))
+    return BYTES, tuple(spans)
+  if kind not in (2, 3):
+    raise wire.NotCanonical
+  kind = FLOAT if kind == 2 else INT64
+  if list_start == list_end:
+    return kind, ()
+  (field, packed_start, packed_end), = wire.length_delimited(payload, list_start, list_end)
+  if field != 1 or (kind == FLOAT and (packed_end - packed_start) % 4):
+    raise wire.NotCanonical
+  return kind, ((packed_start, packed_end),)
+
+
+# Longer packed int64 lists (images stored as numbers) are left to protobuf's parser.
+_SCAN_MAX_INT64_BYTES = 256
+
+
+def _scanned_value(payload: bytes, kind: Optional[str], spans: Tuple[Span, ...]
+                   ) -> FeatureValue:
+  if kind is None:
+    return FeatureValue(BYTES, [])
+  if kind == BYTES:
+    record = memoryview(payload)
+    return FeatureValue(BYTES, views=[record[start:end] for start, end in spans])
+  if not spans:
+    return FeatureValue(kind, np.zeros(0, np.float32 if kind == FLOAT else np.int64))
+  (start, end), = spans
+  if kind == FLOAT:
+    return FeatureValue(FLOAT, np.frombuffer(payload[start:end], '<f4'))
+  if end - start > _SCAN_MAX_INT64_BYTES:
     raise wire.NotCanonical  # a long list: protobuf's C parser is much faster
   values = []
-  position = packed_start
-  while position < packed_end:
-    value, position = wire.varint(payload, position, packed_end)
+  position = start
+  while position < end:
+    value, position = wire.varint(payload, position, end)
     values.append(value - (1 << 64) if value >> 63 else value)
   return FeatureValue(INT64, np.array(values, dtype=np.int64))
 
