@@ -67,6 +67,27 @@ def test_long_values_keep_distinct_names():
   assert first != second and len(first.encode()) <= naming.MAX_VALUE_BYTES
 
 
+@pytest.mark.parametrize('name, problem', [
+    ('', 'empty, absolute'), ('/x.png', 'empty, absolute'), ('a\\b.png', 'backslash'),
+    ('a\x00b.png', 'NUL'), ('a//b.png', '"." or ".."'), ('a/./b.png', '"." or ".."'),
+    ('../b.png', '"." or ".."'), ('a/', '"." or ".."'),
+    ('a/' + 'x' * 241, 'segment is longer'), ('\u00e9' * 121, 'segment is longer'),
+    ('/'.join(['x' * 200] * 5) + '/y', 'longer than 1000'),
+    ('_manifest.jsonl', "unrecord's own"), ('_unrecord_x/a.png', "unrecord's own"),
+])
+def test_unsafe_output_paths_are_refused_with_the_reason(name, problem):
+  with pytest.raises(errors.DecodeError) as info:
+    naming.check_relative_path(name)
+  assert info.value.reason == 'unsafe_name' and problem in str(info.value)
+
+
+@pytest.mark.parametrize('name', ['a.png', 'x' * 240, '\u00e9' * 120 + '/' + 'x' * 240,
+                                  '/'.join(['x' * 240] * 4) + '/' + 'y' * 35,
+                                  'sub/_manifest.jsonl', 'a.b/.c.png'])
+def test_safe_output_paths_pass_unchanged(name):
+  assert naming.check_relative_path(name) == name
+
+
 def test_template_that_escapes_or_takes_a_reserved_name_is_rejected():
   with pytest.raises(errors.ConfigError):
     naming.check_template('../{index}.{ext}', ['index', 'ext'])

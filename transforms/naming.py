@@ -133,18 +133,21 @@ class _Strict(dict):
 
 def check_relative_path(name: str) -> str:
   """`name` if it is a safe relative path under the root, else DecodeError(unsafe_name)."""
-  segments = name.split('/')
   problem = None
-  if not name or name.startswith('/') or '\\' in name or '\x00' in name:
+  if not name or name[0] == '/' or '\\' in name or '\x00' in name:
     problem = 'it is empty, absolute, or holds a backslash or NUL'
-  elif any(s in ('', '.', '..') for s in segments):
-    problem = 'it has an empty, "." or ".." segment'
-  elif any(len(s.encode('utf-8')) > MAX_SEGMENT_BYTES for s in segments):
-    problem = f'a segment is longer than {MAX_SEGMENT_BYTES} bytes'
-  elif len(name.encode('utf-8')) > MAX_PATH_BYTES:
-    problem = f'it is longer than {MAX_PATH_BYTES} bytes'
-  elif segments[0] in RESERVED_NAMES or segments[0].startswith('_unrecord'):
-    problem = f'{segments[0]!r} is one of unrecord\'s own files at the output root'
+  else:
+    segments = name.split('/')
+    size = len(name.encode('utf-8'))
+    if '' in segments or '.' in segments or '..' in segments:
+      problem = 'it has an empty, "." or ".." segment'
+    elif size > MAX_SEGMENT_BYTES and any(  # no segment is longer than the whole name
+        len(s.encode('utf-8')) > MAX_SEGMENT_BYTES for s in segments):
+      problem = f'a segment is longer than {MAX_SEGMENT_BYTES} bytes'
+    elif size > MAX_PATH_BYTES:
+      problem = f'it is longer than {MAX_PATH_BYTES} bytes'
+    elif segments[0] in RESERVED_NAMES or segments[0].startswith('_unrecord'):
+      problem = f'{segments[0]!r} is one of unrecord\'s own files at the output root'
   if problem:
     raise errors.DecodeError(errors.UNSAFE_NAME,
                              f'output name {name[:200]!r} is not safe: {problem}')
