@@ -5,14 +5,18 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from transforms import decode
 from transforms import export
 from transforms import manifest
+from transforms import render
 from transforms import report
 from transforms import sink
+from transforms import tfrecord
 
 
 def _row(path, source='s.tfrecord', index=0, n=0, size=10, label=None, sha='x',
@@ -184,3 +188,37 @@ _json_values = st.recursive(
 def test_manifest_lines_are_json_dumps_with_sorted_keys(row):
   assert export.manifest_line(row) == json.dumps(row, sort_keys=True,
                                                  ensure_ascii=False) + '\n'
+
+
+# Paths never hold NUL; lone surrogates (undecodable file names) are not covered.
+_no_nul = st.characters(blacklist_characters='\0', blacklist_categories=('Cs',))
+_labels = st.none() | st.integers(-3, 2**63 - 1) | st.floats() | st.text(max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(label=_labels, id_=_labels, names=st.none() | st.lists(st.text(max_size=4), max_size=3),
+       name=st.text(_no_nul, min_size=1, max_size=12), source=st.text(_no_nul, max_size=12),
+       value_range=st.none() | st.tuples(st.integers(), st.integers()) |
+       st.tuples(st.floats(), st.floats()),
+       steps=st.lists(st.sampled_from(['chw_to_hwc', 'range_0_1_to_8bit']), max_size=2))
+def test_a_written_image_row_is_built_in_key_order_and_written_as_json_dumps(
+    label, id_, names, name, source, value_range, steps):
+  # The export writes these rows with `in_key_order=True`, which does not sort keys.
+  config = export.ExportConfig(
+      patterns=('x',), output='/out', render=render.RenderConfig(
+          id_key='id', label_key='label', label_names=tuple(names) if names else None))
+  features = {k: v for k, v in (('label', label), ('id', id_)) if v is not None}
+  image = decode.DecodedImage(
+      ref=tfrecord.RecordRef(source, 7, 1234), n=0, pixels=np.zeros((4, 3, 1), np.uint8),
+      layout='hwc', source_dtype='uint8', encoding='raw', key='image', features=features)
+  rendered = render.Rendered(b'\x89PNG', (4, 3), 'uint8', tuple(steps), 'opencv', False,
+                             value_range)
+  row = export.manifest_row(image, name, rendered, config)
+  assert list(row) == sorted(row)
+  assert export.manifest_line(row, in_key_order=True) == json.dumps(
+      row, sort_keys=True, ensure_ascii=False) + '\n'
+  # The entry's class: the label as JSON text, ASCII-escaped as json.dumps gives it.
+  label = row['label_name'] or row['label']
+  class_key = manifest.Entry.parse(
+      manifest.entry(manifest.WRITTEN, row, export.manifest_line(row))).class_key
+  assert class_key == json.dumps('' if label is None else str(label)).encode()

@@ -80,7 +80,7 @@ def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendere
   label_key, id_key = config.render.label_key, config.render.id_key
   label = features.get(label_key) if label_key else None
   names = config.render.label_names
-  return {  # keys in sorted order, which `manifest_line` then sorts fastest
+  return {  # keys in sorted order: `manifest_line(row, in_key_order=True)` keeps it
       'bytes': len(rendered.data),
       'dtype_in': image.source_dtype,
       'dtype_out': rendered.dtype,
@@ -229,7 +229,8 @@ class _ExportRangeFn(beam.DoFn):
   def _add_rows(self, written, runs, tally):
     for image, name, result in written:
       row = manifest_row(image, name, result, self._config)
-      runs.add(manifest_lib.entry(manifest_lib.WRITTEN, row, manifest_line(row)))
+      runs.add(manifest_lib.entry(
+          manifest_lib.WRITTEN, row, manifest_line(row, in_key_order=True)))
       tally['images_written'] += 1
       tally['bytes_written'] += len(result.data)
       self._progress.count('written')
@@ -269,21 +270,34 @@ def _located(error: errors.UnrecordError, image: decode.DecodedImage) -> errors.
 
 
 _ROW_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
-# The same encoder's C core, made once: JSONEncoder.encode makes it anew on every call,
-# a third of a 28x28 image's row (5.4 -> 3.6 us with the keys already in order).
-_ROW_C_ENCODER = (
-    json.encoder.c_make_encoder(
-        None, _ROW_ENCODER.default, json.encoder.c_encode_basestring, None,
-        _ROW_ENCODER.key_separator, _ROW_ENCODER.item_separator, True, False, True)
-    if json.encoder.c_make_encoder and json.encoder.c_encode_basestring else None)
 
 
-def manifest_line(row: dict) -> str:
+def _c_row_encoder(sort_keys: bool):
+  """The row encoder's C core, made once: JSONEncoder.encode makes it anew on every
+  call, a third of a 28x28 image's row (5.4 -> 3.6 us)."""
+  if not (json.encoder.c_make_encoder and json.encoder.c_encode_basestring):
+    return None
+  return json.encoder.c_make_encoder(
+      None, _ROW_ENCODER.default, json.encoder.c_encode_basestring, None,
+      _ROW_ENCODER.key_separator, _ROW_ENCODER.item_separator, sort_keys, False, True)
+
+
+_ROW_C_ENCODER = _c_row_encoder(sort_keys=True)
+_ROW_C_ENCODER_AS_BUILT = _c_row_encoder(sort_keys=False)
+
+
+def manifest_line(row: dict, *, in_key_order: bool = False) -> str:
   """One `_manifest.jsonl` line: `json.dumps(row, sort_keys=True, ensure_ascii=False)`
-  and a newline (keys sorted, so equal rows give equal lines)."""
-  if _ROW_C_ENCODER is None:
+  and a newline (keys sorted, so equal rows give equal lines).
+
+  `in_key_order`: the caller built `row` with its keys already sorted and no dict among
+  its values, as `manifest_row` does, so the keys are written as they come; sorting
+  them is a fifth of the line (4.3 -> 3.5 us for a 28x28 image's row).
+  """
+  encoder = _ROW_C_ENCODER_AS_BUILT if in_key_order else _ROW_C_ENCODER
+  if encoder is None:
     return _ROW_ENCODER.encode(row) + '\n'
-  return ''.join(_ROW_C_ENCODER(row, 0)) + '\n'
+  return ''.join(encoder(row, 0)) + '\n'
 
 
 def _jsonl(rows: Iterable[dict]) -> bytes:

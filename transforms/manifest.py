@@ -61,7 +61,7 @@ def entry(kind: bytes, row: dict, line: str) -> bytes:
       row['path'].encode('utf-8'), kind,
       f'{row["source"]}\x01{row["index"]}\x01{row["n"]}'.encode('utf-8'),
       b'%d' % (row.get('bytes') or 0), b'1' if row.get('passthrough') else b'0',
-      json.dumps('' if label is None else str(label)).encode('utf-8'),
+      json.encoder.encode_basestring_ascii('' if label is None else str(label)).encode(),
       line.encode('utf-8')))
 
 
