@@ -179,14 +179,14 @@ class _Source:
 
   def __init__(self, stream: BinaryIO, seekable: bool):
     self._stream = stream
-    self._seekable = seekable
+    self.seekable = seekable
     self._position = None if seekable else 0
     self._buffer = bytearray()
     self._base = 0  # absolute offset of _buffer[0] (non-seekable streams)
 
   def read_at(self, position: int, n: int) -> bytes:
     """Up to n bytes at `position`; fewer only at the end of the stream."""
-    if self._seekable:
+    if self.seekable:
       if position != self._position:
         self._stream.seek(position)
       data = _read_full(self._stream, n)
@@ -206,13 +206,13 @@ class _Source:
 
   def release(self, position: int) -> None:
     """Bytes before `position` will not be asked for again."""
-    if not self._seekable and position > self._base:
+    if not self.seekable and position > self._base:
       del self._buffer[:position - self._base]
       self._base = position
 
   def skip_to(self, position: int) -> None:
     """Moves to `position` without holding the bytes before it in memory."""
-    if self._seekable:
+    if self.seekable:
       return
     self.release(min(position, self._base + len(self._buffer)))
     while self._base < position:
@@ -281,8 +281,14 @@ def _walk(
     return errors.CorruptRecordError(
         reason, message, path=path, index=index, offset=position)
 
+  # A seekable stream's footer is read with the next frame's header, a call less per
+  # record. Not a compressed one's: reading ahead could meet damage (an error) before
+  # the record in hand is given out.
+  read_ahead = HEADER_SIZE if source.seekable else 0
+  ahead = None
   while end is None or position < end:
-    header = source.read_at(position, HEADER_SIZE)
+    header = source.read_at(position, HEADER_SIZE) if ahead is None else ahead
+    ahead = None
     if not header:
       return
     if len(header) < HEADER_SIZE:
@@ -333,7 +339,8 @@ def _walk(
       yield RecordRef(path, index, position), None
     else:
       payload = source.read_at(position + HEADER_SIZE, length)
-      footer = source.read_at(position + HEADER_SIZE + length, FOOTER_SIZE)
+      tail = source.read_at(position + HEADER_SIZE + length, FOOTER_SIZE + read_ahead)
+      footer, ahead = tail[:FOOTER_SIZE], (tail[FOOTER_SIZE:] if read_ahead else None)
       if len(payload) < length or len(footer) < FOOTER_SIZE:
         yield damage(errors.TRUNCATED, _truncated_message(
             length, len(payload) + len(footer)))
