@@ -127,6 +127,21 @@ def test_unknown_template_field_fails_before_the_run(unrecord, float_shards, tmp
   assert '{id}' in result.stderr and not os.path.exists(out)
 
 
+def test_an_input_file_name_that_is_not_utf8_fails_before_the_run(unrecord, float_shards,
+                                                                  tmp_path):
+  # A Latin-1 file name: Python holds its 0xff byte as a lone surrogate, which no UTF-8
+  # manifest line can hold; it used to crash the workers after images were written.
+  source, _ = float_shards
+  folder = tmp_path / 'latin1'
+  folder.mkdir()
+  first = sorted(os.listdir(source))[0]
+  os.link(os.path.join(source, first), os.fsencode(folder) + b'/caf\xe9-' + first.encode())
+  out = str(tmp_path / 'never')
+  result = _export(unrecord, '--input', str(folder), '--output', out, expect=2)
+  assert 'not valid UTF-8' in result.stderr and 'caf\\xe9-' + first in result.stderr
+  assert 'Traceback' not in result.stderr and not os.path.exists(out)
+
+
 def test_unknown_argument_is_an_error_with_a_suggestion(unrecord, float_shards, tmp_path):
   source, _ = float_shards
   result = _export(unrecord, '--input', source, '--output', str(tmp_path / 'x'),

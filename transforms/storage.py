@@ -8,6 +8,7 @@ variables, config files) merged with `storage_options`, a mapping of protocol ->
 from __future__ import annotations
 
 import dataclasses
+import os
 import posixpath
 import re
 from typing import BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -109,7 +110,24 @@ def expand_patterns(patterns: Sequence[str],
   for pattern in patterns:
     for item in expand_pattern(pattern, storage_options):
       seen.setdefault(item.url, item)
+  undecodable = [url for url in seen if not _is_utf8(url)]
+  if undecodable:
+    # Such a name comes from a local file name in another encoding (Python keeps its
+    # bytes as lone surrogates); the manifest, dead letter and report are UTF-8 JSON.
+    shown = ', '.join(os.fsencode(url).decode('utf-8', 'backslashreplace')
+                      for url in undecodable[:5])
+    raise errors.ConfigError(
+        f'{len(undecodable)} input file name(s) are not valid UTF-8, which the manifest '
+        f'and report record paths in: {shown}; rename them (e.g. convmv) and run again')
   return sorted(seen.values())
+
+
+def _is_utf8(text: str) -> bool:
+  try:
+    text.encode('utf-8')
+  except UnicodeEncodeError:
+    return False
+  return True
 
 
 def _nothing_matched(fs, path: str, pattern: str) -> str:
