@@ -190,7 +190,7 @@ def test_manifest_lines_are_json_dumps_with_sorted_keys(row):
                                                  ensure_ascii=False) + '\n'
 
 
-# Paths never hold NUL; lone surrogates (undecodable file names) are not covered.
+# Paths never hold NUL, nor lone surrogates (non-UTF-8 file names are refused at launch).
 _no_nul = st.characters(blacklist_characters='\0', blacklist_categories=('Cs',))
 _labels = st.none() | st.integers(-3, 2**63 - 1) | st.floats() | st.text(max_size=8)
 
