@@ -188,7 +188,7 @@ def _scanned_value(payload: bytes, kind: Optional[str], spans: Tuple[Span, ...]
   position = start
   while position < end:
     value, position = wire.varint(payload, position, end)
-    values.append(value - (1 << 64) if value >> 63 else value)
+    values.append(wire.int64(value))
   return FeatureValue(INT64, np.array(values, dtype=np.int64))
 
 

@@ -189,4 +189,4 @@ def _one_varint(payload: bytes, start: int, end: int):
     except wire.NotCanonical:
       return _INVALID
     return None
-  return value - (1 << 64) if value >> 63 else value
+  return wire.int64(value)

@@ -38,6 +38,11 @@ def varint(data: bytes, position: int, end: int) -> Tuple[int, int]:
   raise NotCanonical
 
 
+def int64(value: int) -> int:
+  """A varint's 64 bits read as protobuf's int64 (two's complement)."""
+  return value - (1 << 64) if value >> 63 else value
+
+
 def fields(data: bytes, start: int, end: int) -> Iterator[Tuple[int, int, int, int]]:
   """(field number, wire type, a, b) for each field in data[start:end].
 
