@@ -48,7 +48,8 @@ LABELS = {
     'job': 'unrecord', 'loop': 'loop (TF parse + cv2.imwrite)',
     'threads': 'ThreadPoolExecutor loop', 'tfdata': 'tf.data (encode_png + write_file)',
     'beam_naive': 'naive Beam (ReadFromTFRecord + Map)',
-    'floor_opencv': 'floor: OpenCV encode + write', 'floor_job': "floor: unrecord's encoder + write",
+    'floor_opencv': 'floor: OpenCV encode + write',
+    'floor_job': "floor: unrecord's encoder + write",
     'floor_copy': 'floor: byte copy',
 }
 

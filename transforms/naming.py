@@ -79,8 +79,8 @@ def safe_value(value) -> str:
 
   NFKC-normalized (so full-width look-alikes of / and \\ become real ones, then go),
   path separators, drive colons, wildcards and control characters -> '_', leading dots
-  -> '_' (no '.', '..' or hidden files), at most MAX_VALUE_BYTES UTF-8 bytes (longer values keep a hash suffix so they
-  stay distinct). Never empty.
+  -> '_' (no '.', '..' or hidden files), at most MAX_VALUE_BYTES UTF-8 bytes (longer
+  values keep a hash suffix so they stay distinct). Never empty.
   """
   text = unicodedata.normalize('NFKC', str(value))
   text = ''.join('_' if ch in _UNSAFE_CHARACTERS or unicodedata.category(ch)[0] == 'C'

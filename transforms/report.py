@@ -24,7 +24,8 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8p
 .status { display: inline-block; padding: 2px 10px; border-radius: 12px; color: #fff; }
 .ok { background: #1a7f37; } .failed { background: #c62828; }
 .cards { display: flex; gap: 12px; flex-wrap: wrap; margin: 16px 0; }
-.card { background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 10px 16px; min-width: 110px; }
+.card { background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 10px 16px;
+        min-width: 110px; }
 .card b { display: block; font-size: 22px; }
 table { border-collapse: collapse; background: #fff; }
 td, th { border: 1px solid #ddd; padding: 4px 10px; text-align: left; vertical-align: top; }
