@@ -182,8 +182,10 @@ def target_bits(pixels_dtype: str, bit_depth: str, holds_16bit: bool,
   return '16' if sixteen and holds_16bit else '8'
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class Normalized:
+  """A value, not `frozen` for the cost of a frozen `__init__` (see
+  `decode.DecodedImage`)."""
   pixels: np.ndarray
   value_range: Optional[Tuple[float, float]]
   steps: Tuple[str, ...]

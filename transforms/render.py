@@ -36,8 +36,10 @@ class RenderConfig:
     naming.template_fields(self.name_template)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class Rendered:
+  """One image's encoded bytes and how they were made. A value, not `frozen` for the
+  cost of a frozen `__init__` (see `decode.DecodedImage`)."""
   data: bytes
   shape: Tuple[int, ...]
   dtype: str
