@@ -1,6 +1,7 @@
 """The export DoFn works in chunks of records, one stage at a time over a chunk; the
 files, manifest and dead letter must be those of one record at a time."""
 
+import collections
 import json
 import os
 import re
@@ -8,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import export_images
@@ -63,21 +65,28 @@ def inputs(tmp_path_factory):
 
 
 def _export(*args):
-  """The export in this process (FnApiRunner), so the chunk size can be patched."""
+  """The export in this process (FnApiRunner), so the chunk size can be patched; its
+  counters, summed over steps."""
   options = PipelineOptions([*args, '--id_key', 'id', '--name_template', '{id}.{ext}',
                              '--max_failures', '100', '--runner', 'FnApiRunner'])
   plan = export_images.build_config(options.view_as(export_images.ExportOptions), 0.0)
   pipeline = beam.Pipeline(options=options)
   _ = pipeline | export.ExportImages(plan.config)
-  pipeline.run().wait_until_finish()
+  result = pipeline.run()
+  result.wait_until_finish()
+  counters = collections.Counter()
+  for counter in result.metrics().query(
+      MetricsFilter().with_namespace(export.NAMESPACE))['counters']:
+    counters[counter.key.metric.name] += counter.committed
+  return counters
 
 
 def _run(inputs, out, monkeypatch, records):
   monkeypatch.setattr(export, 'CHUNK_RECORDS', records)
   os.makedirs(os.path.join(out, 'blocked.webp'))  # a folder where a file must go
-  _export('--input', inputs[0], '--input', inputs[1], '--output', out, '--image_key',
-          'image', '--format', 'webp', '--max_pixels', '1000000')
-  files = {}
+  counters = _export('--input', inputs[0], '--input', inputs[1], '--output', out,
+                     '--image_key', 'image', '--format', 'webp', '--max_pixels', '1000000')
+  files = {'counters': counters}
   for name in os.listdir(out):
     path = os.path.join(out, name)
     if os.path.isfile(path) and not name.startswith('_report'):
@@ -120,6 +129,16 @@ def test_chunked_export_writes_what_one_record_at_a_time_writes(inputs, tmp_path
       'proto_parse', 'name_collision', 'missing_feature', 'unsafe_name', 'write_error',
       'encode_error', 'non_finite', 'crc_mismatch'])
   assert len(one['_manifest.jsonl'].decode().splitlines()) == len(images)
+  # The counters are kept once a chunk; they must be what one record at a time counts.
+  intact = [_payload(i) for i in range(RECORDS)] + [_payload(i, 'f') for i in (1, 3)]
+  counters = one['counters']
+  assert counters['records_read'] == len(intact)
+  assert counters['bytes_read'] == sum(len(p) for p in intact)
+  assert counters['images_decoded'] == len(intact) - 2  # proto_parse, missing_feature
+  # Written, less the one the collision check took back; its bytes stay counted.
+  assert counters['images_written'] == len(images)
+  overwritten = counters['bytes_written'] - sum(len(one[n]) for n in images)
+  assert 0 < overwritten < 2 * len(one['dup.webp'])  # the other 16x12 'dup' image
 
 
 def test_skip_existing_never_hides_an_image_behind_a_name_another_one_took(tmp_path,
