@@ -35,7 +35,8 @@ bench: setup
 reliability: setup
 	$(PY) -m pytest -s -q tests/test_corruption.py tests/test_bombs.py \
 	  tests/test_crash_safety.py tests/test_reasons.py tests/test_isolation.py \
-	  tests/test_fuzz.py tests/test_atheris.py
+	  tests/test_fuzz.py tests/test_atheris.py tests/test_scheduler_promises.py \
+	  tests/test_airflow_schedule.py
 
 # Coverage-guided fuzzing for as long as you like (default one hour): FUZZ_SECONDS=36000.
 FUZZ_SECONDS ?= 3600

@@ -26,17 +26,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from beam_jobs import inspect_records
     return inspect_records.main(rest)
   if command == 'export':
-    # Warm local workers start importing Beam now, alongside this process.
-    from beam_jobs import worker
-    pool = worker.start_for(rest)
-    try:
-      from beam_jobs import export_images
-      return export_images.main(rest, pool=pool)
-    finally:
-      if pool is not None:
-        pool.close()
+    return export(rest)
   print(f'unrecord: error: unknown command {command!r}\n\n{USAGE}', file=sys.stderr)
   return 2
+
+
+def export(argv: Sequence[str]) -> int:
+  """`unrecord export`: Ctrl-C or SIGTERM before the run starts ends with one line too."""
+  # Warm local workers start importing Beam now, alongside this process.
+  from beam_jobs import signals
+  from beam_jobs import worker
+  pool = None
+  try:
+    pool = worker.start_for(list(argv))
+    from beam_jobs import export_images
+    signals.raise_on_sigterm()
+    return export_images.main(argv, pool=pool)
+  except KeyboardInterrupt:
+    print('unrecord export: interrupted (Ctrl-C) before the run started; nothing was '
+          'written', file=sys.stderr)
+    return 130
+  except signals.Terminated:
+    print('unrecord export: interrupted (SIGTERM) before the run started; nothing was '
+          'written', file=sys.stderr)
+    return 143
+  finally:
+    if pool is not None:
+      pool.close()
 
 
 def run() -> None:

@@ -18,7 +18,10 @@ import json
 import logging
 import os
 import sys
+import tempfile
+import threading
 import time
+import traceback
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -30,6 +33,7 @@ from apache_beam.runners.runner import PipelineRunner
 from apache_beam.transforms import environments
 
 from beam_jobs import options as common
+from beam_jobs.signals import Terminated
 from beam_jobs import worker as worker_lib
 from transforms import encode
 from transforms import errors
@@ -40,6 +44,7 @@ from transforms import normalize
 from transforms import progress
 from transforms import read
 from transforms import render
+from transforms import root_claim
 from transforms import schema as schema_lib
 from transforms import sink
 from transforms import storage
@@ -92,6 +97,11 @@ class ExportOptions(PipelineOptions):
                        help='Process only input shards that are new or changed since the '
                        'last successful run (fingerprints in _unrecord_state.json at the '
                        'output root); a changed shard\'s images are rewritten.')
+    group.add_argument('--overwrite', action='store_true',
+                       help='Replace what the output root holds: after the run, files '
+                       'its manifest does not list (an earlier export\'s images, a '
+                       'killed run\'s) are removed. Without it, a run into a root that '
+                       'another export wrote is refused.')
     group.add_argument('--max_failures', type=int, default=0, metavar='N',
                        help='Exit 0 and write _SUCCESS when at most N images failed. '
                        'Default: 0.')
@@ -200,6 +210,7 @@ class Plan:
   files: int
   found: schema_lib.Schema
   config: export.ExportConfig
+  identity: dict
   mean_frame_bytes: float = 0.0
 
 
@@ -297,20 +308,60 @@ def build_config(args, started: float) -> Plan:
       reencode=args.reencode, max_pixels=args.max_pixels)
   root = sink.OutputRoot(args.output, read_config.storage_options)
   root.check_writable()
-  processed = ()
-  if args.incremental:
-    state = incremental.read_state(root)
-    processed = tuple(incremental.changed_shards(files, state, read_config.storage_options))
-    patterns = tuple(url for url, _ in processed)
   given = args.get_all_options(drop_default=True)
   used = tuple(sorted((k, v) for k, v in given.items() if k in _REPORTED_OPTIONS))
+  settings = {k: v for k, v in used if k in _IDENTITY_OPTIONS}
+  identity = root_claim.identity(patterns, settings)
+  if args.overwrite:
+    _refuse_inputs_under(root, files)
+  root_claim.check_compatible(root, identity, _claim_mode(args))
+  processed = ()
+  if args.incremental:
+    processed = tuple(incremental.changed_shards(
+        files, incremental.read_state(root), identity['settings'],
+        read_config.storage_options))
+    patterns = tuple(url for url, _ in processed)
   config = export.ExportConfig(
       patterns=patterns, output=args.output, read=read_config,
       image=image_spec, render=render_config, skip_existing=args.skip_existing,
       max_failures=args.max_failures, run_started=started, options_used=used,
-      incremental=args.incremental, processed=processed)
+      incremental=args.incremental, processed=processed,
+      settings=tuple(sorted(identity['settings'].items())), overwrite=args.overwrite)
   mean_frame = sum(len(payload) + 16 for _, payload in records) / len(records)
-  return Plan(files=len(files), found=found, config=config, mean_frame_bytes=mean_frame)
+  return Plan(files=len(files), found=found, config=config, identity=identity,
+              mean_frame_bytes=mean_frame)
+
+
+def claim_output(args) -> Optional[root_claim.Claim]:
+  """Checks that --output can be written and takes its lock, before anything is read;
+  None without --output (build_config says what is missing)."""
+  if not args.output:
+    return None
+  root = sink.OutputRoot(args.output, common.read_config(args).storage_options)
+  root.check_writable()
+  return root_claim.claim(root, lease_seconds=root_claim.NO_WAIT_LEASE_SECONDS
+                          if args.no_wait else root_claim.LEASE_SECONDS)
+
+
+def _claim_mode(args) -> str:
+  if args.overwrite:
+    if args.skip_existing or args.incremental:
+      raise errors.ConfigError(
+          '--overwrite replaces the output; it does not go with --skip_existing or '
+          '--incremental, which keep it')
+    return 'overwrite'
+  return 'incremental' if args.incremental else (
+      'skip_existing' if args.skip_existing else 'plain')
+
+
+def _refuse_inputs_under(root: sink.OutputRoot, files: Sequence[str]) -> None:
+  """--overwrite removes what the manifest does not list: never the inputs."""
+  prefix = root.url_of('')
+  inside = [f for f in files if f.startswith(prefix)]
+  if inside:
+    raise errors.ConfigError(
+        f'--overwrite would remove the inputs under {root.url} ({inside[0]}, ...); choose '
+        'an --output that holds no input')
 
 
 _REPORTED_OPTIONS = (
@@ -319,7 +370,14 @@ _REPORTED_OPTIONS = (
     'quality', 'png_compression', 'png_encoder', 'webp_lossless', 'jpeg_progressive',
     'jpeg_subsampling', 'reencode', 'name_template', 'layout', 'skip_existing',
     'incremental', 'max_failures', 'value_range', 'mean', 'std', 'channel_order',
-    'bit_depth', 'non_finite')
+    'bit_depth', 'non_finite', 'overwrite')
+# The options that decide which files an export writes and their bytes: two runs that
+# differ in one of these (or in --input) are different exports (transforms/root_claim.py).
+_IDENTITY_OPTIONS = (
+    'compression', 'image_key', 'label_key', 'id_key', 'label_names', 'shape', 'dtype',
+    'tensor_layout', 'max_pixels', 'format', 'quality', 'png_compression', 'png_encoder',
+    'webp_lossless', 'jpeg_progressive', 'jpeg_subsampling', 'reencode', 'name_template',
+    'layout', 'value_range', 'mean', 'std', 'channel_order', 'bit_depth', 'non_finite')
 
 
 def bypass_proxy_for_local_workers() -> None:
@@ -448,10 +506,27 @@ def main(argv: Optional[Sequence[str]] = None,
     return common.fail(PROG, '; '.join(unknown))
   pipeline_options = PipelineOptions(argv)
   args = pipeline_options.view_as(ExportOptions)
+  claim = None
   try:
+    claim = claim_output(args)
     plan = build_config(args, started)
+    if claim is not None and not claim.root.local:
+      plan.config = dataclasses.replace(plan.config, lock_run_id=claim.run_id)
+    claim.start(plan.identity)
+    return _run(plan, claim, pipeline_options, args, argv, pool)
   except errors.ConfigError as e:
     return common.fail(PROG, str(e))
+  except errors.StorageFault as e:
+    print(f'{PROG}: error: {e.message}', file=sys.stderr)
+    return 3
+  finally:
+    if claim is not None:
+      claim.release()
+
+
+def _run(plan: Plan, claim: root_claim.Claim, pipeline_options: PipelineOptions, args,
+         argv: Sequence[str], pool: Optional[worker_lib.WarmPool]) -> int:
+  """Runs the claimed export; every way it can end prints one closing line."""
   if not plan.config.patterns:  # --incremental, and no shard is new or changed
     report = export.write_report(
         None, plan.config,
@@ -467,10 +542,13 @@ def main(argv: Optional[Sequence[str]] = None,
     bypass_proxy_for_local_workers()
     quiet_beam_noise()
   monitor = None
-  if local and not args.quiet:
-    monitor = progress.ProgressMonitor(log_interval=args.progress_interval).start()
-    monitor.count_in_background(lambda: count_images(plan))
+  if local:  # counts for the closing line of a failed run; shown unless --quiet
+    monitor = progress.ProgressMonitor(log_interval=args.progress_interval,
+                                       quiet=args.quiet).start()
+    if not args.quiet:
+      monitor.count_in_background(lambda: count_images(plan))
     plan.config = dataclasses.replace(plan.config, progress=monitor.address)
+  beam_log = BeamLog(claim.run_id)
   try:
     pipeline = beam.Pipeline(runner=runner_instance, options=pipeline_options)
     _ = pipeline | 'Export' >> export.ExportImages(plan.config)
@@ -479,17 +557,99 @@ def main(argv: Optional[Sequence[str]] = None,
       print(f'{PROG}: submitted to {runner}; not waiting (--no_wait)', file=sys.stderr)
       return 0
     result.wait_until_finish()
+  except (KeyboardInterrupt, Terminated) as e:
+    return _ended_early(plan, monitor, beam_log, interrupted=e)
   except Exception as e:  # the runner's own failure: report it plainly, then exit 3
-    logging.getLogger(__name__).debug('pipeline failed', exc_info=True)
-    print(f'{PROG}: error: the pipeline failed: {type(e).__name__}: {e}', file=sys.stderr)
-    return 3
+    return _ended_early(plan, monitor, beam_log, failure=e)
   finally:
     if monitor is not None:
       monitor.stop()
+  beam_log.close(keep=False)
   root = sink.OutputRoot(plan.config.output, plan.config.read.storage_options)
   report = json.loads(root.read(export.REPORT))
   print(summary(report, failure_counters(result)), file=sys.stderr)
+  if not report['success']:
+    print(f'{PROG}: failed: {report["failed"]} image(s) failed, more than --max_failures '
+          f'{report["max_failures"]}; no _SUCCESS (rows in _dead_letter.jsonl)',
+          file=sys.stderr)
   return 0 if report['success'] else 1
+
+
+class BeamLog:
+  """Beam's own log lines (workers' tracebacks among them) go to a file, not the terminal.
+
+  A failed run names the file in its closing line; a run that succeeds removes it.
+  """
+
+  def __init__(self, run_id: str):
+    self.path = os.path.join(tempfile.gettempdir(), f'unrecord-{run_id[:12]}.log')
+    self._handler = logging.FileHandler(self.path, delay=True)
+    self._handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: '
+                                                 '%(message)s'))
+    self._logger = logging.getLogger('apache_beam')
+    self._logger.addHandler(self._handler)
+    self._propagate, self._logger.propagate = self._logger.propagate, False
+    os.environ[worker_lib.LOG_ENV] = self.path  # the local workers' own output
+    # The runner's threads (one per local worker) end with an exception when a worker is
+    # stopped; that is Beam's news, for the log too.
+    self._excepthook, threading.excepthook = threading.excepthook, self._thread_error
+
+  def _thread_error(self, args) -> None:
+    self._logger.error('uncaught in thread %s', getattr(args.thread, 'name', '?'),
+                       exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+  def close(self, keep: bool) -> Optional[str]:
+    """Stops capturing; returns the log's path if kept and not empty."""
+    self._logger.removeHandler(self._handler)
+    self._logger.propagate = self._propagate
+    self._handler.close()
+    os.environ.pop(worker_lib.LOG_ENV, None)
+    threading.excepthook = self._excepthook
+    if keep and os.path.exists(self.path):
+      return self.path
+    try:
+      os.unlink(self.path)
+    except FileNotFoundError:
+      pass
+    return None
+
+
+def _ended_early(plan: Plan, monitor: Optional[progress.ProgressMonitor], beam_log: BeamLog,
+                 *, interrupted: Optional[BaseException] = None,
+                 failure: Optional[BaseException] = None) -> int:
+  """A run stopped by Ctrl-C/SIGTERM or by the runner: one line, a report, an exit code."""
+  counts = monitor.totals() if monitor is not None else None
+  if interrupted is not None:
+    signal_name = 'SIGTERM' if isinstance(interrupted, Terminated) else 'Ctrl-C'
+    cause = f'interrupted ({signal_name})'
+    code = 143 if isinstance(interrupted, Terminated) else 130
+  else:
+    text = ''.join(traceback.format_exception(failure))
+    cause = errors.StorageFault.cause_in(text) or f'the pipeline failed: {_last_line(text)}'
+    code = 3
+  logging.getLogger(__name__).debug('run ended early', exc_info=failure)
+  log_path = beam_log.close(keep=failure is not None)
+  wrote_report = export.write_failure_report(plan.config, cause, counts)
+  so_far = (f'at least {counts["written"]} image(s) written' if counts is not None else
+            'what was written is on the runner')
+  line = f'{PROG}: error: {cause}; {so_far}; no _SUCCESS'
+  if '--skip_existing' not in cause:
+    line += '; run the same command with --skip_existing to finish'
+  if not wrote_report:
+    line += f'; {export.REPORT} could not be written either'
+  if log_path:
+    line += f"; Beam's log: {log_path}"
+  print(line, file=sys.stderr)
+  return code
+
+
+def _last_line(text: str) -> str:
+  """The innermost error of a runner's (often nested) error text, in one line."""
+  lines = [l.strip() for l in text.replace('\\n', '\n').splitlines() if l.strip()]
+  errors_named = [l for l in lines if ': ' in l and l.split(':', 1)[0].split('.')[-1]
+                  .endswith(('Error', 'Exception', 'Fault', 'Exit'))]
+  chosen = (errors_named or lines or ['(no message)'])[-1]
+  return chosen.split(' [while running', 1)[0][:500]
 
 
 if __name__ == '__main__':

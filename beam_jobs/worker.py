@@ -119,6 +119,9 @@ def serve(listener_fd: int, launcher_pid: int, count: int) -> None:
   Stays as their parent: it stops them (SIGTERM) when it is terminated or the launcher
   goes away, and exits when all of them have.
   """
+  # Ctrl-C reaches every process of the terminal's group; the launcher alone answers it,
+  # and stops the workers (else each prints a KeyboardInterrupt traceback).
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   from apache_beam.runners.worker import sdk_worker_main  # noqa: F401
   # The job's own modules (export imports the rest), so unpickling its DoFns costs no
   # imports later.
@@ -161,6 +164,7 @@ def _serve_one(listener: socket.socket, parent_pid: int) -> None:
   listener.close()
   os.environ.clear()
   os.environ.update(environment)
+  _log_to_file()
   threading.Thread(target=_exit_when_client_leaves, args=(connection,), daemon=True).start()
   code = 0
   try:
@@ -196,6 +200,23 @@ def _take_client(listener: socket.socket, parent_pid: int):
       connection.close()
 
 
+# The launcher names a file for the workers' own output (Beam's tracebacks among it), so
+# a failed run ends with one line on the terminal that names the file.
+LOG_ENV = 'UNRECORD_WORKER_LOG'
+
+
+def _log_to_file() -> None:
+  path = os.environ.get(LOG_ENV)
+  if not path:
+    return
+  try:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+  except OSError:
+    return  # the terminal, as before
+  os.dup2(fd, 2)
+  os.close(fd)
+
+
 def _exit_when_client_leaves(connection: socket.socket) -> None:
   try:
     while connection.recv(1):
@@ -221,6 +242,7 @@ def _read_line(connection: socket.socket) -> bytes:
 
 def client(address: str) -> int:
   """Hands this process's environment to a warm worker and mirrors its exit code."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher answers Ctrl-C (see serve)
   try:
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # Warm processes may still be importing; one that died closes its socket, so a
@@ -240,6 +262,7 @@ def client(address: str) -> int:
 def cold_start() -> int:
   """No warm process free: be the worker, as `sdk_worker_main` would."""
   from apache_beam.runners.worker import sdk_worker_main
+  _log_to_file()
   sdk_worker_main.main(sys.argv)
   sys.stdout.flush()
   sys.stderr.flush()

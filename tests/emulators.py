@@ -86,7 +86,9 @@ class FaultyProxy:
 
   mode 'flaky': every 3rd request gets 503 SlowDown, every 7th has its connection reset,
   every 5th is delayed 0.3 s; all others pass through. mode 'deny': every write (PUT,
-  POST, DELETE) gets 403 AccessDenied.
+  POST, DELETE) gets 403 AccessDenied. mode 'pass': nothing injected; mode 'down': every
+  connection is reset, as when the store is restarting. `mode` may change while it runs;
+  `puts` counts the writes that reached the store.
   """
 
   def __init__(self, upstream: str, mode: str = 'flaky'):
@@ -94,6 +96,7 @@ class FaultyProxy:
     self.mode = mode
     self.requests = 0
     self.faults = 0
+    self.puts = 0
     self._lock = threading.Lock()
     proxy = self
 
@@ -126,6 +129,9 @@ class FaultyProxy:
           return
         if fault == 'slow':
           time.sleep(0.3)
+        if self.command in ('PUT', 'POST'):
+          with proxy._lock:
+            proxy.puts += 1
         connection = http.client.HTTPConnection(proxy.upstream, timeout=30)
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() not in ('connection', 'expect')}
@@ -154,6 +160,8 @@ class FaultyProxy:
     fault = None
     if self.mode == 'deny' and method in ('PUT', 'POST', 'DELETE'):
       fault = '403'
+    elif self.mode == 'down':
+      fault = 'reset'
     elif self.mode == 'flaky':
       fault = ('503' if number % 3 == 0 else 'reset' if number % 7 == 0 else
                'slow' if number % 5 == 0 else None)

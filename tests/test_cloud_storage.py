@@ -53,7 +53,7 @@ def _check_output(fs, root, secret=None):
   listed = {p.split(f'{root}/', 1)[1] for p in fs.find(root)}
   assert listed == {r['path'] for r in rows} | {
       '_manifest.jsonl', '_dead_letter.jsonl', '_dead_letter.tfrecord', '_report.json',
-      '_report.html', '_SUCCESS'}
+      '_report.html', '_SUCCESS', '_unrecord_run.json'}
   for row in rows:
     data = fs.cat_file(f'{root}/{row["path"]}')
     assert (len(data), hashlib.sha256(data).hexdigest()) == (row['bytes'], row['sha256'])

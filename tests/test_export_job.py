@@ -16,7 +16,7 @@ from transforms import tfrecord
 OFFLINE = {'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9',
            'HTTP_PROXY': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9'}
 METADATA = {'_manifest.jsonl', '_dead_letter.jsonl', '_dead_letter.tfrecord',
-            '_report.json', '_report.html', '_SUCCESS'}
+            '_report.json', '_report.html', '_SUCCESS', '_unrecord_run.json'}
 
 
 def _export(unrecord, *args, expect=0):

@@ -84,7 +84,7 @@ def test_a_run_killed_part_way_is_redone_by_the_next(unrecord, tmp_path):
   src, out = tmp_path / 'src', tmp_path / 'out'
   src.mkdir()
   _shard(src, 'small.tfrecord', [fixtures.photo(0, 12, 12)])
-  _run(unrecord, src, out)
+  _run(unrecord, src, out, '--png_encoder', 'opencv')  # the settings of every run below
   state = _state(out)
   _shard(src, 'big.tfrecord', [fixtures.photo(i % 7, 32, 32) for i in range(1500)])
   job = subprocess.Popen(

@@ -90,7 +90,10 @@ def bad_inputs(tmp_path):
   framing.write_bytes(bytes(damaged))
   out = tmp_path / 'out'
   (out / 'blocked.webp').mkdir(parents=True)  # a folder where a file must go
-  return str(cases), str(framing), str(out)
+  gone = tmp_path / 'gone'  # a shard that cannot be opened: read_error
+  gone.mkdir()
+  os.symlink(str(tmp_path / 'deleted.tfrecord'), gone / 'gone.tfrecord')
+  return str(cases), str(framing), str(out), str(gone)
 
 
 ARGS = ['--image_key', 'image', '--id_key', 'id', '--format', 'webp', '--name_template',
@@ -99,13 +102,14 @@ EXPECTED_FAILURES = {
     'non_finite': 1, 'missing_feature': 1, 'proto_parse': 1, 'unsupported_dtype': 1,
     'shape_mismatch': 1, 'decode_error': 1, 'encode_error': 1, 'write_error': 1,
     'unsafe_name': 1, 'name_collision': 1, 'too_many_pixels': 1, 'crc_mismatch': 1,
-    'record_too_large': 1, 'truncated': 1,
+    'record_too_large': 1, 'truncated': 1, 'read_error': 1,
 }
 
 
 def test_every_reason_code_with_counters_and_accounting(bad_inputs):
-  cases, framing, out = bad_inputs
-  argv = ['--input', cases, '--input', framing, '--output', out, *ARGS,
+  cases, framing, out, gone = bad_inputs
+  gone_file = os.path.join(gone, 'gone.tfrecord')
+  argv = ['--input', cases, '--input', framing, '--input', gone, '--output', out, *ARGS,
           '--runner', 'FnApiRunner']
   options = PipelineOptions(argv)
   plan = export_images.build_config(options.view_as(export_images.ExportOptions), 0.0)
@@ -118,7 +122,7 @@ def test_every_reason_code_with_counters_and_accounting(bad_inputs):
   rows = [json.loads(line) for line in open(os.path.join(out, '_dead_letter.jsonl'))]
   assert collections.Counter(r['reason'] for r in rows) == EXPECTED_FAILURES
   for row in rows:
-    assert row['source'] in (cases, framing) and row['offset'] is not None
+    assert row['source'] in (cases, framing, gone_file) and row['offset'] is not None
     assert row['index'] is not None and row['message']
   by_reason = {r['reason']: r for r in rows}
   assert by_reason['write_error']['stage'] == 'write'
@@ -127,6 +131,8 @@ def test_every_reason_code_with_counters_and_accounting(bad_inputs):
   assert by_reason['encode_error']['stage'] == 'encode'
   assert by_reason['crc_mismatch']['index'] == 1
   assert by_reason['truncated']['source'] == framing
+  assert by_reason['read_error']['source'] == gone_file
+  assert 'No such file' in by_reason['read_error']['message']
 
   counters = collections.Counter()  # summed over steps (collisions undo a write)
   for counter in result.metrics().query(
@@ -140,7 +146,8 @@ def test_every_reason_code_with_counters_and_accounting(bad_inputs):
   assert sorted(images) == ['dup.webp', 'frame0.webp', 'frame2.webp', 'good0.webp',
                             'good1.webp']
   report = json.load(open(os.path.join(out, '_report.json')))
-  images_in_input = len(CASES) + 5  # framing.tfrecord: 3 frames, one bomb, one stub
+  # framing.tfrecord: 3 frames, one bomb, one stub; gone.tfrecord: one unreadable file
+  images_in_input = len(CASES) + 5 + 1
   assert report['written'] + report['failed'] == images_in_input
   assert report['written'] == counters['images_written'] == len(images)
   manifest = [json.loads(line)['path'] for line in open(os.path.join(out,
@@ -149,12 +156,13 @@ def test_every_reason_code_with_counters_and_accounting(bad_inputs):
 
 
 def test_the_command_sums_the_counters_in_its_summary_and_fails(unrecord, bad_inputs):
-  cases, framing, out = bad_inputs
+  cases, framing, out, gone = bad_inputs
   args = [a for a in ARGS]
-  args[args.index('--max_failures') + 1] = '13'
-  result = unrecord('export', '--input', f'{cases},{framing}', '--output', out, *args)
+  args[args.index('--max_failures') + 1] = '14'
+  result = unrecord('export', '--input', f'{cases},{framing},{gone}', '--output', out,
+                    *args)
   assert result.returncode == 1, result.stderr[-3000:]
-  assert 'failed 14' in result.stderr
+  assert 'failed 15' in result.stderr
   for reason in EXPECTED_FAILURES:
     assert f'{reason}: 1' in result.stderr
   assert not os.path.exists(os.path.join(out, '_SUCCESS'))

@@ -24,11 +24,12 @@ ENCODE_ERROR = 'encode_error'
 WRITE_ERROR = 'write_error'
 UNSAFE_NAME = 'unsafe_name'
 NAME_COLLISION = 'name_collision'
+READ_ERROR = 'read_error'
 
 REASONS = (
     CRC_MISMATCH, TRUNCATED, RECORD_TOO_LARGE, PROTO_PARSE, MISSING_FEATURE,
     UNSUPPORTED_DTYPE, SHAPE_MISMATCH, TOO_MANY_PIXELS, NON_FINITE, DECODE_ERROR,
-    ENCODE_ERROR, WRITE_ERROR, UNSAFE_NAME, NAME_COLLISION)
+    ENCODE_ERROR, WRITE_ERROR, UNSAFE_NAME, NAME_COLLISION, READ_ERROR)
 
 
 class UnrecordError(Exception):
@@ -91,6 +92,41 @@ class DecodeError(UnrecordError):
 
 class ConfigError(ValueError):
   """The user's options or the data's schema do not fit; raised before a run starts."""
+
+
+class RootBusyError(ConfigError):
+  """Another run holds the output root's lock."""
+
+
+class StorageFault(Exception):
+  """The output storage itself failed (disk full, read-only, store gone): not one image's
+  fault, so the run stops instead of dead-lettering every image after it.
+
+  Its text crosses the runner inside the runner's own error; `cause_in` finds it there.
+  """
+
+  MARKER = 'unrecord storage fault: '
+
+  def __init__(self, message: str):
+    super().__init__(message)
+    self.message = message
+
+  def __str__(self) -> str:
+    return self.MARKER + self.message
+
+  def __reduce__(self):
+    return (StorageFault, (self.message,))
+
+  @classmethod
+  def cause_in(cls, text: str) -> Optional[str]:
+    """The message of the first StorageFault named in a runner's error text, else None."""
+    at = text.find(cls.MARKER)
+    if at < 0:
+      return None
+    message = text[at + len(cls.MARKER):]
+    for end in (' [while running', '\n', '\\n'):
+      message = message.split(end, 1)[0]
+    return message.strip()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,7 @@ from transforms import read
 from transforms import record_layout
 from transforms import render
 from transforms import report as report_lib
+from transforms import root_claim
 from transforms import sink
 from transforms import tfrecord
 
@@ -63,6 +64,13 @@ class ExportConfig:
   # keeps other shards' rows and the state file records these on success.
   incremental: bool = False
   processed: Tuple[Tuple[str, dict], ...] = ()
+  # The output settings that make this export what it is (root_claim.identity); the
+  # incremental state records them, so changed settings redo every shard.
+  settings: Tuple[Tuple[str, object], ...] = ()
+  # --overwrite: the root's earlier images that this run does not write are removed.
+  overwrite: bool = False
+  # An object-store root's lease (root_claim), released by the job's last step.
+  lock_run_id: Optional[str] = None
 
   def __post_init__(self):
     if not self.patterns and not self.incremental:
@@ -71,6 +79,10 @@ class ExportConfig:
       raise errors.ConfigError('no output given; pass --output URL')
     if self.max_failures < 0:
       raise errors.ConfigError('--max_failures must be 0 or more')
+    if self.overwrite and (self.skip_existing or self.incremental):
+      raise errors.ConfigError(
+          '--overwrite replaces the output; it does not go with --skip_existing or '
+          '--incremental, which keep it')
 
 
 def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendered,
@@ -106,16 +118,21 @@ def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendere
 
 
 def existing_row(image: decode.DecodedImage, name: str, root: sink.OutputRoot,
-                 config: ExportConfig) -> dict:
-  """A manifest row for an image left in place by --skip_existing, from the file itself.
+                 config: ExportConfig) -> Optional[dict]:
+  """The manifest row for a finished image --skip_existing leaves in place, from the file
+  itself; None when there is no such file, or it is not a whole image (empty, cut short,
+  damaged): that one is written again.
 
   `write_manifest` prefers the previous run's row for the same path when there is one.
   """
-  data = root.read(name)
+  try:
+    data = root.read(name)
+  except FileNotFoundError:
+    return None
   try:
     shape, dtype = image_formats.check_encoded(data, None, config.image.max_pixels)
   except errors.UnrecordError:
-    shape, dtype = None, None
+    return None
   rendered = render.Rendered(data, tuple(shape or ()), dtype, ('existing',), 'existing',
                              False, None)
   row = manifest_row(image, name, rendered, config)
@@ -203,8 +220,8 @@ class _ExportRangeFn(beam.DoFn):
       stage = 'name'
       try:
         name = self._namer.name(image)
-        if config.skip_existing and root.exists(name):
-          row = existing_row(image, name, root, config)
+        row = existing_row(image, name, root, config) if config.skip_existing else None
+        if row is not None:
           runs.add(manifest_lib.entry(manifest_lib.SKIPPED, row, manifest_line(row)))
           tally['images_skipped'] += 1
           self._progress.count('skipped')
@@ -319,15 +336,13 @@ def write_manifest(runs: Iterable[str], config: ExportConfig) -> dict:
   """
   root = sink.OutputRoot(config.output, config.read.storage_options)
   runs = list(runs)
-  if (config.skip_existing or config.incremental) and root.exists(MANIFEST):
+  if root.exists(MANIFEST):
     with root.open_read(MANIFEST) as previous:
       runs += manifest_lib.sorted_runs(root, manifest_lib.previous_entries(previous))
-  processed = {url for url, _ in config.processed}
   sampler = report_lib.RowSampler()
   with root.open_write(MANIFEST) as out:
     merged = manifest_lib.merge_runs(
-        manifest_lib.merged(root, runs), out,
-        keep_previous=lambda row: config.incremental and row.get('source') not in processed,
+        manifest_lib.merged(root, runs), out, keep_previous=_keeps_previous(config),
         on_disk_sha256=lambda path: _sha256_or_none(root, path),
         sample=sampler.add)
   for path in merged.stale:
@@ -335,15 +350,55 @@ def write_manifest(runs: Iterable[str], config: ExportConfig) -> dict:
       root.fs.rm_file(root.path(path))
     except FileNotFoundError:
       pass
+  unlisted = _remove_unlisted(root) if config.overwrite else 0
   failures = [f for c in merged.collisions for f in _collision_failures(c)]
   Metrics.counter(NAMESPACE, f'failed_{errors.NAME_COLLISION}').inc(len(failures))
   skipped = sum(c.skipped for c in merged.collisions)
   Metrics.counter(NAMESPACE, 'images_written').dec(len(failures) - skipped)
   Metrics.counter(NAMESPACE, 'images_skipped').dec(skipped)
   return {'written': merged.written, 'skipped': merged.skipped, 'bytes': merged.bytes,
-          'passthrough': merged.passthrough, 'stale_removed': len(merged.stale),
+          'passthrough': merged.passthrough,
+          'stale_removed': len(merged.stale) + unlisted,
           'samples': [json.loads(line) for line in sampler.chosen()],
           'collisions': failures}
+
+
+def _keeps_previous(config: ExportConfig):
+  """Whether a row only the previous manifest has stays (its file kept) or goes (removed).
+
+  The one owner of that decision: --overwrite removes them all; --incremental removes
+  those of the shards it processed again (they no longer make that image); every other
+  run keeps them, so the manifest goes on listing every image file in the root.
+  """
+  if config.overwrite:
+    return lambda row: False
+  if config.incremental:
+    processed = {url for url, _ in config.processed}
+    return lambda row: row.get('source') not in processed
+  return lambda row: True
+
+
+def _remove_unlisted(root: sink.OutputRoot) -> int:
+  """--overwrite: removes every file under the root that the new manifest does not list
+  (a killed run's images, say), except unrecord's own files; returns how many.
+
+  Holds the root's listing in memory, one path per file (docs/scale.md).
+  """
+  prefix = root.path('')
+  found = {p[len(prefix):] for p in root.fs.find(root.root) if p.startswith(prefix)}
+  with root.open_read(MANIFEST) as listed:
+    for line in listed:
+      found.discard(json.loads(line)['path'])
+  removed = 0
+  for path in sorted(found):
+    if path.split('/', 1)[0].startswith('_') or sink.is_temp_name(path):
+      continue
+    try:
+      root.fs.rm_file(root.path(path))
+      removed += 1
+    except FileNotFoundError:
+      pass
+  return removed
 
 
 def _sha256_or_none(root: sink.OutputRoot, path: str) -> Optional[str]:
@@ -434,13 +489,49 @@ def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict,
     report['incremental'] = {'shards_processed': len(config.processed),
                              'stale_images_removed': manifest.get('stale_removed', 0)}
   root.write(REPORT, (json.dumps(report, indent=2, sort_keys=True) + '\n').encode())
-  root.write(REPORT_HTML, report_lib.render_html(
-      report, _thumbnails(root, manifest['samples'])).encode('utf-8'))
+  root.write(REPORT_HTML, _report_page(report, root, manifest['samples']))
   if success:
     if config.incremental:
-      incremental.write_state(root, config.processed)
+      incremental.write_state(root, config.processed, dict(config.settings))
     root.write(SUCCESS, b'')
+  if config.lock_run_id:
+    root_claim.release_lease(root, config.lock_run_id)
   return report
+
+
+def write_failure_report(config: ExportConfig, cause: str,
+                         counts: Optional[Dict[str, int]]) -> bool:
+  """After a run that stopped early (a storage fault, Ctrl-C, the runner failing): removes
+  its temp files, then writes `_report.json`/`_report.html` saying so, with the images
+  written so far (`counts` from the progress monitor; None where the launcher has none).
+
+  Never raises: returns False when the root cannot take even that (it may be the fault).
+  `_SUCCESS` stays absent, and the manifest is left as the last finished run wrote it.
+  """
+  try:
+    root = sink.OutputRoot(config.output, config.read.storage_options)
+    root.remove_temp_debris()
+    root.remove_tree(manifest_lib.SCRATCH)
+    finished = time.time()
+    counts = counts or {}
+    report = {
+        'output': config.output, 'inputs': list(config.patterns), 'success': False,
+        # Counts the workers had reported when the run stopped: lower bounds.
+        'error': cause, 'written': None, 'skipped': None, 'failed': None,
+        'reported_so_far': {k: counts[k] for k in ('written', 'skipped', 'failed')
+                            if k in counts},
+        'passthrough': None, 'failed_by_reason': {}, 'first_failures': [cause],
+        'bytes_written': None, 'max_failures': config.max_failures,
+        'seconds': round(finished - (config.run_started or finished), 3),
+        'images_per_second': None, 'started': _iso(config.run_started or finished),
+        'finished': _iso(finished), 'options': {k: v for k, v in config.options_used},
+        'work': None,
+    }
+    root.write(REPORT, (json.dumps(report, indent=2, sort_keys=True) + '\n').encode())
+    root.write(REPORT_HTML, report_lib.render_html(report, []).encode('utf-8'))
+    return True
+  except Exception:  # pylint: disable=broad-except
+    return False
 
 
 def work_timing(spans: Iterable[Tuple[float, float]], run_started: float
@@ -465,13 +556,21 @@ def work_timing(spans: Iterable[Tuple[float, float]], run_started: float
           'mean_busy_workers': round(busy / (last - first), 2) if last > first else None}
 
 
+def _report_page(report: dict, root: sink.OutputRoot, samples: List[dict]) -> bytes:
+  """`_report.html`; its sample grid is left out rather than fail the run."""
+  try:
+    return report_lib.render_html(report, _thumbnails(root, samples)).encode('utf-8')
+  except Exception:  # pylint: disable=broad-except
+    return report_lib.render_html(report, []).encode('utf-8')
+
+
 def _thumbnails(root: sink.OutputRoot, rows: List[dict]):
   """(class, caption, thumbnail PNG) for the report's sample grid."""
   samples = []
   for row in rows:
     try:
       png = report_lib.thumbnail_png(root.read(row['path']))
-    except (OSError, errors.UnrecordError):
+    except Exception:  # pylint: disable=broad-except  (a picture is never worth a failed run)
       continue
     label = row.get('label_name') or row.get('label')
     caption = str(row['id']) if row.get('id') is not None else row['path'].split('/')[-1]

@@ -1,15 +1,21 @@
 """Incremental materialization: which input shards are new or changed since the last run.
 
 The state file `_unrecord_state.json` at the output root maps each processed shard's URL
-to its fingerprint: its size plus whatever version the filesystem gives (GCS generation,
-S3/GCS ETag, local mtime). It is rewritten only at the end of a successful run, so a run
-that fails part-way leaves it as it was and the next run redoes exactly the shards that
-were not finished.
+to a fingerprint of its content, and records the output settings of the run that wrote
+it. A shard's fingerprint is its size plus, where the store gives one, a checksum of its
+content (GCS md5Hash/crc32c, S3 ETag); elsewhere (local disk, other fsspec stores) the
+SHA-256 of its bytes. A local shard is hashed again only when its inode, mtime or ctime
+moved: a change of content always moves ctime, which no tool can set back (`touch -r`,
+`cp -p`, tar and rsync restore mtime only). The state is rewritten only at the end of a
+successful run, so a run that fails part-way leaves it as it was and the next run redoes
+exactly the shards that were not finished. Changed settings make every shard changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from transforms import errors
@@ -17,52 +23,77 @@ from transforms import sink
 from transforms import storage
 
 STATE = '_unrecord_state.json'
-_VERSION_KEYS = ('generation', 'etag', 'ETag', 'mtime', 'LastModified', 'md5Hash')
+# Checksums of an object's content that object stores report; a shard with none is hashed.
+_CONTENT_KEYS = ('md5Hash', 'crc32c', 'ETag', 'etag')
+_HASH_BLOCK = 8 << 20
 
 Fingerprint = Dict[str, object]
 
 
-def fingerprint(url: str, storage_options: Optional[storage.StorageOptions] = None
-                ) -> Fingerprint:
-  """Size and version of one input file, as its filesystem reports them."""
+def fingerprint(url: str, storage_options: Optional[storage.StorageOptions] = None,
+                previous: Optional[Fingerprint] = None) -> Fingerprint:
+  """Size and content checksum of one input file; `previous` spares an unmoved local
+  file its hashing."""
   fs, path = storage.filesystem(url, storage_options)
   info = fs.info(path)
   found: Fingerprint = {'size': int(info.get('size') or 0)}
-  for key in _VERSION_KEYS:
+  for key in _CONTENT_KEYS:
     if info.get(key) is not None:
-      found[key.lower()] = str(info[key])
+      found[key.lower()] = str(info[key]).strip('"')
+  if len(found) > 1:
+    return found
+  if storage.is_local(fs):
+    st = os.stat(path)
+    found['stat'] = [st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+    if previous and previous.get('sha256') and all(
+        previous.get(k) == found[k] for k in ('size', 'stat')):
+      found['sha256'] = previous['sha256']
+      return found
+  digest = hashlib.sha256()
+  with fs.open(path, 'rb', block_size=_HASH_BLOCK) as f:
+    for block in iter(lambda: f.read(_HASH_BLOCK), b''):
+      digest.update(block)
+  found['sha256'] = digest.hexdigest()
   return found
 
 
-def read_state(root: sink.OutputRoot) -> Dict[str, Fingerprint]:
+def _content(fp: Optional[Fingerprint]) -> Optional[Fingerprint]:
+  return None if fp is None else {k: v for k, v in fp.items() if k != 'stat'}
+
+
+def read_state(root: sink.OutputRoot) -> dict:
+  """{'shards': {url: Fingerprint}, 'settings': dict or None}; empty for a new root."""
   if not root.exists(STATE):
-    return {}
+    return {'shards': {}, 'settings': None}
   try:
     state = json.loads(root.read(STATE))
-    return dict(state['shards'])
+    return {'shards': dict(state['shards']), 'settings': state.get('settings')}
   except (ValueError, KeyError, TypeError) as e:
     raise errors.ConfigError(
         f'{root.url_of(STATE)} is not a valid unrecord state file ({e}); delete it to '
         'process every shard again') from None
 
 
-def changed_shards(urls: Sequence[str], state: Dict[str, Fingerprint],
+def changed_shards(urls: Sequence[str], state: dict, settings: dict,
                    storage_options: Optional[storage.StorageOptions] = None
                    ) -> List[Tuple[str, Fingerprint]]:
-  """The shards whose fingerprint is new or differs from the state, with it."""
+  """The shards whose content is new or changed since the state, with their fingerprints;
+  every shard when the state was written with other output settings."""
+  shards = state['shards'] if state.get('settings') == settings else {}
   changed = []
   for url in urls:
-    current = fingerprint(url, storage_options)
-    if state.get(url) != current:
+    current = fingerprint(url, storage_options, previous=shards.get(url))
+    if _content(shards.get(url)) != _content(current):
       changed.append((url, current))
   return changed
 
 
-def write_state(root: sink.OutputRoot,
-                processed: Sequence[Tuple[str, Fingerprint]]) -> Dict[str, Fingerprint]:
+def write_state(root: sink.OutputRoot, processed: Sequence[Tuple[str, Fingerprint]],
+                settings: dict) -> Dict[str, Fingerprint]:
   """Adds the processed shards' fingerprints to the state, atomically."""
   state = read_state(root)
-  state.update({url: dict(fp) for url, fp in processed})
-  root.write(STATE, (json.dumps({'version': 1, 'shards': state}, indent=1,
-                                sort_keys=True) + '\n').encode('utf-8'))
-  return state
+  shards = state['shards'] if state['settings'] == settings else {}
+  shards.update({url: dict(fp) for url, fp in processed})
+  root.write(STATE, (json.dumps({'version': 2, 'settings': settings, 'shards': shards},
+                                indent=1, sort_keys=True) + '\n').encode('utf-8'))
+  return shards

@@ -29,6 +29,9 @@ MAX_PATH_BYTES = 1000
 # unrecord's own files at the output root; no image may take these names.
 RESERVED_NAMES = ('_manifest.jsonl', '_dead_letter.jsonl', '_dead_letter.tfrecord',
                   '_SUCCESS', '_report.json', '_report.html')
+# The suffix of the temp files writes go through (transforms/sink.py); no output name may
+# end with it, so the sweep of a killed run's temp files can never take an image.
+TEMP_SUFFIX = '.unrecord-tmp'
 _UNSAFE_CHARACTERS = {'/', '\\', ':', '*', '?', '"', '<', '>', '|'}
 
 
@@ -148,6 +151,8 @@ def check_relative_path(name: str) -> str:
       problem = f'it is longer than {MAX_PATH_BYTES} bytes'
     elif segments[0] in RESERVED_NAMES or segments[0].startswith('_unrecord'):
       problem = f'{segments[0]!r} is one of unrecord\'s own files at the output root'
+    elif any(s.endswith(TEMP_SUFFIX) for s in segments):
+      problem = f'names ending in {TEMP_SUFFIX!r} are reserved for unrecord\'s temp files'
   if problem:
     raise errors.DecodeError(errors.UNSAFE_NAME,
                              f'output name {name[:200]!r} is not safe: {problem}')

@@ -88,9 +88,10 @@ class ProgressMonitor:
   """Runs in the launcher: receives counts, prints progress until `stop()`."""
 
   def __init__(self, stream=None, log_interval: float = 10.0, show_after: float = 2.0,
-               refresh: float = 0.25):
+               refresh: float = 0.25, quiet: bool = False):
     self._stream = stream or sys.stderr
     self._live = bool(getattr(self._stream, 'isatty', lambda: False)())
+    self._quiet = quiet  # counts only: for the closing line of an interrupted run
     self._log_interval = log_interval
     self._show_after = show_after
     self._refresh = refresh
@@ -148,7 +149,7 @@ class ProgressMonitor:
       except OSError:
         return
       now = time.monotonic()
-      if now - self._started < self._show_after:
+      if self._quiet or now - self._started < self._show_after:
         continue
       if self._live:
         self._print(self._line(now), end='\r')

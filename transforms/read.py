@@ -45,7 +45,19 @@ class ReadConfig:
 
 
 def plan_file(item: storage.InputFile, config: ReadConfig) -> List[FileRange]:
-  """Ranges to read one file in: several for a large uncompressed file, else one."""
+  """Ranges to read one file in: several for a large uncompressed file, else one.
+
+  A file that cannot be opened now (deleted or made unreadable since the launch) is
+  planned as one range, which `read_range` reports as a `read_error`.
+  """
+  try:
+    return _plan_file(item, config)
+  except OSError:
+    compression = tfrecord.resolve_compression(item.url, config.compression, b'')
+    return [FileRange(item.url, 0, None, 0, compression, item.size)]
+
+
+def _plan_file(item: storage.InputFile, config: ReadConfig) -> List[FileRange]:
   with storage.open_input(item.url, config.storage_options) as stream:
     head = stream.read(_SNIFF_BYTES)
     compression = tfrecord.resolve_compression(item.url, config.compression, head)
@@ -58,7 +70,29 @@ def plan_file(item: storage.InputFile, config: ReadConfig) -> List[FileRange]:
 
 def read_range(file_range: FileRange, config: ReadConfig
                ) -> Iterator[Union[tfrecord.Record, errors.CorruptRecordError]]:
-  """Every slot of one range: `(RecordRef, payload)` or a CorruptRecordError value."""
+  """Every slot of one range: `(RecordRef, payload)` or a CorruptRecordError value.
+
+  An input that cannot be read (deleted, unreadable, its store gone) ends the range with
+  one `read_error` at the first record not read: bad input, not a reason to stop the job.
+  """
+  index, offset = file_range.first_index, file_range.start
+  try:
+    for slot in _read_range(file_range, config):
+      if not isinstance(slot, errors.CorruptRecordError):
+        index, offset = slot[0].index + 1, None
+      yield slot
+  except Exception as e:  # pylint: disable=broad-except  (any filesystem's own errors)
+    if isinstance(e, errors.UnrecordError):
+      raise
+    yield errors.CorruptRecordError(
+        errors.READ_ERROR,
+        f'the input cannot be read ({type(e).__name__}: {e}); its records from here on '
+        'were not read: check that the file exists and is readable, then run again',
+        path=file_range.path, index=index, offset=offset)
+
+
+def _read_range(file_range: FileRange, config: ReadConfig
+                ) -> Iterator[Union[tfrecord.Record, errors.CorruptRecordError]]:
   with storage.open_input(file_range.path, config.storage_options) as raw:
     compressed = file_range.compression != 'none'
     stream = tfrecord.open_decompressed(raw, file_range.compression)
@@ -83,9 +117,12 @@ def count_records(item: storage.InputFile, config: ReadConfig) -> Optional[int]:
 
 def fetch_record(path: str, offset: int, config: ReadConfig) -> Optional[bytes]:
   """The payload of the intact record whose frame starts at `offset`, else None."""
-  with storage.open_input(path, config.storage_options) as probe:
-    compression = tfrecord.resolve_compression(path, config.compression,
-                                               probe.read(_SNIFF_BYTES))
+  try:
+    with storage.open_input(path, config.storage_options) as probe:
+      compression = tfrecord.resolve_compression(path, config.compression,
+                                                 probe.read(_SNIFF_BYTES))
+  except OSError:
+    return None  # gone since it was read: the dead-letter row says `replayable: false`
   file_range = FileRange(path, offset, offset + 1, 0, compression)
   for slot in read_range(file_range, config):
     return None if isinstance(slot, errors.CorruptRecordError) else slot[1]

@@ -97,15 +97,20 @@ def _table(pairs: Sequence[Tuple[str, object]]) -> str:
 def render_html(report: dict, samples: Sequence[Tuple[str, str, bytes]]) -> str:
   """The page for one run. `samples`: (class, caption, thumbnail PNG) triples."""
   ok = report['success']
-  status = ('<span class="status ok">success</span>' if ok else
-            '<span class="status failed">more failures than --max_failures</span>')
+  if ok:
+    status = '<span class="status ok">success</span>'
+  elif report.get('error'):
+    status = f'<span class="status failed">stopped: {html.escape(report["error"])}</span>'
+  else:
+    status = '<span class="status failed">more failures than --max_failures</span>'
+  size = report['bytes_written']
   cards = ''.join(
       f'<div class="card">{name}<b>{value}</b></div>' for name, value in (
           ('written', report['written']), ('passthrough', report['passthrough']),
           ('skipped', report['skipped']), ('failed', report['failed']),
           ('images / s', report['images_per_second']),
           ('seconds', report['seconds']),
-          ('MB written', round(report['bytes_written'] / 1e6, 2))))
+          ('MB written', 'unknown' if size is None else round(size / 1e6, 2))))
   reasons = report['failed_by_reason']
   reason_table = _table(sorted(reasons.items())) if reasons else '<p>No failures.</p>'
   groups = collections.OrderedDict()

@@ -10,9 +10,11 @@ block raises, leaving a partial file at the final path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -20,9 +22,24 @@ import uuid
 from typing import BinaryIO, Iterator, List, Optional
 
 from transforms import errors
+from transforms import naming
 from transforms import storage
 
-TEMP_SUFFIX = '.unrecord-tmp'
+TEMP_SUFFIX = naming.TEMP_SUFFIX
+# Exactly the names `_local_temp` makes; the sweep removes nothing else. No output name can
+# match: data values lose leading dots, and naming refuses segments ending in TEMP_SUFFIX.
+_TEMP_NAME = re.compile(r'\..*\.[0-9a-f]{9,}-[0-9]+' + re.escape(TEMP_SUFFIX) + r'\Z',
+                        re.S)
+# Write errors that belong to one name, not to the storage: the image is dead-lettered.
+_NAME_ERRNOS = frozenset((errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR, errno.EINVAL,
+                          errno.EILSEQ, errno.EEXIST, errno.ENOTEMPTY))
+_ADVICE = {
+    errno.ENOSPC: 'free space on the output storage',
+    errno.EDQUOT: 'free space or raise the quota on the output storage',
+    errno.EROFS: 'make the output root writable or choose another --output',
+    errno.EACCES: 'make the output root writable or choose another --output',
+    errno.EPERM: 'make the output root writable or choose another --output',
+}
 # Temp names: this process's random prefix and a counter (cheaper than a uuid per file;
 # the prefix keeps processes on other machines sharing a filesystem apart).
 _TEMP_PREFIX = uuid.uuid4().hex[:8]
@@ -61,13 +78,17 @@ class OutputRoot:
         self._write_local(target, data)
       else:
         self.fs.pipe_file(target, data)
-    except OSError as e:
+    except Exception as e:  # pylint: disable=broad-except
       raise self._write_error(relative, e) from e
 
-  def _write_error(self, relative: str, error: OSError) -> errors.DecodeError:
-    return errors.DecodeError(
-        errors.WRITE_ERROR,
-        f'cannot write {self.url_of(relative)} ({type(error).__name__}: {error})')
+  def _write_error(self, relative: str, error: Exception) -> Exception:
+    """DecodeError(write_error) when the name is at fault, else a StorageFault."""
+    code = getattr(error, 'errno', None)
+    if isinstance(error, OSError) and code in _NAME_ERRNOS:
+      return errors.DecodeError(
+          errors.WRITE_ERROR,
+          f'cannot write {self.url_of(relative)} ({type(error).__name__}: {error})')
+    return storage_fault(f'cannot write {self.url_of(relative)}', error)
 
   def _write_local(self, target: str, data: bytes) -> None:
     with self._renamed_into_place(target) as temp:
@@ -113,7 +134,7 @@ class OutputRoot:
         yield f
       try:
         self.fs.put_file(local, target)
-      except OSError as e:
+      except Exception as e:  # pylint: disable=broad-except
         raise self._write_error(relative, e) from e
 
   def open_read(self, relative: str) -> BinaryIO:
@@ -140,8 +161,8 @@ class OutputRoot:
         os.makedirs(self.root, exist_ok=True)
       self.write(probe, b'')
       self.fs.rm_file(self.path(probe))
-    except (OSError, errors.UnrecordError) as e:
-      reason = e.message if isinstance(e, errors.UnrecordError) else str(e)
+    except (OSError, errors.UnrecordError, errors.StorageFault) as e:
+      reason = getattr(e, 'message', None) or str(e)
       raise errors.ConfigError(
           f'the output {self.url!r} cannot be written: {reason}') from None
 
@@ -153,7 +174,7 @@ class OutputRoot:
     cutoff = time.time() if older_than is None else older_than
     for folder, _, files in os.walk(self.root):
       for name in files:
-        if name.endswith(TEMP_SUFFIX):
+        if _TEMP_NAME.match(name):
           path = os.path.join(folder, name)
           try:
             if os.path.getmtime(path) <= cutoff:
@@ -162,6 +183,22 @@ class OutputRoot:
           except OSError:
             pass
     return removed
+
+
+def is_temp_name(path: str) -> bool:
+  """Whether `path`'s last segment is one of the temp names writes go through."""
+  return bool(_TEMP_NAME.match(path.rpartition('/')[2]))
+
+
+def storage_fault(what: str, error: BaseException) -> errors.StorageFault:
+  """A StorageFault for `what` failing with `error`: the cause in words, then what to do."""
+  code = getattr(error, 'errno', None)
+  cause = (f'{os.strerror(code)} ({errno.errorcode.get(code, code)})'
+           if isinstance(error, OSError) and code else f'{type(error).__name__}: {error}')
+  advice = _ADVICE.get(code, 'check that the output storage is reachable and writable')
+  return errors.StorageFault(
+      f'{what}: {cause}; {advice}, then run the same command with --skip_existing to '
+      'finish')
 
 
 def sha256(data: bytes) -> str:

@@ -290,6 +290,8 @@ def _walk(
     header = source.read_at(position, HEADER_SIZE) if ahead is None else ahead
     ahead = None
     if not header:
+      if size is not None and position < size:
+        yield damage(errors.TRUNCATED, _shrunk_message(position, size))
       return
     if len(header) < HEADER_SIZE:
       yield damage(
@@ -342,8 +344,9 @@ def _walk(
       tail = source.read_at(position + HEADER_SIZE + length, FOOTER_SIZE + read_ahead)
       footer, ahead = tail[:FOOTER_SIZE], (tail[FOOTER_SIZE:] if read_ahead else None)
       if len(payload) < length or len(footer) < FOOTER_SIZE:
-        yield damage(errors.TRUNCATED, _truncated_message(
-            length, len(payload) + len(footer)))
+        yield damage(errors.TRUNCATED, _shrunk_message(position, size) if (
+            size is not None and frame_end <= size) else _truncated_message(
+                length, len(payload) + len(footer)))
         return
       if masked_crc(payload) != _U32.unpack(footer)[0]:
         yield damage(errors.CRC_MISMATCH,
@@ -354,6 +357,12 @@ def _walk(
     index += 1
     position = frame_end
     source.release(position)
+
+
+def _shrunk_message(position: int, size: int) -> str:
+  return (f'the file ends before byte {position + HEADER_SIZE} but held {size} bytes when '
+          'the run was planned: it was cut or replaced while the run read it; run again '
+          'once it is whole')
 
 
 def _truncated_message(length: int, available: int) -> str:
