@@ -338,9 +338,12 @@ def claim_output(args) -> Optional[root_claim.Claim]:
   if not args.output:
     return None
   root = sink.OutputRoot(args.output, common.read_config(args).storage_options)
+  created = root.local and not os.path.isdir(root.root)
   root.check_writable()
-  return root_claim.claim(root, lease_seconds=root_claim.NO_WAIT_LEASE_SECONDS
-                          if args.no_wait else root_claim.LEASE_SECONDS)
+  claim = root_claim.claim(root, lease_seconds=root_claim.NO_WAIT_LEASE_SECONDS
+                           if args.no_wait else root_claim.LEASE_SECONDS)
+  claim.created_root = created  # a launch that fails leaves no empty folder behind
+  return claim
 
 
 def _claim_mode(args) -> str:

@@ -102,6 +102,8 @@ class Claim:
     self._fd: Optional[int] = None
     self._stop = threading.Event()
     self._renewer: Optional[threading.Thread] = None
+    # A local root this launch made: release() removes it again if it is still empty.
+    self.created_root = False
 
   # -- acquiring ----------------------------------------------------------------------
 
@@ -201,6 +203,11 @@ class Claim:
         pass
       os.close(self._fd)
       self._fd = None
+      if self.created_root:
+        try:
+          os.rmdir(self.root.root)
+        except OSError:
+          pass  # it holds what the run wrote
     elif not self.root.local:
       release_lease(self.root, self.run_id)
 
