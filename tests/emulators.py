@@ -70,6 +70,43 @@ def gcs_server():
     yield url
 
 
+class RestartableGCS:
+  """gcp-storage-emulator storing on disk under `folder`, on a fixed port, so it can be
+  stopped (by its pid) and started again mid-test with its objects kept, as a store
+  that restarts does."""
+
+  def __init__(self, folder: str):
+    self.folder = folder
+    os.makedirs(folder, exist_ok=True)
+    self.port = free_port()
+    self.url = f'http://127.0.0.1:{self.port}'
+    self.process = None
+
+  def start(self) -> 'RestartableGCS':
+    emulator = os.path.join(os.path.dirname(sys.executable), 'gcp-storage-emulator')
+    self.process = subprocess.Popen(
+        [emulator, 'start', '--host', '127.0.0.1', '--port', str(self.port), '-q'],
+        cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(self.url)
+    return self
+
+  def stop(self) -> None:
+    if self.process is not None and self.process.poll() is None:
+      self.process.terminate()
+      try:
+        self.process.wait(10)
+      except subprocess.TimeoutExpired:
+        self.process.kill()
+        self.process.wait()
+    self.process = None
+
+  def __enter__(self):
+    return self.start()
+
+  def __exit__(self, *exc):
+    self.stop()
+
+
 def s3_env(endpoint: str) -> dict:
   return {'AWS_ACCESS_KEY_ID': S3_KEY, 'AWS_SECRET_ACCESS_KEY': S3_SECRET,
           'AWS_DEFAULT_REGION': 'us-east-1', 'FSSPEC_S3_ENDPOINT_URL': endpoint}

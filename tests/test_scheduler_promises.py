@@ -447,6 +447,48 @@ def test_an_object_store_outage_is_ridden_out_or_reported_in_one_line(tmp_path):
     _check_root(local, photos)
 
 
+def test_a_gcs_store_restarted_mid_run_loses_nothing(tmp_path, monkeypatch):
+  import gcsfs
+  src = tmp_path / 'src'
+  photos = _shards(src, 2, 30)
+  args = ['--input', str(src), '--output', 'gs://nightly/images', '--name_template',
+          '{id}.{ext}', '--quiet']
+  with emulators.RestartableGCS(str(tmp_path / 'gcs')) as store:
+    env = dict(os.environ, **emulators.gcs_env(store.url))
+    for key, value in emulators.gcs_env(store.url).items():
+      monkeypatch.setenv(key, value)
+    gcs = gcsfs.GCSFileSystem(token='anon', skip_instance_cache=True)
+    gcs.mkdir('nightly')
+
+    def uploaded():
+      gcs.invalidate_cache()
+      try:
+        return len(gcs.find('nightly/images')) > 10
+      except OSError:
+        return False
+
+    job = subprocess.Popen([sys.executable, '-m', 'beam_jobs.cli', 'export', *args],
+                           cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    _wait_until(uploaded, what='the first uploads')
+    store.stop()  # the store goes away mid-run ...
+    time.sleep(2)
+    store.start()  # ... and comes back with what it held
+    _, stderr = job.communicate(timeout=300)
+    if job.returncode != 0:
+      assert job.returncode == 3
+      line = _one_line_error(stderr)
+      assert 'gs://nightly/images' in line and '--skip_existing' in line
+      again = subprocess.run([sys.executable, '-m', 'beam_jobs.cli', 'export', *args,
+                              '--skip_existing'], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=300)
+      assert again.returncode == 0, again.stderr[-3000:]
+    local = tmp_path / 'copy'
+    gcs.invalidate_cache()
+    gcs.get('nightly/images/', str(local), recursive=True)
+    _check_root(local, photos)
+
+
 def test_an_object_store_gone_for_good_ends_with_one_line(tmp_path):
   src = tmp_path / 'src'
   _shards(src, 2, 40)
