@@ -246,3 +246,26 @@ def test_help_shows_unrecord_options_before_beam(unrecord):
   text = result.stdout
   assert text.index('--input') < text.index('--output') < text.index('Apache Beam options')
   assert '--runner' in text and '--name_template' in text
+
+
+def test_imagenet_normalized_photos_with_mean_imagenet_come_back_exact(unrecord, tmp_path):
+  # The README's recipe: float32 photos stored as (x / 255 - mean) / std per channel. The
+  # value range must be settled per channel on the un-normalized sample ([0, 1] here),
+  # not from the global min and max (which gave 0..255 and near-black images).
+  mean = np.array([0.485, 0.456, 0.406])
+  std = np.array([0.229, 0.224, 0.225])
+  photos = [fixtures.photo(i, 32, 32) for i in range(4)]
+  stored = [((p / 255.0 - mean) / std).astype(np.float32) for p in photos]
+  source = fixtures.write_tfrecord(str(tmp_path / 'feats.tfrecord'), [
+      fixtures.example({'image': fixtures.bytes_feature(fixtures.serialized_tensor(x))})
+      for x in stored])
+  out = tmp_path / 'images'
+  result = _export(unrecord, '--input', source, '--output', str(out), '--mean', 'imagenet')
+  rows = sorted((json.loads(line) for line in open(out / '_manifest.jsonl')),
+                key=lambda r: r['index'])
+  assert [r['value_range'] for r in rows] == [[0, 1]] * 4, result.stderr[-2000:]
+  for row, x, photo in zip(rows, stored, photos):
+    expected = np.rint(np.clip(x.astype(np.float64) * std + mean, 0, 1) * 255)
+    pixels = cv2.cvtColor(cv2.imread(str(out / row['path'])), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(pixels, expected.astype(np.uint8))
+    assert np.abs(pixels.astype(int) - photo).max() <= 1  # the photo itself, back

@@ -111,6 +111,27 @@ def render(image: decode.DecodedImage, config: RenderConfig,
                   result.steps, encoder, False, result.value_range)
 
 
+def _unnormalized_extent(spec: normalize.NormalizeSpec, image: schema.ImageInfo
+                         ) -> Tuple[float, float]:
+  """The sample's min..max after `value * std + mean`, each channel with its own numbers
+  (normalize undoes them after BGR becomes RGB, so the channels are taken in RGB order)."""
+  mean, std = np.asarray(spec.mean, float), np.asarray(spec.std, float)
+  channels = image.channel_ranges
+  if channels is None or (mean.size == 1 and std.size == 1):
+    low, high = image.value_range
+    ends = np.concatenate([np.atleast_1d(low * std + mean), np.atleast_1d(high * std + mean)])
+    return float(ends.min()), float(ends.max())
+  channels = [list(c) for c in channels]
+  if spec.channel_order == 'bgr' and len(channels) >= 3:
+    channels[0], channels[2] = channels[2], channels[0]
+  ends = []
+  for c, (low, high) in enumerate(channels):
+    m = mean[c] if mean.size > 1 and c < mean.size else mean.flat[0]
+    s = std[c] if std.size > 1 and c < std.size else std.flat[0]
+    ends += [low * s + m, high * s + m]
+  return float(min(ends)), float(max(ends))
+
+
 def dataset_value_range(spec: normalize.NormalizeSpec, image: schema.ImageInfo
                         ) -> Optional[Tuple[float, float]]:
   """Resolves `--value_range` once for the whole dataset from the sampled extent.
@@ -127,8 +148,6 @@ def dataset_value_range(spec: normalize.NormalizeSpec, image: schema.ImageInfo
     return None
   low, high = image.value_range
   if spec.mean is not None:
-    mean, std = np.asarray(spec.mean, float), np.asarray(spec.std, float)
-    ends = np.concatenate([low * std + mean, high * std + mean])
-    low, high = float(ends.min()), float(ends.max())
+    low, high = _unnormalized_extent(spec, image)
   kind = np.float64 if 'float' in image.dtype or spec.mean is not None else np.int64
   return normalize.detect_range(np.asarray([low, high], dtype=kind))

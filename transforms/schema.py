@@ -183,6 +183,9 @@ class ImageInfo:
   layout: str
   value_range: List[float]
   format: Optional[str] = None
+  # Per channel (HWC order) [min, max] over the sample, when every sampled image has the
+  # same channels: --mean/--std undo each channel with its own numbers (render).
+  channel_ranges: Optional[List[List[float]]] = None
 
   def to_json(self) -> dict:
     info = {'key': self.key, 'encoding': self.encoding, 'dtype': self.dtype,
@@ -370,7 +373,7 @@ def _detect_image(parsed, image_key, spec, decoder):
     image_key = candidates[0].key
   spec = dataclasses.replace(spec, key=image_key)
   first_images: Optional[List[decode.DecodedImage]] = None
-  ranges = []
+  ranges, per_channel = [], []
   for ref, features in parsed:
     try:
       images = decode.decode_features(ref, features, spec, decoder)
@@ -380,6 +383,7 @@ def _detect_image(parsed, image_key, spec, decoder):
     if first_images is None:
       first_images = images
     ranges += [_extent(image.pixels) for image in images if image.pixels.size]
+    per_channel += [_channel_extents(image) for image in images if image.pixels.size]
   if first_images is None:
     return None, image_key, failures
   head = first_images[0]
@@ -387,8 +391,27 @@ def _detect_image(parsed, image_key, spec, decoder):
   shape, layout = list(head.stored_shape), head.stored_layout
   info = ImageInfo(
       key=image_key, encoding=head.encoding, dtype=head.source_dtype, shape=shape,
-      layout=layout, value_range=[_plain(low), _plain(high)], format=head.encoded_format)
+      layout=layout, value_range=[_plain(low), _plain(high)], format=head.encoded_format,
+      channel_ranges=_merge_channels(per_channel))
   return info, image_key, failures
+
+
+def _channel_extents(image: decode.DecodedImage) -> Optional[List[Tuple[float, float]]]:
+  """Each channel's observed (min, max), ignoring NaN/Inf; None for gray images."""
+  try:
+    pixels = normalize.to_hwc(image.pixels, image.layout)
+  except errors.UnrecordError:
+    return None
+  if pixels.ndim != 3:
+    return None
+  return [_extent(pixels[:, :, c]) for c in range(pixels.shape[2])]
+
+
+def _merge_channels(extents) -> Optional[List[List[float]]]:
+  if not extents or any(e is None or len(e) != len(extents[0]) for e in extents):
+    return None
+  return [[_plain(v) for v in normalize.merge_ranges([e[c] for e in extents])]
+          for c in range(len(extents[0]))]
 
 
 def _extent(pixels: np.ndarray) -> Tuple[float, float]:
