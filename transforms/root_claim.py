@@ -146,17 +146,31 @@ class Claim:
     raise errors.RootBusyError(_busy_message(self.root, _read_holder(self.root)))
 
   def _acquire_lease(self) -> None:
+    fs, path = self.root.fs, self.root.path(LOCK)
     holder = _read_holder(self.root)
+    taken_over = False
     if holder is not None:
       if (holder.get('expires') or 0) > time.time():
         raise errors.RootBusyError(_busy_message(self.root, holder))
-      try:  # its holder died: the lease ran out without being renewed
-        self.root.fs.rm_file(self.root.path(LOCK))
-      except FileNotFoundError:
-        pass
+      # Its holder died: the lease ran out without being renewed. On S3 it is replaced
+      # only if it is still the object read (If-Match), so of two runs that found it
+      # expired one wins; elsewhere it is removed, then made anew by a conditional create.
+      etag = fs.info(path).get('ETag') if 's3' in _protocols(fs) else None
+      if etag:
+        try:
+          fs.pipe_file(path, _lease_bytes(self._holder()), IfMatch=etag)
+          taken_over = True
+        except OSError as e:
+          raise errors.RootBusyError(
+              _busy_message(self.root, _read_holder(self.root))) from e
+      else:
+        try:
+          fs.rm_file(path)
+        except FileNotFoundError:
+          pass
     try:
-      self.root.fs.pipe_file(self.root.path(LOCK), _lease_bytes(self._holder()),
-                             mode='create')
+      if not taken_over:
+        fs.pipe_file(path, _lease_bytes(self._holder()), mode='create')
     except FileExistsError:
       raise errors.RootBusyError(_busy_message(self.root, _read_holder(self.root))) from None
     except OSError as e:
@@ -226,6 +240,10 @@ def release_lease(root: sink.OutputRoot, run_id: str) -> None:
       root.fs.rm_file(root.path(LOCK))
   except Exception:  # pylint: disable=broad-except  (the store may be the fault; the
     pass  # lease then ends by itself when it expires)
+
+
+def _protocols(fs) -> tuple:
+  return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
 
 
 def _read_holder(root: sink.OutputRoot) -> Optional[dict]:
