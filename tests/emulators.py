@@ -71,21 +71,25 @@ def gcs_server():
 
 
 class RestartableGCS:
-  """gcp-storage-emulator storing on disk under `folder`, on a fixed port, so it can be
-  stopped (by its pid) and started again mid-test with its objects kept, as a store
-  that restarts does."""
+  """gcp-storage-emulator storing on disk under `folder`, so it can be stopped (by its
+  pid) and started again mid-test with its objects kept, as a store that restarts does.
+
+  Each start takes a fresh port (the old one may linger in TIME_WAIT); put a FaultyProxy
+  in front and point its `upstream` at `url` after a restart, as a stable address would.
+  """
 
   def __init__(self, folder: str):
     self.folder = folder
     os.makedirs(folder, exist_ok=True)
-    self.port = free_port()
-    self.url = f'http://127.0.0.1:{self.port}'
+    self.url = None
     self.process = None
 
   def start(self) -> 'RestartableGCS':
     emulator = os.path.join(os.path.dirname(sys.executable), 'gcp-storage-emulator')
+    port = free_port()
+    self.url = f'http://127.0.0.1:{port}'
     self.process = subprocess.Popen(
-        [emulator, 'start', '--host', '127.0.0.1', '--port', str(self.port), '-q'],
+        [emulator, 'start', '--host', '127.0.0.1', '--port', str(port), '-q'],
         cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for(self.url)
     return self

@@ -453,9 +453,10 @@ def test_a_gcs_store_restarted_mid_run_loses_nothing(tmp_path, monkeypatch):
   photos = _shards(src, 2, 30)
   args = ['--input', str(src), '--output', 'gs://nightly/images', '--name_template',
           '{id}.{ext}', '--quiet']
-  with emulators.RestartableGCS(str(tmp_path / 'gcs')) as store:
-    env = dict(os.environ, **emulators.gcs_env(store.url))
-    for key, value in emulators.gcs_env(store.url).items():
+  with emulators.RestartableGCS(str(tmp_path / 'gcs')) as store, \
+      emulators.FaultyProxy(store.url, 'pass') as address:  # the store's stable address
+    env = dict(os.environ, **emulators.gcs_env(address.url))
+    for key, value in emulators.gcs_env(address.url).items():
       monkeypatch.setenv(key, value)
     gcs = gcsfs.GCSFileSystem(token='anon', skip_instance_cache=True)
     gcs.mkdir('nightly')
@@ -474,6 +475,7 @@ def test_a_gcs_store_restarted_mid_run_loses_nothing(tmp_path, monkeypatch):
     store.stop()  # the store goes away mid-run ...
     time.sleep(2)
     store.start()  # ... and comes back with what it held
+    address.upstream = store.url.replace('http://', '')
     _, stderr = job.communicate(timeout=300)
     if job.returncode != 0:
       assert job.returncode == 3
