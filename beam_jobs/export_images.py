@@ -347,11 +347,9 @@ def claim_output(args) -> Optional[root_claim.Claim]:
 
 
 def _claim_mode(args) -> str:
+  """How this run may combine with what the root holds (ExportConfig refuses the
+  combinations that contradict each other)."""
   if args.overwrite:
-    if args.skip_existing or args.incremental:
-      raise errors.ConfigError(
-          '--overwrite replaces the output; it does not go with --skip_existing or '
-          '--incremental, which keep it')
     return 'overwrite'
   return 'incremental' if args.incremental else (
       'skip_existing' if args.skip_existing else 'plain')

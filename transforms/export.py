@@ -488,8 +488,7 @@ def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict,
   if config.incremental:
     report['incremental'] = {'shards_processed': len(config.processed),
                              'stale_images_removed': manifest.get('stale_removed', 0)}
-  root.write(REPORT, (json.dumps(report, indent=2, sort_keys=True) + '\n').encode())
-  root.write(REPORT_HTML, _report_page(report, root, manifest['samples']))
+  _write_report_files(root, report, manifest['samples'])
   if success:
     if config.incremental:
       incremental.write_state(root, config.processed, dict(config.settings))
@@ -527,8 +526,7 @@ def write_failure_report(config: ExportConfig, cause: str,
         'finished': _iso(finished), 'options': {k: v for k, v in config.options_used},
         'work': None,
     }
-    root.write(REPORT, (json.dumps(report, indent=2, sort_keys=True) + '\n').encode())
-    root.write(REPORT_HTML, report_lib.render_html(report, []).encode('utf-8'))
+    _write_report_files(root, report, [])
     return True
   except Exception:  # pylint: disable=broad-except
     return False
@@ -556,12 +554,15 @@ def work_timing(spans: Iterable[Tuple[float, float]], run_started: float
           'mean_busy_workers': round(busy / (last - first), 2) if last > first else None}
 
 
-def _report_page(report: dict, root: sink.OutputRoot, samples: List[dict]) -> bytes:
-  """`_report.html`; its sample grid is left out rather than fail the run."""
+def _write_report_files(root: sink.OutputRoot, report: dict, samples: List[dict]) -> None:
+  """`_report.json`, then `_report.html`, whose sample grid is left out rather than fail
+  the run."""
+  root.write(REPORT, (json.dumps(report, indent=2, sort_keys=True) + '\n').encode())
   try:
-    return report_lib.render_html(report, _thumbnails(root, samples)).encode('utf-8')
+    page = report_lib.render_html(report, _thumbnails(root, samples))
   except Exception:  # pylint: disable=broad-except
-    return report_lib.render_html(report, []).encode('utf-8')
+    page = report_lib.render_html(report, [])
+  root.write(REPORT_HTML, page.encode('utf-8'))
 
 
 def _thumbnails(root: sink.OutputRoot, rows: List[dict]):
