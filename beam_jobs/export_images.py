@@ -220,11 +220,9 @@ def count_images(plan: Plan) -> Tuple[int, bool]:
   Local uncompressed files are counted exactly from their frame headers; others are
   estimated from their size and the sampled records' mean frame size.
   """
-  config, image = plan.config, plan.found.image
-  feature = plan.found.features[image.key]
-  per_record = image.shape[0] if image.layout.startswith('n') else (
-      feature.max_length if image.encoding in ('encoded', 'tensor') else 1)
-  estimated = feature.min_length != feature.max_length
+  config = plan.config
+  fewest, per_record = plan.found.images_per_record()
+  estimated = fewest != per_record
   records = 0.0
   for item in storage.expand_patterns(config.patterns, config.read.storage_options):
     exact = read.count_records(item, config.read)
@@ -276,9 +274,7 @@ def build_config(args, started: float) -> Plan:
   normalize.target_bits(found.image.dtype, args.bit_depth, encode_spec.holds_16bit,
                         encode_spec.holds_float)  # validates --bit_depth vs --format
 
-  image_feature = found.features[found.image.key]
-  batched = found.image.layout.startswith('n') or (
-      found.image.encoding in ('encoded', 'tensor') and image_feature.max_length > 1)
+  batched = found.images_per_record()[1] > 1 or found.image.layout.startswith('n')
   template = args.name_template or {
       ('flat', False): naming.DEFAULT_TEMPLATE, ('flat', True): naming.BATCH_TEMPLATE,
       ('class', False): naming.CLASS_TEMPLATE, ('class', True): naming.CLASS_BATCH_TEMPLATE,
@@ -297,7 +293,7 @@ def build_config(args, started: float) -> Plan:
         '--name_template so each image of a batch gets its own name')
 
   image_spec = dataclasses.replace(
-      spec, key=found.image.key, encoding=found.image.encoding,
+      spec, key=found.image.key, encoding=found.image.encoding, record=found.record,
       decode_encoded=found.image.encoding != 'encoded' or
       found.image.format != args.format or args.reencode)
   render_config = render.RenderConfig(

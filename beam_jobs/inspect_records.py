@@ -122,17 +122,15 @@ def dataset_display_range(image: schema_lib.ImageInfo) -> Optional[tuple]:
 
 
 def render_text(found: schema_lib.Schema, files: int = 0) -> str:
-  lines = [f'Sampled {found.records_sampled} records'
+  lines = [f'Sampled {found.records_sampled} records, each a {found.record}'
            + (f' (splits: {", ".join(found.splits)})' if found.splits else '')
            + (f'; TFDS dataset {found.tfds_name!r}' if found.tfds_name else '')]
   lines.append('')
-  width = max([len('feature')] + [len(k) for k in found.features])
-  lines.append(f'{"feature":<{width}}  {"kind":<5}  {"length":<9}  samples')
-  for name, summary in sorted(found.features.items()):
-    length = (str(summary.min_length) if summary.min_length == summary.max_length
-              else f'{summary.min_length}-{summary.max_length}')
-    lines.append(f'{name:<{width}}  {summary.kind:<5}  {length:<9}  '
-                 f'{", ".join(summary.samples)}')
+  heading = 'context' if found.record == 'sequence_example' else 'feature'
+  lines += _feature_table(heading, 'length', found.features)
+  if found.feature_lists:
+    lines.append('')
+    lines += _feature_table('feature list', 'steps', found.feature_lists)
   lines.append('')
   if found.image:
     image = found.image
@@ -153,6 +151,17 @@ def render_text(found: schema_lib.Schema, files: int = 0) -> str:
   for failure in found.failures[:10]:
     lines.append(f'failed: {failure}')
   return '\n'.join(lines)
+
+
+def _feature_table(heading: str, counted: str, summaries) -> list:
+  width = max([len(heading)] + [len(k) for k in summaries])
+  lines = [f'{heading:<{width}}  {"kind":<5}  {counted:<9}  samples']
+  for name, summary in sorted(summaries.items()):
+    length = (str(summary.min_length) if summary.min_length == summary.max_length
+              else f'{summary.min_length}-{summary.max_length}')
+    lines.append(f'{name:<{width}}  {summary.kind:<5}  {length:<9}  '
+                 f'{", ".join(summary.samples)}')
+  return lines
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

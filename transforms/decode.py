@@ -1,4 +1,7 @@
-"""tf.train.Example records -> image arrays, for every common way images are stored.
+"""TFRecords -> image arrays, for every common way images are stored.
+
+A record is a tf.train.Example, a SequenceExample, or itself a tensor or an encoded image
+(`transforms.records`); each image is decoded from one feature.
 
 Encodings of the image feature:
   tensor   a bytes feature holding `tf.io.serialize_tensor` output
@@ -24,6 +27,7 @@ from transforms import example as example_lib
 from transforms import image_formats
 from transforms import isolation
 from transforms import normalize
+from transforms import records
 from transforms import tensor_proto
 from transforms.example import FeatureValue
 from transforms.tfrecord import RecordRef
@@ -41,6 +45,8 @@ class ImageSpec:
   """How to find and decode the image in each record. Unset fields are detected."""
   key: Optional[str] = None
   encoding: Optional[str] = None
+  # What each record is (records.KINDS); None detects it per record.
+  record: Optional[str] = None
   shape: Optional[Tuple[int, ...]] = None
   dtype: Optional[str] = None
   layout: str = 'auto'
@@ -57,6 +63,9 @@ class ImageSpec:
     if self.encoding is not None and self.encoding not in ENCODINGS:
       raise errors.ConfigError(
           f'encoding must be one of {", ".join(ENCODINGS)}, got {self.encoding!r}')
+    if self.record is not None and self.record not in records.KINDS:
+      raise errors.ConfigError(
+          f'record kind must be one of {", ".join(records.KINDS)}, got {self.record!r}')
     if self.layout not in LAYOUTS:
       raise errors.ConfigError(
           f'tensor layout must be one of {", ".join(LAYOUTS)}, got {self.layout!r}')
@@ -456,11 +465,34 @@ def ensure_pixels(image: DecodedImage, max_pixels: int,
 
 def decode_record(ref: RecordRef, payload: bytes, spec: ImageSpec,
                   decoder: Decoder = image_formats.decode_encoded) -> List[DecodedImage]:
-  """Parses one serialized Example and decodes its images; errors carry the record."""
+  """Parses one record and decodes its images; errors carry the record."""
   try:
-    return decode_features(ref, example_lib.parse_example(payload), spec, decoder)
+    return decode_parsed(ref, records.parse(payload, spec.record), spec, decoder)
   except errors.UnrecordError as e:
     raise e.at(ref.path, ref.index, ref.offset)
+
+
+def decode_parsed(ref: RecordRef, parsed: records.Parsed, spec: ImageSpec,
+                  decoder: Decoder = image_formats.decode_encoded) -> List[DecodedImage]:
+  """Every image of one parsed record. A feature list gives an image per step, numbered
+  across the steps like the images of a batch."""
+  if not parsed.feature_lists:
+    return decode_features(ref, parsed.features, spec, decoder)
+  key = spec.key
+  if key is None:
+    candidates = image_candidates(parsed.first_step())
+    if not candidates:
+      raise missing_image_error(parsed.first_step(), None)
+    key = candidates[0].key
+  if key not in parsed.feature_lists:
+    return decode_features(ref, parsed.features, dataclasses.replace(spec, key=key),
+                           decoder)
+  spec = dataclasses.replace(spec, key=key)
+  images = []
+  for step in parsed.steps(key):
+    images += decode_features(ref, step, spec, decoder)
+  return [dataclasses.replace(image, n=n, batch_size=len(images))
+          for n, image in enumerate(images)]
 
 
 def _require_kind(feature: FeatureValue, key: str, kind: str, encoding: str) -> None:

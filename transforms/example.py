@@ -1,4 +1,5 @@
-"""tf.train.Example -> plain Python/NumPy feature values, without TensorFlow."""
+"""tf.train.Example and SequenceExample -> plain Python/NumPy feature values, without
+TensorFlow."""
 
 from __future__ import annotations
 
@@ -80,19 +81,36 @@ def _parse_with_protobuf(payload: bytes) -> Dict[str, FeatureValue]:
   except (protobuf_message.DecodeError, ValueError) as e:
     raise errors.DecodeError(
         errors.PROTO_PARSE, f'record is not a serialized tf.train.Example ({e})') from e
-  features = {}
-  for name, feature in example.features.feature.items():
-    kind = feature.WhichOneof('kind')
-    if kind == 'bytes_list':
-      features[name] = FeatureValue(BYTES, list(feature.bytes_list.value))
-    elif kind == 'int64_list':
-      features[name] = FeatureValue(
-          INT64, np.array(feature.int64_list.value, dtype=np.int64))
-    elif kind == 'float_list':
-      features[name] = FeatureValue(FLOAT, _packed_floats(feature.float_list))
-    else:
-      features[name] = FeatureValue(BYTES, [])
-  return features
+  return {name: _feature_value(feature)
+          for name, feature in example.features.feature.items()}
+
+
+def parse_sequence_example(payload: bytes
+                           ) -> Tuple[Dict[str, FeatureValue], Dict[str, List[FeatureValue]]]:
+  """A serialized tf.train.SequenceExample: (context features, feature lists, each a
+  list of one Feature per step); raises DecodeError(proto_parse)."""
+  try:
+    sequence = protos.SequenceExample.FromString(payload)
+  except (protobuf_message.DecodeError, ValueError) as e:
+    raise errors.DecodeError(
+        errors.PROTO_PARSE,
+        f'record is not a serialized tf.train.SequenceExample ({e})') from e
+  context = {name: _feature_value(feature)
+             for name, feature in sequence.context.feature.items()}
+  lists = {name: [_feature_value(feature) for feature in feature_list.feature]
+           for name, feature_list in sequence.feature_lists.feature_list.items()}
+  return context, lists
+
+
+def _feature_value(feature) -> FeatureValue:
+  kind = feature.WhichOneof('kind')
+  if kind == 'bytes_list':
+    return FeatureValue(BYTES, list(feature.bytes_list.value))
+  if kind == 'int64_list':
+    return FeatureValue(INT64, np.array(feature.int64_list.value, dtype=np.int64))
+  if kind == 'float_list':
+    return FeatureValue(FLOAT, _packed_floats(feature.float_list))
+  return FeatureValue(BYTES, [])
 
 
 def _scan_example(payload: bytes) -> Optional[Dict[str, FeatureValue]]:

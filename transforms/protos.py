@@ -2,7 +2,7 @@
 
 Built as descriptors in a private pool with the protobuf runtime: no protoc step, no
 TensorFlow import, and no clash with TensorFlow's own registrations when both are loaded.
-Field numbers follow tensorflow/core/example/feature.proto, example.proto and
+Field numbers follow tensorflow/core/example/feature.proto, example.proto (Example, SequenceExample) and
 tensorflow/core/framework/tensor.proto, tensor_shape.proto.
 """
 
@@ -60,6 +60,19 @@ def _example_file() -> descriptor_pb2.FileDescriptorProto:
 
   example = f.message_type.add(name='Example')
   _field(example, 'features', 1, _F.TYPE_MESSAGE, type_name='.unrecord.tf.Features')
+
+  feature_list = f.message_type.add(name='FeatureList')
+  _field(feature_list, 'feature', 1, _F.TYPE_MESSAGE, _REPEATED,
+         type_name='.unrecord.tf.Feature')
+  feature_lists = f.message_type.add(name='FeatureLists')
+  _map_entry(feature_lists, 'FeatureListEntry', '.unrecord.tf.FeatureList')
+  _field(feature_lists, 'feature_list', 1, _F.TYPE_MESSAGE, _REPEATED,
+         type_name='.unrecord.tf.FeatureLists.FeatureListEntry')
+  sequence_example = f.message_type.add(name='SequenceExample')
+  _field(sequence_example, 'context', 1, _F.TYPE_MESSAGE,
+         type_name='.unrecord.tf.Features')
+  _field(sequence_example, 'feature_lists', 2, _F.TYPE_MESSAGE,
+         type_name='.unrecord.tf.FeatureLists')
   return f
 
 
@@ -105,6 +118,7 @@ def _message(name):
 
 
 Example = _message('unrecord.tf.Example')
+SequenceExample = _message('unrecord.tf.SequenceExample')
 Features = _message('unrecord.tf.Features')
 Feature = _message('unrecord.tf.Feature')
 BytesList = _message('unrecord.tf.BytesList')

@@ -47,7 +47,8 @@ class LayoutDecoder:
     self._spec = spec
     self._decoder = decoder
     self._layouts: Dict[int, Optional[Layout]] = {}
-    self._enabled = spec.key is not None and spec.encoding == 'raw'
+    self._enabled = (spec.key is not None and spec.encoding == 'raw' and
+                     spec.record in (None, decode.records.EXAMPLE))
 
   def decode(self, ref: RecordRef, payload: bytes) -> List[decode.DecodedImage]:
     """What `decode.decode_record(ref, payload, spec, decoder)` returns or raises."""

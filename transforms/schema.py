@@ -18,6 +18,7 @@ from transforms import decode
 from transforms import errors
 from transforms import example as example_lib
 from transforms import normalize
+from transforms import records as records_lib
 from transforms import storage
 from transforms import tfrecord
 
@@ -168,6 +169,10 @@ class FeatureSummary:
   min_length: int
   max_length: int
   samples: List[str]
+  # The lengths of the values themselves, for a feature list (min_length/max_length count
+  # its steps); a feature's are its own lengths.
+  value_min_length: int = 1 << 62
+  value_max_length: int = 0
 
   def to_json(self) -> dict:
     return {'kind': self.kind, 'min_length': self.min_length,
@@ -197,6 +202,9 @@ class ImageInfo:
 
 @dataclasses.dataclass
 class Schema:
+  """What a sample of records holds. `features` are an Example's features or a
+  SequenceExample's context; `feature_lists` summarise a SequenceExample's lists, their
+  lengths counted in steps and their samples taken from the first step."""
   records_sampled: int
   features: Dict[str, FeatureSummary]
   image: Optional[ImageInfo]
@@ -207,11 +215,27 @@ class Schema:
   tfds_name: Optional[str] = None
   failures: List[str] = dataclasses.field(default_factory=list)
   scalar_keys: List[str] = dataclasses.field(default_factory=list)
+  record: str = records_lib.EXAMPLE
+  feature_lists: Dict[str, FeatureSummary] = dataclasses.field(default_factory=dict)
+
+  def images_per_record(self) -> Tuple[int, int]:
+    """(fewest, most) images one record gave in the sample."""
+    image = self.image
+    batch = image.shape[0] if image.layout.startswith('n') else 1
+    if image.key in self.feature_lists:
+      steps = self.feature_lists[image.key]
+      return steps.min_length * batch, steps.max_length * batch
+    feature = self.features[image.key]
+    if image.encoding in ('encoded', 'tensor'):
+      return feature.min_length * batch, feature.max_length * batch
+    return batch, batch
 
   def to_json(self) -> dict:
     return {
         'records_sampled': self.records_sampled,
+        'record': self.record,
         'features': {k: v.to_json() for k, v in sorted(self.features.items())},
+        'feature_lists': {k: v.to_json() for k, v in sorted(self.feature_lists.items())},
         'image': self.image.to_json() if self.image else None,
         'label_key': self.label_key,
         'id_key': self.id_key,
@@ -293,38 +317,31 @@ def detect_schema(
 
   `decoder` decodes encoded images (default: in this process).
   """
-  parsed: List[Tuple[tfrecord.RecordRef, Dict[str, example_lib.FeatureValue]]] = []
+  parsed: List[Tuple[tfrecord.RecordRef, records_lib.Parsed]] = []
   failures: List[str] = []
+  kind = spec.record or _record_kind(records)
   for ref, payload in records:
     try:
-      parsed.append((ref, example_lib.parse_example(payload)))
+      parsed.append((ref, records_lib.parse(payload, kind)))
     except errors.UnrecordError as e:
       failures.append(str(e.at(ref.path, ref.index, ref.offset)))
 
-  summaries: Dict[str, FeatureSummary] = {}
-  for _, features in parsed:
-    for name, feature in features.items():
-      summary = summaries.get(name)
-      if summary is None:
-        summaries[name] = FeatureSummary(feature.kind, len(feature), len(feature),
-                                         [_describe_value(feature)])
-        continue
-      summary.min_length = min(summary.min_length, len(feature))
-      summary.max_length = max(summary.max_length, len(feature))
-      if len(summary.samples) < 3:
-        summary.samples.append(_describe_value(feature))
-  for name, summary in summaries.items():
-    missing = sum(1 for _, f in parsed if name not in f)
-    if missing:
-      summary.min_length = 0
+  summaries = _summaries([p.features for _, p in parsed])
+  list_summaries = _summaries([p.feature_lists for _, p in parsed], steps=True)
 
   # The first record that holds an image decides; a broken record first must not.
-  first = next((f for _, f in parsed if (image_key in f if image_key else
-                                         decode.image_candidates(f))),
-               parsed[0][1] if parsed else {})
+  steps = [(ref, p, p.first_step()) for ref, p in parsed]
+  first_parsed, first = next(
+      ((p, step) for _, p, step in steps
+       if (image_key in step if image_key else decode.image_candidates(step))),
+      steps[0][1:] if steps else (None, {}))
   if image_key is None and tfds and tfds.image_keys:
     image_key = next((k for k in tfds.image_keys if k in first), None)
   if image_key is not None and parsed and image_key not in first:
+    if kind in (records_lib.TENSOR, records_lib.IMAGE):
+      raise errors.ConfigError(
+          f'the records are not tf.train.Example: each is itself {_KIND_WORDS[kind]}, '
+          f'so it has no feature {image_key!r}; leave out --image_key')
     raise errors.ConfigError(str(decode.missing_image_error(first, image_key)))
 
   image = None
@@ -332,6 +349,8 @@ def detect_schema(
     image, image_key, more_failures = _detect_image(
         parsed, image_key, spec, decoder or decode.image_formats.decode_encoded)
     failures += more_failures
+  if first_parsed is not None:
+    first = first_parsed.features  # labels and ids come from the record, not a step
 
   exclude = [image_key] if image_key else []
   if label_key is None and tfds:
@@ -355,32 +374,73 @@ def detect_schema(
 
   scalar_keys = sorted(k for k, s in summaries.items() if s.min_length == 1 ==
                        s.max_length and k != image_key)
+  # A list of one value per step is a per-step field: a frame's timestamp or label.
+  scalar_keys += sorted(k for k, s in list_summaries.items() if k != image_key and
+                        s.value_min_length == 1 == s.value_max_length)
   return Schema(
       records_sampled=len(records), features=summaries, image=image, label_key=label_key,
       id_key=id_key, label_names=names,
       splits=sorted({s for s in (split_of(f) for f in files) if s}),
-      tfds_name=tfds.name if tfds else None, failures=failures, scalar_keys=scalar_keys)
+      tfds_name=tfds.name if tfds else None, failures=failures, scalar_keys=scalar_keys,
+      record=kind, feature_lists=list_summaries)
+
+
+_KIND_WORDS = {records_lib.TENSOR: 'a serialized tensor',
+               records_lib.IMAGE: 'an encoded image'}
+
+
+def _record_kind(records: Sequence[tfrecord.Record]) -> str:
+  """The kind most of the sampled records are; the first record breaks a tie."""
+  kinds = [records_lib.kind_of(payload) for _, payload in records]
+  if not kinds:
+    return records_lib.EXAMPLE
+  return max(dict.fromkeys(kinds), key=kinds.count)
+
+
+def _summaries(per_record: Sequence[dict], steps: bool = False) -> Dict[str, FeatureSummary]:
+  """A summary of each feature (or, with `steps`, each feature list: lengths in steps,
+  samples and value lengths from its steps) over the sampled records."""
+  summaries: Dict[str, FeatureSummary] = {}
+  for features in per_record:
+    for name, value in features.items():
+      values = value if steps else [value]
+      length = len(value)
+      summary = summaries.get(name)
+      if summary is None:
+        summary = summaries[name] = FeatureSummary(
+            values[0].kind if values else example_lib.BYTES, length, length, [])
+      summary.min_length = min(summary.min_length, length)
+      summary.max_length = max(summary.max_length, length)
+      for feature in values:
+        summary.value_min_length = min(summary.value_min_length, len(feature))
+        summary.value_max_length = max(summary.value_max_length, len(feature))
+      if values and len(summary.samples) < 3:
+        summary.samples.append(_describe_value(values[0]))
+  for name, summary in summaries.items():
+    if any(name not in features for features in per_record):
+      summary.min_length = 0
+  return summaries
 
 
 def _detect_image(parsed, image_key, spec, decoder):
   failures = []
   if image_key is None:
-    candidates = next((c for c in (decode.image_candidates(f) for _, f in parsed) if c),
-                      None)
+    candidates = next((c for c in (decode.image_candidates(p.first_step())
+                                   for _, p in parsed) if c), None)
     if not candidates:
-      failures.append(str(decode.missing_image_error(parsed[0][1], None)))
+      failures.append(str(decode.missing_image_error(parsed[0][1].first_step(), None)))
       return None, None, failures
     image_key = candidates[0].key
   spec = dataclasses.replace(spec, key=image_key)
   first_images: Optional[List[decode.DecodedImage]] = None
   ranges, per_channel = [], []
-  for ref, features in parsed:
+  for ref, record in parsed:
     try:
-      images = decode.decode_features(ref, features, spec, decoder)
+      images = decode.decode_parsed(ref, record, spec, decoder)
     except errors.UnrecordError as e:
       failures.append(str(e.at(ref.path, ref.index, ref.offset)))
       continue
-    if first_images is None:
+    if first_images is None and images:
       first_images = images
     ranges += [_extent(image.pixels) for image in images if image.pixels.size]
     per_channel += [_channel_extents(image) for image in images if image.pixels.size]

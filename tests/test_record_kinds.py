@@ -1,0 +1,177 @@
+"""Records that are not a tf.train.Example, through the whole job: bare serialized
+tensors, bare encoded images, and tf.train.SequenceExample clips. TensorFlow writes
+every input; each test checks what a user checks (pixels, bytes, names, manifest rows,
+dead letters, `_SUCCESS`, `inspect`'s JSON)."""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from tests import fixtures
+from tests.test_export_job import METADATA, OFFLINE, _export, _files, _manifest, _read_rgb
+from transforms import tfrecord
+
+
+def _inspect(unrecord, path, *args):
+  result = unrecord('inspect', '--input', path, '--json', *args, env=OFFLINE, check=True)
+  return json.loads(result.stdout)
+
+
+def _sequence(context, lists):
+  return tf.train.SequenceExample(
+      context=tf.train.Features(feature=context),
+      feature_lists=tf.train.FeatureLists(feature_list={
+          name: tf.train.FeatureList(feature=steps) for name, steps in lists.items()}),
+  ).SerializeToString()
+
+
+def test_bare_serialized_tensors_are_exported_and_a_bad_one_dead_lettered(unrecord,
+                                                                           tmp_path):
+  photos = [fixtures.photo(i, 30, 24) for i in range(4)]
+  payloads = [fixtures.serialized_tensor(p) for p in photos]
+  garbage = b'\x08\x04\x12\x00not a tensor at all'
+  frames = [tfrecord.encode_record(p) for p in payloads[:2] + [garbage] + payloads[2:]]
+  path = str(tmp_path / 'dump.tfrecord')
+  fixtures.write_tfrecord(path, payloads[:2] + [garbage] + payloads[2:])
+  assert open(path, 'rb').read() == b''.join(frames)
+  assert _inspect(unrecord, path)['record'] == 'tensor'
+
+  out = str(tmp_path / 'out')
+  result = _export(unrecord, '--input', path, '--output', out, expect=1)
+  assert 'failed 1' in result.stderr
+  assert _files(out) - METADATA == {f'dump-{i:06d}.png' for i in (0, 1, 3, 4)}
+  for index, photo in zip((0, 1, 3, 4), photos):
+    assert np.array_equal(_read_rgb(os.path.join(out, f'dump-{index:06d}.png')), photo)
+  dead, = [json.loads(line) for line in open(os.path.join(out, '_dead_letter.jsonl'))]
+  assert (dead['source'], dead['index'], dead['offset']) == (
+      path, 2, sum(len(f) for f in frames[:2]))
+  assert 'serialized tensor' in dead['message']
+  assert not os.path.exists(os.path.join(out, '_SUCCESS'))
+
+
+def test_bare_float_chw_batches_follow_the_rounding_rule(unrecord, tmp_path):
+  batches = [np.stack([fixtures.photo(2 * b + i, 20, 28) for i in range(2)])
+             for b in range(2)]
+  floats = [(batch / 255.0).astype(np.float32).transpose(0, 3, 1, 2) for batch in batches]
+  path = fixtures.write_tfrecord(str(tmp_path / 'batches.tfrecord'),
+                                 [fixtures.serialized_tensor(f) for f in floats])
+  out = str(tmp_path / 'out')
+  _export(unrecord, '--input', path, '--output', out)
+  assert _files(out) - METADATA == {f'batches-{b:06d}-{n:03d}.png'
+                                    for b in range(2) for n in range(2)}
+  for b, batch in enumerate(floats):
+    for n in range(2):
+      expected = np.rint(batch[n].transpose(1, 2, 0).astype(np.float64) * 255)
+      got = _read_rgb(os.path.join(out, f'batches-{b:06d}-{n:03d}.png'))
+      assert np.array_equal(got, expected.astype(np.uint8))
+  rows = sorted(_manifest(out), key=lambda r: (r['index'], r['n']))
+  assert [(r['index'], r['n'], r['shape_in']) for r in rows] == [
+      (b, n, [3, 20, 28]) for b in range(2) for n in range(2)]
+
+
+def test_bare_encoded_images_pass_through_or_decode_exactly(unrecord, tmp_path):
+  photos = [fixtures.photo(i, 36, 28) for i in range(3)]
+  pngs = [fixtures.encode_png(p) for p in photos]
+  jpegs = [fixtures.encode_jpeg(p) for p in photos]
+  webps = [cv2.imencode('.webp', cv2.cvtColor(p, cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes() for p in photos]
+  folder = tmp_path / 'in'
+  for name, payloads in (('png', pngs), ('jpeg', jpegs), ('webp', webps)):
+    fixtures.write_tfrecord(str(folder / f'{name}.tfrecord'), payloads)
+  found = _inspect(unrecord, str(folder / 'jpeg.tfrecord'))
+  assert found['record'] == 'image'
+  assert found['image']['format'] == 'jpeg'
+
+  out = str(tmp_path / 'out')
+  _export(unrecord, '--input', str(folder), '--output', out)
+  assert _files(out) - METADATA == {f'{name}-{i:06d}.png' for name in ('png', 'jpeg', 'webp')
+                                    for i in range(3)}
+  rows = {r['path']: r for r in _manifest(out)}
+  for i in range(3):
+    assert open(os.path.join(out, f'png-{i:06d}.png'), 'rb').read() == pngs[i]
+    assert rows[f'png-{i:06d}.png']['passthrough'] is True
+    jpeg_pixels = tf.io.decode_jpeg(jpegs[i], dct_method='INTEGER_ACCURATE').numpy()
+    assert np.array_equal(_read_rgb(os.path.join(out, f'jpeg-{i:06d}.png')), jpeg_pixels)
+    assert np.array_equal(_read_rgb(os.path.join(out, f'webp-{i:06d}.png')), photos[i])
+  assert os.path.exists(os.path.join(out, '_SUCCESS'))
+
+  # The JPEG records pass through untouched into JPEG output.
+  out_jpeg = str(tmp_path / 'out_jpeg')
+  _export(unrecord, '--input', str(folder / 'jpeg.tfrecord'), '--output', out_jpeg,
+          '--format', 'jpeg')
+  for i in range(3):
+    assert open(os.path.join(out_jpeg, f'jpeg-{i:06d}.jpg'), 'rb').read() == jpegs[i]
+
+
+def test_sequence_example_clips_give_one_image_per_step_named_by_context(unrecord,
+                                                                          tmp_path):
+  clips = {b'clip-a': [fixtures.photo(i, 24, 32) for i in range(3)],
+           b'clip-b': [fixtures.photo(i + 3, 24, 32) for i in range(2)]}
+  payloads = [_sequence(
+      {'video_id': fixtures.bytes_feature(video), 'label': fixtures.int64_feature(label)},
+      {'frames': [fixtures.bytes_feature(fixtures.encode_png(f)) for f in frames],
+       'timestamp': [fixtures.int64_feature(100 * t) for t in range(len(frames))]})
+      for label, (video, frames) in enumerate(clips.items())]
+  path = fixtures.write_tfrecord(str(tmp_path / 'clips.tfrecord'), payloads)
+
+  found = _inspect(unrecord, path)
+  assert found['record'] == 'sequence_example'
+  assert set(found['features']) == {'video_id', 'label'}
+  assert set(found['feature_lists']) == {'frames', 'timestamp'}
+  assert found['feature_lists']['frames']['max_length'] == 3
+  assert (found['image']['key'], found['label_key'], found['id_key']) == (
+      'frames', 'label', 'video_id')
+
+  out = str(tmp_path / 'out')
+  _export(unrecord, '--input', path, '--output', out, '--format', 'bmp',
+          '--name_template', '{video_id}/{label}-{n}-t{timestamp}.{ext}')
+  expected = {f'{video.decode()}/{label}-{n}-t{100 * n}.bmp': frame
+              for label, (video, frames) in enumerate(clips.items())
+              for n, frame in enumerate(frames)}
+  assert _files(out) - METADATA == set(expected)
+  for name, frame in expected.items():
+    assert np.array_equal(_read_rgb(os.path.join(out, name)), frame)
+  rows = sorted(_manifest(out), key=lambda r: (r['index'], r['n']))
+  assert [(r['index'], r['n'], r['id'], r['label']) for r in rows] == [
+      (0, 0, 'clip-a', 0), (0, 1, 'clip-a', 0), (0, 2, 'clip-a', 0),
+      (1, 0, 'clip-b', 1), (1, 1, 'clip-b', 1)]
+  assert os.path.exists(os.path.join(out, '_SUCCESS'))
+
+
+def test_sequence_example_raw_and_tensor_lists_chosen_by_image_key(unrecord, tmp_path):
+  views = [[fixtures.photo(i + v, 16, 20) for v in range(2)] for i in range(2)]
+  depth = [[fixtures.photo_16bit(16, 20) >> v for v in range(2)] for _ in range(2)]
+  payloads = [_sequence(
+      {'height': fixtures.int64_feature(16), 'width': fixtures.int64_feature(20),
+       'channels': fixtures.int64_feature(3), 'rig': fixtures.bytes_feature(b'r%d' % i)},
+      {'camera/raw': [fixtures.bytes_feature(v.tobytes()) for v in views[i]],
+       'depth': [fixtures.bytes_feature(fixtures.serialized_tensor(d))
+                 for d in depth[i]]})
+      for i in range(2)]
+  path = fixtures.write_tfrecord(str(tmp_path / 'rigs.tfrecord'), payloads)
+
+  out = str(tmp_path / 'raw')
+  _export(unrecord, '--input', path, '--output', out, '--image_key', 'camera/raw',
+          '--name_template', '{rig}-{n}.{ext}')
+  for i in range(2):
+    for v in range(2):
+      assert np.array_equal(_read_rgb(os.path.join(out, f'r{i}-{v}.png')), views[i][v])
+
+  out16 = str(tmp_path / 'depth')
+  _export(unrecord, '--input', path, '--output', out16, '--image_key', 'depth',
+          '--name_template', '{rig}-{n}.{ext}')
+  for i in range(2):
+    for v in range(2):
+      got = cv2.imread(os.path.join(out16, f'r{i}-{v}.png'), cv2.IMREAD_UNCHANGED)
+      assert got.dtype == np.uint16 and np.array_equal(got, depth[i][v])
+
+
+def test_image_key_on_bare_records_says_it_does_not_apply(unrecord, tmp_path):
+  path = fixtures.write_tfrecord(str(tmp_path / 'dump.tfrecord'),
+                                 [fixtures.serialized_tensor(fixtures.photo(0, 20, 20))])
+  result = _export(unrecord, '--input', path, '--output', str(tmp_path / 'out'),
+                   '--image_key', 'image', expect=2)
+  assert 'serialized tensor' in result.stderr and 'leave out --image_key' in result.stderr
