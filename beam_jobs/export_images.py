@@ -221,7 +221,8 @@ def count_images(plan: Plan) -> Tuple[int, bool]:
   estimated from their size and the sampled records' mean frame size.
   """
   config = plan.config
-  fewest, per_record = plan.found.images_per_record()
+  counts = [plan.found.images_per_record(image) for image in plan.found.images]
+  fewest, per_record = sum(low for low, _ in counts), sum(high for _, high in counts)
   estimated = fewest != per_record
   records = 0.0
   for item in storage.expand_patterns(config.patterns, config.read.storage_options):
@@ -254,7 +255,8 @@ def build_config(args, started: float) -> Plan:
   decoder = read.make_decoder(spec)
   try:
     found = schema_lib.detect_schema(
-        records, image_key=args.image_key, label_key=args.label_key, id_key=args.id_key,
+        records, image_key=spec.key, more_image_keys=common.image_keys(args)[1:],
+        label_key=args.label_key, id_key=args.id_key,
         label_names=label_names, spec=spec, tfds=tfds, files=files, decoder=decoder)
   finally:
     decoder.close()
@@ -271,11 +273,14 @@ def build_config(args, started: float) -> Plan:
       format=args.format, quality=args.quality, png_compression=args.png_compression,
       png_encoder=args.png_encoder, webp_lossless=args.webp_lossless,
       jpeg_progressive=args.jpeg_progressive, jpeg_subsampling=args.jpeg_subsampling)
-  normalize.target_bits(found.image.dtype, args.bit_depth, encode_spec.holds_16bit,
-                        encode_spec.holds_float)  # validates --bit_depth vs --format
+  for image in found.images:  # validates --bit_depth vs --format
+    normalize.target_bits(image.dtype, args.bit_depth, encode_spec.holds_16bit,
+                          encode_spec.holds_float)
 
-  batched = found.images_per_record()[1] > 1 or found.image.layout.startswith('n')
-  template = args.name_template or {
+  batched = any(found.images_per_record(image)[1] > 1 or image.layout.startswith('n')
+                for image in found.images)
+  several_keys = len(found.images) > 1
+  template = args.name_template or (naming.KEYS_PREFIX if several_keys else '') + {
       ('flat', False): naming.DEFAULT_TEMPLATE, ('flat', True): naming.BATCH_TEMPLATE,
       ('class', False): naming.CLASS_TEMPLATE, ('class', True): naming.CLASS_BATCH_TEMPLATE,
   }[(args.layout, batched)]
@@ -291,14 +296,22 @@ def build_config(args, started: float) -> Plan:
     raise errors.ConfigError(
         f'the records hold batches of images ({found.image.layout}); add {{n}} to '
         '--name_template so each image of a batch gets its own name')
+  if several_keys and 'key' not in naming.template_fields(template):
+    raise errors.ConfigError(
+        f'{len(found.images)} image keys are written ({", ".join(i.key for i in found.images)}); '
+        'add {key} to --name_template so their images get different names')
 
-  image_spec = dataclasses.replace(
-      spec, key=found.image.key, encoding=found.image.encoding, record=found.record,
-      decode_encoded=found.image.encoding != 'encoded' or
-      found.image.format != args.format or args.reencode)
+  image_specs = [dataclasses.replace(
+      spec, key=image.key, encoding=image.encoding, record=found.record,
+      decode_encoded=image.encoding != 'encoded' or image.format != args.format or
+      args.reencode) for image in found.images]
+  value_ranges = [render.dataset_value_range(normalize_spec, image)
+                  for image in found.images]
   render_config = render.RenderConfig(
-      encode=encode_spec, normalize=normalize_spec,
-      value_range=render.dataset_value_range(normalize_spec, found.image),
+      encode=encode_spec, normalize=normalize_spec, value_range=value_ranges[0],
+      key_value_ranges=tuple((image.key, value_range) for image, value_range in
+                             zip(found.more_images, value_ranges[1:])
+                             if value_range != value_ranges[0]),
       name_template=template, id_key=found.id_key, label_key=found.label_key,
       label_names=tuple(found.label_names) if found.label_names else None,
       reencode=args.reencode, max_pixels=args.max_pixels)
@@ -319,7 +332,7 @@ def build_config(args, started: float) -> Plan:
     patterns = tuple(url for url, _ in processed)
   config = export.ExportConfig(
       patterns=patterns, output=args.output, read=read_config,
-      image=image_spec, render=render_config, skip_existing=args.skip_existing,
+      image=image_specs[0], more_images=tuple(image_specs[1:]), render=render_config, skip_existing=args.skip_existing,
       max_failures=args.max_failures, run_started=started, options_used=used,
       incremental=args.incremental, processed=processed,
       settings=tuple(sorted(identity['settings'].items())), overwrite=args.overwrite)

@@ -54,7 +54,8 @@ def inspect(args) -> schema_lib.Schema:
   decoder = read.make_decoder(spec)
   try:
     found = schema_lib.detect_schema(
-        records, image_key=args.image_key, label_key=args.label_key, id_key=args.id_key,
+        records, image_key=spec.key, more_image_keys=options.image_keys(args)[1:],
+        label_key=args.label_key, id_key=args.id_key,
         label_names=options.load_label_names(args.label_names, config.storage_options),
         spec=spec, tfds=tfds, files=files, decoder=decoder)
     found.failures = damage + found.failures
@@ -132,14 +133,13 @@ def render_text(found: schema_lib.Schema, files: int = 0) -> str:
     lines.append('')
     lines += _feature_table('feature list', 'steps', found.feature_lists)
   lines.append('')
-  if found.image:
-    image = found.image
+  for image in found.images:
     fmt = f' ({image.format})' if image.format else ''
     lines.append(
         f'image:  key={image.key}  encoding={image.encoding}{fmt}  dtype={image.dtype}  '
         f'shape={image.shape}  layout={image.layout}  '
         f'values={image.value_range[0]}..{image.value_range[1]}')
-  else:
+  if not found.images:
     lines.append('image:  not found (pass --image_key; see the features above)')
   label = found.label_key or '-'
   if found.label_key and found.label_names:

@@ -43,9 +43,11 @@ def add_input_arguments(parser, required: bool = True) -> None:
       '\'{"s3": {"endpoint_url": "http://127.0.0.1:9000"}}\'. Merged over fsspec\'s own '
       'configuration (FSSPEC_* environment variables, config files).')
   group.add_argument(
-      '--image_key', default=None, metavar='FEATURE',
-      help='The feature holding the image. Default: detected (an encoded image, a '
-      'serialized tensor, raw bytes or a numeric list with a shape).')
+      '--image_key', action='append', default=None, metavar='FEATURE',
+      help='The feature (or SequenceExample feature list) holding the image. Several '
+      '(repeat the flag or separate with commas) write each, named apart by {key}. '
+      'Default: detected (an encoded image, a serialized tensor, raw bytes or a numeric '
+      'list with a shape).')
   group.add_argument(
       '--label_key', default=None, metavar='FEATURE',
       help='The integer class feature. Default: detected (TFDS ClassLabel, "label", ...).')
@@ -113,9 +115,21 @@ def read_config(args) -> read.ReadConfig:
       storage_options=parse_storage_options(args.storage_options))
 
 
+def image_keys(args) -> List[str]:
+  """The --image_key values in order, each once; [] to detect the image."""
+  keys = []
+  for value in args.image_key or ():
+    for key in value.split(','):
+      key = key.strip()
+      if key and key not in keys:
+        keys.append(key)
+  return keys
+
+
 def image_spec(args) -> decode.ImageSpec:
+  """The spec of the first image key (or of a detected one)."""
   return decode.ImageSpec(
-      key=args.image_key, shape=parse_shape(args.shape), dtype=args.dtype,
+      key=(image_keys(args) or [None])[0], shape=parse_shape(args.shape), dtype=args.dtype,
       layout=args.tensor_layout, max_pixels=args.max_pixels,
       isolate_decoder=args.decoder_isolation == 'on')
 

@@ -175,3 +175,48 @@ def test_image_key_on_bare_records_says_it_does_not_apply(unrecord, tmp_path):
   result = _export(unrecord, '--input', path, '--output', str(tmp_path / 'out'),
                    '--image_key', 'image', expect=2)
   assert 'serialized tensor' in result.stderr and 'leave out --image_key' in result.stderr
+
+
+def test_several_image_keys_write_each_named_apart_by_key(unrecord, tmp_path):
+  photos = [fixtures.photo(i, 32, 24) for i in range(3)]
+  masks = [(p[:, :, 0] > 120).astype(np.uint8) for p in photos]
+  right = [(fixtures.photo(i + 1, 32, 24) / 255.0).astype(np.float32) for i in range(3)]
+  payloads = [fixtures.example({
+      'image/encoded': fixtures.bytes_feature(fixtures.encode_jpeg(p)),
+      'image/segmentation/class/encoded': fixtures.bytes_feature(fixtures.encode_png(m)),
+      'right': fixtures.bytes_feature(fixtures.serialized_tensor(r)),
+      'image/filename': fixtures.bytes_feature(b'im%d' % i)})
+      for i, (p, m, r) in enumerate(zip(photos, masks, right))]
+  path = fixtures.write_tfrecord(str(tmp_path / 'seg.tfrecord'), payloads)
+  keys = ['image/encoded', 'image/segmentation/class/encoded', 'right']
+
+  out = str(tmp_path / 'out')
+  _export(unrecord, '--input', path, '--output', out, '--image_key', ','.join(keys[:2]),
+          '--image_key', 'right', '--format', 'jpeg')
+  assert _files(out) - METADATA == {f'{folder}/seg-{i:06d}.jpg' for i in range(3) for folder
+                                    in ('image_encoded', 'image_segmentation_class_encoded',
+                                        'right')}
+  rows = {(r['key'], r['index']): r for r in _manifest(out)}
+  assert set(rows) == {(k, i) for k in keys for i in range(3)}
+  for i in range(3):
+    # The photo passes through; the float view is mapped from [0,1], the mask keeps 0/1.
+    assert open(os.path.join(out, f'image_encoded/seg-{i:06d}.jpg'), 'rb').read() == \
+        fixtures.encode_jpeg(photos[i])
+    assert rows[('right', i)]['value_range'] == [0, 1]
+    assert rows[('image/segmentation/class/encoded', i)]['value_range'] == [0, 255]
+    assert rows[('image/encoded', i)]['id'] == f'im{i}'
+
+  png = str(tmp_path / 'png')
+  _export(unrecord, '--input', path, '--output', png, '--image_key', ','.join(keys),
+          '--name_template', '{id}_{key}.{ext}')
+  for i in range(3):
+    mask = cv2.imread(os.path.join(png, f'im{i}_image_segmentation_class_encoded.png'),
+                      cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(mask, masks[i])
+    expected = np.rint(right[i].astype(np.float64) * 255).astype(np.uint8)
+    assert np.array_equal(_read_rgb(os.path.join(png, f'im{i}_right.png')), expected)
+
+  refused = _export(unrecord, '--input', path, '--output', str(tmp_path / 'clash'),
+                    '--image_key', ','.join(keys), '--name_template', '{id}.{ext}',
+                    expect=2)
+  assert 'add {key} to --name_template' in refused.stderr

@@ -53,6 +53,8 @@ class ExportConfig:
   output: str
   read: read.ReadConfig = read.ReadConfig()
   image: decode.ImageSpec = decode.ImageSpec()
+  # Further image keys written from each record (several --image_key values).
+  more_images: Tuple[decode.ImageSpec, ...] = ()
   render: render.RenderConfig = render.RenderConfig()
   skip_existing: bool = False
   max_failures: int = 0
@@ -100,6 +102,7 @@ def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendere
       'format': config.render.encode.format,
       'id': features.get(id_key) if id_key else None,
       'index': image.ref.index,
+      'key': image.key,
       'label': label,
       'label_name': (names[label] if names and isinstance(label, int) and
                      0 <= label < len(names) else None),
@@ -166,7 +169,8 @@ class _ExportRangeFn(beam.DoFn):
     config = self._config
     self._root = sink.OutputRoot(config.output, config.read.storage_options)
     self._decoder = read.make_decoder(config.image)
-    self._records = record_layout.LayoutDecoder(config.image, self._decoder)
+    self._records = record_layout.KeysDecoder((config.image,) + config.more_images,
+                                              self._decoder)
     self._progress = progress.ProgressSender(config.progress)
     self._namer = render.Namer(config.render)
 

@@ -22,7 +22,9 @@ DEFAULT_TEMPLATE = '{stem}-{index:06d}.{ext}'
 BATCH_TEMPLATE = '{stem}-{index:06d}-{n:03d}.{ext}'
 CLASS_TEMPLATE = '{label_name}/{stem}-{index:06d}.{ext}'
 CLASS_BATCH_TEMPLATE = '{label_name}/{stem}-{index:06d}-{n:03d}.{ext}'
-BUILTIN_FIELDS = ('id', 'index', 'n', 'stem', 'label', 'label_name', 'split', 'ext')
+BUILTIN_FIELDS = ('id', 'index', 'n', 'key', 'stem', 'label', 'label_name', 'split', 'ext')
+# With several image keys, the default templates keep each key's images in its folder.
+KEYS_PREFIX = '{key}/'
 MAX_VALUE_BYTES = 120
 MAX_SEGMENT_BYTES = 240
 MAX_PATH_BYTES = 1000
@@ -163,6 +165,7 @@ def name_values(
     *,
     index: int,
     n: int,
+    key: str = '',
     stem: str,
     ext: str,
     features: Mapping[str, object],
@@ -173,7 +176,7 @@ def name_values(
 ) -> Dict[str, object]:
   """Every field a template may use for one image (absent ones are left out)."""
   values: Dict[str, object] = dict(features)
-  values.update(index=index, n=n, stem=stem, ext=ext)
+  values.update(index=index, n=n, key=key, stem=stem, ext=ext)
   if split is not None:
     values['split'] = split
   if id_key is not None and id_key in features:

@@ -68,6 +68,22 @@ class LayoutDecoder:
     return images
 
 
+class KeysDecoder:
+  """Several image keys of one record (a photo and its mask, the views of a rig): each
+  key's images in key order. A record fails as a whole when any key fails."""
+
+  def __init__(self, specs, decoder: decode.Decoder = decode.image_formats.decode_encoded):
+    self._decoders = [LayoutDecoder(spec, decoder) for spec in specs]
+
+  def decode(self, ref: RecordRef, payload: bytes) -> List[decode.DecodedImage]:
+    if len(self._decoders) == 1:
+      return self._decoders[0].decode(ref, payload)
+    images = []
+    for decoder in self._decoders:
+      images += decoder.decode(ref, payload)
+    return images
+
+
 class Layout:
   """A record's fixed bytes, and where its pixels and other values sit.
 

@@ -23,8 +23,10 @@ class RenderConfig:
   """Everything that decides an image's name and bytes, resolved before the run."""
   encode: encode.EncodeSpec = encode.EncodeSpec()
   normalize: normalize.NormalizeSpec = normalize.NormalizeSpec()
-  # The dataset's value range for `--value_range auto` (None: per type / per image).
+  # The dataset's value range for `--value_range auto` (None: per type / per image),
+  # and the ranges of further image keys that differ from it: (key, range) pairs.
   value_range: Optional[Tuple[float, float]] = None
+  key_value_ranges: Tuple[Tuple[str, Optional[Tuple[float, float]]], ...] = ()
   name_template: str = naming.DEFAULT_TEMPLATE
   id_key: Optional[str] = None
   label_key: Optional[str] = None
@@ -34,6 +36,12 @@ class RenderConfig:
 
   def __post_init__(self):
     naming.template_fields(self.name_template)
+
+  def value_range_for(self, key: str) -> Optional[Tuple[float, float]]:
+    for other, value_range in self.key_value_ranges:
+      if other == key:
+        return value_range
+    return self.value_range
 
 
 @dataclasses.dataclass(slots=True)
@@ -68,7 +76,8 @@ class Namer:
         self._files.clear()
       of_file = self._files[path] = (schema.stem_of(path), schema.split_of(path))
     values = naming.name_values(
-        index=image.ref.index, n=image.n, stem=of_file[0], ext=config.encode.extension,
+        index=image.ref.index, n=image.n, key=image.key, stem=of_file[0],
+        ext=config.encode.extension,
         features=image.features, id_key=config.id_key, label_key=config.label_key,
         label_names=config.label_names, split=of_file[1])
     return self._template.render(values)
@@ -96,12 +105,14 @@ def render(image: decode.DecodedImage, config: RenderConfig,
     return Rendered(image.encoded, shape, image.source_dtype, ('passthrough',),
                     'passthrough', True, None)
   image = decode.ensure_pixels(image, config.max_pixels, decoder)
+  value_range = (config.value_range_for(image.key) if config.key_value_ranges
+                 else config.value_range)
   bits = normalize.target_bits(
       normalize.dtype_name(image.pixels.dtype), config.normalize.bit_depth,
-      config.encode.holds_16bit, config.encode.holds_float, config.value_range)
+      config.encode.holds_16bit, config.encode.holds_float, value_range)
   result = normalize.normalize(
       image.pixels, image.layout, config.normalize, bits=bits,
-      value_range=config.value_range, source_dtype=image.source_dtype)
+      value_range=value_range, source_dtype=image.source_dtype)
   pixels = encode.fit_channels(result.pixels, config.encode)
   data = encode.encode(pixels, config.encode)
   encoder = (encode.png_encoder_for(pixels, config.encode)

@@ -217,10 +217,17 @@ class Schema:
   scalar_keys: List[str] = dataclasses.field(default_factory=list)
   record: str = records_lib.EXAMPLE
   feature_lists: Dict[str, FeatureSummary] = dataclasses.field(default_factory=dict)
+  # The images of further image keys (several --image_key values), in their order.
+  more_images: List[ImageInfo] = dataclasses.field(default_factory=list)
 
-  def images_per_record(self) -> Tuple[int, int]:
-    """(fewest, most) images one record gave in the sample."""
-    image = self.image
+  @property
+  def images(self) -> List[ImageInfo]:
+    return ([self.image] if self.image else []) + self.more_images
+
+  def images_per_record(self, image: Optional[ImageInfo] = None) -> Tuple[int, int]:
+    """(fewest, most) images one record gave in the sample, for `image` (default: the
+    first image key)."""
+    image = image or self.image
     batch = image.shape[0] if image.layout.startswith('n') else 1
     if image.key in self.feature_lists:
       steps = self.feature_lists[image.key]
@@ -237,6 +244,7 @@ class Schema:
         'features': {k: v.to_json() for k, v in sorted(self.features.items())},
         'feature_lists': {k: v.to_json() for k, v in sorted(self.feature_lists.items())},
         'image': self.image.to_json() if self.image else None,
+        'more_images': [image.to_json() for image in self.more_images],
         'label_key': self.label_key,
         'id_key': self.id_key,
         'label_names': self.label_names,
@@ -305,6 +313,7 @@ def detect_schema(
     records: Sequence[tfrecord.Record],
     *,
     image_key: Optional[str] = None,
+    more_image_keys: Sequence[str] = (),
     label_key: Optional[str] = None,
     id_key: Optional[str] = None,
     label_names: Optional[Sequence[str]] = None,
@@ -314,6 +323,9 @@ def detect_schema(
     decoder: Optional[decode.Decoder] = None,
 ) -> Schema:
   """The schema of a sample of records; explicit keys win over detection.
+
+  `more_image_keys`: further image features, each detected like `image_key` (which must
+  then be given too).
 
   `decoder` decodes encoded images (default: in this process).
   """
@@ -349,10 +361,21 @@ def detect_schema(
     image, image_key, more_failures = _detect_image(
         parsed, image_key, spec, decoder or decode.image_formats.decode_encoded)
     failures += more_failures
+  more_images = []
+  for key in more_image_keys:
+    if parsed and key not in first:
+      raise errors.ConfigError(str(decode.missing_image_error(first, key)))
+    info, _, more_failures = _detect_image(parsed, key, spec, decoder or
+                                           decode.image_formats.decode_encoded)
+    failures += more_failures
+    if info is None:
+      raise errors.ConfigError(more_failures[0] if more_failures else
+                               f'no sampled record has an image in {key!r}')
+    more_images.append(info)
   if first_parsed is not None:
     first = first_parsed.features  # labels and ids come from the record, not a step
 
-  exclude = [image_key] if image_key else []
+  exclude = ([image_key] if image_key else []) + list(more_image_keys)
   if label_key is None and tfds:
     label_key = next((k for k in tfds.class_labels if k in first), None)
   if label_key is None:
@@ -373,16 +396,16 @@ def detect_schema(
     names = list(tfds.class_labels[label_key])
 
   scalar_keys = sorted(k for k, s in summaries.items() if s.min_length == 1 ==
-                       s.max_length and k != image_key)
+                       s.max_length and k not in exclude)
   # A list of one value per step is a per-step field: a frame's timestamp or label.
-  scalar_keys += sorted(k for k, s in list_summaries.items() if k != image_key and
+  scalar_keys += sorted(k for k, s in list_summaries.items() if k not in exclude and
                         s.value_min_length == 1 == s.value_max_length)
   return Schema(
       records_sampled=len(records), features=summaries, image=image, label_key=label_key,
       id_key=id_key, label_names=names,
       splits=sorted({s for s in (split_of(f) for f in files) if s}),
       tfds_name=tfds.name if tfds else None, failures=failures, scalar_keys=scalar_keys,
-      record=kind, feature_lists=list_summaries)
+      record=kind, feature_lists=list_summaries, more_images=more_images)
 
 
 _KIND_WORDS = {records_lib.TENSOR: 'a serialized tensor',
