@@ -9,6 +9,8 @@ from typing import Optional, Sequence
 
 USAGE = """usage: unrecord COMMAND [options]
 
+  unrecord --version
+
 commands:
   inspect   show what TFRecords hold and the image schema unrecord detects
   export    write the images in TFRecords to image files (a Beam pipeline)
@@ -21,6 +23,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not argv or argv[0] in ('-h', '--help'):
     print(USAGE)
     return 0 if argv else 2
+  if argv[0] in ('-V', '--version'):
+    from beam_jobs import options
+    print(f'unrecord {options.version()}')
+    return 0
   command, rest = argv[0], argv[1:]
   if command == 'inspect':
     from beam_jobs import inspect_records

@@ -63,13 +63,16 @@ class ExportOptions(PipelineOptions):
     group.add_argument('--output', default=None, metavar='URL',
                        help='Output root: a folder or any fsspec URL. Required.')
     group.add_argument('--format', default='png', choices=encode.FORMATS,
-                       help='Image format to write. Default: png.')
+                       type=common.Choice(common.FORMAT_ALIASES),
+                       help='Image format to write (any case; jpg and tif are accepted). '
+                       'Default: png.')
     group.add_argument('--quality', type=int, default=95,
                        help='JPEG and lossy WebP quality, 1-100. Default: 95.')
     group.add_argument('--png_compression', type=int, default=None, metavar='0-9',
                        help='zlib level for PNG (OpenCV/Pillow encoders). Default: the '
                        "encoder's own (fpng has one fixed fast level).")
     group.add_argument('--png_encoder', default='auto', choices=encode.PNG_ENCODERS,
+                       type=common.Choice(),
                        help='auto: fpng for 8-bit RGB/RGBA, OpenCV for gray and 16-bit. '
                        'Default: auto.')
     group.add_argument('--webp_lossless', action='store_true',
@@ -77,7 +80,7 @@ class ExportOptions(PipelineOptions):
     group.add_argument('--jpeg_progressive', action='store_true',
                        help='Write progressive JPEG.')
     group.add_argument('--jpeg_subsampling', default='auto',
-                       choices=encode.JPEG_SUBSAMPLING,
+                       choices=encode.JPEG_SUBSAMPLING, type=common.Choice(),
                        help='JPEG chroma subsampling. auto: 444 (full colour detail) for '
                        '--quality 90 and up, else 420 (smaller). Default: auto.')
     group.add_argument('--reencode', action='store_true',
@@ -89,6 +92,7 @@ class ExportOptions(PipelineOptions):
                        f'feature. Default: {naming.DEFAULT_TEMPLATE} '
                        f'({naming.BATCH_TEMPLATE} for batched records).')
     group.add_argument('--layout', default='flat', choices=('flat', 'class'),
+                       type=common.Choice({'classes': 'class'}),
                        help=f'class: {naming.CLASS_TEMPLATE}, the class-folder layout '
                        'Keras and torchvision ImageFolder load. Default: flat.')
     group.add_argument('--skip_existing', action='store_true',
@@ -132,19 +136,27 @@ class ExportOptions(PipelineOptions):
     norm.add_argument('--std', default=None, metavar='S[,S,S]|PRESET',
                       help='See --mean (a preset given to --mean sets both).')
     norm.add_argument('--channel_order', default='rgb', choices=normalize.CHANNEL_ORDERS,
+                      type=common.Choice(),
                       help='Channel order of the input tensors. Default: rgb.')
     norm.add_argument('--bit_depth', default='auto', choices=normalize.BIT_DEPTHS,
+                      type=common.Choice(),
                       help='auto: 16-bit data stays 16-bit where the format holds it '
                       '(png, tiff), else 8. float: keep float32 values (tiff only). '
                       'Default: auto.')
     norm.add_argument('--non_finite', default='fail', choices=normalize.NON_FINITE_POLICIES,
+                      type=common.Choice(),
                       help='NaN/Inf: fail sends the image to the dead letter '
                       '(non_finite); clip maps NaN to the low end and +/-Inf to the ends. '
                       'Default: fail.')
 
 
+class _OneLineBeamParser(_BeamArgumentParser):
+  def error(self, message):
+    raise errors.ConfigError(common.one_line_error(message))
+
+
 def _beam_parser() -> argparse.ArgumentParser:
-  parser = _BeamArgumentParser(allow_abbrev=False)
+  parser = _OneLineBeamParser(allow_abbrev=False)
   seen = {}
   for cls in PipelineOptions.__subclasses__():
     seen.setdefault(str(cls), cls)
@@ -165,6 +177,9 @@ def unknown_arguments(argv: Sequence[str]) -> List[str]:
       close = difflib.get_close_matches(arg.split('=', 1)[0], known, n=1)
       if close:
         message += f' (did you mean {close[0]}?)'
+    elif not arg.startswith('-'):
+      message += (': a value with no option before it; if the shell expanded an unquoted '
+                  "pattern, quote the pattern: --input 'data/*.tfrecord'")
     messages.append(message)
   return messages
 
@@ -191,7 +206,8 @@ def help_text() -> str:
 
 
 def mean_std(args) -> Tuple[Optional[Tuple[float, ...]], Optional[Tuple[float, ...]]]:
-  mean_text, std_text = args.mean, args.std
+  mean_text = args.mean.strip().lower() if args.mean else args.mean
+  std_text = args.std.strip().lower() if args.std else args.std
   mean = std = None
   if mean_text and mean_text in normalize.PRESETS:
     mean, std = normalize.preset(mean_text)
@@ -261,9 +277,12 @@ def build_config(args, started: float) -> Plan:
   finally:
     decoder.close()
   if found.image is None:
-    raise errors.ConfigError(
-        (found.failures[0] if found.failures else 'no image feature was found') +
-        '; pass --image_key')
+    first = found.failures[0] if found.failures else 'no image feature was found'
+    # Only a record with no image to be found calls for --image_key; other reasons
+    # (a wrong --shape, say) carry their own hint.
+    hint = '; pass --image_key' if (
+        f'[{errors.MISSING_FEATURE}]' in first or not found.failures) else ''
+    raise errors.ConfigError(first + hint)
 
   mean, std = mean_std(args)
   normalize_spec = normalize.NormalizeSpec(
@@ -273,6 +292,7 @@ def build_config(args, started: float) -> Plan:
       format=args.format, quality=args.quality, png_compression=args.png_compression,
       png_encoder=args.png_encoder, webp_lossless=args.webp_lossless,
       jpeg_progressive=args.jpeg_progressive, jpeg_subsampling=args.jpeg_subsampling)
+  _check_format_options(args)
   for image in found.images:  # validates --bit_depth vs --format
     normalize.target_bits(image.dtype, args.bit_depth, encode_spec.holds_16bit,
                           encode_spec.holds_float)
@@ -280,7 +300,16 @@ def build_config(args, started: float) -> Plan:
   batched = any(found.images_per_record(image)[1] > 1 or image.layout.startswith('n')
                 for image in found.images)
   several_keys = len(found.images) > 1
-  template = args.name_template or (naming.KEYS_PREFIX if several_keys else '') + {
+  with_splits = bool(files) and all(schema_lib.split_of(f) for f in files)
+  if args.layout == 'class' and not args.name_template and found.label_key is None:
+    raise errors.ConfigError(
+        '--layout class makes a folder per class, but no label feature was found in '
+        f'the records (they have: {", ".join(sorted(found.features)) or "no features"}); '
+        'pass '
+        '--label_key FEATURE')
+  template = args.name_template or (naming.KEYS_PREFIX if several_keys else '') + (
+      # Train and test images must not share class folders (ImageFolder would mix them).
+      naming.SPLIT_PREFIX if args.layout == 'class' and with_splits else '') + {
       ('flat', False): naming.DEFAULT_TEMPLATE, ('flat', True): naming.BATCH_TEMPLATE,
       ('class', False): naming.CLASS_TEMPLATE, ('class', True): naming.CLASS_BATCH_TEMPLATE,
   }[(args.layout, batched)]
@@ -339,6 +368,25 @@ def build_config(args, started: float) -> Plan:
   mean_frame = sum(len(payload) + 16 for _, payload in records) / len(records)
   return Plan(files=len(files), found=found, config=config, identity=identity,
               mean_frame_bytes=mean_frame)
+
+
+# Options that only one format (or two) reads; given with another, they would do nothing.
+_FORMAT_OPTIONS = {
+    'png_compression': ('png',), 'png_encoder': ('png',), 'quality': ('jpeg', 'webp'),
+    'jpeg_progressive': ('jpeg',), 'jpeg_subsampling': ('jpeg',), 'webp_lossless': ('webp',),
+}
+
+
+def _check_format_options(args) -> None:
+  given = args.get_all_options(drop_default=True)
+  unused = [name for name, formats in _FORMAT_OPTIONS.items()
+            if name in given and args.format not in formats]
+  if unused:
+    names = ', '.join(f'--{name} (for {"/".join(_FORMAT_OPTIONS[name])})'
+                      for name in unused)
+    raise errors.ConfigError(
+        f'{names} do{"es" if len(unused) == 1 else ""} nothing with --format '
+        f'{args.format}; drop {"it" if len(unused) == 1 else "them"} or change --format')
 
 
 def claim_output(args) -> Optional[root_claim.Claim]:
@@ -506,12 +554,18 @@ def summary(report: dict, counters: Optional[Dict[str, int]] = None) -> str:
 def main(argv: Optional[Sequence[str]] = None,
          pool: Optional[worker_lib.WarmPool] = None) -> int:
   """Runs the export; `pool`: warm local workers the caller started (beam_jobs.cli)."""
-  argv = list(sys.argv[1:] if argv is None else argv)
+  argv = common.prepare_argv(sys.argv[1:] if argv is None else argv)
   if '-h' in argv or '--help' in argv:
     print(help_text())
     return 0
+  if '--version' in argv:
+    print(f'unrecord {common.version()}')
+    return 0
   started = time.time()
-  unknown = unknown_arguments(argv)
+  try:
+    unknown = unknown_arguments(argv)
+  except errors.ConfigError as e:  # a bad value, e.g. --format gif
+    return common.fail(PROG, str(e))
   if unknown:
     return common.fail(PROG, '; '.join(unknown))
   pipeline_options = PipelineOptions(argv)
@@ -536,17 +590,19 @@ def main(argv: Optional[Sequence[str]] = None,
 
 def _run(plan: Plan, claim: root_claim.Claim, pipeline_options: PipelineOptions, args,
          argv: Sequence[str], pool: Optional[worker_lib.WarmPool]) -> int:
-  """Runs the claimed export; every way it can end prints one closing line."""
+  """Runs the claimed export; every way it can end prints one closing line (with
+  --quiet, only when it ends in an error)."""
+  say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
   if not plan.config.patterns:  # --incremental, and no shard is new or changed
     report = export.write_report(
         None, plan.config,
         {'written': 0, 'skipped': 0, 'bytes': 0, 'passthrough': 0, 'samples': []},
         {'failed': 0, 'failed_by_reason': {}, 'first_failures': []})
-    print(f'{PROG}: no input shard is new or changed since the last run', file=sys.stderr)
-    print(summary(report), file=sys.stderr)
+    say(f'{PROG}: no input shard is new or changed since the last run')
+    say(summary(report))
     return 0
   runner, runner_instance = configure_runner(pipeline_options, argv, pool)
-  print(describe(plan, runner), file=sys.stderr)
+  say(describe(plan, runner))
   local = is_local(pipeline_options)
   if local:  # FnApiRunner, or the portable runner's embedded job service
     bypass_proxy_for_local_workers()
@@ -564,7 +620,7 @@ def _run(plan: Plan, claim: root_claim.Claim, pipeline_options: PipelineOptions,
     _ = pipeline | 'Export' >> export.ExportImages(plan.config)
     result = pipeline.run()
     if args.no_wait and not local:
-      print(f'{PROG}: submitted to {runner}; not waiting (--no_wait)', file=sys.stderr)
+      say(f'{PROG}: submitted to {runner}; not waiting (--no_wait)')
       return 0
     result.wait_until_finish()
   except (KeyboardInterrupt, Terminated) as e:
@@ -577,11 +633,12 @@ def _run(plan: Plan, claim: root_claim.Claim, pipeline_options: PipelineOptions,
   beam_log.close(keep=False)
   root = sink.OutputRoot(plan.config.output, plan.config.read.storage_options)
   report = json.loads(root.read(export.REPORT))
-  print(summary(report, failure_counters(result)), file=sys.stderr)
+  line = summary(report, failure_counters(result))
   if not report['success']:
-    print(f'{PROG}: failed: {report["failed"]} image(s) failed, more than --max_failures '
-          f'{report["max_failures"]}; no _SUCCESS (rows in _dead_letter.jsonl)',
-          file=sys.stderr)
+    line += (f'; exit 1: failures {report["failed"]} > --max_failures '
+             f'{report["max_failures"]}, so no _SUCCESS (see {export.DEAD_LETTER_ROWS})')
+  if not report['success'] or not args.quiet:
+    print(line, file=sys.stderr)
   return 0 if report['success'] else 1
 
 

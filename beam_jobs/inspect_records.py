@@ -29,9 +29,11 @@ PROG = 'unrecord inspect'
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = options.OneLineParser(
       prog=PROG, description='Show the features of TFRecords and the image schema '
       'unrecord detects in them.')
+  parser.add_argument('--version', action='version',
+                      version=f'unrecord {options.version()}')
   options.add_input_arguments(parser)
   group = parser.add_argument_group('inspect output')
   group.add_argument('--limit', type=int, default=16, metavar='N',
@@ -165,7 +167,8 @@ def _feature_table(heading: str, counted: str, summaries) -> list:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = build_parser().parse_args(argv)
+  args = build_parser().parse_args(
+      options.prepare_argv(sys.argv[1:] if argv is None else argv))
   try:
     found = inspect(args)
   except errors.ConfigError as e:

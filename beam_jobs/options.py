@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import json
+import os
+import re
 import sys
-from typing import List, Optional
+from importlib import metadata
+from typing import Dict, List, Optional, Sequence
 
 import fsspec
 
@@ -15,6 +20,86 @@ from transforms import read
 from transforms import storage
 from transforms import tensor_proto
 from transforms import tfrecord
+
+
+class Choice:
+  """An argparse `type` for an option with choices: any case, and the obvious aliases
+  (`jpg`, `tif`, `gz`)."""
+
+  def __init__(self, aliases: Optional[Dict[str, str]] = None):
+    self._aliases = aliases or {}
+
+  def __call__(self, text: str) -> str:
+    value = text.strip().lower()
+    return self._aliases.get(value, value)
+
+  def __repr__(self) -> str:
+    return 'choice'
+
+
+FORMAT_ALIASES = {'jpg': 'jpeg', 'jpe': 'jpeg', 'tif': 'tiff'}
+COMPRESSION_ALIASES = {'gz': 'gzip', 'zz': 'zlib', 'uncompressed': 'none', '': 'none'}
+
+
+def one_line_error(message: str) -> str:
+  """argparse's message with a suggestion for a mistyped choice."""
+  match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+  if match:
+    choices = [c.strip(" '") for c in match.group(2).split(',')]
+    close = difflib.get_close_matches(match.group(1).lower(), choices, n=1, cutoff=0.6)
+    message = (message[:match.start()] + f'invalid choice {match.group(1)!r}; choose from '
+               f'{", ".join(choices)}' + (f' (did you mean {close[0]}?)' if close else ''))
+  return message
+
+
+class OneLineParser(argparse.ArgumentParser):
+  """An ArgumentParser whose errors are one line, like every other error of unrecord,
+  not the whole usage text first."""
+
+  def error(self, message):
+    print(f'{self.prog}: error: {one_line_error(message)}',
+          file=sys.stderr)
+    sys.exit(2)
+
+
+def version() -> str:
+  try:
+    return metadata.version('unrecord')
+  except metadata.PackageNotFoundError:
+    return 'unknown (not installed)'
+
+
+_NEGATIVE = re.compile(r'^-(\.?\d|inf|nan)', re.I)
+
+
+def prepare_argv(argv: Sequence[str]) -> List[str]:
+  """The command line as argparse should see it.
+
+  `--value_range -1,1` (and `--mean -0.5`): argparse takes a value starting with '-'
+  for an option and fails with 'expected one argument'; such a value is joined with '='.
+  `--input a.tfrecord b.tfrecord` (what the shell makes of an unquoted
+  `--input 'preds/*.tfrecord'`): existing files after an --input value are inputs too.
+  """
+  out: List[str] = []
+  tokens = list(argv)
+  i, after_input = 0, False
+  while i < len(tokens):
+    token = tokens[i]
+    following = tokens[i + 1] if i + 1 < len(tokens) else None
+    if (token.startswith('--') and '=' not in token and following is not None and
+        _NEGATIVE.match(following)):
+      out.append(f'{token}={following}')
+      i, after_input = i + 2, False
+    elif token == '--input' and following is not None:
+      out += [token, following]
+      i, after_input = i + 2, True
+    elif after_input and not token.startswith('-') and os.path.exists(token):
+      out += ['--input', token]
+      i += 1
+    else:
+      out.append(token)
+      i, after_input = i + 1, token.startswith('--input=')
+  return out
 
 
 def add_input_arguments(parser, required: bool = True) -> None:
@@ -30,6 +115,7 @@ def add_input_arguments(parser, required: bool = True) -> None:
       'memory://). Repeat the flag or separate patterns with commas.')
   group.add_argument(
       '--compression', default='auto', choices=tfrecord.COMPRESSIONS,
+      type=Choice(COMPRESSION_ALIASES),
       help='Input compression. auto: from the extension (.gz/.gzip, .zz/.zlib), else '
       'from the file content. Default: auto.')
   group.add_argument(
@@ -63,15 +149,15 @@ def add_input_arguments(parser, required: bool = True) -> None:
       '--shape', default=None, metavar='H,W[,C]',
       help='Shape of raw-byte or list images when the records do not say it.')
   group.add_argument(
-      '--dtype', default=None, choices=tensor_proto.DTYPE_NAMES,
+      '--dtype', default=None, choices=tensor_proto.DTYPE_NAMES, type=Choice(),
       help='dtype of raw-byte images when the records do not say it. Default: from a '
       'dtype feature, else uint8 (or by byte count: 2 -> uint16, 4 -> float32).')
   group.add_argument(
-      '--tensor_layout', default='auto', choices=decode.LAYOUTS,
+      '--tensor_layout', default='auto', choices=decode.LAYOUTS, type=Choice(),
       help='Axis order of tensors: hwc, chw (NHWC/NCHW for batches), or auto (a trailing '
       'axis of 1-4 is channels, else a leading one). Default: auto.')
   group.add_argument(
-      '--decoder_isolation', default='on', choices=('on', 'off'),
+      '--decoder_isolation', default='on', choices=('on', 'off'), type=Choice(),
       help='on: encoded images (PNG, JPEG, ...) are decoded in a separate process, so a '
       'decoder crash on a hostile image fails only that image. off: decode in the worker, '
       'about 0.35 ms faster per 224x224 image (docs/reliability.md). Default: on.')

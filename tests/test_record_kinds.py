@@ -81,14 +81,20 @@ def test_bare_encoded_images_pass_through_or_decode_exactly(unrecord, tmp_path):
   folder = tmp_path / 'in'
   for name, payloads in (('png', pngs), ('jpeg', jpegs), ('webp', webps)):
     fixtures.write_tfrecord(str(folder / f'{name}.tfrecord'), payloads)
+  # Records of other kinds in the same run are each read as what they are.
+  fixtures.write_tfrecord(str(folder / 'tensor.tfrecord'),
+                          [fixtures.serialized_tensor(p) for p in photos])
+  fixtures.write_tfrecord(str(folder / 'zexample.tfrecord'), [fixtures.example(
+      {'image': fixtures.bytes_feature(fixtures.encode_png(p))}) for p in photos])
   found = _inspect(unrecord, str(folder / 'jpeg.tfrecord'))
   assert found['record'] == 'image'
   assert found['image']['format'] == 'jpeg'
 
   out = str(tmp_path / 'out')
   _export(unrecord, '--input', str(folder), '--output', out)
-  assert _files(out) - METADATA == {f'{name}-{i:06d}.png' for name in ('png', 'jpeg', 'webp')
-                                    for i in range(3)}
+  assert _files(out) - METADATA == {
+      f'{name}-{i:06d}.png' for name in ('png', 'jpeg', 'webp', 'tensor', 'zexample')
+      for i in range(3)}
   rows = {r['path']: r for r in _manifest(out)}
   for i in range(3):
     assert open(os.path.join(out, f'png-{i:06d}.png'), 'rb').read() == pngs[i]
@@ -96,6 +102,8 @@ def test_bare_encoded_images_pass_through_or_decode_exactly(unrecord, tmp_path):
     jpeg_pixels = tf.io.decode_jpeg(jpegs[i], dct_method='INTEGER_ACCURATE').numpy()
     assert np.array_equal(_read_rgb(os.path.join(out, f'jpeg-{i:06d}.png')), jpeg_pixels)
     assert np.array_equal(_read_rgb(os.path.join(out, f'webp-{i:06d}.png')), photos[i])
+    assert np.array_equal(_read_rgb(os.path.join(out, f'tensor-{i:06d}.png')), photos[i])
+    assert open(os.path.join(out, f'zexample-{i:06d}.png'), 'rb').read() == pngs[i]
   assert os.path.exists(os.path.join(out, '_SUCCESS'))
 
   # The JPEG records pass through untouched into JPEG output.

@@ -241,6 +241,8 @@ def _complete_shape(shape: Optional[Tuple[Optional[int], ...]], count: int,
         errors.SHAPE_MISMATCH,
         f'feature {key!r} holds {count} values but the record gives no shape; add '
         f'{key}/shape or height/width features, or pass --shape')
+  if len(shape) == 2 and shape[0] and shape[1] and count != shape[0] * shape[1]:
+    shape = (shape[0], shape[1], None)  # H,W given: the channels follow from the count
   if shape[-1] is None:
     height, width = shape[0], shape[1]
     if height <= 0 or width <= 0 or count % (height * width):
@@ -253,7 +255,30 @@ def _complete_shape(shape: Optional[Tuple[Optional[int], ...]], count: int,
   return tuple(int(d) for d in shape)
 
 
-def _check_count(shape: Sequence[int], count: int, key: str, what: str) -> None:
+def _stated_shape(features: Dict[str, FeatureValue], key: str, spec: ImageSpec
+                  ) -> Tuple[Optional[Tuple[Optional[int], ...]], str]:
+  """The shape of `key`'s values and where it comes from: the record's own shape
+  features, else --shape. A --shape that disagrees with what the record states is an
+  error naming both (it is for records that do not say)."""
+  declared, source = declared_shape(features, key)
+  if declared is None:
+    return spec.shape, '--shape'
+  if spec.shape is None:
+    return declared, source
+  agrees = len(spec.shape) >= len([d for d in declared if d is not None]) and all(
+      d is None or d == s for d, s in zip(declared, spec.shape)) and (
+          len(spec.shape) == len(declared) or declared[-1] is None)
+  if not agrees:
+    raise errors.DecodeError(
+        errors.SHAPE_MISMATCH,
+        f'--shape {list(spec.shape)} disagrees with the shape the record states for '
+        f'{key!r}: {[d for d in declared if d is not None]} (from {source}); drop '
+        '--shape, which is for records that do not state one')
+  return spec.shape, '--shape'
+
+
+def _check_count(shape: Sequence[int], count: int, key: str, what: str,
+                 source: str = '') -> None:
   expected = 1
   for d in shape:
     if d <= 0:
@@ -263,7 +288,8 @@ def _check_count(shape: Sequence[int], count: int, key: str, what: str) -> None:
   if expected != count:
     raise errors.DecodeError(
         errors.SHAPE_MISMATCH,
-        f'feature {key!r} holds {count} {what} but shape {list(shape)} needs {expected}')
+        f'feature {key!r} holds {count} {what} but shape {list(shape)}'
+        f'{f" (from {source})" if source else ""} needs {expected}')
 
 
 # ---------------------------------------------------------------------------------------
@@ -476,6 +502,13 @@ def decode_parsed(ref: RecordRef, parsed: records.Parsed, spec: ImageSpec,
                   decoder: Decoder = image_formats.decode_encoded) -> List[DecodedImage]:
   """Every image of one parsed record. A feature list gives an image per step, numbered
   across the steps like the images of a batch."""
+  if records.is_bare(parsed.kind):
+    # A bare record among Examples is its own image, whatever key the run settled.
+    encoding = 'tensor' if parsed.kind == records.TENSOR else 'encoded'
+    if (spec.key, spec.encoding) != (records.RECORD_KEY, encoding):
+      spec = dataclasses.replace(spec, key=records.RECORD_KEY, encoding=encoding)
+  elif spec.key == records.RECORD_KEY:
+    spec = dataclasses.replace(spec, key=None, encoding=None)  # an Example among them
   if not parsed.feature_lists:
     return decode_features(ref, parsed.features, spec, decoder)
   key = spec.key
@@ -541,7 +574,7 @@ def _decode_raw(features, key, spec):
   views = features[key].buffers()
   data = views[0] if len(views) == 1 else b''.join(views)
   dtype_name = spec.dtype or declared_dtype(features, key)
-  shape = spec.shape or declared_shape(features, key)[0]
+  shape, source = _stated_shape(features, key, spec)
   if dtype_name is None:
     dtype_name = _guess_raw_dtype(shape, len(data))
   raw_dtype = raw_dtype_of(dtype_name)
@@ -552,7 +585,7 @@ def _decode_raw(features, key, spec):
         f'values')
   count = len(data) // raw_dtype.itemsize
   shape = _complete_shape(shape, count, key)
-  _check_count(shape, count, key, f'{dtype_name} values')
+  _check_count(shape, count, key, f'{dtype_name} values', source)
   _check_pixels(shape, spec, key)
   pixels = tensor_proto.aligned(np.frombuffer(data, dtype=raw_dtype)).reshape(shape)
   if dtype_name == 'bfloat16':
@@ -580,9 +613,9 @@ def _guess_raw_dtype(shape, nbytes: int) -> str:
 def _decode_list(features, key, spec):
   feature = features[key]
   values = feature.values
-  shape = spec.shape or declared_shape(features, key)[0]
+  shape, source = _stated_shape(features, key, spec)
   shape = _complete_shape(shape, len(values), key)
-  _check_count(shape, len(values), key, 'values')
+  _check_count(shape, len(values), key, 'values', source)
   _check_pixels(shape, spec, key)
   dtype_name = spec.dtype or declared_dtype(features, key)
   pixels = np.asarray(values).reshape(shape)

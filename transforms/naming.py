@@ -25,6 +25,8 @@ CLASS_BATCH_TEMPLATE = '{label_name}/{stem}-{index:06d}-{n:03d}.{ext}'
 BUILTIN_FIELDS = ('id', 'index', 'n', 'key', 'stem', 'label', 'label_name', 'split', 'ext')
 # With several image keys, the default templates keep each key's images in its folder.
 KEYS_PREFIX = '{key}/'
+# With --layout class over records with splits: train/, test/, ... each its own root.
+SPLIT_PREFIX = '{split}/'
 MAX_VALUE_BYTES = 120
 MAX_SEGMENT_BYTES = 240
 MAX_PATH_BYTES = 1000
@@ -134,6 +136,25 @@ class NameTemplate:
 class _Strict(dict):
   def __missing__(self, key):
     raise KeyError(key)
+
+
+# Extensions of image files: a name ending in one of these has an extension to replace.
+IMAGE_EXTENSIONS = frozenset({'png', 'jpg', 'jpeg', 'jpe', 'webp', 'tif', 'tiff', 'bmp',
+                              'gif'})
+
+
+def ends_in_extension(template: str) -> bool:
+  """True for templates whose names always end in the format's extension."""
+  return template.endswith('.{ext}')
+
+
+def with_extension(name: str, ext: str) -> str:
+  """`name` ending in `.ext`: an image extension of another format is replaced
+  (`x.jpg` -> `x.png`), and a name with none gets one (`cat` -> `cat.png`)."""
+  base, dot, suffix = name.rpartition('.')
+  if dot and '/' not in suffix and suffix.lower() in IMAGE_EXTENSIONS:
+    return name if suffix == ext else f'{base}.{ext}'
+  return f'{name}.{ext}'
 
 
 def check_relative_path(name: str) -> str:

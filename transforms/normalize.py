@@ -7,6 +7,7 @@ map the value range onto the target bit depth, rounding to nearest and clipping.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -54,8 +55,11 @@ def parse_mean_std(text: Optional[str]) -> Optional[Tuple[float, ...]]:
   try:
     return tuple(float(v) for v in text.split(','))
   except ValueError:
+    close = difflib.get_close_matches(text.strip().lower(), PRESETS, n=1, cutoff=0.6)
     raise errors.ConfigError(
-        f'mean/std must be a number or comma-separated numbers, got {text!r}') from None
+        f'--mean/--std takes numbers (one, or one per channel, comma-separated) or a '
+        f'preset ({", ".join(sorted(PRESETS))}), got {text!r}' +
+        (f'; did you mean {close[0]}?' if close else '')) from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -79,9 +79,33 @@ class Parsed:
 
 
 def parse(payload, kind: Optional[str] = None) -> Parsed:
-  """The record's features; `kind` None detects it. Raises DecodeError(proto_parse) when
-  the record is not of `kind`."""
-  kind = kind or kind_of(payload)
+  """The record's features. `kind` is what the run expects (None: detect it); a record
+  that turns out to be another kind is parsed as what it is, so a run over a mix of
+  kinds reads each record right at no cost to the records that are as expected.
+  Raises DecodeError(proto_parse) for a record that is none of the kinds."""
+  if kind is None:
+    return _parse_as(payload, kind_of(payload))
+  try:
+    parsed = _parse_as(payload, kind)
+  except errors.DecodeError:
+    actual = kind_of(payload)
+    if actual == kind:
+      raise
+    try:
+      return _parse_as(payload, actual)
+    except errors.DecodeError:
+      pass
+    raise
+  # protobuf keeps fields of the wrong wire type as unknown ones: a tensor or an image
+  # can parse as an Example with no features.
+  if kind == EXAMPLE and not parsed.features and len(payload):
+    actual = kind_of(payload)
+    if actual != EXAMPLE:
+      return _parse_as(payload, actual)
+  return parsed
+
+
+def _parse_as(payload, kind: str) -> Parsed:
   if kind == EXAMPLE:
     return Parsed(kind, example_lib.parse_example(payload))
   if kind == SEQUENCE_EXAMPLE:
@@ -90,13 +114,17 @@ def parse(payload, kind: Optional[str] = None) -> Parsed:
   if kind == TENSOR:
     if not tensor_proto.looks_like_tensor(bytes(payload)):
       raise errors.DecodeError(
-          errors.PROTO_PARSE, 'record is not a serialized tensor of rank 2 or more, as '
-          'the records sampled at launch were')
+          errors.PROTO_PARSE, 'record is not a serialized tensor of rank 2 or more')
   elif kind == IMAGE:
     if not image_formats.sniff_format(payload):
       raise errors.DecodeError(
           errors.PROTO_PARSE, 'record is not an encoded image (PNG, JPEG, WebP, BMP, '
-          'TIFF, GIF), as the records sampled at launch were')
+          'TIFF, GIF)')
   else:
     raise errors.ConfigError(f'record kind must be one of {", ".join(KINDS)}, got {kind!r}')
   return Parsed(kind, {RECORD_KEY: FeatureValue(example_lib.BYTES, [payload])})
+
+
+def is_bare(kind: str) -> bool:
+  """True for records that are themselves the image (no features to choose from)."""
+  return kind in (TENSOR, IMAGE)

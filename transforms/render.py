@@ -65,6 +65,7 @@ class Namer:
   def __init__(self, config: RenderConfig):
     self._config = config
     self._template = naming.NameTemplate(config.name_template)
+    self._fix_extension = not naming.ends_in_extension(config.name_template)
     self._files = {}  # source path -> (stem, split)
 
   def name(self, image: decode.DecodedImage) -> str:
@@ -80,7 +81,11 @@ class Namer:
         ext=config.encode.extension,
         features=image.features, id_key=config.id_key, label_key=config.label_key,
         label_names=config.label_names, split=of_file[1])
-    return self._template.render(values)
+    name = self._template.render(values)
+    if self._fix_extension:
+      name = naming.check_relative_path(
+          naming.with_extension(name, config.encode.extension))
+    return name
 
 
 def source_bits(dtype_name: str) -> str:
