@@ -57,6 +57,10 @@ def main():
       ('WebP lossless', 'OpenCV', lambda: cv2.imencode(
           '.webp', bgr, [cv2.IMWRITE_WEBP_QUALITY, 101])[1], 10),
       ('WebP lossless', 'Pillow', lambda: _pillow(rgb, 'WEBP', lossless=True), 10),
+      ('WebP lossless q100', 'Pillow (before 2026-12-02)', lambda: _pillow(
+          rgb, 'WEBP', lossless=True, exact=True, quality=100), 5),
+      ('WebP lossless method 0', 'Pillow (unrecord)', lambda: _pillow(
+          rgb, 'WEBP', lossless=True, exact=True, method=0, quality=50), 30),
       ('TIFF', 'OpenCV (LZW)', lambda: cv2.imencode('.tif', bgr)[1], 100),
       ('TIFF', 'Pillow (raw)', lambda: _pillow(rgb, 'TIFF'), 100),
       ('BMP', 'OpenCV', lambda: cv2.imencode('.bmp', bgr)[1], 200),
