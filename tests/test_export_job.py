@@ -228,17 +228,24 @@ def test_bad_records_are_dead_lettered_and_good_ones_written(unrecord, tmp_path)
   assert os.path.exists(os.path.join(out, '_SUCCESS'))
 
 
-def test_class_folders_load_in_keras(unrecord, tfds_dataset, tmp_path):
+def test_class_folders_load_in_keras_one_root_per_split(unrecord, tfds_dataset, tmp_path):
   out = str(tmp_path / 'classes')
   _export(unrecord, '--input', tfds_dataset, '--output', out, '--layout', 'class')
-  dataset = tf.keras.utils.image_dataset_from_directory(
-      out, image_size=(24, 20), batch_size=32, shuffle=False)
-  assert dataset.class_names == ['astronaut', 'chelsea', 'coffee']
-  images, labels = next(iter(dataset))
-  assert images.shape[0] == 9 and sorted(np.bincount(labels.numpy())) == [3, 3, 3]
-  assert {p.split('/')[0] for p in _files(out) - METADATA} == {
-      'astronaut', 'chelsea', 'coffee'}
-  assert all(r['passthrough'] for r in _manifest(out))  # TFDS PNG -> PNG, untouched
+  # Train and test images never share a class folder: each split is its own root.
+  assert {tuple(p.split('/')[:2]) for p in _files(out) - METADATA} == {
+      (split, name) for split in ('train', 'test')
+      for name in ('astronaut', 'chelsea', 'coffee')}
+  rows = _manifest(out)
+  assert all(r['path'].startswith(('train/', 'test/')) and
+             ('-train.' in r['source']) == r['path'].startswith('train/') for r in rows)
+  for split, count in (('train', 6), ('test', 3)):
+    dataset = tf.keras.utils.image_dataset_from_directory(
+        os.path.join(out, split), image_size=(24, 20), batch_size=32, shuffle=False)
+    assert dataset.class_names == ['astronaut', 'chelsea', 'coffee']
+    images, labels = next(iter(dataset))
+    assert images.shape[0] == count
+    assert sorted(np.bincount(labels.numpy())) == [count // 3] * 3
+  assert all(r['passthrough'] for r in rows)  # TFDS PNG -> PNG, untouched
 
 
 def test_help_shows_unrecord_options_before_beam(unrecord):
