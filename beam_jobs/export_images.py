@@ -360,8 +360,9 @@ def build_config(args, started: float) -> Plan:
         files, incremental.read_state(root), identity['settings'],
         read_config.storage_options))
     patterns = tuple(url for url, _ in processed)
+  choices = render.settled_choices(found, render_config)
   config = export.ExportConfig(
-      patterns=patterns, output=args.output, read=read_config,
+      choices=json.dumps(choices), patterns=patterns, output=args.output, read=read_config,
       image=image_specs[0], more_images=tuple(image_specs[1:]), render=render_config, skip_existing=args.skip_existing,
       max_failures=args.max_failures, run_started=started, options_used=used,
       incremental=args.incremental, processed=processed,
@@ -517,12 +518,14 @@ def is_local(pipeline_options: PipelineOptions) -> bool:
 
 
 def describe(plan: Plan, runner: str) -> str:
-  image = plan.found.image
+  """The launch line: what was settled, so a wrong guess shows before any image does."""
   config = plan.config
-  fmt = f' {image.format}' if image.format else ''
-  return (f'{PROG}: {plan.files} file(s); image {image.key!r} ({image.encoding}{fmt} '
-          f'{image.dtype} {image.shape} {image.layout}) -> {config.render.encode.format} '
-          f'as {config.render.name_template!r} under {config.output}; runner {runner}')
+  choices = json.loads(config.choices)
+  images = '; '.join(render.describe_image(image) for image in choices['images'])
+  return (f'{PROG}: {plan.files} file(s) of {choices["record"]} records; '
+          f'image{"s" if len(choices["images"]) > 1 else ""} {images}; '
+          f'-> {config.render.encode.format} as {config.render.name_template!r} under '
+          f'{config.output}; runner {runner}')
 
 
 def failure_counters(result) -> Dict[str, int]:
@@ -549,7 +552,8 @@ def summary(report: dict, counters: Optional[Dict[str, int]] = None) -> str:
           f'skipped {report["skipped"]}, failed {report["failed"]}'
           + (f' ({reasons})' if reasons else '') +
           f', {report["bytes_written"]} bytes in {report["seconds"]:.1f} s '
-          f'({report["images_per_second"]} images/s) -> {report["output"]}')
+          f'({report["images_per_second"]} images/s) -> {report["output"]}'
+          + ''.join(f'; warning: {w}' for w in report.get('warnings') or ()))
 
 
 def main(argv: Optional[Sequence[str]] = None,

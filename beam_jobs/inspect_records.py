@@ -20,8 +20,10 @@ from beam_jobs import options
 from transforms import decode
 from transforms import errors
 from transforms import normalize
+from transforms import naming
 from transforms import preview
 from transforms import read
+from transforms import render
 from transforms import schema as schema_lib
 from transforms import storage
 
@@ -67,6 +69,26 @@ def inspect(args) -> schema_lib.Schema:
   finally:
     decoder.close()
   return found
+
+
+def export_defaults(found: schema_lib.Schema) -> Optional[dict]:
+  """What `unrecord export` with no options would settle for these records (PNG, the
+  default name template): render.settled_choices, as the launch line shows it."""
+  if not found.images:
+    return None
+  spec = normalize.NormalizeSpec()
+  ranges = [render.dataset_value_range(spec, image) for image in found.images]
+  batched = any(found.images_per_record(image)[1] > 1 or image.layout.startswith('n')
+                for image in found.images)
+  template = (naming.KEYS_PREFIX if len(found.images) > 1 else '') + (
+      naming.BATCH_TEMPLATE if batched else naming.DEFAULT_TEMPLATE)
+  config = render.RenderConfig(
+      value_range=ranges[0], name_template=template, label_key=found.label_key,
+      id_key=found.id_key,
+      label_names=tuple(found.label_names) if found.label_names else None,
+      key_value_ranges=tuple((image.key, r) for image, r in
+                             zip(found.more_images, ranges[1:])))
+  return render.settled_choices(found, config)
 
 
 def caption(image: decode.DecodedImage, found: schema_lib.Schema) -> str:
@@ -173,11 +195,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     found = inspect(args)
   except errors.ConfigError as e:
     return options.fail(PROG, str(e))
+  settled = export_defaults(found)
   if args.json:
-    json.dump(found.to_json(), sys.stdout)
+    json.dump(dict(found.to_json(), settled=settled), sys.stdout)
     sys.stdout.write('\n')
   else:
     print(render_text(found))
+    if settled:
+      print('export with no options would write: ' + '; '.join(
+          render.describe_image(image) for image in settled['images']) +
+            f'; png as {settled["name_template"]!r}')
   return 0
 
 

@@ -73,6 +73,48 @@ def test_report_html_is_self_contained_with_a_grid_per_class(report_run):
     assert pixels.std() > 5  # a photo, not a blank tile
 
 
+def test_report_says_what_was_settled_and_where_each_failure_is(report_run, tfds_dataset):
+  report = json.load(open(report_run / '_report.json'))
+  settled = report['settled']
+  assert (settled['record'], settled['format'], settled['label_key']) == (
+      'example', 'png', 'label')
+  image, = settled['images']
+  assert (image['key'], image['encoding'], image['format'], image['value_range'],
+          image['value_range_from'], image['bit_depth'], image['passthrough']) == (
+              'image', 'encoded', 'png', [0, 255], 'dtype uint8', '8', True)
+  assert report['warnings'] == []
+  bad = str(report_run.parent / 'bad.tfrecord')
+  assert report['first_failures'][0].startswith(f'[missing_feature] {bad}, record 0, byte 0')
+  page = (report_run / '_report.html').read_text()
+  assert 'Settled at launch' in page and 'dtype uint8' in page and 'None.' not in page
+  assert f'<td>{bad}</td><td>0</td><td>0</td><td>missing_feature</td>' in page
+  # Class sections in label order (astronaut 0, coffee 1, chelsea 2), not sample order.
+  assert re.findall(r'<h3>(\w+)</h3>', page) == ['astronaut', 'coffee', 'chelsea']
+  captions = re.findall(r'<figcaption title="([^"]*)"', page)
+  assert len(set(captions)) == len(captions) == 9
+
+
+def test_uniform_images_warn_in_the_closing_line_and_the_report(unrecord, tmp_path):
+  # 6-bit values stored in uint16 (0..63), written as 8-bit BMP: x / 257 rounds to 0 and
+  # every image comes out black. The run succeeds; it must not look fine.
+  dim = [(fixtures.photo(i, 24, 20) // 4).astype(np.uint16) for i in range(3)]
+  path = fixtures.write_tfrecord(str(tmp_path / 'dim.tfrecord'), [fixtures.example(
+      {'image': fixtures.bytes_feature(fixtures.serialized_tensor(x))}) for x in dim])
+  out = tmp_path / 'out'
+  result = unrecord('export', '--input', path, '--output', str(out), '--format', 'bmp')
+  assert result.returncode == 0, result.stderr[-3000:]
+  first, *_, last = result.stderr.strip().splitlines()
+  assert "values 0..65535 (from dtype uint16) -> 8-bit" in first
+  assert 'warning: 3 of 3 sampled images are uniform' in last
+  report = json.load(open(out / '_report.json'))
+  assert report['warnings'] and 'uniform' in report['warnings'][0]
+  assert 'uniform' in (out / '_report.html').read_text()
+  # inspect shows the same settled choices before anything is written.
+  shown = json.loads(unrecord('inspect', '--input', path, '--json', check=True).stdout)
+  assert shown['settled']['images'][0]['value_range'] == [0, 65535]
+  assert shown['settled']['images'][0]['bit_depth'] == '16'  # its PNG default keeps 16
+
+
 def test_report_renders_in_headless_chromium(report_run, tmp_path):
   chromium = shutil.which('chromium')
   if chromium is None:

@@ -73,6 +73,8 @@ class ExportConfig:
   overwrite: bool = False
   # An object-store root's lease (root_claim), released by the job's last step.
   lock_run_id: Optional[str] = None
+  # What the launch settled (render.settled_choices), as JSON: the report shows it.
+  choices: str = '{}'
 
   def __post_init__(self):
     if not self.patterns and not self.incremental:
@@ -455,7 +457,20 @@ def write_dead_letter(failures: Iterable[errors.Failure], config: ExportConfig) 
   for failure in failures:
     by_reason[failure.reason] += failure.images
   return {'failed': sum(by_reason.values()), 'failed_by_reason': dict(by_reason),
-          'first_failures': [r['message'] for r in rows[:20]]}
+          'first_failures': [_located(r) for r in rows[:20]],
+          'first_failure_rows': rows[:20]}
+
+
+def _located(row: dict) -> str:
+  """A dead-letter row as one line: reason, file, record and byte offset, message."""
+  where = [row['source'] or '(no file)']
+  if row['index'] is not None:
+    where.append(f'record {row["index"]}')
+  if row['offset'] is not None:
+    where.append(f'byte {row["offset"]}')
+  if row['n'] is not None:
+    where.append(f'image {row["n"]}')
+  return f'[{row["reason"]}] {", ".join(where)}: {row["message"]}'
 
 
 def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict,
@@ -479,6 +494,7 @@ def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict,
       'failed': dead_letter['failed'],
       'failed_by_reason': dead_letter['failed_by_reason'],
       'first_failures': dead_letter['first_failures'],
+      'first_failure_rows': dead_letter.get('first_failure_rows', []),
       'bytes_written': manifest['bytes'],
       'seconds': round(seconds, 3),
       'images_per_second': round(manifest['written'] / seconds, 1),
@@ -487,6 +503,8 @@ def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict,
       'started': _iso(config.run_started or finished),
       'finished': _iso(finished),
       'options': {k: v for k, v in config.options_used},
+      'settled': json.loads(config.choices),
+      'warnings': [],
   }
   report['work'] = work_timing(spans, config.run_started or finished)
   if config.incremental:
@@ -558,29 +576,51 @@ def work_timing(spans: Iterable[Tuple[float, float]], run_started: float
           'mean_busy_workers': round(busy / (last - first), 2) if last > first else None}
 
 
+# More than this share of the report's sampled images being one flat value warns: the
+# value range, the image key or the layout was probably settled wrong.
+UNIFORM_WARNING_SHARE = 0.05
+
+
 def _write_report_files(root: sink.OutputRoot, report: dict, samples: List[dict]) -> None:
   """`_report.json`, then `_report.html`, whose sample grid is left out rather than fail
-  the run."""
+  the run. The sampled images are looked at first: too many uniform ones add a warning."""
+  try:
+    thumbnails, uniform = _thumbnails(root, samples)
+  except Exception:  # pylint: disable=broad-except  (a picture is never worth a failed run)
+    thumbnails, uniform = [], 0
+  if thumbnails and uniform > UNIFORM_WARNING_SHARE * len(thumbnails):
+    report.setdefault('warnings', []).append(
+        f'{uniform} of {len(thumbnails)} sampled images are uniform (every pixel the same '
+        'value): check the settled value range, image key and layout (_report.json '
+        '"settled")')
   root.write(REPORT, (json.dumps(report, indent=2, sort_keys=True) + '\n').encode())
   try:
-    page = report_lib.render_html(report, _thumbnails(root, samples))
+    page = report_lib.render_html(report, thumbnails)
   except Exception:  # pylint: disable=broad-except
     page = report_lib.render_html(report, [])
   root.write(REPORT_HTML, page.encode('utf-8'))
 
 
 def _thumbnails(root: sink.OutputRoot, rows: List[dict]):
-  """(class, caption, thumbnail PNG) for the report's sample grid."""
-  samples = []
+  """(class, caption, thumbnail PNG) for the report's sample grid, in class order, and
+  how many of those images are uniform."""
+  samples, uniform = [], 0
   for row in rows:
     try:
-      png = report_lib.thumbnail_png(root.read(row['path']))
+      pixels = report_lib.decode_written(root.read(row['path']))
+      png = report_lib.thumbnail_png(pixels)
     except Exception:  # pylint: disable=broad-except  (a picture is never worth a failed run)
       continue
+    uniform += bool(pixels.size) and pixels.min() == pixels.max()
     label = row.get('label_name') or row.get('label')
-    caption = str(row['id']) if row.get('id') is not None else row['path'].split('/')[-1]
-    samples.append(('' if label is None else str(label), caption, png))
-  return samples
+    order = row['label'] if isinstance(row.get('label'), int) else float('inf')
+    samples.append((order, '' if label is None else str(label), row, png))
+  samples.sort(key=lambda s: (s[0], s[1]))  # stable: path order within a class
+  captions = report_lib.distinct_captions(
+      [str(row['id']) if row.get('id') is not None else row['path']
+       for _, _, row, _ in samples])
+  return ([(label, caption, png) for (_, label, _, png), caption in zip(samples, captions)],
+          uniform)
 
 
 def _iso(epoch: float) -> str:

@@ -34,6 +34,11 @@ _INTEGER_RANGES = {
 }
 
 
+def type_range(dtype_name: str) -> Optional[Tuple[int, int]]:
+  """The range a type's own values mean (uint8, int8, uint16, bool), else None."""
+  return _INTEGER_RANGES.get(dtype_name)
+
+
 def parse_value_range(text: str) -> Optional[Tuple[float, float]]:
   """'0,1' -> (0.0, 1.0); 'auto' -> None; 'minmax' -> ('minmax'); validates LO,HI."""
   text = text.strip().lower()

@@ -127,6 +127,57 @@ def render(image: decode.DecodedImage, config: RenderConfig,
                   result.steps, encoder, False, result.value_range)
 
 
+def settled_choices(found: schema.Schema, config: RenderConfig) -> dict:
+  """What the launch settled for the data, in the words a user checks before looking at
+  any image: the launch line, `_report.json`/`.html` and `inspect` show it."""
+  spec = config.normalize
+  images = []
+  for image in found.images:
+    value_range = config.value_range_for(image.key)
+    if spec.value_range == 'minmax':
+      shown, source = None, 'each image\'s own min..max (--value_range minmax)'
+    elif value_range is not None:
+      shown = [_plain(v) for v in value_range]
+      source = ('--value_range' if spec.value_range != 'auto' else
+                'the sample, after --mean/--std' if spec.mean is not None else 'the sample')
+    else:
+      shown, source = list(normalize.type_range(image.dtype) or ()), f'dtype {image.dtype}'
+    images.append({
+        'key': image.key, 'encoding': image.encoding, 'format': image.format,
+        'dtype': image.dtype, 'shape': image.shape, 'layout': image.layout,
+        'value_range': shown, 'value_range_from': source,
+        'bit_depth': normalize.target_bits(
+            image.dtype, spec.bit_depth, config.encode.holds_16bit,
+            config.encode.holds_float, value_range),
+        'passthrough': bool(image.format == config.encode.format and not config.reencode
+                            and spec.mean is None and spec.channel_order == 'rgb' and
+                            spec.value_range == 'auto' and spec.bit_depth in (
+                                'auto', source_bits(image.dtype))),
+    })
+  return {'record': found.record, 'images': images, 'format': config.encode.format,
+          'name_template': config.name_template, 'label_key': config.label_key,
+          'id_key': config.id_key,
+          'label_names': len(config.label_names) if config.label_names else None}
+
+
+def describe_image(choice: dict) -> str:
+  """One settled image in a line: `'image' encoded png uint8 [32, 32, 3] hwc, values
+  0..255 (from dtype uint8) -> 8-bit, passed through`."""
+  fmt = f' {choice["format"]}' if choice['format'] else ''
+  values = (f'{choice["value_range"][0]}..{choice["value_range"][1]}'
+            if choice['value_range'] else 'per image')
+  return (f'{choice["key"]!r} {choice["encoding"]}{fmt} {choice["dtype"]} '
+          f'{choice["shape"]} {choice["layout"]}, values {values} (from '
+          f'{choice["value_range_from"]}) -> '
+          + ('float32' if choice['bit_depth'] == 'float' else f'{choice["bit_depth"]}-bit')
+          + (', passed through' if choice['passthrough'] else ''))
+
+
+def _plain(value):
+  value = float(value)
+  return int(value) if value.is_integer() else value
+
+
 def _unnormalized_extent(spec: normalize.NormalizeSpec, image: schema.ImageInfo
                          ) -> Tuple[float, float]:
   """The sample's min..max after `value * std + mean`, each channel with its own numbers

@@ -6,7 +6,8 @@ import base64
 import collections
 import html
 import io
-from typing import Hashable, Sequence, Tuple
+import os
+from typing import Hashable, List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -34,6 +35,7 @@ figure { margin: 0; width: 132px; } figure img { width: 128px; height: 128px; ob
   background: #222; border: 2px solid #222; image-rendering: pixelated; }
 figcaption { font-size: 11px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 .class { margin-bottom: 12px; } code { font-size: 12px; }
+.warning { background: #fff4e5; border: 1px solid #f0a020; padding: 8px 12px; }
 """
 
 
@@ -68,14 +70,30 @@ class RowSampler:
     return chosen
 
 
-def thumbnail_png(data: bytes) -> bytes:
-  """A PNG thumbnail of an encoded image file (8-bit, 16-bit or float), for the page."""
+def decode_written(data: bytes) -> np.ndarray:
+  """The pixels of a written image file (8-bit, 16-bit or float), RGB(A) order."""
   pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
   if pixels is None:
     raise errors.DecodeError(errors.DECODE_ERROR, 'written file cannot be decoded')
   if pixels.ndim == 3:
     pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB if pixels.shape[2] == 3
                           else cv2.COLOR_BGRA2RGBA)
+  return pixels
+
+
+def distinct_captions(names: Sequence[str], keep: int = 4) -> List[str]:
+  """Captions that show what tells the names apart: a prefix all of them share (a
+  folder, a shard stem) is cut to '…', keeping its last `keep` characters."""
+  if len(names) < 2:
+    return [n.split('/')[-1] for n in names]
+  shared = len(os.path.commonprefix(list(names)))
+  if shared <= keep:
+    return list(names)
+  return ['…' + n[shared - keep:] for n in names]
+
+
+def thumbnail_png(pixels: np.ndarray) -> bytes:
+  """A PNG thumbnail of a written image's pixels (`decode_written`), for the page."""
   layout = 'hw' if pixels.ndim == 2 else 'hwc'
   shown = normalize.to_display(pixels, layout,
                                None if pixels.dtype in (np.uint8, np.uint16) else
@@ -92,6 +110,38 @@ def _data_uri(png: bytes) -> str:
 def _table(pairs: Sequence[Tuple[str, object]]) -> str:
   return '<table>' + ''.join(f'<tr><th>{html.escape(str(k))}</th><td>'
                              f'{html.escape(str(v))}</td></tr>' for k, v in pairs) + '</table>'
+
+
+def _failure_table(report: dict) -> str:
+  rows = report.get('first_failure_rows')
+  if rows:
+    head = '<tr><th>file</th><th>record</th><th>byte</th><th>reason</th><th>message</th></tr>'
+    body = ''.join(
+        '<tr>' + ''.join(f'<td>{html.escape("" if v is None else str(v))}</td>' for v in (
+            r['source'], r['index'], r['offset'], r['reason'], r['message'])) + '</tr>'
+        for r in rows)
+    return f'<table>{head}{body}</table>'
+  if report.get('first_failures'):  # a run that stopped early: its cause
+    return '<ul>' + ''.join(f'<li><code>{html.escape(m)}</code></li>'
+                            for m in report['first_failures']) + '</ul>'
+  return '<p>No failures.</p>'
+
+
+def _settled(settled: dict) -> str:
+  if not settled:
+    return '<p>Not recorded.</p>'
+  pairs = [('records', settled.get('record')), ('format', settled.get('format')),
+           ('name template', settled.get('name_template')),
+           ('label key', settled.get('label_key')), ('id key', settled.get('id_key'))]
+  for image in settled.get('images', ()):
+    values = image['value_range']
+    pairs.append((f'image {image["key"]}', (
+        f'{image["encoding"]}{" " + image["format"] if image["format"] else ""} '
+        f'{image["dtype"]} {image["shape"]} {image["layout"]}; values '
+        f'{f"{values[0]}..{values[1]}" if values else "per image"} (from '
+        f'{image["value_range_from"]}); {image["bit_depth"]}-bit output'
+        f'{"; passed through" if image["passthrough"] else ""}')))
+  return _table(pairs)
 
 
 def render_html(report: dict, samples: Sequence[Tuple[str, str, bytes]]) -> str:
@@ -123,9 +173,11 @@ def render_html(report: dict, samples: Sequence[Tuple[str, str, bytes]]) -> str:
       f'<div class="class">{"<h3>" + html.escape(label) + "</h3>" if label else ""}'
       f'<div class="grid">{"".join(figures)}</div></div>'
       for label, figures in groups.items()) or '<p>No images were written.</p>'
-  failures = ''.join(f'<li><code>{html.escape(m)}</code></li>'
-                     for m in report['first_failures']) or '<li>None.</li>'
+  failures = _failure_table(report)
   options = _table(sorted((k, v) for k, v in report['options'].items()))
+  settled = _settled(report.get('settled') or {})
+  warnings = ''.join(f'<p class="warning">{html.escape(w)}</p>'
+                     for w in report.get('warnings') or ())
   return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>unrecord report</title>
 <style>{_STYLE}</style></head><body>
@@ -133,9 +185,11 @@ def render_html(report: dict, samples: Sequence[Tuple[str, str, bytes]]) -> str:
 <div>{html.escape(report['output'])} &middot; {html.escape(report['started'])} to
 {html.escape(report['finished'])}</div>
 <div class="cards">{cards}</div>
+{warnings}
+<h2>Settled at launch</h2>{settled}
 <h2>Failures by reason</h2>{reason_table}
 <h2>Sample of written images</h2>{grid}
-<h2>First failures</h2><ol>{failures}</ol>
+<h2>First failures</h2>{failures}
 <h2>Options</h2>{options}
 <h2>Inputs</h2><ul>{''.join(f'<li><code>{html.escape(i)}</code></li>'
                              for i in report['inputs'])}</ul>
