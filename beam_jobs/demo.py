@@ -1,5 +1,7 @@
 """`make demo`: builds TFRecords from real photographs, exports them, says where they are.
 
+Needs only the runtime and scikit-image (`pip install '.[demo]'`): no TensorFlow.
+
 The photographs are the ones scikit-image ships (no download). The records are written
 with unrecord's own TFRecord writer in four common layouts, then each set is exported by
 the real job on DirectRunner:
@@ -8,12 +10,16 @@ the real job on DirectRunner:
   raw        raw uint8 bytes with image/shape, GZIP-compressed    -> JPEG
   encoded    TFDS-style encoded PNG with class labels             -> class folders
   batched    NCHW uint8 batches of 4                              -> one PNG per image
+
+Then it draws `contact_sheet.png`: the first images each export wrote, read back from the
+files, captioned with their paths, so one picture shows the whole result.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
 import sys
@@ -25,6 +31,8 @@ from PIL import Image
 
 from beam_jobs import export_images
 from transforms import example
+from transforms import preview
+from transforms import report
 from transforms import tensor_proto
 from transforms import tfrecord
 
@@ -103,6 +111,21 @@ EXPORTS = {
 }
 
 
+def contact_sheet(outputs: List[str], path: str, per_export: int = 8) -> int:
+  """Draws the first `per_export` images of each output root (manifest order) to `path`,
+  each read back from its file; returns how many."""
+  items = []
+  for output in outputs:
+    with open(os.path.join(output, '_manifest.jsonl'), 'rb') as f:
+      rows = [json.loads(line) for line in f][:per_export]
+    for row in rows:
+      with open(os.path.join(output, row['path']), 'rb') as f:
+        pixels = report.decode_written(f.read())
+      items.append((pixels, f'{os.path.basename(output)}/{row["path"]}'))
+  preview.contact_sheet(items, columns=per_export).save(path)
+  return len(items)
+
+
 def main(argv: List[str] = None) -> int:
   parser = argparse.ArgumentParser(prog='unrecord demo', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,11 +149,15 @@ def main(argv: List[str] = None) -> int:
     count = sum(len([f for f in files if not f.startswith('_')])
                 for _, _, files in os.walk(output))
     totals[name] = (output, count)
+  sheet = os.path.join(args.folder, 'contact_sheet.png')
+  shown = contact_sheet([output for output, _ in totals.values()], sheet)
   print(f'\nunrecord demo: done in {time.time() - started:.0f} s. Images written:')
   for name, (output, count) in totals.items():
     print(f'  {count:4d}  {output}/  ({name})')
   print('Each folder also holds _manifest.jsonl, _report.html, _report.json, '
         '_dead_letter.* and _SUCCESS.')
+  print(f'Look at: {sheet} ({shown} of the written images, read back from their files), '
+        f'then {os.path.join(images, "encoded", "_report.html")} (a run report).')
   return 0
 
 

@@ -26,7 +26,7 @@ def _option_strings():
 
 def _pyproject_beam_version():
   text = open(os.path.join(REPO, 'pyproject.toml')).read()
-  return re.search(r'"apache-beam\[gcp\]==([0-9.]+)\.\*"', text).group(1)
+  return re.search(r'"apache-beam==([0-9.]+)\.\*"', text).group(1)
 
 
 def test_image_lock_and_pyproject_agree_on_beam():
