@@ -360,7 +360,7 @@ def build_config(args, started: float) -> Plan:
         files, incremental.read_state(root), identity['settings'],
         read_config.storage_options))
     patterns = tuple(url for url, _ in processed)
-  choices = render.settled_choices(found, render_config)
+  choices = render.settled_choices(found, render_config, args.layout)
   config = export.ExportConfig(
       choices=json.dumps(choices), patterns=patterns, output=args.output, read=read_config,
       image=image_specs[0], more_images=tuple(image_specs[1:]), render=render_config, skip_existing=args.skip_existing,

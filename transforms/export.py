@@ -457,11 +457,11 @@ def write_dead_letter(failures: Iterable[errors.Failure], config: ExportConfig) 
   for failure in failures:
     by_reason[failure.reason] += failure.images
   return {'failed': sum(by_reason.values()), 'failed_by_reason': dict(by_reason),
-          'first_failures': [_located(r) for r in rows[:20]],
+          'first_failures': [_failure_line(r) for r in rows[:20]],
           'first_failure_rows': rows[:20]}
 
 
-def _located(row: dict) -> str:
+def _failure_line(row: dict) -> str:
   """A dead-letter row as one line: reason, file, record and byte offset, message."""
   where = [row['source'] or '(no file)']
   if row['index'] is not None:

@@ -127,7 +127,8 @@ def render(image: decode.DecodedImage, config: RenderConfig,
                   result.steps, encoder, False, result.value_range)
 
 
-def settled_choices(found: schema.Schema, config: RenderConfig) -> dict:
+def settled_choices(found: schema.Schema, config: RenderConfig, layout: str = 'flat'
+                    ) -> dict:
   """What the launch settled for the data, in the words a user checks before looking at
   any image: the launch line, `_report.json`/`.html` and `inspect` show it."""
   spec = config.normalize
@@ -155,7 +156,7 @@ def settled_choices(found: schema.Schema, config: RenderConfig) -> dict:
                                 'auto', source_bits(image.dtype))),
     })
   return {'record': found.record, 'images': images, 'format': config.encode.format,
-          'name_template': config.name_template, 'label_key': config.label_key,
+          'layout': layout, 'name_template': config.name_template, 'label_key': config.label_key,
           'id_key': config.id_key,
           'label_names': len(config.label_names) if config.label_names else None}
 
