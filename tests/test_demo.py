@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import REPO
@@ -14,28 +15,33 @@ from tests.test_export_job import OFFLINE
 from transforms import report
 
 
-def test_demo_exports_every_sample_and_draws_its_own_output(tmp_path):
-  blockers = tmp_path / 'blockers'
+@pytest.fixture(scope='module')
+def demo_folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp('demo')
+  blockers = root / 'blockers'
   for name in ('tensorflow', 'tensorflow_datasets', 'airflow'):  # not in `.[demo]`
     (blockers / name).mkdir(parents=True)
     (blockers / name / '__init__.py').write_text(
         f"raise ImportError('{name} is blocked: the demo must not need it')\n")
-  folder = tmp_path / 'demo_out'
+  folder = root / 'demo_out'
   result = subprocess.run(
       [sys.executable, '-m', 'beam_jobs.demo', '--folder', str(folder)], cwd=REPO,
       capture_output=True, text=True, timeout=600,
       env=dict(os.environ, PYTHONPATH=str(blockers), **OFFLINE))
   assert result.returncode == 0, result.stderr[-3000:]
-  sheet = folder / 'contact_sheet.png'
-  assert f'Look at: {sheet}' in result.stdout
+  assert f'Look at: {folder / "contact_sheet.png"}' in result.stdout
+  return folder
+
+
+def test_demo_exports_every_sample_and_draws_its_own_output(demo_folder):
   first_paths = []
   for name in ('tensors', 'raw', 'encoded', 'batched'):
-    root = folder / 'images' / name
+    root = demo_folder / 'images' / name
     assert (root / '_SUCCESS').exists(), name
     rows = [json.loads(line) for line in open(root / '_manifest.jsonl')]
     assert len(rows) >= 20
     first_paths.append(root / rows[0]['path'])
-  image = np.asarray(Image.open(sheet).convert('RGB')).astype(int)
+  image = np.asarray(Image.open(demo_folder / 'contact_sheet.png').convert('RGB')).astype(int)
   assert image.shape == (4 * (128 + 14 + 4) + 4, 8 * (128 + 4) + 4, 3)  # 4 rows of 8
   # Each row starts with its export's first written image, drawn from the file.
   for row, path in enumerate(first_paths):

@@ -228,3 +228,38 @@ def test_several_image_keys_write_each_named_apart_by_key(unrecord, tmp_path):
                     '--image_key', ','.join(keys), '--name_template', '{id}.{ext}',
                     expect=2)
   assert 'add {key} to --name_template' in refused.stderr
+
+
+def _npy(array):
+  import io  # pylint: disable=import-outside-toplevel
+  out = io.BytesIO()
+  np.save(out, array, allow_pickle=False)
+  return out.getvalue()
+
+
+def test_numpy_saved_arrays_as_records_and_as_features(unrecord, tmp_path):
+  # Projects that dump with NumPy: np.save bytes written as the record, or in a feature.
+  floats = [np.asfortranarray((fixtures.photo(i, 20, 24) / 255.0).astype('>f4'))
+            for i in range(3)]  # big-endian, Fortran order
+  depths = [fixtures.photo_16bit(20, 24), np.ascontiguousarray(fixtures.photo_16bit(20, 24).T)]
+  folder = tmp_path / 'in'
+  fixtures.write_tfrecord(str(folder / 'bare.tfrecord'), [_npy(a) for a in floats])
+  fixtures.write_tfrecord(str(folder / 'feature.tfrecord'), [fixtures.example(
+      {'pixels': fixtures.bytes_feature(_npy(d)), 'id': fixtures.bytes_feature(b'd%d' % i)})
+      for i, d in enumerate(depths)])
+  found = _inspect(unrecord, str(folder / 'bare.tfrecord'))
+  assert (found['record'], found['image']['dtype'], found['image']['shape']) == (
+      'tensor', 'float32', [20, 24, 3])
+
+  out = str(tmp_path / 'out')
+  _export(unrecord, '--input', str(folder / 'bare.tfrecord'), '--output', out)
+  for i, x in enumerate(floats):
+    expected = np.rint(np.asarray(x, np.float64) * 255).astype(np.uint8)
+    assert np.array_equal(_read_rgb(os.path.join(out, f'bare-{i:06d}.png')), expected)
+
+  out_feature = str(tmp_path / 'out_feature')
+  _export(unrecord, '--input', str(folder / 'feature.tfrecord'), '--output', out_feature,
+          '--name_template', '{id}.{ext}')
+  for i, depth in enumerate(depths):
+    got = cv2.imread(os.path.join(out_feature, f'd{i}.png'), cv2.IMREAD_UNCHANGED)
+    assert got.dtype == np.uint16 and np.array_equal(got, depth)

@@ -125,12 +125,14 @@ def test_a_record_named_like_a_temp_file_is_refused_and_no_written_image_is_swep
       'image': fixtures.bytes_feature(fixtures.serialized_tensor(p)),
       'image/filename': fixtures.bytes_feature(name.encode())})
       for p, name in zip(photos, ids)])
+  # Names always end in the format's extension, so only a folder can end in the reserved
+  # suffix; one that does is refused.
   result = unrecord('export', '--input', str(src), '--output', str(out),
-                    '--name_template', '{image/filename}', '--max_failures', '1')
+                    '--name_template', '{image/filename}/{index}.{ext}', '--max_failures', '1')
   assert result.returncode == 0, result.stderr[-3000:]
   assert (out / '_SUCCESS').exists()
   rows = _check_root(out)
-  assert sorted(r['path'] for r in rows) == ['evil.unrecord-tmp.png', 'ok']
+  assert sorted(r['path'] for r in rows) == ['evil.unrecord-tmp.png/1.png', 'ok/2.png']
   dead = [json.loads(line) for line in open(out / '_dead_letter.jsonl')]
   assert [(d['reason'], d['index']) for d in dead] == [('unsafe_name', 0)]
   assert 'reserved' in dead[0]['message']

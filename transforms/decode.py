@@ -4,7 +4,7 @@ A record is a tf.train.Example, a SequenceExample, or itself a tensor or an enco
 (`transforms.records`); each image is decoded from one feature.
 
 Encodings of the image feature:
-  tensor   a bytes feature holding `tf.io.serialize_tensor` output
+  tensor   a bytes feature holding `tf.io.serialize_tensor` output or `np.save` bytes
   raw      a bytes feature of raw pixels; shape/dtype from sibling features or options
   list     a float_list / int64_list of flattened pixels; shape found the same way
   encoded  PNG/JPEG/WebP/BMP/TIFF/GIF bytes (TFDS `image`, `image/encoded`)
@@ -27,6 +27,7 @@ from transforms import example as example_lib
 from transforms import image_formats
 from transforms import isolation
 from transforms import normalize
+from transforms import npy
 from transforms import records
 from transforms import tensor_proto
 from transforms.example import FeatureValue
@@ -357,6 +358,8 @@ def classify_feature(features: Dict[str, FeatureValue], key: str) -> Optional[st
     value = feature.buffers()[0]
     if image_formats.sniff_format(value):
       return 'encoded'
+    if npy.looks_like_npy(value):
+      return 'tensor'
     if len(value) >= 16 and tensor_proto.looks_like_tensor(value):
       return 'tensor'
     if len(value) >= 64 and (declared_shape(features, key)[0] is not None or
@@ -437,6 +440,12 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
     # and encoded images under one key decodes either way.
     for value in feature.buffers():
       fmt = image_formats.sniff_format(value)
+      if fmt is None and encoding == 'tensor' and npy.looks_like_npy(value):
+        shape = npy.header(value)[0]
+        _check_pixels(shape, spec, key)
+        pixels = npy.to_array(value, _max_elements(spec))
+        images += _split(pixels, spec, normalize.dtype_name(pixels.dtype))
+        continue
       if fmt is None and encoding == 'tensor':
         tensor = tensor_proto.parse_tensor_proto(value)
         _check_pixels(tensor_proto.tensor_shape(tensor), spec, key)

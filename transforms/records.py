@@ -4,7 +4,8 @@ Four kinds of record are common, and `kind_of` tells them apart by their first b
   example           a tf.train.Example: features by name
   sequence_example  a tf.train.SequenceExample: context features (a clip's id, its label)
                     and feature lists holding one value per step (frames, views)
-  tensor            the record is itself `tf.io.serialize_tensor` output
+  tensor            the record is itself `tf.io.serialize_tensor` output, or an `np.save`
+                    array (`transforms.npy`)
   image             the record is itself an encoded image (PNG, JPEG, WebP, ...)
 
 `parse` turns each into a `Parsed`: named features, as `transforms.decode` reads them.
@@ -22,6 +23,7 @@ from typing import Dict, List, Optional
 from transforms import errors
 from transforms import example as example_lib
 from transforms import image_formats
+from transforms import npy
 from transforms import tensor_proto
 from transforms import wire
 from transforms.example import FeatureValue
@@ -37,6 +39,8 @@ def kind_of(payload) -> str:
   parser then says what is wrong with it."""
   if image_formats.sniff_format(payload):
     return IMAGE
+  if npy.looks_like_npy(payload):
+    return TENSOR
   try:
     top = [(number, wire_type)
            for number, wire_type, _, _ in wire.fields(payload, 0, len(payload))]
@@ -112,7 +116,7 @@ def _parse_as(payload, kind: str) -> Parsed:
     context, lists = example_lib.parse_sequence_example(bytes(payload))
     return Parsed(kind, context, lists)
   if kind == TENSOR:
-    if not tensor_proto.looks_like_tensor(bytes(payload)):
+    if not (npy.looks_like_npy(payload) or tensor_proto.looks_like_tensor(bytes(payload))):
       raise errors.DecodeError(
           errors.PROTO_PARSE, 'record is not a serialized tensor of rank 2 or more')
   elif kind == IMAGE:

@@ -291,6 +291,12 @@ def _describe_value(feature: example_lib.FeatureValue) -> str:
       return repr(value.decode('utf-8'))
     except UnicodeDecodeError:
       pass
+  if decode.npy.looks_like_npy(value):
+    try:
+      shape, dtype, _, _ = decode.npy.header(value)
+      return f'<npy {dtype.newbyteorder("=").name} array {list(shape)}>'
+    except errors.UnrecordError:
+      return f'<{len(value)} bytes: damaged npy>'
   if decode.tensor_proto.looks_like_tensor(value):
     tensor = decode.tensor_proto.parse_tensor_proto(value)
     return (f'<serialized {decode.tensor_proto.dtype_name(tensor.dtype)} tensor '
