@@ -100,8 +100,8 @@ def caption(image: decode.DecodedImage, found: schema_lib.Schema) -> str:
   label = image.features.get(found.label_key) if found.label_key else None
   if label is not None:
     names = found.label_names
-    parts.append(names[label] if names and isinstance(label, int) and
-                 0 <= label < len(names) else str(label))
+    name = naming.label_name(label, names)
+    parts.append(str(label) if name is None else name)
   return ' · '.join(parts)
 
 

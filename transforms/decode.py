@@ -598,7 +598,7 @@ def _decode_raw(features, key, spec):
   _check_pixels(shape, spec, key)
   pixels = tensor_proto.aligned(np.frombuffer(data, dtype=raw_dtype)).reshape(shape)
   if dtype_name == 'bfloat16':
-    pixels = (pixels.astype(np.uint32) << 16).view(np.float32)
+    pixels = tensor_proto.widen_bfloat16(pixels)
   return pixels, dtype_name
 
 

@@ -27,6 +27,7 @@ from transforms import errors
 from transforms import image_formats
 from transforms import incremental
 from transforms import manifest as manifest_lib
+from transforms import naming
 from transforms import progress
 from transforms import read
 from transforms import record_layout
@@ -36,12 +37,12 @@ from transforms import root_claim
 from transforms import sink
 from transforms import tfrecord
 
-MANIFEST = '_manifest.jsonl'
-DEAD_LETTER_ROWS = '_dead_letter.jsonl'
-DEAD_LETTER_RECORDS = '_dead_letter.tfrecord'
-REPORT = '_report.json'
-REPORT_HTML = '_report.html'
-SUCCESS = '_SUCCESS'
+MANIFEST = naming.MANIFEST
+DEAD_LETTER_ROWS = naming.DEAD_LETTER_ROWS
+DEAD_LETTER_RECORDS = naming.DEAD_LETTER_RECORDS
+REPORT = naming.REPORT
+REPORT_HTML = naming.REPORT_HTML
+SUCCESS = naming.SUCCESS
 NAMESPACE = read.METRICS_NAMESPACE
 SPANS = 'spans'
 
@@ -106,8 +107,7 @@ def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendere
       'index': image.ref.index,
       'key': image.key,
       'label': label,
-      'label_name': (names[label] if names and isinstance(label, int) and
-                     0 <= label < len(names) else None),
+      'label_name': naming.label_name(label, names),
       'n': image.n,
       'normalization': list(rendered.steps),
       'offset': image.ref.offset,

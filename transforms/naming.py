@@ -30,9 +30,16 @@ SPLIT_PREFIX = '{split}/'
 MAX_VALUE_BYTES = 120
 MAX_SEGMENT_BYTES = 240
 MAX_PATH_BYTES = 1000
-# unrecord's own files at the output root; no image may take these names.
-RESERVED_NAMES = ('_manifest.jsonl', '_dead_letter.jsonl', '_dead_letter.tfrecord',
-                  '_SUCCESS', '_report.json', '_report.html')
+# unrecord's own files at the output root; no image may take these names (nor any name
+# starting with `_unrecord`: the lock, the run identity, the incremental state, scratch).
+MANIFEST = '_manifest.jsonl'
+DEAD_LETTER_ROWS = '_dead_letter.jsonl'
+DEAD_LETTER_RECORDS = '_dead_letter.tfrecord'
+REPORT = '_report.json'
+REPORT_HTML = '_report.html'
+SUCCESS = '_SUCCESS'
+RESERVED_NAMES = (MANIFEST, DEAD_LETTER_ROWS, DEAD_LETTER_RECORDS, SUCCESS, REPORT,
+                  REPORT_HTML)
 # The suffix of the temp files writes go through (transforms/sink.py); no output name may
 # end with it, so the sweep of a killed run's temp files can never take an image.
 TEMP_SUFFIX = '.unrecord-tmp'
@@ -182,6 +189,13 @@ def check_relative_path(name: str) -> str:
   return name
 
 
+def label_name(label, label_names: Optional[Sequence[str]]) -> Optional[str]:
+  """The class name of an integer label, or None when the names do not say."""
+  if label_names and isinstance(label, int) and 0 <= label < len(label_names):
+    return label_names[label]
+  return None
+
+
 def name_values(
     *,
     index: int,
@@ -205,8 +219,6 @@ def name_values(
   if label_key is not None and label_key in features:
     label = features[label_key]
     values['label'] = label
-    if label_names and isinstance(label, int) and 0 <= label < len(label_names):
-      values['label_name'] = label_names[label]
-    else:
-      values['label_name'] = str(label)
+    name = label_name(label, label_names)
+    values['label_name'] = str(label) if name is None else name
   return values

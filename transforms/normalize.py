@@ -34,6 +34,12 @@ _INTEGER_RANGES = {
 }
 
 
+def plain_number(value):
+  """A float as JSON shows it best: 255.0 -> 255, 0.5 stays 0.5."""
+  value = float(value)
+  return int(value) if value.is_integer() else value
+
+
 def type_range(dtype_name: str) -> Optional[Tuple[int, int]]:
   """The range a type's own values mean (uint8, int8, uint16, bool), else None."""
   return _INTEGER_RANGES.get(dtype_name)

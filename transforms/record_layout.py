@@ -179,7 +179,7 @@ class Layout:
     pixels = tensor_proto.aligned(np.frombuffer(
         payload, raw_dtype, (end - start) // raw_dtype.itemsize, start)).reshape(self.shape)
     if self.dtype_name == 'bfloat16':
-      pixels = (pixels.astype(np.uint32) << 16).view(np.float32)
+      pixels = tensor_proto.widen_bfloat16(pixels)
     parts, layout = decode.split_batch(pixels, self.stored_layout)
     return [
         decode.DecodedImage(ref=ref, n=n, pixels=part, layout=layout,

@@ -138,7 +138,7 @@ def settled_choices(found: schema.Schema, config: RenderConfig, layout: str = 'f
     if spec.value_range == 'minmax':
       shown, source = None, 'each image\'s own min..max (--value_range minmax)'
     elif value_range is not None:
-      shown = [_plain(v) for v in value_range]
+      shown = [normalize.plain_number(v) for v in value_range]
       source = ('--value_range' if spec.value_range != 'auto' else
                 'the sample, after --mean/--std' if spec.mean is not None else 'the sample')
     else:
@@ -172,11 +172,6 @@ def describe_image(choice: dict) -> str:
           f'{choice["value_range_from"]}) -> '
           + ('float32' if choice['bit_depth'] == 'float' else f'{choice["bit_depth"]}-bit')
           + (', passed through' if choice['passthrough'] else ''))
-
-
-def _plain(value):
-  value = float(value)
-  return int(value) if value.is_integer() else value
 
 
 def _unnormalized_extent(spec: normalize.NormalizeSpec, image: schema.ImageInfo

@@ -28,12 +28,13 @@ import uuid
 from typing import Dict, Optional, Sequence
 
 from transforms import errors
+from transforms import naming
 from transforms import sink
 
 LOCK = '_unrecord_lock.json'
 IDENTITY = '_unrecord_run.json'
-SUCCESS = '_SUCCESS'
-LEGACY_REPORT = '_report.json'  # roots written before the identity file existed
+SUCCESS = naming.SUCCESS
+LEGACY_REPORT = naming.REPORT  # roots written before the identity file existed
 LEASE_SECONDS = 600.0  # an object-store lease the launcher no longer renews ends after this
 NO_WAIT_LEASE_SECONDS = 24 * 3600.0  # --no_wait: the job's last step releases it
 MODES = ('plain', 'skip_existing', 'incremental', 'overwrite')

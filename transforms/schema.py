@@ -511,6 +511,4 @@ def _extent(pixels: np.ndarray) -> Tuple[float, float]:
   return float(finite.min()), float(finite.max())
 
 
-def _plain(value):
-  value = float(value)
-  return int(value) if value.is_integer() else value
+_plain = normalize.plain_number

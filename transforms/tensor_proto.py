@@ -175,7 +175,7 @@ def tensor_to_array(tensor, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np.n
           f'needs {count}')
   array = flat.reshape(shape)
   if name == 'bfloat16':
-    array = (array.astype(np.uint32) << 16).view(np.float32)
+    array = widen_bfloat16(array)
   return array
 
 
@@ -208,6 +208,12 @@ def parse_tensor(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS
   """Decodes `tf.io.serialize_tensor` output; returns (array, TF dtype name)."""
   tensor = parse_tensor_proto(data)
   return tensor_to_array(tensor, max_elements=max_elements), dtype_name(tensor.dtype)
+
+
+def widen_bfloat16(bits: np.ndarray) -> np.ndarray:
+  """bfloat16 values (their uint16 bit patterns) as float32, exactly: the same sign,
+  exponent and leading mantissa bits, the low 16 mantissa bits zero."""
+  return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def looks_like_tensor(data: bytes) -> bool:
