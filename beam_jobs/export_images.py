@@ -293,13 +293,13 @@ def build_config(args, started: float) -> Plan:
       format=args.format, quality=args.quality, png_compression=args.png_compression,
       png_encoder=args.png_encoder, webp_lossless=args.webp_lossless,
       jpeg_progressive=args.jpeg_progressive, jpeg_subsampling=args.jpeg_subsampling)
-  _check_format_options(args)
+  given = args.get_all_options(drop_default=True)
+  _check_format_options(args.format, given)
   for image in found.images:  # validates --bit_depth vs --format
     normalize.target_bits(image.dtype, args.bit_depth, encode_spec.holds_16bit,
                           encode_spec.holds_float)
 
-  batched = any(found.images_per_record(image)[1] > 1 or image.layout.startswith('n')
-                for image in found.images)
+  batched = found.batched
   several_keys = len(found.images) > 1
   with_splits = bool(files) and all(schema_lib.split_of(f) for f in files)
   if args.layout == 'class' and not args.name_template and found.label_key is None:
@@ -308,12 +308,9 @@ def build_config(args, started: float) -> Plan:
         f'the records (they have: {", ".join(sorted(found.features)) or "no features"}); '
         'pass '
         '--label_key FEATURE')
-  template = args.name_template or (naming.KEYS_PREFIX if several_keys else '') + (
-      # Train and test images must not share class folders (ImageFolder would mix them).
-      naming.SPLIT_PREFIX if args.layout == 'class' and with_splits else '') + {
-      ('flat', False): naming.DEFAULT_TEMPLATE, ('flat', True): naming.BATCH_TEMPLATE,
-      ('class', False): naming.CLASS_TEMPLATE, ('class', True): naming.CLASS_BATCH_TEMPLATE,
-  }[(args.layout, batched)]
+  # Train and test images must not share class folders (ImageFolder would mix them).
+  template = args.name_template or render.default_template(found, args.layout,
+                                                           with_splits)
   available = set(naming.BUILTIN_FIELDS) | set(found.scalar_keys)
   if found.id_key is None:
     available.discard('id')
@@ -335,19 +332,15 @@ def build_config(args, started: float) -> Plan:
       spec, key=image.key, encoding=image.encoding, record=found.record,
       decode_encoded=image.encoding != 'encoded' or image.format != args.format or
       args.reencode) for image in found.images]
-  value_ranges = [render.dataset_value_range(normalize_spec, image)
-                  for image in found.images]
+  value_range, key_value_ranges = render.value_ranges(normalize_spec, found)
   render_config = render.RenderConfig(
-      encode=encode_spec, normalize=normalize_spec, value_range=value_ranges[0],
-      key_value_ranges=tuple((image.key, value_range) for image, value_range in
-                             zip(found.more_images, value_ranges[1:])
-                             if value_range != value_ranges[0]),
+      encode=encode_spec, normalize=normalize_spec, value_range=value_range,
+      key_value_ranges=key_value_ranges,
       name_template=template, id_key=found.id_key, label_key=found.label_key,
       label_names=tuple(found.label_names) if found.label_names else None,
       reencode=args.reencode, max_pixels=args.max_pixels)
   root = sink.OutputRoot(args.output, read_config.storage_options)
   root.check_writable()
-  given = args.get_all_options(drop_default=True)
   used = tuple(sorted((k, v) for k, v in given.items() if k in _REPORTED_OPTIONS))
   settings = {k: v for k, v in used if k in _IDENTITY_OPTIONS}
   identity = root_claim.identity(patterns, settings)
@@ -363,7 +356,8 @@ def build_config(args, started: float) -> Plan:
   choices = render.settled_choices(found, render_config, args.layout)
   config = export.ExportConfig(
       choices=json.dumps(choices), patterns=patterns, output=args.output, read=read_config,
-      image=image_specs[0], more_images=tuple(image_specs[1:]), render=render_config, skip_existing=args.skip_existing,
+      image=image_specs[0], more_images=tuple(image_specs[1:]), render=render_config,
+      skip_existing=args.skip_existing,
       max_failures=args.max_failures, run_started=started, options_used=used,
       incremental=args.incremental, processed=processed,
       settings=tuple(sorted(identity['settings'].items())), overwrite=args.overwrite)
@@ -379,16 +373,16 @@ _FORMAT_OPTIONS = {
 }
 
 
-def _check_format_options(args) -> None:
-  given = args.get_all_options(drop_default=True)
+def _check_format_options(output_format: str, given: dict) -> None:
+  """`given`: the options set away from their defaults."""
   unused = [name for name, formats in _FORMAT_OPTIONS.items()
-            if name in given and args.format not in formats]
+            if name in given and output_format not in formats]
   if unused:
     names = ', '.join(f'--{name} (for {"/".join(_FORMAT_OPTIONS[name])})'
                       for name in unused)
     raise errors.ConfigError(
         f'{names} do{"es" if len(unused) == 1 else ""} nothing with --format '
-        f'{args.format}; drop {"it" if len(unused) == 1 else "them"} or change --format')
+        f'{output_format}; drop {"it" if len(unused) == 1 else "them"} or change --format')
 
 
 def claim_output(args) -> Optional[root_claim.Claim]:

@@ -76,18 +76,12 @@ def export_defaults(found: schema_lib.Schema) -> Optional[dict]:
   default name template): render.settled_choices, as the launch line shows it."""
   if not found.images:
     return None
-  spec = normalize.NormalizeSpec()
-  ranges = [render.dataset_value_range(spec, image) for image in found.images]
-  batched = any(found.images_per_record(image)[1] > 1 or image.layout.startswith('n')
-                for image in found.images)
-  template = (naming.KEYS_PREFIX if len(found.images) > 1 else '') + (
-      naming.BATCH_TEMPLATE if batched else naming.DEFAULT_TEMPLATE)
+  value_range, key_value_ranges = render.value_ranges(normalize.NormalizeSpec(), found)
   config = render.RenderConfig(
-      value_range=ranges[0], name_template=template, label_key=found.label_key,
+      value_range=value_range, key_value_ranges=key_value_ranges,
+      name_template=render.default_template(found), label_key=found.label_key,
       id_key=found.id_key,
-      label_names=tuple(found.label_names) if found.label_names else None,
-      key_value_ranges=tuple((image.key, r) for image, r in
-                             zip(found.more_images, ranges[1:])))
+      label_names=tuple(found.label_names) if found.label_names else None)
   return render.settled_choices(found, config)
 
 

@@ -441,9 +441,9 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
     for value in feature.buffers():
       fmt = image_formats.sniff_format(value)
       if fmt is None and encoding == 'tensor' and npy.looks_like_npy(value):
-        shape = npy.header(value)[0]
-        _check_pixels(shape, spec, key)
-        pixels = npy.to_array(value, _max_elements(spec))
+        parsed_header = npy.header(value)
+        _check_pixels(parsed_header[0], spec, key)
+        pixels = npy.to_array(value, _max_elements(spec), parsed_header)
         images += _split(pixels, spec, normalize.dtype_name(pixels.dtype))
         continue
       if fmt is None and encoding == 'tensor':

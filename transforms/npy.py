@@ -53,9 +53,10 @@ def header(data) -> Tuple[Tuple[int, ...], np.dtype, bool, int]:
   return shape, dtype, fortran, start + length
 
 
-def to_array(data, max_elements: int) -> np.ndarray:
-  """The array, in native byte order; raises DecodeError."""
-  shape, dtype, fortran, offset = header(data)
+def to_array(data, max_elements: int, parsed_header=None) -> np.ndarray:
+  """The array, in native byte order; raises DecodeError. `parsed_header`: `header(data)`
+  when the caller has read it already."""
+  shape, dtype, fortran, offset = parsed_header or header(data)
   count = math.prod(shape)
   if count > max_elements:
     raise errors.DecodeError(

@@ -2,8 +2,8 @@
 
 Built as descriptors in a private pool with the protobuf runtime: no protoc step, no
 TensorFlow import, and no clash with TensorFlow's own registrations when both are loaded.
-Field numbers follow tensorflow/core/example/feature.proto, example.proto (Example, SequenceExample) and
-tensorflow/core/framework/tensor.proto, tensor_shape.proto.
+Field numbers follow tensorflow/core/example/feature.proto, example.proto (Example,
+SequenceExample) and tensorflow/core/framework/tensor.proto, tensor_shape.proto.
 """
 
 from google.protobuf import descriptor_pb2

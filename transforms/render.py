@@ -94,12 +94,42 @@ def source_bits(dtype_name: str) -> str:
 
 def can_pass_through(image: decode.DecodedImage, config: RenderConfig) -> bool:
   """True when writing the original encoded bytes gives exactly the requested file."""
+  return image.encoded is not None and passes_through(image.encoded_format,
+                                                      image.source_dtype, config)
+
+
+def passes_through(encoded_format: Optional[str], source_dtype: str,
+                   config: RenderConfig) -> bool:
+  """True when an image encoded as `encoded_format` is written as its own bytes: it is
+  in the output format and no pixel change is asked for."""
   spec = config.normalize
-  return (image.encoded is not None and not config.reencode
-          and image.encoded_format == config.encode.format
+  return (not config.reencode and encoded_format == config.encode.format
           and spec.mean is None and spec.channel_order == 'rgb'
           and spec.value_range == 'auto'
-          and spec.bit_depth in ('auto', source_bits(image.source_dtype)))
+          and spec.bit_depth in ('auto', source_bits(source_dtype)))
+
+
+def default_template(found: schema.Schema, layout: str = 'flat',
+                     with_splits: bool = False) -> str:
+  """The name template of a run without --name_template: `{key}/` first with several
+  image keys, `{split}/` first for class folders of records with splits, `{n}` for
+  batches."""
+  return ((naming.KEYS_PREFIX if len(found.images) > 1 else '') +
+          (naming.SPLIT_PREFIX if layout == 'class' and with_splits else '') + {
+              ('flat', False): naming.DEFAULT_TEMPLATE,
+              ('flat', True): naming.BATCH_TEMPLATE,
+              ('class', False): naming.CLASS_TEMPLATE,
+              ('class', True): naming.CLASS_BATCH_TEMPLATE,
+          }[(layout, found.batched)])
+
+
+def value_ranges(spec: normalize.NormalizeSpec, found: schema.Schema
+                 ) -> Tuple[Optional[Tuple[float, float]], tuple]:
+  """RenderConfig's `value_range` (the first image key's) and `key_value_ranges` (the
+  further keys whose range differs from it)."""
+  ranges = [dataset_value_range(spec, image) for image in found.images]
+  return ranges[0], tuple((image.key, value_range) for image, value_range in
+                          zip(found.more_images, ranges[1:]) if value_range != ranges[0])
 
 
 def render(image: decode.DecodedImage, config: RenderConfig,
@@ -150,10 +180,7 @@ def settled_choices(found: schema.Schema, config: RenderConfig, layout: str = 'f
         'bit_depth': normalize.target_bits(
             image.dtype, spec.bit_depth, config.encode.holds_16bit,
             config.encode.holds_float, value_range),
-        'passthrough': bool(image.format == config.encode.format and not config.reencode
-                            and spec.mean is None and spec.channel_order == 'rgb' and
-                            spec.value_range == 'auto' and spec.bit_depth in (
-                                'auto', source_bits(image.dtype))),
+        'passthrough': passes_through(image.format, image.dtype, config),
     })
   return {'record': found.record, 'images': images, 'format': config.encode.format,
           'layout': layout, 'name_template': config.name_template, 'label_key': config.label_key,

@@ -15,6 +15,7 @@ import numpy as np
 from transforms import errors
 from transforms import normalize
 from transforms import preview
+from transforms import render
 
 SAMPLES_PER_CLASS = 8
 MAX_SAMPLES = 48
@@ -133,14 +134,8 @@ def _settled(settled: dict) -> str:
   pairs = [('records', settled.get('record')), ('format', settled.get('format')),
            ('name template', settled.get('name_template')),
            ('label key', settled.get('label_key')), ('id key', settled.get('id_key'))]
-  for image in settled.get('images', ()):
-    values = image['value_range']
-    pairs.append((f'image {image["key"]}', (
-        f'{image["encoding"]}{" " + image["format"] if image["format"] else ""} '
-        f'{image["dtype"]} {image["shape"]} {image["layout"]}; values '
-        f'{f"{values[0]}..{values[1]}" if values else "per image"} (from '
-        f'{image["value_range_from"]}); {image["bit_depth"]}-bit output'
-        f'{"; passed through" if image["passthrough"] else ""}')))
+  pairs += [(f'image {image["key"]}', render.describe_image(image))
+            for image in settled.get('images', ())]
   return _table(pairs)
 
 

@@ -224,6 +224,13 @@ class Schema:
   def images(self) -> List[ImageInfo]:
     return ([self.image] if self.image else []) + self.more_images
 
+  @property
+  def batched(self) -> bool:
+    """True when some record gives several images of one key (a batch, several values,
+    a feature list's steps): names then need {n}."""
+    return any(self.images_per_record(image)[1] > 1 or image.layout.startswith('n')
+               for image in self.images)
+
   def images_per_record(self, image: Optional[ImageInfo] = None) -> Tuple[int, int]:
     """(fewest, most) images one record gave in the sample, for `image` (default: the
     first image key)."""
@@ -348,15 +355,15 @@ def detect_schema(
   list_summaries = _summaries([p.feature_lists for _, p in parsed], steps=True)
 
   # The first record that holds an image decides; a broken record first must not.
-  steps = [(ref, p, p.first_step()) for ref, p in parsed]
+  steps = [(p, p.first_step()) for _, p in parsed]
   first_parsed, first = next(
-      ((p, step) for _, p, step in steps
+      ((p, step) for p, step in steps
        if (image_key in step if image_key else decode.image_candidates(step))),
-      steps[0][1:] if steps else (None, {}))
+      steps[0] if steps else (None, {}))
   if image_key is None and tfds and tfds.image_keys:
     image_key = next((k for k in tfds.image_keys if k in first), None)
   if image_key is not None and parsed and image_key not in first:
-    if kind in (records_lib.TENSOR, records_lib.IMAGE):
+    if records_lib.is_bare(kind):
       raise errors.ConfigError(
           f'the records are not tf.train.Example: each is itself {_KIND_WORDS[kind]}, '
           f'so it has no feature {image_key!r}; leave out --image_key')
@@ -480,7 +487,9 @@ def _detect_image(parsed, image_key, spec, decoder):
   shape, layout = list(head.stored_shape), head.stored_layout
   info = ImageInfo(
       key=image_key, encoding=head.encoding, dtype=head.source_dtype, shape=shape,
-      layout=layout, value_range=[_plain(low), _plain(high)], format=head.encoded_format,
+      layout=layout,
+      value_range=[normalize.plain_number(low), normalize.plain_number(high)],
+      format=head.encoded_format,
       channel_ranges=_merge_channels(per_channel))
   return info, image_key, failures
 
@@ -499,7 +508,8 @@ def _channel_extents(image: decode.DecodedImage) -> Optional[List[Tuple[float, f
 def _merge_channels(extents) -> Optional[List[List[float]]]:
   if not extents or any(e is None or len(e) != len(extents[0]) for e in extents):
     return None
-  return [[_plain(v) for v in normalize.merge_ranges([e[c] for e in extents])]
+  return [[normalize.plain_number(v)
+           for v in normalize.merge_ranges([e[c] for e in extents])]
           for c in range(len(extents[0]))]
 
 
@@ -511,4 +521,3 @@ def _extent(pixels: np.ndarray) -> Tuple[float, float]:
   return float(finite.min()), float(finite.max())
 
 
-_plain = normalize.plain_number
