@@ -53,11 +53,13 @@ def _holder(fs, url):
 
 def test_an_s3_lease_is_refused_while_live_and_taken_over_once_expired(s3_root):
   fs, url, options = s3_root
-  first = root_claim.claim(sink.OutputRoot(url, options), lease_seconds=0.6)
+  # The lease is long enough that a slow machine still asks while it is live; the
+  # test then waits until the expiry written in the lease object, not a guessed time.
+  first = root_claim.claim(sink.OutputRoot(url, options), lease_seconds=4)
   first._stop.set()  # the holder dies: nobody renews its lease any more
   with pytest.raises(errors.RootBusyError, match='its lease ends at'):
     root_claim.claim(sink.OutputRoot(url, options))
-  time.sleep(0.8)
+  time.sleep(max(0.0, _holder(fs, url)['expires'] - time.time()) + 0.2)
   second = root_claim.claim(sink.OutputRoot(url, options))
   assert _holder(fs, url)['run_id'] == second.run_id != first.run_id
   first.release()  # a late release of the dead holder leaves the new lease alone
