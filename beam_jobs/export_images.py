@@ -4,7 +4,7 @@
 
 Launch: parse options, sample the first records to settle the schema (keys, value range,
 names) so mistakes fail before any worker starts, build the pipeline from
-`transforms.export.ExportImages`, run it, print a closing summary from `_report.json`.
+`transforms.ptransforms.ExportImages`, run it, print a closing summary from `_report.json`.
 Exit status: 0 success; 1 more failures than --max_failures; 2 bad options or input;
 3 the runner failed.
 """
@@ -35,6 +35,7 @@ from apache_beam.transforms import environments
 from beam_jobs import options as common
 from beam_jobs.signals import Terminated
 from beam_jobs import worker as worker_lib
+from transforms import decode
 from transforms import encode
 from transforms import errors
 from transforms import export
@@ -42,6 +43,7 @@ from transforms import incremental
 from transforms import naming
 from transforms import normalize
 from transforms import progress
+from transforms import ptransforms
 from transforms import read
 from transforms import render
 from transforms import root_claim
@@ -269,7 +271,7 @@ def build_config(args, started: float) -> Plan:
         (f'; first problem: {damage[0]}' if damage else ''))
   tfds = schema_lib.find_tfds_info(files, read_config.storage_options)
   label_names = common.load_label_names(args.label_names, read_config.storage_options)
-  decoder = read.make_decoder(spec)
+  decoder = decode.make_decoder(spec)
   try:
     found = schema_lib.detect_schema(
         records, image_key=spec.key, more_image_keys=common.image_keys(args)[1:],
@@ -526,7 +528,7 @@ def failure_counters(result) -> Dict[str, int]:
   """Per-reason failure counts from the runner's Beam counters (empty if it has none)."""
   try:
     counters = result.metrics().query(
-        MetricsFilter().with_namespace(export.NAMESPACE))['counters']
+        MetricsFilter().with_namespace(ptransforms.NAMESPACE))['counters']
   except (AttributeError, NotImplementedError, KeyError):
     return {}
   totals: Dict[str, int] = {}
@@ -594,7 +596,7 @@ def _run(plan: Plan, claim: root_claim.Claim, pipeline_options: PipelineOptions,
   say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
   if not plan.config.patterns:  # --incremental, and no shard is new or changed
     report = export.write_report(
-        None, plan.config,
+        plan.config,
         {'written': 0, 'skipped': 0, 'bytes': 0, 'passthrough': 0, 'samples': []},
         {'failed': 0, 'failed_by_reason': {}, 'first_failures': []})
     say(f'{PROG}: no input shard is new or changed since the last run')
@@ -616,7 +618,7 @@ def _run(plan: Plan, claim: root_claim.Claim, pipeline_options: PipelineOptions,
   beam_log = BeamLog(claim.run_id)
   try:
     pipeline = beam.Pipeline(runner=runner_instance, options=pipeline_options)
-    _ = pipeline | 'Export' >> export.ExportImages(plan.config)
+    _ = pipeline | 'Export' >> ptransforms.ExportImages(plan.config)
     result = pipeline.run()
     if args.no_wait and not local:
       say(f'{PROG}: submitted to {runner}; not waiting (--no_wait)')

@@ -22,7 +22,6 @@ from transforms import errors
 from transforms import normalize
 from transforms import naming
 from transforms import preview
-from transforms import read
 from transforms import render
 from transforms import schema as schema_lib
 from transforms import storage
@@ -55,7 +54,7 @@ def inspect(args) -> schema_lib.Schema:
   records, damage, files = schema_lib.sample_records(patterns, args.limit, config)
   tfds = schema_lib.find_tfds_info(files, config.storage_options)
   spec = options.image_spec(args)
-  decoder = read.make_decoder(spec)
+  decoder = decode.make_decoder(spec)
   try:
     found = schema_lib.detect_schema(
         records, image_key=spec.key, more_image_keys=options.image_keys(args)[1:],

@@ -123,9 +123,9 @@ def serve(listener_fd: int, launcher_pid: int, count: int) -> None:
   # and stops the workers (else each prints a KeyboardInterrupt traceback).
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   from apache_beam.runners.worker import sdk_worker_main  # noqa: F401
-  # The job's own modules (export imports the rest), so unpickling its DoFns costs no
-  # imports later.
-  import transforms.export  # noqa: F401  pylint: disable=unused-import
+  # The job's own modules (ptransforms imports the rest), so unpickling its DoFns costs
+  # no imports later.
+  import transforms.ptransforms  # noqa: F401  pylint: disable=unused-import
 
   listener = socket.socket(fileno=listener_fd)
   parent = os.getpid()

@@ -3,8 +3,8 @@
     python -m bench.per_image 'bench/data/a_float32/train*' --files 4 [--profile] [-- export options]
 
 Settles the job the way `unrecord export` does (schema sampling, options), then calls the
-export DoFn (`transforms.export._ExportRangeFn`) directly on every record range of the
-first `--files` files, writing to `--output` (tmpfs by default). Prints wall and CPU time
+export's per-range work (`transforms.export.export_range`, which the export DoFn wraps)
+directly on every record range of the first `--files` files, writing to `--output` (tmpfs by default). Prints wall and CPU time
 per image; with `--profile`, the functions that take the most time under cProfile.
 Run it on a quiet machine: it measures one core, and anything else running shows.
 """
@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import export_images
 from transforms import export
+from transforms import progress
 from transforms import read
 from transforms import storage
 
@@ -46,15 +47,14 @@ def main(argv=None) -> int:
   ranges = [file_range
             for item in storage.expand_patterns(config.patterns, config.read.storage_options)
             for file_range in read.plan_file(item, config.read)]
-  fn = export._ExportRangeFn(config)
-  fn.setup()
+  worker = export.RangeWorker(config)
+  tally = progress.Tally(worker.progress)
   profile = cProfile.Profile() if args.profile else None
 
   def work():
     for file_range in ranges:
-      for _ in fn.process(file_range):
+      for _ in export.export_range(file_range, worker, tally):
         pass
-    fn.finish_bundle()
 
   wall, cpu = time.perf_counter(), time.process_time()
   if profile:
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
   else:
     work()
   wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-  fn.teardown()
+  worker.close()
   images = 0
   for _, folders, names in os.walk(args.output):
     folders[:] = [f for f in folders if not f.startswith('_')]  # _unrecord_tmp: runs

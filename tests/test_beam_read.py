@@ -11,6 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 import apache_beam as beam
 
 from tests import fixtures
+from transforms import ptransforms
 from transforms import read
 from transforms import tfrecord
 
@@ -41,8 +42,8 @@ def inputs(tmp_path):
 def test_read_and_decode_with_dead_letters_and_metrics(inputs):
   plain, gzipped, damaged = inputs
   pipeline = TestPipeline(options=PipelineOptions(OPTIONS))
-  result = pipeline | 'Read' >> read.ReadImageRecords([plain, gzipped, damaged])
-  decoded = result.records | read.DecodeImages()
+  result = pipeline | 'Read' >> ptransforms.ReadImageRecords([plain, gzipped, damaged])
+  decoded = result.records | ptransforms.DecodeImages()
   ids = decoded.images | beam.Map(
       lambda image: (image.features['id'], os.path.basename(image.ref.path),
                      image.ref.index, int(image.pixels.astype(np.int64).sum())))
@@ -70,7 +71,7 @@ def test_undecodable_record_goes_to_the_decode_dead_letter(tmp_path):
   path = fixtures.write_tfrecord(str(tmp_path / 'x.tfrecord'), [
       _photo_record(0), fixtures.example({'label': fixtures.int64_feature(1)})])
   with TestPipeline(options=PipelineOptions(OPTIONS)) as pipeline:
-    decoded = (pipeline | read.ReadImageRecords([path])).records | read.DecodeImages()
+    decoded = (pipeline | ptransforms.ReadImageRecords([path])).records | ptransforms.DecodeImages()
     assert_that(decoded.images | beam.Map(lambda i: i.ref.index), equal_to([0]),
                 label='Good')
     assert_that(decoded.dead_letter | beam.Map(
@@ -86,5 +87,5 @@ def test_one_big_file_is_split_into_ranges_and_read_once(tmp_path):
     assert len(tfrecord.plan_ranges(f, path, size=os.path.getsize(path),
                                     split_bytes=2000)) > 4
   with TestPipeline(options=PipelineOptions(OPTIONS)) as pipeline:
-    records = (pipeline | read.ReadImageRecords([path], config)).records
+    records = (pipeline | ptransforms.ReadImageRecords([path], config)).records
     assert_that(records | beam.Map(lambda r: r[0].index), equal_to(list(range(40))))

@@ -16,6 +16,7 @@ from beam_jobs import export_images
 from tests import fixtures
 from transforms import errors
 from transforms import export
+from transforms import ptransforms
 from transforms import tfrecord
 
 RECORDS = 150
@@ -71,12 +72,12 @@ def _export(*args):
                              '--max_failures', '100', '--runner', 'FnApiRunner'])
   plan = export_images.build_config(options.view_as(export_images.ExportOptions), 0.0)
   pipeline = beam.Pipeline(options=options)
-  _ = pipeline | export.ExportImages(plan.config)
+  _ = pipeline | ptransforms.ExportImages(plan.config)
   result = pipeline.run()
   result.wait_until_finish()
   counters = collections.Counter()
   for counter in result.metrics().query(
-      MetricsFilter().with_namespace(export.NAMESPACE))['counters']:
+      MetricsFilter().with_namespace(ptransforms.NAMESPACE))['counters']:
     counters[counter.key.metric.name] += counter.committed
   return counters
 
@@ -114,9 +115,8 @@ def test_chunks_end_at_a_record_count_or_after_the_record_that_fills_them():
 
 def test_chunked_export_writes_what_one_record_at_a_time_writes(inputs, tmp_path,
                                                                  monkeypatch):
-  assert export.CHUNK_RECORDS == 64  # BAD's indices sit on its chunk boundaries
   one = _run(inputs, str(tmp_path / 'one'), monkeypatch, 1)
-  chunked = _run(inputs, str(tmp_path / 'chunked'), monkeypatch, 64)
+  chunked = _run(inputs, str(tmp_path / 'chunked'), monkeypatch, 64)  # BAD's edges
   odd = _run(inputs, str(tmp_path / 'odd'), monkeypatch, 7)
 
   assert chunked == one and odd == one

@@ -11,7 +11,7 @@ from transforms import decode
 from transforms import errors
 from transforms import image_formats
 from transforms import isolation
-from transforms import read
+from transforms import ptransforms
 
 CRASHING = 'tests.crashing_decoder:decode'
 
@@ -47,7 +47,7 @@ def test_pipeline_dead_letters_the_crashing_image_and_decodes_the_rest(tmp_path)
   path = fixtures.write_tfrecord(str(tmp_path / 'x.tfrecord'), payloads)
   spec = decode.ImageSpec(decoder=CRASHING, isolate_decoder=True)
   with beam.Pipeline(options=PipelineOptions(['--runner=FnApiRunner'])) as pipeline:
-    decoded = (pipeline | read.ReadImageRecords([path])).records | read.DecodeImages(spec)
+    decoded = (pipeline | ptransforms.ReadImageRecords([path])).records | ptransforms.DecodeImages(spec)
     assert_that(decoded.images | beam.Map(lambda i: i.ref.index), equal_to([0, 2]),
                 label='Decoded')
     assert_that(decoded.dead_letter | beam.Map(

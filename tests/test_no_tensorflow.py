@@ -14,7 +14,7 @@ _SCRIPT = textwrap.dedent('''
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from beam_jobs import inspect_records
-    from transforms import decode, read
+    from transforms import decode, ptransforms, read
 
     path = sys.argv[1]
     total = 0
@@ -24,8 +24,8 @@ _SCRIPT = textwrap.dedent('''
     assert inspect_records.main(['--input', path, '--json']) == 0
 
     with beam.Pipeline(options=PipelineOptions(['--runner=FnApiRunner'])) as p:
-      records = p | read.ReadImageRecords([path])
-      images = records.records | read.DecodeImages()
+      records = p | ptransforms.ReadImageRecords([path])
+      images = records.records | ptransforms.DecodeImages()
       _ = (images.images | beam.Map(lambda i: int(i.pixels.astype('int64').sum()))
            | beam.combiners.ToList()
            | beam.Map(lambda sums: open(sys.argv[2], 'w').write(str(sum(sums)))))

@@ -15,7 +15,7 @@ import apache_beam as beam
 from beam_jobs import export_images
 from tests import fixtures
 from transforms import errors
-from transforms import export
+from transforms import ptransforms
 from transforms import protos
 from transforms import tfrecord
 
@@ -114,7 +114,7 @@ def test_every_reason_code_with_counters_and_accounting(bad_inputs):
   options = PipelineOptions(argv)
   plan = export_images.build_config(options.view_as(export_images.ExportOptions), 0.0)
   pipeline = beam.Pipeline(options=options)
-  _ = pipeline | export.ExportImages(plan.config)
+  _ = pipeline | ptransforms.ExportImages(plan.config)
   result = pipeline.run()
   result.wait_until_finish()
 

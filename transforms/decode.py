@@ -413,6 +413,16 @@ def missing_image_error(features: Dict[str, FeatureValue],
 Decoder = Callable[..., np.ndarray]
 
 
+def make_decoder(spec: ImageSpec):
+  """The encoded-image decoder for `spec`: isolated in a child process, or direct.
+
+  Either way it is called like image_formats.decode_encoded and released with close().
+  """
+  if spec.isolate_decoder:
+    return isolation.IsolatedCall(spec.decoder)
+  return isolation.DirectCall(spec.decoder)
+
+
 def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
                     spec: ImageSpec,
                     decoder: Decoder = image_formats.decode_encoded) -> List[DecodedImage]:

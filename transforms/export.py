@@ -1,4 +1,8 @@
-"""ExportImages: the whole job as one composite transform, read -> decode -> write.
+"""The export's work, Beam-free: its config, the per-range work, and the files that end it.
+
+`export_range` reads, decodes, renders and writes one record range, on a worker, and
+returns its manifest runs and failures; `ptransforms.ExportImages` runs it over every
+range and then calls `write_manifest`, `write_dead_letter` and `write_report` once each.
 
 Outputs under the root: one file per image, and beside them (never in subfolders)
 `_manifest.jsonl`, `_dead_letter.jsonl`, `_dead_letter.tfrecord`, `_report.json`, and
@@ -13,14 +17,11 @@ import collections
 import dataclasses
 import datetime
 import io
-import itertools
 import json
 import time
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-import apache_beam as beam
 import cv2
-from apache_beam.metrics import Metrics
 
 from transforms import decode
 from transforms import errors
@@ -43,8 +44,6 @@ DEAD_LETTER_RECORDS = naming.DEAD_LETTER_RECORDS
 REPORT = naming.REPORT
 REPORT_HTML = naming.REPORT_HTML
 SUCCESS = naming.SUCCESS
-NAMESPACE = read.METRICS_NAMESPACE
-SPANS = 'spans'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,144 +144,115 @@ def existing_row(image: decode.DecodedImage, name: str, root: sink.OutputRoot,
   return row
 
 
-class _ExportRangeFn(beam.DoFn):
-  """FileRange -> (name, entries) of sorted manifest runs; each image of the range is written.
-
-  Also yields, tagged SPANS, the (start, end) wall-clock seconds of each range's work,
-  from which the report tells the workers' time from the job's start-up and wind-down.
-
-  Reading, decoding, rendering and writing happen in this one DoFn, over the pure
-  functions of `read`, `decode`, `render` and `sink`: each image costs one Python call
-  chain instead of three DoFn hops, and nothing per image crosses the runner except
-  failures. Manifest entries go to run files on storage (`manifest_lib.RunWriter`).
-
-  Records are taken in small chunks (`_chunks`), and each stage runs over the whole chunk
-  before the next starts: decode, then name and encode, then write, then manifest rows.
-  Small images cost mostly Python and system calls; run one image at a time, each stage
-  finds its code and data evicted by the others (28x28 PNGs: about 175 us per image, of
-  which the stages alone take 115; docs/benchmarks.md).
-  """
+class RangeWorker:
+  """What a worker holds to export record ranges: the output root, the image decoder
+  (a child process when isolated), the record decoders, the namer and the progress
+  sender. Made once per worker (`DoFn.setup`), released by `close()`."""
 
   def __init__(self, config: ExportConfig):
-    self._config = config
-
-  def setup(self):
     cv2.setNumThreads(0)  # the runner's workers are the parallelism; no pool per worker
-    config = self._config
-    self._root = sink.OutputRoot(config.output, config.read.storage_options)
-    self._decoder = read.make_decoder(config.image)
-    self._records = record_layout.KeysDecoder((config.image,) + config.more_images,
-                                              self._decoder)
-    self._progress = progress.ProgressSender(config.progress)
-    self._namer = render.Namer(config.render)
+    self.config = config
+    self.root = sink.OutputRoot(config.output, config.read.storage_options)
+    self.decoder = decode.make_decoder(config.image)
+    self.records = record_layout.KeysDecoder((config.image,) + config.more_images,
+                                             self.decoder)
+    self.progress = progress.ProgressSender(config.progress)
+    self.namer = render.Namer(config.render)
 
-  def finish_bundle(self):
-    self._progress.flush()
+  def close(self) -> None:
+    self.progress.close()
+    self.decoder.close()
 
-  def teardown(self):
-    self._progress.close()
-    self._decoder.close()
 
-  def process(self, file_range: tfrecord.FileRange):
-    started = time.time()
-    runs = manifest_lib.RunWriter(self._root)
-    tally = collections.Counter()
-    slots = read.read_range(file_range, self._config.read)
-    for chunk in _chunks(slots, CHUNK_RECORDS, CHUNK_BYTES):
-      images = yield from self._decode(chunk, tally)
-      rendered = yield from self._render(images, runs, tally)
-      written = yield from self._write(rendered, tally)
-      self._add_rows(written, runs, tally)
-    for name, value in tally.items():
-      Metrics.counter(NAMESPACE, name).inc(value)
-    yield from runs.flush()
-    yield beam.pvalue.TaggedOutput(SPANS, (started, time.time()))
+def export_range(file_range: tfrecord.FileRange, worker: RangeWorker,
+                 tally: progress.Tally
+                 ) -> Iterator[Union[manifest_lib.Run, errors.Failure]]:
+  """Exports every image of one record range: its files are written, and it yields the
+  range's sorted manifest runs (`manifest_lib.Run`) and a Failure per image or record
+  that failed. Counts go to `tally`.
 
-  def _decode(self, chunk, tally):
-    """The chunk's images; failures are yielded."""
-    images, records, size = [], 0, 0
-    for slot in chunk:
-      if isinstance(slot, errors.CorruptRecordError):
-        yield self._fail(slot, 'read', tally)
+  Records are taken in chunks (`_chunks`), and each stage runs over a whole chunk before
+  the next starts: decode, then name and encode, then write, then manifest rows, so each
+  stage's code and data stay in the core's caches (docs/benchmarks.md).
+  """
+  runs = manifest_lib.RunWriter(worker.root)
+  slots = read.read_slots(read.read_range(file_range, worker.config.read), tally)
+  for chunk in _chunks(slots, CHUNK_RECORDS, CHUNK_BYTES):
+    images = []
+    for item in record_layout.decode_records(chunk, worker.records, tally):
+      if isinstance(item, errors.Failure):
+        yield item
+      else:
+        images.append(item)
+    rendered = yield from _render(images, worker, runs, tally)
+    written = yield from _write(rendered, worker, tally)
+    _add_rows(written, worker, runs, tally)
+  yield from runs.flush()
+
+
+def _render(images, worker: RangeWorker, runs: manifest_lib.RunWriter,
+            tally: progress.Tally):
+  """(image, name, Rendered) for the images to write; --skip_existing's are recorded,
+  failures yielded."""
+  config = worker.config
+  rendered = []
+  for image in images:
+    stage = 'name'
+    try:
+      name = worker.namer.name(image)
+      row = existing_row(image, name, worker.root, config) if config.skip_existing else None
+      if row is not None:
+        runs.add(manifest_lib.entry(manifest_lib.SKIPPED, row, manifest_line(row)))
+        tally.add('images_skipped')
+        worker.progress.count('skipped')
         continue
-      ref, payload = slot
-      records += 1
-      size += len(payload)
-      try:
-        images += self._records.decode(ref, payload)
-      except errors.UnrecordError as e:
-        yield self._fail(e, 'decode', tally, payload=payload)
-    # Counted once a chunk: three Counter updates per record took 0.4 us, local sums 0.05.
-    tally['records_read'] += records
-    tally['bytes_read'] += size
-    tally['images_decoded'] += len(images)
-    return images
+      stage = 'encode'
+      rendered.append((image, name, render.render(image, config.render, worker.decoder)))
+    except errors.UnrecordError as e:
+      yield tally.fail(_located(e, image), stage, n=image.n)
+  return rendered
 
-  def _render(self, images, runs, tally):
-    """(image, name, Rendered) for the images to write; --skip_existing's are recorded."""
-    config, root = self._config, self._root
-    rendered = []
-    for image in images:
-      stage = 'name'
-      try:
-        name = self._namer.name(image)
-        row = existing_row(image, name, root, config) if config.skip_existing else None
-        if row is not None:
-          runs.add(manifest_lib.entry(manifest_lib.SKIPPED, row, manifest_line(row)))
-          tally['images_skipped'] += 1
-          self._progress.count('skipped')
-          continue
-        stage = 'encode'
-        rendered.append((image, name, render.render(image, config.render, self._decoder)))
-      except errors.UnrecordError as e:
-        yield self._fail(_located(e, image), stage, tally, n=image.n)
-    return rendered
 
-  def _write(self, rendered, tally):
-    """The (image, name, Rendered) whose file was written."""
-    written = []
-    for image, name, result in rendered:
-      try:
-        self._root.write(name, result.data)
-      except errors.UnrecordError as e:
-        yield self._fail(_located(e, image), 'write', tally, n=image.n)
-        continue
-      written.append((image, name, result))
-    return written
+def _write(rendered, worker: RangeWorker, tally: progress.Tally):
+  """The (image, name, Rendered) whose file was written; failures yielded."""
+  written = []
+  for image, name, result in rendered:
+    try:
+      worker.root.write(name, result.data)
+    except errors.UnrecordError as e:
+      yield tally.fail(_located(e, image), 'write', n=image.n)
+      continue
+    written.append((image, name, result))
+  return written
 
-  def _add_rows(self, written, runs, tally):
-    size = 0
-    for image, name, result in written:
-      row = manifest_row(image, name, result, self._config)
-      runs.add(manifest_lib.entry(
-          manifest_lib.WRITTEN, row, manifest_line(row, in_key_order=True)))
-      size += row['bytes']
-    tally['images_written'] += len(written)
-    tally['bytes_written'] += size
-    self._progress.count('written', len(written))
 
-  def _fail(self, error: errors.UnrecordError, stage: str, tally, **fields):
-    self._progress.count('failed')
-    tally[f'failed_{error.reason}'] += 1
-    return beam.pvalue.TaggedOutput(
-        read.DEAD_LETTER, errors.Failure.from_error(error, stage, **fields))
+def _add_rows(written, worker: RangeWorker, runs: manifest_lib.RunWriter,
+              tally: progress.Tally) -> None:
+  size = 0
+  for image, name, result in written:
+    row = manifest_row(image, name, result, worker.config)
+    runs.add(manifest_lib.entry(
+        manifest_lib.WRITTEN, row, manifest_line(row, in_key_order=True)))
+    size += row['bytes']
+  tally.add('images_written', len(written))
+  tally.add('bytes_written', size)
+  worker.progress.count('written', len(written))
 
 
 # A chunk ends after this many records, or once it holds this many payload bytes: small
 # images get the chunk's gain, and large ones are still encoded while their bytes are in
-# the core's own cache (L2, 0.5-2 MB on current server cores). A 600 KB tensor makes a
-# chunk alone: with 1 MB, two of them to a chunk cost 13% more CPU per image.
+# the core's own cache (docs/benchmarks.md).
 CHUNK_RECORDS = 64
 CHUNK_BYTES = 256 << 10
 
 
 def _chunks(slots: Iterable, records: int, size: int) -> Iterator[list]:
-  """`read.read_range`'s slots in lists of up to `records`, or up to and including the
+  """Records (and Failure rows) in lists of up to `records`, or up to and including the
   record that brings the payloads to `size` bytes."""
   chunk, held = [], 0
   for slot in slots:
     chunk.append(slot)
-    if not isinstance(slot, errors.CorruptRecordError):
+    if isinstance(slot, tuple):  # a (RecordRef, bytes) record, not a Failure
       held += len(slot[1])
     if len(chunk) >= records or held >= size:
       yield chunk
@@ -358,15 +328,17 @@ def write_manifest(runs: Iterable[str], config: ExportConfig) -> dict:
       pass
   unlisted = _remove_unlisted(root) if config.overwrite else 0
   failures = [f for c in merged.collisions for f in _collision_failures(c)]
-  Metrics.counter(NAMESPACE, f'failed_{errors.NAME_COLLISION}').inc(len(failures))
   skipped = sum(c.skipped for c in merged.collisions)
-  Metrics.counter(NAMESPACE, 'images_written').dec(len(failures) - skipped)
-  Metrics.counter(NAMESPACE, 'images_skipped').dec(skipped)
   return {'written': merged.written, 'skipped': merged.skipped, 'bytes': merged.bytes,
           'passthrough': merged.passthrough,
           'stale_removed': len(merged.stale) + unlisted,
           'samples': [json.loads(line) for line in sampler.chosen()],
-          'collisions': failures}
+          'collisions': failures,
+          # The workers counted each colliding image as written (or skipped); these
+          # take those counts back, as failures (the metrics' corrections).
+          'count_corrections': {f'failed_{errors.NAME_COLLISION}': len(failures),
+                                'images_written': skipped - len(failures),
+                                'images_skipped': -skipped}}
 
 
 def _keeps_previous(config: ExportConfig):
@@ -473,7 +445,7 @@ def _failure_line(row: dict) -> str:
   return f'[{row["reason"]}] {", ".join(where)}: {row["message"]}'
 
 
-def write_report(_, config: ExportConfig, manifest: dict, dead_letter: dict,
+def write_report(config: ExportConfig, manifest: dict, dead_letter: dict,
                  spans: Iterable[Tuple[float, float]] = ()) -> dict:
   """Writes `_report.json` and `_report.html`, removes temp debris, then `_SUCCESS` if earned.
 
@@ -626,50 +598,3 @@ def _thumbnails(root: sink.OutputRoot, rows: List[dict]):
 def _iso(epoch: float) -> str:
   return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(
       timespec='seconds')
-
-
-def _write_manifest_once(_, config, runs):
-  return write_manifest(runs, config)
-
-
-def _write_dead_letter_once(_, config, failures, manifest):
-  return write_dead_letter(itertools.chain(failures, manifest['collisions']), config)
-
-
-class ExportImages(beam.PTransform):
-  """The whole job: patterns -> image files and metadata under `config.output`.
-
-  Returns a dict of PCollections: `dead_letter` (Failure), `manifest` (the dict
-  `write_manifest` returns) and `report` (the `_report.json` dict).
-  """
-
-  def __init__(self, config: ExportConfig):
-    super().__init__()
-    self._config = config
-
-  def expand(self, pbegin):
-    config = self._config
-    ranges = pbegin | 'PlanRanges' >> read.PlanRanges(config.patterns, config.read)
-    # FileRange
-    exported = ranges | 'Export' >> beam.ParDo(_ExportRangeFn(config)).with_outputs(
-        read.DEAD_LETTER, SPANS, main='runs')
-    # (run name, entries) of sorted manifest runs; Failure rows; (start, end) per range
-    # The manifest and dead letter each end in one file, so one worker writes each; the
-    # runs are merged from storage, so no worker holds a row per image.
-    manifest = (pbegin
-                | 'StartManifest' >> beam.Create([None])
-                | 'WriteManifest' >> beam.Map(
-                    _write_manifest_once, config, beam.pvalue.AsList(exported.runs)))
-    dead_letter = (pbegin
-                   | 'StartDeadLetter' >> beam.Create([None])
-                   | 'WriteDeadLetter' >> beam.Map(
-                       _write_dead_letter_once, config,
-                       beam.pvalue.AsIter(exported.dead_letter),
-                       beam.pvalue.AsSingleton(manifest)))
-    report = (pbegin
-              | 'Finish' >> beam.Create([None])
-              | 'WriteReport' >> beam.Map(
-                  write_report, config, beam.pvalue.AsSingleton(manifest),
-                  beam.pvalue.AsSingleton(dead_letter),
-                  beam.pvalue.AsList(exported[SPANS])))
-    return {'dead_letter': exported.dead_letter, 'manifest': manifest, 'report': report}

@@ -17,6 +17,8 @@ import time
 import uuid
 from typing import Callable, Dict, Optional, Tuple
 
+from transforms import errors
+
 Address = Tuple[str, int]
 KINDS = ('written', 'skipped', 'failed')
 
@@ -174,3 +176,27 @@ class ProgressMonitor:
     if self._live and self.lines_printed:
       self._stream.write('\n')
     self._socket.close()
+
+
+class Tally:
+  """What a worker counts: metric values by name (`records_read`, `failed_<reason>`, ...),
+  which its DoFn hands to the runner, and the live progress; every failure becomes its
+  dead-letter row here, so the export and the read/decode transforms count one way."""
+
+  def __init__(self, sender: ProgressSender):
+    self.counts: Dict[str, int] = {}
+    self.sender = sender
+
+  def add(self, name: str, n: int = 1) -> None:
+    self.counts[name] = self.counts.get(name, 0) + n
+
+  def fail(self, error: errors.UnrecordError, stage: str, **fields) -> errors.Failure:
+    """`error` as its dead-letter row, counted."""
+    self.sender.count('failed')
+    self.add(f'failed_{error.reason}')
+    return errors.Failure.from_error(error, stage, **fields)
+
+  def take(self) -> Dict[str, int]:
+    """The counts so far, forgotten here (each is handed to the runner once)."""
+    counts, self.counts = self.counts, {}
+    return counts

@@ -1,28 +1,21 @@
-"""Beam transforms that read TFRecords of images: ReadImageRecords and DecodeImages.
+"""Reading TFRecords from any storage: files into record ranges, ranges into records.
 
-Thin wiring over the pure modules `tfrecord`, `storage` and `decode`. Both transforms
-return a DoOutputsTuple: the main output, and `dead_letter` carrying `errors.Failure` rows.
+Beam-free: the transforms in `ptransforms` (PlanRanges, ReadImageRecords, the export)
+call these, as does the launcher's sampling. Over the pure modules `tfrecord` (framing)
+and `storage` (fsspec).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
-import apache_beam as beam
-from apache_beam.metrics import Metrics
-
-from transforms import decode
 from transforms import errors
-from transforms import isolation
-from transforms import progress as progress_lib
-from transforms import record_layout
+from transforms import progress
 from transforms import storage
 from transforms import tfrecord
 from transforms.tfrecord import FileRange
 
-METRICS_NAMESPACE = 'unrecord'
-DEAD_LETTER = 'dead_letter'
 DEFAULT_SPLIT_BYTES = 64 << 20
 _SNIFF_BYTES = tfrecord.HEADER_SIZE
 
@@ -137,145 +130,19 @@ def read_all(patterns: Sequence[str], config: ReadConfig = ReadConfig()
       yield from read_range(file_range, config)
 
 
-class _ReadRangeFn(beam.DoFn):
-  """FileRange -> (RecordRef, bytes); framing damage goes to the dead letter."""
-
-  def __init__(self, config: ReadConfig, progress: Optional[progress_lib.Address] = None):
-    self._config = config
-    self._progress_address = progress
-    self._records = Metrics.counter(METRICS_NAMESPACE, 'records_read')
-    self._bytes = Metrics.counter(METRICS_NAMESPACE, 'bytes_read')
-
-  def setup(self):
-    self._progress = progress_lib.ProgressSender(self._progress_address)
-
-  def finish_bundle(self):
-    self._progress.flush()
-
-  def teardown(self):
-    self._progress.close()
-
-  def process(self, file_range: FileRange):
-    for item in read_range(file_range, self._config):
-      if isinstance(item, errors.CorruptRecordError):
-        self._progress.count('failed')
-        Metrics.counter(METRICS_NAMESPACE, f'failed_{item.reason}').inc()
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER,
-                                       errors.Failure.from_error(item, stage='read'))
+def read_slots(slots: Iterable[Union[tfrecord.Record, errors.CorruptRecordError]],
+               tally: progress.Tally) -> Iterator[Union[tfrecord.Record, errors.Failure]]:
+  """`read_range`'s slots as records, and framing damage as dead-letter rows (stage
+  `read`); counts `records_read` and `bytes_read`."""
+  records = size = 0
+  try:
+    for slot in slots:
+      if isinstance(slot, errors.CorruptRecordError):
+        yield tally.fail(slot, 'read')
       else:
-        self._records.inc()
-        self._bytes.inc(len(item[1]))
-        yield item
-
-
-class PlanRanges(beam.PTransform):
-  """Input patterns -> FileRange, spread over workers so the runner can balance them.
-
-  Large uncompressed files are cut into record ranges by a header-only index pass, so one
-  big file spreads over all workers.
-  """
-
-  def __init__(self, patterns: Sequence[str], config: ReadConfig = ReadConfig()):
-    super().__init__()
-    self._patterns = tuple(storage.split_patterns(patterns))
-    if not self._patterns:
-      raise errors.ConfigError('reading records needs at least one input pattern')
-    self._config = config
-
-  def expand(self, pbegin):
-    files = (
-        pbegin
-        | 'Patterns' >> beam.Create([self._patterns])
-        | 'ExpandPatterns' >> beam.FlatMap(storage.expand_patterns,
-                                           self._config.storage_options))
-    # InputFile
-    ranges = (
-        files
-        | 'DistributeFiles' >> beam.Reshuffle()
-        | 'PlanRanges' >> beam.FlatMap(plan_file, self._config))
-    # FileRange
-    return ranges | 'DistributeRanges' >> beam.Reshuffle()
-
-
-class ReadImageRecords(beam.PTransform):
-  """Input patterns -> `(RecordRef, bytes)` records, read range by range (PlanRanges).
-
-  Outputs: `records` and `dead_letter` (Failure).
-  """
-
-  def __init__(self, patterns: Sequence[str], config: ReadConfig = ReadConfig(),
-               progress: Optional[progress_lib.Address] = None):
-    super().__init__()
-    self._plan = PlanRanges(patterns, config)
-    self._config = config
-    self._progress = progress
-
-  def expand(self, pbegin):
-    return (
-        pbegin
-        | 'PlanRanges' >> self._plan
-        | 'ReadRanges' >> beam.ParDo(_ReadRangeFn(self._config, self._progress)).with_outputs(
-            DEAD_LETTER, main='records'))
-
-
-def make_decoder(spec: decode.ImageSpec):
-  """The encoded-image decoder for `spec`: isolated in a child process, or direct.
-
-  Either way it is called like image_formats.decode_encoded and released with close().
-  """
-  if spec.isolate_decoder:
-    return isolation.IsolatedCall(spec.decoder)
-  return isolation.DirectCall(spec.decoder)
-
-
-class _DecodeFn(beam.DoFn):
-  """(RecordRef, bytes) -> DecodedImage per image; undecodable records go to the dead letter."""
-
-  def __init__(self, spec: decode.ImageSpec,
-               progress: Optional[progress_lib.Address] = None):
-    self._spec = spec
-    self._progress_address = progress
-    self._images = Metrics.counter(METRICS_NAMESPACE, 'images_decoded')
-
-  def setup(self):
-    self._decoder = make_decoder(self._spec)
-    self._records = record_layout.LayoutDecoder(self._spec, self._decoder)
-    self._progress = progress_lib.ProgressSender(self._progress_address)
-
-  def finish_bundle(self):
-    self._progress.flush()
-
-  def teardown(self):
-    self._progress.close()
-    self._decoder.close()
-
-  def process(self, record: tfrecord.Record):
-    ref, payload = record
-    try:
-      images = self._records.decode(ref, payload)
-    except errors.UnrecordError as e:
-      self._progress.count('failed')
-      Metrics.counter(METRICS_NAMESPACE, f'failed_{e.reason}').inc()
-      yield beam.pvalue.TaggedOutput(
-          DEAD_LETTER, errors.Failure.from_error(e, stage='decode', payload=payload))
-      return
-    self._images.inc(len(images))
-    yield from images
-
-
-class DecodeImages(beam.PTransform):
-  """`(RecordRef, bytes)` -> DecodedImage (one per image; batches are split).
-
-  Outputs: `images` and `dead_letter` (Failure rows with the record's original bytes).
-  """
-
-  def __init__(self, spec: decode.ImageSpec = decode.ImageSpec(),
-               progress: Optional[progress_lib.Address] = None):
-    super().__init__()
-    self._spec = spec
-    self._progress = progress
-
-  def expand(self, records):
-    return records | 'Decode' >> beam.ParDo(_DecodeFn(self._spec, self._progress)).with_outputs(
-        DEAD_LETTER, main='images')
-
+        records += 1
+        size += len(slot[1])
+        yield slot
+  finally:  # counted once, not per record
+    tally.add('records_read', records)
+    tally.add('bytes_read', size)

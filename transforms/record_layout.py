@@ -17,15 +17,17 @@ export job) take this path: there no value can change how a record is read.
 from __future__ import annotations
 
 import struct
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
 from transforms import decode
+from transforms import errors
 from transforms import example as example_lib
+from transforms import progress
 from transforms import tensor_proto
 from transforms import wire
-from transforms.tfrecord import RecordRef
+from transforms.tfrecord import Record, RecordRef
 
 # Layouts kept per decoder; records of more lengths than this are decoded in full.
 MAX_LAYOUTS = 64
@@ -207,3 +209,27 @@ def _one_varint(payload: bytes, start: int, end: int):
       return _INVALID
     return None
   return wire.int64(value)
+
+
+def decode_records(items: Iterable[Union[Record, errors.Failure]], records: KeysDecoder,
+                   tally: progress.Tally
+                   ) -> Iterator[Union[decode.DecodedImage, errors.Failure]]:
+  """The images of each `(RecordRef, bytes)` record; a record that cannot be decoded
+  becomes a dead-letter row with its bytes (stage `decode`), and rows among `items` pass
+  through. Counts `images_decoded`."""
+  images = 0
+  try:
+    for item in items:
+      if isinstance(item, errors.Failure):
+        yield item
+        continue
+      ref, payload = item
+      try:
+        decoded = records.decode(ref, payload)
+      except errors.UnrecordError as e:
+        yield tally.fail(e, 'decode', payload=payload)
+        continue
+      images += len(decoded)
+      yield from decoded
+  finally:  # counted once, not per record
+    tally.add('images_decoded', images)

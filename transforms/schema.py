@@ -18,6 +18,7 @@ from transforms import decode
 from transforms import errors
 from transforms import example as example_lib
 from transforms import normalize
+from transforms import read
 from transforms import records as records_lib
 from transforms import storage
 from transforms import tfrecord
@@ -262,10 +263,9 @@ class Schema:
 
 
 def sample_records(patterns: Sequence[str], limit: int,
-                   config=None) -> Tuple[List[tfrecord.Record], List[str], List[str]]:
+                   config: Optional[read.ReadConfig] = None
+                   ) -> Tuple[List[tfrecord.Record], List[str], List[str]]:
   """Up to `limit` good records from the start of the inputs, the damage met, the files."""
-  from transforms import read  # local import: read pulls in Beam
-
   config = config or read.ReadConfig()
   files = storage.expand_patterns(patterns, config.storage_options)
   records: List[tfrecord.Record] = []

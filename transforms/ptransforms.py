@@ -1,0 +1,255 @@
+"""unrecord's Beam transforms: the one module of the library that imports Beam.
+
+Each DoFn only wraps a Beam-free function (setup/teardown, tagging outputs, metrics):
+
+  PlanRanges        patterns -> FileRange          storage.expand_patterns, read.plan_file
+  ReadImageRecords  patterns -> (RecordRef, bytes)  read.read_range, read.read_slots
+  DecodeImages      records -> DecodedImage         record_layout.decode_records
+  ExportImages      patterns -> files, manifest, dead letter, report
+                                                    export.export_range, export.write_*
+
+ExportImages is the job: PlanRanges, then `export.export_range` on each range, which
+reads, decodes, renders and writes in one step, so pixels never cross the runner; it
+runs the same functions ReadImageRecords and DecodeImages do, fused. Every transform's
+failures leave through the `dead_letter` output as `errors.Failure` rows; metrics are in
+the `unrecord` namespace.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Dict, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms import decode
+from transforms import errors
+from transforms import export
+from transforms import progress
+from transforms import read
+from transforms import record_layout
+from transforms import storage
+
+NAMESPACE = 'unrecord'
+DEAD_LETTER = 'dead_letter'
+SPANS = 'spans'
+
+
+def _count(counts: Dict[str, int]) -> None:
+  """A worker's tally as the runner's metrics."""
+  for name, value in counts.items():
+    Metrics.counter(NAMESPACE, name).inc(value)
+
+
+def _tagged(item):
+  """A Failure to the dead-letter output; anything else to the main one."""
+  if isinstance(item, errors.Failure):
+    return beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+  return item
+
+
+class _WithProgress(beam.DoFn):
+  """A DoFn that sends live progress (local runs) and counts into a Tally."""
+
+  def __init__(self, address: Optional[progress.Address]):
+    self._address = address
+
+  def setup(self):
+    self._tally = progress.Tally(progress.ProgressSender(self._address))
+
+  def finish_bundle(self):
+    self._tally.sender.flush()
+
+  def teardown(self):
+    self._tally.sender.close()
+
+
+class PlanRanges(beam.PTransform):
+  """Input patterns -> FileRange, spread over workers so the runner can balance them.
+
+  Large uncompressed files are cut into record ranges by a header-only index pass, so one
+  big file spreads over all workers.
+  """
+
+  def __init__(self, patterns: Sequence[str], config: read.ReadConfig = read.ReadConfig()):
+    super().__init__()
+    self._patterns = tuple(storage.split_patterns(patterns))
+    if not self._patterns:
+      raise errors.ConfigError('reading records needs at least one input pattern')
+    self._config = config
+
+  def expand(self, pbegin):
+    files = (
+        pbegin
+        | 'Patterns' >> beam.Create([self._patterns])
+        | 'ExpandPatterns' >> beam.FlatMap(storage.expand_patterns,
+                                           self._config.storage_options))
+    # InputFile
+    ranges = (
+        files
+        | 'DistributeFiles' >> beam.Reshuffle()
+        | 'PlanRanges' >> beam.FlatMap(read.plan_file, self._config))
+    # FileRange
+    return ranges | 'DistributeRanges' >> beam.Reshuffle()
+
+
+class _ReadRangeFn(_WithProgress):
+  """FileRange -> (RecordRef, bytes); framing damage goes to the dead letter."""
+
+  def __init__(self, config: read.ReadConfig, address: Optional[progress.Address]):
+    super().__init__(address)
+    self._config = config
+
+  def process(self, file_range):
+    for item in read.read_slots(read.read_range(file_range, self._config), self._tally):
+      yield _tagged(item)
+    _count(self._tally.take())
+
+
+class ReadImageRecords(beam.PTransform):
+  """Input patterns -> `(RecordRef, bytes)` records, read range by range (PlanRanges).
+
+  Outputs: `records` and `dead_letter` (Failure).
+  """
+
+  def __init__(self, patterns: Sequence[str], config: read.ReadConfig = read.ReadConfig(),
+               progress_address: Optional[progress.Address] = None):
+    super().__init__()
+    self._plan = PlanRanges(patterns, config)
+    self._config = config
+    self._progress = progress_address
+
+  def expand(self, pbegin):
+    return (
+        pbegin
+        | 'PlanRanges' >> self._plan
+        # FileRange
+        | 'ReadRanges' >> beam.ParDo(_ReadRangeFn(self._config, self._progress))
+        .with_outputs(DEAD_LETTER, main='records'))
+
+
+class _DecodeFn(_WithProgress):
+  """(RecordRef, bytes) -> DecodedImage per image; undecodable records go to the dead
+  letter with their bytes."""
+
+  def __init__(self, spec: decode.ImageSpec, address: Optional[progress.Address]):
+    super().__init__(address)
+    self._spec = spec
+
+  def setup(self):
+    super().setup()
+    self._decoder = decode.make_decoder(self._spec)
+    self._records = record_layout.KeysDecoder((self._spec,), self._decoder)
+
+  def teardown(self):
+    super().teardown()
+    self._decoder.close()
+
+  def process(self, record):
+    for item in record_layout.decode_records((record,), self._records, self._tally):
+      yield _tagged(item)
+    _count(self._tally.take())
+
+
+class DecodeImages(beam.PTransform):
+  """`(RecordRef, bytes)` -> DecodedImage (one per image; batches are split).
+
+  Outputs: `images` and `dead_letter` (Failure rows with the record's original bytes).
+  """
+
+  def __init__(self, spec: decode.ImageSpec = decode.ImageSpec(),
+               progress_address: Optional[progress.Address] = None):
+    super().__init__()
+    self._spec = spec
+    self._progress = progress_address
+
+  def expand(self, records):
+    # (RecordRef, bytes)
+    return records | 'Decode' >> beam.ParDo(_DecodeFn(self._spec, self._progress)) \
+        .with_outputs(DEAD_LETTER, main='images')
+
+
+class _ExportRangeFn(beam.DoFn):
+  """FileRange -> manifest runs (`export.export_range`); each image of the range is
+  written. Also yields, tagged SPANS, the (start, end) wall-clock seconds of each range's
+  work, from which the report tells the workers' time from start-up and wind-down."""
+
+  def __init__(self, config: export.ExportConfig):
+    self._config = config
+
+  def setup(self):
+    self._worker = export.RangeWorker(self._config)
+    self._tally = progress.Tally(self._worker.progress)
+
+  def finish_bundle(self):
+    self._worker.progress.flush()
+
+  def teardown(self):
+    self._worker.close()
+
+  def process(self, file_range):
+    started = time.time()
+    for item in export.export_range(file_range, self._worker, self._tally):
+      yield _tagged(item)
+    _count(self._tally.take())
+    yield beam.pvalue.TaggedOutput(SPANS, (started, time.time()))
+
+
+def _write_manifest(_, config: export.ExportConfig, runs) -> dict:
+  manifest = export.write_manifest(runs, config)
+  for name, change in manifest['count_corrections'].items():
+    if change > 0:
+      Metrics.counter(NAMESPACE, name).inc(change)
+    elif change < 0:
+      Metrics.counter(NAMESPACE, name).dec(-change)
+  return manifest
+
+
+def _write_dead_letter(_, config: export.ExportConfig, failures, manifest: dict) -> dict:
+  return export.write_dead_letter(itertools.chain(failures, manifest['collisions']), config)
+
+
+def _write_report(_, config: export.ExportConfig, manifest: dict, dead_letter: dict,
+                  spans) -> dict:
+  return export.write_report(config, manifest, dead_letter, spans)
+
+
+class ExportImages(beam.PTransform):
+  """The whole job: patterns -> image files and metadata under `config.output`.
+
+  Returns a dict of PCollections: `dead_letter` (Failure), `manifest` (the dict
+  `export.write_manifest` returns) and `report` (the `_report.json` dict).
+  """
+
+  def __init__(self, config: export.ExportConfig):
+    super().__init__()
+    self._config = config
+
+  def expand(self, pbegin):
+    config = self._config
+    ranges = pbegin | 'PlanRanges' >> PlanRanges(config.patterns, config.read)
+    # FileRange
+    exported = ranges | 'Export' >> beam.ParDo(_ExportRangeFn(config)).with_outputs(
+        DEAD_LETTER, SPANS, main='runs')
+    # (run name, entries) of sorted manifest runs; Failure rows; (start, end) per range
+    # The manifest and dead letter each end in one file, so one worker writes each; the
+    # runs are merged from storage, so no worker holds a row per image.
+    manifest = (pbegin
+                | 'StartManifest' >> beam.Create([None])
+                | 'WriteManifest' >> beam.Map(
+                    _write_manifest, config, beam.pvalue.AsList(exported.runs)))
+    dead_letter = (pbegin
+                   | 'StartDeadLetter' >> beam.Create([None])
+                   | 'WriteDeadLetter' >> beam.Map(
+                       _write_dead_letter, config,
+                       beam.pvalue.AsIter(exported.dead_letter),
+                       beam.pvalue.AsSingleton(manifest)))
+    report = (pbegin
+              | 'Finish' >> beam.Create([None])
+              | 'WriteReport' >> beam.Map(
+                  _write_report, config, beam.pvalue.AsSingleton(manifest),
+                  beam.pvalue.AsSingleton(dead_letter),
+                  beam.pvalue.AsList(exported[SPANS])))
+    return {'dead_letter': exported.dead_letter, 'manifest': manifest, 'report': report}
