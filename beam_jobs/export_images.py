@@ -35,21 +35,18 @@ from apache_beam.transforms import environments
 from beam_jobs import options as common
 from beam_jobs.signals import Terminated
 from beam_jobs import worker as worker_lib
-from transforms import decode
 from transforms import encode
 from transforms import errors
 from transforms import export
-from transforms import incremental
 from transforms import naming
 from transforms import normalize
 from transforms import progress
 from transforms import ptransforms
-from transforms import read
 from transforms import render
 from transforms import root_claim
-from transforms import schema as schema_lib
+from transforms import plan as plan_lib
 from transforms import sink
-from transforms import storage
+from transforms.plan import DEFAULT_VALUES as DEFAULTS
 
 PROG = 'unrecord export'
 LOCAL_RUNNERS = (None, 'DirectRunner', 'FnApiRunner')
@@ -62,18 +59,20 @@ class ExportOptions(PipelineOptions):
   def _add_argparse_args(cls, parser):
     common.add_input_arguments(parser, required=False)
     group = parser.add_argument_group('unrecord output')
-    group.add_argument('--output', default=None, metavar='URL',
+    group.add_argument('--output', default=DEFAULTS['output'], metavar='URL',
                        help='Output root: a folder or any fsspec URL. Required.')
-    group.add_argument('--format', default='png', choices=encode.FORMATS,
+    group.add_argument('--format', default=DEFAULTS['format'], choices=encode.FORMATS,
                        type=common.Choice(common.FORMAT_ALIASES),
                        help='Image format to write (any case; jpg and tif are accepted). '
                        'Default: png.')
-    group.add_argument('--quality', type=int, default=95,
+    group.add_argument('--quality', type=int, default=DEFAULTS['quality'],
                        help='JPEG and lossy WebP quality, 1-100. Default: 95.')
-    group.add_argument('--png_compression', type=int, default=None, metavar='0-9',
+    group.add_argument('--png_compression', type=int, default=DEFAULTS['png_compression'],
+                       metavar='0-9',
                        help='zlib level for PNG (OpenCV/Pillow encoders). Default: the '
                        "encoder's own (fpng has one fixed fast level).")
-    group.add_argument('--png_encoder', default='auto', choices=encode.PNG_ENCODERS,
+    group.add_argument('--png_encoder', default=DEFAULTS['png_encoder'],
+                       choices=encode.PNG_ENCODERS,
                        type=common.Choice(),
                        help='auto: fpng for 8-bit RGB/RGBA, OpenCV for gray and 16-bit. '
                        'Default: auto.')
@@ -82,19 +81,20 @@ class ExportOptions(PipelineOptions):
                        'lossless setting (method 0: about 1.5 ms per 224x224 image).')
     group.add_argument('--jpeg_progressive', action='store_true',
                        help='Write progressive JPEG.')
-    group.add_argument('--jpeg_subsampling', default='auto',
+    group.add_argument('--jpeg_subsampling', default=DEFAULTS['jpeg_subsampling'],
                        choices=encode.JPEG_SUBSAMPLING, type=common.Choice(),
                        help='JPEG chroma subsampling. auto: 444 (full colour detail) for '
                        '--quality 90 and up, else 420 (smaller). Default: auto.')
     group.add_argument('--reencode', action='store_true',
                        help='Re-encode images even when the source is already in the '
                        'requested format (default: pass the original bytes through).')
-    group.add_argument('--name_template', default=None, metavar='TEMPLATE',
+    group.add_argument('--name_template', default=DEFAULTS['name_template'],
+                       metavar='TEMPLATE',
                        help='Output path relative to --output, with fields {id} {index} '
                        '{n} {stem} {label} {label_name} {split} {ext} and any one-value '
                        f'feature. Default: {naming.DEFAULT_TEMPLATE} '
                        f'({naming.BATCH_TEMPLATE} for batched records).')
-    group.add_argument('--layout', default='flat', choices=('flat', 'class'),
+    group.add_argument('--layout', default=DEFAULTS['layout'], choices=('flat', 'class'),
                        type=common.Choice({'classes': 'class'}),
                        help=f'class: {naming.CLASS_TEMPLATE}, the class-folder layout '
                        'Keras and torchvision ImageFolder load. Default: flat.')
@@ -109,7 +109,8 @@ class ExportOptions(PipelineOptions):
                        'its manifest does not list (an earlier export\'s images, a '
                        'killed run\'s) are removed. Without it, a run into a root that '
                        'another export wrote is refused.')
-    group.add_argument('--max_failures', type=int, default=0, metavar='N',
+    group.add_argument('--max_failures', type=int, default=DEFAULTS['max_failures'],
+                       metavar='N',
                        help='Exit 0 and write _SUCCESS when at most N images failed. '
                        'Default: 0.')
     group.add_argument('--quiet', action='store_true',
@@ -122,31 +123,36 @@ class ExportOptions(PipelineOptions):
                        help='Submit to a remote runner and exit 0 without waiting (Flex '
                        'Template launchers, schedulers that track the job). The run still '
                        'writes _report.json and _SUCCESS at the end.')
-    group.add_argument('--sample_records', type=int, default=64, metavar='N',
+    group.add_argument('--sample_records', type=int, default=DEFAULTS['sample_records'],
+                       metavar='N',
                        help='Records read at launch to detect keys and the value range. '
                        'Default: 64.')
-    group.add_argument('--split_size_mb', type=int, default=64, metavar='MB',
+    group.add_argument('--split_size_mb', type=int, default=DEFAULTS['split_size_mb'],
+                       metavar='MB',
                        help='Uncompressed files larger than this are split into record '
                        'ranges read in parallel. Default: 64.')
     norm = parser.add_argument_group('unrecord normalization')
-    norm.add_argument('--value_range', default='auto', metavar='RANGE',
+    norm.add_argument('--value_range', default=DEFAULTS['value_range'], metavar='RANGE',
                       help='Range the tensor values mean: auto, 0,1, -1,1, 0,255, '
                       '0,65535, minmax (per image) or LO,HI. Default: auto (decided once '
                       'from the sampled records).')
-    norm.add_argument('--mean', default=None, metavar='M[,M,M]|PRESET',
+    norm.add_argument('--mean', default=DEFAULTS['mean'], metavar='M[,M,M]|PRESET',
                       help='Undo a normalization: pixel = value * std + mean, before the '
                       f'range is applied. Presets: {", ".join(sorted(normalize.PRESETS))}.')
-    norm.add_argument('--std', default=None, metavar='S[,S,S]|PRESET',
+    norm.add_argument('--std', default=DEFAULTS['std'], metavar='S[,S,S]|PRESET',
                       help='See --mean (a preset given to --mean sets both).')
-    norm.add_argument('--channel_order', default='rgb', choices=normalize.CHANNEL_ORDERS,
+    norm.add_argument('--channel_order', default=DEFAULTS['channel_order'],
+                      choices=normalize.CHANNEL_ORDERS,
                       type=common.Choice(),
                       help='Channel order of the input tensors. Default: rgb.')
-    norm.add_argument('--bit_depth', default='auto', choices=normalize.BIT_DEPTHS,
+    norm.add_argument('--bit_depth', default=DEFAULTS['bit_depth'],
+                      choices=normalize.BIT_DEPTHS,
                       type=common.Choice(),
                       help='auto: 16-bit data stays 16-bit where the format holds it '
                       '(png, tiff), else 8. float: keep float32 values (tiff only). '
                       'Default: auto.')
-    norm.add_argument('--non_finite', default='fail', choices=normalize.NON_FINITE_POLICIES,
+    norm.add_argument('--non_finite', default=DEFAULTS['non_finite'],
+                      choices=normalize.NON_FINITE_POLICIES,
                       type=common.Choice(),
                       help='NaN/Inf: fail sends the image to the dead letter '
                       '(non_finite); clip maps NaN to the low end and +/-Inf to the ends. '
@@ -208,232 +214,18 @@ def help_text() -> str:
           '--direct_num_workers to change that.\n')
 
 
-def mean_std(args) -> Tuple[Optional[Tuple[float, ...]], Optional[Tuple[float, ...]]]:
-  mean_text = args.mean.strip().lower() if args.mean else args.mean
-  std_text = args.std.strip().lower() if args.std else args.std
-  mean = std = None
-  if mean_text and mean_text in normalize.PRESETS:
-    mean, std = normalize.preset(mean_text)
-  elif mean_text:
-    mean = normalize.parse_mean_std(mean_text)
-  if std_text and std_text in normalize.PRESETS:
-    std = normalize.preset(std_text)[1]
-  elif std_text:
-    std = normalize.parse_mean_std(std_text)
-  return mean, std
-
-
-@dataclasses.dataclass
-class Plan:
-  """What the launch settled, for the opening line and the report."""
-  files: int
-  found: schema_lib.Schema
-  config: export.ExportConfig
-  identity: dict
-  mean_frame_bytes: float = 0.0
-
-
-def count_images(plan: Plan) -> Tuple[int, bool]:
-  """(images in the input, whether estimated) for the progress total.
-
-  Local uncompressed files are counted exactly from their frame headers; others are
-  estimated from their size and the sampled records' mean frame size.
-  """
-  config = plan.config
-  counts = [plan.found.images_per_record(image) for image in plan.found.images]
-  fewest, per_record = sum(low for low, _ in counts), sum(high for _, high in counts)
-  estimated = fewest != per_record
-  records = 0.0
-  for item in storage.expand_patterns(config.patterns, config.read.storage_options):
-    exact = read.count_records(item, config.read)
-    if exact is None:
-      estimated = True
-      exact = item.size / max(plan.mean_frame_bytes, 1.0)
-    records += exact
-  return int(round(records * per_record)), estimated
-
-
-def build_config(args, started: float) -> Plan:
-  """Resolves options and the data's schema into an ExportConfig; raises ConfigError."""
-  if not args.input:
-    raise errors.ConfigError('no input given; pass --input PATTERN')
-  if not args.output:
-    raise errors.ConfigError('no output given; pass --output URL')
-  read_config = dataclasses.replace(common.read_config(args),
-                                    split_bytes=max(args.split_size_mb, 1) << 20)
-  patterns = tuple(common.input_patterns(args))
-  spec = common.image_spec(args)
-  records, damage, files = schema_lib.sample_records(patterns, args.sample_records,
-                                                      read_config)
-  if not records:
-    raise errors.ConfigError(
-        f'no intact record could be read from {len(files)} input file(s)' +
-        (f'; first problem: {damage[0]}' if damage else ''))
-  tfds = schema_lib.find_tfds_info(files, read_config.storage_options)
-  label_names = common.load_label_names(args.label_names, read_config.storage_options)
-  decoder = decode.make_decoder(spec)
-  try:
-    found = schema_lib.detect_schema(
-        records, image_key=spec.key, more_image_keys=common.image_keys(args)[1:],
-        label_key=args.label_key, id_key=args.id_key,
-        label_names=label_names, spec=spec, tfds=tfds, files=files, decoder=decoder)
-  finally:
-    decoder.close()
-  if found.image is None:
-    first = found.failures[0] if found.failures else 'no image feature was found'
-    # Only a record with no image to be found calls for --image_key; other reasons
-    # (a wrong --shape, say) carry their own hint.
-    hint = '; pass --image_key' if (
-        f'[{errors.MISSING_FEATURE}]' in first or not found.failures) else ''
-    raise errors.ConfigError(first + hint)
-
-  mean, std = mean_std(args)
-  normalize_spec = normalize.NormalizeSpec(
-      value_range=args.value_range, mean=mean, std=std, channel_order=args.channel_order,
-      bit_depth=args.bit_depth, non_finite=args.non_finite)
-  encode_spec = encode.EncodeSpec(
-      format=args.format, quality=args.quality, png_compression=args.png_compression,
-      png_encoder=args.png_encoder, webp_lossless=args.webp_lossless,
-      jpeg_progressive=args.jpeg_progressive, jpeg_subsampling=args.jpeg_subsampling)
-  given = args.get_all_options(drop_default=True)
-  _check_format_options(args.format, given)
-  for image in found.images:  # validates --bit_depth vs --format
-    normalize.target_bits(image.dtype, args.bit_depth, encode_spec.holds_16bit,
-                          encode_spec.holds_float)
-
-  batched = found.batched
-  several_keys = len(found.images) > 1
-  with_splits = bool(files) and all(schema_lib.split_of(f) for f in files)
-  if args.layout == 'class' and not args.name_template and found.label_key is None:
-    raise errors.ConfigError(
-        '--layout class makes a folder per class, but no label feature was found in '
-        f'the records (they have: {", ".join(sorted(found.features)) or "no features"}); '
-        'pass '
-        '--label_key FEATURE')
-  # Train and test images must not share class folders (ImageFolder would mix them).
-  template = args.name_template or render.default_template(found, args.layout,
-                                                           with_splits)
-  available = set(naming.BUILTIN_FIELDS) | set(found.scalar_keys)
-  if found.id_key is None:
-    available.discard('id')
-  if found.label_key is None:
-    available -= {'label', 'label_name'}
-  if any(schema_lib.split_of(f) is None for f in files):
-    available.discard('split')
-  naming.check_template(template, sorted(available))
-  if batched and 'n' not in naming.template_fields(template):
-    raise errors.ConfigError(
-        f'the records hold batches of images ({found.image.layout}); add {{n}} to '
-        '--name_template so each image of a batch gets its own name')
-  if several_keys and 'key' not in naming.template_fields(template):
-    raise errors.ConfigError(
-        f'{len(found.images)} image keys are written ({", ".join(i.key for i in found.images)}); '
-        'add {key} to --name_template so their images get different names')
-
-  image_specs = [dataclasses.replace(
-      spec, key=image.key, encoding=image.encoding, record=found.record,
-      decode_encoded=image.encoding != 'encoded' or image.format != args.format or
-      args.reencode) for image in found.images]
-  value_range, key_value_ranges = render.value_ranges(normalize_spec, found)
-  render_config = render.RenderConfig(
-      encode=encode_spec, normalize=normalize_spec, value_range=value_range,
-      key_value_ranges=key_value_ranges,
-      name_template=template, id_key=found.id_key, label_key=found.label_key,
-      label_names=tuple(found.label_names) if found.label_names else None,
-      reencode=args.reencode, max_pixels=args.max_pixels)
-  root = sink.OutputRoot(args.output, read_config.storage_options)
-  root.check_writable()
-  used = tuple(sorted((k, v) for k, v in given.items() if k in _REPORTED_OPTIONS))
-  settings = {k: v for k, v in used if k in _IDENTITY_OPTIONS}
-  identity = root_claim.identity(patterns, settings)
-  if args.overwrite:
-    _refuse_inputs_under(root, files)
-  root_claim.check_compatible(root, identity, _claim_mode(args))
-  processed = ()
-  if args.incremental:
-    processed = tuple(incremental.changed_shards(
-        files, incremental.read_state(root), identity['settings'],
-        read_config.storage_options))
-    patterns = tuple(url for url, _ in processed)
-  choices = render.settled_choices(found, render_config, args.layout)
-  config = export.ExportConfig(
-      choices=json.dumps(choices), patterns=patterns, output=args.output, read=read_config,
-      image=image_specs[0], more_images=tuple(image_specs[1:]), render=render_config,
-      skip_existing=args.skip_existing,
-      max_failures=args.max_failures, run_started=started, options_used=used,
-      incremental=args.incremental, processed=processed,
-      settings=tuple(sorted(identity['settings'].items())), overwrite=args.overwrite)
-  mean_frame = sum(len(payload) + 16 for _, payload in records) / len(records)
-  return Plan(files=len(files), found=found, config=config, identity=identity,
-              mean_frame_bytes=mean_frame)
-
-
-# Options that only one format (or two) reads; given with another, they would do nothing.
-_FORMAT_OPTIONS = {
-    'png_compression': ('png',), 'png_encoder': ('png',), 'quality': ('jpeg', 'webp'),
-    'jpeg_progressive': ('jpeg',), 'jpeg_subsampling': ('jpeg',), 'webp_lossless': ('webp',),
-}
-
-
-def _check_format_options(output_format: str, given: dict) -> None:
-  """`given`: the options set away from their defaults."""
-  unused = [name for name, formats in _FORMAT_OPTIONS.items()
-            if name in given and output_format not in formats]
-  if unused:
-    names = ', '.join(f'--{name} (for {"/".join(_FORMAT_OPTIONS[name])})'
-                      for name in unused)
-    raise errors.ConfigError(
-        f'{names} do{"es" if len(unused) == 1 else ""} nothing with --format '
-        f'{output_format}; drop {"it" if len(unused) == 1 else "them"} or change --format')
-
-
-def claim_output(args) -> Optional[root_claim.Claim]:
+def claim_output(request: plan_lib.Request, no_wait: bool) -> Optional[root_claim.Claim]:
   """Checks that --output can be written and takes its lock, before anything is read;
-  None without --output (build_config says what is missing)."""
-  if not args.output:
+  None without --output (plan_export says what is missing)."""
+  if not request.output:
     return None
-  root = sink.OutputRoot(args.output, common.read_config(args).storage_options)
+  root = sink.OutputRoot(request.output, plan_lib.read_config(request).storage_options)
   created = root.local and not os.path.isdir(root.root)
   root.check_writable()
   claim = root_claim.claim(root, lease_seconds=root_claim.NO_WAIT_LEASE_SECONDS
-                           if args.no_wait else root_claim.LEASE_SECONDS)
+                           if no_wait else root_claim.LEASE_SECONDS)
   claim.created_root = created  # a launch that fails leaves no empty folder behind
   return claim
-
-
-def _claim_mode(args) -> str:
-  """How this run may combine with what the root holds (ExportConfig refuses the
-  combinations that contradict each other)."""
-  if args.overwrite:
-    return 'overwrite'
-  return 'incremental' if args.incremental else (
-      'skip_existing' if args.skip_existing else 'plain')
-
-
-def _refuse_inputs_under(root: sink.OutputRoot, files: Sequence[str]) -> None:
-  """--overwrite removes what the manifest does not list: never the inputs."""
-  prefix = root.url_of('')
-  inside = [f for f in files if f.startswith(prefix)]
-  if inside:
-    raise errors.ConfigError(
-        f'--overwrite would remove the inputs under {root.url} ({inside[0]}, ...); choose '
-        'an --output that holds no input')
-
-
-_REPORTED_OPTIONS = (
-    'input', 'output', 'compression', 'image_key', 'label_key', 'id_key', 'label_names',
-    'shape', 'dtype', 'tensor_layout', 'max_pixels', 'decoder_isolation', 'format',
-    'quality', 'png_compression', 'png_encoder', 'webp_lossless', 'jpeg_progressive',
-    'jpeg_subsampling', 'reencode', 'name_template', 'layout', 'skip_existing',
-    'incremental', 'max_failures', 'value_range', 'mean', 'std', 'channel_order',
-    'bit_depth', 'non_finite', 'overwrite')
-# The options that decide which files an export writes and their bytes: two runs that
-# differ in one of these (or in --input) are different exports (transforms/root_claim.py).
-_IDENTITY_OPTIONS = (
-    'compression', 'image_key', 'label_key', 'id_key', 'label_names', 'shape', 'dtype',
-    'tensor_layout', 'max_pixels', 'format', 'quality', 'png_compression', 'png_encoder',
-    'webp_lossless', 'jpeg_progressive', 'jpeg_subsampling', 'reencode', 'name_template',
-    'layout', 'value_range', 'mean', 'std', 'channel_order', 'bit_depth', 'non_finite')
 
 
 def bypass_proxy_for_local_workers() -> None:
@@ -513,7 +305,7 @@ def is_local(pipeline_options: PipelineOptions) -> bool:
       options.get('environment_type') in ('LOOPBACK', 'EXTERNAL')
 
 
-def describe(plan: Plan, runner: str) -> str:
+def describe(plan: plan_lib.Plan, runner: str) -> str:
   """The launch line: what was settled, so a wrong guess shows before any image does."""
   config = plan.config
   choices = json.loads(config.choices)
@@ -573,8 +365,9 @@ def main(argv: Optional[Sequence[str]] = None,
   args = pipeline_options.view_as(ExportOptions)
   claim = None
   try:
-    claim = claim_output(args)
-    plan = build_config(args, started)
+    request = plan_lib.Request.from_options(args)
+    claim = claim_output(request, args.no_wait)
+    plan = plan_lib.plan_export(request, started)
     if claim is not None and not claim.root.local:
       plan.config = dataclasses.replace(plan.config, lock_run_id=claim.run_id)
     claim.start(plan.identity)
@@ -589,7 +382,7 @@ def main(argv: Optional[Sequence[str]] = None,
       claim.release()
 
 
-def _run(plan: Plan, claim: root_claim.Claim, pipeline_options: PipelineOptions, args,
+def _run(plan: plan_lib.Plan, claim: root_claim.Claim, pipeline_options: PipelineOptions, args,
          argv: Sequence[str], pool: Optional[worker_lib.WarmPool]) -> int:
   """Runs the claimed export; every way it can end prints one closing line (with
   --quiet, only when it ends in an error)."""
@@ -613,7 +406,7 @@ def _run(plan: Plan, claim: root_claim.Claim, pipeline_options: PipelineOptions,
     monitor = progress.ProgressMonitor(log_interval=args.progress_interval,
                                        quiet=args.quiet).start()
     if not args.quiet:
-      monitor.count_in_background(lambda: count_images(plan))
+      monitor.count_in_background(lambda: plan_lib.count_images(plan))
     plan.config = dataclasses.replace(plan.config, progress=monitor.address)
   beam_log = BeamLog(claim.run_id)
   try:
@@ -682,7 +475,7 @@ class BeamLog:
     return None
 
 
-def _ended_early(plan: Plan, monitor: Optional[progress.ProgressMonitor], beam_log: BeamLog,
+def _ended_early(plan: plan_lib.Plan, monitor: Optional[progress.ProgressMonitor], beam_log: BeamLog,
                  *, interrupted: Optional[BaseException] = None,
                  failure: Optional[BaseException] = None) -> int:
   """A run stopped by Ctrl-C/SIGTERM or by the runner: one line, a report, an exit code."""

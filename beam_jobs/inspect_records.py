@@ -21,6 +21,7 @@ from transforms import decode
 from transforms import errors
 from transforms import normalize
 from transforms import naming
+from transforms import plan
 from transforms import preview
 from transforms import render
 from transforms import schema as schema_lib
@@ -49,18 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def inspect(args) -> schema_lib.Schema:
   """Samples the inputs and detects their schema (no Beam pipeline)."""
-  config = options.read_config(args)
-  patterns = options.input_patterns(args)
+  request = plan.Request.from_options(args)
+  config = plan.read_config(request)
+  patterns = plan.input_patterns(request)
   records, damage, files = schema_lib.sample_records(patterns, args.limit, config)
-  tfds = schema_lib.find_tfds_info(files, config.storage_options)
-  spec = options.image_spec(args)
+  spec = plan.image_spec(request)
   decoder = decode.make_decoder(spec)
   try:
-    found = schema_lib.detect_schema(
-        records, image_key=spec.key, more_image_keys=options.image_keys(args)[1:],
-        label_key=args.label_key, id_key=args.id_key,
-        label_names=options.load_label_names(args.label_names, config.storage_options),
-        spec=spec, tfds=tfds, files=files, decoder=decoder)
+    found = plan.detect(request, spec, records, files, config, decoder)
     found.failures = damage + found.failures
     if args.contact_sheet:
       write_contact_sheet(args.contact_sheet, records, found, spec,

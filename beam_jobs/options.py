@@ -1,25 +1,20 @@
-"""Command-line options shared by the entry points, and their conversion to configs."""
+"""Command-line options shared by the entry points; `transforms.plan` turns their values into
+configs (and owns their defaults)."""
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import os
 import re
 import sys
 from importlib import metadata
 from typing import Dict, List, Optional, Sequence
 
-import fsspec
-
 from transforms import decode
-from transforms import errors
-from transforms import image_formats
-from transforms import read
-from transforms import storage
 from transforms import tensor_proto
 from transforms import tfrecord
+from transforms.plan import DEFAULT_VALUES as DEFAULTS
 
 
 class Choice:
@@ -114,133 +109,59 @@ def add_input_arguments(parser, required: bool = True) -> None:
       help='TFRecord files: a path, directory, glob or any fsspec URL (gs://, s3://, '
       'memory://). Repeat the flag or separate patterns with commas.')
   group.add_argument(
-      '--compression', default='auto', choices=tfrecord.COMPRESSIONS,
+      '--compression', default=DEFAULTS['compression'], choices=tfrecord.COMPRESSIONS,
       type=Choice(COMPRESSION_ALIASES),
       help='Input compression. auto: from the extension (.gz/.gzip, .zz/.zlib), else '
       'from the file content. Default: auto.')
   group.add_argument(
-      '--max_record_size', type=int, default=tfrecord.DEFAULT_MAX_RECORD_SIZE,
+      '--max_record_size', type=int, default=DEFAULTS['max_record_size'],
       metavar='BYTES',
       help='A record claiming more bytes than this is reported as record_too_large and '
       'never allocated. Default: 268435456 (256 MiB).')
   group.add_argument(
-      '--storage_options', default=None, metavar='JSON',
+      '--storage_options', default=DEFAULTS['storage_options'], metavar='JSON',
       help='fsspec filesystem settings per protocol, e.g. '
       '\'{"s3": {"endpoint_url": "http://127.0.0.1:9000"}}\'. Merged over fsspec\'s own '
       'configuration (FSSPEC_* environment variables, config files).')
   group.add_argument(
-      '--image_key', action='append', default=None, metavar='FEATURE',
+      '--image_key', action='append', default=DEFAULTS['image_key'], metavar='FEATURE',
       help='The feature (or SequenceExample feature list) holding the image. Several '
       '(repeat the flag or separate with commas) write each, named apart by {key}. '
       'Default: detected (an encoded image, a serialized tensor, raw bytes or a numeric '
       'list with a shape).')
   group.add_argument(
-      '--label_key', default=None, metavar='FEATURE',
+      '--label_key', default=DEFAULTS['label_key'], metavar='FEATURE',
       help='The integer class feature. Default: detected (TFDS ClassLabel, "label", ...).')
   group.add_argument(
-      '--id_key', default=None, metavar='FEATURE',
+      '--id_key', default=DEFAULTS['id_key'], metavar='FEATURE',
       help='The feature that identifies a record. Default: detected ("id", "key", '
       '"image/filename", ...).')
   group.add_argument(
-      '--label_names', default=None, metavar='FILE',
+      '--label_names', default=DEFAULTS['label_names'], metavar='FILE',
       help='Class names, one per line, line N naming label N. Default: TFDS '
       '<label>.labels.txt beside the shards, when present.')
   group.add_argument(
-      '--shape', default=None, metavar='H,W[,C]',
+      '--shape', default=DEFAULTS['shape'], metavar='H,W[,C]',
       help='Shape of raw-byte or list images when the records do not say it.')
   group.add_argument(
-      '--dtype', default=None, choices=tensor_proto.DTYPE_NAMES, type=Choice(),
+      '--dtype', default=DEFAULTS['dtype'], choices=tensor_proto.DTYPE_NAMES, type=Choice(),
       help='dtype of raw-byte images when the records do not say it. Default: from a '
       'dtype feature, else uint8 (or by byte count: 2 -> uint16, 4 -> float32).')
   group.add_argument(
-      '--tensor_layout', default='auto', choices=decode.LAYOUTS, type=Choice(),
+      '--tensor_layout', default=DEFAULTS['tensor_layout'],
+      choices=decode.LAYOUTS, type=Choice(),
       help='Axis order of tensors: hwc, chw (NHWC/NCHW for batches), or auto (a trailing '
       'axis of 1-4 is channels, else a leading one). Default: auto.')
   group.add_argument(
-      '--decoder_isolation', default='on', choices=('on', 'off'), type=Choice(),
+      '--decoder_isolation', default=DEFAULTS['decoder_isolation'],
+      choices=('on', 'off'), type=Choice(),
       help='on: encoded images (PNG, JPEG, ...) are decoded in a separate process, so a '
       'decoder crash on a hostile image fails only that image. off: decode in the worker, '
       'about 0.35 ms faster per 224x224 image (docs/reliability.md). Default: on.')
   group.add_argument(
-      '--max_pixels', type=int, default=image_formats.DEFAULT_MAX_PIXELS, metavar='N',
+      '--max_pixels', type=int, default=DEFAULTS['max_pixels'], metavar='N',
       help='Images with more pixels are rejected (too_many_pixels) before they are '
-      f'decoded. Default: {image_formats.DEFAULT_MAX_PIXELS}.')
-
-
-def parse_storage_options(text: Optional[str]) -> Optional[storage.StorageOptions]:
-  if not text:
-    return None
-  try:
-    value = json.loads(text)
-  except ValueError as e:
-    raise errors.ConfigError(f'--storage_options is not valid JSON ({e})') from None
-  known = set(fsspec.available_protocols())
-  if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-    raise errors.ConfigError(
-        '--storage_options must map a protocol to its settings, e.g. '
-        '{"s3": {"endpoint_url": "http://127.0.0.1:9000"}}')
-  unknown = sorted(k for k in value if k not in known)
-  if unknown:
-    raise errors.ConfigError(f'--storage_options names unknown protocols: '
-                             f'{", ".join(unknown)}')
-  return value
-
-
-def parse_shape(text: Optional[str]):
-  if not text:
-    return None
-  try:
-    return tuple(int(v) for v in text.replace('x', ',').split(','))
-  except ValueError:
-    raise errors.ConfigError(f'--shape must be like 224,224,3, got {text!r}') from None
-
-
-def read_config(args) -> read.ReadConfig:
-  return read.ReadConfig(
-      compression=args.compression, max_record_size=args.max_record_size,
-      storage_options=parse_storage_options(args.storage_options))
-
-
-def image_keys(args) -> List[str]:
-  """The --image_key values in order, each once; [] to detect the image."""
-  keys = []
-  for value in args.image_key or ():
-    for key in value.split(','):
-      key = key.strip()
-      if key and key not in keys:
-        keys.append(key)
-  return keys
-
-
-def image_spec(args) -> decode.ImageSpec:
-  """The spec of the first image key (or of a detected one)."""
-  return decode.ImageSpec(
-      key=(image_keys(args) or [None])[0], shape=parse_shape(args.shape), dtype=args.dtype,
-      layout=args.tensor_layout, max_pixels=args.max_pixels,
-      isolate_decoder=args.decoder_isolation == 'on')
-
-
-def input_patterns(args) -> List[str]:
-  return storage.split_patterns(args.input or [])
-
-
-def load_label_names(path: Optional[str],
-                     storage_options: Optional[storage.StorageOptions] = None
-                     ) -> Optional[List[str]]:
-  if not path:
-    return None
-  fs, fs_path = storage.filesystem(path, storage_options)
-  try:
-    with fs.open(fs_path, 'rb') as f:
-      text = f.read().decode('utf-8')
-  except (OSError, UnicodeDecodeError) as e:
-    raise errors.ConfigError(f'--label_names {path!r} cannot be read ({e})') from None
-  names = [line.strip() for line in text.splitlines()]
-  while names and not names[-1]:
-    names.pop()
-  if not names:
-    raise errors.ConfigError(f'--label_names {path!r} is empty')
-  return names
+      f'decoded. Default: {DEFAULTS["max_pixels"]}.')
 
 
 def fail(prog: str, message: str) -> int:

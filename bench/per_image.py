@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import export_images
 from transforms import export
+from transforms import plan as plan_lib
 from transforms import progress
 from transforms import read
 from transforms import storage
@@ -41,8 +42,8 @@ def main(argv=None) -> int:
   os.makedirs(args.output)
   options = PipelineOptions(['--input', ','.join(files), '--output', args.output,
                              '--quiet', *[a for a in export_argv if a != '--']])
-  plan = export_images.build_config(options.view_as(export_images.ExportOptions),
-                                    time.time())
+  request = plan_lib.Request.from_options(options.view_as(export_images.ExportOptions))
+  plan = plan_lib.plan_export(request, time.time())
   config = plan.config
   ranges = [file_range
             for item in storage.expand_patterns(config.patterns, config.read.storage_options)

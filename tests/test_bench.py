@@ -39,7 +39,7 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
   assert 'bench: wrote' not in result.stdout
 
 
-def test_per_image_harness_runs_the_export_fn_and_writes_every_image(tmp_path):
+def test_per_image_harness_runs_export_range_and_writes_every_image(tmp_path):
   from tests import fixtures
   import numpy as np
   payloads = [fixtures.example({
@@ -53,4 +53,5 @@ def test_per_image_harness_runs_the_export_fn_and_writes_every_image(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.startswith('12 images from 1 ranges of 1 files: ')
-  assert '_map_range_to_uint8' in result.stdout  # the profile covers the export's code
+  # The profile covers the export's own code, not only the harness around it.
+  assert 'function calls' in result.stdout and 'transforms/' in result.stdout

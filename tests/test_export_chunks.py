@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs import export_images
 from tests import fixtures
 from transforms import errors
+from transforms import plan as plan_lib
 from transforms import export
 from transforms import ptransforms
 from transforms import tfrecord
@@ -70,7 +71,8 @@ def _export(*args):
   counters, summed over steps."""
   options = PipelineOptions([*args, '--id_key', 'id', '--name_template', '{id}.{ext}',
                              '--max_failures', '100', '--runner', 'FnApiRunner'])
-  plan = export_images.build_config(options.view_as(export_images.ExportOptions), 0.0)
+  plan = plan_lib.plan_export(
+      plan_lib.Request.from_options(options.view_as(export_images.ExportOptions)), 0.0)
   pipeline = beam.Pipeline(options=options)
   _ = pipeline | ptransforms.ExportImages(plan.config)
   result = pipeline.run()

@@ -15,6 +15,7 @@ import apache_beam as beam
 from beam_jobs import export_images
 from tests import fixtures
 from transforms import errors
+from transforms import plan as plan_lib
 from transforms import ptransforms
 from transforms import protos
 from transforms import tfrecord
@@ -112,7 +113,8 @@ def test_every_reason_code_with_counters_and_accounting(bad_inputs):
   argv = ['--input', cases, '--input', framing, '--input', gone, '--output', out, *ARGS,
           '--runner', 'FnApiRunner']
   options = PipelineOptions(argv)
-  plan = export_images.build_config(options.view_as(export_images.ExportOptions), 0.0)
+  plan = plan_lib.plan_export(
+      plan_lib.Request.from_options(options.view_as(export_images.ExportOptions)), 0.0)
   pipeline = beam.Pipeline(options=options)
   _ = pipeline | ptransforms.ExportImages(plan.config)
   result = pipeline.run()

@@ -1,0 +1,408 @@
+"""Planning an export, Beam-free: what the user asked for plus a sample of the records
+become the job's ExportConfig.
+
+`Request` holds the export's options as values (the command line's flags, by the same
+names and with the same defaults: it owns them). `plan_export` samples the first records,
+settles the schema (keys, value range, names) so that mistakes fail before any worker
+starts, checks the output root, and returns a `Plan`, whose `config` is what
+`ptransforms.ExportImages` runs. `beam_jobs/export_images.py` only parses, launches and
+reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import fsspec
+
+from transforms import decode
+from transforms import encode
+from transforms import errors
+from transforms import export
+from transforms import image_formats
+from transforms import incremental
+from transforms import naming
+from transforms import normalize
+from transforms import read
+from transforms import render
+from transforms import root_claim
+from transforms import schema as schema_lib
+from transforms import sink
+from transforms import storage
+from transforms import tfrecord
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """An export as asked for: each field is the `unrecord export` option of that name,
+  with its default. Text values are as typed (`shape='224,224,3'`, `mean='imagenet'`)."""
+  # Input: where the records are and how to find the image in them.
+  input: Optional[Tuple[str, ...]] = None
+  compression: str = 'auto'
+  max_record_size: int = tfrecord.DEFAULT_MAX_RECORD_SIZE
+  storage_options: Optional[str] = None  # JSON text
+  image_key: Optional[Tuple[str, ...]] = None
+  label_key: Optional[str] = None
+  id_key: Optional[str] = None
+  label_names: Optional[str] = None  # a file, one name per line
+  shape: Optional[str] = None
+  dtype: Optional[str] = None
+  tensor_layout: str = 'auto'
+  decoder_isolation: str = 'on'
+  max_pixels: int = image_formats.DEFAULT_MAX_PIXELS
+  # Output.
+  output: Optional[str] = None
+  format: str = 'png'
+  quality: int = 95
+  png_compression: Optional[int] = None
+  png_encoder: str = 'auto'
+  webp_lossless: bool = False
+  jpeg_progressive: bool = False
+  jpeg_subsampling: str = 'auto'
+  reencode: bool = False
+  name_template: Optional[str] = None
+  layout: str = 'flat'
+  skip_existing: bool = False
+  incremental: bool = False
+  overwrite: bool = False
+  max_failures: int = 0
+  sample_records: int = 64
+  split_size_mb: int = 64
+  # Normalization.
+  value_range: str = 'auto'
+  mean: Optional[str] = None
+  std: Optional[str] = None
+  channel_order: str = 'rgb'
+  bit_depth: str = 'auto'
+  non_finite: str = 'fail'
+
+  @classmethod
+  def from_options(cls, options) -> 'Request':
+    """The request an argparse namespace (or Beam options view) holds; options it lacks
+    keep their defaults, and lists become tuples."""
+    values = {}
+    for field in dataclasses.fields(cls):
+      value = getattr(options, field.name, DEFAULT_VALUES[field.name])
+      values[field.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+  def given(self) -> Dict[str, object]:
+    """The options set away from their defaults, as JSON values."""
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in dataclasses.asdict(self).items()
+            if value != DEFAULT_VALUES[name]}
+
+
+DEFAULT_VALUES = {field.name: field.default for field in dataclasses.fields(Request)}
+# The options a report lists, and of those, the ones that decide which files an export
+# writes and their bytes: two runs that differ in one of these (or in --input) are
+# different exports (transforms/root_claim.py).
+REPORTED_OPTIONS = (
+    'input', 'output', 'compression', 'image_key', 'label_key', 'id_key', 'label_names',
+    'shape', 'dtype', 'tensor_layout', 'max_pixels', 'decoder_isolation', 'format',
+    'quality', 'png_compression', 'png_encoder', 'webp_lossless', 'jpeg_progressive',
+    'jpeg_subsampling', 'reencode', 'name_template', 'layout', 'skip_existing',
+    'incremental', 'max_failures', 'value_range', 'mean', 'std', 'channel_order',
+    'bit_depth', 'non_finite', 'overwrite')
+IDENTITY_OPTIONS = (
+    'compression', 'image_key', 'label_key', 'id_key', 'label_names', 'shape', 'dtype',
+    'tensor_layout', 'max_pixels', 'format', 'quality', 'png_compression', 'png_encoder',
+    'webp_lossless', 'jpeg_progressive', 'jpeg_subsampling', 'reencode', 'name_template',
+    'layout', 'value_range', 'mean', 'std', 'channel_order', 'bit_depth', 'non_finite')
+# Options that only one format (or two) reads; given with another, they would do nothing.
+FORMAT_OPTIONS = {
+    'png_compression': ('png',), 'png_encoder': ('png',), 'quality': ('jpeg', 'webp'),
+    'jpeg_progressive': ('jpeg',), 'jpeg_subsampling': ('jpeg',), 'webp_lossless': ('webp',),
+}
+
+
+# -- the input options, as configs (the export and `unrecord inspect`) -----------------
+
+def parse_storage_options(text: Optional[str]) -> Optional[storage.StorageOptions]:
+  if not text:
+    return None
+  try:
+    value = json.loads(text)
+  except ValueError as e:
+    raise errors.ConfigError(f'--storage_options is not valid JSON ({e})') from None
+  known = set(fsspec.available_protocols())
+  if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+    raise errors.ConfigError(
+        '--storage_options must map a protocol to its settings, e.g. '
+        '{"s3": {"endpoint_url": "http://127.0.0.1:9000"}}')
+  unknown = sorted(k for k in value if k not in known)
+  if unknown:
+    raise errors.ConfigError(f'--storage_options names unknown protocols: '
+                             f'{", ".join(unknown)}')
+  return value
+
+
+def parse_shape(text: Optional[str]):
+  if not text:
+    return None
+  try:
+    return tuple(int(v) for v in text.replace('x', ',').split(','))
+  except ValueError:
+    raise errors.ConfigError(f'--shape must be like 224,224,3, got {text!r}') from None
+
+
+def read_config(request: Request) -> read.ReadConfig:
+  return read.ReadConfig(
+      compression=request.compression, max_record_size=request.max_record_size,
+      split_bytes=max(request.split_size_mb, 1) << 20,
+      storage_options=parse_storage_options(request.storage_options))
+
+
+def image_keys(request: Request) -> List[str]:
+  """The --image_key values in order, each once; [] to detect the image."""
+  keys = []
+  for value in request.image_key or ():
+    for key in value.split(','):
+      key = key.strip()
+      if key and key not in keys:
+        keys.append(key)
+  return keys
+
+
+def image_spec(request: Request) -> decode.ImageSpec:
+  """The spec of the first image key (or of a detected one)."""
+  return decode.ImageSpec(
+      key=(image_keys(request) or [None])[0], shape=parse_shape(request.shape),
+      dtype=request.dtype, layout=request.tensor_layout, max_pixels=request.max_pixels,
+      isolate_decoder=request.decoder_isolation == 'on')
+
+
+def input_patterns(request: Request) -> List[str]:
+  return storage.split_patterns(request.input or [])
+
+
+def load_label_names(path: Optional[str],
+                     storage_options: Optional[storage.StorageOptions] = None
+                     ) -> Optional[List[str]]:
+  if not path:
+    return None
+  fs, fs_path = storage.filesystem(path, storage_options)
+  try:
+    with fs.open(fs_path, 'rb') as f:
+      text = f.read().decode('utf-8')
+  except (OSError, UnicodeDecodeError) as e:
+    raise errors.ConfigError(f'--label_names {path!r} cannot be read ({e})') from None
+  names = [line.strip() for line in text.splitlines()]
+  while names and not names[-1]:
+    names.pop()
+  if not names:
+    raise errors.ConfigError(f'--label_names {path!r} is empty')
+  return names
+
+
+def mean_std(request: Request
+             ) -> Tuple[Optional[Tuple[float, ...]], Optional[Tuple[float, ...]]]:
+  """--mean/--std as numbers: a preset name sets both, or each is a list of numbers."""
+  mean_text = request.mean.strip().lower() if request.mean else request.mean
+  std_text = request.std.strip().lower() if request.std else request.std
+  mean = std = None
+  if mean_text and mean_text in normalize.PRESETS:
+    mean, std = normalize.preset(mean_text)
+  elif mean_text:
+    mean = normalize.parse_mean_std(mean_text)
+  if std_text and std_text in normalize.PRESETS:
+    std = normalize.preset(std_text)[1]
+  elif std_text:
+    std = normalize.parse_mean_std(std_text)
+  return mean, std
+
+
+# -- the plan ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Plan:
+  """What the launch settled, for the opening line and the report."""
+  files: int
+  found: schema_lib.Schema
+  config: export.ExportConfig
+  identity: dict
+  mean_frame_bytes: float = 0.0
+
+
+def plan_export(request: Request, started: float) -> Plan:
+  """Resolves `request` and the data's schema into an ExportConfig; raises ConfigError.
+
+  Reads the first records of the inputs and the output root's state; writes nothing.
+  """
+  if not request.input:
+    raise errors.ConfigError('no input given; pass --input PATTERN')
+  if not request.output:
+    raise errors.ConfigError('no output given; pass --output URL')
+  read_settings = read_config(request)
+  patterns = tuple(input_patterns(request))
+  spec = image_spec(request)
+  records, damage, files = schema_lib.sample_records(patterns, request.sample_records,
+                                                      read_settings)
+  if not records:
+    raise errors.ConfigError(
+        f'no intact record could be read from {len(files)} input file(s)' +
+        (f'; first problem: {damage[0]}' if damage else ''))
+  decoder = decode.make_decoder(spec)
+  try:
+    found = detect(request, spec, records, files, read_settings, decoder)
+  finally:
+    decoder.close()
+  if found.image is None:
+    first = found.failures[0] if found.failures else 'no image feature was found'
+    # Only a record with no image to be found calls for --image_key; other reasons
+    # (a wrong --shape, say) carry their own hint.
+    hint = '; pass --image_key' if (
+        f'[{errors.MISSING_FEATURE}]' in first or not found.failures) else ''
+    raise errors.ConfigError(first + hint)
+
+  mean, std = mean_std(request)
+  normalize_spec = normalize.NormalizeSpec(
+      value_range=request.value_range, mean=mean, std=std,
+      channel_order=request.channel_order, bit_depth=request.bit_depth,
+      non_finite=request.non_finite)
+  encode_spec = encode.EncodeSpec(
+      format=request.format, quality=request.quality,
+      png_compression=request.png_compression, png_encoder=request.png_encoder,
+      webp_lossless=request.webp_lossless, jpeg_progressive=request.jpeg_progressive,
+      jpeg_subsampling=request.jpeg_subsampling)
+  given = request.given()
+  check_format_options(request.format, given)
+  for image in found.images:  # validates --bit_depth vs --format
+    normalize.target_bits(image.dtype, request.bit_depth, encode_spec.holds_16bit,
+                          encode_spec.holds_float)
+  template = _template(request, found, files)
+
+  image_specs = [dataclasses.replace(
+      spec, key=image.key, encoding=image.encoding, record=found.record,
+      decode_encoded=image.encoding != 'encoded' or image.format != request.format or
+      request.reencode) for image in found.images]
+  value_range, key_value_ranges = render.value_ranges(normalize_spec, found)
+  render_config = render.RenderConfig(
+      encode=encode_spec, normalize=normalize_spec, value_range=value_range,
+      key_value_ranges=key_value_ranges,
+      name_template=template, id_key=found.id_key, label_key=found.label_key,
+      label_names=tuple(found.label_names) if found.label_names else None,
+      reencode=request.reencode, max_pixels=request.max_pixels)
+  root = sink.OutputRoot(request.output, read_settings.storage_options)
+  root.check_writable()
+  used = tuple(sorted((k, v) for k, v in given.items() if k in REPORTED_OPTIONS))
+  settings = {k: v for k, v in used if k in IDENTITY_OPTIONS}
+  identity = root_claim.identity(patterns, settings)
+  if request.overwrite:
+    _refuse_inputs_under(root, files)
+  root_claim.check_compatible(root, identity, claim_mode(request))
+  processed = ()
+  if request.incremental:
+    processed = tuple(incremental.changed_shards(
+        files, incremental.read_state(root), identity['settings'],
+        read_settings.storage_options))
+    patterns = tuple(url for url, _ in processed)
+  choices = render.settled_choices(found, render_config, request.layout)
+  config = export.ExportConfig(
+      choices=json.dumps(choices), patterns=patterns, output=request.output,
+      read=read_settings, image=image_specs[0], more_images=tuple(image_specs[1:]),
+      render=render_config, skip_existing=request.skip_existing,
+      max_failures=request.max_failures, run_started=started, options_used=used,
+      incremental=request.incremental, processed=processed,
+      settings=tuple(sorted(identity['settings'].items())), overwrite=request.overwrite)
+  mean_frame = sum(len(payload) + 16 for _, payload in records) / len(records)
+  return Plan(files=len(files), found=found, config=config, identity=identity,
+              mean_frame_bytes=mean_frame)
+
+
+def detect(request: Request, spec: decode.ImageSpec, records: Sequence[tfrecord.Record],
+           files: Sequence[str], read_settings: read.ReadConfig,
+           decoder: decode.Decoder) -> schema_lib.Schema:
+  """The schema the sampled records show, with the keys and label names `request`
+  names (`found.image` is None when no image was found; `found.failures` says why)."""
+  return schema_lib.detect_schema(
+      records, image_key=spec.key, more_image_keys=image_keys(request)[1:],
+      label_key=request.label_key, id_key=request.id_key,
+      label_names=load_label_names(request.label_names, read_settings.storage_options),
+      spec=spec, tfds=schema_lib.find_tfds_info(files, read_settings.storage_options),
+      files=files, decoder=decoder)
+
+
+def _template(request: Request, found: schema_lib.Schema, files: Sequence[str]) -> str:
+  """The name template: --name_template, else the layout's default; checked against
+  the fields the records have."""
+  with_splits = bool(files) and all(schema_lib.split_of(f) for f in files)
+  if request.layout == 'class' and not request.name_template and found.label_key is None:
+    raise errors.ConfigError(
+        '--layout class makes a folder per class, but no label feature was found in '
+        f'the records (they have: {", ".join(sorted(found.features)) or "no features"}); '
+        'pass --label_key FEATURE')
+  # Train and test images must not share class folders (ImageFolder would mix them).
+  template = request.name_template or render.default_template(found, request.layout,
+                                                              with_splits)
+  available = set(naming.BUILTIN_FIELDS) | set(found.scalar_keys)
+  if found.id_key is None:
+    available.discard('id')
+  if found.label_key is None:
+    available -= {'label', 'label_name'}
+  if any(schema_lib.split_of(f) is None for f in files):
+    available.discard('split')
+  naming.check_template(template, sorted(available))
+  if found.batched and 'n' not in naming.template_fields(template):
+    raise errors.ConfigError(
+        f'the records hold batches of images ({found.image.layout}); add {{n}} to '
+        '--name_template so each image of a batch gets its own name')
+  if len(found.images) > 1 and 'key' not in naming.template_fields(template):
+    raise errors.ConfigError(
+        f'{len(found.images)} image keys are written '
+        f'({", ".join(i.key for i in found.images)}); '
+        'add {key} to --name_template so their images get different names')
+  return template
+
+
+def check_format_options(output_format: str, given: Dict[str, object]) -> None:
+  """`given`: the options set away from their defaults."""
+  unused = [name for name, formats in FORMAT_OPTIONS.items()
+            if name in given and output_format not in formats]
+  if unused:
+    names = ', '.join(f'--{name} (for {"/".join(FORMAT_OPTIONS[name])})'
+                      for name in unused)
+    raise errors.ConfigError(
+        f'{names} do{"es" if len(unused) == 1 else ""} nothing with --format '
+        f'{output_format}; drop {"it" if len(unused) == 1 else "them"} or change --format')
+
+
+def claim_mode(request: Request) -> str:
+  """How this run may combine with what the root holds (ExportConfig refuses the
+  combinations that contradict each other)."""
+  if request.overwrite:
+    return 'overwrite'
+  return 'incremental' if request.incremental else (
+      'skip_existing' if request.skip_existing else 'plain')
+
+
+def _refuse_inputs_under(root: sink.OutputRoot, files: Sequence[str]) -> None:
+  """--overwrite removes what the manifest does not list: never the inputs."""
+  prefix = root.url_of('')
+  inside = [f for f in files if f.startswith(prefix)]
+  if inside:
+    raise errors.ConfigError(
+        f'--overwrite would remove the inputs under {root.url} ({inside[0]}, ...); choose '
+        'an --output that holds no input')
+
+
+def count_images(plan: Plan) -> Tuple[int, bool]:
+  """(images in the input, whether estimated) for the progress total.
+
+  Local uncompressed files are counted exactly from their frame headers; others are
+  estimated from their size and the sampled records' mean frame size.
+  """
+  config = plan.config
+  counts = [plan.found.images_per_record(image) for image in plan.found.images]
+  fewest, per_record = sum(low for low, _ in counts), sum(high for _, high in counts)
+  estimated = fewest != per_record
+  records = 0.0
+  for item in storage.expand_patterns(config.patterns, config.read.storage_options):
+    exact = read.count_records(item, config.read)
+    if exact is None:
+      estimated = True
+      exact = item.size / max(plan.mean_frame_bytes, 1.0)
+    records += exact
+  return int(round(records * per_record)), estimated
