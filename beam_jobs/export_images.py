@@ -219,13 +219,10 @@ def claim_output(request: plan_lib.Request, no_wait: bool) -> Optional[root_clai
   None without --output (plan_export says what is missing)."""
   if not request.output:
     return None
-  root = sink.OutputRoot(request.output, plan_lib.read_config(request).storage_options)
-  created = root.local and not os.path.isdir(root.root)
-  root.check_writable()
-  claim = root_claim.claim(root, lease_seconds=root_claim.NO_WAIT_LEASE_SECONDS
-                           if no_wait else root_claim.LEASE_SECONDS)
-  claim.created_root = created  # a launch that fails leaves no empty folder behind
-  return claim
+  return root_claim.claim_root(
+      request.output, plan_lib.read_config(request).storage_options,
+      lease_seconds=root_claim.NO_WAIT_LEASE_SECONDS if no_wait else
+      root_claim.LEASE_SECONDS)
 
 
 def bypass_proxy_for_local_workers() -> None:
@@ -363,7 +360,7 @@ def main(argv: Optional[Sequence[str]] = None,
     return common.fail(PROG, '; '.join(unknown))
   pipeline_options = PipelineOptions(argv)
   args = pipeline_options.view_as(ExportOptions)
-  claim = None
+  claim, status = None, None
   try:
     request = plan_lib.Request.from_options(args)
     claim = claim_output(request, args.no_wait)
@@ -371,19 +368,26 @@ def main(argv: Optional[Sequence[str]] = None,
     if claim is not None and not claim.root.local:
       plan.config = dataclasses.replace(plan.config, lock_run_id=claim.run_id)
     claim.start(plan.identity)
-    return _run(plan, claim, pipeline_options, args, argv, pool)
+    status = _run(plan, claim, pipeline_options, args, argv, pool)
   except errors.ConfigError as e:
-    return common.fail(PROG, str(e))
+    status = common.fail(PROG, str(e))
   except errors.StorageFault as e:
     print(f'{PROG}: error: {e.message}', file=sys.stderr)
-    return 3
+    status = 3
   finally:
     if claim is not None:
-      claim.release()
+      # After a storage fault (3) the store may not answer: the launcher waits a few
+      # seconds, not the client's whole retry budget, for its lease to be removed.
+      claim.release(wait=RELEASE_WAIT_SECONDS if status == 3 else None)
+  return status
 
 
-def _run(plan: plan_lib.Plan, claim: root_claim.Claim, pipeline_options: PipelineOptions, args,
-         argv: Sequence[str], pool: Optional[worker_lib.WarmPool]) -> int:
+# How long a failed run waits for an object store to take its lease back.
+RELEASE_WAIT_SECONDS = 10.0
+
+
+def _run(plan: plan_lib.Plan, claim: root_claim.Claim, pipeline_options: PipelineOptions,
+         args, argv: Sequence[str], pool: Optional[worker_lib.WarmPool]) -> int:
   """Runs the claimed export; every way it can end prints one closing line (with
   --quiet, only when it ends in an error)."""
   say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
@@ -475,8 +479,8 @@ class BeamLog:
     return None
 
 
-def _ended_early(plan: plan_lib.Plan, monitor: Optional[progress.ProgressMonitor], beam_log: BeamLog,
-                 *, interrupted: Optional[BaseException] = None,
+def _ended_early(plan: plan_lib.Plan, monitor: Optional[progress.ProgressMonitor],
+                 beam_log: BeamLog, *, interrupted: Optional[BaseException] = None,
                  failure: Optional[BaseException] = None) -> int:
   """A run stopped by Ctrl-C/SIGTERM or by the runner: one line, a report, an exit code."""
   counts = monitor.totals() if monitor is not None else None
@@ -486,17 +490,25 @@ def _ended_early(plan: plan_lib.Plan, monitor: Optional[progress.ProgressMonitor
     code = 143 if isinstance(interrupted, Terminated) else 130
   else:
     text = ''.join(traceback.format_exception(failure))
-    cause = errors.StorageFault.cause_in(text) or f'the pipeline failed: {_last_line(text)}'
+    storage_cause = errors.StorageFault.cause_in(text)
+    cause = storage_cause or f'the pipeline failed: {_last_line(text)}'
     code = 3
   logging.getLogger(__name__).debug('run ended early', exc_info=failure)
   log_path = beam_log.close(keep=failure is not None)
-  wrote_report = export.write_failure_report(plan.config, cause, counts)
+  # An object store that just failed after its client's whole retry budget would take
+  # that budget again for each file of a report saying so: no report is tried there.
+  unreachable = (interrupted is None and storage_cause is not None and
+                 '://' in plan.config.output and not plan.config.output.startswith('file://'))
+  wrote_report = (not unreachable and
+                  export.write_failure_report(plan.config, cause, counts))
   so_far = (f'at least {counts["written"]} image(s) written' if counts is not None else
             'what was written is on the runner')
   line = f'{PROG}: error: {cause}; {so_far}; no _SUCCESS'
   if '--skip_existing' not in cause:
     line += '; run the same command with --skip_existing to finish'
-  if not wrote_report:
+  if unreachable:
+    line += f'; {export.REPORT} was not written (the output storage failed)'
+  elif not wrote_report:
     line += f'; {export.REPORT} could not be written either'
   if log_path:
     line += f"; Beam's log: {log_path}"

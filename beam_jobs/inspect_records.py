@@ -75,7 +75,7 @@ def export_defaults(found: schema_lib.Schema) -> Optional[dict]:
   value_range, key_value_ranges = render.value_ranges(normalize.NormalizeSpec(), found)
   config = render.RenderConfig(
       value_range=value_range, key_value_ranges=key_value_ranges,
-      name_template=render.default_template(found), label_key=found.label_key,
+      name_template=naming.default_template(found), label_key=found.label_key,
       id_key=found.id_key,
       label_names=tuple(found.label_names) if found.label_names else None)
   return render.settled_choices(found, config)

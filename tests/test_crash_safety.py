@@ -166,7 +166,7 @@ def test_a_failed_write_raises_a_write_error_and_leaves_no_temp_file(tmp_path):
 
   try:
     root.write('taken', b'new bytes')
-  except errors.DecodeError as e:
+  except errors.WriteError as e:
     assert e.reason == errors.WRITE_ERROR
     assert 'taken' in str(e)
   else:

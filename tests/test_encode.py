@@ -123,7 +123,7 @@ def test_channel_fitting_for_formats_without_alpha_and_two_channels():
 
 
 def test_formats_that_cannot_hold_the_pixels_say_so():
-  with pytest.raises(errors.DecodeError) as info:
+  with pytest.raises(errors.EncodeError) as info:
     encode.encode(fixtures.photo_16bit(), encode.EncodeSpec('jpeg'))
   assert info.value.reason == 'encode_error'
   with pytest.raises(errors.ConfigError):

@@ -1,4 +1,4 @@
-"""Names and the whole record -> file bytes path, pixel-exact over dtypes and layouts."""
+"""The whole record -> file bytes path, pixel-exact over dtypes and layouts."""
 
 import io
 
@@ -11,89 +11,12 @@ from tests import fixtures
 from transforms import decode
 from transforms import encode
 from transforms import errors
-from transforms import naming
 from transforms import normalize
 from transforms import render
 from transforms import schema
 from transforms.tfrecord import RecordRef
 
 REF = RecordRef('/data/train-00001-of-00004.tfrecord', 12, 3400)
-
-
-# ---------------------------------------------------------------------------------------
-# Naming
-
-
-def _values(**extra):
-  values = naming.name_values(
-      index=12, n=0, stem='train-00001-of-00004', ext='png',
-      features={'image/filename': 'cat 1.jpg', 'label': 2, 'id': 'a-7'}, id_key='id',
-      label_key='label', label_names=['bird', 'cat', 'dog'], split='train')
-  values.update(extra)
-  return values
-
-
-@pytest.mark.parametrize('template,expected', [
-    (naming.DEFAULT_TEMPLATE, 'train-00001-of-00004-000012.png'),
-    (naming.CLASS_TEMPLATE, 'dog/train-00001-of-00004-000012.png'),
-    ('{split}/{label}/{id}.{ext}', 'train/2/a-7.png'),
-    ('{image/filename}.{ext}', 'cat 1.jpg.png'),
-    ('{index:08d}-{n:02d}.{ext}', '00000012-00.png'),
-])
-def test_templates_render(template, expected):
-  assert naming.NameTemplate(template).render(_values()) == expected
-
-
-def test_unknown_template_field_lists_the_available_ones():
-  with pytest.raises(errors.ConfigError) as info:
-    naming.check_template('{labl}/{index}.{ext}', ['index', 'ext', 'label'])
-  assert '{labl}' in str(info.value) and '{ext}, {index}, {label}' in str(info.value)
-
-
-@pytest.mark.parametrize('hostile', ['../../x', '/etc/x', 'a/../../b', 'C:\\x', '\\\\srv\\x',
-                                     '..', '.', 'a\x00b', 'a\r\nb', 'x' * 2000,
-                                     '\uff0e\uff0e\uff0fetc', 'a\u2215b'])
-def test_hostile_values_stay_one_safe_segment(hostile):
-  name = naming.NameTemplate('{id}.{ext}').render(_values(id=hostile))
-  assert '/' not in name and '\\' not in name and '\x00' not in name
-  assert '\r' not in name and '\n' not in name
-  assert not name.startswith('.')
-  assert len(name.encode()) <= naming.MAX_SEGMENT_BYTES
-
-
-def test_long_values_keep_distinct_names():
-  first = naming.safe_value('x' * 2000 + 'a')
-  second = naming.safe_value('x' * 2000 + 'b')
-  assert first != second and len(first.encode()) <= naming.MAX_VALUE_BYTES
-
-
-@pytest.mark.parametrize('name, problem', [
-    ('', 'empty, absolute'), ('/x.png', 'empty, absolute'), ('a\\b.png', 'backslash'),
-    ('a\x00b.png', 'NUL'), ('a//b.png', '"." or ".."'), ('a/./b.png', '"." or ".."'),
-    ('../b.png', '"." or ".."'), ('a/', '"." or ".."'),
-    ('a/' + 'x' * 241, 'segment is longer'), ('\u00e9' * 121, 'segment is longer'),
-    ('/'.join(['x' * 200] * 5) + '/y', 'longer than 1000'),
-    ('_manifest.jsonl', "unrecord's own"), ('_unrecord_x/a.png', "unrecord's own"),
-])
-def test_unsafe_output_paths_are_refused_with_the_reason(name, problem):
-  with pytest.raises(errors.DecodeError) as info:
-    naming.check_relative_path(name)
-  assert info.value.reason == 'unsafe_name' and problem in str(info.value)
-
-
-@pytest.mark.parametrize('name', ['a.png', 'x' * 240, '\u00e9' * 120 + '/' + 'x' * 240,
-                                  '/'.join(['x' * 240] * 4) + '/' + 'y' * 35,
-                                  'sub/_manifest.jsonl', 'a.b/.c.png'])
-def test_safe_output_paths_pass_unchanged(name):
-  assert naming.check_relative_path(name) == name
-
-
-def test_template_that_escapes_or_takes_a_reserved_name_is_rejected():
-  with pytest.raises(errors.ConfigError):
-    naming.check_template('../{index}.{ext}', ['index', 'ext'])
-  with pytest.raises(errors.DecodeError) as info:
-    naming.NameTemplate('_manifest.jsonl').render(_values())
-  assert info.value.reason == 'unsafe_name'
 
 
 # ---------------------------------------------------------------------------------------
@@ -230,17 +153,3 @@ def test_bgr_tensor_is_written_with_the_colours_it_meant():
     (got,) = _export(_tensor_record(np.ascontiguousarray(bgr)), fmt,
                      normalize=normalize.NormalizeSpec(channel_order='bgr'))
     assert np.array_equal(got, rgb), fmt
-
-
-@pytest.mark.parametrize('url, stem', [
-    ('gs://b/data/train.tfrecord.gz', 'train'),
-    ('mnist-train.tfrecord-00001-of-00004', 'mnist-train-00001'),
-    ('/d/train.tfrecord-00001-of-00004', 'train-00001'),
-    ('/d/train.tfrecord-00002-of-00004.gz', 'train-00002'),
-    ('part-00003.tfrecords', 'part-00003'),
-    ('shard.tfrecord.7', 'shard-7'),
-    ('images.2024-01-01.rec', 'images.2024-01-01'),
-    ('train-00000-of-00002', 'train-00000-of-00002'),
-])
-def test_stem_keeps_what_tells_shards_apart(url, stem):
-  assert schema.stem_of(url) == stem

@@ -506,6 +506,8 @@ def test_an_object_store_gone_for_good_ends_with_one_line(tmp_path):
   assert job.returncode == 3
   line = _one_line_error(stderr)
   assert 'cannot write s3://gone/images/' in line and 'reachable' in line
+  # A report is not tried on the store that just failed after all its retries.
+  assert '_report.json was not written (the output storage failed)' in line
 
 
 # -- 10. Ctrl-C ---------------------------------------------------------------------------

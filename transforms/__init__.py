@@ -1,6 +1,48 @@
-"""unrecord's library: pure modules for TFRecords and images, and Beam transforms over them.
+"""unrecord's library: what a pipeline composes to turn TFRecords of images into files.
 
-Pure modules (no Beam): errors, tfrecord, protos, tensor_proto, example, image_formats,
-decode, schema, normalize, encode, naming, render, sink, storage, manifest, preview.
-Beam transforms: read (PlanRanges, ReadImageRecords, DecodeImages), export (ExportImages).
+    import transforms as unrecord
+
+    with unrecord.claim_root(request.output) as claim:
+      plan = unrecord.plan_export(request)   # request = unrecord.Request(input=..., ...)
+      claim.start(plan.identity)
+      with beam.Pipeline() as p:
+        p | unrecord.ExportImages(plan.config)
+
+Names are imported when first used, so `import transforms` (or any Beam-free module of
+it: tfrecord, decode, normalize, encode, ...) never imports Beam; only `ptransforms`
+does. docs/architecture.md shows which module owns what.
 """
+
+import importlib
+
+_EXPORTS = {
+    # Planning: options plus a sample of the records -> the job's config.
+    'Request': 'plan', 'Plan': 'plan', 'plan_export': 'plan',
+    'ExportConfig': 'export', 'ReadConfig': 'read', 'ImageSpec': 'decode',
+    'claim_root': 'root_claim',
+    # Beam transforms.
+    'ExportImages': 'ptransforms', 'PlanRanges': 'ptransforms',
+    'ReadImageRecords': 'ptransforms', 'DecodeImages': 'ptransforms',
+    # The same work without Beam.
+    'export_range': 'export', 'RangeWorker': 'export', 'read_range': 'read',
+    'plan_file': 'read', 'read_all': 'read', 'decode_record': 'decode',
+    'DecodedImage': 'decode', 'FileRange': 'tfrecord', 'RecordRef': 'tfrecord',
+    # Errors and dead-letter rows.
+    'UnrecordError': 'errors', 'ConfigError': 'errors', 'CorruptRecordError': 'errors',
+    'DecodeError': 'errors', 'EncodeError': 'errors', 'NamingError': 'errors',
+    'StorageFault': 'errors', 'RootBusyError': 'errors', 'Failure': 'errors',
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  module = _EXPORTS.get(name)
+  if module is None:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  value = getattr(importlib.import_module(f'{__name__}.{module}'), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))

@@ -120,13 +120,13 @@ def fit_channels(pixels: np.ndarray, spec: EncodeSpec) -> np.ndarray:
 
 
 def encode(pixels: np.ndarray, spec: EncodeSpec) -> bytes:
-  """Encodes HxW or HxWxC RGB(A) pixels; raises DecodeError(encode_error) on failure."""
+  """Encodes HxW or HxWxC RGB(A) pixels; raises EncodeError(encode_error) on failure."""
   pixels = fit_channels(pixels, spec)
   if pixels.dtype == np.uint16 and not spec.holds_16bit:
-    raise errors.DecodeError(errors.ENCODE_ERROR,
+    raise errors.EncodeError(errors.ENCODE_ERROR,
                              f'{spec.format} cannot hold 16-bit pixels')
   if pixels.dtype == np.float32 and not spec.holds_float:
-    raise errors.DecodeError(errors.ENCODE_ERROR,
+    raise errors.EncodeError(errors.ENCODE_ERROR,
                              f'{spec.format} cannot hold float pixels')
   try:
     if spec.format == 'png':
@@ -134,7 +134,7 @@ def encode(pixels: np.ndarray, spec: EncodeSpec) -> bytes:
       if encoder == 'fpng':
         data = fpng.from_ndarray(np.ascontiguousarray(pixels))
         if not data:
-          raise errors.DecodeError(errors.ENCODE_ERROR, 'fpng could not encode the image')
+          raise errors.EncodeError(errors.ENCODE_ERROR, 'fpng could not encode the image')
         return data
       if encoder == 'pillow':
         return _pillow(pixels, 'PNG', compress_level=6 if spec.png_compression is None
@@ -161,7 +161,7 @@ def encode(pixels: np.ndarray, spec: EncodeSpec) -> bytes:
       return _opencv('.tif', pixels, [])
     return _opencv('.bmp', pixels, [])
   except (cv2.error, OSError, ValueError) as e:
-    raise errors.DecodeError(errors.ENCODE_ERROR,
+    raise errors.EncodeError(errors.ENCODE_ERROR,
                              f'{spec.format} encoder failed ({e})') from e
 
 
@@ -172,7 +172,7 @@ def _opencv(extension: str, pixels: np.ndarray, params) -> bytes:
     pixels = cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA)
   ok, buffer = cv2.imencode(extension, pixels, params)
   if not ok:
-    raise errors.DecodeError(errors.ENCODE_ERROR, f'OpenCV could not encode {extension}')
+    raise errors.EncodeError(errors.ENCODE_ERROR, f'OpenCV could not encode {extension}')
   return buffer.tobytes()
 
 

@@ -90,6 +90,20 @@ class DecodeError(UnrecordError):
   """A record's payload does not hold an image unrecord can decode."""
 
 
+class NamingError(UnrecordError):
+  """An image's output name cannot be made: a field it needs is missing, or the name
+  would leave the output root (`unsafe_name`)."""
+
+
+class EncodeError(UnrecordError):
+  """The encoder refused the image (`encode_error`)."""
+
+
+class WriteError(UnrecordError):
+  """The image's file cannot be written under its name (`write_error`); faults of the
+  storage itself are StorageFault."""
+
+
 class ConfigError(ValueError):
   """The user's options or the data's schema do not fit; raised before a run starts."""
 

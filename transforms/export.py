@@ -157,7 +157,7 @@ class RangeWorker:
     self.records = record_layout.KeysDecoder((config.image,) + config.more_images,
                                              self.decoder)
     self.progress = progress.ProgressSender(config.progress)
-    self.namer = render.Namer(config.render)
+    self.namer = naming.Namer(config.render)
 
   def close(self) -> None:
     self.progress.close()

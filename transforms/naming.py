@@ -11,12 +11,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import posixpath
 import re
 import string
 import unicodedata
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from transforms import errors
+
+if TYPE_CHECKING:  # types only: these modules import naming
+  from transforms import decode, render, schema
 
 DEFAULT_TEMPLATE = '{stem}-{index:06d}.{ext}'
 BATCH_TEMPLATE = '{stem}-{index:06d}-{n:03d}.{ext}'
@@ -119,7 +123,7 @@ class NameTemplate:
     return tuple({re.split(r'[.\[]', f, maxsplit=1)[0]: None for f in self.fields()})
 
   def render(self, values: Mapping[str, object]) -> str:
-    """The relative output path for one image; raises DecodeError(unsafe_name)."""
+    """The relative output path for one image; raises NamingError(unsafe_name)."""
     safe = {}
     for k in self._used:
       if k in values:
@@ -129,11 +133,11 @@ class NameTemplate:
     try:
       name = self.template.format_map(_Strict(safe))
     except KeyError as e:
-      raise errors.DecodeError(
+      raise errors.NamingError(
           errors.MISSING_FEATURE,
           f'this record has no value for name field {{{e.args[0]}}}') from None
     except (ValueError, TypeError) as e:
-      raise errors.DecodeError(
+      raise errors.NamingError(
           errors.UNSAFE_NAME,
           f'name template {self.template!r} cannot format this record\'s values ({e})'
       ) from None
@@ -165,7 +169,7 @@ def with_extension(name: str, ext: str) -> str:
 
 
 def check_relative_path(name: str) -> str:
-  """`name` if it is a safe relative path under the root, else DecodeError(unsafe_name)."""
+  """`name` if it is a safe relative path under the root, else NamingError(unsafe_name)."""
   problem = None
   if not name or name[0] == '/' or '\\' in name or '\x00' in name:
     problem = 'it is empty, absolute, or holds a backslash or NUL'
@@ -184,7 +188,7 @@ def check_relative_path(name: str) -> str:
     elif any(s.endswith(TEMP_SUFFIX) for s in segments):
       problem = f'names ending in {TEMP_SUFFIX!r} are reserved for unrecord\'s temp files'
   if problem:
-    raise errors.DecodeError(errors.UNSAFE_NAME,
+    raise errors.NamingError(errors.UNSAFE_NAME,
                              f'output name {name[:200]!r} is not safe: {problem}')
   return name
 
@@ -222,3 +226,95 @@ def name_values(
     name = label_name(label, label_names)
     values['label_name'] = str(label) if name is None else name
   return values
+
+
+# ---------------------------------------------------------------------------------------
+# The names of a run
+
+
+def default_template(found: 'schema.Schema', layout: str = 'flat',
+                     with_splits: bool = False) -> str:
+  """The name template of a run without --name_template: `{key}/` first with several
+  image keys, `{split}/` first for class folders of records with splits, `{n}` for
+  batches."""
+  return ((KEYS_PREFIX if len(found.images) > 1 else '') +
+          (SPLIT_PREFIX if layout == 'class' and with_splits else '') + {
+              ('flat', False): DEFAULT_TEMPLATE,
+              ('flat', True): BATCH_TEMPLATE,
+              ('class', False): CLASS_TEMPLATE,
+              ('class', True): CLASS_BATCH_TEMPLATE,
+          }[(layout, found.batched)])
+
+
+class Namer:
+  """Output names for many images; what all images of one file share is found once."""
+
+  _FILES_KEPT = 256
+
+  def __init__(self, config: 'render.RenderConfig'):
+    self._config = config
+    self._template = NameTemplate(config.name_template)
+    self._fix_extension = not ends_in_extension(config.name_template)
+    self._files = {}  # source path -> (stem, split)
+
+  def name(self, image: 'decode.DecodedImage') -> str:
+    """The image's path relative to the output root; raises NamingError."""
+    config, path = self._config, image.ref.path
+    of_file = self._files.get(path)
+    if of_file is None:
+      if len(self._files) >= self._FILES_KEPT:
+        self._files.clear()
+      of_file = self._files[path] = (stem_of(path), split_of(path))
+    values = name_values(
+        index=image.ref.index, n=image.n, key=image.key, stem=of_file[0],
+        ext=config.encode.extension,
+        features=image.features, id_key=config.id_key, label_key=config.label_key,
+        label_names=config.label_names, split=of_file[1])
+    name = self._template.render(values)
+    if self._fix_extension:
+      name = check_relative_path(
+          with_extension(name, config.encode.extension))
+    return name
+
+
+# ---------------------------------------------------------------------------------------
+# What an input file's name says: its stem and its split
+
+_TFDS_SHARD = re.compile(
+    r'^(?P<dataset>.+?)-(?P<split>[^-]+)\.(tfrecord|array_record|riegeli)'
+    r'-\d{5}-of-\d{5}(\.gz|\.zz)?$')
+_COMPRESSION_EXT = re.compile(r'\.(gz|gzip|zz|zlib)$', re.I)
+_RECORD_EXT = re.compile(
+    r'\.(tfrecords?|tfr|records?|array_record|riegeli)([-_.](?P<shard>\d+)(-of-\d+)?)?$',
+    re.I)
+_SPLIT_WORDS = re.compile(r'^(train|test|validation|valid|val|eval|dev)([-_.]|$)', re.I)
+
+
+def split_of(url: str) -> Optional[str]:
+  """The split a shard belongs to, from TFDS-style or train-/test- prefixed names."""
+  name = posixpath.basename(url)
+  match = _TFDS_SHARD.match(name)
+  if match:
+    return match.group('split')
+  match = _SPLIT_WORDS.match(name)
+  return match.group(1).lower() if match else None
+
+
+def stem_of(url: str) -> str:
+  """A file's name without its record and compression extensions, shard number kept.
+
+  Distinct shards of one dataset get distinct stems, so the default name template
+  cannot collide across them:
+
+    'a/b/train.tfrecord.gz'                -> 'train'
+    'mnist-train.tfrecord-00001-of-00004'  -> 'mnist-train-00001'
+    'train.tfrecord-00001-of-00004'        -> 'train-00001'
+    'part-00003.tfrecords'                 -> 'part-00003'
+    'images.2024-01-01.rec'                -> 'images.2024-01-01'
+  """
+  name = _COMPRESSION_EXT.sub('', posixpath.basename(url.rstrip('/')))
+  match = _RECORD_EXT.search(name)
+  if match is None:
+    return posixpath.splitext(name)[0] or name
+  base = name[:match.start()] or name
+  return f'{base}-{match.group("shard")}' if match.group('shard') else base

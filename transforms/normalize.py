@@ -150,10 +150,10 @@ def detect_range(values: np.ndarray, dtype_name: Optional[str] = None
   name = dtype_name or values.dtype.name
   if name in _INTEGER_RANGES:
     return _INTEGER_RANGES[name]
-  finite = values[np.isfinite(values)] if values.dtype.kind == 'f' else values
-  if finite.size == 0:
+  seen = value_extent(values)
+  if seen is None:
     return (0.0, 1.0)
-  low, high = float(finite.min()), float(finite.max())
+  low, high = seen
   if values.dtype.kind == 'f':
     for candidate in ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0)):
       # A hair outside (float error after undoing a normalization) still counts.
@@ -227,7 +227,7 @@ def normalize(pixels: np.ndarray, layout: str, spec: NormalizeSpec, *, bits: str
 
   extent = None
   if pixels.dtype.kind == 'f':
-    extent = _extent(pixels)
+    extent = value_extent(pixels, finite_only=False) or (0.0, 0.0)
     if not (math.isfinite(extent[0]) and math.isfinite(extent[1])):
       if spec.non_finite == 'fail':
         bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
@@ -272,13 +272,24 @@ def normalize(pixels: np.ndarray, layout: str, spec: NormalizeSpec, *, bits: str
   return Normalized(out, (low, high), tuple(steps))
 
 
-def _extent(pixels: np.ndarray) -> Tuple[float, float]:
-  """(min, max) in two reductions; a NaN anywhere shows in both, so both are finite exactly
-  when every value is."""
-  if pixels.size == 0:
-    return (0.0, 0.0)
+def value_extent(values: np.ndarray, *, finite_only: bool = True
+                 ) -> Optional[Tuple[float, float]]:
+  """(min, max) of `values`; None when there is none to take.
+
+  finite_only: NaN and +/-Inf are left out (None when no value is finite). Otherwise a
+  NaN anywhere shows in both and an Inf at its end, so both are finite exactly when
+  every value is. Either way the common case costs two reductions.
+  """
+  if values.size == 0:
+    return None
   with np.errstate(invalid='ignore'):
-    return float(pixels.min()), float(pixels.max())
+    low, high = float(values.min()), float(values.max())
+  if not finite_only or (math.isfinite(low) and math.isfinite(high)):
+    return low, high
+  finite = values[np.isfinite(values)]
+  if not finite.size:
+    return None
+  return float(finite.min()), float(finite.max())
 
 
 # The unit roundoff of float32: one float32 operation changes a value by at most this
@@ -359,8 +370,7 @@ def resolve_range(value_range: str, pixels: np.ndarray,
   if value_range == 'auto':
     return detect_range(pixels, source_dtype)
   if value_range == 'minmax':
-    finite = pixels[np.isfinite(pixels)] if pixels.dtype.kind == 'f' else pixels
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0, 1)
+    low, high = value_extent(pixels) or (0, 1)
     return (low, high) if high > low else (low, low + 1.0)
   return parse_value_range(value_range)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import fsspec
@@ -226,11 +227,13 @@ class Plan:
   mean_frame_bytes: float = 0.0
 
 
-def plan_export(request: Request, started: float) -> Plan:
+def plan_export(request: Request, started: Optional[float] = None) -> Plan:
   """Resolves `request` and the data's schema into an ExportConfig; raises ConfigError.
 
   Reads the first records of the inputs and the output root's state; writes nothing.
+  `started`: when the run began (the report's clock), by default now.
   """
+  started = time.time() if started is None else started
   if not request.input:
     raise errors.ConfigError('no input given; pass --input PATTERN')
   if not request.output:
@@ -328,21 +331,21 @@ def detect(request: Request, spec: decode.ImageSpec, records: Sequence[tfrecord.
 def _template(request: Request, found: schema_lib.Schema, files: Sequence[str]) -> str:
   """The name template: --name_template, else the layout's default; checked against
   the fields the records have."""
-  with_splits = bool(files) and all(schema_lib.split_of(f) for f in files)
+  with_splits = bool(files) and all(naming.split_of(f) for f in files)
   if request.layout == 'class' and not request.name_template and found.label_key is None:
     raise errors.ConfigError(
         '--layout class makes a folder per class, but no label feature was found in '
         f'the records (they have: {", ".join(sorted(found.features)) or "no features"}); '
         'pass --label_key FEATURE')
   # Train and test images must not share class folders (ImageFolder would mix them).
-  template = request.name_template or render.default_template(found, request.layout,
+  template = request.name_template or naming.default_template(found, request.layout,
                                                               with_splits)
   available = set(naming.BUILTIN_FIELDS) | set(found.scalar_keys)
   if found.id_key is None:
     available.discard('id')
   if found.label_key is None:
     available -= {'label', 'label_name'}
-  if any(schema_lib.split_of(f) is None for f in files):
+  if any(naming.split_of(f) is None for f in files):
     available.discard('split')
   naming.check_template(template, sorted(available))
   if found.batched and 'n' not in naming.template_fields(template):

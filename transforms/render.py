@@ -1,4 +1,4 @@
-"""One decoded image -> its output name and encoded bytes. Pure; no Beam, no I/O.
+"""One decoded image -> its encoded bytes (names: naming.Namer). Pure; no Beam, no I/O.
 
 Passthrough: an image already encoded in the requested format, with no pixel change
 asked for, is written as its original bytes (byte-identical, no generation loss).
@@ -57,37 +57,6 @@ class Rendered:
   value_range: Optional[Tuple[float, float]]
 
 
-class Namer:
-  """Output names for many images; what all images of one file share is found once."""
-
-  _FILES_KEPT = 256
-
-  def __init__(self, config: RenderConfig):
-    self._config = config
-    self._template = naming.NameTemplate(config.name_template)
-    self._fix_extension = not naming.ends_in_extension(config.name_template)
-    self._files = {}  # source path -> (stem, split)
-
-  def name(self, image: decode.DecodedImage) -> str:
-    """The image's path relative to the output root; raises DecodeError."""
-    config, path = self._config, image.ref.path
-    of_file = self._files.get(path)
-    if of_file is None:
-      if len(self._files) >= self._FILES_KEPT:
-        self._files.clear()
-      of_file = self._files[path] = (schema.stem_of(path), schema.split_of(path))
-    values = naming.name_values(
-        index=image.ref.index, n=image.n, key=image.key, stem=of_file[0],
-        ext=config.encode.extension,
-        features=image.features, id_key=config.id_key, label_key=config.label_key,
-        label_names=config.label_names, split=of_file[1])
-    name = self._template.render(values)
-    if self._fix_extension:
-      name = naming.check_relative_path(
-          naming.with_extension(name, config.encode.extension))
-    return name
-
-
 def source_bits(dtype_name: str) -> str:
   return {'uint8': '8', 'uint16': '16'}.get(dtype_name, '')
 
@@ -109,20 +78,6 @@ def passes_through(encoded_format: Optional[str], source_dtype: str,
           and spec.bit_depth in ('auto', source_bits(source_dtype)))
 
 
-def default_template(found: schema.Schema, layout: str = 'flat',
-                     with_splits: bool = False) -> str:
-  """The name template of a run without --name_template: `{key}/` first with several
-  image keys, `{split}/` first for class folders of records with splits, `{n}` for
-  batches."""
-  return ((naming.KEYS_PREFIX if len(found.images) > 1 else '') +
-          (naming.SPLIT_PREFIX if layout == 'class' and with_splits else '') + {
-              ('flat', False): naming.DEFAULT_TEMPLATE,
-              ('flat', True): naming.BATCH_TEMPLATE,
-              ('class', False): naming.CLASS_TEMPLATE,
-              ('class', True): naming.CLASS_BATCH_TEMPLATE,
-          }[(layout, found.batched)])
-
-
 def value_ranges(spec: normalize.NormalizeSpec, found: schema.Schema
                  ) -> Tuple[Optional[Tuple[float, float]], tuple]:
   """RenderConfig's `value_range` (the first image key's) and `key_value_ranges` (the
@@ -134,7 +89,7 @@ def value_ranges(spec: normalize.NormalizeSpec, found: schema.Schema
 
 def render(image: decode.DecodedImage, config: RenderConfig,
            decoder: decode.Decoder = decode.image_formats.decode_encoded) -> Rendered:
-  """Encoded bytes for one image; raises DecodeError with a reason code."""
+  """Encoded bytes for one image; raises an UnrecordError with a reason code (DecodeError, EncodeError)."""
   if can_pass_through(image, config):
     shape = tuple(image.pixels.shape) if image.pixels is not None else image.stored_shape
     return Rendered(image.encoded, shape, image.source_dtype, ('passthrough',),

@@ -209,8 +209,23 @@ class Claim:
       pass
     self.root.write(IDENTITY, data)
 
-  def release(self) -> None:
+  def __enter__(self) -> 'Claim':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+  def release(self, wait: Optional[float] = None) -> None:
+    """Gives the root up. `wait`: at most this many seconds for an object store's
+    lease to be removed (a store that just failed may not answer); past that, the lease
+    ends by itself when it expires."""
     self._stop.set()
+    if wait is not None and self._fd is None and not self.root.local:
+      remover = threading.Thread(target=release_lease, args=(self.root, self.run_id),
+                                 name='unrecord-release', daemon=True)
+      remover.start()
+      remover.join(wait)
+      return
     if self._fd is not None:
       try:
         os.unlink(self.root.path(LOCK))  # while still locked: nobody can lock this inode
@@ -230,6 +245,19 @@ class Claim:
 def claim(root: sink.OutputRoot, *, lease_seconds: float = LEASE_SECONDS) -> Claim:
   """Takes `root`'s lock for a new run; raises RootBusyError naming the holder."""
   return Claim(root, uuid.uuid4().hex, lease_seconds).acquire()
+
+
+def claim_root(url: str, storage_options: Optional[dict] = None, *,
+               lease_seconds: float = LEASE_SECONDS) -> Claim:
+  """Checks that the output root `url` can be written and takes its lock (a Claim, also
+  a context manager); raises RootBusyError naming the holder. A local root this makes
+  is removed again on release if the run wrote nothing."""
+  root = sink.OutputRoot(url, storage_options)
+  created = root.local and not os.path.isdir(root.root)
+  root.check_writable()
+  taken = claim(root, lease_seconds=lease_seconds)
+  taken.created_root = created
+  return taken
 
 
 def release_lease(root: sink.OutputRoot, run_id: str) -> None:

@@ -12,61 +12,23 @@ import posixpath
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 
 from transforms import decode
 from transforms import errors
 from transforms import example as example_lib
+from transforms import naming
 from transforms import normalize
 from transforms import read
 from transforms import records as records_lib
 from transforms import storage
 from transforms import tfrecord
 
-_TFDS_SHARD = re.compile(
-    r'^(?P<dataset>.+?)-(?P<split>[^-]+)\.(tfrecord|array_record|riegeli)'
-    r'-\d{5}-of-\d{5}(\.gz|\.zz)?$')
-_COMPRESSION_EXT = re.compile(r'\.(gz|gzip|zz|zlib)$', re.I)
-_RECORD_EXT = re.compile(
-    r'\.(tfrecords?|tfr|records?|array_record|riegeli)([-_.](?P<shard>\d+)(-of-\d+)?)?$',
-    re.I)
-_SPLIT_WORDS = re.compile(r'^(train|test|validation|valid|val|eval|dev)([-_.]|$)', re.I)
 _LABEL_NAMES = ('label', 'image/class/label', 'labels', 'class', 'class_id', 'label_id',
                 'target', 'category', 'category_id', 'y')
 _LABEL_PATTERN = re.compile(r'(label|class|target|category)', re.I)
 _ID_NAMES = ('id', 'image/id', 'key', 'image/key', 'image/source_id', 'example_id',
              'image_id', 'uid', 'image/filename', 'filename', 'file_name', 'name')
 _ID_PATTERN = re.compile(r'(^|[/_])(id|key|filename|file_name|uuid)$', re.I)
-
-
-def split_of(url: str) -> Optional[str]:
-  """The split a shard belongs to, from TFDS-style or train-/test- prefixed names."""
-  name = posixpath.basename(url)
-  match = _TFDS_SHARD.match(name)
-  if match:
-    return match.group('split')
-  match = _SPLIT_WORDS.match(name)
-  return match.group(1).lower() if match else None
-
-
-def stem_of(url: str) -> str:
-  """A file's name without its record and compression extensions, shard number kept.
-
-  Distinct shards of one dataset get distinct stems, so the default name template
-  cannot collide across them:
-
-    'a/b/train.tfrecord.gz'                -> 'train'
-    'mnist-train.tfrecord-00001-of-00004'  -> 'mnist-train-00001'
-    'train.tfrecord-00001-of-00004'        -> 'train-00001'
-    'part-00003.tfrecords'                 -> 'part-00003'
-    'images.2024-01-01.rec'                -> 'images.2024-01-01'
-  """
-  name = _COMPRESSION_EXT.sub('', posixpath.basename(url.rstrip('/')))
-  match = _RECORD_EXT.search(name)
-  if match is None:
-    return posixpath.splitext(name)[0] or name
-  base = name[:match.start()] or name
-  return f'{base}-{match.group("shard")}' if match.group('shard') else base
 
 
 # ---------------------------------------------------------------------------------------
@@ -416,7 +378,7 @@ def detect_schema(
   return Schema(
       records_sampled=len(records), features=summaries, image=image, label_key=label_key,
       id_key=id_key, label_names=names,
-      splits=sorted({s for s in (split_of(f) for f in files) if s}),
+      splits=sorted({s for s in (naming.split_of(f) for f in files) if s}),
       tfds_name=tfds.name if tfds else None, failures=failures, scalar_keys=scalar_keys,
       record=kind, feature_lists=list_summaries, more_images=more_images)
 
@@ -478,7 +440,8 @@ def _detect_image(parsed, image_key, spec, decoder):
       continue
     if first_images is None and images:
       first_images = images
-    ranges += [_extent(image.pixels) for image in images if image.pixels.size]
+    ranges += [normalize.value_extent(image.pixels) or (0.0, 0.0) for image in images
+               if image.pixels.size]
     per_channel += [_channel_extents(image) for image in images if image.pixels.size]
   if first_images is None:
     return None, image_key, failures
@@ -502,7 +465,8 @@ def _channel_extents(image: decode.DecodedImage) -> Optional[List[Tuple[float, f
     return None
   if pixels.ndim != 3:
     return None
-  return [_extent(pixels[:, :, c]) for c in range(pixels.shape[2])]
+  return [normalize.value_extent(pixels[:, :, c]) or (0.0, 0.0)
+          for c in range(pixels.shape[2])]
 
 
 def _merge_channels(extents) -> Optional[List[List[float]]]:
@@ -513,11 +477,5 @@ def _merge_channels(extents) -> Optional[List[List[float]]]:
           for c in range(len(extents[0]))]
 
 
-def _extent(pixels: np.ndarray) -> Tuple[float, float]:
-  """Observed (min, max), ignoring NaN/Inf."""
-  finite = pixels[np.isfinite(pixels)] if pixels.dtype.kind == 'f' else pixels
-  if not finite.size:
-    return (0.0, 0.0)
-  return float(finite.min()), float(finite.max())
 
 

@@ -71,7 +71,7 @@ class OutputRoot:
     return self.fs.cat_file(self.path(relative))
 
   def write(self, relative: str, data: bytes) -> None:
-    """Writes `data` to `relative` atomically; raises DecodeError(write_error)."""
+    """Writes `data` to `relative` atomically; raises WriteError(write_error)."""
     target = self.path(relative)
     try:
       if self.local:
@@ -82,10 +82,10 @@ class OutputRoot:
       raise self._write_error(relative, e) from e
 
   def _write_error(self, relative: str, error: Exception) -> Exception:
-    """DecodeError(write_error) when the name is at fault, else a StorageFault."""
+    """WriteError(write_error) when the name is at fault, else a StorageFault."""
     code = getattr(error, 'errno', None)
     if isinstance(error, OSError) and code in _NAME_ERRNOS:
-      return errors.DecodeError(
+      return errors.WriteError(
           errors.WRITE_ERROR,
           f'cannot write {self.url_of(relative)} ({type(error).__name__}: {error})')
     return storage_fault(f'cannot write {self.url_of(relative)}', error)
