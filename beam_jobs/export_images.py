@@ -40,12 +40,12 @@ from transforms import errors
 from transforms import export
 from transforms import naming
 from transforms import normalize
+from transforms import output_root
+from transforms import plan as plan_lib
 from transforms import progress
 from transforms import ptransforms
 from transforms import render
 from transforms import root_claim
-from transforms import plan as plan_lib
-from transforms import sink
 from transforms.plan import DEFAULT_VALUES as DEFAULTS
 
 PROG = 'unrecord export'
@@ -429,7 +429,7 @@ def _run(plan: plan_lib.Plan, claim: root_claim.Claim, pipeline_options: Pipelin
     if monitor is not None:
       monitor.stop()
   beam_log.close(keep=False)
-  root = sink.OutputRoot(plan.config.output, plan.config.read.storage_options)
+  root = output_root.OutputRoot(plan.config.output, plan.config.read.storage_options)
   report = json.loads(root.read(export.REPORT))
   line = summary(report, failure_counters(result))
   if not report['success']:

@@ -19,13 +19,13 @@ import numpy as np
 from beam_jobs import options
 from transforms import decode
 from transforms import errors
-from transforms import normalize
+from transforms import input_files
 from transforms import naming
+from transforms import normalize
 from transforms import plan
 from transforms import preview
 from transforms import render
 from transforms import schema as schema_lib
-from transforms import storage
 
 PROG = 'unrecord inspect'
 
@@ -119,7 +119,7 @@ def write_contact_sheet(url: str, records, found: schema_lib.Schema,
     if len(items) >= limit:
       break
   sheet = preview.contact_sheet(items)
-  fs, path = storage.filesystem(url, storage_options)
+  fs, path = input_files.filesystem(url, storage_options)
   with fs.open(path, 'wb') as f:
     sheet.save(f, format='PNG')
   return len(items)

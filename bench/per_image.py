@@ -22,10 +22,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import export_images
 from transforms import export
+from transforms import input_files
 from transforms import plan as plan_lib
 from transforms import progress
 from transforms import read
-from transforms import storage
 
 
 def main(argv=None) -> int:
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
   plan = plan_lib.plan_export(request, time.time())
   config = plan.config
   ranges = [file_range
-            for item in storage.expand_patterns(config.patterns, config.read.storage_options)
+            for item in input_files.expand_patterns(config.patterns, config.read.storage_options)
             for file_range in read.plan_file(item, config.read)]
   worker = export.RangeWorker(config)
   tally = progress.Tally(worker.progress)

@@ -14,7 +14,7 @@ import numpy as np
 from tests import fixtures
 from tests.conftest import REPO
 from transforms import errors
-from transforms import sink
+from transforms import output_root
 
 MARKER = 'unrecord-escape-7f3a'
 HOSTILE = ['../../x', '/etc/x', 'a/../../b', 'C:\\x', '\\\\srv\\x', '..', '.', 'a\x00b',
@@ -92,7 +92,7 @@ def _check_complete(out, expected):
   """Every image present and right, the manifest equal to the files, no temp debris."""
   names = set(os.listdir(out))
   assert {n for n in names if n.endswith('.png')} == set(expected)
-  assert not [n for n in _listing(out) if n.endswith(sink.TEMP_SUFFIX)]
+  assert not [n for n in _listing(out) if n.endswith(output_root.TEMP_SUFFIX)]
   for name, photo in expected.items():
     pixels = cv2.cvtColor(cv2.imread(os.path.join(out, name)), cv2.COLOR_BGR2RGB)
     assert np.array_equal(pixels, photo), name
@@ -134,7 +134,7 @@ def test_killed_mid_run_then_rerun_is_complete_and_idempotent(unrecord, tmp_path
   os.killpg(job.pid, signal.SIGKILL)  # the launcher and every worker process
   job.wait()
   partial = [n for n in os.listdir(out) if n.endswith('.png')]
-  debris = [n for n in _listing(out) if n.endswith(sink.TEMP_SUFFIX)]
+  debris = [n for n in _listing(out) if n.endswith(output_root.TEMP_SUFFIX)]
   print(f'kill: {len(partial)} of {len(expected)} images and {len(debris)} temp files '
         'on disk when killed')
   assert 0 < len(partial) < len(expected), 'the kill must land mid-run'
@@ -159,7 +159,7 @@ def test_killed_mid_run_then_rerun_is_complete_and_idempotent(unrecord, tmp_path
 
 
 def test_a_failed_write_raises_a_write_error_and_leaves_no_temp_file(tmp_path):
-  root = sink.OutputRoot(str(tmp_path), None)
+  root = output_root.OutputRoot(str(tmp_path), None)
   root.write('kept.png', b'old')
   (tmp_path / 'taken').mkdir()
   (tmp_path / 'taken' / 'inside').write_bytes(b'x')  # os.replace onto a full folder fails
@@ -184,9 +184,9 @@ def test_short_writes_are_completed_before_the_file_is_renamed_into_place(tmp_pa
   real_write = os.write
   calls = []
   # what a write interrupted by a signal returns: fewer bytes than asked for
-  monkeypatch.setattr(sink.os, 'write',
+  monkeypatch.setattr(output_root.os, 'write',
                       lambda fd, chunk: calls.append(1) or real_write(fd, bytes(chunk[:100])))
-  sink.OutputRoot(str(tmp_path), None).write('a/short.png', data)
+  output_root.OutputRoot(str(tmp_path), None).write('a/short.png', data)
   assert (tmp_path / 'a' / 'short.png').read_bytes() == data
   assert len(calls) == -(-len(data) // 100)
   assert _listing(tmp_path) == {'a', os.path.join('a', 'short.png')}

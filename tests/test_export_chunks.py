@@ -15,8 +15,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs import export_images
 from tests import fixtures
 from transforms import errors
-from transforms import plan as plan_lib
 from transforms import export
+from transforms import plan as plan_lib
 from transforms import ptransforms
 from transforms import tfrecord
 

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from transforms import decode
 from transforms import export
 from transforms import manifest
+from transforms import output_root
 from transforms import render
 from transforms import report
-from transforms import sink
 from transforms import tfrecord
 
 
@@ -43,7 +43,7 @@ def _merge(entries, keep_previous=lambda row: False, on_disk=None):
 
 
 def test_runs_are_sorted_files_and_merge_back_in_path_order(tmp_path):
-  root = sink.OutputRoot(str(tmp_path))
+  root = output_root.OutputRoot(str(tmp_path))
   writer = manifest.RunWriter(root, run_bytes=2_000)
   paths = [f'{c}/img-{i:04d}.png' for i in range(300, 0, -1) for c in 'ba']
   for path in paths:
@@ -59,7 +59,7 @@ def test_runs_are_sorted_files_and_merge_back_in_path_order(tmp_path):
 
 
 def test_a_run_read_back_short_fails_loudly(tmp_path):
-  root = sink.OutputRoot(str(tmp_path))
+  root = output_root.OutputRoot(str(tmp_path))
   writer = manifest.RunWriter(root)
   for path in ('a.png', 'b.png'):
     writer.add(_entry(manifest.WRITTEN, _row(path)))
@@ -145,7 +145,7 @@ _names = st.text(alphabet='ab/é_-', min_size=1, max_size=6)
        st.integers(1, 400))
 def test_merging_any_split_into_runs_matches_a_plain_dict(tmp_path_factory, images, run_bytes):
   """Rows per path from sorted runs equal the in-memory answer, whatever the run sizes."""
-  root = sink.OutputRoot(str(tmp_path_factory.mktemp('runs')))
+  root = output_root.OutputRoot(str(tmp_path_factory.mktemp('runs')))
   writer = manifest.RunWriter(root, run_bytes=run_bytes)
   expected = {}
   for path, index in images:

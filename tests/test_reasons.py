@@ -16,8 +16,8 @@ from beam_jobs import export_images
 from tests import fixtures
 from transforms import errors
 from transforms import plan as plan_lib
-from transforms import ptransforms
 from transforms import protos
+from transforms import ptransforms
 from transforms import tfrecord
 
 

@@ -29,13 +29,13 @@ from transforms import image_formats
 from transforms import incremental
 from transforms import manifest as manifest_lib
 from transforms import naming
+from transforms import output_root
 from transforms import progress
 from transforms import read
 from transforms import record_layout
 from transforms import render
 from transforms import report as report_lib
 from transforms import root_claim
-from transforms import sink
 from transforms import tfrecord
 
 MANIFEST = naming.MANIFEST
@@ -112,7 +112,7 @@ def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendere
       'offset': image.ref.offset,
       'passthrough': rendered.passthrough,
       'path': name,
-      'sha256': sink.sha256(rendered.data),
+      'sha256': output_root.sha256(rendered.data),
       'shape_in': list(image.pixels.shape if image.pixels is not None
                        else image.stored_shape),
       'shape_out': list(rendered.shape),
@@ -121,7 +121,7 @@ def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendere
   }
 
 
-def existing_row(image: decode.DecodedImage, name: str, root: sink.OutputRoot,
+def existing_row(image: decode.DecodedImage, name: str, root: output_root.OutputRoot,
                  config: ExportConfig) -> Optional[dict]:
   """The manifest row for a finished image --skip_existing leaves in place, from the file
   itself; None when there is no such file, or it is not a whole image (empty, cut short,
@@ -152,7 +152,7 @@ class RangeWorker:
   def __init__(self, config: ExportConfig):
     cv2.setNumThreads(0)  # the runner's workers are the parallelism; no pool per worker
     self.config = config
-    self.root = sink.OutputRoot(config.output, config.read.storage_options)
+    self.root = output_root.OutputRoot(config.output, config.read.storage_options)
     self.decoder = decode.make_decoder(config.image)
     self.records = record_layout.KeysDecoder((config.image,) + config.more_images,
                                              self.decoder)
@@ -310,7 +310,7 @@ def write_manifest(runs: Iterable[str], config: ExportConfig) -> dict:
   shard changed and no longer makes them are deleted. Names taken by more than one
   image come back as `collisions` (Failure rows) for the dead letter.
   """
-  root = sink.OutputRoot(config.output, config.read.storage_options)
+  root = output_root.OutputRoot(config.output, config.read.storage_options)
   runs = list(runs)
   if root.exists(MANIFEST):
     with root.open_read(MANIFEST) as previous:
@@ -356,7 +356,7 @@ def _keeps_previous(config: ExportConfig):
   return lambda row: True
 
 
-def _remove_unlisted(root: sink.OutputRoot) -> int:
+def _remove_unlisted(root: output_root.OutputRoot) -> int:
   """--overwrite: removes every file under the root that the new manifest does not list
   (a killed run's images, say), except unrecord's own files; returns how many.
 
@@ -369,7 +369,7 @@ def _remove_unlisted(root: sink.OutputRoot) -> int:
       found.discard(json.loads(line)['path'])
   removed = 0
   for path in sorted(found):
-    if path.split('/', 1)[0].startswith('_') or sink.is_temp_name(path):
+    if path.split('/', 1)[0].startswith('_') or output_root.is_temp_name(path):
       continue
     try:
       root.fs.rm_file(root.path(path))
@@ -379,9 +379,9 @@ def _remove_unlisted(root: sink.OutputRoot) -> int:
   return removed
 
 
-def _sha256_or_none(root: sink.OutputRoot, path: str) -> Optional[str]:
+def _sha256_or_none(root: output_root.OutputRoot, path: str) -> Optional[str]:
   try:
-    return sink.sha256(root.read(path))
+    return output_root.sha256(root.read(path))
   except OSError:
     return None
 
@@ -418,7 +418,7 @@ def write_dead_letter(failures: Iterable[errors.Failure], config: ExportConfig) 
     row = failure.to_row()
     row['replayable'] = key in payloads
     rows.append(row)
-  root = sink.OutputRoot(config.output, config.read.storage_options)
+  root = output_root.OutputRoot(config.output, config.read.storage_options)
   root.write(DEAD_LETTER_ROWS, _jsonl(rows))
   records = io.BytesIO()
   with tfrecord.TFRecordWriter(records) as writer:
@@ -451,7 +451,7 @@ def write_report(config: ExportConfig, manifest: dict, dead_letter: dict,
 
   `spans`: (start, end) of each record range's work, for the report's `work` block.
   """
-  root = sink.OutputRoot(config.output, config.read.storage_options)
+  root = output_root.OutputRoot(config.output, config.read.storage_options)
   root.remove_temp_debris()
   root.remove_tree(manifest_lib.SCRATCH)
   finished = time.time()
@@ -502,7 +502,7 @@ def write_failure_report(config: ExportConfig, cause: str,
   `_SUCCESS` stays absent, and the manifest is left as the last finished run wrote it.
   """
   try:
-    root = sink.OutputRoot(config.output, config.read.storage_options)
+    root = output_root.OutputRoot(config.output, config.read.storage_options)
     root.remove_temp_debris()
     root.remove_tree(manifest_lib.SCRATCH)
     finished = time.time()
@@ -553,7 +553,7 @@ def work_timing(spans: Iterable[Tuple[float, float]], run_started: float
 UNIFORM_WARNING_SHARE = 0.05
 
 
-def _write_report_files(root: sink.OutputRoot, report: dict, samples: List[dict]) -> None:
+def _write_report_files(root: output_root.OutputRoot, report: dict, samples: List[dict]) -> None:
   """`_report.json`, then `_report.html`, whose sample grid is left out rather than fail
   the run. The sampled images are looked at first: too many uniform ones add a warning."""
   try:
@@ -573,7 +573,7 @@ def _write_report_files(root: sink.OutputRoot, report: dict, samples: List[dict]
   root.write(REPORT_HTML, page.encode('utf-8'))
 
 
-def _thumbnails(root: sink.OutputRoot, rows: List[dict]):
+def _thumbnails(root: output_root.OutputRoot, rows: List[dict]):
   """(class, caption, thumbnail PNG) for the report's sample grid, in class order, and
   how many of those images are uniform."""
   samples, uniform = [], 0

@@ -19,8 +19,8 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from transforms import errors
-from transforms import sink
-from transforms import storage
+from transforms import input_files
+from transforms import output_root
 
 STATE = '_unrecord_state.json'
 # Checksums of an object's content that object stores report; a shard with none is hashed.
@@ -30,11 +30,11 @@ _HASH_BLOCK = 8 << 20
 Fingerprint = Dict[str, object]
 
 
-def fingerprint(url: str, storage_options: Optional[storage.StorageOptions] = None,
+def fingerprint(url: str, storage_options: Optional[input_files.StorageOptions] = None,
                 previous: Optional[Fingerprint] = None) -> Fingerprint:
   """Size and content checksum of one input file; `previous` spares an unmoved local
   file its hashing."""
-  fs, path = storage.filesystem(url, storage_options)
+  fs, path = input_files.filesystem(url, storage_options)
   info = fs.info(path)
   found: Fingerprint = {'size': int(info.get('size') or 0)}
   for key in _CONTENT_KEYS:
@@ -42,7 +42,7 @@ def fingerprint(url: str, storage_options: Optional[storage.StorageOptions] = No
       found[key.lower()] = str(info[key]).strip('"')
   if len(found) > 1:
     return found
-  if storage.is_local(fs):
+  if input_files.is_local(fs):
     st = os.stat(path)
     found['stat'] = [st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
     if previous and previous.get('sha256') and all(
@@ -61,7 +61,7 @@ def _content(fp: Optional[Fingerprint]) -> Optional[Fingerprint]:
   return None if fp is None else {k: v for k, v in fp.items() if k != 'stat'}
 
 
-def read_state(root: sink.OutputRoot) -> dict:
+def read_state(root: output_root.OutputRoot) -> dict:
   """{'shards': {url: Fingerprint}, 'settings': dict or None}; empty for a new root."""
   if not root.exists(STATE):
     return {'shards': {}, 'settings': None}
@@ -75,7 +75,7 @@ def read_state(root: sink.OutputRoot) -> dict:
 
 
 def changed_shards(urls: Sequence[str], state: dict, settings: dict,
-                   storage_options: Optional[storage.StorageOptions] = None
+                   storage_options: Optional[input_files.StorageOptions] = None
                    ) -> List[Tuple[str, Fingerprint]]:
   """The shards whose content is new or changed since the state, with their fingerprints;
   every shard when the state was written with other output settings."""
@@ -88,7 +88,7 @@ def changed_shards(urls: Sequence[str], state: dict, settings: dict,
   return changed
 
 
-def write_state(root: sink.OutputRoot, processed: Sequence[Tuple[str, Fingerprint]],
+def write_state(root: output_root.OutputRoot, processed: Sequence[Tuple[str, Fingerprint]],
                 settings: dict) -> Dict[str, Fingerprint]:
   """Adds the processed shards' fingerprints to the state, atomically."""
   state = read_state(root)

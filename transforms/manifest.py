@@ -24,7 +24,7 @@ import json
 import uuid
 from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from transforms import sink
+from transforms import output_root
 
 SCRATCH = '_unrecord_tmp'
 WRITTEN, SKIPPED, PREVIOUS = b'w', b's', b'p'
@@ -77,7 +77,7 @@ class RunWriter:
   nobody reports are removed with the scratch folder at the end of the job.
   """
 
-  def __init__(self, root: sink.OutputRoot, run_bytes: int = RUN_BYTES):
+  def __init__(self, root: output_root.OutputRoot, run_bytes: int = RUN_BYTES):
     self._root = root
     self._run_bytes = run_bytes
     self._entries: List[bytes] = []
@@ -109,7 +109,7 @@ def _run_name() -> str:
   return f'{SCRATCH}/run-{uuid.uuid4().hex}'
 
 
-def _lines(root: sink.OutputRoot, run: Run) -> Iterator[bytes]:
+def _lines(root: output_root.OutputRoot, run: Run) -> Iterator[bytes]:
   name, expected = run
   count = 0
   with root.open_read(name) as f:
@@ -120,7 +120,7 @@ def _lines(root: sink.OutputRoot, run: Run) -> Iterator[bytes]:
                   f'{expected}; the store returned a short read')
 
 
-def merged(root: sink.OutputRoot, runs: List[Run], fan_in: int = FAN_IN
+def merged(root: output_root.OutputRoot, runs: List[Run], fan_in: int = FAN_IN
            ) -> Iterator[bytes]:
   """Every entry of `runs` in path order, with at most `fan_in` run files open at once."""
   runs = list(runs)
@@ -240,7 +240,7 @@ def previous_entries(lines: Iterable[bytes]) -> Iterator[bytes]:
       continue
 
 
-def sorted_runs(root: sink.OutputRoot, entries: Iterable[bytes]) -> List[Run]:
+def sorted_runs(root: output_root.OutputRoot, entries: Iterable[bytes]) -> List[Run]:
   """Writes `entries` (any order) as sorted runs; returns their names."""
   writer = RunWriter(root)
   for raw in entries:

@@ -44,7 +44,7 @@ REPORT_HTML = '_report.html'
 SUCCESS = '_SUCCESS'
 RESERVED_NAMES = (MANIFEST, DEAD_LETTER_ROWS, DEAD_LETTER_RECORDS, SUCCESS, REPORT,
                   REPORT_HTML)
-# The suffix of the temp files writes go through (transforms/sink.py); no output name may
+# The suffix of the temp files writes go through (transforms/output_root.py); no output name may
 # end with it, so the sweep of a killed run's temp files can never take an image.
 TEMP_SUFFIX = '.unrecord-tmp'
 _UNSAFE_CHARACTERS = {'/', '\\', ':', '*', '?', '"', '<', '>', '|'}

@@ -24,14 +24,14 @@ from transforms import errors
 from transforms import export
 from transforms import image_formats
 from transforms import incremental
+from transforms import input_files
 from transforms import naming
 from transforms import normalize
+from transforms import output_root
 from transforms import read
 from transforms import render
 from transforms import root_claim
 from transforms import schema as schema_lib
-from transforms import sink
-from transforms import storage
 from transforms import tfrecord
 
 
@@ -121,7 +121,7 @@ FORMAT_OPTIONS = {
 
 # -- the input options, as configs (the export and `unrecord inspect`) -----------------
 
-def parse_storage_options(text: Optional[str]) -> Optional[storage.StorageOptions]:
+def parse_storage_options(text: Optional[str]) -> Optional[input_files.StorageOptions]:
   if not text:
     return None
   try:
@@ -176,15 +176,15 @@ def image_spec(request: Request) -> decode.ImageSpec:
 
 
 def input_patterns(request: Request) -> List[str]:
-  return storage.split_patterns(request.input or [])
+  return input_files.split_patterns(request.input or [])
 
 
 def load_label_names(path: Optional[str],
-                     storage_options: Optional[storage.StorageOptions] = None
+                     storage_options: Optional[input_files.StorageOptions] = None
                      ) -> Optional[List[str]]:
   if not path:
     return None
-  fs, fs_path = storage.filesystem(path, storage_options)
+  fs, fs_path = input_files.filesystem(path, storage_options)
   try:
     with fs.open(fs_path, 'rb') as f:
       text = f.read().decode('utf-8')
@@ -288,7 +288,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       name_template=template, id_key=found.id_key, label_key=found.label_key,
       label_names=tuple(found.label_names) if found.label_names else None,
       reencode=request.reencode, max_pixels=request.max_pixels)
-  root = sink.OutputRoot(request.output, read_settings.storage_options)
+  root = output_root.OutputRoot(request.output, read_settings.storage_options)
   root.check_writable()
   used = tuple(sorted((k, v) for k, v in given.items() if k in REPORTED_OPTIONS))
   settings = {k: v for k, v in used if k in IDENTITY_OPTIONS}
@@ -381,7 +381,7 @@ def claim_mode(request: Request) -> str:
       'skip_existing' if request.skip_existing else 'plain')
 
 
-def _refuse_inputs_under(root: sink.OutputRoot, files: Sequence[str]) -> None:
+def _refuse_inputs_under(root: output_root.OutputRoot, files: Sequence[str]) -> None:
   """--overwrite removes what the manifest does not list: never the inputs."""
   prefix = root.url_of('')
   inside = [f for f in files if f.startswith(prefix)]
@@ -402,7 +402,7 @@ def count_images(plan: Plan) -> Tuple[int, bool]:
   fewest, per_record = sum(low for low, _ in counts), sum(high for _, high in counts)
   estimated = fewest != per_record
   records = 0.0
-  for item in storage.expand_patterns(config.patterns, config.read.storage_options):
+  for item in input_files.expand_patterns(config.patterns, config.read.storage_options):
     exact = read.count_records(item, config.read)
     if exact is None:
       estimated = True

@@ -2,7 +2,7 @@
 
 Each DoFn only wraps a Beam-free function (setup/teardown, tagging outputs, metrics):
 
-  PlanRanges        patterns -> FileRange          storage.expand_patterns, read.plan_file
+  PlanRanges        patterns -> FileRange          input_files.expand_patterns, read.plan_file
   ReadImageRecords  patterns -> (RecordRef, bytes)  read.read_range, read.read_slots
   DecodeImages      records -> DecodedImage         record_layout.decode_records
   ExportImages      patterns -> files, manifest, dead letter, report
@@ -27,10 +27,10 @@ from apache_beam.metrics import Metrics
 from transforms import decode
 from transforms import errors
 from transforms import export
+from transforms import input_files
 from transforms import progress
 from transforms import read
 from transforms import record_layout
-from transforms import storage
 
 NAMESPACE = 'unrecord'
 DEAD_LETTER = 'dead_letter'
@@ -75,7 +75,7 @@ class PlanRanges(beam.PTransform):
 
   def __init__(self, patterns: Sequence[str], config: read.ReadConfig = read.ReadConfig()):
     super().__init__()
-    self._patterns = tuple(storage.split_patterns(patterns))
+    self._patterns = tuple(input_files.split_patterns(patterns))
     if not self._patterns:
       raise errors.ConfigError('reading records needs at least one input pattern')
     self._config = config
@@ -84,7 +84,7 @@ class PlanRanges(beam.PTransform):
     files = (
         pbegin
         | 'Patterns' >> beam.Create([self._patterns])
-        | 'ExpandPatterns' >> beam.FlatMap(storage.expand_patterns,
+        | 'ExpandPatterns' >> beam.FlatMap(input_files.expand_patterns,
                                            self._config.storage_options))
     # InputFile
     ranges = (

@@ -11,8 +11,8 @@ import dataclasses
 from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 from transforms import errors
+from transforms import input_files
 from transforms import progress
-from transforms import storage
 from transforms import tfrecord
 from transforms.tfrecord import FileRange
 
@@ -26,7 +26,7 @@ class ReadConfig:
   compression: str = 'auto'
   max_record_size: int = tfrecord.DEFAULT_MAX_RECORD_SIZE
   split_bytes: int = DEFAULT_SPLIT_BYTES
-  storage_options: Optional[storage.StorageOptions] = None
+  storage_options: Optional[input_files.StorageOptions] = None
 
   def __post_init__(self):
     if self.compression not in tfrecord.COMPRESSIONS:
@@ -37,7 +37,7 @@ class ReadConfig:
       raise errors.ConfigError('max_record_size and split_bytes must be positive')
 
 
-def plan_file(item: storage.InputFile, config: ReadConfig) -> List[FileRange]:
+def plan_file(item: input_files.InputFile, config: ReadConfig) -> List[FileRange]:
   """Ranges to read one file in: several for a large uncompressed file, else one.
 
   A file that cannot be opened now (deleted or made unreadable since the launch) is
@@ -50,8 +50,8 @@ def plan_file(item: storage.InputFile, config: ReadConfig) -> List[FileRange]:
     return [FileRange(item.url, 0, None, 0, compression, item.size)]
 
 
-def _plan_file(item: storage.InputFile, config: ReadConfig) -> List[FileRange]:
-  with storage.open_input(item.url, config.storage_options) as stream:
+def _plan_file(item: input_files.InputFile, config: ReadConfig) -> List[FileRange]:
+  with input_files.open_input(item.url, config.storage_options) as stream:
     head = stream.read(_SNIFF_BYTES)
     compression = tfrecord.resolve_compression(item.url, config.compression, head)
     if compression != 'none':
@@ -86,7 +86,7 @@ def read_range(file_range: FileRange, config: ReadConfig
 
 def _read_range(file_range: FileRange, config: ReadConfig
                 ) -> Iterator[Union[tfrecord.Record, errors.CorruptRecordError]]:
-  with storage.open_input(file_range.path, config.storage_options) as raw:
+  with input_files.open_input(file_range.path, config.storage_options) as raw:
     compressed = file_range.compression != 'none'
     stream = tfrecord.open_decompressed(raw, file_range.compression)
     yield from tfrecord.read_records(
@@ -95,12 +95,12 @@ def _read_range(file_range: FileRange, config: ReadConfig
         size=None if compressed else file_range.size, seekable=not compressed)
 
 
-def count_records(item: storage.InputFile, config: ReadConfig) -> Optional[int]:
+def count_records(item: input_files.InputFile, config: ReadConfig) -> Optional[int]:
   """Exact record count of a local uncompressed file (headers only), else None."""
-  fs, _ = storage.filesystem(item.url, config.storage_options)
-  if not storage.is_local(fs):
+  fs, _ = input_files.filesystem(item.url, config.storage_options)
+  if not input_files.is_local(fs):
     return None
-  with storage.open_input(item.url, config.storage_options) as stream:
+  with input_files.open_input(item.url, config.storage_options) as stream:
     head = stream.read(_SNIFF_BYTES)
     if tfrecord.resolve_compression(item.url, config.compression, head) != 'none':
       return None
@@ -111,7 +111,7 @@ def count_records(item: storage.InputFile, config: ReadConfig) -> Optional[int]:
 def fetch_record(path: str, offset: int, config: ReadConfig) -> Optional[bytes]:
   """The payload of the intact record whose frame starts at `offset`, else None."""
   try:
-    with storage.open_input(path, config.storage_options) as probe:
+    with input_files.open_input(path, config.storage_options) as probe:
       compression = tfrecord.resolve_compression(path, config.compression,
                                                  probe.read(_SNIFF_BYTES))
   except OSError:
@@ -125,7 +125,7 @@ def fetch_record(path: str, offset: int, config: ReadConfig) -> Optional[bytes]:
 def read_all(patterns: Sequence[str], config: ReadConfig = ReadConfig()
              ) -> Iterator[Union[tfrecord.Record, errors.CorruptRecordError]]:
   """Every slot of every file the patterns name, in order; the non-Beam path."""
-  for item in storage.expand_patterns(patterns, config.storage_options):
+  for item in input_files.expand_patterns(patterns, config.storage_options):
     for file_range in plan_file(item, config):
       yield from read_range(file_range, config)
 

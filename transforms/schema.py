@@ -16,11 +16,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from transforms import decode
 from transforms import errors
 from transforms import example as example_lib
+from transforms import input_files
 from transforms import naming
 from transforms import normalize
 from transforms import read
 from transforms import records as records_lib
-from transforms import storage
 from transforms import tfrecord
 
 _LABEL_NAMES = ('label', 'image/class/label', 'labels', 'class', 'class_id', 'label_id',
@@ -44,7 +44,7 @@ class TfdsInfo:
 
 
 def find_tfds_info(shard_urls: Sequence[str],
-                   storage_options: Optional[storage.StorageOptions] = None,
+                   storage_options: Optional[input_files.StorageOptions] = None,
                    max_folders: int = 16) -> Optional[TfdsInfo]:
   """TFDS metadata from the first of the shards' folders that has any."""
   folders = []
@@ -61,10 +61,10 @@ def find_tfds_info(shard_urls: Sequence[str],
 
 
 def read_tfds_info(shard_url: str,
-                   storage_options: Optional[storage.StorageOptions] = None
+                   storage_options: Optional[input_files.StorageOptions] = None
                    ) -> Optional[TfdsInfo]:
   """Reads dataset_info.json / features.json / *.labels.txt beside a shard, if present."""
-  fs, path = storage.filesystem(shard_url, storage_options)
+  fs, path = input_files.filesystem(shard_url, storage_options)
   folder = posixpath.dirname(path)
 
   def read_text(name: str) -> Optional[str]:
@@ -229,7 +229,7 @@ def sample_records(patterns: Sequence[str], limit: int,
                    ) -> Tuple[List[tfrecord.Record], List[str], List[str]]:
   """Up to `limit` good records from the start of the inputs, the damage met, the files."""
   config = config or read.ReadConfig()
-  files = storage.expand_patterns(patterns, config.storage_options)
+  files = input_files.expand_patterns(patterns, config.storage_options)
   records: List[tfrecord.Record] = []
   damage: List[str] = []
   for item in files:

@@ -22,8 +22,8 @@ import uuid
 from typing import BinaryIO, Iterator, List, Optional
 
 from transforms import errors
+from transforms import input_files
 from transforms import naming
-from transforms import storage
 
 TEMP_SUFFIX = naming.TEMP_SUFFIX
 # Exactly the names `_local_temp` makes; the sweep removes nothing else. No output name can
@@ -49,11 +49,11 @@ _temp_counter = itertools.count()
 class OutputRoot:
   """An output folder on any fsspec filesystem. Create one per DoFn in `setup()`."""
 
-  def __init__(self, url: str, storage_options: Optional[storage.StorageOptions] = None):
+  def __init__(self, url: str, storage_options: Optional[input_files.StorageOptions] = None):
     self.url = url.rstrip('/') or url
-    self.fs, self.root = storage.filesystem(self.url, storage_options)
+    self.fs, self.root = input_files.filesystem(self.url, storage_options)
     self.root = self.root.rstrip('/') or '/'
-    self.local = storage.is_local(self.fs)
+    self.local = input_files.is_local(self.fs)
     self._made_dirs = set()
     self._prefix = self.root if self.root.endswith('/') else self.root + '/'
 
@@ -62,7 +62,7 @@ class OutputRoot:
     return relative if relative.startswith('/') else self._prefix + relative
 
   def url_of(self, relative: str) -> str:
-    return storage.to_url(self.fs, self.path(relative))
+    return input_files.to_url(self.fs, self.path(relative))
 
   def exists(self, relative: str) -> bool:
     return self.fs.exists(self.path(relative))
