@@ -22,16 +22,13 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
-                                                  StandardOptions, _BeamArgumentParser)
-from apache_beam.runners.portability.fn_api_runner import fn_runner
-from apache_beam.runners.runner import PipelineRunner
-from apache_beam.transforms import environments
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+from beam_jobs import local_runner
 from beam_jobs import options as common
 from beam_jobs.signals import Terminated
 from beam_jobs import worker as worker_lib
@@ -49,7 +46,6 @@ from transforms import root_claim
 from transforms.plan import DEFAULT_VALUES as DEFAULTS
 
 PROG = 'unrecord export'
-LOCAL_RUNNERS = (None, 'DirectRunner', 'FnApiRunner')
 
 
 class ExportOptions(PipelineOptions):
@@ -225,83 +221,6 @@ def claim_output(request: plan_lib.Request, no_wait: bool) -> Optional[root_clai
       root_claim.LEASE_SECONDS)
 
 
-def bypass_proxy_for_local_workers() -> None:
-  """Keeps the runner's gRPC channels to its own worker processes off any HTTP proxy.
-
-  gRPC honours http_proxy/https_proxy; behind a proxy the local runner would otherwise
-  send its localhost control traffic to the proxy and hang.
-  """
-  hosts = [h for h in os.environ.get('no_grpc_proxy', '').split(',') if h]
-  for host in ('localhost', '127.0.0.1'):
-    if host not in hosts:
-      hosts.append(host)
-  os.environ['no_grpc_proxy'] = ','.join(hosts)
-
-
-def configure_runner(pipeline_options: PipelineOptions, argv: Sequence[str],
-                     pool: Optional[worker_lib.WarmPool] = None
-                     ) -> Tuple[str, Optional[PipelineRunner]]:
-  """Local runs: FnApiRunner (no Prism download), one worker process per core.
-
-  Returns the runner's description, and a runner instance when the local workers are
-  `pool`'s warm processes (else None: the pipeline options name the runner).
-  """
-  standard = pipeline_options.view_as(StandardOptions)
-  if standard.runner not in LOCAL_RUNNERS:
-    return standard.runner, None
-  standard.runner = 'FnApiRunner'
-  direct = pipeline_options.view_as(DirectOptions)
-  given = ' '.join(argv)
-  if '--direct_num_workers' not in given:
-    direct.direct_num_workers = os.cpu_count() or 1
-  if '--direct_running_mode' not in given:
-    direct.direct_running_mode = ('multi_processing' if direct.direct_num_workers != 1
-                                  else 'in_memory')
-  description = (f'DirectRunner (FnApiRunner, {direct.direct_num_workers} '
-                 f'{direct.direct_running_mode} worker(s))')
-  if pool is None or direct.direct_running_mode != 'multi_processing':
-    return description, None
-  # The same worker processes Beam's multi_processing mode starts, but already warm.
-  # FnApiRunner only takes a custom worker environment in its default running mode.
-  direct.direct_running_mode = 'in_memory'
-  environment = environments.SubprocessSDKEnvironment.from_command_string(
-      pool.worker_command())
-  return description, fn_runner.FnApiRunner(default_environment=environment)
-
-
-class _BeamNoise(logging.Filter):
-  """Drops two warnings every local run printed that do not apply to unrecord.
-
-  FnApiRunner advises multi_processing mode when given several workers in its default
-  mode; the warm workers are processes already. Each worker warns that registries may
-  not be effective without a semi-persistent directory; unrecord registers nothing.
-  """
-  NOISE = ('direct_running_mode should be', 'No semi_persistent_directory found')
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    message = record.getMessage()
-    return not any(noise in message for noise in self.NOISE)
-
-
-_BEAM_NOISE = _BeamNoise()
-
-
-def quiet_beam_noise() -> None:
-  """Installs the filter once per logger, however often main() runs in one process."""
-  for name in (fn_runner.__name__, 'apache_beam.runners.portability.local_job_service'):
-    logging.getLogger(name).addFilter(_BEAM_NOISE)
-
-
-def is_local(pipeline_options: PipelineOptions) -> bool:
-  """True for runners whose workers run on this machine and can reach 127.0.0.1."""
-  options = pipeline_options.get_all_options()
-  runner = options.get('runner')
-  if runner in ('FnApiRunner', 'DirectRunner', None):
-    return True
-  return runner == 'PortableRunner' and options.get('job_endpoint') == 'embed' and \
-      options.get('environment_type') in ('LOOPBACK', 'EXTERNAL')
-
-
 def describe(plan: plan_lib.Plan, runner: str) -> str:
   """The launch line: what was settled, so a wrong guess shows before any image does."""
   config = plan.config
@@ -399,12 +318,12 @@ def _run(plan: plan_lib.Plan, claim: root_claim.Claim, pipeline_options: Pipelin
     say(f'{PROG}: no input shard is new or changed since the last run')
     say(summary(report))
     return 0
-  runner, runner_instance = configure_runner(pipeline_options, argv, pool)
+  runner, runner_instance = local_runner.configure_runner(pipeline_options, argv, pool)
   say(describe(plan, runner))
-  local = is_local(pipeline_options)
+  local = local_runner.is_local(pipeline_options)
   if local:  # FnApiRunner, or the portable runner's embedded job service
-    bypass_proxy_for_local_workers()
-    quiet_beam_noise()
+    local_runner.bypass_proxy_for_local_workers()
+    local_runner.quiet_beam_noise()
   monitor = None
   if local:  # counts for the closing line of a failed run; shown unless --quiet
     monitor = progress.ProgressMonitor(log_interval=args.progress_interval,

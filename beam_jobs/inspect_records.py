@@ -69,16 +69,16 @@ def inspect(args) -> schema_lib.Schema:
 
 def export_defaults(found: schema_lib.Schema) -> Optional[dict]:
   """What `unrecord export` with no options would settle for these records (PNG, the
-  default name template): render.settled_choices, as the launch line shows it."""
+  default name template): plan.settled_choices, as the launch line shows it."""
   if not found.images:
     return None
-  value_range, key_value_ranges = render.value_ranges(normalize.NormalizeSpec(), found)
+  value_range, key_value_ranges = normalize.value_ranges(normalize.NormalizeSpec(), found)
   config = render.RenderConfig(
       value_range=value_range, key_value_ranges=key_value_ranges,
       name_template=naming.default_template(found), label_key=found.label_key,
       id_key=found.id_key,
       label_names=tuple(found.label_names) if found.label_names else None)
-  return render.settled_choices(found, config)
+  return plan.settled_choices(found, config)
 
 
 def caption(image: decode.DecodedImage, found: schema_lib.Schema) -> str:

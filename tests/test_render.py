@@ -40,7 +40,7 @@ def _export(payload: bytes, fmt: str = 'png', **render_kwargs):
   config = render.RenderConfig(encode=encode.EncodeSpec(fmt), **render_kwargs)
   config = render.RenderConfig(
       encode=config.encode, normalize=config.normalize,
-      value_range=render.dataset_value_range(config.normalize, found.image))
+      value_range=normalize.dataset_value_range(config.normalize, found.image))
   files = [render.render(image, config).data for image in images]
   return [cv2.cvtColor(d, cv2.COLOR_BGR2RGB) if d.ndim == 3 and d.shape[2] == 3 else
           cv2.cvtColor(d, cv2.COLOR_BGRA2RGBA) if d.ndim == 3 else d

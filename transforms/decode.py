@@ -93,7 +93,7 @@ class DecodedImage:
 
   A value: nothing changes one after it is made (`dataclasses.replace` makes a changed
   copy). It is not `frozen`, whose `__init__` sets each field through
-  `object.__setattr__`: 1.2 us of the 70-80 a 28x28 image costs in all.
+  `object.__setattr__`, a cost small images feel (docs/benchmarks.md).
   """
   ref: RecordRef
   n: int

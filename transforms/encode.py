@@ -153,8 +153,8 @@ def encode(pixels: np.ndarray, spec: EncodeSpec) -> bytes:
       return _opencv('.jpg', pixels, params)
     if spec.format == 'webp':
       if spec.webp_lossless:
-        # method 0 is libwebp's fastest lossless setting: ~50x faster than method 4 at
-        # quality 100 on photos, files ~12% larger, pixels the same (docs/benchmarks.md).
+        # method 0 is libwebp's fastest lossless setting; the pixels are the same at
+        # every method, only the size differs (docs/benchmarks.md).
         return _pillow(pixels, 'WEBP', lossless=True, exact=True, method=0, quality=50)
       return _pillow(pixels, 'WEBP', quality=spec.quality)
     if spec.format == 'tiff':

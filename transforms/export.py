@@ -73,7 +73,7 @@ class ExportConfig:
   overwrite: bool = False
   # An object-store root's lease (root_claim), released by the job's last step.
   lock_run_id: Optional[str] = None
-  # What the launch settled (render.settled_choices), as JSON: the report shows it.
+  # What the launch settled (plan.settled_choices), as JSON: the report shows it.
   choices: str = '{}'
 
   def __post_init__(self):
@@ -269,8 +269,8 @@ _ROW_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
 
 
 def _c_row_encoder(sort_keys: bool):
-  """The row encoder's C core, made once: JSONEncoder.encode makes it anew on every
-  call, a third of a 28x28 image's row (5.4 -> 3.6 us)."""
+  """The row encoder's C core, made once (JSONEncoder.encode makes it anew on every
+  call); the same bytes as json.dumps (docs/benchmarks.md)."""
   if not (json.encoder.c_make_encoder and json.encoder.c_encode_basestring):
     return None
   return json.encoder.c_make_encoder(
@@ -287,8 +287,8 @@ def manifest_line(row: dict, *, in_key_order: bool = False) -> str:
   and a newline (keys sorted, so equal rows give equal lines).
 
   `in_key_order`: the caller built `row` with its keys already sorted and no dict among
-  its values, as `manifest_row` does, so the keys are written as they come; sorting
-  them is a fifth of the line (4.3 -> 3.5 us for a 28x28 image's row).
+  its values, as `manifest_row` does, so the keys are written as they come, unsorted
+  again.
   """
   encoder = _ROW_C_ENCODER_AS_BUILT if in_key_order else _ROW_C_ENCODER
   if encoder is None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from transforms import errors
+
+if TYPE_CHECKING:  # types only: schema imports normalize
+  from transforms import schema
 
 BIT_DEPTHS = ('auto', '8', '16', 'float')
 CHANNEL_ORDERS = ('rgb', 'bgr')
@@ -132,7 +135,7 @@ _DTYPE_NAMES: Dict[np.dtype, str] = {}
 
 
 def dtype_name(dtype: np.dtype) -> str:
-  """`dtype.name`, remembered: NumPy builds that string on every access (about 3 us)."""
+  """`dtype.name`, remembered: NumPy builds that string anew on every access."""
   name = _DTYPE_NAMES.get(dtype)
   if name is None:
     name = _DTYPE_NAMES[dtype] = dtype.name
@@ -396,3 +399,58 @@ def to_display(pixels: np.ndarray, layout: str,
   """An 8-bit RGB(A) or gray rendering for previews (contact sheets, reports)."""
   spec = NormalizeSpec(non_finite='clip')
   return normalize(pixels, layout, spec, bits='8', value_range=value_range).pixels
+
+
+# ---------------------------------------------------------------------------------------
+# The dataset's value range, resolved once at launch from the sampled records
+
+
+def value_ranges(spec: NormalizeSpec, found: 'schema.Schema'
+                 ) -> Tuple[Optional[Tuple[float, float]], tuple]:
+  """RenderConfig's `value_range` (the first image key's) and `key_value_ranges` (the
+  further keys whose range differs from it)."""
+  ranges = [dataset_value_range(spec, image) for image in found.images]
+  return ranges[0], tuple((image.key, value_range) for image, value_range in
+                          zip(found.more_images, ranges[1:]) if value_range != ranges[0])
+
+
+def _unnormalized_extent(spec: NormalizeSpec, image: 'schema.ImageInfo'
+                         ) -> Tuple[float, float]:
+  """The sample's min..max after `value * std + mean`, each channel with its own numbers
+  (normalize undoes them after BGR becomes RGB, so the channels are taken in RGB order)."""
+  mean, std = np.asarray(spec.mean, float), np.asarray(spec.std, float)
+  channels = image.channel_ranges
+  if channels is None or (mean.size == 1 and std.size == 1):
+    low, high = image.value_range
+    ends = np.concatenate([np.atleast_1d(low * std + mean), np.atleast_1d(high * std + mean)])
+    return float(ends.min()), float(ends.max())
+  channels = [list(c) for c in channels]
+  if spec.channel_order == 'bgr' and len(channels) >= 3:
+    channels[0], channels[2] = channels[2], channels[0]
+  ends = []
+  for c, (low, high) in enumerate(channels):
+    m = mean[c] if mean.size > 1 and c < mean.size else mean.flat[0]
+    s = std[c] if std.size > 1 and c < std.size else std.flat[0]
+    ends += [low * s + m, high * s + m]
+  return float(min(ends)), float(max(ends))
+
+
+def dataset_value_range(spec: NormalizeSpec, image: 'schema.ImageInfo'
+                        ) -> Optional[Tuple[float, float]]:
+  """Resolves `--value_range` once for the whole dataset from the sampled extent.
+
+  auto: None for uint8/int8/uint16/bool (their type range is meant); otherwise the range
+  `detect_range` picks for the sampled min..max (after undoing mean/std).
+  minmax: None (each image is stretched over its own min..max). LO,HI: as given.
+  """
+  if spec.value_range == 'minmax':
+    return None
+  if spec.value_range != 'auto':
+    return parse_value_range(spec.value_range)
+  if image.dtype in ('uint8', 'int8', 'uint16', 'bool') and spec.mean is None:
+    return None
+  low, high = image.value_range
+  if spec.mean is not None:
+    low, high = _unnormalized_extent(spec, image)
+  kind = np.float64 if 'float' in image.dtype or spec.mean is not None else np.int64
+  return detect_range(np.asarray([low, high], dtype=kind))

@@ -206,8 +206,8 @@ def sha256(data: bytes) -> str:
 
 
 class _RenamedIntoPlace:
-  """`OutputRoot._renamed_into_place`'s context. A class, not a generator context: that
-  cost about 1.7 us of the 20 us a small file takes (docs/benchmarks.md)."""
+  """`OutputRoot._renamed_into_place`'s context. A class, not a generator context,
+  which costs more per file (docs/benchmarks.md)."""
 
   __slots__ = ('temp', 'target')
 

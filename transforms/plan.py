@@ -281,7 +281,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       spec, key=image.key, encoding=image.encoding, record=found.record,
       decode_encoded=image.encoding != 'encoded' or image.format != request.format or
       request.reencode) for image in found.images]
-  value_range, key_value_ranges = render.value_ranges(normalize_spec, found)
+  value_range, key_value_ranges = normalize.value_ranges(normalize_spec, found)
   render_config = render.RenderConfig(
       encode=encode_spec, normalize=normalize_spec, value_range=value_range,
       key_value_ranges=key_value_ranges,
@@ -302,7 +302,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
         files, incremental.read_state(root), identity['settings'],
         read_settings.storage_options))
     patterns = tuple(url for url, _ in processed)
-  choices = render.settled_choices(found, render_config, request.layout)
+  choices = settled_choices(found, render_config, request.layout)
   config = export.ExportConfig(
       choices=json.dumps(choices), patterns=patterns, output=request.output,
       read=read_settings, image=image_specs[0], more_images=tuple(image_specs[1:]),
@@ -358,6 +358,37 @@ def _template(request: Request, found: schema_lib.Schema, files: Sequence[str]) 
         f'({", ".join(i.key for i in found.images)}); '
         'add {key} to --name_template so their images get different names')
   return template
+
+
+def settled_choices(found: schema_lib.Schema, config: render.RenderConfig,
+                    layout: str = 'flat') -> dict:
+  """What the launch settled for the data, in the words a user checks before looking at
+  any image: the launch line, `_report.json`/`.html` and `inspect` show it."""
+  spec = config.normalize
+  images = []
+  for image in found.images:
+    value_range = config.value_range_for(image.key)
+    if spec.value_range == 'minmax':
+      shown, source = None, 'each image\'s own min..max (--value_range minmax)'
+    elif value_range is not None:
+      shown = [normalize.plain_number(v) for v in value_range]
+      source = ('--value_range' if spec.value_range != 'auto' else
+                'the sample, after --mean/--std' if spec.mean is not None else 'the sample')
+    else:
+      shown, source = list(normalize.type_range(image.dtype) or ()), f'dtype {image.dtype}'
+    images.append({
+        'key': image.key, 'encoding': image.encoding, 'format': image.format,
+        'dtype': image.dtype, 'shape': image.shape, 'layout': image.layout,
+        'value_range': shown, 'value_range_from': source,
+        'bit_depth': normalize.target_bits(
+            image.dtype, spec.bit_depth, config.encode.holds_16bit,
+            config.encode.holds_float, value_range),
+        'passthrough': render.passes_through(image.format, image.dtype, config),
+    })
+  return {'record': found.record, 'images': images, 'format': config.encode.format,
+          'layout': layout, 'name_template': config.name_template,
+          'label_key': config.label_key, 'id_key': config.id_key,
+          'label_names': len(config.label_names) if config.label_names else None}
 
 
 def check_format_options(output_format: str, given: Dict[str, object]) -> None:
