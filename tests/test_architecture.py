@@ -9,8 +9,9 @@ from tests.conftest import REPO
 
 # Bottom up; a module may import (at module level) only modules of lower layers.
 LAYERS = [
-    ['errors', 'wire', 'protos', 'tfrecord', 'input_files', 'isolation', 'image_formats',
-     'normalize', 'encode', 'naming', 'progress', 'preview'],
+    ['errors', 'wire', 'protos'],
+    ['tfrecord', 'input_files', 'isolation', 'image_formats', 'normalize', 'encode',
+     'naming', 'progress', 'preview'],
     ['tensor_proto', 'output_root'],
     ['npy', 'example', 'manifest', 'root_claim', 'incremental'],
     ['records'],
