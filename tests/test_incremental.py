@@ -80,26 +80,58 @@ def test_new_changed_and_unchanged_shards(unrecord, tmp_path):
   assert (out / '_SUCCESS').exists()
 
 
+# The killed run: the job as the library runs it, with a decoder that hangs on one marked
+# record, so the run is certain to be part-way (it cannot pass that record) when killed.
+_KILLED_RUN = """
+import dataclasses, sys
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+import transforms as unrecord
+request = unrecord.Request(input=(sys.argv[1],), output=sys.argv[2], incremental=True,
+                           png_encoder='opencv', reencode=True)
+with unrecord.claim_root(request.output) as claim:
+  plan = unrecord.plan_export(request)
+  config = dataclasses.replace(plan.config, image=dataclasses.replace(
+      plan.config.image, decoder='tests.crashing_decoder:decode'))
+  claim.start(plan.identity)
+  with beam.Pipeline(options=PipelineOptions(['--runner', 'FnApiRunner'])) as pipeline:
+    _ = pipeline | unrecord.ExportImages(config)
+"""
+HANGS_AT = 700
+
+
+def _png_shard(folder, name, count):
+  payloads = []
+  for i in range(count):
+    png = fixtures.encode_png(fixtures.photo(i % 7, 32, 32))
+    if i == HANGS_AT:
+      png += b'HANG-ME'  # after IEND: still the same PNG to any other decoder
+    payloads.append(fixtures.example({'image': fixtures.bytes_feature(png)}))
+  fixtures.write_tfrecord(str(folder / name), payloads)
+
+
 def test_a_run_killed_part_way_is_redone_by_the_next(unrecord, tmp_path):
   src, out = tmp_path / 'src', tmp_path / 'out'
   src.mkdir()
-  _shard(src, 'small.tfrecord', [fixtures.photo(0, 12, 12)])
-  _run(unrecord, src, out, '--png_encoder', 'opencv')  # the settings of every run below
+  settings = ('--png_encoder', 'opencv', '--reencode')  # the settings of every run below
+  _png_shard(src, 'small.tfrecord', 1)
+  _run(unrecord, src, out, *settings)
   state = _state(out)
-  _shard(src, 'big.tfrecord', [fixtures.photo(i % 7, 32, 32) for i in range(1500)])
-  job = subprocess.Popen(
-      [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input', str(src), '--output',
-       str(out), '--incremental', '--png_encoder', 'opencv'], cwd=REPO,
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+  _png_shard(src, 'big.tfrecord', 1500)
+  job = subprocess.Popen([sys.executable, '-c', _KILLED_RUN, str(src), str(out)], cwd=REPO,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
   deadline = time.time() + 120
   while time.time() < deadline and not any(n.startswith('big-') for n in os.listdir(out)):
+    assert job.poll() is None, 'the run ended before it wrote an image'
     time.sleep(0.02)
+  # Record HANGS_AT holds the run (its decoder sleeps): no image from there on can exist.
   os.killpg(job.pid, signal.SIGKILL)
   job.wait()
   partial = [n for n in os.listdir(out) if n.startswith('big-')]
-  assert 0 < len(partial) < 1500
+  assert 0 < len(partial) <= HANGS_AT
   assert _state(out) == state  # the killed run did not record the big shard
-  report = _run(unrecord, src, out, '--png_encoder', 'opencv')
+  report = _run(unrecord, src, out, *settings)
   assert report['incremental']['shards_processed'] == 1  # only the unfinished shard
   assert report['written'] == 1500
   assert len(_state(out)) == 2 and len(_check_manifest(out)) == 1501

@@ -20,6 +20,13 @@ def test_progress_line_shows_count_rate_eta_and_failures():
   assert progress.progress_line(50, 0, None, False, 2.0) == '50 images, 25 img/s'
 
 
+def _until(condition, timeout=30.0, what='the condition'):
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert time.monotonic() < deadline, f'timed out waiting for {what}'
+    time.sleep(0.01)
+
+
 def test_workers_report_at_a_bounded_rate_and_counts_add_up():
   monitor = progress.ProgressMonitor(stream=io.StringIO(), show_after=3600).start()
   try:
@@ -31,8 +38,9 @@ def test_workers_report_at_a_bounded_rate_and_counts_add_up():
     elapsed = time.monotonic() - started
     for sender in senders:
       sender.close()
-    time.sleep(0.5)
-    assert monitor.totals() == {'written': 20000, 'skipped': 0, 'failed': 3}
+    # The closing datagrams carry the final counts; the monitor has them once they land.
+    _until(lambda: monitor.totals() == {'written': 20000, 'skipped': 0, 'failed': 3},
+           what='the closing counts')
     # at most one datagram per sender per half second, plus the closing ones
     assert monitor.messages <= 2 * (elapsed / 0.5 + 1) + 2
   finally:
@@ -45,33 +53,73 @@ def _dataset(folder, count=1000):
   return fixtures.write_tfrecord(str(folder / 'many.tfrecord'), images)
 
 
-ARGS = ['--png_encoder', 'opencv', '--png_compression', '9', '--direct_num_workers', '1']
+ARGS = ['--progress_interval', '0.5']
 
 
-def test_log_lines_when_not_a_terminal_and_quiet_turns_them_off(unrecord, tmp_path):
+class _Held:
+  """Runs the export with its workers held (SIGSTOP) from the moment they exist until
+  `release()`: however fast this machine is, the run is still going while the launcher's
+  progress display has time to show, so what it shows is certain, not a race."""
+
+  def __init__(self, output, *args, stderr=None):
+    import psutil
+    self._psutil = psutil
+    self.job = subprocess.Popen(
+        [sys.executable, '-m', 'beam_jobs.cli', 'export', '--output', str(output), *args,
+         *ARGS], cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=stderr if stderr is not None else subprocess.PIPE)
+    launcher = psutil.Process(self.job.pid)
+    _until(lambda: launcher.children(recursive=True), what='the worker processes')
+    self.held = launcher.children(recursive=True)
+    for process in self.held:
+      process.suspend()
+
+  def release(self):
+    for process in self.held:
+      try:
+        process.resume()
+      except self._psutil.NoSuchProcess:
+        pass
+
+
+def _progress_lines(text):
+  return [line for line in text.splitlines() if line.startswith('unrecord: [')]
+
+
+def test_log_lines_when_not_a_terminal_and_quiet_turns_them_off(tmp_path):
   path = _dataset(tmp_path)
-  result = unrecord('export', '--input', path, '--output', str(tmp_path / 'a'), *ARGS,
-                    '--progress_interval', '0.5')
-  assert result.returncode == 0, result.stderr[-3000:]
-  lines = [l for l in result.stderr.splitlines() if l.startswith('unrecord: [')]
-  assert lines, result.stderr[-3000:]
-  assert '/1000 (' in lines[-1] and 'img/s' in lines[-1]
-  assert '\r' not in result.stderr
-  quiet = unrecord('export', '--input', path, '--output', str(tmp_path / 'b'), *ARGS,
-                   '--progress_interval', '0.5', '--quiet')
-  assert quiet.returncode == 0
-  assert not [l for l in quiet.stderr.splitlines() if l.startswith('unrecord: [')]
+  err = tmp_path / 'err'
+  with open(err, 'w') as stream:
+    held = _Held(tmp_path / 'a', '--input', path, stderr=stream)
+    # Workers held, nothing written: the launcher still logs a line each interval.
+    _until(lambda: '/1000 (' in ''.join(_progress_lines(err.read_text())), what='log lines')
+    held.release()
+    assert held.job.wait(300) == 0, err.read_text()[-3000:]
+  text = err.read_text()
+  lines = _progress_lines(text)
+  assert len(lines) >= 2 and all('img/s' in line for line in lines)
+  assert '\r' not in text
+
+  err = tmp_path / 'quiet'
+  with open(err, 'w') as stream:
+    held = _Held(tmp_path / 'b', '--input', path, '--quiet', stderr=stream)
+    # Held as long as the first run took to show its lines (after 2 s, then every
+    # 0.5 s), twice over: a quiet run shows none.
+    time.sleep(2 * (2.0 + 0.5))
+    held.release()
+    assert held.job.wait(300) == 0
+  assert not _progress_lines(err.read_text())
 
 
 def test_live_bar_on_a_terminal(tmp_path):
   path = _dataset(tmp_path)
   leader, follower = pty.openpty()
-  job = subprocess.Popen(
-      [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input', path, '--output',
-       str(tmp_path / 'tty'), *ARGS], cwd=REPO, stdin=subprocess.DEVNULL,
-      stdout=subprocess.DEVNULL, stderr=follower)
+  held = _Held(tmp_path / 'tty', '--input', path, stderr=follower)
   os.close(follower)
   output = b''
+  while b'\x1b[K' not in output:  # the bar is drawn while the workers are held
+    output += os.read(leader, 65536)
+  held.release()
   while True:
     try:
       chunk = os.read(leader, 65536)
@@ -80,7 +128,7 @@ def test_live_bar_on_a_terminal(tmp_path):
     if not chunk:
       break
     output += chunk
-  assert job.wait(timeout=300) == 0
+  assert held.job.wait(timeout=300) == 0
   text = output.decode('utf-8', 'replace')
   assert '\r' in text and '\x1b[K' in text  # redrawn in place, line cleared
   assert '/1000 (' in text
