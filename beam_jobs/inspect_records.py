@@ -112,7 +112,7 @@ def write_contact_sheet(url: str, records, found: schema_lib.Schema,
     except errors.UnrecordError:
       continue
     for image in images:
-      pixels = normalize.to_display(image.pixels, image.layout, display_range)
+      pixels = normalize.to_display(image.pixels, image.axes, display_range)
       items.append((pixels, caption(image, found)))
       if len(items) >= limit:
         break
@@ -151,7 +151,7 @@ def render_text(found: schema_lib.Schema, files: int = 0) -> str:
     fmt = f' ({image.format})' if image.format else ''
     lines.append(
         f'image:  key={image.key}  encoding={image.encoding}{fmt}  dtype={image.dtype}  '
-        f'shape={image.shape}  layout={image.layout}  '
+        f'shape={image.shape}  layout={image.axes}  '
         f'values={image.value_range[0]}..{image.value_range[1]}')
   if not found.images:
     lines.append('image:  not found (pass --image_key; see the features above)')

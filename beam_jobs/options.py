@@ -149,7 +149,7 @@ def add_input_arguments(parser, required: bool = True) -> None:
       'dtype feature, else uint8 (or by byte count: 2 -> uint16, 4 -> float32).')
   group.add_argument(
       '--tensor_layout', default=DEFAULTS['tensor_layout'],
-      choices=decode.LAYOUTS, type=Choice(),
+      choices=decode.AXES, type=Choice(),
       help='Axis order of tensors: hwc, chw (NHWC/NCHW for batches), or auto (a trailing '
       'axis of 1-4 is channels, else a leading one). Default: auto.')
   group.add_argument(

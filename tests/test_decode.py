@@ -58,7 +58,7 @@ def test_serialized_tensors_decode_bit_exact(dtype, shape_kind):
     assert image.pixels.dtype == part.dtype
     assert image.pixels.tobytes() == part.tobytes()
     assert image.source_dtype == dtype and image.encoding == 'tensor'
-    assert image.layout == ('hw' if shape_kind == 'hw' else 'hwc')
+    assert image.axes == ('hw' if shape_kind == 'hw' else 'hwc')
     assert (image.n, image.features, image.ref) == (n, {'label': 7}, REF)
 
 
@@ -187,7 +187,7 @@ def test_numeric_lists_decode_like_parse_single_example():
   parsed = tf.io.parse_single_example(
       floats, {'x': tf.io.FixedLenFeature([90], tf.float32)})['x'].numpy()
   (image,) = decode.decode_record(REF, floats, decode.ImageSpec())
-  assert image.pixels.dtype == np.float32 and image.layout == 'hwc'
+  assert image.pixels.dtype == np.float32 and image.axes == 'hwc'
   assert image.pixels.tobytes() == parsed.reshape(6, 5, 3).tobytes()
 
 
@@ -264,7 +264,7 @@ def test_batched_tensors_split_into_images(layout):
   images = decode.decode_record(REF, payload, decode.ImageSpec())
   assert len(images) == 5
   for n, image in enumerate(images):
-    assert image.layout == layout[1:] and image.stored_layout == layout
+    assert image.axes == layout[1:] and image.stored_axes == layout
     np.testing.assert_array_equal(image.pixels, batch[n])
 
 
@@ -273,9 +273,9 @@ def test_chw_is_detected_and_forced_layout_wins():
   payload = fixtures.example({'image': fixtures.bytes_feature(
       fixtures.serialized_tensor(chw))})
   (image,) = decode.decode_record(REF, payload, decode.ImageSpec())
-  assert image.layout == 'chw'
-  (image,) = decode.decode_record(REF, payload, decode.ImageSpec(layout='hwc'))
-  assert image.layout == 'hwc'
+  assert image.axes == 'chw'
+  (image,) = decode.decode_record(REF, payload, decode.ImageSpec(axes='hwc'))
+  assert image.axes == 'hwc'
 
 
 def test_wrong_image_key_lists_the_features_and_the_likely_image():

@@ -210,7 +210,7 @@ def test_a_written_image_row_is_built_in_key_order_and_written_as_json_dumps(
   features = {k: v for k, v in (('label', label), ('id', id_)) if v is not None}
   image = decode.DecodedImage(
       ref=tfrecord.RecordRef(source, 7, 1234), n=0, pixels=np.zeros((4, 3, 1), np.uint8),
-      layout='hwc', source_dtype='uint8', encoding='raw', key='image', features=features)
+      axes='hwc', source_dtype='uint8', encoding='raw', key='image', features=features)
   rendered = render.Rendered(b'\x89PNG', (4, 3), 'uint8', tuple(steps), 'opencv', False,
                              value_range)
   row = export.manifest_row(image, name, rendered, config)

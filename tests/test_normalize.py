@@ -15,8 +15,8 @@ uint8_images = hnp.arrays(np.uint8, hnp.array_shapes(min_dims=3, max_dims=3, min
                                                          lambda s: s[:2] + (3,)))
 
 
-def _norm(pixels, layout='hwc', spec=SPEC, bits='8', **kwargs):
-  return normalize.normalize(pixels, layout, spec, bits=bits, **kwargs)
+def _norm(pixels, axes='hwc', spec=SPEC, bits='8', **kwargs):
+  return normalize.normalize(pixels, axes, spec, bits=bits, **kwargs)
 
 
 @settings(max_examples=200, deadline=None)
@@ -38,7 +38,7 @@ def test_signed_unit_floats_recover_their_uint8_pixels(pixels, dtype):
 @settings(max_examples=200, deadline=None)
 @given(hnp.arrays(np.float64, (4, 5), elements=st.floats(-1e6, 1e6)))
 def test_any_finite_floats_land_in_range_and_keep_their_order(values):
-  out = _norm(values, layout='hw', spec=normalize.NormalizeSpec(value_range='minmax')).pixels
+  out = _norm(values, axes='hw', spec=normalize.NormalizeSpec(value_range='minmax')).pixels
   assert out.dtype == np.uint8
   flat_in, flat_out = values.ravel(), out.ravel().astype(int)
   order = np.argsort(flat_in, kind='stable')
@@ -71,27 +71,27 @@ def test_fast_mapping_is_bit_identical_to_the_plain_expression(dtype, value_rang
       values = (np.floor(values) + 0.5) / top * (high - low) + low
     values = values.astype(dtype).reshape(1, -1)
   spec = normalize.NormalizeSpec(non_finite='clip')
-  out = _norm(values, layout='hw', spec=spec, bits=bits, value_range=value_range).pixels
+  out = _norm(values, axes='hw', spec=spec, bits=bits, value_range=value_range).pixels
   assert np.array_equal(out, _plain_mapping(values, low, high, top))
 
 
 def test_rounds_to_nearest_never_truncates():
   values = np.array([[10.4, 10.6, 254.6, 0.49]], dtype=np.float32) / 255.0
-  out = _norm(values, layout='hw', value_range=(0.0, 1.0)).pixels
+  out = _norm(values, axes='hw', value_range=(0.0, 1.0)).pixels
   assert out.tolist() == [[10, 11, 255, 0]]
 
 
 def test_values_outside_the_range_are_clipped():
   values = np.array([[-0.2, 0.5, 1.3]], dtype=np.float32)
-  assert _norm(values, layout='hw', value_range=(0.0, 1.0)).pixels.tolist() == [[0, 128, 255]]
+  assert _norm(values, axes='hw', value_range=(0.0, 1.0)).pixels.tolist() == [[0, 128, 255]]
 
 
 def test_uint8_stays_and_uint16_keeps_or_scales_with_rounding():
   pixels = fixtures.photo()
   assert _norm(pixels).pixels is pixels
   depth = fixtures.photo_16bit()
-  assert np.array_equal(_norm(depth, layout='hw', bits='16').pixels, depth)
-  scaled = _norm(depth, layout='hw', bits='8').pixels
+  assert np.array_equal(_norm(depth, axes='hw', bits='16').pixels, depth)
+  scaled = _norm(depth, axes='hw', bits='8').pixels
   assert np.array_equal(scaled, np.rint(depth / 257.0).astype(np.uint8))
 
 
@@ -108,7 +108,7 @@ def test_detect_range(values, dtype, expected):
 
 def test_chw_becomes_hwc_and_single_channel_becomes_gray():
   pixels = fixtures.photo()
-  assert np.array_equal(_norm(pixels.transpose(2, 0, 1), layout='chw').pixels, pixels)
+  assert np.array_equal(_norm(pixels.transpose(2, 0, 1), axes='chw').pixels, pixels)
   gray = fixtures.gray_photo()
   out = _norm(gray[:, :, None]).pixels
   assert out.shape == gray.shape and np.array_equal(out, gray)
@@ -141,16 +141,16 @@ def test_mean_std_is_undone_exactly(preset):
 def test_non_finite_values_fail_by_default_and_clip_on_request():
   values = np.array([[0.5, np.nan, np.inf, -np.inf]], dtype=np.float32)
   with pytest.raises(errors.DecodeError) as info:
-    _norm(values, layout='hw', value_range=(0.0, 1.0))
+    _norm(values, axes='hw', value_range=(0.0, 1.0))
   assert info.value.reason == 'non_finite' and '3 NaN/Inf' in str(info.value)
-  out = _norm(values, layout='hw', value_range=(0.0, 1.0),
+  out = _norm(values, axes='hw', value_range=(0.0, 1.0),
               spec=normalize.NormalizeSpec(non_finite='clip')).pixels
   assert out.tolist() == [[128, 0, 255, 0]]
 
 
 def test_float_bit_depth_keeps_float32_values():
   values = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
-  out = _norm(values, layout='hw', bits='float').pixels
+  out = _norm(values, axes='hw', bits='float').pixels
   assert out.dtype == np.float32 and np.array_equal(out, values)
 
 

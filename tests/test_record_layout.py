@@ -12,8 +12,8 @@ from transforms.tfrecord import RecordRef
 
 F = fixtures
 RAW = decode.ImageSpec(key='image/raw', encoding='raw')
-_FIELDS = ('ref', 'n', 'layout', 'source_dtype', 'encoding', 'key', 'features', 'encoded',
-           'encoded_format', 'batch_size', 'stored_shape', 'stored_layout')
+_FIELDS = ('ref', 'n', 'axes', 'source_dtype', 'encoding', 'key', 'features', 'encoded',
+           'encoded_format', 'batch_size', 'stored_shape', 'stored_axes')
 
 
 def _outcome(decode_one, ref, payload):

@@ -34,7 +34,7 @@ from transforms.example import FeatureValue
 from transforms.tfrecord import RecordRef
 
 ENCODINGS = ('tensor', 'raw', 'list', 'encoded')
-LAYOUTS = ('auto', 'hwc', 'chw')
+AXES = ('auto', 'hwc', 'chw')
 _CHANNEL_COUNTS = (1, 2, 3, 4)
 _IMAGE_NAME_HINT = re.compile(r'(image|img|pixel|picture|photo|frame|^x$|^data$)', re.I)
 _KEY_SUFFIXES = ('/raw', '/encoded', '/bytes', '/data', '/pixels', '/tensor', '_raw',
@@ -50,7 +50,7 @@ class ImageSpec:
   record: Optional[str] = None
   shape: Optional[Tuple[int, ...]] = None
   dtype: Optional[str] = None
-  layout: str = 'auto'
+  axes: str = 'auto'  # axis order: --tensor_layout
   max_pixels: int = image_formats.DEFAULT_MAX_PIXELS
   # False: encoded images are only checked (header, size, end marker), not decoded;
   # `pixels` stays None until `ensure_pixels`. For passthrough, where pixels are unused.
@@ -67,9 +67,9 @@ class ImageSpec:
     if self.record is not None and self.record not in records.KINDS:
       raise errors.ConfigError(
           f'record kind must be one of {", ".join(records.KINDS)}, got {self.record!r}')
-    if self.layout not in LAYOUTS:
+    if self.axes not in AXES:
       raise errors.ConfigError(
-          f'tensor layout must be one of {", ".join(LAYOUTS)}, got {self.layout!r}')
+          f'tensor layout must be one of {", ".join(AXES)}, got {self.axes!r}')
     if self.dtype is not None:
       object.__setattr__(self, 'dtype', normalize_dtype_name(self.dtype))
     if self.shape is not None:
@@ -86,7 +86,7 @@ class ImageSpec:
 class DecodedImage:
   """One image and where it came from.
 
-  `pixels` is HxW, HxWxC or CxHxW as `layout` says, in the stored dtype (bfloat16 is
+  `pixels` is HxW, HxWxC or CxHxW as `axes` says, in the stored dtype (bfloat16 is
   widened to float32; `source_dtype` keeps the original name). For encoded sources,
   `encoded` holds the original bytes so a writer can pass them through untouched, and
   `pixels` is None when the spec asked not to decode them (see `ensure_pixels`).
@@ -98,7 +98,7 @@ class DecodedImage:
   ref: RecordRef
   n: int
   pixels: Optional[np.ndarray]
-  layout: str
+  axes: str
   source_dtype: str
   encoding: str
   key: str
@@ -107,7 +107,7 @@ class DecodedImage:
   encoded_format: Optional[str] = None
   batch_size: int = 1
   stored_shape: Tuple[int, ...] = ()
-  stored_layout: str = ''
+  stored_axes: str = ''
 
 
 # ---------------------------------------------------------------------------------------
@@ -297,7 +297,7 @@ def _check_count(shape: Sequence[int], count: int, key: str, what: str,
 # Layout
 
 
-def detect_layout(shape: Sequence[int], requested: str = 'auto') -> str:
+def detect_axes(shape: Sequence[int], requested: str = 'auto') -> str:
   """hw | hwc | chw | nhw | nhwc | nchw for an array shape.
 
   A trailing axis of 1-4 is channels (HWC wins ties such as 3x4x3); else a leading axis of
@@ -330,11 +330,11 @@ def detect_layout(shape: Sequence[int], requested: str = 'auto') -> str:
       errors.SHAPE_MISMATCH, f'an image needs 2 to 4 dimensions, got shape {list(shape)}')
 
 
-def split_batch(pixels: np.ndarray, layout: str) -> Tuple[List[np.ndarray], str]:
-  """Images of a possibly batched array, and the layout of each."""
-  if layout.startswith('n'):
-    return list(pixels), layout[1:]
-  return [pixels], layout
+def split_batch(pixels: np.ndarray, axes: str) -> Tuple[List[np.ndarray], str]:
+  """Images of a possibly batched array, and the axis order of each."""
+  if axes.startswith('n'):
+    return list(pixels), axes[1:]
+  return [pixels], axes
 
 
 # ---------------------------------------------------------------------------------------
@@ -473,8 +473,8 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
       else:
         pixels = None
         shape, dtype_name = image_formats.check_encoded(value, fmt, spec.max_pixels)
-      layout = 'hw' if len(shape) == 2 else 'hwc'
-      images.append(_Part(pixels, layout, dtype_name, shape, layout, value, fmt))
+      axes = 'hw' if len(shape) == 2 else 'hwc'
+      images.append(_Part(pixels, axes, dtype_name, shape, axes, value, fmt))
   elif encoding == 'raw':
     _require_kind(feature, key, example_lib.BYTES, encoding)
     pixels, dtype_name = _decode_raw(features, key, spec)
@@ -488,11 +488,11 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
     images += _split(pixels, spec, dtype_name)
 
   return [
-      DecodedImage(ref=ref, n=n, pixels=part.pixels, layout=part.layout,
+      DecodedImage(ref=ref, n=n, pixels=part.pixels, axes=part.axes,
                    source_dtype=part.dtype_name, encoding=encoding, key=key,
                    features=scalars, encoded=part.encoded, encoded_format=part.fmt,
                    batch_size=len(images), stored_shape=tuple(part.stored_shape),
-                   stored_layout=part.stored_layout)
+                   stored_axes=part.stored_axes)
       for n, part in enumerate(images)
   ]
 
@@ -505,7 +505,7 @@ def ensure_pixels(image: DecodedImage, max_pixels: int,
   pixels = decoder(image.encoded, image.encoded_format, max_pixels)
   return dataclasses.replace(image, pixels=pixels,
                              source_dtype=normalize.dtype_name(pixels.dtype),
-                             layout='hw' if pixels.ndim == 2 else 'hwc')
+                             axes='hw' if pixels.ndim == 2 else 'hwc')
 
 
 def decode_record(ref: RecordRef, payload: bytes, spec: ImageSpec,
@@ -561,8 +561,8 @@ def _max_elements(spec: ImageSpec) -> int:
 def _check_pixels(shape: Sequence[int], spec: ImageSpec, key: str) -> None:
   if len(shape) < 2:
     return
-  layout = detect_layout(shape, spec.layout) if 2 <= len(shape) <= 4 else 'hw'
-  dims = dict(zip(layout, shape)) if len(layout) == len(shape) else {}
+  axes = detect_axes(shape, spec.axes) if 2 <= len(shape) <= 4 else 'hw'
+  dims = dict(zip(axes, shape)) if len(axes) == len(shape) else {}
   pixels = dims.get('h', 1) * dims.get('w', 1)
   if pixels > spec.max_pixels:
     raise errors.DecodeError(
@@ -575,18 +575,18 @@ def _check_pixels(shape: Sequence[int], spec: ImageSpec, key: str) -> None:
 class _Part:
   """One image of a record before it becomes a DecodedImage."""
   pixels: np.ndarray
-  layout: str
+  axes: str
   dtype_name: str
   stored_shape: Tuple[int, ...]
-  stored_layout: str
+  stored_axes: str
   encoded: Optional[bytes] = None
   fmt: Optional[str] = None
 
 
 def _split(pixels: np.ndarray, spec: ImageSpec, dtype_name: str) -> List[_Part]:
-  layout = detect_layout(pixels.shape, spec.layout)
-  parts, each_layout = split_batch(pixels, layout)
-  return [_Part(p, each_layout, dtype_name, pixels.shape, layout) for p in parts]
+  axes = detect_axes(pixels.shape, spec.axes)
+  parts, each_axes = split_batch(pixels, axes)
+  return [_Part(p, each_axes, dtype_name, pixels.shape, axes) for p in parts]
 
 
 def _decode_raw(features, key, spec):

@@ -232,18 +232,18 @@ def name_values(
 # The names of a run
 
 
-def default_template(found: 'schema.Schema', layout: str = 'flat',
+def default_template(found: 'schema.Schema', folders: str = 'flat',
                      with_splits: bool = False) -> str:
   """The name template of a run without --name_template: `{key}/` first with several
   image keys, `{split}/` first for class folders of records with splits, `{n}` for
   batches."""
   return ((KEYS_PREFIX if len(found.images) > 1 else '') +
-          (SPLIT_PREFIX if layout == 'class' and with_splits else '') + {
+          (SPLIT_PREFIX if folders == 'class' and with_splits else '') + {
               ('flat', False): DEFAULT_TEMPLATE,
               ('flat', True): BATCH_TEMPLATE,
               ('class', False): CLASS_TEMPLATE,
               ('class', True): CLASS_BATCH_TEMPLATE,
-          }[(layout, found.batched)])
+          }[(folders, found.batched)])
 
 
 class Namer:

@@ -1,4 +1,4 @@
-"""Image arrays of any dtype, range and layout -> the pixels an image file should hold.
+"""Image arrays of any dtype, range and axis order -> the pixels an image file should hold.
 
 Pure NumPy. The steps, in order: to HWC; BGR -> RGB; non-finite policy; undo mean/std;
 map the value range onto the target bit depth, rounding to nearest and clipping.
@@ -115,12 +115,12 @@ def preset(name: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
   return PRESETS[name]
 
 
-def to_hwc(pixels: np.ndarray, layout: str) -> np.ndarray:
+def to_hwc(pixels: np.ndarray, axes: str) -> np.ndarray:
   """HxW stays; CxHxW -> HxWxC; HxWx1 -> HxW (a single-channel image)."""
-  if layout == 'chw':
+  if axes == 'chw':
     pixels = np.moveaxis(pixels, 0, -1)
-  elif layout not in ('hw', 'hwc'):
-    raise errors.DecodeError(errors.SHAPE_MISMATCH, f'unexpected image layout {layout!r}')
+  elif axes not in ('hw', 'hwc'):
+    raise errors.DecodeError(errors.SHAPE_MISMATCH, f'unexpected image axes {axes!r}')
   if pixels.ndim == 3 and pixels.shape[2] == 1:
     pixels = pixels[:, :, 0]
   if pixels.ndim == 3 and pixels.shape[2] > 4:
@@ -209,7 +209,7 @@ class Normalized:
   steps: Tuple[str, ...]
 
 
-def normalize(pixels: np.ndarray, layout: str, spec: NormalizeSpec, *, bits: str,
+def normalize(pixels: np.ndarray, axes: str, spec: NormalizeSpec, *, bits: str,
               value_range: Optional[Tuple[float, float]] = None,
               source_dtype: Optional[str] = None) -> Normalized:
   """Pixels ready to encode: HxW or HxWxC in RGB(A) order, uint8/uint16/float32.
@@ -218,8 +218,8 @@ def normalize(pixels: np.ndarray, layout: str, spec: NormalizeSpec, *, bits: str
   None it is taken from `spec.value_range`, or detected on this image.
   """
   steps = []
-  pixels = to_hwc(pixels, layout)
-  if layout == 'chw':
+  pixels = to_hwc(pixels, axes)
+  if axes == 'chw':
     steps.append('chw_to_hwc')
   if spec.channel_order == 'bgr' and pixels.ndim == 3 and pixels.shape[2] >= 3:
     pixels = pixels[..., [2, 1, 0] + list(range(3, pixels.shape[2]))]
@@ -394,11 +394,11 @@ def _fmt(value: float) -> str:
   return f'{value:g}'
 
 
-def to_display(pixels: np.ndarray, layout: str,
+def to_display(pixels: np.ndarray, axes: str,
                value_range: Optional[Tuple[float, float]] = None) -> np.ndarray:
   """An 8-bit RGB(A) or gray rendering for previews (contact sheets, reports)."""
   spec = NormalizeSpec(non_finite='clip')
-  return normalize(pixels, layout, spec, bits='8', value_range=value_range).pixels
+  return normalize(pixels, axes, spec, bits='8', value_range=value_range).pixels
 
 
 # ---------------------------------------------------------------------------------------

@@ -171,7 +171,7 @@ def image_spec(request: Request) -> decode.ImageSpec:
   """The spec of the first image key (or of a detected one)."""
   return decode.ImageSpec(
       key=(image_keys(request) or [None])[0], shape=parse_shape(request.shape),
-      dtype=request.dtype, layout=request.tensor_layout, max_pixels=request.max_pixels,
+      dtype=request.dtype, axes=request.tensor_layout, max_pixels=request.max_pixels,
       isolate_decoder=request.decoder_isolation == 'on')
 
 
@@ -350,7 +350,7 @@ def _template(request: Request, found: schema_lib.Schema, files: Sequence[str]) 
   naming.check_template(template, sorted(available))
   if found.batched and 'n' not in naming.template_fields(template):
     raise errors.ConfigError(
-        f'the records hold batches of images ({found.image.layout}); add {{n}} to '
+        f'the records hold batches of images ({found.image.axes}); add {{n}} to '
         '--name_template so each image of a batch gets its own name')
   if len(found.images) > 1 and 'key' not in naming.template_fields(template):
     raise errors.ConfigError(
@@ -361,7 +361,7 @@ def _template(request: Request, found: schema_lib.Schema, files: Sequence[str]) 
 
 
 def settled_choices(found: schema_lib.Schema, config: render.RenderConfig,
-                    layout: str = 'flat') -> dict:
+                    folders: str = 'flat') -> dict:
   """What the launch settled for the data, in the words a user checks before looking at
   any image: the launch line, `_report.json`/`.html` and `inspect` show it."""
   spec = config.normalize
@@ -378,7 +378,7 @@ def settled_choices(found: schema_lib.Schema, config: render.RenderConfig,
       shown, source = list(normalize.type_range(image.dtype) or ()), f'dtype {image.dtype}'
     images.append({
         'key': image.key, 'encoding': image.encoding, 'format': image.format,
-        'dtype': image.dtype, 'shape': image.shape, 'layout': image.layout,
+        'dtype': image.dtype, 'shape': image.shape, 'layout': image.axes,
         'value_range': shown, 'value_range_from': source,
         'bit_depth': normalize.target_bits(
             image.dtype, spec.bit_depth, config.encode.holds_16bit,
@@ -386,7 +386,7 @@ def settled_choices(found: schema_lib.Schema, config: render.RenderConfig,
         'passthrough': render.passes_through(image.format, image.dtype, config),
     })
   return {'record': found.record, 'images': images, 'format': config.encode.format,
-          'layout': layout, 'name_template': config.name_template,
+          'layout': folders, 'name_template': config.name_template,
           'label_key': config.label_key, 'id_key': config.id_key,
           'label_names': len(config.label_names) if config.label_names else None}
 

@@ -96,9 +96,9 @@ class Layout:
   """
 
   __slots__ = ('fixed', 'pixels', 'scalars', 'constant', 'dtype_name', 'shape',
-               'stored_layout', 'key')
+               'stored_axes', 'key')
 
-  def __init__(self, fixed, pixels, scalars, constant, dtype_name, shape, stored_layout,
+  def __init__(self, fixed, pixels, scalars, constant, dtype_name, shape, stored_axes,
                key):
     self.fixed: Tuple[Tuple[int, bytes], ...] = fixed
     self.pixels: _Span = pixels
@@ -106,7 +106,7 @@ class Layout:
     self.constant: Dict[str, example_lib.Scalar] = constant
     self.dtype_name: str = dtype_name
     self.shape: Tuple[int, ...] = shape
-    self.stored_layout: str = stored_layout
+    self.stored_axes: str = stored_axes
     self.key: str = key
 
   @classmethod
@@ -152,7 +152,7 @@ class Layout:
     varying = {name for name, _, _ in scalars}
     constant = {k: v for k, v in first.features.items() if k not in varying}
     return cls(tuple(fixed), pixels, tuple(scalars), constant, first.source_dtype,
-               first.stored_shape, first.stored_layout, spec.key)
+               first.stored_shape, first.stored_axes, spec.key)
 
   def decode(self, ref: RecordRef, payload: bytes
              ) -> Optional[List[decode.DecodedImage]]:
@@ -182,12 +182,12 @@ class Layout:
         payload, raw_dtype, (end - start) // raw_dtype.itemsize, start)).reshape(self.shape)
     if self.dtype_name == 'bfloat16':
       pixels = tensor_proto.widen_bfloat16(pixels)
-    parts, layout = decode.split_batch(pixels, self.stored_layout)
+    parts, axes = decode.split_batch(pixels, self.stored_axes)
     return [
-        decode.DecodedImage(ref=ref, n=n, pixels=part, layout=layout,
+        decode.DecodedImage(ref=ref, n=n, pixels=part, axes=axes,
                             source_dtype=self.dtype_name, encoding='raw', key=self.key,
                             features=features, batch_size=len(parts),
-                            stored_shape=self.shape, stored_layout=self.stored_layout)
+                            stored_shape=self.shape, stored_axes=self.stored_axes)
         for n, part in enumerate(parts)]
 
 

@@ -90,7 +90,7 @@ def render(image: decode.DecodedImage, config: RenderConfig,
       normalize.dtype_name(image.pixels.dtype), config.normalize.bit_depth,
       config.encode.holds_16bit, config.encode.holds_float, value_range)
   result = normalize.normalize(
-      image.pixels, image.layout, config.normalize, bits=bits,
+      image.pixels, image.axes, config.normalize, bits=bits,
       value_range=value_range, source_dtype=image.source_dtype)
   pixels = encode.fit_channels(result.pixels, config.encode)
   data = encode.encode(pixels, config.encode)

@@ -95,8 +95,8 @@ def distinct_captions(names: Sequence[str], keep: int = 4) -> List[str]:
 
 def thumbnail_png(pixels: np.ndarray) -> bytes:
   """A PNG thumbnail of a written image's pixels (`decode_written`), for the page."""
-  layout = 'hw' if pixels.ndim == 2 else 'hwc'
-  shown = normalize.to_display(pixels, layout,
+  axes = 'hw' if pixels.ndim == 2 else 'hwc'
+  shown = normalize.to_display(pixels, axes,
                                None if pixels.dtype in (np.uint8, np.uint16) else
                                normalize.detect_range(pixels))
   out = io.BytesIO()

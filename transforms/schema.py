@@ -148,7 +148,7 @@ class ImageInfo:
   encoding: str
   dtype: str
   shape: List[int]
-  layout: str
+  axes: str  # axis order; 'layout' in JSON
   value_range: List[float]
   format: Optional[str] = None
   # Per channel (HWC order) [min, max] over the sample, when every sampled image has the
@@ -157,7 +157,7 @@ class ImageInfo:
 
   def to_json(self) -> dict:
     info = {'key': self.key, 'encoding': self.encoding, 'dtype': self.dtype,
-            'shape': self.shape, 'layout': self.layout, 'value_range': self.value_range}
+            'shape': self.shape, 'layout': self.axes, 'value_range': self.value_range}
     if self.format is not None:
       info['format'] = self.format
     return info
@@ -191,14 +191,14 @@ class Schema:
   def batched(self) -> bool:
     """True when some record gives several images of one key (a batch, several values,
     a feature list's steps): names then need {n}."""
-    return any(self.images_per_record(image)[1] > 1 or image.layout.startswith('n')
+    return any(self.images_per_record(image)[1] > 1 or image.axes.startswith('n')
                for image in self.images)
 
   def images_per_record(self, image: Optional[ImageInfo] = None) -> Tuple[int, int]:
     """(fewest, most) images one record gave in the sample, for `image` (default: the
     first image key)."""
     image = image or self.image
-    batch = image.shape[0] if image.layout.startswith('n') else 1
+    batch = image.shape[0] if image.axes.startswith('n') else 1
     if image.key in self.feature_lists:
       steps = self.feature_lists[image.key]
       return steps.min_length * batch, steps.max_length * batch
@@ -447,10 +447,10 @@ def _detect_image(parsed, image_key, spec, decoder):
     return None, image_key, failures
   head = first_images[0]
   low, high = normalize.merge_ranges(ranges) if ranges else (0, 0)
-  shape, layout = list(head.stored_shape), head.stored_layout
+  shape, axes = list(head.stored_shape), head.stored_axes
   info = ImageInfo(
       key=image_key, encoding=head.encoding, dtype=head.source_dtype, shape=shape,
-      layout=layout,
+      axes=axes,
       value_range=[normalize.plain_number(low), normalize.plain_number(high)],
       format=head.encoded_format,
       channel_ranges=_merge_channels(per_channel))
@@ -460,7 +460,7 @@ def _detect_image(parsed, image_key, spec, decoder):
 def _channel_extents(image: decode.DecodedImage) -> Optional[List[Tuple[float, float]]]:
   """Each channel's observed (min, max), ignoring NaN/Inf; None for gray images."""
   try:
-    pixels = normalize.to_hwc(image.pixels, image.layout)
+    pixels = normalize.to_hwc(image.pixels, image.axes)
   except errors.UnrecordError:
     return None
   if pixels.ndim != 3:
