@@ -22,7 +22,6 @@ from transforms import decode
 from transforms import encode
 from transforms import errors
 from transforms import export
-from transforms import image_formats
 from transforms import incremental
 from transforms import input_files
 from transforms import naming
@@ -35,14 +34,19 @@ from transforms import schema as schema_lib
 from transforms import tfrecord
 
 
+# Each stage's config owns the defaults of its options; Request takes them from there.
+_READ, _IMAGE = read.ReadConfig(), decode.ImageSpec()
+_ENCODE, _NORMALIZE = encode.EncodeSpec(), normalize.NormalizeSpec()
+
+
 @dataclasses.dataclass(frozen=True)
 class Request:
   """An export as asked for: each field is the `unrecord export` option of that name,
   with its default. Text values are as typed (`shape='224,224,3'`, `mean='imagenet'`)."""
   # Input: where the records are and how to find the image in them.
   input: Optional[Tuple[str, ...]] = None
-  compression: str = 'auto'
-  max_record_size: int = tfrecord.DEFAULT_MAX_RECORD_SIZE
+  compression: str = _READ.compression
+  max_record_size: int = _READ.max_record_size
   storage_options: Optional[str] = None  # JSON text
   image_key: Optional[Tuple[str, ...]] = None
   label_key: Optional[str] = None
@@ -50,18 +54,18 @@ class Request:
   label_names: Optional[str] = None  # a file, one name per line
   shape: Optional[str] = None
   dtype: Optional[str] = None
-  tensor_layout: str = 'auto'
-  decoder_isolation: str = 'on'
-  max_pixels: int = image_formats.DEFAULT_MAX_PIXELS
+  tensor_layout: str = _IMAGE.axes
+  decoder_isolation: str = 'on'  # the command isolates decoders; ImageSpec alone does not
+  max_pixels: int = _IMAGE.max_pixels
   # Output.
   output: Optional[str] = None
-  format: str = 'png'
-  quality: int = 95
-  png_compression: Optional[int] = None
-  png_encoder: str = 'auto'
-  webp_lossless: bool = False
-  jpeg_progressive: bool = False
-  jpeg_subsampling: str = 'auto'
+  format: str = _ENCODE.format
+  quality: int = _ENCODE.quality
+  png_compression: Optional[int] = _ENCODE.png_compression
+  png_encoder: str = _ENCODE.png_encoder
+  webp_lossless: bool = _ENCODE.webp_lossless
+  jpeg_progressive: bool = _ENCODE.jpeg_progressive
+  jpeg_subsampling: str = _ENCODE.jpeg_subsampling
   reencode: bool = False
   name_template: Optional[str] = None
   layout: str = 'flat'
@@ -70,14 +74,14 @@ class Request:
   overwrite: bool = False
   max_failures: int = 0
   sample_records: int = 64
-  split_size_mb: int = 64
+  split_size_mb: int = _READ.split_bytes >> 20
   # Normalization.
-  value_range: str = 'auto'
-  mean: Optional[str] = None
+  value_range: str = _NORMALIZE.value_range
+  mean: Optional[str] = None  # '0.5' or a preset; NormalizeSpec holds the numbers
   std: Optional[str] = None
-  channel_order: str = 'rgb'
-  bit_depth: str = 'auto'
-  non_finite: str = 'fail'
+  channel_order: str = _NORMALIZE.channel_order
+  bit_depth: str = _NORMALIZE.bit_depth
+  non_finite: str = _NORMALIZE.non_finite
 
   @classmethod
   def from_options(cls, options) -> 'Request':
