@@ -34,7 +34,6 @@ from beam_jobs.signals import Terminated
 from beam_jobs import worker as worker_lib
 from transforms import encode
 from transforms import errors
-from transforms import export
 from transforms import naming
 from transforms import normalize
 from transforms import output_root
@@ -42,6 +41,7 @@ from transforms import plan as plan_lib
 from transforms import progress
 from transforms import ptransforms
 from transforms import render
+from transforms import report as report_lib
 from transforms import root_claim
 from transforms.plan import DEFAULT_VALUES as DEFAULTS
 
@@ -311,7 +311,7 @@ def _run(plan: plan_lib.Plan, claim: root_claim.Claim, pipeline_options: Pipelin
   --quiet, only when it ends in an error)."""
   say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
   if not plan.config.patterns:  # --incremental, and no shard is new or changed
-    report = export.write_report(
+    report = report_lib.write_report(
         plan.config,
         {'written': 0, 'skipped': 0, 'bytes': 0, 'passthrough': 0, 'samples': []},
         {'failed': 0, 'failed_by_reason': {}, 'first_failures': []})
@@ -349,11 +349,11 @@ def _run(plan: plan_lib.Plan, claim: root_claim.Claim, pipeline_options: Pipelin
       monitor.stop()
   beam_log.close(keep=False)
   root = output_root.OutputRoot(plan.config.output, plan.config.read.storage_options)
-  report = json.loads(root.read(export.REPORT))
+  report = json.loads(root.read(naming.REPORT))
   line = summary(report, failure_counters(result))
   if not report['success']:
     line += (f'; exit 1: failures {report["failed"]} > --max_failures '
-             f'{report["max_failures"]}, so no _SUCCESS (see {export.DEAD_LETTER_ROWS})')
+             f'{report["max_failures"]}, so no _SUCCESS (see {naming.DEAD_LETTER_ROWS})')
   if not report['success'] or not args.quiet:
     print(line, file=sys.stderr)
   return 0 if report['success'] else 1
@@ -419,16 +419,16 @@ def _ended_early(plan: plan_lib.Plan, monitor: Optional[progress.ProgressMonitor
   unreachable = (interrupted is None and storage_cause is not None and
                  '://' in plan.config.output and not plan.config.output.startswith('file://'))
   wrote_report = (not unreachable and
-                  export.write_failure_report(plan.config, cause, counts))
+                  report_lib.write_failure_report(plan.config, cause, counts))
   so_far = (f'at least {counts["written"]} image(s) written' if counts is not None else
             'what was written is on the runner')
   line = f'{PROG}: error: {cause}; {so_far}; no _SUCCESS'
   if '--skip_existing' not in cause:
     line += '; run the same command with --skip_existing to finish'
   if unreachable:
-    line += f'; {export.REPORT} was not written (the output storage failed)'
+    line += f'; {naming.REPORT} was not written (the output storage failed)'
   elif not wrote_report:
-    line += f'; {export.REPORT} could not be written either'
+    line += f'; {naming.REPORT} could not be written either'
   if log_path:
     line += f"; Beam's log: {log_path}"
   print(line, file=sys.stderr)

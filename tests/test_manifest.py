@@ -15,7 +15,6 @@ from transforms import export
 from transforms import manifest
 from transforms import output_root
 from transforms import render
-from transforms import report
 from transforms import tfrecord
 
 
@@ -166,12 +165,12 @@ def test_merging_any_split_into_runs_matches_a_plain_dict(tmp_path_factory, imag
 
 
 def test_row_sampler_keeps_the_first_rows_of_the_first_classes_only():
-  sampler = report.RowSampler(per_class=2, limit=3)
+  sampler = manifest.RowSampler(per_class=2, limit=3)
   for i, label in enumerate('aabacdde'):
     sampler.add(label, i)
   # classes a, b, c in order of first appearance; d and e come too late to be shown
   assert sampler.chosen() == [0, 2, 4]
-  few = report.RowSampler(per_class=2, limit=5)
+  few = manifest.RowSampler(per_class=2, limit=5)
   for i, label in enumerate('aaab'):
     few.add(label, i)
   assert few.chosen() == [0, 3, 1]
@@ -186,7 +185,7 @@ _json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.text(), _json_values, max_size=8))
 def test_manifest_lines_are_json_dumps_with_sorted_keys(row):
-  assert export.manifest_line(row) == json.dumps(row, sort_keys=True,
+  assert manifest.manifest_line(row) == json.dumps(row, sort_keys=True,
                                                  ensure_ascii=False) + '\n'
 
 
@@ -213,12 +212,12 @@ def test_a_written_image_row_is_built_in_key_order_and_written_as_json_dumps(
       axes='hwc', source_dtype='uint8', encoding='raw', key='image', features=features)
   rendered = render.Rendered(b'\x89PNG', (4, 3), 'uint8', tuple(steps), 'opencv', False,
                              value_range)
-  row = export.manifest_row(image, name, rendered, config)
+  row = manifest.manifest_row(image, name, rendered, config)
   assert list(row) == sorted(row)
-  assert export.manifest_line(row, in_key_order=True) == json.dumps(
+  assert manifest.manifest_line(row, in_key_order=True) == json.dumps(
       row, sort_keys=True, ensure_ascii=False) + '\n'
   # The entry's class: the label as JSON text, ASCII-escaped as json.dumps gives it.
   label = row['label_name'] or row['label']
   class_key = manifest.Entry.parse(
-      manifest.entry(manifest.WRITTEN, row, export.manifest_line(row))).class_key
+      manifest.entry(manifest.WRITTEN, row, manifest.manifest_line(row))).class_key
   assert class_key == json.dumps('' if label is None else str(label)).encode()

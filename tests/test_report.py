@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests import fixtures
-from transforms import export
+from transforms import report
 
 CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
                   '--no-first-run', '--disable-background-networking',
@@ -54,10 +54,10 @@ def test_report_json_has_the_numbers(report_run):
 
 
 def test_work_timing_separates_the_workers_time_from_start_up():
-  assert export.work_timing([(10.0, 12.0), (11.0, 14.0), (12.5, 13.0)], 8.0) == {
+  assert report.work_timing([(10.0, 12.0), (11.0, 14.0), (12.5, 13.0)], 8.0) == {
       'ranges': 3, 'seconds': 4.0, 'startup_seconds': 2.0, 'range_seconds': 5.5,
       'mean_busy_workers': 1.38}
-  assert export.work_timing([], 8.0) is None
+  assert report.work_timing([], 8.0) is None
 
 
 def test_report_html_is_self_contained_with_a_grid_per_class(report_run):

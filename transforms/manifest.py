@@ -17,14 +17,24 @@ JSON fields escape it, so UTF-8 byte order is path order.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import heapq
 import itertools
 import json
 import uuid
-from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import (TYPE_CHECKING, BinaryIO, Callable, Dict, Hashable, Iterable, Iterator,
+                    List, Optional, Tuple)
 
+from transforms import decode
+from transforms import errors
+from transforms import image_formats
+from transforms import naming
 from transforms import output_root
+from transforms import render
+
+if TYPE_CHECKING:  # types only: export imports manifest
+  from transforms import export
 
 SCRATCH = '_unrecord_tmp'
 WRITTEN, SKIPPED, PREVIOUS = b'w', b's', b'p'
@@ -246,3 +256,229 @@ def sorted_runs(root: output_root.OutputRoot, entries: Iterable[bytes]) -> List[
   for raw in entries:
     writer.add(raw)
   return writer.flush()
+
+
+# ---------------------------------------------------------------------------------------
+# Rows: one per image, and the few the report shows
+
+
+def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendered,
+                 config: 'export.ExportConfig') -> dict:
+  """The `_manifest.jsonl` row for one written image."""
+  features = image.features
+  label_key, id_key = config.render.label_key, config.render.id_key
+  label = features.get(label_key) if label_key else None
+  names = config.render.label_names
+  return {  # keys in sorted order: `manifest_line(row, in_key_order=True)` keeps it
+      'bytes': len(rendered.data),
+      'dtype_in': image.source_dtype,
+      'dtype_out': rendered.dtype,
+      'encoder': rendered.encoder,
+      'format': config.render.encode.format,
+      'id': features.get(id_key) if id_key else None,
+      'index': image.ref.index,
+      'key': image.key,
+      'label': label,
+      'label_name': naming.label_name(label, names),
+      'n': image.n,
+      'normalization': list(rendered.steps),
+      'offset': image.ref.offset,
+      'passthrough': rendered.passthrough,
+      'path': name,
+      'sha256': output_root.sha256(rendered.data),
+      'shape_in': list(image.pixels.shape if image.pixels is not None
+                       else image.stored_shape),
+      'shape_out': list(rendered.shape),
+      'source': image.ref.path,
+      'value_range': list(rendered.value_range) if rendered.value_range else None,
+  }
+
+
+def existing_row(image: decode.DecodedImage, name: str, root: output_root.OutputRoot,
+                 config: 'export.ExportConfig') -> Optional[dict]:
+  """The manifest row for a finished image --skip_existing leaves in place, from the file
+  itself; None when there is no such file, or it is not a whole image (empty, cut short,
+  damaged): that one is written again.
+
+  `write_manifest` prefers the previous run's row for the same path when there is one.
+  """
+  try:
+    data = root.read(name)
+  except FileNotFoundError:
+    return None
+  try:
+    shape, dtype = image_formats.check_encoded(data, None, config.image.max_pixels)
+  except errors.UnrecordError:
+    return None
+  rendered = render.Rendered(data, tuple(shape or ()), dtype, ('existing',), 'existing',
+                             False, None)
+  row = manifest_row(image, name, rendered, config)
+  row['shape_out'] = list(shape) if shape else None
+  return row
+
+
+_ROW_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+
+
+def _c_row_encoder(sort_keys: bool):
+  """The row encoder's C core, made once (JSONEncoder.encode makes it anew on every
+  call); the same bytes as json.dumps (docs/benchmarks.md)."""
+  if not (json.encoder.c_make_encoder and json.encoder.c_encode_basestring):
+    return None
+  return json.encoder.c_make_encoder(
+      None, _ROW_ENCODER.default, json.encoder.c_encode_basestring, None,
+      _ROW_ENCODER.key_separator, _ROW_ENCODER.item_separator, sort_keys, False, True)
+
+
+_ROW_C_ENCODER = _c_row_encoder(sort_keys=True)
+_ROW_C_ENCODER_AS_BUILT = _c_row_encoder(sort_keys=False)
+
+
+def manifest_line(row: dict, *, in_key_order: bool = False) -> str:
+  """One `_manifest.jsonl` line: `json.dumps(row, sort_keys=True, ensure_ascii=False)`
+  and a newline (keys sorted, so equal rows give equal lines).
+
+  `in_key_order`: the caller built `row` with its keys already sorted and no dict among
+  its values, as `manifest_row` does, so the keys are written as they come, unsorted
+  again.
+  """
+  encoder = _ROW_C_ENCODER_AS_BUILT if in_key_order else _ROW_C_ENCODER
+  if encoder is None:
+    return _ROW_ENCODER.encode(row) + '\n'
+  return ''.join(encoder(row, 0)) + '\n'
+
+
+SAMPLES_PER_CLASS = 8
+MAX_SAMPLES = 48
+
+
+class RowSampler:
+  """Manifest rows to show in the report: the first few of each class where labels
+  exist, else the first. Fed (class, row) in path order; holds only what it may show.
+
+  Only the first `limit` classes can be shown, so rows of later classes are never kept.
+  """
+
+  def __init__(self, per_class: int = SAMPLES_PER_CLASS, limit: int = MAX_SAMPLES):
+    self._per_class = per_class
+    self._limit = limit
+    self._by_class = collections.OrderedDict()
+
+  def add(self, class_key: Hashable, row) -> None:
+    bucket = self._by_class.get(class_key)
+    if bucket is None:
+      if len(self._by_class) >= self._limit:
+        return
+      bucket = self._by_class[class_key] = []
+    if len(bucket) < self._per_class:
+      bucket.append(row)
+
+  def chosen(self) -> list:
+    buckets = [list(bucket) for bucket in self._by_class.values()]
+    chosen = []
+    while len(chosen) < self._limit and any(buckets):  # round-robin over classes
+      for bucket in buckets:
+        if bucket and len(chosen) < self._limit:
+          chosen.append(bucket.pop(0))
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------
+# The file: the workers' runs merged into _manifest.jsonl
+
+
+def write_manifest(runs: Iterable[str], config: 'export.ExportConfig') -> dict:
+  """Merges the workers' sorted runs into `_manifest.jsonl`, sorted by path.
+
+  A skipped image keeps its row from the previous manifest, byte for byte, when that
+  manifest has one (a re-run over unchanged input rewrites an identical manifest); else
+  (e.g. after a killed run) its row is made from the file found in place. With
+  --incremental, rows of shards this run did not process are kept, and images whose
+  shard changed and no longer makes them are deleted. Names taken by more than one
+  image come back as `collisions` (Failure rows) for the dead letter.
+  """
+  root = output_root.OutputRoot(config.output, config.read.storage_options)
+  runs = list(runs)
+  if root.exists(naming.MANIFEST):
+    with root.open_read(naming.MANIFEST) as previous:
+      runs += sorted_runs(root, previous_entries(previous))
+  sampler = RowSampler()
+  with root.open_write(naming.MANIFEST) as out:
+    result = merge_runs(
+        merged(root, runs), out, keep_previous=_keeps_previous(config),
+        on_disk_sha256=lambda path: _sha256_or_none(root, path),
+        sample=sampler.add)
+  for path in result.stale:
+    try:
+      root.fs.rm_file(root.path(path))
+    except FileNotFoundError:
+      pass
+  unlisted = _remove_unlisted(root) if config.overwrite else 0
+  failures = [f for c in result.collisions for f in _collision_failures(c)]
+  skipped = sum(c.skipped for c in result.collisions)
+  return {'written': result.written, 'skipped': result.skipped, 'bytes': result.bytes,
+          'passthrough': result.passthrough,
+          'stale_removed': len(result.stale) + unlisted,
+          'samples': [json.loads(line) for line in sampler.chosen()],
+          'collisions': failures,
+          # The workers counted each colliding image as written (or skipped); these
+          # take those counts back, as failures (the metrics' corrections).
+          'count_corrections': {f'failed_{errors.NAME_COLLISION}': len(failures),
+                                'images_written': skipped - len(failures),
+                                'images_skipped': -skipped}}
+
+
+def _keeps_previous(config: 'export.ExportConfig'):
+  """Whether a row only the previous manifest has stays (its file kept) or goes (removed).
+
+  The one owner of that decision: --overwrite removes them all; --incremental removes
+  those of the shards it processed again (they no longer make that image); every other
+  run keeps them, so the manifest goes on listing every image file in the root.
+  """
+  if config.overwrite:
+    return lambda row: False
+  if config.incremental:
+    processed = {url for url, _ in config.processed}
+    return lambda row: row.get('source') not in processed
+  return lambda row: True
+
+
+def _remove_unlisted(root: output_root.OutputRoot) -> int:
+  """--overwrite: removes every file under the root that the new manifest does not list
+  (a killed run's images, say), except unrecord's own files; returns how many.
+
+  Holds the root's listing in memory, one path per file (docs/scale.md).
+  """
+  prefix = root.path('')
+  found = {p[len(prefix):] for p in root.fs.find(root.root) if p.startswith(prefix)}
+  with root.open_read(naming.MANIFEST) as listed:
+    for line in listed:
+      found.discard(json.loads(line)['path'])
+  removed = 0
+  for path in sorted(found):
+    if path.split('/', 1)[0].startswith('_') or output_root.is_temp_name(path):
+      continue
+    try:
+      root.fs.rm_file(root.path(path))
+      removed += 1
+    except FileNotFoundError:
+      pass
+  return removed
+
+
+def _sha256_or_none(root: output_root.OutputRoot, path: str) -> Optional[str]:
+  try:
+    return output_root.sha256(root.read(path))
+  except OSError:
+    return None
+
+
+def _collision_failures(collision: Collision) -> List[errors.Failure]:
+  rows = ([collision.kept] if collision.kept else []) + collision.others
+  others = ', '.join(f'{r["source"]} record {r["index"]}' for r in rows)
+  return [errors.Failure(
+      reason=errors.NAME_COLLISION, stage='write', path=row['source'], index=row['index'],
+      offset=row['offset'], n=row['n'],
+      message=f'output name {collision.path!r} is taken by more than one image ({others}); '
+      'add {id}, {index} or {n} to --name_template to tell them apart')
+      for row in collision.others]

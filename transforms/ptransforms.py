@@ -6,7 +6,10 @@ Each DoFn only wraps a Beam-free function (setup/teardown, tagging outputs, metr
   ReadImageRecords  patterns -> (RecordRef, bytes)  read.read_range, read.read_slots
   DecodeImages      records -> DecodedImage         record_layout.decode_records
   ExportImages      patterns -> files, manifest, dead letter, report
-                                                    export.export_range, export.write_*
+                                                    export.export_range, then
+                                                    manifest.write_manifest,
+                                                    dead_letter.write_dead_letter,
+                                                    report.write_report
 
 ExportImages is the job: PlanRanges, then `export.export_range` on each range, which
 reads, decodes, renders and writes in one step, so pixels never cross the runner; it
@@ -24,13 +27,16 @@ from typing import Dict, Optional, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from transforms import dead_letter
 from transforms import decode
 from transforms import errors
 from transforms import export
+from transforms import manifest as manifest_lib
 from transforms import input_files
 from transforms import progress
 from transforms import read
 from transforms import record_layout
+from transforms import report
 
 NAMESPACE = 'unrecord'
 DEAD_LETTER = 'dead_letter'
@@ -198,7 +204,7 @@ class _ExportRangeFn(beam.DoFn):
 
 
 def _write_manifest(_, config: export.ExportConfig, runs) -> dict:
-  manifest = export.write_manifest(runs, config)
+  manifest = manifest_lib.write_manifest(runs, config)
   for name, change in manifest['count_corrections'].items():
     if change > 0:
       Metrics.counter(NAMESPACE, name).inc(change)
@@ -208,19 +214,20 @@ def _write_manifest(_, config: export.ExportConfig, runs) -> dict:
 
 
 def _write_dead_letter(_, config: export.ExportConfig, failures, manifest: dict) -> dict:
-  return export.write_dead_letter(itertools.chain(failures, manifest['collisions']), config)
+  return dead_letter.write_dead_letter(itertools.chain(failures, manifest['collisions']),
+                                       config)
 
 
-def _write_report(_, config: export.ExportConfig, manifest: dict, dead_letter: dict,
+def _write_report(_, config: export.ExportConfig, manifest: dict, dead_letter_summary: dict,
                   spans) -> dict:
-  return export.write_report(config, manifest, dead_letter, spans)
+  return report.write_report(config, manifest, dead_letter_summary, spans)
 
 
 class ExportImages(beam.PTransform):
   """The whole job: patterns -> image files and metadata under `config.output`.
 
   Returns a dict of PCollections: `dead_letter` (Failure), `manifest` (the dict
-  `export.write_manifest` returns) and `report` (the `_report.json` dict).
+  `manifest.write_manifest` returns) and `report` (the `_report.json` dict).
   """
 
   def __init__(self, config: export.ExportConfig):
@@ -236,20 +243,23 @@ class ExportImages(beam.PTransform):
     # (run name, entries) of sorted manifest runs; Failure rows; (start, end) per range
     # The manifest and dead letter each end in one file, so one worker writes each; the
     # runs are merged from storage, so no worker holds a row per image.
-    manifest = (pbegin
-                | 'StartManifest' >> beam.Create([None])
-                | 'WriteManifest' >> beam.Map(
-                    _write_manifest, config, beam.pvalue.AsList(exported.runs)))
-    dead_letter = (pbegin
-                   | 'StartDeadLetter' >> beam.Create([None])
-                   | 'WriteDeadLetter' >> beam.Map(
-                       _write_dead_letter, config,
-                       beam.pvalue.AsIter(exported.dead_letter),
-                       beam.pvalue.AsSingleton(manifest)))
-    report = (pbegin
-              | 'Finish' >> beam.Create([None])
-              | 'WriteReport' >> beam.Map(
-                  _write_report, config, beam.pvalue.AsSingleton(manifest),
-                  beam.pvalue.AsSingleton(dead_letter),
-                  beam.pvalue.AsList(exported[SPANS])))
-    return {'dead_letter': exported.dead_letter, 'manifest': manifest, 'report': report}
+    merged = (pbegin
+              | 'StartManifest' >> beam.Create([None])
+              | 'WriteManifest' >> beam.Map(
+                  _write_manifest, config, beam.pvalue.AsList(exported.runs)))
+    # the write_manifest dict
+    written_dead_letter = (pbegin
+                           | 'StartDeadLetter' >> beam.Create([None])
+                           | 'WriteDeadLetter' >> beam.Map(
+                               _write_dead_letter, config,
+                               beam.pvalue.AsIter(exported.dead_letter),
+                               beam.pvalue.AsSingleton(merged)))
+    # the write_dead_letter dict
+    finished = (pbegin
+                | 'Finish' >> beam.Create([None])
+                | 'WriteReport' >> beam.Map(
+                    _write_report, config, beam.pvalue.AsSingleton(merged),
+                    beam.pvalue.AsSingleton(written_dead_letter),
+                    beam.pvalue.AsList(exported[SPANS])))
+    # the _report.json dict
+    return {'dead_letter': exported.dead_letter, 'manifest': merged, 'report': finished}

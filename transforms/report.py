@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import base64
 import collections
+import datetime
 import html
 import io
+import json
 import os
-from typing import Hashable, List, Sequence, Tuple
+import time
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from transforms import errors
+from transforms import incremental
+from transforms import manifest as manifest_lib
+from transforms import naming
 from transforms import normalize
+from transforms import output_root
 from transforms import preview
 from transforms import render
+from transforms import root_claim
 
-SAMPLES_PER_CLASS = 8
-MAX_SAMPLES = 48
+if TYPE_CHECKING:  # types only: export imports report's users
+  from transforms import export
+
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #1d1d1f; background: #fafafa; }
@@ -38,37 +47,6 @@ figcaption { font-size: 11px; overflow: hidden; text-overflow: ellipsis; white-s
 .class { margin-bottom: 12px; } code { font-size: 12px; }
 .warning { background: #fff4e5; border: 1px solid #f0a020; padding: 8px 12px; }
 """
-
-
-class RowSampler:
-  """Manifest rows to show in the report: the first few of each class where labels
-  exist, else the first. Fed (class, row) in path order; holds only what it may show.
-
-  Only the first `limit` classes can be shown, so rows of later classes are never kept.
-  """
-
-  def __init__(self, per_class: int = SAMPLES_PER_CLASS, limit: int = MAX_SAMPLES):
-    self._per_class = per_class
-    self._limit = limit
-    self._by_class = collections.OrderedDict()
-
-  def add(self, class_key: Hashable, row) -> None:
-    bucket = self._by_class.get(class_key)
-    if bucket is None:
-      if len(self._by_class) >= self._limit:
-        return
-      bucket = self._by_class[class_key] = []
-    if len(bucket) < self._per_class:
-      bucket.append(row)
-
-  def chosen(self) -> list:
-    buckets = [list(bucket) for bucket in self._by_class.values()]
-    chosen = []
-    while len(chosen) < self._limit and any(buckets):  # round-robin over classes
-      for bucket in buckets:
-        if bucket and len(chosen) < self._limit:
-          chosen.append(bucket.pop(0))
-    return chosen
 
 
 def decode_written(data: bytes) -> np.ndarray:
@@ -190,3 +168,162 @@ def render_html(report: dict, samples: Sequence[Tuple[str, str, bytes]]) -> str:
                              for i in report['inputs'])}</ul>
 </body></html>
 """
+
+
+# ---------------------------------------------------------------------------------------
+# Writing the report, and _SUCCESS when it is earned
+
+
+def write_report(config: 'export.ExportConfig', manifest: dict, dead_letter: dict,
+                 spans: Iterable[Tuple[float, float]] = ()) -> dict:
+  """Writes `_report.json` and `_report.html`, removes temp debris, then `_SUCCESS` if earned.
+
+  `spans`: (start, end) of each record range's work, for the report's `work` block.
+  """
+  root = output_root.OutputRoot(config.output, config.read.storage_options)
+  root.remove_temp_debris()
+  root.remove_tree(manifest_lib.SCRATCH)
+  finished = time.time()
+  seconds = max(finished - (config.run_started or finished), 1e-9)
+  success = dead_letter['failed'] <= config.max_failures
+  report = {
+      'output': config.output,
+      'inputs': list(config.patterns),
+      'written': manifest['written'],
+      'passthrough': manifest['passthrough'],
+      'skipped': manifest['skipped'],
+      'failed': dead_letter['failed'],
+      'failed_by_reason': dead_letter['failed_by_reason'],
+      'first_failures': dead_letter['first_failures'],
+      'first_failure_rows': dead_letter.get('first_failure_rows', []),
+      'bytes_written': manifest['bytes'],
+      'seconds': round(seconds, 3),
+      'images_per_second': round(manifest['written'] / seconds, 1),
+      'max_failures': config.max_failures,
+      'success': success,
+      'started': _iso(config.run_started or finished),
+      'finished': _iso(finished),
+      'options': {k: v for k, v in config.options_used},
+      'settled': json.loads(config.choices),
+      'warnings': [],
+  }
+  report['work'] = work_timing(spans, config.run_started or finished)
+  if config.incremental:
+    report['incremental'] = {'shards_processed': len(config.processed),
+                             'stale_images_removed': manifest.get('stale_removed', 0)}
+  _write_report_files(root, report, manifest['samples'])
+  if success:
+    if config.incremental:
+      incremental.write_state(root, config.processed, dict(config.settings))
+    root.write(naming.SUCCESS, b'')
+  if config.lock_run_id:
+    root_claim.release_lease(root, config.lock_run_id)
+  return report
+
+
+def write_failure_report(config: 'export.ExportConfig', cause: str,
+                         counts: Optional[Dict[str, int]]) -> bool:
+  """After a run that stopped early (a storage fault, Ctrl-C, the runner failing): removes
+  its temp files, then writes `_report.json`/`_report.html` saying so, with the images
+  written so far (`counts` from the progress monitor; None where the launcher has none).
+
+  Never raises: returns False when the root cannot take even that (it may be the fault).
+  `_SUCCESS` stays absent, and the manifest is left as the last finished run wrote it.
+  """
+  try:
+    root = output_root.OutputRoot(config.output, config.read.storage_options)
+    root.remove_temp_debris()
+    root.remove_tree(manifest_lib.SCRATCH)
+    finished = time.time()
+    counts = counts or {}
+    report = {
+        'output': config.output, 'inputs': list(config.patterns), 'success': False,
+        # Counts the workers had reported when the run stopped: lower bounds.
+        'error': cause, 'written': None, 'skipped': None, 'failed': None,
+        'reported_so_far': {k: counts[k] for k in ('written', 'skipped', 'failed')
+                            if k in counts},
+        'passthrough': None, 'failed_by_reason': {}, 'first_failures': [cause],
+        'bytes_written': None, 'max_failures': config.max_failures,
+        'seconds': round(finished - (config.run_started or finished), 3),
+        'images_per_second': None, 'started': _iso(config.run_started or finished),
+        'finished': _iso(finished), 'options': {k: v for k, v in config.options_used},
+        'work': None,
+    }
+    _write_report_files(root, report, [])
+    return True
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+def work_timing(spans: Iterable[Tuple[float, float]], run_started: float
+                ) -> Optional[dict]:
+  """When the workers worked on record ranges, against the whole run (None: no range).
+
+  `seconds` runs from the first range's start to the last range's end: the job without
+  its start-up (`startup_seconds`: launch, planning, workers starting) and without the
+  manifest merge and report after it. `range_seconds` sums every range's own time; over
+  `seconds`, it tells how many workers were busy on average. Spans are the workers'
+  clocks; `startup_seconds` sets the first against the launcher's, so on a cluster it
+  is only as good as their clocks agree (NTP keeps Dataflow's VMs within milliseconds).
+  """
+  spans = list(spans)
+  if not spans:
+    return None
+  first, last = min(s for s, _ in spans), max(e for _, e in spans)
+  busy = sum(e - s for s, e in spans)
+  return {'ranges': len(spans), 'seconds': round(last - first, 3),
+          'startup_seconds': round(first - run_started, 3),
+          'range_seconds': round(busy, 3),
+          'mean_busy_workers': round(busy / (last - first), 2) if last > first else None}
+
+
+# More than this share of the report's sampled images being one flat value warns: the
+# value range, the image key or the layout was probably settled wrong.
+UNIFORM_WARNING_SHARE = 0.05
+
+
+def _write_report_files(root: output_root.OutputRoot, report: dict, samples: List[dict]) -> None:
+  """`_report.json`, then `_report.html`, whose sample grid is left out rather than fail
+  the run. The sampled images are looked at first: too many uniform ones add a warning."""
+  try:
+    thumbnails, uniform = _thumbnails(root, samples)
+  except Exception:  # pylint: disable=broad-except  (a picture is never worth a failed run)
+    thumbnails, uniform = [], 0
+  if thumbnails and uniform > UNIFORM_WARNING_SHARE * len(thumbnails):
+    report.setdefault('warnings', []).append(
+        f'{uniform} of {len(thumbnails)} sampled images are uniform (every pixel the same '
+        'value): check the settled value range, image key and layout (_report.json '
+        '"settled")')
+  root.write(naming.REPORT, (json.dumps(report, indent=2, sort_keys=True) + '\n').encode())
+  try:
+    page = render_html(report, thumbnails)
+  except Exception:  # pylint: disable=broad-except
+    page = render_html(report, [])
+  root.write(naming.REPORT_HTML, page.encode('utf-8'))
+
+
+def _thumbnails(root: output_root.OutputRoot, rows: List[dict]):
+  """(class, caption, thumbnail PNG) for the report's sample grid, in class order, and
+  how many of those images are uniform."""
+  samples, uniform = [], 0
+  for row in rows:
+    try:
+      pixels = decode_written(root.read(row['path']))
+      png = thumbnail_png(pixels)
+    except Exception:  # pylint: disable=broad-except  (a picture is never worth a failed run)
+      continue
+    uniform += bool(pixels.size) and pixels.min() == pixels.max()
+    label = row.get('label_name') or row.get('label')
+    order = row['label'] if isinstance(row.get('label'), int) else float('inf')
+    samples.append((order, '' if label is None else str(label), row, png))
+  samples.sort(key=lambda s: (s[0], s[1]))  # stable: path order within a class
+  captions = distinct_captions(
+      [str(row['id']) if row.get('id') is not None else row['path']
+       for _, _, row, _ in samples])
+  return ([(label, caption, png) for (_, label, _, png), caption in zip(samples, captions)],
+          uniform)
+
+
+def _iso(epoch: float) -> str:
+  return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(
+      timespec='seconds')
