@@ -25,7 +25,8 @@ def _jsonl(rows: Iterable[dict]) -> bytes:
   return ''.join(manifest_lib.manifest_line(r) for r in rows).encode('utf-8')
 
 
-def write_dead_letter(failures: Iterable[errors.Failure], config: 'export.ExportConfig') -> dict:
+def write_dead_letter(failures: Iterable[errors.Failure],
+                      config: 'export.ExportConfig') -> dict:
   """Writes `_dead_letter.jsonl` and the failed records' bytes to `_dead_letter.tfrecord`.
 
   Records that failed after decoding are fetched again from their source by offset, so

@@ -131,9 +131,11 @@ def _render(images, worker: RangeWorker, runs: manifest_lib.RunWriter,
     stage = 'name'
     try:
       name = worker.namer.name(image)
-      row = manifest_lib.existing_row(image, name, worker.root, config) if config.skip_existing else None
+      row = (manifest_lib.existing_row(image, name, worker.root, config)
+             if config.skip_existing else None)
       if row is not None:
-        runs.add(manifest_lib.entry(manifest_lib.SKIPPED, row, manifest_lib.manifest_line(row)))
+        runs.add(manifest_lib.entry(manifest_lib.SKIPPED, row,
+                                    manifest_lib.manifest_line(row)))
         tally.add('images_skipped')
         worker.progress.count('skipped')
         continue

@@ -282,7 +282,8 @@ def work_timing(spans: Iterable[Tuple[float, float]], run_started: float
 UNIFORM_WARNING_SHARE = 0.05
 
 
-def _write_report_files(root: output_root.OutputRoot, report: dict, samples: List[dict]) -> None:
+def _write_report_files(root: output_root.OutputRoot, report: dict,
+                        samples: List[dict]) -> None:
   """`_report.json`, then `_report.html`, whose sample grid is left out rather than fail
   the run. The sampled images are looked at first: too many uniform ones add a warning."""
   try:
