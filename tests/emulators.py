@@ -22,9 +22,16 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def _wait_for(url: str, timeout: float = 30.0) -> None:
+class ServerExited(RuntimeError):
+  """An emulator exited before it answered (its port was taken, say)."""
+
+
+def _wait_for(url: str, timeout: float = 90.0, process=None) -> None:
+  """Until the server at `url` answers; a `process` that exits first fails at once."""
   deadline = time.time() + timeout
   while time.time() < deadline:
+    if process is not None and process.poll() is not None:
+      raise ServerExited(f'{url}: the server exited ({process.returncode}) before answering')
     try:
       urllib.request.urlopen(url, timeout=1)
       return
@@ -86,12 +93,18 @@ class RestartableGCS:
 
   def start(self) -> 'RestartableGCS':
     emulator = os.path.join(os.path.dirname(sys.executable), 'gcp-storage-emulator')
-    port = free_port()
-    self.url = f'http://127.0.0.1:{port}'
-    self.process = subprocess.Popen(
-        [emulator, 'start', '--host', '127.0.0.1', '--port', str(port), '-q'],
-        cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(self.url)
+    for attempt in range(3):  # a free port can be taken by another process before bind
+      port = free_port()
+      self.url = f'http://127.0.0.1:{port}'
+      self.process = subprocess.Popen(
+          [emulator, 'start', '--host', '127.0.0.1', '--port', str(port), '-q'],
+          cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+      try:
+        _wait_for(self.url, process=self.process)
+        return self
+      except ServerExited:
+        if attempt == 2:
+          raise
     return self
 
   def stop(self) -> None:

@@ -527,7 +527,9 @@ def test_an_interrupt_prints_one_line_stops_every_worker_and_a_rerun_finishes(
       os.killpg(job.pid, sent)  # what the terminal does: the whole foreground group
     else:
       os.kill(job.pid, sent)  # what a scheduler does: the process it started
-    assert job.wait(60) == code
+    status = job.wait(60)
+  assert status == code, (f'{_images_in(out)} images on disk; the run said: '
+                          + err.read_text()[-3000:])
   _wait_until(lambda: _no_process_left(job.pid), timeout=15, what='every worker exiting')
   line = _one_line_error(err.read_text())
   assert f'interrupted ({said})' in line and 'image(s) written' in line
