@@ -76,10 +76,18 @@ def _report(out):
   return json.load(open(out / '_report.json'))
 
 
+# A run started as a terminal starts it: Ctrl-C at its default. A test process started in
+# the background (`make test &`) ignores SIGINT, and exec would pass that on to the run,
+# which would then rightly ignore Ctrl-C too.
+_AS_AT_A_TERMINAL = ('import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); '
+                     'os.execv(sys.executable, [sys.executable] + sys.argv[1:])')
+
+
 def _start(*args, stderr=None):
   return subprocess.Popen(
-      [sys.executable, '-m', 'beam_jobs.cli', 'export', *args], cwd=REPO,
-      stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL, start_new_session=True)
+      [sys.executable, '-c', _AS_AT_A_TERMINAL, '-m', 'beam_jobs.cli', 'export', *args],
+      cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL,
+      start_new_session=True)
 
 
 def _wait_until(predicate, timeout=120.0, what='the condition'):
