@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import shutil
@@ -31,6 +32,8 @@ from PIL import Image
 
 from beam_jobs import export_images
 from transforms import example
+from transforms import manifest
+from transforms import output_root
 from transforms import preview
 from transforms import report
 from transforms import tensor_proto
@@ -116,8 +119,8 @@ def contact_sheet(outputs: List[str], path: str, per_export: int = 8) -> int:
   each read back from its file; returns how many."""
   items = []
   for output in outputs:
-    with open(os.path.join(output, '_manifest.jsonl'), 'rb') as f:
-      rows = [json.loads(line) for line in f][:per_export]
+    rows = list(itertools.islice(
+        manifest.read_rows(output_root.OutputRoot(output)), per_export))
     for row in rows:
       with open(os.path.join(output, row['path']), 'rb') as f:
         pixels = report.decode_written(f.read())
@@ -146,15 +149,15 @@ def main(argv: List[str] = None) -> int:
     if status != 0:
       print(f'unrecord demo: exporting {name} failed (exit {status})', file=sys.stderr)
       return status
-    count = sum(len([f for f in files if not f.startswith('_')])
-                for _, _, files in os.walk(output))
+    with open(os.path.join(output, '_report.json'), encoding='utf-8') as f:
+      count = json.load(f)['written']
     totals[name] = (output, count)
   sheet = os.path.join(args.folder, 'contact_sheet.png')
   shown = contact_sheet([output for output, _ in totals.values()], sheet)
   print(f'\nunrecord demo: done in {time.time() - started:.0f} s. Images written:')
   for name, (output, count) in totals.items():
     print(f'  {count:4d}  {output}/  ({name})')
-  print('Each folder also holds _manifest.jsonl, _report.html, _report.json, '
+  print('Each folder also holds _manifest/ (its rows), _report.html, _report.json, '
         '_dead_letter.* and _SUCCESS.')
   print(f'Look at: {sheet} ({shown} of the written images, read back from their files), '
         f'then {os.path.join(images, "encoded", "_report.html")} (a run report).')

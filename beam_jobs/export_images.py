@@ -109,6 +109,15 @@ class ExportOptions(PipelineOptions):
                        metavar='N',
                        help='Exit 0 and write _SUCCESS when at most N images failed. '
                        'Default: 0.')
+    group.add_argument('--manifest_format', default=DEFAULTS['manifest_format'],
+                       choices=('jsonl', 'parquet'), type=common.Choice(),
+                       help='The _manifest/ parts: jsonl (a JSON row per line, for jq, '
+                       'grep and any language) or parquet (typed, compressed about 10x, '
+                       'for pandas, DuckDB, Spark, BigQuery). Default: jsonl.')
+    group.add_argument('--manifest_part_rows', type=int,
+                       default=DEFAULTS['manifest_part_rows'], metavar='N',
+                       help='Rows per manifest part (one worker merges each part). '
+                       f'Default: {DEFAULTS["manifest_part_rows"]}.')
     group.add_argument('--quiet', action='store_true',
                        help='No progress display (local runs show a live bar on a '
                        'terminal, else a log line every --progress_interval seconds).')

@@ -92,13 +92,17 @@ class RestartableGCS:
     self.process = None
 
   def start(self) -> 'RestartableGCS':
-    emulator = os.path.join(os.path.dirname(sys.executable), 'gcp-storage-emulator')
+    # tests/gcs_emulator.py: the emulator, with its index written atomically, so a stop
+    # mid-upload never leaves it a half-written index to refuse at the next start.
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
     for attempt in range(3):  # a free port can be taken by another process before bind
       port = free_port()
       self.url = f'http://127.0.0.1:{port}'
       self.process = subprocess.Popen(
-          [emulator, 'start', '--host', '127.0.0.1', '--port', str(port), '-q'],
-          cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+          [sys.executable, '-m', 'tests.gcs_emulator', 'start', '--host', '127.0.0.1',
+           '--port', str(port), '-q'],
+          cwd=self.folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
       try:
         _wait_for(self.url, process=self.process)
         return self

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from tests import fixtures
+from tests import outputs
 from tests.conftest import REPO
 
 AIRFLOW = os.path.join(os.path.dirname(sys.executable), 'airflow')
@@ -51,7 +52,7 @@ def test_the_nightly_dag_exports_then_does_nothing_then_fails_on_a_corrupt_shard
   assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
   assert _task_states(str(home)) == {'export_images': 'success',
                                      'wait_for_success': 'success'}
-  rows = [json.loads(line) for line in open(out / '_manifest.jsonl')]
+  rows = outputs.manifest_rows(out)
   assert len(rows) == 8 and (out / '_SUCCESS').exists()
   images = {r['path']: os.stat(out / r['path']).st_mtime_ns for r in rows}
 

@@ -48,11 +48,13 @@ def _gcs(host, monkeypatch):
 
 def _check_output(fs, root, secret=None):
   """Every object is what the manifest says (size, sha256) and decodes to its photo."""
-  rows = [json.loads(line) for line in fs.cat_file(f'{root}/_manifest.jsonl').splitlines()]
+  rows = [json.loads(line) for line in
+          fs.cat_file(f'{root}/_manifest/part-00000-of-00001.jsonl').splitlines()]
   assert len(rows) == len(PHOTOS)
   listed = {p.split(f'{root}/', 1)[1] for p in fs.find(root)}
   assert listed == {r['path'] for r in rows} | {
-      '_manifest.jsonl', '_dead_letter.jsonl', '_dead_letter.tfrecord', '_report.json',
+      '_manifest/part-00000-of-00001.jsonl', '_manifest/_parts.json', '_dead_letter.jsonl',
+      '_dead_letter.tfrecord', '_report.json',
       '_report.html', '_SUCCESS', '_unrecord_run.json'}
   for row in rows:
     data = fs.cat_file(f'{root}/{row["path"]}')

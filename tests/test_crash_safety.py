@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from tests import fixtures
+from tests import outputs
 from tests.conftest import REPO
 from transforms import errors
 from transforms import output_root
@@ -96,8 +97,7 @@ def _check_complete(out, expected):
   for name, photo in expected.items():
     pixels = cv2.cvtColor(cv2.imread(os.path.join(out, name)), cv2.COLOR_BGR2RGB)
     assert np.array_equal(pixels, photo), name
-  rows = {json.loads(l)['path']: json.loads(l) for l in open(os.path.join(out,
-                                                                         '_manifest.jsonl'))}
+  rows = {row['path']: row for row in outputs.manifest_rows(out)}
   assert set(rows) == set(expected)
   for name, row in rows.items():
     data = open(os.path.join(out, name), 'rb').read()
@@ -113,8 +113,9 @@ def test_replayed_bundles_leave_exactly_the_expected_files(unrecord, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   _check_complete(str(out), expected)
   assert set(os.listdir(out)) == set(expected) | {
-      '_manifest.jsonl', '_dead_letter.jsonl', '_dead_letter.tfrecord', '_report.json',
+      '_manifest', '_dead_letter.jsonl', '_dead_letter.tfrecord', '_report.json',
       '_report.html', '_SUCCESS', '_unrecord_run.json'}
+  assert os.listdir(out / '_manifest') and outputs.manifest_parts(out)
   assert json.load(open(out / '_report.json'))['written'] == 40
   print(f'bundle repeat: {len(expected)} images, listing exact, no temp debris')
 
@@ -149,11 +150,13 @@ def test_killed_mid_run_then_rerun_is_complete_and_idempotent(unrecord, tmp_path
   assert report['written'] + report['skipped'] == len(expected)
 
   reports = ('_report.json', '_report.html')  # they describe the latest run
-  before = {n: open(out / n, 'rb').read() for n in os.listdir(out) if n not in reports}
+  before = {n: open(out / n, 'rb').read() for n in _listing(out)
+            if n not in reports and os.path.isfile(out / n)}
   result = unrecord('export', '--input', str(tmp_path / '*.tfrecord'), '--output',
                     str(out), '--skip_existing', '--png_encoder', 'opencv')
   assert result.returncode == 0
-  after = {n: open(out / n, 'rb').read() for n in os.listdir(out) if n not in reports}
+  after = {n: open(out / n, 'rb').read() for n in _listing(out)
+            if n not in reports and os.path.isfile(out / n)}
   assert after == before  # images, manifest, dead letter and _SUCCESS: every byte
   assert json.load(open(out / '_report.json'))['written'] == 0
 

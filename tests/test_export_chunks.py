@@ -14,6 +14,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import export_images
 from tests import fixtures
+from tests import outputs
 from transforms import errors
 from transforms import export
 from transforms import plan as plan_lib
@@ -95,6 +96,7 @@ def _run(inputs, out, monkeypatch, records):
     if os.path.isfile(path) and not name.startswith('_report'):
       with open(path, 'rb') as f:
         files[name] = f.read()
+  files['manifest'] = outputs.manifest_bytes(out)
   # A write error names the output root and the temp file it renamed.
   files['_dead_letter.jsonl'] = re.sub(
       rb'[0-9a-f]+-[0-9]+\.unrecord-tmp', b'TEMP',
@@ -130,7 +132,7 @@ def test_chunked_export_writes_what_one_record_at_a_time_writes(inputs, tmp_path
   assert sorted(row['reason'] for row in rows) == sorted([
       'proto_parse', 'name_collision', 'missing_feature', 'unsafe_name', 'write_error',
       'encode_error', 'non_finite', 'crc_mismatch'])
-  assert len(one['_manifest.jsonl'].decode().splitlines()) == len(images)
+  assert len(one['manifest'].decode().splitlines()) == len(images)
   # The counters are kept once a chunk; they must be what one record at a time counts.
   intact = [_payload(i) for i in range(RECORDS)] + [_payload(i, 'f') for i in (1, 3)]
   counters = one['counters']

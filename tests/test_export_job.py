@@ -10,12 +10,13 @@ import pytest
 import tensorflow as tf
 
 from tests import fixtures
+from tests import outputs
 from transforms import tfrecord
 
 # Any attempt to reach the network (e.g. DirectRunner fetching Prism) fails fast here.
 OFFLINE = {'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9',
            'HTTP_PROXY': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9'}
-METADATA = {'_manifest.jsonl', '_dead_letter.jsonl', '_dead_letter.tfrecord',
+METADATA = {'_manifest/part-00000-of-00001.jsonl', '_manifest/_parts.json', '_dead_letter.jsonl', '_dead_letter.tfrecord',
             '_report.json', '_report.html', '_SUCCESS', '_unrecord_run.json'}
 
 
@@ -34,8 +35,7 @@ def _files(root):
 
 
 def _manifest(root):
-  with open(os.path.join(root, '_manifest.jsonl')) as f:
-    return [json.loads(line) for line in f]
+  return outputs.manifest_rows(root)
 
 
 def _read_rgb(path):
@@ -156,9 +156,9 @@ def test_skip_existing_rerun_writes_nothing(unrecord, float_shards, tmp_path):
   before = {p: (os.stat(os.path.join(out, p)).st_mtime_ns,
                 open(os.path.join(out, p), 'rb').read())
             for p in _files(out) - METADATA}
-  manifest = open(os.path.join(out, '_manifest.jsonl'), 'rb').read()
+  manifest = outputs.manifest_bytes(out)
   _export(unrecord, '--input', source, '--output', out, '--skip_existing')
-  assert open(os.path.join(out, '_manifest.jsonl'), 'rb').read() == manifest
+  assert outputs.manifest_bytes(out) == manifest
   after = {p: (os.stat(os.path.join(out, p)).st_mtime_ns,
                open(os.path.join(out, p), 'rb').read())
            for p in _files(out) - METADATA}
@@ -268,7 +268,7 @@ def test_imagenet_normalized_photos_with_mean_imagenet_come_back_exact(unrecord,
       for x in stored])
   out = tmp_path / 'images'
   result = _export(unrecord, '--input', source, '--output', str(out), '--mean', 'imagenet')
-  rows = sorted((json.loads(line) for line in open(out / '_manifest.jsonl')),
+  rows = sorted(outputs.manifest_rows(out),
                 key=lambda r: r['index'])
   assert [r['value_range'] for r in rows] == [[0, 1]] * 4, result.stderr[-2000:]
   for row, x, photo in zip(rows, stored, photos):

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from tests import fixtures
+from tests import outputs
 from tests.conftest import REPO
 
 
@@ -29,7 +30,7 @@ def _snapshot(out):
 
 
 def _check_manifest(out):
-  rows = [json.loads(line) for line in open(out / '_manifest.jsonl')]
+  rows = outputs.manifest_rows(out)
   assert {r['path'] for r in rows} == {n for n in os.listdir(out) if n.endswith('.png')}
   return rows
 
@@ -73,10 +74,10 @@ def test_new_changed_and_unchanged_shards(unrecord, tmp_path):
       str(src / n) for n in ('a.tfrecord', 'b.tfrecord', 'c.tfrecord')}
 
   before = _snapshot(out)
-  manifest = open(out / '_manifest.jsonl', 'rb').read()
+  manifest = outputs.manifest_bytes(out)
   report = _run(unrecord, src, out)  # nothing changed
   assert report['written'] == 0 and _snapshot(out) == before
-  assert open(out / '_manifest.jsonl', 'rb').read() == manifest
+  assert outputs.manifest_bytes(out) == manifest
   assert (out / '_SUCCESS').exists()
 
 

@@ -1,70 +1,97 @@
-"""The manifest's sorted runs and their merge (transforms/manifest.py), without Beam."""
+"""The manifest's sorted runs, their merge into parts and the commit
+(transforms/manifest.py, transforms/runs.py), without Beam."""
 
+import dataclasses
 import hashlib
-import io
 import json
+import math
 import os
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests import outputs
 from transforms import decode
 from transforms import export
 from transforms import manifest
 from transforms import output_root
 from transforms import render
+from transforms import runs
 from transforms import tfrecord
 
 
 def _row(path, source='s.tfrecord', index=0, n=0, size=10, label=None, sha='x',
          passthrough=False):
-  return {'path': path, 'source': source, 'index': index, 'n': n, 'bytes': size,
+  return {'path': path, 'source': source, 'index': index, 'offset': 0, 'n': n, 'bytes': size,
           'label': label, 'label_name': None, 'sha256': sha, 'passthrough': passthrough}
 
 
 def _line(row):
-  return json.dumps(row, sort_keys=True, ensure_ascii=False) + '\n'
+  return manifest.manifest_line(row)
 
 
 def _entry(kind, row):
-  return manifest.entry(kind, row, _line(row))
+  return (row['path'], kind, f'{row["source"]}\x01{row["index"]}\x01{row["n"]}',
+          row.get('bytes') or 0, bool(row.get('passthrough')),
+          '' if row.get('label') is None else str(row['label']), _line(row))
+
+
+def _table(entries):
+  columns = list(zip(*entries)) if entries else [[] for _ in manifest.ENTRY_SCHEMA]
+  table = pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in
+                                zip(columns, manifest.ENTRY_SCHEMA)],
+                               schema=manifest.ENTRY_SCHEMA)
+  return table.sort_by([('path', 'ascending'), ('kind', 'ascending')])
 
 
 def _merge(entries, keep_previous=lambda row: False, on_disk=None):
-  out, seen = io.BytesIO(), []
-  result = manifest.merge_runs(
-      sorted(entries), out, keep_previous=keep_previous,
-      on_disk_sha256=lambda path: (on_disk or {}).get(path),
-      sample=lambda key, line: seen.append((json.loads(key), json.loads(line)['path'])))
-  return [json.loads(line) for line in out.getvalue().splitlines()], result, seen
+  table = _table(entries)
+  keep, sampled_as, sampled, result = manifest.decide(
+      table, keep_previous=keep_previous,
+      on_disk_sha256=lambda path: (on_disk or {}).get(path))
+  lines = table.column('line').to_pylist()
+  classes = table.column('class_key').to_pylist()
+  rows = [json.loads(line) for line, k in zip(lines, keep) if k]
+  seen = [sampled_as.get(i, (classes[i], lines[i])) for i in range(len(lines)) if sampled[i]]
+  return rows, result, [(c, json.loads(line)['path']) for c, line in seen]
 
 
-def test_runs_are_sorted_files_and_merge_back_in_path_order(tmp_path):
+def _config(out, **options):
+  return export.ExportConfig(patterns=('x',), output=str(out), **options)
+
+
+def test_runs_are_sorted_files_and_merge_back_in_key_order(tmp_path):
   root = output_root.OutputRoot(str(tmp_path))
-  writer = manifest.RunWriter(root, run_bytes=2_000)
+  writer = runs.RunWriter(root, manifest.ENTRY_SCHEMA, run_bytes=2_000, batch_rows=3)
   paths = [f'{c}/img-{i:04d}.png' for i in range(300, 0, -1) for c in 'ba']
   for path in paths:
-    writer.add(_entry(manifest.WRITTEN, _row(path)))
-  runs = writer.flush()
-  assert len(runs) > 10  # small runs, so the merge below needs intermediate levels
-  for run, count in runs:
-    lines = open(os.path.join(tmp_path, run), 'rb').read().splitlines(keepends=True)
-    assert lines == sorted(lines) and len(lines) == count
-  merged = [manifest.path_of(raw).decode() for raw in manifest.merged(root, runs, fan_in=3)]
+    writer.add(_entry(manifest.WRITTEN, _row(path)), 100)
+  written = writer.flush()
+  assert len(written) > 10  # small runs, so the merge below needs intermediate levels
+  for run in written:
+    keys = [row[0] for row in runs.rows_of(root, run)]
+    assert keys == sorted(keys) and len(keys) == run.rows == sum(run.batch_rows)
+    assert list(run.firsts) == keys[::3]
+  merged = [row[0] for row in runs.merged(root, written, manifest.ENTRY_SCHEMA, fan_in=3)]
   assert merged == sorted(paths)
   assert writer.flush() == []  # flush hands the runs over once
 
 
 def test_a_run_read_back_short_fails_loudly(tmp_path):
   root = output_root.OutputRoot(str(tmp_path))
-  writer = manifest.RunWriter(root)
+  writer = runs.RunWriter(root, manifest.ENTRY_SCHEMA)
   for path in ('a.png', 'b.png'):
-    writer.add(_entry(manifest.WRITTEN, _row(path)))
-  [(name, count)] = writer.flush()
-  with pytest.raises(OSError, match='read back 2 entries of 3'):
-    list(manifest.merged(root, [(name, count + 1)]))
+    writer.add(_entry(manifest.WRITTEN, _row(path)), 100)
+  [run] = writer.flush()
+  short = dataclasses.replace(run, batch_rows=(3,))
+  with pytest.raises(OSError, match='read back 2 rows of 3'):
+    list(runs.rows_of(root, short))
+  missing = dataclasses.replace(run, firsts=('a.png', 'b.png'), batch_rows=(1, 1))
+  with pytest.raises(OSError, match='holds 1 batches of 2'):
+    runs.read_slice(root, missing, None, None)
 
 
 def test_one_image_per_path_is_written_with_totals_and_samples():
@@ -128,40 +155,80 @@ def test_skipped_images_keep_the_previous_row_and_previous_rows_stay_or_go():
   assert [path for _, path in seen] == ['kept.png', 'killed-run.png']
 
 
-def test_previous_manifest_lines_become_entries_and_bad_lines_are_dropped():
+def test_previous_manifest_lines_become_entries_and_bad_lines_are_dropped(tmp_path):
   good = _row('a.png')
-  lines = [_line(good).encode(), b'not json\n', b'{"no": "path"}\n']
-  [raw] = manifest.previous_entries(lines)
-  parsed = manifest.Entry.parse(raw)
-  assert (parsed.path, parsed.kind, parsed.row()) == ('a.png', manifest.PREVIOUS, good)
+  os.makedirs(tmp_path / '_manifest')
+  (tmp_path / '_manifest.jsonl').write_bytes(
+      json.dumps(good).encode() + b'\nnot json\n{"no": "path"}\n')
+  root = output_root.OutputRoot(str(tmp_path))
+  assert manifest.part_files(root) == ['_manifest.jsonl']
+  [run] = manifest.previous_runs('_manifest.jsonl', _config(tmp_path))
+  [entry] = list(runs.rows_of(root, run))
+  assert entry[:2] == ('a.png', manifest.PREVIOUS) and json.loads(entry[-1]) == good
 
 
 _names = st.text(alphabet='ab/é_-', min_size=1, max_size=6)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(_names, st.integers(0, 3)), min_size=0, max_size=60),
-       st.integers(1, 400))
-def test_merging_any_split_into_runs_matches_a_plain_dict(tmp_path_factory, images, run_bytes):
-  """Rows per path from sorted runs equal the in-memory answer, whatever the run sizes."""
-  root = output_root.OutputRoot(str(tmp_path_factory.mktemp('runs')))
-  writer = manifest.RunWriter(root, run_bytes=run_bytes)
+       st.integers(1, 400), st.integers(1, 25), st.sampled_from(manifest.FORMATS))
+def test_any_runs_cut_into_any_parts_give_one_sorted_manifest(
+    tmp_path_factory, images, run_bytes, part_rows, output_format):
+  """Rows per path from sorted runs, cut into parts by path range, equal the in-memory
+  answer, whatever the run sizes and part sizes: every path in exactly one part (a name
+  at a boundary included, duplicates across runs included), parts in path order."""
+  out = tmp_path_factory.mktemp('root')
+  root = output_root.OutputRoot(str(out))
+  writer = manifest.EntryWriter(root, rows_per_part=part_rows, run_bytes=run_bytes)
   expected = {}
   for path, index in images:
     row = _row(path, index=index)
-    writer.add(_entry(manifest.WRITTEN, row))
+    writer.add(manifest.WRITTEN, row, _line(row))
     expected.setdefault(path, {})[index] = row
-  out = io.BytesIO()
-  result = manifest.merge_runs(
-      manifest.merged(root, writer.flush(), fan_in=2), out,
-      keep_previous=lambda row: False, on_disk_sha256=lambda path: None,
-      sample=lambda key, line: None)
-  rows = [json.loads(line) for line in out.getvalue().splitlines()]
+  written = writer.flush()
+  config = _config(out, manifest_format=output_format, manifest_part_rows=part_rows)
+  parts = manifest.plan_parts(written, part_rows)
+  assert [p.index for p in parts] == list(range(len(parts)))
+  assert all(p.count == len(parts) for p in parts)
+  bounds = [p.lo for p in parts[1:]]
+  assert bounds == sorted(set(bounds))  # strictly increasing: disjoint, ordered ranges
+  collided = []
+  summaries = [manifest.write_part(p, written, config, collided.append) for p in parts]
+  manifest.commit(summaries, config)
+  rows = [{k: r[k] for k in ('path', 'index')} for r in outputs.manifest_rows(out)]
   unique = {p: r for p, by_index in expected.items() if len(by_index) == 1
             for r in by_index.values()}
-  assert rows == [unique[p] for p in sorted(unique)]
-  assert sorted(c.path for c in result.collisions) == sorted(
-      p for p, by_index in expected.items() if len(by_index) > 1)
+  assert rows == [{'path': p, 'index': unique[p]['index']} for p in sorted(unique)]
+  for part, summary in zip(parts, summaries):  # each part's rows lie in its range
+    for key in ('first', 'last'):
+      if summary[key] is not None:
+        assert (part.lo is None or summary[key] >= part.lo) and (
+            part.hi is None or summary[key] < part.hi)
+  assert sorted({f.index for f in collided} | set()) == sorted(
+      {i for p, by_index in expected.items() if len(by_index) > 1 for i in by_index})
+  if images and part_rows * 2 < len(images) and len({p for p, _ in images}) > 2 * part_rows:
+    assert len(parts) > 1
+
+
+def test_a_committed_manifest_replaces_earlier_parts_and_a_killed_commit_is_finished(
+    tmp_path):
+  root = output_root.OutputRoot(str(tmp_path))
+  for name in ('part-00000-of-00002.jsonl', 'part-00001-of-00002.jsonl'):
+    root.write(f'_manifest/{name}', b'{"path": "old.png"}\n')
+  root.write('_manifest.jsonl', b'{"path": "older.png"}\n')
+  new = 'part-00000-of-00001.jsonl'
+  root.write(f'{manifest.STAGED}/{new}', b'{"path": "new.png"}\n')
+  root.write(manifest.JOURNAL, json.dumps(
+      {'format': 'jsonl', 'rows': 1,
+       'parts': [{'name': new, 'rows': 1, 'first': 'new.png', 'last': 'new.png'}]}).encode())
+  manifest.recover(root)  # as the next run does, after a kill before the moves
+  assert sorted(os.listdir(tmp_path / '_manifest')) == ['_parts.json', new]
+  assert not os.path.exists(tmp_path / '_manifest.jsonl')
+  assert [r['path'] for r in manifest.read_rows(root)] == ['new.png']
+  root.write(f'{manifest.STAGED}/part-00000-of-00009.jsonl', b'{}\n')  # never committed
+  manifest.recover(root)
+  assert sorted(os.listdir(tmp_path / '_manifest')) == ['_parts.json', new]
 
 
 def test_row_sampler_keeps_the_first_rows_of_the_first_classes_only():
@@ -176,17 +243,39 @@ def test_row_sampler_keeps_the_first_rows_of_the_first_classes_only():
   assert few.chosen() == [0, 3, 1]
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from('abcdef'), max_size=40), st.integers(0, 40),
+       st.integers(1, 3), st.integers(1, 4))
+def test_samplers_of_consecutive_ranges_combine_into_the_whole_ones(labels, cut, per_class,
+                                                                   limit):
+  whole, left, right = (manifest.RowSampler(per_class, limit) for _ in range(3))
+  for i, label in enumerate(labels):
+    whole.add(label, i)
+    (left if i < cut else right).add(label, i)
+  combined = manifest.RowSampler(per_class, limit)
+  for part in (left, right):
+    for label, rows in part.buckets():
+      for row in rows:
+        combined.add(label, row)
+  assert combined.chosen() == whole.chosen()
+
+
+_no_surrogate = st.characters(blacklist_categories=('Cs',))
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) |
+    st.floats(allow_nan=False, allow_infinity=False) | st.text(_no_surrogate),
+    lambda inner: st.lists(inner, max_size=3) |
+    st.dictionaries(st.text(_no_surrogate), inner, max_size=3),
     max_leaves=12)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.text(), _json_values, max_size=8))
-def test_manifest_lines_are_json_dumps_with_sorted_keys(row):
-  assert manifest.manifest_line(row) == json.dumps(row, sort_keys=True,
-                                                 ensure_ascii=False) + '\n'
+@given(st.dictionaries(st.text(_no_surrogate), _json_values, max_size=8))
+def test_manifest_lines_are_json_with_sorted_keys(row):
+  line = manifest.manifest_line(row)
+  assert line.endswith(b'\n') and line.count(b'\n') == 1
+  assert json.loads(line) == row
+  assert list(json.loads(line)) == sorted(row)
 
 
 # Paths never hold NUL, nor lone surrogates (non-UTF-8 file names are refused at launch).
@@ -214,10 +303,16 @@ def test_a_written_image_row_is_built_in_key_order_and_written_as_json_dumps(
                              value_range)
   row = manifest.manifest_row(image, name, rendered, config)
   assert list(row) == sorted(row)
-  assert manifest.manifest_line(row, in_key_order=True) == json.dumps(
-      row, sort_keys=True, ensure_ascii=False) + '\n'
-  # The entry's class: the label as JSON text, ASCII-escaped as json.dumps gives it.
-  label = row['label_name'] or row['label']
-  class_key = manifest.Entry.parse(
-      manifest.entry(manifest.WRITTEN, row, manifest.manifest_line(row))).class_key
-  assert class_key == json.dumps('' if label is None else str(label)).encode()
+  assert manifest.manifest_line(row, in_key_order=True) == manifest.manifest_line(row)
+  # JSON has no NaN or infinity: the line holds null where the row holds one.
+  assert json.loads(manifest.manifest_line(row)) == _finite_or_none(row)
+
+
+def _finite_or_none(value):
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _finite_or_none(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite_or_none(v) for v in value]
+  return value

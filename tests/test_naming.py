@@ -55,7 +55,8 @@ def test_long_values_keep_distinct_names():
     ('../b.png', '"." or ".."'), ('a/', '"." or ".."'),
     ('a/' + 'x' * 241, 'segment is longer'), ('\u00e9' * 121, 'segment is longer'),
     ('/'.join(['x' * 200] * 5) + '/y', 'longer than 1000'),
-    ('_manifest.jsonl', "unrecord's own"), ('_unrecord_x/a.png', "unrecord's own"),
+    ('_manifest.jsonl', "unrecord's own"), ('_manifest/a.png', "unrecord's own"),
+    ('_unrecord_x/a.png', "unrecord's own"),
 ])
 def test_unsafe_output_paths_are_refused_with_the_reason(name, problem):
   with pytest.raises(errors.NamingError) as info:

@@ -5,7 +5,6 @@ needed; the SDK workers are LOOPBACK (in the launcher) or EXTERNAL (a worker poo
 starts, as the Flink TaskManager sidecar does in deploy/flink/).
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 
 from tests import emulators
 from tests import fixtures
+from tests import outputs
 from tests.conftest import REPO
 
 PHOTOS = [fixtures.photo(i, 16, 16) for i in range(6)]
@@ -30,7 +30,7 @@ def source(tmp_path_factory):
 
 
 def _check(out):
-  rows = [json.loads(line) for line in open(os.path.join(out, '_manifest.jsonl'))]
+  rows = outputs.manifest_rows(out)
   assert len(rows) == len(PHOTOS) and os.path.exists(os.path.join(out, '_SUCCESS'))
   for row in rows:
     pixels = cv2.cvtColor(cv2.imread(os.path.join(out, row['path'])), cv2.COLOR_BGR2RGB)

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from tests import fixtures
+from tests import outputs
 from tests.conftest import REPO
 from tests.test_export_job import OFFLINE
 
@@ -53,7 +54,7 @@ def test_the_export_block_writes_the_images_as_the_command_does(folder):
   assert result.returncode == 0, result.stderr[-3000:]
   out = cwd / 'images'
   assert (out / '_SUCCESS').exists()
-  rows = [json.loads(line) for line in open(out / '_manifest.jsonl')]
+  rows = outputs.manifest_rows(out)
   assert [row['path'] for row in rows] == [f'photo-{i}.png' for i in range(6)]
   for i, photo in enumerate(photos):
     assert np.array_equal(np.asarray(Image.open(out / f'photo-{i}.png')), photo)

@@ -14,6 +14,7 @@ import apache_beam as beam
 
 from beam_jobs import export_images
 from tests import fixtures
+from tests import outputs
 from transforms import errors
 from transforms import plan as plan_lib
 from transforms import protos
@@ -152,8 +153,7 @@ def test_every_reason_code_with_counters_and_accounting(bad_inputs):
   images_in_input = len(CASES) + 5 + 1
   assert report['written'] + report['failed'] == images_in_input
   assert report['written'] == counters['images_written'] == len(images)
-  manifest = [json.loads(line)['path'] for line in open(os.path.join(out,
-                                                                      '_manifest.jsonl'))]
+  manifest = [row['path'] for row in outputs.manifest_rows(out)]
   assert sorted(manifest) == sorted(images)
 
 

@@ -20,11 +20,12 @@ import s3fs
 
 from tests import emulators
 from tests import fixtures
+from tests import outputs
 from tests.conftest import REPO
 from transforms import naming
 from transforms import output_root
 
-OWN_FILES = {'_manifest.jsonl', '_dead_letter.jsonl', '_dead_letter.tfrecord',
+OWN_FILES = {'_manifest/part-00000-of-00001.jsonl', '_manifest/_parts.json', '_dead_letter.jsonl', '_dead_letter.tfrecord',
              '_report.json', '_report.html', '_SUCCESS', '_unrecord_run.json',
              '_unrecord_state.json'}
 
@@ -56,7 +57,7 @@ def _files(out):
 def _check_root(out, photos=None):
   """Manifest rows equal the image files, each file's bytes match its row, no debris; with
   `photos` ({id: pixels}), every image decodes to its photo. Returns the rows."""
-  rows = [json.loads(line) for line in open(out / '_manifest.jsonl', encoding='utf-8')]
+  rows = outputs.manifest_rows(out)
   files = _files(out)
   assert not [f for f in files if f.endswith(naming.TEMP_SUFFIX) or
               f.startswith('_unrecord_tmp')], 'temp debris left'

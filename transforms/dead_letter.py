@@ -2,64 +2,106 @@
 record index and byte offset) and `_dead_letter.tfrecord` (the failed records' own bytes,
 to replay). Failure rows are made where things fail (`progress.Tally.fail`, the manifest's
 name collisions); this module only writes them.
+
+With memory flat however many records fail (a whole corrupt bucket): workers write their
+failures, with the records' bytes, as sorted runs (`FailureWriter`, transforms/runs.py),
+and one worker streams the runs, merged, into the two files (`write_dead_letter`). That
+worker's work grows with the failures, not the images (docs/scale.md).
 """
 
 from __future__ import annotations
 
 import collections
-import io
-from typing import TYPE_CHECKING, Dict, Iterable, Tuple
+import itertools
+from typing import TYPE_CHECKING, Iterable, List
+
+import orjson
+import pyarrow as pa
 
 from transforms import errors
 from transforms import manifest as manifest_lib
 from transforms import naming
 from transforms import output_root
 from transforms import read
+from transforms import runs as runs_lib
 from transforms import tfrecord
 
 if TYPE_CHECKING:  # types only: export imports this module's users
   from transforms import export
 
+FAILURE_SCHEMA = pa.schema([
+    ('key', pa.string()), ('row', pa.binary()), ('payload', pa.binary()),
+    ('images', pa.int64()), ('reason', pa.string()),
+])
+# A failed record's bytes ride in its run's batches: small batches keep the merge's
+# memory (one batch per open run) low even for big records.
+_BATCH_ROWS = 16
+_FAN_IN = 16
+FIRST_FAILURES = 20
 
-def _jsonl(rows: Iterable[dict]) -> bytes:
-  return ''.join(manifest_lib.manifest_line(r) for r in rows).encode('utf-8')
+
+def sort_key(failure: errors.Failure) -> str:
+  """Orders failures by file, record, image and reason; a record's failures share the
+  key's part before its second NUL."""
+  index = -1 if failure.index is None else failure.index
+  return (f'{failure.path or ""}\0{index + 1:020d}\0{failure.n or 0:020d}\0'
+          f'{failure.reason}')
 
 
-def write_dead_letter(failures: Iterable[errors.Failure],
-                      config: 'export.ExportConfig') -> dict:
-  """Writes `_dead_letter.jsonl` and the failed records' bytes to `_dead_letter.tfrecord`.
+def _record_key(key: str) -> str:
+  return key[:key.index('\0', key.index('\0') + 1)]
 
-  Records that failed after decoding are fetched again from their source by offset, so
-  they can be replayed; framing damage has no record to keep (`replayable: false`).
-  """
-  failures = sorted(failures, key=lambda f: (f.path or '', f.index or -1, f.n or 0,
-                                             f.reason))
-  payloads: Dict[Tuple[str, int], bytes] = {}
-  rows = []
-  for failure in failures:
-    key = (failure.path, failure.index)
-    if failure.payload is not None:
-      payloads.setdefault(key, failure.payload)
-    elif failure.stage != 'read' and key not in payloads and failure.offset is not None:
-      fetched = read.fetch_record(failure.path, failure.offset, config.read)
-      if fetched is not None:
-        payloads[key] = fetched
-    row = failure.to_row()
-    row['replayable'] = key in payloads
-    rows.append(row)
+
+class FailureWriter:
+  """A worker's failures as sorted runs. Records that failed after decoding are fetched
+  again from their source by offset, so they can be replayed; framing damage has no
+  record to keep (`replayable: false`)."""
+
+  def __init__(self, config: 'export.ExportConfig'):
+    self._config = config
+    root = output_root.OutputRoot(config.output, config.read.storage_options)
+    self._runs = runs_lib.RunWriter(root, FAILURE_SCHEMA, batch_rows=_BATCH_ROWS,
+                                    prefix='dead-letter')
+
+  def add(self, failure: errors.Failure) -> None:
+    payload = failure.payload
+    if payload is None and failure.stage != 'read' and failure.offset is not None:
+      payload = read.fetch_record(failure.path, failure.offset, self._config.read)
+    row = manifest_lib.manifest_line(failure.to_row())
+    self._runs.add((sort_key(failure), row, payload, failure.images, failure.reason),
+                   len(row) + len(payload or b'') + 64)
+
+  def flush(self) -> List[runs_lib.Run]:
+    return self._runs.flush()
+
+
+def write_dead_letter(runs: Iterable[runs_lib.Run], config: 'export.ExportConfig') -> dict:
+  """Streams the failure runs, merged, into `_dead_letter.jsonl` and the failed records'
+  bytes (once per record, in the same order) into `_dead_letter.tfrecord`."""
   root = output_root.OutputRoot(config.output, config.read.storage_options)
-  root.write(naming.DEAD_LETTER_ROWS, _jsonl(rows))
-  records = io.BytesIO()
-  with tfrecord.TFRecordWriter(records) as writer:
-    for key in sorted(payloads):
-      writer.write(payloads[key])
-  root.write(naming.DEAD_LETTER_RECORDS, records.getvalue())
   by_reason = collections.Counter()
-  for failure in failures:
-    by_reason[failure.reason] += failure.images
+  first: List[dict] = []
+  merged = runs_lib.merged(root, list(runs), FAILURE_SCHEMA, fan_in=_FAN_IN,
+                           batch_rows=_BATCH_ROWS)
+  with root.open_write(naming.DEAD_LETTER_ROWS) as rows_out, \
+      root.open_write(naming.DEAD_LETTER_RECORDS) as records_out:
+    records = tfrecord.TFRecordWriter(records_out)
+    for _, group in itertools.groupby(merged, key=lambda entry: _record_key(entry[0])):
+      group = list(group)
+      payload = next((p for _, _, p, _, _ in group if p is not None), None)
+      if payload is not None:
+        records.write(payload)
+      for _, line, _, images, reason in group:
+        row = orjson.loads(line)
+        row['replayable'] = payload is not None
+        rows_out.write(manifest_lib.manifest_line(row))
+        by_reason[reason] += images
+        if len(first) < FIRST_FAILURES:
+          first.append(row)
+    records.close()
   return {'failed': sum(by_reason.values()), 'failed_by_reason': dict(by_reason),
-          'first_failures': [_failure_line(r) for r in rows[:20]],
-          'first_failure_rows': rows[:20]}
+          'first_failures': [_failure_line(r) for r in first],
+          'first_failure_rows': first}
 
 
 def _failure_line(row: dict) -> str:

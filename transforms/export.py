@@ -5,11 +5,11 @@ returns its manifest runs and failures; `ptransforms.ExportImages` runs it over 
 range and then, once each, `manifest.write_manifest`, `dead_letter.write_dead_letter` and
 `report.write_report`.
 
-Outputs under the root: one file per image, and beside them (never in subfolders)
-`_manifest.jsonl`, `_dead_letter.jsonl`, `_dead_letter.tfrecord`, `_report.json`, and
-`_SUCCESS` last, only when failures <= max_failures. Pixels never cross a shuffle: each
-worker reads, decodes, encodes and writes its own record ranges; manifest rows go to
-sorted run files that one worker merges (transforms/manifest.py).
+Outputs under the root: one file per image, and beside them the `_manifest/` parts,
+`_dead_letter.jsonl`, `_dead_letter.tfrecord`, `_report.json`, and `_SUCCESS` last, only
+when failures <= max_failures. Pixels never cross a shuffle: each worker reads, decodes,
+encodes and writes its own record ranges; manifest rows go to sorted run files that
+workers merge by path range (transforms/manifest.py).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from transforms import progress
 from transforms import read
 from transforms import record_layout
 from transforms import render
+from transforms import runs as runs_lib
 from transforms import tfrecord
 
 
@@ -61,6 +62,9 @@ class ExportConfig:
   lock_run_id: Optional[str] = None
   # What the launch settled (plan.settled_choices), as JSON: the report shows it.
   choices: str = '{}'
+  # The manifest parts' format (transforms/manifest.py): 'jsonl' or 'parquet'.
+  manifest_format: str = 'jsonl'
+  manifest_part_rows: int = manifest_lib.ROWS_PER_PART
 
   def __post_init__(self):
     if not self.patterns and not self.incremental:
@@ -69,6 +73,11 @@ class ExportConfig:
       raise errors.ConfigError('no output given; pass --output URL')
     if self.max_failures < 0:
       raise errors.ConfigError('--max_failures must be 0 or more')
+    if self.manifest_format not in manifest_lib.FORMATS:
+      raise errors.ConfigError(f'--manifest_format must be one of '
+                               f'{", ".join(manifest_lib.FORMATS)}')
+    if self.manifest_part_rows < 1:
+      raise errors.ConfigError('--manifest_part_rows must be 1 or more')
     if self.overwrite and (self.skip_existing or self.incremental):
       raise errors.ConfigError(
           '--overwrite replaces the output; it does not go with --skip_existing or '
@@ -97,16 +106,16 @@ class RangeWorker:
 
 def export_range(file_range: tfrecord.FileRange, worker: RangeWorker,
                  tally: progress.Tally
-                 ) -> Iterator[Union[manifest_lib.Run, errors.Failure]]:
+                 ) -> Iterator[Union[runs_lib.Run, errors.Failure]]:
   """Exports every image of one record range: its files are written, and it yields the
-  range's sorted manifest runs (`manifest_lib.Run`) and a Failure per image or record
+  range's sorted manifest runs (`runs_lib.Run`) and a Failure per image or record
   that failed. Counts go to `tally`.
 
   Records are taken in chunks (`_chunks`), and each stage runs over a whole chunk before
   the next starts: decode, then name and encode, then write, then manifest rows, so each
   stage's code and data stay in the core's caches (docs/benchmarks.md).
   """
-  runs = manifest_lib.RunWriter(worker.root)
+  runs = manifest_lib.EntryWriter(worker.root, worker.config.manifest_part_rows)
   slots = read.read_slots(read.read_range(file_range, worker.config.read), tally)
   for chunk in _chunks(slots, CHUNK_RECORDS, CHUNK_BYTES):
     images = []
@@ -121,7 +130,7 @@ def export_range(file_range: tfrecord.FileRange, worker: RangeWorker,
   yield from runs.flush()
 
 
-def _render(images, worker: RangeWorker, runs: manifest_lib.RunWriter,
+def _render(images, worker: RangeWorker, runs: manifest_lib.EntryWriter,
             tally: progress.Tally):
   """(image, name, Rendered) for the images to write; --skip_existing's are recorded,
   failures yielded."""
@@ -134,8 +143,7 @@ def _render(images, worker: RangeWorker, runs: manifest_lib.RunWriter,
       row = (manifest_lib.existing_row(image, name, worker.root, config)
              if config.skip_existing else None)
       if row is not None:
-        runs.add(manifest_lib.entry(manifest_lib.SKIPPED, row,
-                                    manifest_lib.manifest_line(row)))
+        runs.add(manifest_lib.SKIPPED, row, manifest_lib.manifest_line(row))
         tally.add('images_skipped')
         worker.progress.count('skipped')
         continue
@@ -159,13 +167,12 @@ def _write(rendered, worker: RangeWorker, tally: progress.Tally):
   return written
 
 
-def _add_rows(written, worker: RangeWorker, runs: manifest_lib.RunWriter,
+def _add_rows(written, worker: RangeWorker, runs: manifest_lib.EntryWriter,
               tally: progress.Tally) -> None:
   size = 0
   for image, name, result in written:
     row = manifest_lib.manifest_row(image, name, result, worker.config)
-    runs.add(manifest_lib.entry(
-        manifest_lib.WRITTEN, row, manifest_lib.manifest_line(row, in_key_order=True)))
+    runs.add(manifest_lib.WRITTEN, row, manifest_lib.manifest_line(row, in_key_order=True))
     size += row['bytes']
   tally.add('images_written', len(written))
   tally.add('bytes_written', size)

@@ -1,30 +1,49 @@
-"""The manifest as sorted runs on storage, merged into `_manifest.jsonl` in one pass.
+"""The manifest: one row per image file, written as sorted parts by many workers.
 
-Workers never send manifest rows through the runner. Each one appends an entry per
-image to a `RunWriter`, which writes them, sorted by output path, as run files under
-`_unrecord_tmp/` of the output root. One worker then merges the runs (`merge_runs`):
-memory stays flat however many images there are, since it holds one line per run, and
-the rows are never parsed in the common case where each path has one entry.
+Layout: `_manifest/part-00000-of-00004.jsonl` (or `.parquet`), each part sorted by
+output path and covering its own path range, the ranges in part order, so reading the
+parts in order reads every row sorted by path. `_manifest/_parts.json` lists the parts
+with their row counts and first and last paths. There is a part per ROWS_PER_PART rows
+(at least one), so no worker handles more than that many rows, whatever the run's size.
 
-An entry is one line of bytes, NUL-separated, sorted by its first field:
+How it is made, with nothing per image passing through one worker:
+1. Each worker writes an entry per image to an `EntryWriter`: sorted run files under
+   the root's scratch folder (transforms/runs.py), never rows through the runner.
+   The previous manifest's rows become runs the same way (`previous_runs`, a task per
+   previous part).
+2. `plan_parts` cuts all runs into path ranges of about ROWS_PER_PART rows, from the
+   runs' batch keys alone.
+3. `write_part`, a task per range, reads only its range of each run, decides each path
+   (below) and stages the part under `_manifest/_staged/`.
+4. `commit` writes the list of staged parts as a journal, then moves them into place,
+   removes parts and a single `_manifest.jsonl` of earlier runs, and writes
+   `_parts.json`. A run killed during the moves leaves the journal, and the next run
+   finishes them first (`recover`), so a manifest is never a mix of two runs' parts.
 
-    path NUL kind NUL source-key NUL bytes NUL passthrough NUL class (JSON) NUL row (JSON)
-
-`kind` is `w` (written by this run), `s` (left in place by --skip_existing) or `p` (the
-previous run's manifest row). Paths never hold NUL (naming.check_relative_path) and the
-JSON fields escape it, so UTF-8 byte order is path order.
+An entry holds, beside the row's JSON line, what deciding a path needs: its kind, `w`
+(written by this run), `s` (left in place by --skip_existing) or `p` (the previous
+manifest's row); the image's source key; bytes; passthrough; and its class. Paths never
+hold NUL (naming.check_relative_path); UTF-8 byte order is path order.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import heapq
-import itertools
+import io
 import json
-import uuid
-from typing import (TYPE_CHECKING, BinaryIO, Callable, Dict, Hashable, Iterable, Iterator,
-                    List, Optional, Tuple)
+import math
+import re
+import time
+from typing import (TYPE_CHECKING, Callable, Dict, Hashable, Iterator, List,
+                    Optional, Sequence, Tuple)
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
 
 from transforms import decode
 from transforms import errors
@@ -32,115 +51,181 @@ from transforms import image_formats
 from transforms import naming
 from transforms import output_root
 from transforms import render
+from transforms import runs as runs_lib
 
 if TYPE_CHECKING:  # types only: export imports manifest
   from transforms import export
 
-SCRATCH = '_unrecord_tmp'
-WRITTEN, SKIPPED, PREVIOUS = b'w', b's', b'p'
-RUN_BYTES = 16 << 20  # entries held before a run is sorted and written
-FAN_IN = 64  # runs merged at once; more are first merged into intermediate runs
-Run = Tuple[str, int]  # a run file's name under the root, and how many entries it holds
+FORMATS = ('jsonl', 'parquet')
+# Rows per part: a part's task holds its rows in memory (about 600 bytes each), so this
+# bounds a worker's memory as much as its work (docs/scale.md).
+ROWS_PER_PART = 250_000
+STAGED = f'{naming.MANIFEST}/_staged'
+JOURNAL = f'{STAGED}/_commit.json'
+PARTS_INDEX = f'{naming.MANIFEST}/_parts.json'
+_PART_NAME = re.compile(r'part-(\d{5})-of-(\d{5})\.(jsonl|parquet)$')
+# Parquet is written in row groups of this many rows, each converted from JSON lines.
+ROW_GROUP_ROWS = 65_536
+
+WRITTEN, SKIPPED, PREVIOUS = 'w', 's', 'p'
+ENTRY_SCHEMA = pa.schema([
+    ('path', pa.string()), ('kind', pa.string()), ('source_key', pa.string()),
+    ('bytes', pa.int64()), ('passthrough', pa.bool_()), ('class_key', pa.string()),
+    ('line', pa.binary()),
+])
+# The typed Parquet row (README "The manifest"). `label` and `id` are text whatever
+# their feature's type, so every root's manifest has this one schema.
+PARQUET_SCHEMA = pa.schema([
+    ('path', pa.string()), ('source', pa.string()), ('index', pa.int64()),
+    ('offset', pa.int64()), ('n', pa.int64()), ('key', pa.string()), ('id', pa.string()),
+    ('label', pa.string()), ('label_name', pa.string()), ('bytes', pa.int64()),
+    ('sha256', pa.string()), ('format', pa.string()), ('encoder', pa.string()),
+    ('passthrough', pa.bool_()), ('dtype_in', pa.string()), ('dtype_out', pa.string()),
+    ('shape_in', pa.list_(pa.int64())), ('shape_out', pa.list_(pa.int64())),
+    ('normalization', pa.list_(pa.string())), ('value_range', pa.list_(pa.float64())),
+])
+TEXT_FIELDS = ('id', 'label')
+
+
+# ---------------------------------------------------------------------------------------
+# Entries: what workers write, as sorted runs
+
+
+def index_step(rows_per_part: int) -> int:
+  """Rows per record batch of a manifest run. The parts are planned from the batches'
+  first paths, so a part's size is right to within a batch per run; at most 1,024, so
+  the runs' keys (which every part's task receives) stay a thousandth of the rows."""
+  return max(1, min(1024, rows_per_part // 16))
+
+
+class EntryWriter:
+  """A worker's manifest entries, written as sorted runs (`flush()` returns them)."""
+
+  def __init__(self, root: output_root.OutputRoot, rows_per_part: int = ROWS_PER_PART,
+               run_bytes: int = 16 << 20):
+    self._runs = runs_lib.RunWriter(root, ENTRY_SCHEMA, run_bytes=run_bytes,
+                                    batch_rows=index_step(rows_per_part),
+                                    prefix='manifest')
+
+  def add(self, kind: str, row: dict, line: bytes) -> None:
+    """The entry for a manifest row and its JSON line (which ends with a newline)."""
+    label = row.get('label_name') or row.get('label')
+    path = row['path']
+    self._runs.add((path, kind, f'{row["source"]}\x01{row["index"]}\x01{row["n"]}',
+                    row.get('bytes') or 0, bool(row.get('passthrough')),
+                    '' if label is None else str(label), line),
+                   len(line) + len(path) + 64)
+
+  def flush(self) -> List[runs_lib.Run]:
+    return self._runs.flush()
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  """One parsed entry (only for paths that need a decision: duplicates, collisions)."""
+  """One entry of a path that needs a decision (duplicates, collisions, previous rows)."""
+  position: int
   path: str
-  kind: bytes
+  kind: str
   source_key: str
   bytes: int
   passthrough: bool
-  class_key: bytes  # the class as JSON text: for telling classes apart, never read
+  class_key: str
   line: bytes
 
-  @classmethod
-  def parse(cls, raw: bytes) -> 'Entry':
-    path, kind, source_key, size, passthrough, class_key, line = raw.split(b'\0', 6)
-    return cls(path.decode('utf-8'), kind, source_key.decode('utf-8'), int(size),
-               passthrough == b'1', class_key, line)
-
   def row(self) -> dict:
-    return json.loads(self.line)
+    return orjson.loads(self.line)
 
 
-def entry(kind: bytes, row: dict, line: str) -> bytes:
-  """The entry for a manifest row and its JSON line (`line` ends with a newline)."""
-  label = row.get('label_name') or row.get('label')
-  return b'\0'.join((
-      row['path'].encode('utf-8'), kind,
-      f'{row["source"]}\x01{row["index"]}\x01{row["n"]}'.encode('utf-8'),
-      b'%d' % (row.get('bytes') or 0), b'1' if row.get('passthrough') else b'0',
-      json.encoder.encode_basestring_ascii('' if label is None else str(label)).encode(),
-      line.encode('utf-8')))
+# ---------------------------------------------------------------------------------------
+# Reading a manifest: the parts (or an earlier version's single file)
 
 
-def path_of(raw: bytes) -> bytes:
-  return raw[:raw.index(b'\0')]
+def part_name(index: int, count: int, output_format: str) -> str:
+  return f'part-{index:05d}-of-{count:05d}.{output_format}'
 
 
-class RunWriter:
-  """Collects entries and writes them as sorted run files; `flush()` returns them as
-  (name, number of entries), so the merge can tell a short read from a short run.
-
-  Run names are random, so a retried bundle's runs never overwrite a committed one; runs
-  nobody reports are removed with the scratch folder at the end of the job.
-  """
-
-  def __init__(self, root: output_root.OutputRoot, run_bytes: int = RUN_BYTES):
-    self._root = root
-    self._run_bytes = run_bytes
-    self._entries: List[bytes] = []
-    self._held = 0
-    self.runs: List[Run] = []
-
-  def add(self, raw: bytes) -> None:
-    self._entries.append(raw)
-    self._held += len(raw)
-    if self._held >= self._run_bytes:
-      self._write_run()
-
-  def flush(self) -> List[Run]:
-    """Writes what is held; returns (and forgets) every run written so far."""
-    if self._entries:
-      self._write_run()
-    runs, self.runs = self.runs, []
-    return runs
-
-  def _write_run(self) -> None:
-    self._entries.sort()
-    name = _run_name()
-    self._root.write(name, b''.join(self._entries))
-    self.runs.append((name, len(self._entries)))
-    self._entries, self._held = [], 0
+def part_files(root: output_root.OutputRoot) -> List[str]:
+  """The manifest's files under the root, in path order: its parts, or else an earlier
+  version's `_manifest.jsonl`, or nothing."""
+  if root.exists(PARTS_INDEX):
+    index = json.loads(root.read(PARTS_INDEX))
+    return [f'{naming.MANIFEST}/{part["name"]}' for part in index['parts']]
+  if root.exists(naming.LEGACY_MANIFEST):
+    return [naming.LEGACY_MANIFEST]
+  return []
 
 
-def _run_name() -> str:
-  return f'{SCRATCH}/run-{uuid.uuid4().hex}'
-
-
-def _lines(root: output_root.OutputRoot, run: Run) -> Iterator[bytes]:
-  name, expected = run
-  count = 0
+def read_lines(root: output_root.OutputRoot, name: str,
+               text_fields: bool = False) -> Iterator[bytes]:
+  """The rows of one manifest file as JSON lines; a Parquet part's rows are made into
+  lines with sorted keys. `text_fields`: `id` and `label` become text (for Parquet).
+  Unreadable JSON lines are skipped."""
+  if name.endswith('.parquet'):
+    with root.open_read(name) as f:
+      parquet = pq.ParquetFile(f)
+      for group in range(parquet.num_row_groups):
+        for row in parquet.read_row_group(group).to_pylist():
+          yield manifest_line(row)
+    return
   with root.open_read(name) as f:
-    for count, raw in enumerate(f, 1):
-      yield raw
-  if count != expected:
-    raise OSError(f'manifest run {root.url_of(name)} read back {count} entries of '
-                  f'{expected}; the store returned a short read')
+    for line in f:
+      if text_fields:
+        try:
+          line = manifest_line(_with_text_fields(orjson.loads(line)))
+        except (ValueError, TypeError, AttributeError):
+          continue
+      yield line if line.endswith(b'\n') else line + b'\n'
 
 
-def merged(root: output_root.OutputRoot, runs: List[Run], fan_in: int = FAN_IN
-           ) -> Iterator[bytes]:
-  """Every entry of `runs` in path order, with at most `fan_in` run files open at once."""
-  runs = list(runs)
-  while len(runs) > fan_in:
-    group, runs = runs[:fan_in], runs[fan_in:]
-    name = _run_name()
-    with root.open_write(name) as out:
-      out.writelines(heapq.merge(*(_lines(root, r) for r in group)))
-    runs.append((name, sum(count for _, count in group)))
-  return heapq.merge(*(_lines(root, r) for r in runs))
+def read_rows(root: output_root.OutputRoot) -> Iterator[dict]:
+  """Every row of the root's manifest, in path order."""
+  for name in part_files(root):
+    for line in read_lines(root, name):
+      try:
+        yield orjson.loads(line)
+      except ValueError:
+        continue
+
+
+def previous_runs(name: str, config: 'export.ExportConfig') -> List[runs_lib.Run]:
+  """The rows of one file of the previous manifest, as sorted runs of `p` entries."""
+  root = output_root.OutputRoot(config.output, config.read.storage_options)
+  writer = EntryWriter(root, config.manifest_part_rows)
+  for line in read_lines(root, name, text_fields=config.manifest_format == 'parquet'):
+    try:
+      writer.add(PREVIOUS, orjson.loads(line), line)
+    except (ValueError, KeyError, TypeError, AttributeError):
+      continue
+  return writer.flush()
+
+
+def previous_files(config: 'export.ExportConfig') -> List[str]:
+  """The previous manifest's files, once an interrupted commit has been finished."""
+  root = output_root.OutputRoot(config.output, config.read.storage_options)
+  recover(root)
+  return part_files(root)
+
+
+# ---------------------------------------------------------------------------------------
+# Writing the parts: plan, then one task per path range
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+  """One part of the manifest: the paths in [lo, hi) (None: unbounded)."""
+  index: int
+  count: int
+  lo: Optional[str]
+  hi: Optional[str]
+
+
+def plan_parts(runs: Sequence[runs_lib.Run], rows_per_part: int = ROWS_PER_PART
+               ) -> List[Part]:
+  """The manifest's parts: a path range per `rows_per_part` entries, at least one."""
+  total = sum(run.rows for run in runs)
+  points = runs_lib.split_points(runs, max(1, math.ceil(total / rows_per_part)))
+  bounds = [None, *points, None]
+  return [Part(i, len(points) + 1, bounds[i], bounds[i + 1]) for i in range(len(points) + 1)]
 
 
 @dataclasses.dataclass
@@ -156,7 +241,7 @@ class Collision:
 
 
 @dataclasses.dataclass
-class MergeResult:
+class PartResult:
   written: int = 0
   skipped: int = 0
   kept_from_previous: int = 0
@@ -166,96 +251,309 @@ class MergeResult:
   collisions: List[Collision] = dataclasses.field(default_factory=list)
 
 
-def merge_runs(entries: Iterable[bytes], out: BinaryIO, *,
-               keep_previous: Callable[[dict], bool],
-               on_disk_sha256: Callable[[str], Optional[str]],
-               sample: Callable[[bytes, bytes], None]) -> MergeResult:
-  """Writes the manifest lines for `entries` (in path order) to `out`.
+def decide(table: pa.Table, *, keep_previous: Callable[[dict], bool],
+           on_disk_sha256: Callable[[str], Optional[str]]
+           ) -> Tuple[np.ndarray, Dict[int, Tuple[str, bytes]], np.ndarray, PartResult]:
+  """Which entries of `table` (sorted by path) become manifest rows.
+
+  Returns (keep, sampled_as, sampled, result): `keep` marks the rows to write; `sampled`
+  the written or skipped rows, the report's sample candidates, with `sampled_as[i]` the
+  class and line to show for row i where that is another entry's.
 
   Per path: this run's row wins (replays of one image write identical rows; different
   images with one name keep the written row whose sha256 matches the file on disk, the
   others become collisions, also those --skip_existing left because an image of this run
   wrote their name first); an image --skip_existing left keeps the previous manifest's row
   if there is one, else a row made from its file; a path only the previous manifest has
-  is kept if `keep_previous(row)`, else reported in `stale`. `sample(class_key, line)`
-  sees every written or skipped row in path order.
+  is kept if `keep_previous(row)`, else reported in `stale`.
   """
-  result = MergeResult()
-  for _, group in itertools.groupby(entries, key=path_of):
-    group = list(group)
-    if len(group) == 1:
-      # The usual case, one image made this path: its fields are split, never parsed.
-      _, kind, _, size, passthrough, class_key, line = group[0].split(b'\0', 6)
-      if kind == WRITTEN:
-        _emit(out, result, int(size), passthrough == b'1', class_key, line, sample)
-        continue
-    found = [Entry.parse(raw) for raw in group]
-    written = [e for e in found if e.kind == WRITTEN]
-    previous = next((e for e in found if e.kind == PREVIOUS), None)
-    if written:
-      # One entry per image, its written one if it has one (a replayed bundle skips the
-      # file its first attempt wrote).
-      by_source: Dict[str, Entry] = {}
-      claims = written + [e for e in found if e.kind == SKIPPED]
-      for e in sorted(claims, key=lambda e: (e.kind != WRITTEN, e.source_key, e.line)):
-        by_source.setdefault(e.source_key, e)
-      if len(by_source) == 1:
-        _emit_entry(out, result, next(iter(by_source.values())), sample)
-        continue
-      digest = on_disk_sha256(found[0].path)
-      rows = [(e, e.row()) for e in by_source.values()]
-      kept = next(((e, r) for e, r in rows
-                   if e.kind == WRITTEN and r.get('sha256') == digest), None)
-      if kept is not None:
-        _emit_entry(out, result, kept[0], sample)
-      others = [(e, r) for e, r in rows if kept is None or e is not kept[0]]
-      result.collisions.append(Collision(
-          found[0].path, kept[1] if kept else None, [r for _, r in others],
-          sum(e.kind == SKIPPED for e, _ in others)))
-      continue
-    skipped = next((e for e in found if e.kind == SKIPPED), None)
-    if skipped is not None:
-      result.skipped += 1
-      sample(skipped.class_key, skipped.line)
-      out.write(previous.line if previous is not None else skipped.line)
-    elif keep_previous(previous.row()):
-      result.kept_from_previous += 1
-      out.write(previous.line)
-    else:
-      result.stale.append(previous.path)
-  return result
+  n = table.num_rows
+  paths = table.column('path')
+  repeated = np.zeros(n, dtype=bool)
+  if n > 1:
+    same = pc.equal(paths.slice(0, n - 1), paths.slice(1)).to_numpy(zero_copy_only=False)
+    repeated[:-1] |= same
+    repeated[1:] |= same
+  written = pc.equal(table.column('kind'), WRITTEN).to_numpy(zero_copy_only=False)
+  # The usual case, one image made this path: its entry is kept, never parsed.
+  keep = written & ~repeated
+  sampled = keep.copy()
+  sizes = table.column('bytes').to_numpy()
+  passthrough = table.column('passthrough').to_numpy(zero_copy_only=False)
+  result = PartResult(written=int(keep.sum()), bytes=int(sizes[keep].sum()),
+                      passthrough=int(passthrough[keep].sum()))
+  sampled_as: Dict[int, Tuple[str, bytes]] = {}
+  others = np.flatnonzero(~keep)
+  rows = table.take(others).to_pylist() if others.size else []
+  entries = [Entry(int(position), **row) for position, row in zip(others, rows)]
+  start = 0
+  while start < len(entries):
+    end = start + 1
+    while end < len(entries) and entries[end].path == entries[start].path:
+      end += 1
+    chosen = _decide_path(entries[start:end], keep_previous, on_disk_sha256, result)
+    if chosen is not None:
+      kept, shown = chosen
+      keep[kept.position] = True
+      if shown is not None:
+        sampled[kept.position] = True
+        sampled_as[kept.position] = (shown.class_key, shown.line)
+    start = end
+  return keep, sampled_as, sampled, result
 
 
-def _emit_entry(out: BinaryIO, result: MergeResult, e: Entry,
-                sample: Callable[[bytes, bytes], None]) -> None:
-  _emit(out, result, e.bytes, e.passthrough, e.class_key, e.line, sample)
+def _decide_path(found: List[Entry], keep_previous, on_disk_sha256, result: PartResult
+                 ) -> Optional[Tuple[Entry, Optional[Entry]]]:
+  """(the entry to write, the entry to sample or None) for one path's entries."""
+  written = [e for e in found if e.kind == WRITTEN]
+  previous = next((e for e in found if e.kind == PREVIOUS), None)
+  if written:
+    # One entry per image, its written one if it has one (a replayed bundle skips the
+    # file its first attempt wrote).
+    by_source: Dict[str, Entry] = {}
+    claims = written + [e for e in found if e.kind == SKIPPED]
+    for e in sorted(claims, key=lambda e: (e.kind != WRITTEN, e.source_key, e.line)):
+      by_source.setdefault(e.source_key, e)
+    if len(by_source) == 1:
+      only = next(iter(by_source.values()))
+      _count_written(result, only)
+      return only, only
+    digest = on_disk_sha256(found[0].path)
+    rows = [(e, e.row()) for e in by_source.values()]
+    kept = next(((e, r) for e, r in rows
+                 if e.kind == WRITTEN and r.get('sha256') == digest), None)
+    others = [(e, r) for e, r in rows if kept is None or e is not kept[0]]
+    result.collisions.append(Collision(
+        found[0].path, kept[1] if kept else None, [r for _, r in others],
+        sum(e.kind == SKIPPED for e, _ in others)))
+    if kept is None:
+      return None
+    _count_written(result, kept[0])
+    return kept[0], kept[0]
+  skipped = next((e for e in found if e.kind == SKIPPED), None)
+  if skipped is not None:
+    result.skipped += 1
+    return (previous if previous is not None else skipped), skipped
+  if keep_previous(previous.row()):
+    result.kept_from_previous += 1
+    return previous, None
+  result.stale.append(previous.path)
+  return None
 
 
-def _emit(out: BinaryIO, result: MergeResult, size: int, passthrough: bool,
-          class_key: bytes, line: bytes, sample: Callable[[bytes, bytes], None]) -> None:
-  out.write(line)
+def _count_written(result: PartResult, e: Entry) -> None:
   result.written += 1
-  result.bytes += size
-  result.passthrough += passthrough
-  sample(class_key, line)
+  result.bytes += e.bytes
+  result.passthrough += e.passthrough
 
 
-def previous_entries(lines: Iterable[bytes]) -> Iterator[bytes]:
-  """Entries for the rows of an earlier `_manifest.jsonl`; unreadable lines are skipped."""
-  for line in lines:
+def write_part(part: Part, runs: Sequence[runs_lib.Run], config: 'export.ExportConfig',
+               on_collision: Callable[[errors.Failure], None]) -> dict:
+  """Merges the runs' entries in `part`'s path range into a staged manifest part.
+
+  Removes the files of stale rows (see `decide`); each name collision's images go to
+  `on_collision` as Failure rows. Returns the part's summary, for `commit`.
+  """
+  root = output_root.OutputRoot(config.output, config.read.storage_options)
+  slices = [t for t in (runs_lib.read_slice(root, run, part.lo, part.hi) for run in runs)
+            if t is not None]
+  table = (pa.concat_tables(slices) if slices else ENTRY_SCHEMA.empty_table())
+  table = table.sort_by([('path', 'ascending'), ('kind', 'ascending')])
+  keep, sampled_as, sampled, result = decide(
+      table, keep_previous=_keeps_previous(config),
+      on_disk_sha256=lambda path: _sha256_or_none(root, path))
+  kept = table.filter(pa.array(keep))
+  name = part_name(part.index, part.count, config.manifest_format)
+  with root.open_write(f'{STAGED}/{name}') as out:
+    _write_rows(out, kept.column('line'), config.manifest_format)
+  for path in result.stale:
     try:
-      row = json.loads(line)
-      yield entry(PREVIOUS, row, line.decode('utf-8').rstrip('\n') + '\n')
-    except (ValueError, KeyError, TypeError, AttributeError):
+      root.fs.rm_file(root.path(path))
+    except FileNotFoundError:
+      pass
+  for collision in result.collisions:
+    for failure in _collision_failures(collision):
+      on_collision(failure)
+  kept_paths = kept.column('path')
+  return {
+      'name': name, 'rows': kept.num_rows,
+      'first': kept_paths[0].as_py() if kept.num_rows else None,
+      'last': kept_paths[-1].as_py() if kept.num_rows else None,
+      'written': result.written, 'skipped': result.skipped,
+      'kept_from_previous': result.kept_from_previous, 'bytes': result.bytes,
+      'passthrough': result.passthrough, 'stale_removed': len(result.stale),
+      'collisions': sum(len(c.others) for c in result.collisions),
+      'collided_skipped': sum(c.skipped for c in result.collisions),
+      'samples': _samples(table, sampled, sampled_as),
+  }
+
+
+def _write_rows(out, lines: pa.ChunkedArray, output_format: str) -> None:
+  """The kept rows' lines as JSONL, or as Parquet row groups of PARQUET_SCHEMA."""
+  if output_format == 'jsonl':
+    for chunk in lines.chunks:
+      out.writelines(chunk.to_pylist())
+    return
+  with pq.ParquetWriter(out, PARQUET_SCHEMA, compression='zstd') as writer:
+    for start in range(0, max(len(lines), 1), ROW_GROUP_ROWS):
+      block = b''.join(lines.slice(start, ROW_GROUP_ROWS).to_pylist())
+      writer.write_table(lines_to_table(block))
+
+
+def lines_to_table(block: bytes) -> pa.Table:
+  """JSON lines (text `id`/`label`) as a PARQUET_SCHEMA table."""
+  if not block:
+    return PARQUET_SCHEMA.empty_table()
+  return pa_json.read_json(
+      io.BytesIO(block),
+      read_options=pa_json.ReadOptions(use_threads=False, block_size=max(len(block), 1 << 20)),
+      parse_options=pa_json.ParseOptions(explicit_schema=PARQUET_SCHEMA,
+                                         unexpected_field_behavior='ignore'))
+
+
+def _samples(table: pa.Table, sampled: np.ndarray,
+             sampled_as: Dict[int, Tuple[str, bytes]]) -> List[Tuple[str, List[str]]]:
+  """The part's report samples (RowSampler buckets), from its rows in path order."""
+  sampler = RowSampler()
+  classes = table.column('class_key')
+  lines = table.column('line')
+  for position, class_key in zip(np.flatnonzero(sampled).tolist(),
+                                 pc.filter(classes, pa.array(sampled)).to_pylist()):
+    shown = sampled_as.get(position)
+    if shown is not None:
+      class_key = shown[0]
+    if sampler.wants(class_key):
+      line = shown[1] if shown is not None else lines[position].as_py()
+      sampler.add(class_key, line.decode('utf-8'))
+  return sampler.buckets()
+
+
+def _keeps_previous(config: 'export.ExportConfig'):
+  """Whether a row only the previous manifest has stays (its file kept) or goes (removed).
+
+  The one owner of that decision: --overwrite removes them all; --incremental removes
+  those of the shards it processed again (they no longer make that image); every other
+  run keeps them, so the manifest goes on listing every image file in the root.
+  """
+  if config.overwrite:
+    return lambda row: False
+  if config.incremental:
+    processed = {url for url, _ in config.processed}
+    return lambda row: row.get('source') not in processed
+  return lambda row: True
+
+
+def _sha256_or_none(root: output_root.OutputRoot, path: str) -> Optional[str]:
+  try:
+    return output_root.sha256(root.read(path))
+  except OSError:
+    return None
+
+
+def _collision_failures(collision: Collision) -> List[errors.Failure]:
+  rows = ([collision.kept] if collision.kept else []) + collision.others
+  others = ', '.join(f'{r["source"]} record {r["index"]}' for r in rows[:10])
+  if len(rows) > 10:
+    others += f' and {len(rows) - 10} more'
+  return [errors.Failure(
+      reason=errors.NAME_COLLISION, stage='write', path=row['source'], index=row['index'],
+      offset=row['offset'], n=row['n'],
+      message=f'output name {collision.path!r} is taken by more than one image ({others}); '
+      'add {id}, {index} or {n} to --name_template to tell them apart')
+      for row in collision.others]
+
+
+# ---------------------------------------------------------------------------------------
+# Committing the parts
+
+
+def commit(parts: Sequence[dict], config: 'export.ExportConfig') -> dict:
+  """Puts the staged parts in place as the manifest and sums their summaries.
+
+  The journal (the staged parts' list) is written first, so a run killed during the
+  moves is finished by the next one (`recover`). With --overwrite, files under the root
+  that the new manifest does not list are removed.
+  """
+  root = output_root.OutputRoot(config.output, config.read.storage_options)
+  parts = sorted(parts, key=lambda p: p['name'])
+  index = {'format': config.manifest_format, 'rows': sum(p['rows'] for p in parts),
+           'parts': [{k: p[k] for k in ('name', 'rows', 'first', 'last')} for p in parts]}
+  root.write(JOURNAL, (json.dumps(index, indent=1) + '\n').encode('utf-8'))
+  finish_commit(root)
+  unlisted = _remove_unlisted(root) if config.overwrite else 0
+  sampler = RowSampler()
+  for part in parts:
+    for class_key, lines in part['samples']:
+      for line in lines:
+        sampler.add(class_key, line)
+  total = {k: sum(p[k] for p in parts)
+           for k in ('written', 'skipped', 'kept_from_previous', 'bytes', 'passthrough',
+                     'stale_removed', 'collisions', 'collided_skipped')}
+  collisions, collided_skipped = total.pop('collisions'), total.pop('collided_skipped')
+  total['stale_removed'] += unlisted
+  total['parts'] = len(parts)
+  total['rows'] = index['rows']
+  total['committed_at'] = time.time()
+  total['samples'] = [json.loads(line) for line in sampler.chosen()]
+  total['collisions'] = collisions
+  # The workers counted each colliding image as written (or skipped); these take those
+  # counts back, as failures (the metrics' corrections).
+  total['count_corrections'] = {
+      f'failed_{errors.NAME_COLLISION}': collisions,
+      'images_written': collided_skipped - collisions,
+      'images_skipped': -collided_skipped}
+  return total
+
+
+def finish_commit(root: output_root.OutputRoot) -> None:
+  """Moves the journal's staged parts into `_manifest/`, removes every other part and
+  an earlier version's `_manifest.jsonl`, writes `_parts.json`, then the journal goes.
+  Safe to run again after being stopped at any point."""
+  index = json.loads(root.read(JOURNAL))
+  listed = {part['name'] for part in index['parts']}
+  for name in sorted(listed):
+    staged = f'{STAGED}/{name}'
+    if root.exists(staged):
+      root.fs.mv(root.path(staged), root.path(f'{naming.MANIFEST}/{name}'))
+  for path in root.fs.ls(root.path(naming.MANIFEST), detail=False):
+    name = path.rstrip('/').rpartition('/')[2]
+    if _PART_NAME.match(name) and name not in listed:
+      root.fs.rm_file(path)
+  if root.exists(naming.LEGACY_MANIFEST):
+    root.fs.rm_file(root.path(naming.LEGACY_MANIFEST))
+  root.write(PARTS_INDEX, (json.dumps(index, indent=1) + '\n').encode('utf-8'))
+  root.remove_tree(STAGED)
+
+
+def recover(root: output_root.OutputRoot) -> None:
+  """Finishes a commit a killed run left half done; drops parts staged but never
+  committed (a run killed before its commit)."""
+  if root.exists(JOURNAL):
+    finish_commit(root)
+  elif root.exists(STAGED):
+    root.remove_tree(STAGED)
+
+
+def _remove_unlisted(root: output_root.OutputRoot) -> int:
+  """--overwrite: removes every file under the root that the new manifest does not list
+  (a killed run's images, say), except unrecord's own files; returns how many.
+
+  Holds the root's listing in memory, one path per file (docs/scale.md).
+  """
+  prefix = root.path('')
+  found = {p[len(prefix):] for p in root.fs.find(root.root) if p.startswith(prefix)}
+  for row in read_rows(root):
+    found.discard(row['path'])
+  removed = 0
+  for path in sorted(found):
+    if path.split('/', 1)[0].startswith('_') or output_root.is_temp_name(path):
       continue
-
-
-def sorted_runs(root: output_root.OutputRoot, entries: Iterable[bytes]) -> List[Run]:
-  """Writes `entries` (any order) as sorted runs; returns their names."""
-  writer = RunWriter(root)
-  for raw in entries:
-    writer.add(raw)
-  return writer.flush()
+    try:
+      root.fs.rm_file(root.path(path))
+      removed += 1
+    except FileNotFoundError:
+      pass
+  return removed
 
 
 # ---------------------------------------------------------------------------------------
@@ -264,12 +562,12 @@ def sorted_runs(root: output_root.OutputRoot, entries: Iterable[bytes]) -> List[
 
 def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendered,
                  config: 'export.ExportConfig') -> dict:
-  """The `_manifest.jsonl` row for one written image."""
+  """The manifest row for one written image."""
   features = image.features
   label_key, id_key = config.render.label_key, config.render.id_key
   label = features.get(label_key) if label_key else None
   names = config.render.label_names
-  return {  # keys in sorted order: `manifest_line(row, in_key_order=True)` keeps it
+  row = {  # keys in sorted order: `manifest_line(row, in_key_order=True)` keeps it
       'bytes': len(rendered.data),
       'dtype_in': image.source_dtype,
       'dtype_out': rendered.dtype,
@@ -292,6 +590,24 @@ def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendere
       'source': image.ref.path,
       'value_range': list(rendered.value_range) if rendered.value_range else None,
   }
+  return _with_text_fields(row) if config.manifest_format == 'parquet' else row
+
+
+def _with_text_fields(row: dict) -> dict:
+  """`row` with `id` and `label` as text, as PARQUET_SCHEMA holds them."""
+  for key in TEXT_FIELDS:
+    value = row.get(key)
+    if value is not None and not isinstance(value, str):
+      row[key] = _text(value)
+  return row
+
+
+def _text(value) -> str:
+  if isinstance(value, bytes):
+    return value.decode('utf-8', 'replace')
+  if isinstance(value, (list, tuple)):
+    return ','.join(_text(v) for v in value)
+  return str(value)
 
 
 def existing_row(image: decode.DecodedImage, name: str, root: output_root.OutputRoot,
@@ -300,7 +616,7 @@ def existing_row(image: decode.DecodedImage, name: str, root: output_root.Output
   itself; None when there is no such file, or it is not a whole image (empty, cut short,
   damaged): that one is written again.
 
-  `write_manifest` prefers the previous run's row for the same path when there is one.
+  `write_part` prefers the previous run's row for the same path when there is one.
   """
   try:
     data = root.read(name)
@@ -317,35 +633,18 @@ def existing_row(image: decode.DecodedImage, name: str, root: output_root.Output
   return row
 
 
-_ROW_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+_SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
+_AS_BUILT = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
 
 
-def _c_row_encoder(sort_keys: bool):
-  """The row encoder's C core, made once (JSONEncoder.encode makes it anew on every
-  call); the same bytes as json.dumps (docs/benchmarks.md)."""
-  if not (json.encoder.c_make_encoder and json.encoder.c_encode_basestring):
-    return None
-  return json.encoder.c_make_encoder(
-      None, _ROW_ENCODER.default, json.encoder.c_encode_basestring, None,
-      _ROW_ENCODER.key_separator, _ROW_ENCODER.item_separator, sort_keys, False, True)
-
-
-_ROW_C_ENCODER = _c_row_encoder(sort_keys=True)
-_ROW_C_ENCODER_AS_BUILT = _c_row_encoder(sort_keys=False)
-
-
-def manifest_line(row: dict, *, in_key_order: bool = False) -> str:
-  """One `_manifest.jsonl` line: `json.dumps(row, sort_keys=True, ensure_ascii=False)`
-  and a newline (keys sorted, so equal rows give equal lines).
+def manifest_line(row: dict, *, in_key_order: bool = False) -> bytes:
+  """One manifest JSON line, UTF-8, keys sorted (equal rows give equal lines), ending
+  in a newline; not-a-number floats are null, as JSON has no NaN.
 
   `in_key_order`: the caller built `row` with its keys already sorted and no dict among
-  its values, as `manifest_row` does, so the keys are written as they come, unsorted
-  again.
+  its values, as `manifest_row` does, so the keys are written as they come.
   """
-  encoder = _ROW_C_ENCODER_AS_BUILT if in_key_order else _ROW_C_ENCODER
-  if encoder is None:
-    return _ROW_ENCODER.encode(row) + '\n'
-  return ''.join(encoder(row, 0)) + '\n'
+  return orjson.dumps(row, option=_AS_BUILT if in_key_order else _SORTED)
 
 
 SAMPLES_PER_CLASS = 8
@@ -357,6 +656,8 @@ class RowSampler:
   exist, else the first. Fed (class, row) in path order; holds only what it may show.
 
   Only the first `limit` classes can be shown, so rows of later classes are never kept.
+  Samplers of consecutive path ranges combine by feeding their `buckets()`, in range
+  order, to another: the result is the sampler of the whole range.
   """
 
   def __init__(self, per_class: int = SAMPLES_PER_CLASS, limit: int = MAX_SAMPLES):
@@ -364,14 +665,19 @@ class RowSampler:
     self._limit = limit
     self._by_class = collections.OrderedDict()
 
-  def add(self, class_key: Hashable, row) -> None:
+  def wants(self, class_key: Hashable) -> bool:
     bucket = self._by_class.get(class_key)
     if bucket is None:
-      if len(self._by_class) >= self._limit:
-        return
-      bucket = self._by_class[class_key] = []
-    if len(bucket) < self._per_class:
-      bucket.append(row)
+      return len(self._by_class) < self._limit
+    return len(bucket) < self._per_class
+
+  def add(self, class_key: Hashable, row) -> None:
+    if not self.wants(class_key):
+      return
+    self._by_class.setdefault(class_key, []).append(row)
+
+  def buckets(self) -> list:
+    return [(class_key, list(rows)) for class_key, rows in self._by_class.items()]
 
   def chosen(self) -> list:
     buckets = [list(bucket) for bucket in self._by_class.values()]
@@ -381,104 +687,3 @@ class RowSampler:
         if bucket and len(chosen) < self._limit:
           chosen.append(bucket.pop(0))
     return chosen
-
-
-# ---------------------------------------------------------------------------------------
-# The file: the workers' runs merged into _manifest.jsonl
-
-
-def write_manifest(runs: Iterable[str], config: 'export.ExportConfig') -> dict:
-  """Merges the workers' sorted runs into `_manifest.jsonl`, sorted by path.
-
-  A skipped image keeps its row from the previous manifest, byte for byte, when that
-  manifest has one (a re-run over unchanged input rewrites an identical manifest); else
-  (e.g. after a killed run) its row is made from the file found in place. With
-  --incremental, rows of shards this run did not process are kept, and images whose
-  shard changed and no longer makes them are deleted. Names taken by more than one
-  image come back as `collisions` (Failure rows) for the dead letter.
-  """
-  root = output_root.OutputRoot(config.output, config.read.storage_options)
-  runs = list(runs)
-  if root.exists(naming.MANIFEST):
-    with root.open_read(naming.MANIFEST) as previous:
-      runs += sorted_runs(root, previous_entries(previous))
-  sampler = RowSampler()
-  with root.open_write(naming.MANIFEST) as out:
-    result = merge_runs(
-        merged(root, runs), out, keep_previous=_keeps_previous(config),
-        on_disk_sha256=lambda path: _sha256_or_none(root, path),
-        sample=sampler.add)
-  for path in result.stale:
-    try:
-      root.fs.rm_file(root.path(path))
-    except FileNotFoundError:
-      pass
-  unlisted = _remove_unlisted(root) if config.overwrite else 0
-  failures = [f for c in result.collisions for f in _collision_failures(c)]
-  skipped = sum(c.skipped for c in result.collisions)
-  return {'written': result.written, 'skipped': result.skipped, 'bytes': result.bytes,
-          'passthrough': result.passthrough,
-          'stale_removed': len(result.stale) + unlisted,
-          'samples': [json.loads(line) for line in sampler.chosen()],
-          'collisions': failures,
-          # The workers counted each colliding image as written (or skipped); these
-          # take those counts back, as failures (the metrics' corrections).
-          'count_corrections': {f'failed_{errors.NAME_COLLISION}': len(failures),
-                                'images_written': skipped - len(failures),
-                                'images_skipped': -skipped}}
-
-
-def _keeps_previous(config: 'export.ExportConfig'):
-  """Whether a row only the previous manifest has stays (its file kept) or goes (removed).
-
-  The one owner of that decision: --overwrite removes them all; --incremental removes
-  those of the shards it processed again (they no longer make that image); every other
-  run keeps them, so the manifest goes on listing every image file in the root.
-  """
-  if config.overwrite:
-    return lambda row: False
-  if config.incremental:
-    processed = {url for url, _ in config.processed}
-    return lambda row: row.get('source') not in processed
-  return lambda row: True
-
-
-def _remove_unlisted(root: output_root.OutputRoot) -> int:
-  """--overwrite: removes every file under the root that the new manifest does not list
-  (a killed run's images, say), except unrecord's own files; returns how many.
-
-  Holds the root's listing in memory, one path per file (docs/scale.md).
-  """
-  prefix = root.path('')
-  found = {p[len(prefix):] for p in root.fs.find(root.root) if p.startswith(prefix)}
-  with root.open_read(naming.MANIFEST) as listed:
-    for line in listed:
-      found.discard(json.loads(line)['path'])
-  removed = 0
-  for path in sorted(found):
-    if path.split('/', 1)[0].startswith('_') or output_root.is_temp_name(path):
-      continue
-    try:
-      root.fs.rm_file(root.path(path))
-      removed += 1
-    except FileNotFoundError:
-      pass
-  return removed
-
-
-def _sha256_or_none(root: output_root.OutputRoot, path: str) -> Optional[str]:
-  try:
-    return output_root.sha256(root.read(path))
-  except OSError:
-    return None
-
-
-def _collision_failures(collision: Collision) -> List[errors.Failure]:
-  rows = ([collision.kept] if collision.kept else []) + collision.others
-  others = ', '.join(f'{r["source"]} record {r["index"]}' for r in rows)
-  return [errors.Failure(
-      reason=errors.NAME_COLLISION, stage='write', path=row['source'], index=row['index'],
-      offset=row['offset'], n=row['n'],
-      message=f'output name {collision.path!r} is taken by more than one image ({others}); '
-      'add {id}, {index} or {n} to --name_template to tell them apart')
-      for row in collision.others]

@@ -36,13 +36,14 @@ MAX_SEGMENT_BYTES = 240
 MAX_PATH_BYTES = 1000
 # unrecord's own files at the output root; no image may take these names (nor any name
 # starting with `_unrecord`: the lock, the run identity, the incremental state, scratch).
-MANIFEST = '_manifest.jsonl'
+MANIFEST = '_manifest'  # a folder of parts (transforms/manifest.py)
+LEGACY_MANIFEST = '_manifest.jsonl'  # the single file earlier versions wrote; still read
 DEAD_LETTER_ROWS = '_dead_letter.jsonl'
 DEAD_LETTER_RECORDS = '_dead_letter.tfrecord'
 REPORT = '_report.json'
 REPORT_HTML = '_report.html'
 SUCCESS = '_SUCCESS'
-RESERVED_NAMES = (MANIFEST, DEAD_LETTER_ROWS, DEAD_LETTER_RECORDS, SUCCESS, REPORT,
+RESERVED_NAMES = (MANIFEST, LEGACY_MANIFEST, DEAD_LETTER_ROWS, DEAD_LETTER_RECORDS, SUCCESS, REPORT,
                   REPORT_HTML)
 # The suffix of the temp files writes go through (transforms/output_root.py); no output name may
 # end with it, so the sweep of a killed run's temp files can never take an image.

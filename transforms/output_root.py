@@ -83,8 +83,8 @@ class OutputRoot:
 
   def _write_error(self, relative: str, error: Exception) -> Exception:
     """WriteError(write_error) when the name is at fault, else a StorageFault."""
-    code = getattr(error, 'errno', None)
-    if isinstance(error, OSError) and code in _NAME_ERRNOS:
+    code = error_code(error)
+    if code in _NAME_ERRNOS:
       return errors.WriteError(
           errors.WRITE_ERROR,
           f'cannot write {self.url_of(relative)} ({type(error).__name__}: {error})')
@@ -124,14 +124,20 @@ class OutputRoot:
     """
     target = self.path(relative)
     if self.local:
-      with self._renamed_into_place(target) as temp:
-        with open(temp, 'wb', buffering=1 << 20) as f:
-          yield f
+      try:
+        with self._renamed_into_place(target) as temp:
+          with open(temp, 'wb', buffering=1 << 20) as f:
+            yield f
+      except OSError as e:  # a full disk, say, while the block wrote
+        raise self._write_error(relative, e) from e
       return
     with tempfile.TemporaryDirectory(prefix='unrecord-') as spool:
       local = os.path.join(spool, 'upload')
-      with open(local, 'wb', buffering=1 << 20) as f:
-        yield f
+      try:
+        with open(local, 'wb', buffering=1 << 20) as f:
+          yield f
+      except OSError as e:  # the spool's disk is full, say
+        raise self._write_error(relative, e) from e
       try:
         self.fs.put_file(local, target)
       except Exception as e:  # pylint: disable=broad-except
@@ -147,6 +153,8 @@ class OutputRoot:
     path = self.path(relative)
     if self.local:
       shutil.rmtree(path, ignore_errors=True)
+      self._made_dirs = {d for d in self._made_dirs
+                         if d != path and not d.startswith(path + '/')}
       return
     try:
       self.fs.rm(path, recursive=True)
@@ -190,11 +198,21 @@ def is_temp_name(path: str) -> bool:
   return bool(_TEMP_NAME.match(path.rpartition('/')[2]))
 
 
+def error_code(error: BaseException) -> Optional[int]:
+  """An OSError's errno; pyarrow's carry it only in their message ('[Errno 28] ...')."""
+  if not isinstance(error, OSError):
+    return None
+  if error.errno:
+    return error.errno
+  found = re.search(r'\[Errno (\d+)\]', str(error))
+  return int(found.group(1)) if found else None
+
+
 def storage_fault(what: str, error: BaseException) -> errors.StorageFault:
   """A StorageFault for `what` failing with `error`: the cause in words, then what to do."""
-  code = getattr(error, 'errno', None)
+  code = error_code(error)
   cause = (f'{os.strerror(code)} ({errno.errorcode.get(code, code)})'
-           if isinstance(error, OSError) and code else f'{type(error).__name__}: {error}')
+           if code else f'{type(error).__name__}: {error}')
   advice = _ADVICE.get(code, 'check that the output storage is reachable and writable')
   return errors.StorageFault(
       f'{what}: {cause}; {advice}, then run the same command with --skip_existing to '

@@ -24,6 +24,7 @@ from transforms import errors
 from transforms import export
 from transforms import incremental
 from transforms import input_files
+from transforms import manifest as manifest_lib
 from transforms import naming
 from transforms import normalize
 from transforms import output_root
@@ -73,6 +74,8 @@ class Request:
   incremental: bool = False
   overwrite: bool = False
   max_failures: int = 0
+  manifest_format: str = 'jsonl'
+  manifest_part_rows: int = manifest_lib.ROWS_PER_PART
   sample_records: int = 64
   split_size_mb: int = _READ.split_bytes >> 20
   # Normalization.
@@ -110,7 +113,7 @@ REPORTED_OPTIONS = (
     'quality', 'png_compression', 'png_encoder', 'webp_lossless', 'jpeg_progressive',
     'jpeg_subsampling', 'reencode', 'name_template', 'layout', 'skip_existing',
     'incremental', 'max_failures', 'value_range', 'mean', 'std', 'channel_order',
-    'bit_depth', 'non_finite', 'overwrite')
+    'bit_depth', 'non_finite', 'overwrite', 'manifest_format', 'manifest_part_rows')
 IDENTITY_OPTIONS = (
     'compression', 'image_key', 'label_key', 'id_key', 'label_names', 'shape', 'dtype',
     'tensor_layout', 'max_pixels', 'format', 'quality', 'png_compression', 'png_encoder',
@@ -313,7 +316,9 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       render=render_config, skip_existing=request.skip_existing,
       max_failures=request.max_failures, run_started=started, options_used=used,
       incremental=request.incremental, processed=processed,
-      settings=tuple(sorted(identity['settings'].items())), overwrite=request.overwrite)
+      settings=tuple(sorted(identity['settings'].items())), overwrite=request.overwrite,
+      manifest_format=request.manifest_format,
+      manifest_part_rows=request.manifest_part_rows)
   mean_frame = sum(len(payload) + 16 for _, payload in records) / len(records)
   return Plan(files=len(files), found=found, config=config, identity=identity,
               mean_frame_bytes=mean_frame)

@@ -7,7 +7,8 @@ Each DoFn only wraps a Beam-free function (setup/teardown, tagging outputs, metr
   DecodeImages      records -> DecodedImage         record_layout.decode_records
   ExportImages      patterns -> files, manifest, dead letter, report
                                                     export.export_range, then
-                                                    manifest.write_manifest,
+                                                    manifest.write_part (per part),
+                                                    manifest.commit,
                                                     dead_letter.write_dead_letter,
                                                     report.write_report
 
@@ -20,12 +21,12 @@ the `unrecord` namespace.
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Dict, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from transforms import dead_letter
 from transforms import decode
@@ -203,8 +204,48 @@ class _ExportRangeFn(beam.DoFn):
     yield beam.pvalue.TaggedOutput(SPANS, (started, time.time()))
 
 
-def _write_manifest(_, config: export.ExportConfig, runs) -> dict:
-  manifest = manifest_lib.write_manifest(runs, config)
+class _FailureRunsFn(beam.DoFn):
+  """Failure -> sorted dead-letter runs, one set per bundle (dead_letter.FailureWriter)."""
+
+  def __init__(self, config: export.ExportConfig):
+    self._config = config
+
+  def start_bundle(self):
+    self._writer = dead_letter.FailureWriter(self._config)
+
+  def process(self, failure):
+    self._writer.add(failure)
+
+  def finish_bundle(self):
+    for run in self._writer.flush():
+      yield GlobalWindows.windowed_value(run)
+
+
+def _previous_files(_, config: export.ExportConfig):
+  return manifest_lib.previous_files(config)
+
+
+def _plan_parts(_, runs, rows_per_part: int):
+  return manifest_lib.plan_parts(runs, rows_per_part)
+
+
+class _WritePartFn(beam.DoFn):
+  """manifest.Part -> the part's summary; its name collisions become dead-letter runs."""
+
+  def __init__(self, config: export.ExportConfig):
+    self._config = config
+
+  def process(self, part, runs):
+    collisions = dead_letter.FailureWriter(self._config)
+    summary = manifest_lib.write_part(part, runs, self._config, collisions.add)
+    summary['failure_runs'] = collisions.flush()
+    yield summary
+
+
+def _commit_manifest(_, config: export.ExportConfig, parts) -> dict:
+  parts = list(parts)
+  manifest = manifest_lib.commit(parts, config)
+  manifest['failure_runs'] = [run for part in parts for run in part['failure_runs']]
   for name, change in manifest['count_corrections'].items():
     if change > 0:
       Metrics.counter(NAMESPACE, name).inc(change)
@@ -213,9 +254,8 @@ def _write_manifest(_, config: export.ExportConfig, runs) -> dict:
   return manifest
 
 
-def _write_dead_letter(_, config: export.ExportConfig, failures, manifest: dict) -> dict:
-  return dead_letter.write_dead_letter(itertools.chain(failures, manifest['collisions']),
-                                       config)
+def _write_dead_letter(_, config: export.ExportConfig, runs, manifest: dict) -> dict:
+  return dead_letter.write_dead_letter(list(runs) + manifest['failure_runs'], config)
 
 
 def _write_report(_, config: export.ExportConfig, manifest: dict, dead_letter_summary: dict,
@@ -227,7 +267,7 @@ class ExportImages(beam.PTransform):
   """The whole job: patterns -> image files and metadata under `config.output`.
 
   Returns a dict of PCollections: `dead_letter` (Failure), `manifest` (the dict
-  `manifest.write_manifest` returns) and `report` (the `_report.json` dict).
+  `manifest.commit` returns) and `report` (the `_report.json` dict).
   """
 
   def __init__(self, config: export.ExportConfig):
@@ -240,19 +280,35 @@ class ExportImages(beam.PTransform):
     # FileRange
     exported = ranges | 'Export' >> beam.ParDo(_ExportRangeFn(config)).with_outputs(
         DEAD_LETTER, SPANS, main='runs')
-    # (run name, entries) of sorted manifest runs; Failure rows; (start, end) per range
-    # The manifest and dead letter each end in one file, so one worker writes each; the
-    # runs are merged from storage, so no worker holds a row per image.
+    # runs.Run of sorted manifest entries; Failure rows; (start, end) per range
+    previous = (pbegin
+                | 'StartPrevious' >> beam.Create([None])
+                | 'ListPrevious' >> beam.FlatMap(_previous_files, config)
+                | 'SpreadPrevious' >> beam.Reshuffle()
+                | 'PreviousRuns' >> beam.FlatMap(manifest_lib.previous_runs, config))
+    # runs.Run of the previous manifest's rows
+    runs = (exported.runs, previous) | 'AllRuns' >> beam.Flatten()
+    # Every worker merges one path range of every run into one part: no worker handles
+    # more than a part's rows, and the rows never pass through the runner.
+    parts = (pbegin
+             | 'StartParts' >> beam.Create([None])
+             | 'PlanParts' >> beam.FlatMap(_plan_parts, beam.pvalue.AsList(runs),
+                                                   config.manifest_part_rows)
+             | 'SpreadParts' >> beam.Reshuffle()
+             | 'WriteParts' >> beam.ParDo(_WritePartFn(config), beam.pvalue.AsList(runs)))
+    # a write_part summary per part
     merged = (pbegin
-              | 'StartManifest' >> beam.Create([None])
-              | 'WriteManifest' >> beam.Map(
-                  _write_manifest, config, beam.pvalue.AsList(exported.runs)))
-    # the write_manifest dict
+              | 'StartCommit' >> beam.Create([None])
+              | 'CommitManifest' >> beam.Map(_commit_manifest, config,
+                                             beam.pvalue.AsList(parts)))
+    # the manifest.commit dict
+    failure_runs = exported.dead_letter | 'FailureRuns' >> beam.ParDo(
+        _FailureRunsFn(config))
     written_dead_letter = (pbegin
                            | 'StartDeadLetter' >> beam.Create([None])
                            | 'WriteDeadLetter' >> beam.Map(
                                _write_dead_letter, config,
-                               beam.pvalue.AsIter(exported.dead_letter),
+                               beam.pvalue.AsList(failure_runs),
                                beam.pvalue.AsSingleton(merged)))
     # the write_dead_letter dict
     finished = (pbegin

@@ -17,13 +17,13 @@ import numpy as np
 
 from transforms import errors
 from transforms import incremental
-from transforms import manifest as manifest_lib
 from transforms import naming
 from transforms import normalize
 from transforms import output_root
 from transforms import preview
 from transforms import render
 from transforms import root_claim
+from transforms import runs as runs_lib
 
 if TYPE_CHECKING:  # types only: export imports report's users
   from transforms import export
@@ -182,7 +182,7 @@ def write_report(config: 'export.ExportConfig', manifest: dict, dead_letter: dic
   """
   root = output_root.OutputRoot(config.output, config.read.storage_options)
   root.remove_temp_debris()
-  root.remove_tree(manifest_lib.SCRATCH)
+  root.remove_tree(runs_lib.SCRATCH)
   finished = time.time()
   seconds = max(finished - (config.run_started or finished), 1e-9)
   success = dead_letter['failed'] <= config.max_failures
@@ -207,7 +207,15 @@ def write_report(config: 'export.ExportConfig', manifest: dict, dead_letter: dic
       'settled': json.loads(config.choices),
       'warnings': [],
   }
+  spans = list(spans)
   report['work'] = work_timing(spans, config.run_started or finished)
+  # The manifest stage: from the last record range's end to the manifest's commit.
+  after_work = (manifest['committed_at'] - max(end for _, end in spans)
+                if spans and manifest.get('committed_at') else None)
+  report['manifest'] = {
+      'format': config.manifest_format, 'parts': manifest.get('parts'),
+      'rows': manifest.get('rows'),
+      'seconds_after_work': round(after_work, 3) if after_work is not None else None}
   if config.incremental:
     report['incremental'] = {'shards_processed': len(config.processed),
                              'stale_images_removed': manifest.get('stale_removed', 0)}
@@ -233,7 +241,7 @@ def write_failure_report(config: 'export.ExportConfig', cause: str,
   try:
     root = output_root.OutputRoot(config.output, config.read.storage_options)
     root.remove_temp_debris()
-    root.remove_tree(manifest_lib.SCRATCH)
+    root.remove_tree(runs_lib.SCRATCH)
     finished = time.time()
     counts = counts or {}
     report = {
