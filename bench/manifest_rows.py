@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -54,26 +55,35 @@ def main(argv=None) -> int:
   with tempfile.TemporaryDirectory(dir='/dev/shm' if os.path.isdir('/dev/shm') else None
                                    ) as folder:
     root = output_root.OutputRoot(folder)
-    written = []
-
-    def entries():
-      writer = manifest.EntryWriter(root)
-      for row in rows:
-        writer.add(manifest.WRITTEN, row, manifest.manifest_line(row, in_key_order=True))
-      written[:] = writer.flush()
-
-    results['worker_us_per_row'] = round(_least(entries) / args.rows * 1e6, 2)
     for output_format in manifest.FORMATS:
       config = export.ExportConfig(patterns=('x',), output=folder,
                                    manifest_format=output_format)
+      lines = [manifest.manifest_line(
+          manifest._with_text_fields(dict(row)) if output_format == 'parquet' else row,  # pylint: disable=protected-access
+          in_key_order=True) for row in rows]
+      written = []
+
+      def entries():
+        writer = manifest.EntryWriter(root)
+        for row, line in zip(rows, lines):
+          writer.add(manifest.WRITTEN, row, line)
+        written[:] = writer.flush()
+
+      results['line_us_per_row'] = round(_least(lambda: [
+          manifest.manifest_line(row, in_key_order=True) for row in rows]) / args.rows * 1e6, 2)
+      results['entry_us_per_row'] = round(_least(entries) / args.rows * 1e6, 2)
       part = manifest.Part(0, 1, None, None)
       summary = {}
 
       def merge():
         summary.update(manifest.write_part(part, written, config, lambda failure: None))
 
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
       results[f'{output_format}_merge_us_per_row'] = round(
           _least(merge) / args.rows * 1e6, 2)
+      results[f'{output_format}_merge_peak_rss_mb'] = round(
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+      results[f'{output_format}_rss_before_mb'] = round(before / 1024)
       staged = os.path.join(folder, manifest.STAGED, summary['name'])
       results[f'{output_format}_bytes_per_row'] = round(
           os.path.getsize(staged) / args.rows, 1)

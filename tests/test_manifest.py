@@ -286,7 +286,7 @@ _labels = st.none() | st.integers(-3, 2**63 - 1) | st.floats() | st.text(max_siz
 @settings(max_examples=200, deadline=None)
 @given(label=_labels, id_=_labels, names=st.none() | st.lists(st.text(max_size=4), max_size=3),
        name=st.text(_no_nul, min_size=1, max_size=12), source=st.text(_no_nul, max_size=12),
-       value_range=st.none() | st.tuples(st.integers(), st.integers()) |
+       value_range=st.none() | st.tuples(st.integers(-2**63, 2**64 - 1), st.integers(-2**63, 2**64 - 1)) |
        st.tuples(st.floats(), st.floats()),
        steps=st.lists(st.sampled_from(['chw_to_hwc', 'range_0_1_to_8bit']), max_size=2))
 def test_a_written_image_row_is_built_in_key_order_and_written_as_json_dumps(

@@ -57,15 +57,16 @@ if TYPE_CHECKING:  # types only: export imports manifest
   from transforms import export
 
 FORMATS = ('jsonl', 'parquet')
-# Rows per part: a part's task holds its rows in memory (about 600 bytes each), so this
-# bounds a worker's memory as much as its work (docs/scale.md).
-ROWS_PER_PART = 250_000
+# Rows per part: a part's task holds its rows in memory (about 1.5 KB each at its peak,
+# with the sort and a row group in flight), so this bounds a worker's memory as much as
+# its work (docs/scale.md).
+ROWS_PER_PART = 100_000
 STAGED = f'{naming.MANIFEST}/_staged'
 JOURNAL = f'{STAGED}/_commit.json'
 PARTS_INDEX = f'{naming.MANIFEST}/_parts.json'
 _PART_NAME = re.compile(r'part-(\d{5})-of-(\d{5})\.(jsonl|parquet)$')
 # Parquet is written in row groups of this many rows, each converted from JSON lines.
-ROW_GROUP_ROWS = 65_536
+ROW_GROUP_ROWS = 16_384
 
 WRITTEN, SKIPPED, PREVIOUS = 'w', 's', 'p'
 ENTRY_SCHEMA = pa.schema([
@@ -102,7 +103,7 @@ class EntryWriter:
   """A worker's manifest entries, written as sorted runs (`flush()` returns them)."""
 
   def __init__(self, root: output_root.OutputRoot, rows_per_part: int = ROWS_PER_PART,
-               run_bytes: int = 16 << 20):
+               run_bytes: int = 8 << 20):
     self._runs = runs_lib.RunWriter(root, ENTRY_SCHEMA, run_bytes=run_bytes,
                                     batch_rows=index_step(rows_per_part),
                                     prefix='manifest')
@@ -252,9 +253,11 @@ class PartResult:
 
 
 def decide(table: pa.Table, *, keep_previous: Callable[[dict], bool],
-           on_disk_sha256: Callable[[str], Optional[str]]
+           on_disk_sha256: Callable[[str], Optional[str]],
+           order: Optional[np.ndarray] = None
            ) -> Tuple[np.ndarray, Dict[int, Tuple[str, bytes]], np.ndarray, PartResult]:
-  """Which entries of `table` (sorted by path) become manifest rows.
+  """Which entries of `table` become manifest rows, taken in `order` (indices that sort
+  it by path; None: it is sorted). Positions below are places in that order.
 
   Returns (keep, sampled_as, sampled, result): `keep` marks the rows to write; `sampled`
   the written or skipped rows, the report's sample candidates, with `sampled_as[i]` the
@@ -268,23 +271,29 @@ def decide(table: pa.Table, *, keep_previous: Callable[[dict], bool],
   is kept if `keep_previous(row)`, else reported in `stale`.
   """
   n = table.num_rows
-  paths = table.column('path')
+  order = np.arange(n) if order is None else order
+
+  def column(name):
+    return table.column(name).take(order)
+
+  paths = column('path')
   repeated = np.zeros(n, dtype=bool)
   if n > 1:
     same = pc.equal(paths.slice(0, n - 1), paths.slice(1)).to_numpy(zero_copy_only=False)
     repeated[:-1] |= same
     repeated[1:] |= same
-  written = pc.equal(table.column('kind'), WRITTEN).to_numpy(zero_copy_only=False)
+  del paths
+  written = pc.equal(column('kind'), WRITTEN).to_numpy(zero_copy_only=False)
   # The usual case, one image made this path: its entry is kept, never parsed.
   keep = written & ~repeated
   sampled = keep.copy()
-  sizes = table.column('bytes').to_numpy()
-  passthrough = table.column('passthrough').to_numpy(zero_copy_only=False)
+  sizes = column('bytes').to_numpy()
+  passthrough = column('passthrough').to_numpy(zero_copy_only=False)
   result = PartResult(written=int(keep.sum()), bytes=int(sizes[keep].sum()),
                       passthrough=int(passthrough[keep].sum()))
   sampled_as: Dict[int, Tuple[str, bytes]] = {}
   others = np.flatnonzero(~keep)
-  rows = table.take(others).to_pylist() if others.size else []
+  rows = table.take(order[others]).to_pylist() if others.size else []
   entries = [Entry(int(position), **row) for position, row in zip(others, rows)]
   start = 0
   while start < len(entries):
@@ -353,19 +362,24 @@ def write_part(part: Part, runs: Sequence[runs_lib.Run], config: 'export.ExportC
 
   Removes the files of stale rows (see `decide`); each name collision's images go to
   `on_collision` as Failure rows. Returns the part's summary, for `commit`.
+
+  Memory: the part's entries once (about 650 bytes a row), plus a row group's worth;
+  the entries are never copied whole, only sorted by index.
   """
   root = output_root.OutputRoot(config.output, config.read.storage_options)
   slices = [t for t in (runs_lib.read_slice(root, run, part.lo, part.hi) for run in runs)
             if t is not None]
   table = (pa.concat_tables(slices) if slices else ENTRY_SCHEMA.empty_table())
-  table = table.sort_by([('path', 'ascending'), ('kind', 'ascending')])
+  del slices
+  order = pc.sort_indices(table, sort_keys=[('path', 'ascending'), ('kind', 'ascending')]
+                          ).to_numpy()
   keep, sampled_as, sampled, result = decide(
-      table, keep_previous=_keeps_previous(config),
+      table, order=order, keep_previous=_keeps_previous(config),
       on_disk_sha256=lambda path: _sha256_or_none(root, path))
-  kept = table.filter(pa.array(keep))
+  kept = order[keep]
   name = part_name(part.index, part.count, config.manifest_format)
   with root.open_write(f'{STAGED}/{name}') as out:
-    _write_rows(out, kept.column('line'), config.manifest_format)
+    _write_rows(out, table.column('line'), kept, config.manifest_format)
   for path in result.stale:
     try:
       root.fs.rm_file(root.path(path))
@@ -374,56 +388,78 @@ def write_part(part: Part, runs: Sequence[runs_lib.Run], config: 'export.ExportC
   for collision in result.collisions:
     for failure in _collision_failures(collision):
       on_collision(failure)
-  kept_paths = kept.column('path')
-  return {
-      'name': name, 'rows': kept.num_rows,
-      'first': kept_paths[0].as_py() if kept.num_rows else None,
-      'last': kept_paths[-1].as_py() if kept.num_rows else None,
+  paths = table.column('path')
+  summary = {
+      'name': name, 'rows': int(kept.size),
+      'first': paths[int(kept[0])].as_py() if kept.size else None,
+      'last': paths[int(kept[-1])].as_py() if kept.size else None,
       'written': result.written, 'skipped': result.skipped,
       'kept_from_previous': result.kept_from_previous, 'bytes': result.bytes,
       'passthrough': result.passthrough, 'stale_removed': len(result.stale),
       'collisions': sum(len(c.others) for c in result.collisions),
       'collided_skipped': sum(c.skipped for c in result.collisions),
-      'samples': _samples(table, sampled, sampled_as),
+      'samples': _samples(table, order, sampled, sampled_as),
   }
+  del table
+  pa.default_memory_pool().release_unused()
+  return summary
 
 
-def _write_rows(out, lines: pa.ChunkedArray, output_format: str) -> None:
-  """The kept rows' lines as JSONL, or as Parquet row groups of PARQUET_SCHEMA."""
+def _joined(lines: pa.ChunkedArray, indices: np.ndarray) -> memoryview:
+  """The lines at `indices`, as one buffer (no Python object per line)."""
+  taken = lines.take(indices).combine_chunks()
+  _, offsets, data = taken.buffers()
+  bounds = np.frombuffer(offsets, dtype=np.int32, count=len(taken) + 1,
+                         offset=taken.offset * 4)
+  return memoryview(data)[int(bounds[0]):int(bounds[-1])]
+
+
+def _write_rows(out, lines: pa.ChunkedArray, kept: np.ndarray, output_format: str) -> None:
+  """The lines at `kept`, in that order, as JSONL, or as Parquet row groups of
+  PARQUET_SCHEMA; ROW_GROUP_ROWS lines at a time."""
   if output_format == 'jsonl':
-    for chunk in lines.chunks:
-      out.writelines(chunk.to_pylist())
+    for start in range(0, kept.size, ROW_GROUP_ROWS):
+      out.write(_joined(lines, kept[start:start + ROW_GROUP_ROWS]))
     return
   with pq.ParquetWriter(out, PARQUET_SCHEMA, compression='zstd') as writer:
-    for start in range(0, max(len(lines), 1), ROW_GROUP_ROWS):
-      block = b''.join(lines.slice(start, ROW_GROUP_ROWS).to_pylist())
-      writer.write_table(lines_to_table(block))
+    if not kept.size:
+      writer.write_table(PARQUET_SCHEMA.empty_table())
+    for start in range(0, kept.size, ROW_GROUP_ROWS):
+      writer.write_table(lines_to_table(bytes(_joined(lines, kept[start:start + ROW_GROUP_ROWS]))))
 
 
 def lines_to_table(block: bytes) -> pa.Table:
   """JSON lines (text `id`/`label`) as a PARQUET_SCHEMA table."""
   if not block:
     return PARQUET_SCHEMA.empty_table()
+  try:
+    return _parsed(block)
+  except pa.ArrowInvalid:  # a row whose id or label is not text yet: make them text
+    return _parsed(b''.join(manifest_line(_with_text_fields(orjson.loads(line)))
+                            for line in block.splitlines()))
+
+
+def _parsed(block: bytes) -> pa.Table:
   return pa_json.read_json(
       io.BytesIO(block),
-      read_options=pa_json.ReadOptions(use_threads=False, block_size=max(len(block), 1 << 20)),
+      read_options=pa_json.ReadOptions(use_threads=False, block_size=1 << 20),
       parse_options=pa_json.ParseOptions(explicit_schema=PARQUET_SCHEMA,
                                          unexpected_field_behavior='ignore'))
 
 
-def _samples(table: pa.Table, sampled: np.ndarray,
+def _samples(table: pa.Table, order: np.ndarray, sampled: np.ndarray,
              sampled_as: Dict[int, Tuple[str, bytes]]) -> List[Tuple[str, List[str]]]:
   """The part's report samples (RowSampler buckets), from its rows in path order."""
   sampler = RowSampler()
-  classes = table.column('class_key')
+  positions = np.flatnonzero(sampled)
+  classes = table.column('class_key').take(order[positions]).to_pylist()
   lines = table.column('line')
-  for position, class_key in zip(np.flatnonzero(sampled).tolist(),
-                                 pc.filter(classes, pa.array(sampled)).to_pylist()):
+  for position, class_key in zip(positions.tolist(), classes):
     shown = sampled_as.get(position)
     if shown is not None:
       class_key = shown[0]
     if sampler.wants(class_key):
-      line = shown[1] if shown is not None else lines[position].as_py()
+      line = shown[1] if shown is not None else lines[int(order[position])].as_py()
       sampler.add(class_key, line.decode('utf-8'))
   return sampler.buckets()
 
@@ -644,7 +680,9 @@ def manifest_line(row: dict, *, in_key_order: bool = False) -> bytes:
   `in_key_order`: the caller built `row` with its keys already sorted and no dict among
   its values, as `manifest_row` does, so the keys are written as they come.
   """
-  return orjson.dumps(row, option=_AS_BUILT if in_key_order else _SORTED)
+  # A compact copy: orjson's own bytes object keeps its ~8 KB working buffer for as long
+  # as it lives, and workers hold thousands of lines (docs/benchmarks.md).
+  return bytes(memoryview(orjson.dumps(row, option=_AS_BUILT if in_key_order else _SORTED)))
 
 
 SAMPLES_PER_CLASS = 8
