@@ -4,8 +4,8 @@
 
 Rows are those of a 28x28 gray PNG export (the case where the manifest weighs most
 against the images), with realistic paths and sources. Figures: microseconds per row,
-least of 3 rounds, for (1) the worker side, `manifest_row`'s line plus `EntryWriter.add`
-and its share of the run flush (sort and Arrow IPC write); (2) `write_part` of one part
+least of 3 rounds, for (1) the worker side, `EntryWriter.add` (with the JSON line, for
+JSONL) and its share of the run flush (sort and Arrow IPC write); (2) `write_part` of one part
 holding every row, in JSONL and in Parquet; and the bytes per row of each format.
 docs/scale.md quotes them.
 """
@@ -55,23 +55,23 @@ def main(argv=None) -> int:
   with tempfile.TemporaryDirectory(dir='/dev/shm' if os.path.isdir('/dev/shm') else None
                                    ) as folder:
     root = output_root.OutputRoot(folder)
+    results['line_us_per_row'] = round(_least(lambda: [
+        manifest.manifest_line(row, in_key_order=True) for row in rows]) / args.rows * 1e6, 2)
     for output_format in manifest.FORMATS:
       config = export.ExportConfig(patterns=('x',), output=folder,
                                    manifest_format=output_format)
-      lines = [manifest.manifest_line(
-          manifest._with_text_fields(dict(row)) if output_format == 'parquet' else row,  # pylint: disable=protected-access
-          in_key_order=True) for row in rows]
+      made = [manifest._with_text_fields(dict(row)) if output_format == 'parquet' else row  # pylint: disable=protected-access
+              for row in rows]
       written = []
 
       def entries():
-        writer = manifest.EntryWriter(root)
-        for row, line in zip(rows, lines):
-          writer.add(manifest.WRITTEN, row, line)
+        writer = manifest.EntryWriter(root, output_format)
+        for row in made:  # as export._add_rows adds them; JSONL makes the line here
+          writer.add(manifest.WRITTEN, row, in_key_order=True)
         written[:] = writer.flush()
 
-      results['line_us_per_row'] = round(_least(lambda: [
-          manifest.manifest_line(row, in_key_order=True) for row in rows]) / args.rows * 1e6, 2)
-      results['entry_us_per_row'] = round(_least(entries) / args.rows * 1e6, 2)
+      results[f'{output_format}_entry_us_per_row'] = round(
+          _least(entries) / args.rows * 1e6, 2)
       part = manifest.Part(0, 1, None, None)
       summary = {}
 

@@ -33,30 +33,56 @@ def _line(row):
   return manifest.manifest_line(row)
 
 
-def _entry(kind, row):
+_KEYS = tuple(_row('x'))
+JSONL = manifest.ENTRY_SCHEMAS['jsonl']
+
+
+def _seen(row):
+  """The keys a test row has, as a manifest of either format gives them back."""
+  return {k: row.get(k) for k in _KEYS}
+
+
+def _tuple(kind, row):
+  """A JSONL entry, in ENTRY_SCHEMAS['jsonl']'s column order."""
   return (row['path'], kind, f'{row["source"]}\x01{row["index"]}\x01{row["n"]}',
-          row.get('bytes') or 0, bool(row.get('passthrough')),
-          '' if row.get('label') is None else str(row['label']), _line(row))
+          '' if row.get('label') is None else str(row['label']), row.get('bytes'),
+          bool(row.get('passthrough')), _line(row))
 
 
-def _table(entries):
-  columns = list(zip(*entries)) if entries else [[] for _ in manifest.ENTRY_SCHEMA]
-  table = pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in
-                                zip(columns, manifest.ENTRY_SCHEMA)],
-                               schema=manifest.ENTRY_SCHEMA)
+def _entry(kind, row):
+  return kind, row
+
+
+def _table(entries, output_format):
+  if output_format == 'jsonl':
+    columns = list(zip(*[_tuple(k, r) for k, r in entries])) or [[] for _ in JSONL]
+    table = pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, JSONL)],
+                                 schema=JSONL)
+  else:  # the way previous_runs makes Parquet entries, a table per entry
+    tables = [manifest._as_entries(pa.Table.from_pylist(  # pylint: disable=protected-access
+        [manifest._with_text_fields(dict(r))], schema=manifest.PARQUET_SCHEMA), kind)  # pylint: disable=protected-access
+        for kind, r in entries]
+    table = (pa.concat_tables(tables) if tables
+             else manifest.ENTRY_SCHEMAS['parquet'].empty_table())
   return table.sort_by([('path', 'ascending'), ('kind', 'ascending')])
 
 
-def _merge(entries, keep_previous=lambda row: False, on_disk=None):
-  table = _table(entries)
+def _merge(entries, keep_previous=lambda source: False, on_disk=None, output_format='jsonl'):
+  table = _table(entries, output_format)
   keep, sampled_as, sampled, result = manifest.decide(
       table, keep_previous=keep_previous,
       on_disk_sha256=lambda path: (on_disk or {}).get(path))
-  lines = table.column('line').to_pylist()
+  lines = [manifest._line_at(table, i) for i in range(table.num_rows)]  # pylint: disable=protected-access
   classes = table.column('class_key').to_pylist()
-  rows = [json.loads(line) for line, k in zip(lines, keep) if k]
+  rows = [_seen(json.loads(line)) for line, k in zip(lines, keep) if k]
   seen = [sampled_as.get(i, (classes[i], lines[i])) for i in range(len(lines)) if sampled[i]]
+  for collision in result.collisions:
+    collision.kept = collision.kept and _seen(collision.kept)
+    collision.others = [_seen(r) for r in collision.others]
   return rows, result, [(c, json.loads(line)['path']) for c, line in seen]
+
+
+formats = pytest.mark.parametrize('output_format', manifest.FORMATS)
 
 
 def _config(out, **options):
@@ -65,26 +91,26 @@ def _config(out, **options):
 
 def test_runs_are_sorted_files_and_merge_back_in_key_order(tmp_path):
   root = output_root.OutputRoot(str(tmp_path))
-  writer = runs.RunWriter(root, manifest.ENTRY_SCHEMA, run_bytes=2_000, batch_rows=3)
+  writer = runs.RunWriter(root, JSONL, run_bytes=2_000, batch_rows=3)
   paths = [f'{c}/img-{i:04d}.png' for i in range(300, 0, -1) for c in 'ba']
   for path in paths:
-    writer.add(_entry(manifest.WRITTEN, _row(path)), 100)
+    writer.add(_tuple(manifest.WRITTEN, _row(path)), 100)
   written = writer.flush()
   assert len(written) > 10  # small runs, so the merge below needs intermediate levels
   for run in written:
     keys = [row[0] for row in runs.rows_of(root, run)]
     assert keys == sorted(keys) and len(keys) == run.rows == sum(run.batch_rows)
     assert list(run.firsts) == keys[::3]
-  merged = [row[0] for row in runs.merged(root, written, manifest.ENTRY_SCHEMA, fan_in=3)]
+  merged = [row[0] for row in runs.merged(root, written, JSONL, fan_in=3)]
   assert merged == sorted(paths)
   assert writer.flush() == []  # flush hands the runs over once
 
 
 def test_a_run_read_back_short_fails_loudly(tmp_path):
   root = output_root.OutputRoot(str(tmp_path))
-  writer = runs.RunWriter(root, manifest.ENTRY_SCHEMA)
+  writer = runs.RunWriter(root, JSONL)
   for path in ('a.png', 'b.png'):
-    writer.add(_entry(manifest.WRITTEN, _row(path)), 100)
+    writer.add(_tuple(manifest.WRITTEN, _row(path)), 100)
   [run] = writer.flush()
   short = dataclasses.replace(run, batch_rows=(3,))
   with pytest.raises(OSError, match='read back 2 rows of 3'):
@@ -94,77 +120,115 @@ def test_a_run_read_back_short_fails_loudly(tmp_path):
     runs.read_slice(root, missing, None, None)
 
 
-def test_one_image_per_path_is_written_with_totals_and_samples():
+def _expect(output_format, *rows):
+  """The rows as the manifest gives them back (Parquet holds labels and ids as text)."""
+  return [_seen(manifest._with_text_fields(dict(r)) if output_format == 'parquet' else r)  # pylint: disable=protected-access
+          for r in rows]
+
+
+@formats
+def test_one_image_per_path_is_written_with_totals_and_samples(output_format):
   rows, result, seen = _merge([
       _entry(manifest.WRITTEN, _row('b.png', index=1, size=7, label=3)),
       _entry(manifest.WRITTEN, _row('a.png', index=0, size=5, passthrough=True)),
-  ])
+  ], output_format=output_format)
   assert [r['path'] for r in rows] == ['a.png', 'b.png']
+  assert rows[1]['label'] == (3 if output_format == 'jsonl' else '3')
   assert (result.written, result.bytes, result.passthrough) == (2, 12, 1)
   assert seen == [('', 'a.png'), ('3', 'b.png')]
 
 
-def test_a_replayed_image_gives_one_row_and_different_images_one_name_collide():
+@formats
+def test_a_replayed_image_gives_one_row_and_different_images_one_name_collide(
+    output_format):
   replay = _row('same.png', index=4)
   first, second = _row('two.png', index=1, sha='aa'), _row('two.png', index=2, sha='bb')
   rows, result, _ = _merge(
       [_entry(manifest.WRITTEN, replay), _entry(manifest.WRITTEN, replay),
        _entry(manifest.WRITTEN, first), _entry(manifest.WRITTEN, second)],
-      on_disk={'two.png': 'bb'})
-  assert rows == [replay, second]  # the row of the file that is on disk stays
+      on_disk={'two.png': 'bb'}, output_format=output_format)
+  assert rows == _expect(output_format, replay, second)  # the file on disk's row stays
   assert result.written == 2
   [collision] = result.collisions
-  assert (collision.path, collision.kept, collision.others) == ('two.png', second, [first])
+  assert (collision.path, [collision.kept], collision.others) == (
+      'two.png', _expect(output_format, second), _expect(output_format, first))
 
 
-def test_an_image_skipped_for_a_file_another_image_of_the_run_wrote_collides():
+@formats
+def test_an_image_skipped_for_a_file_another_image_of_the_run_wrote_collides(
+    output_format):
   first = _row('two.png', index=1, sha='aa')
   skipped_second = _row('two.png', index=2, sha='aa')  # its row is made from that file
   replay = _row('one.png', index=3, sha='cc')  # a retried bundle skips its own file
   rows, result, _ = _merge(
       [_entry(manifest.WRITTEN, first), _entry(manifest.SKIPPED, skipped_second),
        _entry(manifest.WRITTEN, replay), _entry(manifest.SKIPPED, replay)],
-      on_disk={'two.png': 'aa', 'one.png': 'cc'})
-  assert rows == [replay, first] and (result.written, result.skipped) == (2, 0)
+      on_disk={'two.png': 'aa', 'one.png': 'cc'}, output_format=output_format)
+  assert rows == _expect(output_format, replay, first)
+  assert (result.written, result.skipped) == (2, 0)
   [collision] = result.collisions
-  assert (collision.path, collision.kept, collision.others, collision.skipped) == (
-      'two.png', first, [skipped_second], 1)
+  assert (collision.path, [collision.kept], collision.others, collision.skipped) == (
+      'two.png', _expect(output_format, first), _expect(output_format, skipped_second), 1)
 
 
-def test_a_collision_whose_file_matches_no_row_keeps_none():
+@formats
+def test_a_collision_whose_file_matches_no_row_keeps_none(output_format):
   rows, result, _ = _merge(
       [_entry(manifest.WRITTEN, _row('x.png', index=1, sha='aa')),
        _entry(manifest.WRITTEN, _row('x.png', index=2, sha='bb'))],
-      on_disk={'x.png': hashlib.sha256(b'other').hexdigest()})
+      on_disk={'x.png': hashlib.sha256(b'other').hexdigest()}, output_format=output_format)
   assert rows == [] and result.written == 0
   assert result.collisions[0].kept is None and len(result.collisions[0].others) == 2
 
 
-def test_skipped_images_keep_the_previous_row_and_previous_rows_stay_or_go():
+@formats
+def test_skipped_images_keep_the_previous_row_and_previous_rows_stay_or_go(output_format):
   old = _row('kept.png', source='old', sha='from-last-run')
   skipped_new = _row('kept.png', source='old', sha='from-file')
   lonely_skip = _row('killed-run.png', sha='from-file')
   unchanged = _row('other-shard.png', source='unchanged')
+  also_unchanged = _row('other-shard2.png', source='unchanged', index=1)
   gone = _row('stale.png', source='changed')
   entries = [_entry(manifest.PREVIOUS, old), _entry(manifest.SKIPPED, skipped_new),
              _entry(manifest.SKIPPED, lonely_skip), _entry(manifest.PREVIOUS, unchanged),
-             _entry(manifest.PREVIOUS, gone)]
-  rows, result, seen = _merge(entries, keep_previous=lambda r: r['source'] != 'changed')
-  assert rows == [old, lonely_skip, unchanged]
-  assert (result.skipped, result.kept_from_previous, result.stale) == (2, 1, ['stale.png'])
+             _entry(manifest.PREVIOUS, gone), _entry(manifest.PREVIOUS, also_unchanged)]
+  asked = []
+
+  def keep_previous(source):
+    asked.append(source)
+    return source != 'changed'
+
+  rows, result, seen = _merge(entries, keep_previous=keep_previous,
+                              output_format=output_format)
+  assert rows == _expect(output_format, old, lonely_skip, unchanged, also_unchanged)
+  assert (result.skipped, result.kept_from_previous, result.stale) == (2, 2, ['stale.png'])
   assert [path for _, path in seen] == ['kept.png', 'killed-run.png']
+  assert sorted(asked) == ['changed', 'unchanged']  # once per source file, not per row
 
 
-def test_previous_manifest_lines_become_entries_and_bad_lines_are_dropped(tmp_path):
-  good = _row('a.png')
+@formats
+def test_previous_manifest_lines_become_entries_and_bad_lines_are_dropped(tmp_path,
+                                                                          output_format):
+  good = _row('a.png', label=7)
+  also_good = _row('b.png', index=1)
   os.makedirs(tmp_path / '_manifest')
   (tmp_path / '_manifest.jsonl').write_bytes(
-      json.dumps(good).encode() + b'\nnot json\n{"no": "path"}\n')
+      json.dumps(good).encode() + b'\nnot json\n{"no": "path"}\n[1, 2]\n'
+      b'{"path": 5, "source": "s", "index": 0, "n": 0}\n' + json.dumps(also_good).encode())
   root = output_root.OutputRoot(str(tmp_path))
   assert manifest.part_files(root) == ['_manifest.jsonl']
-  [run] = manifest.previous_runs('_manifest.jsonl', _config(tmp_path))
-  [entry] = list(runs.rows_of(root, run))
-  assert entry[:2] == ('a.png', manifest.PREVIOUS) and json.loads(entry[-1]) == good
+  [run] = manifest.previous_runs('_manifest.jsonl',
+                                 _config(tmp_path, manifest_format=output_format))
+  entries = list(runs.rows_of(root, run))
+  assert [e[:2] for e in entries] == [('a.png', manifest.PREVIOUS),
+                                      ('b.png', manifest.PREVIOUS)]
+  schema = manifest.ENTRY_SCHEMAS[output_format]
+  if output_format == 'jsonl':  # the line is carried as it was
+    assert [json.loads(e[-1]) for e in entries] == [good, also_good]
+  else:  # typed columns, the label as text
+    typed = [dict(zip(schema.names, e)) for e in entries]
+    assert [_seen(t) for t in typed] == _expect('parquet', good, also_good)
+    assert typed[0]['label'] == '7' and typed[0]['class_key'] == '7'
 
 
 _names = st.text(alphabet='ab/é_-', min_size=1, max_size=6)
@@ -180,11 +244,12 @@ def test_any_runs_cut_into_any_parts_give_one_sorted_manifest(
   at a boundary included, duplicates across runs included), parts in path order."""
   out = tmp_path_factory.mktemp('root')
   root = output_root.OutputRoot(str(out))
-  writer = manifest.EntryWriter(root, rows_per_part=part_rows, run_bytes=run_bytes)
+  writer = manifest.EntryWriter(root, output_format, rows_per_part=part_rows,
+                                run_bytes=run_bytes)
   expected = {}
   for path, index in images:
     row = _row(path, index=index)
-    writer.add(manifest.WRITTEN, row, _line(row))
+    writer.add(manifest.WRITTEN, row)
     expected.setdefault(path, {})[index] = row
   written = writer.flush()
   config = _config(out, manifest_format=output_format, manifest_part_rows=part_rows)
@@ -316,3 +381,43 @@ def _finite_or_none(value):
   if isinstance(value, (list, tuple)):
     return [_finite_or_none(v) for v in value]
   return value
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from('abcdefgh'), st.booleans(),
+                          st.one_of(st.none(), st.sampled_from('xyz'))), max_size=80),
+       st.integers(1, 4), st.integers(1, 5))
+def test_a_parts_samples_are_what_the_sampler_takes_from_every_row_in_order(
+    rows, per_class, limit):
+  """`_samples` feeds the sampler only the rows it would take; fed every sampled row in
+  path order instead (a row shown as another entry's class and line where decide says
+  so), the sampler chooses the same."""
+  table = _table([(manifest.WRITTEN, _row(f'{i:03d}.png', index=i, label=c))
+                  for i, (c, _, _) in enumerate(rows)], 'jsonl')
+  sampled = np.array([s for _, s, _ in rows], dtype=bool)
+  sampled_as = {i: (shown, _line(_row('other.png', label=shown)))
+                for i, (_, s, shown) in enumerate(rows) if s and shown is not None}
+  expected = manifest.RowSampler(per_class, limit)
+  lines = table.column('line').to_pylist()
+  classes = table.column('class_key').to_pylist()
+  for i in np.flatnonzero(sampled):
+    class_key, line = sampled_as.get(i, (classes[i], lines[i]))
+    expected.add(class_key, line.decode('utf-8'))
+  got = manifest._samples(  # pylint: disable=protected-access
+      table, np.arange(table.num_rows), sampled, sampled_as,
+      manifest.RowSampler(per_class, limit))
+  assert got == expected.buckets()
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(st.text(max_size=5), max_size=6), min_size=1, max_size=6),
+       st.data())
+def test_taking_rows_from_chunks_equals_arrows_take(chunks, data):
+  """`_take` (which cuts each chunk to the rows it needs first) gives what Arrow's
+  take gives, for any chunking and any indices: repeated, unordered, none."""
+  column = pa.chunked_array([pa.array(c, pa.string()) for c in chunks], type=pa.string())
+  n = len(column)
+  indices = np.array(data.draw(st.lists(st.integers(0, n - 1), max_size=20)) if n else [],
+                     dtype=np.int64)
+  got = manifest._take(column, indices)  # pylint: disable=protected-access
+  assert got.to_pylist() == column.take(indices).to_pylist()

@@ -194,3 +194,66 @@ def test_parts_left_staged_by_a_run_killed_before_its_commit_are_dropped(unrecor
   (staged / 'part-00000-of-00003.jsonl').write_bytes(b'{"path": "not-an-image.png"}\n')
   _run(unrecord, inputs, out, '--skip_existing')
   assert outputs.manifest_rows(out) == first and not staged.exists()
+
+
+def test_one_name_for_many_images_collides_each_with_a_bounded_message(unrecord, shards,
+                                                                       tmp_path):
+  """24 photos named by their shard alone (12 per name, Parquet manifest): each name's
+  file holds one of its images, the manifest lists it, and the 11 others are each a
+  `name_collision` row whose message names 10 of the images, then "and 2 more"."""
+  inputs, photos = shards
+  out = tmp_path / 'out'
+  result = _run(unrecord, inputs, out, '--manifest_format', 'parquet',
+                '--name_template', '{stem}.{ext}', expect=1)
+  rows = _check_rows_are_the_files(out, photos)
+  assert [r['path'] for r in rows] == ['cam-0.png', 'cam-1.png']
+  dead = [json.loads(line) for line in open(out / '_dead_letter.jsonl')]
+  assert len(dead) == PHOTOS - 2
+  assert {d['reason'] for d in dead} == {'name_collision'}
+  listed = {(r['source'], r['index']) for r in rows}
+  failed = {(d['source'], d['index']) for d in dead}
+  assert not listed & failed and len(listed | failed) == PHOTOS  # each image once
+  for row in dead:
+    shard = os.path.basename(row['source']).split('.')[0]
+    assert f"output name '{shard}.png' is taken" in row['message'], row['message']
+    named = row['message'].split('(', 1)[1].split(')', 1)[0]
+    assert named.count(' record ') == 10 and named.endswith(' and 2 more'), named
+  report = json.load(open(out / '_report.json'))
+  assert (report['written'], report['failed']) == (2, PHOTOS - 2)
+  assert not (out / '_SUCCESS').exists()  # 22 failures, more than --max_failures' 0
+  assert 'name_collision' in result.stdout + result.stderr
+
+
+def test_parquet_parts_carry_over_through_incremental_and_back_to_jsonl(unrecord, shards,
+                                                                        tmp_path):
+  """A Parquet root's rows are carried as typed columns by --incremental (a new shard
+  added), and read again by a JSONL run with --skip_existing; rows equal the files."""
+  source, photos = shards
+  inputs = tmp_path / 'in'
+  shutil.copytree(source, inputs)
+  out = tmp_path / 'out'
+  _run(unrecord, str(inputs), out, '--incremental', '--manifest_format', 'parquet',
+       '--label_key', 'label', '--manifest_part_rows', '7')
+  first = {r['path']: r for r in outputs.manifest_rows(out)}
+  added = {('cam-2', i): fixtures.photo(40 + i, 24, 20) for i in range(5)}
+  fixtures.write_tfrecord(str(inputs / 'cam-2.tfrecord'), [fixtures.example({
+      'image': fixtures.bytes_feature(fixtures.serialized_tensor(added[('cam-2', i)])),
+      'label': fixtures.int64_feature(i % 3)}) for i in range(5)])
+  _run(unrecord, str(inputs), out, '--incremental', '--manifest_format', 'parquet',
+       '--label_key', 'label', '--manifest_part_rows', '7')
+  second = {r['path']: r for r in outputs.manifest_rows(out)}
+  assert {p: second[p] for p in first} == first  # carried over, every column
+  assert len(second) == PHOTOS + 5 and report_counts(out) == (5, 0)
+  _run(unrecord, str(inputs), out, '--skip_existing', '--label_key', 'label')
+  third = outputs.manifest_rows(out)
+  assert all(p.endswith('.jsonl') for p in outputs.manifest_parts(out))
+  assert [r['path'] for r in third] == sorted(second)
+  assert {r['path']: r['sha256'] for r in third} == {
+      p: r['sha256'] for p, r in second.items()}
+  assert report_counts(out) == (0, PHOTOS + 5)
+  _check_rows_are_the_files(out, {**photos, **added})
+
+
+def report_counts(out):
+  report = json.load(open(out / '_report.json'))
+  return report['written'], report['skipped']

@@ -74,6 +74,9 @@ class FailureWriter:
   def flush(self) -> List[runs_lib.Run]:
     return self._runs.flush()
 
+  def discard(self) -> None:
+    self._runs.discard()
+
 
 def write_dead_letter(runs: Iterable[runs_lib.Run], config: 'export.ExportConfig') -> dict:
   """Streams the failure runs, merged, into `_dead_letter.jsonl` and the failed records'

@@ -115,7 +115,8 @@ def export_range(file_range: tfrecord.FileRange, worker: RangeWorker,
   the next starts: decode, then name and encode, then write, then manifest rows, so each
   stage's code and data stay in the core's caches (docs/benchmarks.md).
   """
-  runs = manifest_lib.EntryWriter(worker.root, worker.config.manifest_part_rows)
+  runs = manifest_lib.EntryWriter(worker.root, worker.config.manifest_format,
+                                 worker.config.manifest_part_rows)
   slots = read.read_slots(read.read_range(file_range, worker.config.read), tally)
   for chunk in _chunks(slots, CHUNK_RECORDS, CHUNK_BYTES):
     images = []
@@ -143,7 +144,7 @@ def _render(images, worker: RangeWorker, runs: manifest_lib.EntryWriter,
       row = (manifest_lib.existing_row(image, name, worker.root, config)
              if config.skip_existing else None)
       if row is not None:
-        runs.add(manifest_lib.SKIPPED, row, manifest_lib.manifest_line(row))
+        runs.add(manifest_lib.SKIPPED, row)
         tally.add('images_skipped')
         worker.progress.count('skipped')
         continue
@@ -172,7 +173,7 @@ def _add_rows(written, worker: RangeWorker, runs: manifest_lib.EntryWriter,
   size = 0
   for image, name, result in written:
     row = manifest_lib.manifest_row(image, name, result, worker.config)
-    runs.add(manifest_lib.WRITTEN, row, manifest_lib.manifest_line(row, in_key_order=True))
+    runs.add(manifest_lib.WRITTEN, row, in_key_order=True)
     size += row['bytes']
   tally.add('images_written', len(written))
   tally.add('bytes_written', size)

@@ -69,11 +69,6 @@ _PART_NAME = re.compile(r'part-(\d{5})-of-(\d{5})\.(jsonl|parquet)$')
 ROW_GROUP_ROWS = 16_384
 
 WRITTEN, SKIPPED, PREVIOUS = 'w', 's', 'p'
-ENTRY_SCHEMA = pa.schema([
-    ('path', pa.string()), ('kind', pa.string()), ('source_key', pa.string()),
-    ('bytes', pa.int64()), ('passthrough', pa.bool_()), ('class_key', pa.string()),
-    ('line', pa.binary()),
-])
 # The typed Parquet row (README "The manifest"). `label` and `id` are text whatever
 # their feature's type, so every root's manifest has this one schema.
 PARQUET_SCHEMA = pa.schema([
@@ -86,6 +81,21 @@ PARQUET_SCHEMA = pa.schema([
     ('normalization', pa.list_(pa.string())), ('value_range', pa.list_(pa.float64())),
 ])
 TEXT_FIELDS = ('id', 'label')
+# What deciding a path needs, in every entry; the path first, as the runs' sort key.
+_DECISION_FIELDS = [
+    ('path', pa.string()), ('kind', pa.string()), ('source_key', pa.string()),
+    ('class_key', pa.string()), ('bytes', pa.int64()), ('passthrough', pa.bool_()),
+]
+_DECIDED = {name for name, _ in _DECISION_FIELDS}
+# The rest of a Parquet row, as typed columns beside the decision fields.
+_ROW_FIELDS = [field for field in PARQUET_SCHEMA if field.name not in _DECIDED]
+# A JSONL manifest's entry carries its row as the JSON line to write; a Parquet one as
+# the row's typed columns, so a Parquet part is written without any JSON parsed.
+ENTRY_SCHEMAS = {
+    'jsonl': pa.schema(_DECISION_FIELDS + [('line', pa.binary())]),
+    'parquet': pa.schema(_DECISION_FIELDS + _ROW_FIELDS),
+}
+_ROW_NAMES = tuple(field.name for field in _ROW_FIELDS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -99,26 +109,61 @@ def index_step(rows_per_part: int) -> int:
   return max(1, min(1024, rows_per_part // 16))
 
 
+def _source_key(row: dict) -> str:
+  """What tells images apart: a replayed image has the same key, another image not."""
+  return f'{row["source"]}\x01{row["index"]}\x01{row["n"]}'
+
+
 class EntryWriter:
   """A worker's manifest entries, written as sorted runs (`flush()` returns them)."""
 
-  def __init__(self, root: output_root.OutputRoot, rows_per_part: int = ROWS_PER_PART,
-               run_bytes: int = 8 << 20):
-    self._runs = runs_lib.RunWriter(root, ENTRY_SCHEMA, run_bytes=run_bytes,
+  def __init__(self, root: output_root.OutputRoot, output_format: str = 'jsonl',
+               rows_per_part: int = ROWS_PER_PART, run_bytes: int = 8 << 20):
+    self._format = output_format
+    self._runs = runs_lib.RunWriter(root, ENTRY_SCHEMAS[output_format],
+                                    run_bytes=run_bytes,
                                     batch_rows=index_step(rows_per_part),
                                     prefix='manifest')
 
-  def add(self, kind: str, row: dict, line: bytes) -> None:
-    """The entry for a manifest row and its JSON line (which ends with a newline)."""
+  def add(self, kind: str, row: dict, line: Optional[bytes] = None, *,
+          in_key_order: bool = False) -> None:
+    """The entry for a manifest row. JSONL: its line is `line` if given (it ends with a
+    newline), else made here (`manifest_line(row, in_key_order=...)`)."""
     label = row.get('label_name') or row.get('label')
-    path = row['path']
-    self._runs.add((path, kind, f'{row["source"]}\x01{row["index"]}\x01{row["n"]}',
-                    row.get('bytes') or 0, bool(row.get('passthrough')),
-                    '' if label is None else str(label), line),
-                   len(line) + len(path) + 64)
+    path, size = row['path'], row.get('bytes')
+    if not isinstance(path, str):
+      raise TypeError(f'a manifest row\'s path is {path!r}, not text')
+    decision = (path, kind, _source_key(row), '' if label is None else str(label),
+                size if isinstance(size, int) else None, bool(row.get('passthrough')))
+    if self._format == 'jsonl':
+      if line is None:
+        line = manifest_line(row, in_key_order=in_key_order)
+      self._runs.add(decision + (line,), len(line) + len(path) + 64)
+    else:
+      self._runs.add(decision + tuple(row.get(name) for name in _ROW_NAMES),
+                     len(path) + 400)
 
   def flush(self) -> List[runs_lib.Run]:
     return self._runs.flush()
+
+
+def _as_entries(rows: pa.Table, kind: str) -> pa.Table:
+  """PARQUET_SCHEMA rows as Parquet entries of `kind`, sorted by path; rows without a
+  path or source are left out."""
+  rows = rows.filter(pc.and_(pc.is_valid(rows.column('path')),
+                             pc.is_valid(rows.column('source'))))
+  text = lambda name: pc.cast(rows.column(name), pa.string())
+  source_key = pc.binary_join_element_wise(
+      rows.column('source'), text('index'), text('n'), '\x01',
+      null_handling='replace', null_replacement='None')
+  class_key = pc.coalesce(rows.column('label_name'), rows.column('label'), '')
+  decided = {'kind': pa.array([kind] * rows.num_rows, pa.string()),
+             'source_key': source_key, 'class_key': class_key}
+  schema = ENTRY_SCHEMAS['parquet']
+  table = pa.Table.from_arrays(
+      [decided[name] if name in decided else rows.column(name) for name in schema.names],
+      schema=schema)
+  return table.sort_by('path')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +180,19 @@ class Entry:
 
   def row(self) -> dict:
     return orjson.loads(self.line)
+
+
+def _entries(table: pa.Table, order: np.ndarray, positions: np.ndarray) -> List[Entry]:
+  """The Entries at `positions` of `table` taken in `order`."""
+  if not positions.size:
+    return []
+  taken = table.take(order[positions])
+  lines = (taken.column('line').to_pylist() if 'line' in taken.column_names
+           else [manifest_line(row) for row in taken.select(PARQUET_SCHEMA.names).to_pylist()])
+  decided = taken.select([name for name, _ in _DECISION_FIELDS]).to_pylist()
+  return [Entry(int(position), row['path'], row['kind'], row['source_key'],
+                row['bytes'] or 0, bool(row['passthrough']), row['class_key'], line)
+          for position, row, line in zip(positions.tolist(), decided, lines)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -156,46 +214,102 @@ def part_files(root: output_root.OutputRoot) -> List[str]:
   return []
 
 
-def read_lines(root: output_root.OutputRoot, name: str,
-               text_fields: bool = False) -> Iterator[bytes]:
-  """The rows of one manifest file as JSON lines; a Parquet part's rows are made into
-  lines with sorted keys. `text_fields`: `id` and `label` become text (for Parquet).
-  Unreadable JSON lines are skipped."""
+def _file_rows(root: output_root.OutputRoot, name: str) -> Iterator[Tuple[dict, Optional[bytes]]]:
+  """(row, its JSON line or None) for each row of one manifest file; JSON lines that do
+  not hold a row are skipped."""
   if name.endswith('.parquet'):
-    with root.open_read(name) as f:
-      parquet = pq.ParquetFile(f)
-      for group in range(parquet.num_row_groups):
-        for row in parquet.read_row_group(group).to_pylist():
-          yield manifest_line(row)
+    for table in _parquet_groups(root, name):
+      for row in table.to_pylist():
+        yield row, None
     return
   with root.open_read(name) as f:
     for line in f:
-      if text_fields:
-        try:
-          line = manifest_line(_with_text_fields(orjson.loads(line)))
-        except (ValueError, TypeError, AttributeError):
-          continue
-      yield line if line.endswith(b'\n') else line + b'\n'
+      try:
+        row = orjson.loads(line)
+      except ValueError:
+        continue
+      if isinstance(row, dict):
+        yield row, (line if line.endswith(b'\n') else line + b'\n')
+
+
+def _parquet_groups(root: output_root.OutputRoot, name: str,
+                    columns: Optional[Sequence[str]] = None) -> Iterator[pa.Table]:
+  with root.open_read(name) as f:
+    parquet = pq.ParquetFile(f)
+    for group in range(parquet.num_row_groups):
+      yield parquet.read_row_group(group, columns=columns)
+
+
+def _file_tables(root: output_root.OutputRoot, name: str, rows: int) -> Iterator[pa.Table]:
+  """One manifest file's rows as PARQUET_SCHEMA tables of about `rows` rows (a JSONL
+  file's `id` and `label` made text)."""
+  if name.endswith('.parquet'):
+    groups = _parquet_groups(root, name)
+  else:
+    groups = (lines_to_table(b''.join(block))
+              for block in _blocks(_jsonl_lines(root, name), ROW_GROUP_ROWS))
+  held: List[pa.Table] = []
+  for table in groups:
+    held.append(table)
+    if sum(t.num_rows for t in held) >= rows:
+      yield pa.concat_tables(held)
+      held = []
+  if held:
+    yield pa.concat_tables(held)
+
+
+def _jsonl_lines(root: output_root.OutputRoot, name: str) -> Iterator[bytes]:
+  with root.open_read(name) as f:
+    for line in f:
+      if line.strip():
+        yield line if line.endswith(b'\n') else line + b'\n'
+
+
+def _blocks(items: Iterator, size: int) -> Iterator[list]:
+  block = []
+  for item in items:
+    block.append(item)
+    if len(block) >= size:
+      yield block
+      block = []
+  if block:
+    yield block
 
 
 def read_rows(root: output_root.OutputRoot) -> Iterator[dict]:
   """Every row of the root's manifest, in path order."""
   for name in part_files(root):
-    for line in read_lines(root, name):
-      try:
-        yield orjson.loads(line)
-      except ValueError:
-        continue
+    for row, _ in _file_rows(root, name):
+      yield row
+
+
+def listed_paths(root: output_root.OutputRoot) -> Iterator[str]:
+  """The path of every row of the root's manifest (of Parquet, only that column read)."""
+  for name in part_files(root):
+    if name.endswith('.parquet'):
+      for table in _parquet_groups(root, name, columns=['path']):
+        yield from table.column('path').to_pylist()
+    else:
+      for row, _ in _file_rows(root, name):
+        if isinstance(row.get('path'), str):
+          yield row['path']
 
 
 def previous_runs(name: str, config: 'export.ExportConfig') -> List[runs_lib.Run]:
-  """The rows of one file of the previous manifest, as sorted runs of `p` entries."""
+  """The rows of one file of the previous manifest, as sorted runs of `p` entries, in
+  this run's manifest format. Rows without a path or source are left out."""
   root = output_root.OutputRoot(config.output, config.read.storage_options)
-  writer = EntryWriter(root, config.manifest_part_rows)
-  for line in read_lines(root, name, text_fields=config.manifest_format == 'parquet'):
+  if config.manifest_format == 'parquet':
+    step = index_step(config.manifest_part_rows)
+    return [runs_lib.write_run(root, entries, step, 'manifest')
+            for entries in (_as_entries(table, PREVIOUS) for table in
+                            _file_tables(root, name, config.manifest_part_rows))
+            if entries.num_rows]
+  writer = EntryWriter(root, 'jsonl', config.manifest_part_rows)
+  for row, line in _file_rows(root, name):
     try:
-      writer.add(PREVIOUS, orjson.loads(line), line)
-    except (ValueError, KeyError, TypeError, AttributeError):
+      writer.add(PREVIOUS, row, line)
+    except (KeyError, TypeError):
       continue
   return writer.flush()
 
@@ -252,7 +366,7 @@ class PartResult:
   collisions: List[Collision] = dataclasses.field(default_factory=list)
 
 
-def decide(table: pa.Table, *, keep_previous: Callable[[dict], bool],
+def decide(table: pa.Table, *, keep_previous: Callable[[str], bool],
            on_disk_sha256: Callable[[str], Optional[str]],
            order: Optional[np.ndarray] = None
            ) -> Tuple[np.ndarray, Dict[int, Tuple[str, bytes]], np.ndarray, PartResult]:
@@ -268,7 +382,7 @@ def decide(table: pa.Table, *, keep_previous: Callable[[dict], bool],
   others become collisions, also those --skip_existing left because an image of this run
   wrote their name first); an image --skip_existing left keeps the previous manifest's row
   if there is one, else a row made from its file; a path only the previous manifest has
-  is kept if `keep_previous(row)`, else reported in `stale`.
+  is kept if `keep_previous(its source)`, else reported in `stale`.
   """
   n = table.num_rows
   order = np.arange(n) if order is None else order
@@ -282,19 +396,28 @@ def decide(table: pa.Table, *, keep_previous: Callable[[dict], bool],
     same = pc.equal(paths.slice(0, n - 1), paths.slice(1)).to_numpy(zero_copy_only=False)
     repeated[:-1] |= same
     repeated[1:] |= same
-  del paths
-  written = pc.equal(column('kind'), WRITTEN).to_numpy(zero_copy_only=False)
-  # The usual case, one image made this path: its entry is kept, never parsed.
-  keep = written & ~repeated
+  kinds = column('kind')
+  # The usual cases, one entry for a path, are decided by columns and never parsed: an
+  # image written once is kept; a path only the previous manifest has, by its source.
+  keep = pc.equal(kinds, WRITTEN).to_numpy(zero_copy_only=False) & ~repeated
   sampled = keep.copy()
-  sizes = column('bytes').to_numpy()
-  passthrough = column('passthrough').to_numpy(zero_copy_only=False)
+  sizes = pc.fill_null(column('bytes'), 0).to_numpy()
+  passthrough = pc.fill_null(column('passthrough'), False).to_numpy(zero_copy_only=False)
   result = PartResult(written=int(keep.sum()), bytes=int(sizes[keep].sum()),
                       passthrough=int(passthrough[keep].sum()))
+  lone = np.flatnonzero(pc.equal(kinds, PREVIOUS).to_numpy(zero_copy_only=False)
+                        & ~repeated)
+  del kinds
+  if lone.size:
+    kept = _kept_sources(column('source_key').take(lone), keep_previous)
+    keep[lone[kept]] = True
+    result.kept_from_previous += int(kept.sum())
+    result.stale.extend(paths.take(lone[~kept]).to_pylist())
+  del paths
   sampled_as: Dict[int, Tuple[str, bytes]] = {}
-  others = np.flatnonzero(~keep)
-  rows = table.take(order[others]).to_pylist() if others.size else []
-  entries = [Entry(int(position), **row) for position, row in zip(others, rows)]
+  lone_or_kept = keep.copy()
+  lone_or_kept[lone] = True
+  entries = _entries(table, order, np.flatnonzero(~lone_or_kept))
   start = 0
   while start < len(entries):
     end = start + 1
@@ -343,11 +466,25 @@ def _decide_path(found: List[Entry], keep_previous, on_disk_sha256, result: Part
   if skipped is not None:
     result.skipped += 1
     return (previous if previous is not None else skipped), skipped
-  if keep_previous(previous.row()):
+  if keep_previous(_source_of(previous.source_key)):
     result.kept_from_previous += 1
     return previous, None
   result.stale.append(previous.path)
   return None
+
+
+def _source_of(source_key: str) -> str:
+  return source_key.partition('\x01')[0]
+
+
+def _kept_sources(source_keys: pa.ChunkedArray, keep_previous: Callable[[str], bool]
+                  ) -> np.ndarray:
+  """Which of the previous rows with these source keys `keep_previous` keeps, asked once
+  per source file."""
+  sources = pc.list_element(pc.split_pattern(source_keys, '\x01', max_splits=1), 0)
+  kept = [s for s in pc.unique(sources).to_pylist() if keep_previous(s)]
+  return pc.is_in(sources, value_set=pa.array(kept, pa.string())).to_numpy(
+      zero_copy_only=False)
 
 
 def _count_written(result: PartResult, e: Entry) -> None:
@@ -369,7 +506,8 @@ def write_part(part: Part, runs: Sequence[runs_lib.Run], config: 'export.ExportC
   root = output_root.OutputRoot(config.output, config.read.storage_options)
   slices = [t for t in (runs_lib.read_slice(root, run, part.lo, part.hi) for run in runs)
             if t is not None]
-  table = (pa.concat_tables(slices) if slices else ENTRY_SCHEMA.empty_table())
+  table = (pa.concat_tables(slices) if slices
+           else ENTRY_SCHEMAS[config.manifest_format].empty_table())
   del slices
   order = pc.sort_indices(table, sort_keys=[('path', 'ascending'), ('kind', 'ascending')]
                           ).to_numpy()
@@ -379,7 +517,10 @@ def write_part(part: Part, runs: Sequence[runs_lib.Run], config: 'export.ExportC
   kept = order[keep]
   name = part_name(part.index, part.count, config.manifest_format)
   with root.open_write(f'{STAGED}/{name}') as out:
-    _write_rows(out, table.column('line'), kept, config.manifest_format)
+    if config.manifest_format == 'jsonl':
+      _write_lines(out, table.column('line'), kept)
+    else:
+      _write_parquet(out, table, kept)
   for path in result.stale:
     try:
       root.fs.rm_file(root.path(path))
@@ -405,38 +546,66 @@ def write_part(part: Part, runs: Sequence[runs_lib.Run], config: 'export.ExportC
   return summary
 
 
-def _joined(lines: pa.ChunkedArray, indices: np.ndarray) -> memoryview:
-  """The lines at `indices`, as one buffer (no Python object per line)."""
-  taken = lines.take(indices).combine_chunks()
-  _, offsets, data = taken.buffers()
-  bounds = np.frombuffer(offsets, dtype=np.int32, count=len(taken) + 1,
-                         offset=taken.offset * 4)
-  return memoryview(data)[int(bounds[0]):int(bounds[-1])]
+def _write_lines(out, lines: pa.ChunkedArray, kept: np.ndarray) -> None:
+  """The JSON lines at `kept`, in that order, ROW_GROUP_ROWS at a time, each block
+  copied from Arrow's buffers with no Python object per line."""
+  for start in range(0, kept.size, ROW_GROUP_ROWS):
+    taken = _take(lines, kept[start:start + ROW_GROUP_ROWS])
+    _, offsets, data = taken.buffers()
+    bounds = np.frombuffer(offsets, dtype=np.int32, count=len(taken) + 1,
+                           offset=taken.offset * 4)
+    out.write(memoryview(data)[int(bounds[0]):int(bounds[-1])])
 
 
-def _write_rows(out, lines: pa.ChunkedArray, kept: np.ndarray, output_format: str) -> None:
-  """The lines at `kept`, in that order, as JSONL, or as Parquet row groups of
-  PARQUET_SCHEMA; ROW_GROUP_ROWS lines at a time."""
-  if output_format == 'jsonl':
-    for start in range(0, kept.size, ROW_GROUP_ROWS):
-      out.write(_joined(lines, kept[start:start + ROW_GROUP_ROWS]))
-    return
+def _write_parquet(out, table: pa.Table, kept: np.ndarray) -> None:
+  """The Parquet entries at `kept`, in that order, as PARQUET_SCHEMA row groups of
+  ROW_GROUP_ROWS rows."""
+  columns = [table.column(name) for name in PARQUET_SCHEMA.names]
   with pq.ParquetWriter(out, PARQUET_SCHEMA, compression='zstd') as writer:
     if not kept.size:
       writer.write_table(PARQUET_SCHEMA.empty_table())
     for start in range(0, kept.size, ROW_GROUP_ROWS):
-      writer.write_table(lines_to_table(bytes(_joined(lines, kept[start:start + ROW_GROUP_ROWS]))))
+      block = kept[start:start + ROW_GROUP_ROWS]
+      writer.write_table(pa.Table.from_arrays([_take(c, block) for c in columns],
+                                              schema=PARQUET_SCHEMA))
+
+
+def _take(column: pa.ChunkedArray, indices: np.ndarray) -> pa.Array:
+  """`column.take(indices)`, copying only the rows taken. Arrow's own take on a chunked
+  column first joins every chunk (a part's whole column, for each block); here each
+  chunk is first cut to the span of its rows that `indices` names."""
+  starts = np.cumsum([0] + [len(chunk) for chunk in column.chunks])
+  chunk_of = np.searchsorted(starts, indices, side='right') - 1
+  pieces, remapped, offset = [], np.empty_like(indices), 0
+  for c in np.unique(chunk_of).tolist():
+    mine = chunk_of == c
+    local = indices[mine] - starts[c]
+    low, high = int(local.min()), int(local.max()) + 1
+    pieces.append(column.chunk(c).slice(low, high - low))
+    remapped[mine] = local - low + offset
+    offset += high - low
+  if not pieces:
+    return pa.array([], type=column.type)
+  return pa.concat_arrays(pieces).take(remapped)
 
 
 def lines_to_table(block: bytes) -> pa.Table:
-  """JSON lines (text `id`/`label`) as a PARQUET_SCHEMA table."""
+  """JSON lines as a PARQUET_SCHEMA table: `id` and `label` made text, lines that do
+  not hold a row of that schema left out."""
   if not block:
     return PARQUET_SCHEMA.empty_table()
   try:
     return _parsed(block)
-  except pa.ArrowInvalid:  # a row whose id or label is not text yet: make them text
-    return _parsed(b''.join(manifest_line(_with_text_fields(orjson.loads(line)))
-                            for line in block.splitlines()))
+  except pa.ArrowInvalid:  # an id or label not text yet, or a line that is no row
+    pass
+  tables = []
+  for line in block.splitlines():
+    try:
+      row = orjson.loads(line)
+      tables.append(_parsed(manifest_line(_with_text_fields(row))))
+    except (ValueError, TypeError, AttributeError, pa.ArrowInvalid):
+      continue
+  return pa.concat_tables(tables) if tables else PARQUET_SCHEMA.empty_table()
 
 
 def _parsed(block: bytes) -> pa.Table:
@@ -447,36 +616,58 @@ def _parsed(block: bytes) -> pa.Table:
                                          unexpected_field_behavior='ignore'))
 
 
+def _line_at(table: pa.Table, index: int) -> bytes:
+  """The JSON line of the entry at `index`."""
+  if 'line' in table.column_names:
+    return table.column('line')[index].as_py()
+  return manifest_line(table.slice(index, 1).select(PARQUET_SCHEMA.names).to_pylist()[0])
+
+
 def _samples(table: pa.Table, order: np.ndarray, sampled: np.ndarray,
-             sampled_as: Dict[int, Tuple[str, bytes]]) -> List[Tuple[str, List[str]]]:
-  """The part's report samples (RowSampler buckets), from its rows in path order."""
-  sampler = RowSampler()
+             sampled_as: Dict[int, Tuple[str, bytes]],
+             sampler: Optional['RowSampler'] = None) -> List[Tuple[str, List[str]]]:
+  """The part's report samples (RowSampler buckets), from its rows in path order.
+
+  Only the rows the sampler takes are fed to it, found by column: classes numbered in
+  order of first appearance (Arrow's dictionary encoding), the first `per_class` rows of
+  each of the first `limit` classes."""
+  sampler = sampler or RowSampler()
   positions = np.flatnonzero(sampled)
-  classes = table.column('class_key').take(order[positions]).to_pylist()
-  lines = table.column('line')
-  for position, class_key in zip(positions.tolist(), classes):
+  classes = table.column('class_key').take(order[positions])
+  if sampled_as:  # a few rows show another entry's class (see `decide`)
+    values = classes.to_pylist()
+    for i, position in enumerate(positions.tolist()):
+      if position in sampled_as:
+        values[i] = sampled_as[position][0]
+    classes = pa.chunked_array([pa.array(values, pa.string())])
+  encoded = pc.dictionary_encode(classes.combine_chunks())
+  codes = encoded.indices.to_numpy(zero_copy_only=False)
+  taken = np.sort(np.concatenate(
+      [np.flatnonzero(codes == code)[:sampler.per_class]
+       for code in range(min(len(encoded.dictionary), sampler.limit))] or [[]]
+  )).astype(np.int64)
+  for i in taken.tolist():
+    position = int(positions[i])
     shown = sampled_as.get(position)
-    if shown is not None:
-      class_key = shown[0]
-    if sampler.wants(class_key):
-      line = shown[1] if shown is not None else lines[int(order[position])].as_py()
-      sampler.add(class_key, line.decode('utf-8'))
+    line = shown[1] if shown is not None else _line_at(table, int(order[position]))
+    sampler.add(encoded.dictionary[codes[i]].as_py(), line.decode('utf-8'))
   return sampler.buckets()
 
 
-def _keeps_previous(config: 'export.ExportConfig'):
-  """Whether a row only the previous manifest has stays (its file kept) or goes (removed).
+def _keeps_previous(config: 'export.ExportConfig') -> Callable[[str], bool]:
+  """Whether a row only the previous manifest has, made from the given source file,
+  stays (its file kept) or goes (removed).
 
   The one owner of that decision: --overwrite removes them all; --incremental removes
   those of the shards it processed again (they no longer make that image); every other
   run keeps them, so the manifest goes on listing every image file in the root.
   """
   if config.overwrite:
-    return lambda row: False
+    return lambda source: False
   if config.incremental:
     processed = {url for url, _ in config.processed}
-    return lambda row: row.get('source') not in processed
-  return lambda row: True
+    return lambda source: source not in processed
+  return lambda source: True
 
 
 def _sha256_or_none(root: output_root.OutputRoot, path: str) -> Optional[str]:
@@ -578,8 +769,7 @@ def _remove_unlisted(root: output_root.OutputRoot) -> int:
   """
   prefix = root.path('')
   found = {p[len(prefix):] for p in root.fs.find(root.root) if p.startswith(prefix)}
-  for row in read_rows(root):
-    found.discard(row['path'])
+  found.difference_update(listed_paths(root))
   removed = 0
   for path in sorted(found):
     if path.split('/', 1)[0].startswith('_') or output_root.is_temp_name(path):
@@ -699,15 +889,15 @@ class RowSampler:
   """
 
   def __init__(self, per_class: int = SAMPLES_PER_CLASS, limit: int = MAX_SAMPLES):
-    self._per_class = per_class
-    self._limit = limit
+    self.per_class = per_class
+    self.limit = limit
     self._by_class = collections.OrderedDict()
 
   def wants(self, class_key: Hashable) -> bool:
     bucket = self._by_class.get(class_key)
     if bucket is None:
-      return len(self._by_class) < self._limit
-    return len(bucket) < self._per_class
+      return len(self._by_class) < self.limit
+    return len(bucket) < self.per_class
 
   def add(self, class_key: Hashable, row) -> None:
     if not self.wants(class_key):
@@ -720,8 +910,8 @@ class RowSampler:
   def chosen(self) -> list:
     buckets = [list(bucket) for bucket in self._by_class.values()]
     chosen = []
-    while len(chosen) < self._limit and any(buckets):  # round-robin over classes
+    while len(chosen) < self.limit and any(buckets):  # round-robin over classes
       for bucket in buckets:
-        if bucket and len(chosen) < self._limit:
+        if bucket and len(chosen) < self.limit:
           chosen.append(bucket.pop(0))
     return chosen

@@ -205,13 +205,17 @@ class _ExportRangeFn(beam.DoFn):
 
 
 class _FailureRunsFn(beam.DoFn):
-  """Failure -> sorted dead-letter runs, one set per bundle (dead_letter.FailureWriter)."""
+  """Failure -> sorted dead-letter runs, one set per bundle (dead_letter.FailureWriter,
+  made once per DoFn instance: `flush` hands its runs over and starts afresh)."""
 
   def __init__(self, config: export.ExportConfig):
     self._config = config
 
-  def start_bundle(self):
+  def setup(self):
     self._writer = dead_letter.FailureWriter(self._config)
+
+  def start_bundle(self):
+    self._writer.discard()  # what a failed bundle held: its retry adds it again
 
   def process(self, failure):
     self._writer.add(failure)

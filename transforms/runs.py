@@ -16,7 +16,7 @@ import bisect
 import dataclasses
 import heapq
 import uuid
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -71,6 +71,13 @@ class RunWriter:
     runs, self.runs = self.runs, []
     return runs
 
+  def discard(self) -> None:
+    """Forgets rows held and runs written (a failed bundle's, which its retry makes
+    again); the runs' files go with the scratch folder."""
+    self._columns = [[] for _ in self._schema.names]
+    self._held = 0
+    self.runs = []
+
   def _write_run(self) -> None:
     table = pa.Table.from_arrays(
         [pa.array(column, type=field.type)
@@ -84,15 +91,23 @@ class RunWriter:
 def write_run(root: output_root.OutputRoot, table: pa.Table, batch_rows: int,
               prefix: str = 'run') -> Run:
   """Writes `table`, already sorted by its first column, as one run file."""
+  return _write_batches(root, table.combine_chunks().to_batches(max_chunksize=batch_rows),
+                        table.schema, prefix)
+
+
+def _write_batches(root: output_root.OutputRoot, batches: Iterable[pa.RecordBatch],
+                   schema: pa.Schema, prefix: str) -> Run:
+  """Writes record batches, in key order, as one run file named from `prefix`."""
   name = f'{SCRATCH}/{prefix}-{uuid.uuid4().hex}'
-  batches = table.combine_chunks().to_batches(max_chunksize=batch_rows)
+  firsts, counts = [], []
   with root.open_write(name) as out:
-    with pa.ipc.new_file(out, table.schema) as writer:
+    with pa.ipc.new_file(out, schema) as writer:
       for batch in batches:
-        writer.write_batch(batch)
-  return Run(name, table.num_rows,
-             tuple(batch.column(0)[0].as_py() for batch in batches),
-             tuple(batch.num_rows for batch in batches))
+        if batch.num_rows:
+          writer.write_batch(batch)
+          firsts.append(batch.column(0)[0].as_py())
+          counts.append(batch.num_rows)
+  return Run(name, sum(counts), tuple(firsts), tuple(counts))
 
 
 def _open(root: output_root.OutputRoot, run: Run):
@@ -125,16 +140,12 @@ def read_slice(root: output_root.OutputRoot, run: Run, lo: Optional[str],
     return None
   reader = _open(root, run)
   table = pa.Table.from_batches([_checked(root, run, reader, i) for i in range(start, stop)])
+  # The keys are sorted, so the rows in range are one slice (no copy): those below `lo`
+  # and those from `hi` on are a prefix and a suffix, counted.
   key = table.column(0)
-  mask = None
-  if lo is not None:
-    mask = pc.greater_equal(key, lo)
-  if hi is not None:
-    below = pc.less(key, hi)
-    mask = below if mask is None else pc.and_(mask, below)
-  if mask is not None:
-    table = table.filter(mask)
-  return table if table.num_rows else None
+  begin = 0 if lo is None else pc.sum(pc.less(key, lo)).as_py() or 0
+  end = table.num_rows if hi is None else pc.sum(pc.less(key, hi)).as_py() or 0
+  return table.slice(begin, end - begin) if end > begin else None
 
 
 def rows_of(root: output_root.OutputRoot, run: Run) -> Iterator[tuple]:
@@ -158,21 +169,18 @@ def merged(root: output_root.OutputRoot, runs: Sequence[Run], schema: pa.Schema,
 
 def _merge_into_run(root: output_root.OutputRoot, group: Sequence[Run], schema: pa.Schema,
                     batch_rows: int) -> Run:
-  name = f'{SCRATCH}/merged-{uuid.uuid4().hex}'
-  firsts, counts = [], []
   rows = heapq.merge(*(rows_of(root, r) for r in group), key=lambda row: row[0])
-  with root.open_write(name) as out:
-    with pa.ipc.new_file(out, schema) as writer:
-      while True:
-        chunk = [row for _, row in zip(range(batch_rows), rows)]
-        if not chunk:
-          break
-        writer.write_batch(pa.RecordBatch.from_arrays(
-            [pa.array(column, type=field.type)
-             for column, field in zip(zip(*chunk), schema)], schema=schema))
-        firsts.append(chunk[0][0])
-        counts.append(len(chunk))
-  return Run(name, sum(counts), tuple(firsts), tuple(counts))
+
+  def batches():
+    while True:
+      chunk = [row for _, row in zip(range(batch_rows), rows)]
+      if not chunk:
+        return
+      yield pa.RecordBatch.from_arrays(
+          [pa.array(column, type=field.type)
+           for column, field in zip(zip(*chunk), schema)], schema=schema)
+
+  return _write_batches(root, batches(), schema, 'merged')
 
 
 def split_points(runs: Sequence[Run], parts: int) -> List[str]:
