@@ -421,11 +421,11 @@ def _bucket(s3_url, name):
   return fs
 
 
-def _s3_export(endpoint, *args):
+def _s3_export(endpoint, *args, **env):
   """The export against the S3 server at `endpoint`, started; stderr piped."""
   return subprocess.Popen(
       [sys.executable, '-m', 'beam_jobs.cli', 'export', *args, '--quiet'], cwd=REPO,
-      env=dict(os.environ, **emulators.s3_env(endpoint)), stdout=subprocess.DEVNULL,
+      env=dict(os.environ, **emulators.s3_env(endpoint), **env), stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE, text=True)
 
 
@@ -508,7 +508,11 @@ def test_an_object_store_gone_for_good_ends_with_one_line(tmp_path):
   with emulators.s3_server() as s3_url:
     _bucket(s3_url, 'gone')
     with emulators.FaultyProxy(s3_url, 'pass') as proxy:
-      job = _s3_export(proxy.url, '--input', str(src), '--output', 's3://gone/images')
+      # The store's client gives up after its retries, however many: two attempts a
+      # request (AWS_MAX_ATTEMPTS, the botocore setting) reach that end sooner than the
+      # default's several backoffs.
+      job = _s3_export(proxy.url, '--input', str(src), '--output', 's3://gone/images',
+                       AWS_MAX_ATTEMPTS='2')
       _wait_until(lambda: proxy.puts > 5, what='the first uploads')
       proxy.mode = 'down'
       _, stderr = job.communicate(timeout=300)
