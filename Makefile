@@ -46,9 +46,11 @@ test: setup chromium
 
 # unrecord beside its peers (loop, thread pool, tf.data, naive Beam) and the encode floor on
 # TensorFlow-written data; rewrites docs/benchmarks.md's whole-job section and its plot.
-# Under 15 minutes on 2 cores. `make test` runs the same harness with --quick.
+# Under 15 minutes on 2 cores, then the scale case (10^5 and 10^6 images, JSONL and
+# Parquet manifests; about 3 minutes). `make test` runs the first harness with --quick.
 bench: setup
 	$(PY) -m bench.run
+	$(PY) -m bench.scale
 
 # The reliability tests alone, printing the figures docs/reliability.md records.
 reliability: setup
