@@ -248,7 +248,7 @@ def _file_tables(root: output_root.OutputRoot, name: str, rows: int) -> Iterator
     groups = _parquet_groups(root, name)
   else:
     groups = (lines_to_table(b''.join(block))
-              for block in _blocks(_jsonl_lines(root, name), ROW_GROUP_ROWS))
+              for block in runs_lib.blocks(_jsonl_lines(root, name), ROW_GROUP_ROWS))
   held: List[pa.Table] = []
   for table in groups:
     held.append(table)
@@ -264,17 +264,6 @@ def _jsonl_lines(root: output_root.OutputRoot, name: str) -> Iterator[bytes]:
     for line in f:
       if line.strip():
         yield line if line.endswith(b'\n') else line + b'\n'
-
-
-def _blocks(items: Iterator, size: int) -> Iterator[list]:
-  block = []
-  for item in items:
-    block.append(item)
-    if len(block) >= size:
-      yield block
-      block = []
-  if block:
-    yield block
 
 
 def read_rows(root: output_root.OutputRoot) -> Iterator[dict]:

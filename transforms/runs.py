@@ -170,17 +170,22 @@ def merged(root: output_root.OutputRoot, runs: Sequence[Run], schema: pa.Schema,
 def _merge_into_run(root: output_root.OutputRoot, group: Sequence[Run], schema: pa.Schema,
                     batch_rows: int) -> Run:
   rows = heapq.merge(*(rows_of(root, r) for r in group), key=lambda row: row[0])
+  batches = (pa.RecordBatch.from_arrays(
+      [pa.array(column, type=field.type) for column, field in zip(zip(*chunk), schema)],
+      schema=schema) for chunk in blocks(rows, batch_rows))
+  return _write_batches(root, batches, schema, 'merged')
 
-  def batches():
-    while True:
-      chunk = [row for _, row in zip(range(batch_rows), rows)]
-      if not chunk:
-        return
-      yield pa.RecordBatch.from_arrays(
-          [pa.array(column, type=field.type)
-           for column, field in zip(zip(*chunk), schema)], schema=schema)
 
-  return _write_batches(root, batches(), schema, 'merged')
+def blocks(items: Iterable, size: int) -> Iterator[list]:
+  """`items` in lists of `size` (the last one shorter), never more held at once."""
+  block = []
+  for item in items:
+    block.append(item)
+    if len(block) >= size:
+      yield block
+      block = []
+  if block:
+    yield block
 
 
 def split_points(runs: Sequence[Run], parts: int) -> List[str]:
