@@ -325,3 +325,24 @@ def test_serialize_tensor_matches_tensorflow():
   for array in (fixtures.photo(), fixtures.photo_16bit(),
                 (fixtures.photo() / 255).astype(np.float32)):
     assert tensor_proto.serialize_tensor(array) == fixtures.serialized_tensor(array)
+
+
+def _length_delimited(field: int, body: bytes) -> bytes:
+  assert len(body) < 128
+  return bytes([field << 3 | 2, len(body)]) + body
+
+
+@pytest.mark.parametrize('unknown', [
+    b'\x3d' + b'\x01\x02\x03\x04',         # field 7, fixed32: not length-delimited
+    _length_delimited(7, b'\xab\xcd\xef\x01'),  # field 7, length-delimited, before the values
+])
+def test_a_float_list_with_unknown_fields_reads_its_values(unknown):
+  """protobuf keeps unknown fields in a FloatList; its values are still the packed ones
+  (found by the layout property test: a damaged byte raised NotCanonical from here)."""
+  floats = np.array([1.5, -2.25, 3.0], '<f4').tobytes()
+  float_list = unknown + _length_delimited(1, floats)
+  feature = _length_delimited(2, float_list)
+  entry = _length_delimited(1, b'x') + _length_delimited(2, feature)
+  payload = _length_delimited(1, _length_delimited(1, entry))
+  values = example_lib.parse_example(payload)['x'].values
+  assert values.dtype == np.float32 and values.tolist() == [1.5, -2.25, 3.0]

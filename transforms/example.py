@@ -213,9 +213,14 @@ def _scanned_value(payload: bytes, kind: Optional[str], spans: Tuple[Span, ...]
 def _packed_floats(float_list) -> np.ndarray:
   """The values of a FloatList as float32, straight from their packed wire bytes."""
   data = float_list.SerializeToString()  # tag | varint length | float32s, or b''
-  packed = list(wire.length_delimited(data, 0, len(data)))
-  if not packed:
+  try:
+    packed = list(wire.length_delimited(data, 0, len(data)))
+  except wire.NotCanonical:  # unknown fields of other wire types, kept by protobuf
+    packed = None
+  if packed == []:
     return np.zeros(0, dtype=np.float32)
+  if packed is None or len(packed) != 1 or packed[0][0] != 1:
+    return np.array(float_list.value, dtype=np.float32)
   _, start, end = packed[0]
   # The floats follow a tag and a varint length, so the view is misaligned (slow to reduce).
   return tensor_proto.aligned(
