@@ -183,3 +183,105 @@ def test_records_with_many_fixed_bytes_keep_no_layout(monkeypatch):
   assert got == expected and full_decodes == 3
   small = [_record(i, mask=F.int64_feature(*range(1000, 1100))) for i in range(3)]
   assert _decode_all(small, monkeypatch=monkeypatch)[2] == 1
+
+
+# Serialized tensors (tf.io.serialize_tensor) in an Example: the tensor's header is
+# fixed bytes, its tensor_content the pixels' span.
+TENSOR = decode.ImageSpec(key='image', encoding='tensor')
+
+
+def _tensor_record(array, **extra):
+  return F.example({'image': F.bytes_feature(F.serialized_tensor(array)), **extra})
+
+
+def test_tensorflow_serialized_tensors_decode_by_layout_as_in_full(monkeypatch):
+  photos = [(F.photo(i, 32, 32) / 255.0).astype(np.float32) for i in range(4)]
+  payloads = [_tensor_record(photos[i % 4], label=F.int64_feature(i * 37 % 200),
+                             id=F.bytes_feature(b'img-%03d' % i))
+              for i in range(40)]
+  got, expected, full_decodes = _decode_all(payloads, TENSOR, monkeypatch)
+  assert got == expected
+  assert got[3][0][0][4] == 'tensor' and got[3][0][0][6] == {'label': 3 * 37 % 200,
+                                                             'id': 'img-003'}
+  assert full_decodes == len({len(p) for p in payloads}) == 2
+
+
+@pytest.mark.parametrize('dtype', ['uint8', 'uint16', 'int16', 'float16', 'float32',
+                                   'float64', 'bfloat16', 'bool'])
+def test_every_tensor_dtype_decodes_by_layout_as_in_full(dtype, monkeypatch):
+  import tensorflow as tf
+  rng = np.random.default_rng(5)
+  payloads = []
+  for i in range(5):
+    values = rng.uniform(0, 2 if dtype == 'bool' else 200, (6, 5, 3))
+    tensor = tf.cast(tf.constant(values), getattr(tf, dtype))
+    payloads.append(F.example({
+        'image': F.bytes_feature(tf.io.serialize_tensor(tensor).numpy()),
+        'n': F.int64_feature(i)}))
+  got, expected, full_decodes = _decode_all(payloads, TENSOR, monkeypatch)
+  assert got == expected and full_decodes == 1
+  assert all(aligned for record in got for *_, aligned in record)
+
+
+def test_a_tensor_of_another_shape_in_the_same_bytes_is_decoded_in_full(monkeypatch):
+  values = (F.photo(0, 24, 24) / 255.0).astype(np.float32)
+  payloads = [_tensor_record(values[:12, :18]), _tensor_record(values[:18, :12]),
+              _tensor_record(values[:12, :18].copy() * 0.5)]
+  assert len({len(p) for p in payloads}) == 1
+  got, expected, full_decodes = _decode_all(payloads, TENSOR, monkeypatch)
+  assert got == expected and full_decodes == 2
+  assert [record[0][2] for record in got] == [(12, 18, 3), (18, 12, 3), (12, 18, 3)]
+
+
+def test_encoded_images_and_npy_arrays_under_a_tensor_key_keep_no_layout(monkeypatch):
+  import io
+  photo = F.photo(1, 16, 16)
+  npy_bytes = io.BytesIO()
+  np.save(npy_bytes, (photo / 255.0).astype(np.float32))
+  for value in (F.encode_png(photo), npy_bytes.getvalue()):
+    payloads = [F.example({'image': F.bytes_feature(value), 'n': F.int64_feature(i)})
+                for i in range(3)]
+    got, expected, full_decodes = _decode_all(payloads, TENSOR, monkeypatch)
+    assert got == expected and full_decodes == 3
+
+
+def test_a_tensor_header_shorter_than_what_sniffing_reads_is_no_layout():
+  # Every tensor of two or more dimensions has a header of 14 bytes or more; a 1-D one
+  # (10 bytes) would let its content decide what sniff_format says of the value.
+  for array, content_at in ((np.arange(40, dtype=np.uint8), None),
+                            (np.zeros((5, 8), np.uint8) + 7, 14)):
+    value = F.serialized_tensor(array)
+    span = record_layout._tensor_content(b'ab' + value, (2, 2 + len(value)))
+    assert span == (None if content_at is None else (2 + content_at, 2 + len(value)))
+
+
+_tensor_dtypes = st.sampled_from(['uint8', 'uint16', 'float32', 'float64'])
+
+
+@settings(max_examples=200, deadline=None)
+@given(_others, _tensor_dtypes, st.integers(1, 6), st.integers(1, 6), st.data())
+def test_any_tensor_record_after_a_learned_one_decodes_as_in_full(others, dtype, height,
+                                                                  width, data):
+  """As for raw pixels: a second record with the first one's features and other values,
+  then its bytes damaged, anywhere, the tensor's header included."""
+  itemsize = np.dtype(dtype).itemsize
+
+  def record(values):
+    features = {name: _feature(*values[name]) for name in others}
+    pixels = np.frombuffer(data.draw(st.binary(min_size=height * width * 3 * itemsize,
+                                               max_size=height * width * 3 * itemsize)),
+                           dtype).reshape(height, width, 3)
+    features['image'] = F.bytes_feature(F.serialized_tensor(pixels))
+    return F.example(features)
+
+  first = record(others)
+  second = record({name: (kind, data.draw(st.lists(
+      st.binary(max_size=12) if kind == 'bytes' else
+      st.integers(-2**63, 2**63 - 1) if kind == 'int64' else st.floats(width=32),
+      min_size=len(values), max_size=len(values))))
+      for name, (kind, values) in others.items()})
+  damaged = bytearray(second)
+  for _ in range(data.draw(st.integers(0, 2))):
+    damaged[data.draw(st.integers(0, len(damaged) - 1))] ^= data.draw(st.integers(1, 255))
+  got, expected, _ = _decode_all([first, second, bytes(damaged)], TENSOR)
+  assert _nan_safe(got) == _nan_safe(expected)

@@ -10,8 +10,10 @@ so the same features, shape and dtype: its pixels and one-value features are rea
 straight from their spans. Any other record is decoded in full.
 
 Its gain is in docs/benchmarks.md; a property test proves it equal to the full decode.
-Only raw pixels with a known key (`--image_key`, `--encoding raw`, both settled by the
-export job) take this path: there no value can change how a record is read.
+Only raw pixels and serialized tensors with a known key (`--image_key`, `--encoding raw`
+or `tensor`, both settled by the export job) take this path: there no value can change
+how a record is read. A tensor's header (its dtype, shape and content length) is fixed
+bytes like the Example's own, and its `tensor_content` is the pixels' span.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import numpy as np
 from transforms import decode
 from transforms import errors
 from transforms import example as example_lib
+from transforms import image_formats
+from transforms import npy
 from transforms import progress
 from transforms import tensor_proto
 from transforms import wire
@@ -49,7 +53,7 @@ class LayoutDecoder:
     self._spec = spec
     self._decoder = decoder
     self._layouts: Dict[int, Optional[Layout]] = {}
-    self._enabled = (spec.key is not None and spec.encoding == 'raw' and
+    self._enabled = (spec.key is not None and spec.encoding in ('raw', 'tensor') and
                      spec.record in (None, decode.records.EXAMPLE))
 
   def decode(self, ref: RecordRef, payload: bytes) -> List[decode.DecodedImage]:
@@ -96,10 +100,10 @@ class Layout:
   """
 
   __slots__ = ('fixed', 'pixels', 'scalars', 'constant', 'dtype_name', 'shape',
-               'stored_axes', 'key')
+               'stored_axes', 'key', 'encoding')
 
   def __init__(self, fixed, pixels, scalars, constant, dtype_name, shape, stored_axes,
-               key):
+               key, encoding):
     self.fixed: Tuple[Tuple[int, bytes], ...] = fixed
     self.pixels: _Span = pixels
     self.scalars: Tuple[Tuple[str, str, _Span], ...] = scalars
@@ -108,6 +112,7 @@ class Layout:
     self.shape: Tuple[int, ...] = shape
     self.stored_axes: str = stored_axes
     self.key: str = key
+    self.encoding: str = encoding
 
   @classmethod
   def learn(cls, payload: bytes, images: List[decode.DecodedImage],
@@ -128,7 +133,6 @@ class Layout:
         if kind != example_lib.BYTES or len(spans) != 1:
           return None
         pixels = spans[0]
-        variable.append(pixels)
       elif name in declaring or not spans:
         continue  # fixed: the shape and dtype must not change under a layout
       elif kind == example_lib.INT64 and spans[0][1] - spans[0][0] > _MAX_VARINT_BYTES:
@@ -137,8 +141,11 @@ class Layout:
         variable += spans
         if len(spans) == 1:
           scalars.append((name, kind, spans[0]))
+    if pixels is not None and spec.encoding == 'tensor':
+      pixels = _tensor_content(payload, pixels)
     if pixels is None:
       return None
+    variable.append(pixels)
     fixed, position = [], 0
     for start, end in sorted(variable):
       if start > position:
@@ -152,7 +159,7 @@ class Layout:
     varying = {name for name, _, _ in scalars}
     constant = {k: v for k, v in first.features.items() if k not in varying}
     return cls(tuple(fixed), pixels, tuple(scalars), constant, first.source_dtype,
-               first.stored_shape, first.stored_axes, spec.key)
+               first.stored_shape, first.stored_axes, spec.key, first.encoding)
 
   def decode(self, ref: RecordRef, payload: bytes
              ) -> Optional[List[decode.DecodedImage]]:
@@ -185,10 +192,30 @@ class Layout:
     parts, axes = decode.split_batch(pixels, self.stored_axes)
     return [
         decode.DecodedImage(ref=ref, n=n, pixels=part, axes=axes,
-                            source_dtype=self.dtype_name, encoding='raw', key=self.key,
+                            source_dtype=self.dtype_name, encoding=self.encoding,
+                            key=self.key,
                             features=features, batch_size=len(parts),
                             stored_shape=self.shape, stored_axes=self.stored_axes)
         for n, part in enumerate(parts)]
+
+
+# sniff_format reads this many bytes of a value to tell an encoded image: a tensor's
+# content must start past them, so that what the full decode sniffs is fixed bytes.
+_SNIFFED_BYTES = 12
+
+
+def _tensor_content(payload: bytes, span: _Span) -> Optional[_Span]:
+  """The span of `tensor_content` in the serialized TensorProto at `span`, the form the
+  full decode reads in place; None for any other value (an npy array, an encoded image,
+  typed value fields) or a header too short to hold the bytes sniff_format reads."""
+  start, end = span
+  value = memoryview(payload)[start:end]
+  if image_formats.sniff_format(value) or npy.looks_like_npy(value):
+    return None
+  scanned = tensor_proto.scan_tensor(payload, start, end)
+  if scanned is None or scanned[2] - start < _SNIFFED_BYTES:
+    return None
+  return scanned[2], scanned[3]
 
 
 _INVALID = object()

@@ -96,13 +96,25 @@ def _scan_tensor(data: bytes) -> Optional[_ScannedTensor]:
   tensor_content (4), each at most once, read in place; None for any other form (typed
   value fields, dimension names, unknown rank, negative sizes, a field twice, ...),
   which protobuf's parser then reads."""
+  scanned = scan_tensor(data, 0, len(data))
+  if scanned is None:
+    return None
+  dtype, dims, content_start, content_end = scanned
+  return _ScannedTensor(dtype, _Shape(tuple(_Dim(d) for d in dims)),
+                        memoryview(data)[content_start:content_end])
+
+
+def scan_tensor(data: bytes, start: int, end: int
+                ) -> Optional[Tuple[int, Tuple[int, ...], int, int]]:
+  """(dtype, dimension sizes, content start, content end) of the TensorProto in
+  data[start:end], in the one form `_scan_tensor` reads; None for any other."""
   try:
     seen = {}
-    for number, wire_type, start, end in wire.fields(data, 0, len(data)):
+    for number, wire_type, field_start, field_end in wire.fields(data, start, end):
       if number in seen or (number, wire_type) not in (
           (1, wire.VARINT), (2, wire.LENGTH_DELIMITED), (4, wire.LENGTH_DELIMITED)):
         return None
-      seen[number] = (start, end)
+      seen[number] = (field_start, field_end)
     dtype = seen.get(1, (0, 0))[0]  # absent: 0, DT_INVALID, as protobuf reads it
     if 4 not in seen or seen[4][0] == seen[4][1] or dtype >= 1 << 31:
       return None
@@ -116,12 +128,10 @@ def _scan_tensor(data: bytes) -> Optional[_ScannedTensor]:
           if dim_field != 1 or wire_type != wire.VARINT or value >> 63:
             return None
           size = value
-        dims.append(_Dim(size))
+        dims.append(size)
   except wire.NotCanonical:
     return None
-  content_start, content_end = seen[4]
-  return _ScannedTensor(dtype, _Shape(tuple(dims)),
-                        memoryview(data)[content_start:content_end])
+  return dtype, tuple(dims), seen[4][0], seen[4][1]
 
 
 def tensor_shape(tensor) -> Tuple[int, ...]:
