@@ -188,15 +188,16 @@ def _near_half_steps(low, high, count, seed):
                         (-0.3, 2.0), (1e-3, 4e6)]),
        st.sampled_from(['float32', 'float64']),
        st.integers(0, 2**32 - 1),
-       st.integers(0, 3))
+       st.integers(0, 3),
+       st.sampled_from([(30, 100), (10, 100, 3), (25, 30, 4)]))
 def test_one_pass_uint8_mapping_is_bit_identical_to_the_float64_expression(
-    value_range, dtype, seed, ties):
+    value_range, dtype, seed, ties, shape):
   low, high = value_range
   rng = np.random.default_rng(seed)
   values = rng.uniform(low, high, 3000).astype(dtype)  # arbitrary floats: a few land
   if ties:                                             # within 1e-3 of a half-step
     values[:ties] = _near_half_steps(low, high, ties, seed)
-  values = np.clip(values, low, high).astype(dtype).reshape(30, 100)
+  values = np.clip(values, low, high).astype(dtype).reshape(shape)
   extent = (float(values.min()), float(values.max()))
   fast = normalize._map_range_to_uint8(values, low, high, extent)
   assert fast is not None and fast.dtype == np.uint8

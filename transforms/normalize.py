@@ -328,8 +328,10 @@ def _map_range_to_uint8(pixels: np.ndarray, low: float, high: float,
   margin = 3 * error
   below = cv2.convertScaleAbs(pixels, alpha=scale, beta=shift - margin)
   above = cv2.convertScaleAbs(pixels, alpha=scale, beta=shift + margin)
-  unsure = np.flatnonzero(below != above)
-  if unsure.size:
+  # One pass that allocates nothing tells whether any element differs (most images:
+  # none); only then are they found.
+  if cv2.norm(below, above, cv2.NORM_INF):
+    unsure = np.flatnonzero(below != above)
     values = pixels.reshape(-1)[unsure].astype(np.float64)
     below.reshape(-1)[unsure] = _scale_and_round(values, low, high, 255)
   return below
