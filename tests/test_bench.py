@@ -18,17 +18,18 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   results = json.loads((out / 'results.json').read_text())
   systems = {(row['dataset'], row['system']) for row in results['rows']}
-  for peer in ('loop', 'threads', 'tfdata', 'beam_naive', 'floor_opencv', 'floor_job',
-               'job'):
+  for peer in ('loop', 'threads', 'tfdata', 'beam_naive', 'expert', 'floor_opencv',
+               'floor_job', 'job'):
     assert ('a', peer) in systems
-  assert {('c', 'floor_job'), ('d', 'floor_copy'), ('e', 'job')} <= systems
+  assert {('b', 'expert'), ('c', 'expert'), ('c', 'floor_job'), ('d', 'floor_atomic'),
+          ('d', 'expert'), ('e', 'job'), ('tiny', 'import_beam')} <= systems
   cases = {row['case'] for row in results['rows']}
   assert {'e_head/job_1worker', f'e_head/job_{os.cpu_count()}workers', 'e/job_1worker'} <= cases
   for row in results['rows']:
     assert row['wall_seconds'] > 0 and row['images'] > 0 and row['tree_peak_mb'] > 0
   job = next(r for r in results['rows'] if r['case'] == 'a/job')
   assert job['worker_peak_mb'] > 0  # the job's worker processes were seen and measured
-  assert len(results['targets']) == 12
+  assert len(results['targets']) == 10
   # Every job run reports its workers' time, inside its wall time.
   for row in results['rows']:
     if row['system'] == 'job':
@@ -55,3 +56,29 @@ def test_per_image_harness_runs_export_range_and_writes_every_image(tmp_path):
   assert result.stdout.startswith('12 images from 1 ranges of 1 files: ')
   # The profile covers the export's own code, not only the harness around it.
   assert 'function calls' in result.stdout and 'transforms/' in result.stdout
+
+
+def test_profile_run_samples_a_real_run_and_sorts_its_time_into_stages(tmp_path):
+  from tests import fixtures
+  import numpy as np
+  payloads = [fixtures.example({
+      'image': fixtures.bytes_feature(fixtures.serialized_tensor(
+          (fixtures.photo(i, 160, 160) / 255.0).astype(np.float32))),
+      'label': fixtures.int64_feature(i % 3)}) for i in range(300)]
+  fixtures.write_tfrecord(str(tmp_path / 'train.tfrecord-00000-of-00001'), payloads)
+  result = subprocess.run(
+      [sys.executable, '-m', 'bench.profile_run', '--input', str(tmp_path / 'train*'),
+       '--output', str(tmp_path / 'out'), '--rate', '200'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith('300 images in ')
+  rows = {line.split(' | ')[0].lstrip('| '): line for line in lines if line.startswith('| ')}
+  # The workers' own stages were seen, and the launcher's imports.
+  for stage in ('encode (fpng, OpenCV)', 'launcher: imports',
+                'worker: Beam harness (gRPC, bundles)'):
+    assert stage in rows, result.stdout
+  shares = [float(line.split(' | ')[1].rstrip('%')) for stage, line in rows.items()
+            if stage not in ('stage', '---')]
+  assert 99 <= sum(shares) <= 101
+  assert not (tmp_path / 'out').exists()  # the run's output is removed
