@@ -21,6 +21,7 @@ the `unrecord` namespace.
 
 from __future__ import annotations
 
+import operator
 import time
 from typing import Dict, Optional, Sequence
 
@@ -246,25 +247,21 @@ class _WritePartFn(beam.DoFn):
     yield summary
 
 
-def _commit_manifest(_, config: export.ExportConfig, parts) -> dict:
+def _finish(_, config: export.ExportConfig, parts, failure_runs, spans) -> dict:
+  """The job's last step, once: commits the manifest, then writes the dead letters, then
+  the report (with `_SUCCESS`). One step, not three: each step the runner schedules on its
+  own costs a local run about 0.1 s of start-up (docs/benchmarks.md)."""
   parts = list(parts)
   manifest = manifest_lib.commit(parts, config)
-  manifest['failure_runs'] = [run for part in parts for run in part['failure_runs']]
   for name, change in manifest['count_corrections'].items():
     if change > 0:
       Metrics.counter(NAMESPACE, name).inc(change)
     elif change < 0:
       Metrics.counter(NAMESPACE, name).dec(-change)
-  return manifest
-
-
-def _write_dead_letter(_, config: export.ExportConfig, runs, manifest: dict) -> dict:
-  return dead_letter.write_dead_letter(list(runs) + manifest['failure_runs'], config)
-
-
-def _write_report(_, config: export.ExportConfig, manifest: dict, dead_letter_summary: dict,
-                  spans) -> dict:
-  return report.write_report(config, manifest, dead_letter_summary, spans)
+  collisions = [run for part in parts for run in part['failure_runs']]
+  dead_letter_summary = dead_letter.write_dead_letter(list(failure_runs) + collisions, config)
+  return {'manifest': manifest, 'dead_letter': dead_letter_summary,
+          'report': report.write_report(config, manifest, dead_letter_summary, spans)}
 
 
 class ExportImages(beam.PTransform):
@@ -301,25 +298,14 @@ class ExportImages(beam.PTransform):
              | 'SpreadParts' >> beam.Reshuffle()
              | 'WriteParts' >> beam.ParDo(_WritePartFn(config), beam.pvalue.AsList(runs)))
     # a write_part summary per part
-    merged = (pbegin
-              | 'StartCommit' >> beam.Create([None])
-              | 'CommitManifest' >> beam.Map(_commit_manifest, config,
-                                             beam.pvalue.AsList(parts)))
-    # the manifest.commit dict
     failure_runs = exported.dead_letter | 'FailureRuns' >> beam.ParDo(
         _FailureRunsFn(config))
-    written_dead_letter = (pbegin
-                           | 'StartDeadLetter' >> beam.Create([None])
-                           | 'WriteDeadLetter' >> beam.Map(
-                               _write_dead_letter, config,
-                               beam.pvalue.AsList(failure_runs),
-                               beam.pvalue.AsSingleton(merged)))
-    # the write_dead_letter dict
     finished = (pbegin
                 | 'Finish' >> beam.Create([None])
-                | 'WriteReport' >> beam.Map(
-                    _write_report, config, beam.pvalue.AsSingleton(merged),
-                    beam.pvalue.AsSingleton(written_dead_letter),
-                    beam.pvalue.AsList(exported[SPANS])))
-    # the _report.json dict
-    return {'dead_letter': exported.dead_letter, 'manifest': merged, 'report': finished}
+                | 'CommitAndReport' >> beam.Map(
+                    _finish, config, beam.pvalue.AsList(parts),
+                    beam.pvalue.AsList(failure_runs), beam.pvalue.AsList(exported[SPANS])))
+    # the manifest.commit, write_dead_letter and _report.json dicts
+    merged = finished | 'Manifest' >> beam.Map(operator.itemgetter('manifest'))
+    report_dict = finished | 'Report' >> beam.Map(operator.itemgetter('report'))
+    return {'dead_letter': exported.dead_letter, 'manifest': merged, 'report': report_dict}
