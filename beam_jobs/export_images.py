@@ -34,6 +34,7 @@ from beam_jobs.signals import Terminated
 from beam_jobs import worker as worker_lib
 from transforms import encode
 from transforms import errors
+from transforms import manifest as manifest_lib
 from transforms import naming
 from transforms import normalize
 from transforms import output_root
@@ -340,6 +341,9 @@ def _run(plan: plan_lib.Plan, claim: root_claim.Claim, pipeline_options: Pipelin
     if not args.quiet:
       monitor.count_in_background(lambda: plan_lib.count_images(plan))
     plan.config = dataclasses.replace(plan.config, progress=monitor.address)
+  # Asked under the claim: no other run can commit a manifest to this root from now on.
+  plan.config = dataclasses.replace(
+      plan.config, previous_manifest=manifest_lib.any_previous(claim.root))
   beam_log = BeamLog(claim.run_id)
   try:
     pipeline = beam.Pipeline(runner=runner_instance, options=pipeline_options)

@@ -82,6 +82,7 @@ def main(argv=None) -> int:
   parser.add_argument('--input', required=True, help='input files (a glob)')
   parser.add_argument('--output', default='/dev/shm/unrecord-profile-run')
   parser.add_argument('--rate', type=int, default=50, help='samples per second per process')
+  parser.add_argument('--samples', help="keep py-spy's raw samples (collapsed stacks) here")
   args, export_argv = parser.parse_known_args(argv)
   py_spy = shutil.which('py-spy', path=os.path.dirname(sys.executable)) or shutil.which(
       'py-spy')
@@ -96,6 +97,8 @@ def main(argv=None) -> int:
                '--quiet', *[a for a in export_argv if a != '--']]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stages = read_samples(raw)
+    if args.samples:
+      shutil.copy(raw, args.samples)
   import json
   with open(os.path.join(args.output, '_report.json')) as f:
     report = json.load(f)

@@ -65,6 +65,10 @@ class ExportConfig:
   # The manifest parts' format (transforms/manifest.py): 'jsonl' or 'parquet'.
   manifest_format: str = 'jsonl'
   manifest_part_rows: int = manifest_lib.ROWS_PER_PART
+  # Whether the root holds a manifest (or a commit a killed run left) when the run
+  # starts, under its claim (`manifest.any_previous`): without one, the job has no
+  # previous rows to read and skips that step's two stages.
+  previous_manifest: bool = True
 
   def __post_init__(self):
     if not self.patterns and not self.incremental:

@@ -304,6 +304,12 @@ def previous_runs(name: str, config: 'export.ExportConfig') -> List[runs_lib.Run
   return writer.flush()
 
 
+def any_previous(root: output_root.OutputRoot) -> bool:
+  """Whether the root holds any manifest file: parts, an interrupted commit's staged
+  ones, or an earlier version's `_manifest.jsonl`."""
+  return root.exists(naming.MANIFEST) or root.exists(naming.LEGACY_MANIFEST)
+
+
 def previous_files(config: 'export.ExportConfig') -> List[str]:
   """The previous manifest's files, once an interrupted commit has been finished."""
   root = output_root.OutputRoot(config.output, config.read.storage_options)

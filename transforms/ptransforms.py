@@ -282,13 +282,15 @@ class ExportImages(beam.PTransform):
     exported = ranges | 'Export' >> beam.ParDo(_ExportRangeFn(config)).with_outputs(
         DEAD_LETTER, SPANS, main='runs')
     # runs.Run of sorted manifest entries; Failure rows; (start, end) per range
-    previous = (pbegin
-                | 'StartPrevious' >> beam.Create([None])
-                | 'ListPrevious' >> beam.FlatMap(_previous_files, config)
-                | 'SpreadPrevious' >> beam.Reshuffle()
-                | 'PreviousRuns' >> beam.FlatMap(manifest_lib.previous_runs, config))
-    # runs.Run of the previous manifest's rows
-    runs = (exported.runs, previous) | 'AllRuns' >> beam.Flatten()
+    runs = exported.runs
+    if config.previous_manifest:
+      previous = (pbegin
+                  | 'StartPrevious' >> beam.Create([None])
+                  | 'ListPrevious' >> beam.FlatMap(_previous_files, config)
+                  | 'SpreadPrevious' >> beam.Reshuffle()
+                  | 'PreviousRuns' >> beam.FlatMap(manifest_lib.previous_runs, config))
+      # runs.Run of the previous manifest's rows
+      runs = (exported.runs, previous) | 'AllRuns' >> beam.Flatten()
     # Every worker merges one path range of every run into one part: no worker handles
     # more than a part's rows, and the rows never pass through the runner.
     parts = (pbegin
