@@ -257,3 +257,35 @@ def test_parquet_parts_carry_over_through_incremental_and_back_to_jsonl(unrecord
 def report_counts(out):
   report = json.load(open(out / '_report.json'))
   return report['written'], report['skipped']
+
+
+def test_the_previous_rows_step_runs_only_where_a_manifest_may_be(tmp_path):
+  """A fresh root has no previous rows to read: its pipeline leaves that step out (two
+  stages of start-up). Parts, a killed commit's staged files or an old single manifest
+  each keep it."""
+  import apache_beam as beam
+  from transforms import export
+  from transforms import manifest
+  from transforms import output_root
+  from transforms import ptransforms
+
+  def labels(previous_manifest):
+    config = export.ExportConfig(patterns=(str(tmp_path / 'in*'),),
+                                 output=str(tmp_path / 'out'),
+                                 previous_manifest=previous_manifest)
+    pipeline = beam.Pipeline()
+    _ = pipeline | 'Export' >> ptransforms.ExportImages(config)
+    return {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
+
+  assert not any('ListPrevious' in label for label in labels(False))
+  assert any('ListPrevious' in label for label in labels(True))
+  root = output_root.OutputRoot(str(tmp_path / 'root'))
+  os.makedirs(tmp_path / 'root')
+  assert not manifest.any_previous(root)
+  for made in ('_manifest/_parts.json', '_manifest/_staged/_commit.json',
+               '_manifest.jsonl'):
+    os.makedirs(os.path.dirname(tmp_path / 'root' / made), exist_ok=True)
+    (tmp_path / 'root' / made).write_text('{}')
+    assert manifest.any_previous(root), made
+    shutil.rmtree(tmp_path / 'root')
+    os.makedirs(tmp_path / 'root')
