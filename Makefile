@@ -49,8 +49,7 @@ test: setup chromium
 # Under 15 minutes on 2 cores, then the scale case (10^5 and 10^6 images, JSONL and
 # Parquet manifests; about 3 minutes). `make test` runs the first harness with --quick.
 bench: setup
-	$(PY) -m bench.run
-	$(PY) -m bench.scale
+	$(PY) -m bench.run; status=$$?; $(PY) -m bench.scale && exit $$status
 
 # The reliability tests alone, printing the figures docs/reliability.md records.
 reliability: setup
