@@ -46,7 +46,7 @@ test: setup chromium
 
 # unrecord beside its peers (loop, thread pool, tf.data, naive Beam) and the encode floor on
 # TensorFlow-written data; rewrites docs/benchmarks.md's whole-job section and its plot.
-# Under 15 minutes on 2 cores, then the scale case (10^5 and 10^6 images, JSONL and
+# About 20-25 minutes on 2 cores, then the scale case (10^5 and 10^6 images, JSONL and
 # Parquet manifests; about 3 minutes). `make test` runs the first harness with --quick.
 bench: setup
 	$(PY) -m bench.run; status=$$?; $(PY) -m bench.scale && exit $$status
