@@ -40,14 +40,19 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
   assert 'bench: wrote' not in result.stdout
 
 
-def test_per_image_harness_runs_export_range_and_writes_every_image(tmp_path):
+def _float_photos(folder, count: int, size: int) -> None:
+  """`count` TensorFlow-serialized float32 photos in one TFRecord file under `folder`."""
   from tests import fixtures
   import numpy as np
   payloads = [fixtures.example({
       'image': fixtures.bytes_feature(fixtures.serialized_tensor(
-          (fixtures.photo(i, 96, 96) / 255.0).astype(np.float32))),
-      'label': fixtures.int64_feature(i % 3)}) for i in range(12)]
-  fixtures.write_tfrecord(str(tmp_path / 'train.tfrecord-00000-of-00001'), payloads)
+          (fixtures.photo(i, size, size) / 255.0).astype(np.float32))),
+      'label': fixtures.int64_feature(i % 3)}) for i in range(count)]
+  fixtures.write_tfrecord(str(folder / 'train.tfrecord-00000-of-00001'), payloads)
+
+
+def test_per_image_harness_runs_export_range_and_writes_every_image(tmp_path):
+  _float_photos(tmp_path, 12, 96)
   result = subprocess.run(
       [sys.executable, '-m', 'bench.per_image', str(tmp_path / 'train*'), '--files', '1',
        '--output', str(tmp_path / 'out'), '--profile'],
@@ -59,13 +64,7 @@ def test_per_image_harness_runs_export_range_and_writes_every_image(tmp_path):
 
 
 def test_profile_run_samples_a_real_run_and_sorts_its_time_into_stages(tmp_path):
-  from tests import fixtures
-  import numpy as np
-  payloads = [fixtures.example({
-      'image': fixtures.bytes_feature(fixtures.serialized_tensor(
-          (fixtures.photo(i, 160, 160) / 255.0).astype(np.float32))),
-      'label': fixtures.int64_feature(i % 3)}) for i in range(300)]
-  fixtures.write_tfrecord(str(tmp_path / 'train.tfrecord-00000-of-00001'), payloads)
+  _float_photos(tmp_path, 300, 160)
   result = subprocess.run(
       [sys.executable, '-m', 'bench.profile_run', '--input', str(tmp_path / 'train*'),
        '--output', str(tmp_path / 'out'), '--rate', '200'],
