@@ -16,7 +16,8 @@ inside the threads, where the parse queues for the GIL):
                DirectRunner, multi_processing, one worker per core
   expert       what a skilled engineer writes by hand: one forked process per core, each
                reading whole shards, TFRecord framing with both CRCs checked by
-               google-crc32c, protobuf's parser, np.rint(np.clip(x, 0, 1) * 255),
+               google-crc32c, protobuf's parser (message classes from TF's .proto
+               files, no TensorFlow import), np.rint(np.clip(x, 0, 1) * 255),
                unrecord's encoders called directly (fpng; OpenCV for gray and JPEG),
                plain writes; no manifest, hash, temp+rename or dead letters
   floor_atomic passthrough's floor: the expert script writing each already-encoded
@@ -69,20 +70,26 @@ def to_uint8(image):
   return image
 
 
-def proto_parser(kind: str) -> Callable[[bytes], object]:
+def proto_parser(kind: str, tensorflow: bool = True) -> Callable[[bytes], object]:
   """serialized tf.train.Example -> HWC pixels as stored (float32 or uint8), or the
-  encoded bytes for 'jpeg', with TensorFlow's own protobuf classes: the protobuf
-  runtime's C parser, about 10x faster per record than eager TF ops."""
-  from tensorflow.core.example import example_pb2
-  from tensorflow.core.framework import tensor_pb2
+  encoded bytes for 'jpeg', by the protobuf runtime's C parser, about 10x faster per
+  record than eager TF ops. With TensorFlow's own message classes, or (`tensorflow=False`)
+  the same messages built from TF's .proto files without importing TensorFlow, as a
+  script with protoc-generated `example_pb2` does: the same parser, without the 3-9 s
+  import."""
+  if tensorflow:
+    from tensorflow.core.example.example_pb2 import Example
+    from tensorflow.core.framework.tensor_pb2 import TensorProto
+  else:
+    from transforms.protos import Example, TensorProto
 
   def features(raw):
-    return example_pb2.Example.FromString(raw).features.feature
+    return Example.FromString(raw).features.feature
 
   if kind == 'tensor_f32':
 
     def parse(raw):
-      tensor = tensor_pb2.TensorProto.FromString(features(raw)['image'].bytes_list.value[0])
+      tensor = TensorProto.FromString(features(raw)['image'].bytes_list.value[0])
       shape = [d.size for d in tensor.tensor_shape.dim]
       return np.frombuffer(tensor.tensor_content, np.float32).reshape(shape)
   elif kind in ('raw_u8', 'gray_u8'):
@@ -322,11 +329,11 @@ def run_by_shard(args) -> dict:
   """One forked process per core, each taking every n-th file: `expert` writes plainly,
   `floor_atomic` (passthrough's floor) writes each file atomically. The timed part is
   from the first fork to the last worker's exit: its rate is the script's steady rate,
-  without the 3-8 s its TensorFlow import takes, whose run-to-run noise would swamp a
-  marginal rate over a few seconds of work."""
+  without the start-up, whose run-to-run noise would swamp a marginal rate over a few
+  seconds of work."""
   files = sorted(glob.glob(args.input))
   # Imported once, before the fork, as a script's top-level imports are.
-  parse, encode = proto_parser(args.kind), expert_encoder(args.format)
+  parse, encode = proto_parser(args.kind, tensorflow=False), expert_encoder(args.format)
   write = _atomic_write if args.system == 'floor_atomic' else _plain_write
   context = multiprocessing.get_context('fork')
   workers = [context.Process(target=_shard_worker,
@@ -349,12 +356,12 @@ def run_by_shard(args) -> dict:
 
 
 def _load(args) -> List[Tuple[str, object]]:
-  """The dataset's images (or JPEG payloads), parsed by tf.data in parallel."""
-  import tensorflow as tf
-  parse = tf_graph_parser(args.kind)
-  dataset = tf.data.TFRecordDataset(sorted(glob.glob(args.input))).map(
-      parse, num_parallel_calls=tf.data.AUTOTUNE)
-  return [(f'{i:07d}', value) for i, value in enumerate(dataset.as_numpy_iterator())]
+  """The dataset's images (or JPEG payloads) as the expert's script reads them, in
+  memory before the clock starts."""
+  parse = proto_parser(args.kind, tensorflow=False)
+  images = (to_uint8(parse(raw)) for path in sorted(glob.glob(args.input))
+            for _, raw in _tfrecords(path))
+  return [(f'{i:07d}', image) for i, image in enumerate(images)]
 
 
 def _encoder(system: str, kind: str, fmt: str) -> Callable:

@@ -333,7 +333,7 @@ def summarize(bench: Bench, args, cores: int) -> dict:
 
   # The expert script and the atomic floor time their own work (first fork to last
   # exit, bench/peers.py): their steady rate is that clock over the larger run. The
-  # marginal of their walls is kept too; their TensorFlow import moves a wall by 1-2 s.
+  # marginal of their walls is kept too, as context.
   figures = {}
   for case, large in (('a', 'a_x5'), ('b_png', 'b_x5_png'), ('b_jpeg', 'b_x5_jpeg'),
                       ('c', 'c_x3'), ('d', 'd_x10')):
