@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Dict, Iterable, List
 
@@ -12,18 +13,28 @@ import tensorflow as tf
 _PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry')
 
 
+@functools.lru_cache(maxsize=None)
+def _photograph(name: str) -> np.ndarray:
+  """scikit-image's photograph, read once: each call of its loader decodes the file
+  again (10 ms), and suites of thousands of crops spent a minute on it. Read-only, so a
+  test cannot change what the next one crops."""
+  image = getattr(skimage.data, name)()
+  image.flags.writeable = False
+  return image
+
+
 def photo(index: int = 0, height: int = 48, width: int = 40) -> np.ndarray:
   """An HxWx3 uint8 crop of a real photograph (different photos by index)."""
-  image = getattr(skimage.data, _PHOTOS[index % len(_PHOTOS)])()
+  image = _photograph(_PHOTOS[index % len(_PHOTOS)])
   top = (index * 7) % (image.shape[0] - height)
   left = (index * 11) % (image.shape[1] - width)
-  return np.ascontiguousarray(image[top:top + height, left:left + width, :3])
+  return image[top:top + height, left:left + width, :3].copy()  # C order, writable
 
 
 def gray_photo(height: int = 28, width: int = 28, index: int = 0) -> np.ndarray:
-  image = skimage.data.camera()
+  image = _photograph('camera')
   top, left = 100 + index * 5, 200 + index * 3
-  return np.ascontiguousarray(image[top:top + height, left:left + width])
+  return image[top:top + height, left:left + width].copy()
 
 
 def photo_16bit(height: int = 32, width: int = 32) -> np.ndarray:
@@ -32,8 +43,8 @@ def photo_16bit(height: int = 32, width: int = 32) -> np.ndarray:
   scikit-image ships no 16-bit photograph offline; this keeps real image structure in
   all 16 bits, so a path that drops the low byte is caught.
   """
-  high = skimage.data.camera()[100:100 + height, 200:200 + width].astype(np.uint16)
-  low = skimage.data.moon()[200:200 + height, 200:200 + width].astype(np.uint16)
+  high = _photograph('camera')[100:100 + height, 200:200 + width].astype(np.uint16)
+  low = _photograph('moon')[200:200 + height, 200:200 + width].astype(np.uint16)
   return (high << 8) | low
 
 
