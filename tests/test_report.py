@@ -158,3 +158,13 @@ def test_nothing_matched_names_the_pattern_and_what_the_folder_holds(unrecord, t
   assert result.returncode == 2
   assert '*.tfrecords' in result.stderr and 'dataset_info.json' in result.stderr
   assert 'tiny_photos-train.tfrecord-00000-of-00001' in result.stderr
+
+
+@pytest.mark.parametrize('gray', [False, True])
+def test_a_thumbnail_holds_exactly_the_preview_pixels(gray):
+  """The page's thumbnails go through the job's PNG encoder (fpng): lossless, so the
+  embedded PNG decodes to the preview's pixels."""
+  from transforms import preview
+  pixels = fixtures.gray_photo(200, 150) if gray else fixtures.photo(1, 200, 150)
+  shown = np.asarray(Image.open(io.BytesIO(report.thumbnail_png(pixels))).convert('RGB'))
+  assert np.array_equal(shown, np.asarray(preview.thumbnail(pixels)))
