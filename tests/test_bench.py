@@ -24,7 +24,8 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
   assert {('b', 'expert'), ('c', 'expert'), ('c', 'floor_job'), ('d', 'floor_atomic'),
           ('d', 'expert'), ('e', 'job')} <= systems
   cases = {row['case'] for row in results['rows']}
-  assert {'tiny/job', 'tiny/import_beam', 'e_head/job_1worker', f'e_head/job_{os.cpu_count()}workers', 'e/job_1worker'} <= cases
+  assert {'tiny/job', 'tiny/import_beam', 'e_head/job_1worker',
+          f'e_head/job_{os.cpu_count()}workers', 'e/job_1worker'} <= cases
   for row in results['rows']:
     assert row['wall_seconds'] > 0 and row['images'] > 0 and row['tree_peak_mb'] > 0
   job = next(r for r in results['rows'] if r['case'] == 'a/job')

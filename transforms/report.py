@@ -71,6 +71,9 @@ def distinct_captions(names: Sequence[str], keep: int = 4) -> List[str]:
   return ['…' + n[shared - keep:] for n in names]
 
 
+_THUMBNAIL_PNG = encode.EncodeSpec(format='png')
+
+
 def thumbnail_png(pixels: np.ndarray) -> bytes:
   """A PNG thumbnail of a written image's pixels (`decode_written`), for the page.
 
@@ -81,9 +84,6 @@ def thumbnail_png(pixels: np.ndarray) -> bytes:
                                None if pixels.dtype in (np.uint8, np.uint16) else
                                normalize.detect_range(pixels))
   return encode.encode(np.asarray(preview.thumbnail(shown)), _THUMBNAIL_PNG)
-
-
-_THUMBNAIL_PNG = encode.EncodeSpec(format='png')
 
 
 def _data_uri(png: bytes) -> str:
