@@ -1,5 +1,7 @@
 """Records decoded by their layout (transforms/record_layout.py) equal a full decode."""
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -281,3 +283,146 @@ def test_any_tensor_record_after_a_learned_one_decodes_as_in_full(others, dtype,
     return F.example(features)
 
   _check_learned_then_varied(record, others, data, TENSOR)
+
+
+# Encoded images (TFDS-style JPEG or PNG under a key): each file has its own size, so
+# the lengths around it vary with it (record_layout.EncodedLayout).
+ENCODED = decode.ImageSpec(key='image', encoding='encoded', decode_encoded=False)
+_ENCODED_FIELDS = _FIELDS + ('pixels',)
+
+
+def _encoded_outcome(decode_one, ref, payload):
+  try:
+    images = decode_one(ref, payload)
+  except errors.UnrecordError as e:  # Pillow's messages name objects by their address
+    return ('error', e.reason, re.sub(r' at 0x[0-9a-f]+', '', str(e)))
+  return [tuple(getattr(image, f) if f != 'pixels' else
+                (None if image.pixels is None else
+                 (image.pixels.dtype, image.pixels.shape, image.pixels.tobytes()))
+                for f in _ENCODED_FIELDS) for image in images]
+
+
+def _decode_encoded_all(payloads, spec=ENCODED, monkeypatch=None):
+  """As _decode_all, for encoded images (whose pixels may be None)."""
+  full = []
+  if monkeypatch is not None:
+    original = decode.decode_record
+    monkeypatch.setattr(decode, 'decode_record',
+                        lambda *args: full.append(1) or original(*args))
+  decoder = record_layout.LayoutDecoder(spec)
+  refs = [RecordRef('data.tfrecord', i, i * 1000) for i in range(len(payloads))]
+  got = [_encoded_outcome(decoder.decode, ref, p) for ref, p in zip(refs, payloads)]
+  calls = len(full)
+  if monkeypatch is not None:
+    monkeypatch.undo()
+  expected = [_encoded_outcome(lambda r, p: decode.decode_record(r, p, spec), ref, p)
+              for ref, p in zip(refs, payloads)]
+  return got, expected, calls
+
+
+def _jpegs(count, side=(40, 120)):
+  """Distinct JPEGs of real photographs, from under 1 KB to past 16 KB (where the
+  lengths around them take a third varint byte)."""
+  sizes = np.linspace(side[0], side[1], count).astype(int)
+  return [F.encode_jpeg(F.photo(i, int(s), int(s) + i % 3), quality=70 + i % 30)
+          for i, s in enumerate(sizes)]
+
+
+def test_tensorflow_written_jpeg_records_decode_by_layout_as_in_full(monkeypatch):
+  jpegs = _jpegs(60, side=(30, 160))
+  assert min(map(len, jpegs)) < 1 << 14 < max(map(len, jpegs))
+  payloads = [F.example({'image': F.bytes_feature(jpeg),
+                         'label': F.int64_feature(i * 37 % 200),
+                         'id': F.bytes_feature(b'img-%03d' % i)})
+              for i, jpeg in enumerate(jpegs)]
+  got, expected, full_decodes = _decode_encoded_all(payloads, monkeypatch=monkeypatch)
+  assert got == expected
+  assert got[7][0][_ENCODED_FIELDS.index('encoded')] == jpegs[7]
+  assert got[7][0][_ENCODED_FIELDS.index('features')] == {'label': 7 * 37 % 200,
+                                                           'id': 'img-007'}
+  # one full decode per shape of the record's bytes (label and lengths one, two or
+  # three bytes wide), not one per record
+  assert full_decodes <= record_layout.MAX_ENCODED_LAYOUTS < len(payloads)
+
+
+def test_encoded_records_decoded_for_reencoding_give_the_same_pixels(monkeypatch):
+  images = [F.photo(i, 24 + i, 30) for i in range(6)]
+  payloads = [F.example({'image': F.bytes_feature(F.encode_png(image)),
+                         'label': F.int64_feature(i)}) for i, image in enumerate(images)]
+  spec = decode.ImageSpec(key='image', encoding='encoded')
+  got, expected, full_decodes = _decode_encoded_all(payloads, spec, monkeypatch)
+  assert got == expected and full_decodes == 1
+  pixels = got[4][0][_ENCODED_FIELDS.index('pixels')]
+  assert pixels[2] == images[4].tobytes()
+
+
+def test_a_damaged_image_by_layout_fails_as_in_full_naming_its_record():
+  jpegs = _jpegs(4)
+  truncated = jpegs[2][:len(jpegs[2]) // 2]  # no end marker
+  not_an_image = b'\x00' * 300
+  payloads = [F.example({'image': F.bytes_feature(value), 'label': F.int64_feature(1)})
+              for value in (jpegs[0], jpegs[1], truncated, not_an_image, jpegs[3])]
+  got, expected, _ = _decode_encoded_all(payloads)
+  assert got == expected
+  assert got[2][:2] == ('error', 'decode_error') and 'record 2' in got[2][2]
+  assert got[3][0] == 'error' and got[4][0] != 'error'
+
+
+def _field(number, body, pad=0):
+  """A length-delimited field; `pad` extra varint bytes spell its length longer than
+  needed (0x80 continuation bytes and a final 0x00, which protobuf's parser accepts)."""
+  length = bytearray(record_layout._varint_bytes(len(body)))
+  if pad:
+    length[-1] |= 0x80
+    length += b'\x80' * (pad - 1) + b'\x00'
+  return bytes((number << 3 | 2,)) + bytes(length) + body
+
+
+def _hand_written_example(value, pad=0):
+  entry = _field(1, b'image') + _field(2, _field(1, _field(1, value, pad)))
+  return _field(1, _field(1, entry))
+
+
+def test_a_longer_than_needed_varint_around_the_image_keeps_no_layout(monkeypatch):
+  jpegs = _jpegs(3)
+  plain = _hand_written_example(jpegs[0])
+  assert plain == F.example({'image': F.bytes_feature(jpegs[0])})
+  padded = [_hand_written_example(jpeg, pad=2) for jpeg in jpegs]
+  got, expected, full_decodes = _decode_encoded_all(padded, monkeypatch=monkeypatch)
+  assert got == expected and full_decodes == 3
+  assert got[1][0][_ENCODED_FIELDS.index('encoded')] == jpegs[1]
+
+
+_jpeg_pool = _jpegs(6, side=(20, 140))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_others, st.data())
+def test_any_encoded_record_after_a_learned_one_decodes_as_in_full(others, data):
+  """A second record with the first one's features and another image (any size: the
+  lengths around it change) or bytes that are none, then its bytes damaged anywhere,
+  the lengths included: the layout path gives what the full decode gives."""
+  def record(values):
+    features = {name: _feature(*values[name]) for name in others}
+    features['image'] = F.bytes_feature(data.draw(st.one_of(
+        st.sampled_from(_jpeg_pool), st.binary(min_size=1, max_size=40))))
+    return F.example(features)
+
+  first = record(others)
+  second = record({name: (kind, data.draw(st.lists(
+      st.binary(max_size=12) if kind == 'bytes' else
+      st.integers(-2**63, 2**63 - 1) if kind == 'int64' else st.floats(width=32),
+      min_size=len(values), max_size=len(values))))
+      for name, (kind, values) in others.items()})
+  damaged = bytearray(second)
+  for _ in range(data.draw(st.integers(0, 2))):
+    damaged[data.draw(st.integers(0, len(damaged) - 1))] ^= data.draw(st.integers(1, 255))
+  got, expected, _ = _decode_encoded_all([first, second, bytes(damaged)])
+  assert _nan_safe_encoded(got) == _nan_safe_encoded(expected)
+
+
+def _nan_safe_encoded(outcomes):
+  at = _ENCODED_FIELDS.index('features')
+  return [[fields[:at] + ({k: 'nan' if v != v else v for k, v in fields[at].items()},)
+           + fields[at + 1:] for fields in outcome]
+          if outcome[0] != 'error' else outcome for outcome in outcomes]

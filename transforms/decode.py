@@ -466,15 +466,7 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
         raise errors.DecodeError(
             errors.DECODE_ERROR, f'feature {key!r} holds bytes that are not a PNG, JPEG, '
             'WebP, BMP, TIFF or GIF image')
-      value = bytes(value)  # kept with the image: written through, hashed, or decoded
-      if spec.decode_encoded:
-        pixels = decoder(value, fmt, spec.max_pixels)
-        shape, dtype_name = pixels.shape, normalize.dtype_name(pixels.dtype)
-      else:
-        pixels = None
-        shape, dtype_name = image_formats.check_encoded(value, fmt, spec.max_pixels)
-      axes = 'hw' if len(shape) == 2 else 'hwc'
-      images.append(_Part(pixels, axes, dtype_name, shape, axes, value, fmt))
+      images.append(encoded_part(value, fmt, spec, decoder))
   elif encoding == 'raw':
     _require_kind(feature, key, example_lib.BYTES, encoding)
     pixels, dtype_name = _decode_raw(features, key, spec)
@@ -487,13 +479,33 @@ def decode_features(ref: RecordRef, features: Dict[str, FeatureValue],
     pixels, dtype_name = _decode_list(features, key, spec)
     images += _split(pixels, spec, dtype_name)
 
+  return images_of(ref, images, encoding, key, scalars)
+
+
+def encoded_part(value, fmt: str, spec: ImageSpec, decoder: Decoder) -> '_Part':
+  """One encoded image of format `fmt` (sniffed): decoded, or for passthrough
+  (`spec.decode_encoded` False) only checked, its bytes kept either way."""
+  value = bytes(value)  # kept with the image: written through, hashed, or decoded
+  if spec.decode_encoded:
+    pixels = decoder(value, fmt, spec.max_pixels)
+    shape, dtype_name = pixels.shape, normalize.dtype_name(pixels.dtype)
+  else:
+    pixels = None
+    shape, dtype_name = image_formats.check_encoded(value, fmt, spec.max_pixels)
+  axes = 'hw' if len(shape) == 2 else 'hwc'
+  return _Part(pixels, axes, dtype_name, shape, axes, value, fmt)
+
+
+def images_of(ref: RecordRef, parts: Sequence['_Part'], encoding: str, key: str,
+              features: Dict[str, example_lib.Scalar]) -> List[DecodedImage]:
+  """The DecodedImages of one record's parts, numbered as a batch."""
   return [
       DecodedImage(ref=ref, n=n, pixels=part.pixels, axes=part.axes,
                    source_dtype=part.dtype_name, encoding=encoding, key=key,
-                   features=scalars, encoded=part.encoded, encoded_format=part.fmt,
-                   batch_size=len(images), stored_shape=tuple(part.stored_shape),
+                   features=features, encoded=part.encoded, encoded_format=part.fmt,
+                   batch_size=len(parts), stored_shape=tuple(part.stored_shape),
                    stored_axes=part.stored_axes)
-      for n, part in enumerate(images)
+      for n, part in enumerate(parts)
   ]
 
 

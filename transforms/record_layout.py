@@ -35,6 +35,9 @@ from transforms.tfrecord import Record, RecordRef
 
 # Layouts kept per decoder; records of more lengths than this are decoded in full.
 MAX_LAYOUTS = 64
+# Layouts of encoded records tried per decoder (each image has its own length; a layout
+# fits the records whose other bytes repeat, `EncodedLayout`).
+MAX_ENCODED_LAYOUTS = 8
 # A layout keeps its fixed bytes; records with more than this outside the values they
 # vary in (a long number list, say) are decoded in full, so layouts stay small.
 MAX_FIXED_BYTES = 64 << 10
@@ -53,13 +56,17 @@ class LayoutDecoder:
     self._spec = spec
     self._decoder = decoder
     self._layouts: Dict[int, Optional[Layout]] = {}
-    self._enabled = (spec.key is not None and spec.encoding in ('raw', 'tensor') and
-                     spec.record in (None, decode.records.EXAMPLE))
+    self._encoded: List[EncodedLayout] = []
+    self._encoded_attempts = 0
+    self._enabled = (spec.key is not None and spec.encoding in ('raw', 'tensor', 'encoded')
+                     and spec.record in (None, decode.records.EXAMPLE))
 
   def decode(self, ref: RecordRef, payload: bytes) -> List[decode.DecodedImage]:
     """What `decode.decode_record(ref, payload, spec, decoder)` returns or raises."""
     if not self._enabled or type(payload) is not bytes:
       return decode.decode_record(ref, payload, self._spec, self._decoder)
+    if self._spec.encoding == 'encoded':
+      return self._decode_encoded(ref, payload)
     size = len(payload)
     layout = self._layouts.get(size)
     if layout is not None:
@@ -71,6 +78,21 @@ class LayoutDecoder:
       # Learned once per length: a record that fails to make a layout, or a later one
       # that does not match it, is decoded in full like any other.
       self._layouts[size] = Layout.learn(payload, images, self._spec)
+    return images
+
+  def _decode_encoded(self, ref: RecordRef, payload: bytes) -> List[decode.DecodedImage]:
+    for layout in self._encoded:
+      images = layout.decode(ref, payload)
+      if images is not None:
+        return images
+    images = decode.decode_record(ref, payload, self._spec, self._decoder)
+    if self._encoded_attempts < MAX_ENCODED_LAYOUTS:
+      # A few tries in all: a record that matches none of the layouts costs a check of
+      # each, and a dataset that yields none stops paying for the learning.
+      self._encoded_attempts += 1
+      layout = EncodedLayout.learn(payload, images, self._spec, self._decoder)
+      if layout is not None:
+        self._encoded.append(layout)
     return images
 
 
@@ -168,21 +190,8 @@ class Layout:
       if not payload.startswith(run, start):
         return None
     features = self.constant.copy()
-    for name, kind, (start, end) in self.scalars:
-      if kind == example_lib.INT64:
-        value = _one_varint(payload, start, end)
-        if value is _INVALID:
-          return None  # protobuf's parser decides what a malformed list means
-        if value is not None:
-          features[name] = value
-      elif kind == example_lib.FLOAT:
-        if end - start == 4:
-          features[name] = _FLOAT.unpack_from(payload, start)[0]
-      elif end - start <= example_lib.MAX_SCALAR_TEXT:
-        try:
-          features[name] = payload[start:end].decode('utf-8')
-        except UnicodeDecodeError:
-          pass
+    if not _read_scalars(payload, self.scalars, 0, features):
+      return None
     start, end = self.pixels
     raw_dtype = decode.raw_dtype_of(self.dtype_name)
     pixels = tensor_proto.aligned(np.frombuffer(
@@ -197,6 +206,182 @@ class Layout:
                             features=features, batch_size=len(parts),
                             stored_shape=self.shape, stored_axes=self.stored_axes)
         for n, part in enumerate(parts)]
+
+
+def _read_scalars(payload: bytes, scalars: Tuple[Tuple[str, str, _Span], ...], offset: int,
+                  features: Dict[str, example_lib.Scalar]) -> bool:
+  """Adds the one-value features among `scalars` (spans `offset` bytes on) to
+  `features`, as `example.scalar_features` reads them; False for a number list whose
+  bytes are not whole varints, which protobuf's parser then judges."""
+  for name, kind, (start, end) in scalars:
+    start += offset
+    end += offset
+    if kind == example_lib.INT64:
+      value = _one_varint(payload, start, end)
+      if value is _INVALID:
+        return False
+      if value is not None:
+        features[name] = value
+    elif kind == example_lib.FLOAT:
+      if end - start == 4:
+        features[name] = _FLOAT.unpack_from(payload, start)[0]
+    elif end - start <= example_lib.MAX_SCALAR_TEXT:
+      try:
+        features[name] = payload[start:end].decode('utf-8')
+      except UnicodeDecodeError:
+        pass
+  return True
+
+
+class EncodedLayout:
+  """The layout of a record whose image is one encoded file (JPEG, PNG, ...) of any size.
+
+  Its bytes are `head` (fixed runs, and the one-value features' spans, `head_scalars`),
+  the image's value, and `tail` (the same, at offsets from the value's end). The five
+  lengths that enclose the value (the Example's features, the map entry, the Feature,
+  the BytesList, the value itself) are the value's size plus a constant each; they are
+  the only other bytes that vary. A record whose fixed runs repeat and whose enclosing
+  lengths are the shortest varints of its value's size plus those constants, each as
+  wide as in the learned record (so every other byte sits where it sat there), has, byte
+  for byte, the learned record's message structure, whatever its size; its value is
+  then checked or decoded as the full decode does (`decode.encoded_part`).
+  """
+
+  __slots__ = ('head', 'lengths', 'value_start', 'tail_size', 'tail', 'head_scalars',
+               'tail_scalars', 'constant', 'spec', 'decoder')
+
+  def __init__(self, head, lengths, value_start, tail_size, tail, head_scalars,
+               tail_scalars, constant, spec, decoder):
+    self.head: Tuple[Tuple[int, bytes], ...] = head
+    # (start, the value's size plus this, the varint's width in the learned record)
+    self.lengths: Tuple[Tuple[int, int, int], ...] = lengths
+    self.value_start: int = value_start
+    self.tail_size: int = tail_size
+    self.tail: Tuple[Tuple[int, bytes], ...] = tail
+    self.head_scalars: Tuple[Tuple[str, str, _Span], ...] = head_scalars
+    self.tail_scalars: Tuple[Tuple[str, str, _Span], ...] = tail_scalars
+    self.constant: Dict[str, example_lib.Scalar] = constant
+    self.spec: decode.ImageSpec = spec
+    self.decoder: decode.Decoder = decoder
+
+  @classmethod
+  def learn(cls, payload: bytes, images: List[decode.DecodedImage],
+            spec: decode.ImageSpec, decoder: decode.Decoder) -> Optional['EncodedLayout']:
+    """The layout of `payload`, which decoded in full to `images`; None when it has
+    none (several images, not the canonical encoding, too many fixed bytes)."""
+    if len(images) != 1 or images[0].encoded is None:
+      return None
+    try:
+      features = example_lib.feature_spans(payload)
+      chain = _value_chain(payload, spec.key)
+    except (wire.NotCanonical, ValueError, UnicodeDecodeError):  # ValueError: field count
+      return None
+    if chain is None:
+      return None
+    value_start, value_end = chain[-1]
+    size = value_end - value_start
+    variable, lengths = [chain[-1]], []
+    for start, end in chain:
+      length = _varint_bytes(end - start)
+      if payload[start - len(length):start] != length:
+        return None  # not the shortest varint: protobuf's parser reads such records
+      lengths.append((start - len(length), end - start - size, len(length)))
+      variable.append((start - len(length), start))
+    scalars = []
+    for name, kind, spans in features:
+      if name == spec.key or not spans:
+        continue
+      if kind == example_lib.INT64 and spans[0][1] - spans[0][0] > _MAX_VARINT_BYTES:
+        continue
+      variable += spans
+      if len(spans) == 1:
+        scalars.append((name, kind, spans[0]))
+    fixed, position = [], 0
+    for start, end in sorted(variable):
+      if start > position:
+        fixed.append((position, payload[position:start]))
+      position = end
+    if position < len(payload):
+      fixed.append((position, payload[position:]))
+    if sum(len(run) for _, run in fixed) > MAX_FIXED_BYTES:
+      return None
+    varying = {name for name, _, _ in scalars}
+    constant = {k: v for k, v in images[0].features.items() if k not in varying}
+    return cls(
+        head=tuple(run for run in fixed if run[0] < value_start), lengths=tuple(lengths),
+        value_start=value_start, tail_size=len(payload) - value_end,
+        tail=tuple((start - value_end, run) for start, run in fixed if start >= value_end),
+        head_scalars=tuple(s for s in scalars if s[2][0] < value_start),
+        tail_scalars=tuple((name, kind, (start - value_end, end - value_end))
+                           for name, kind, (start, end) in scalars if start >= value_end),
+        constant=constant, spec=spec, decoder=decoder)
+
+  def decode(self, ref: RecordRef, payload: bytes
+             ) -> Optional[List[decode.DecodedImage]]:
+    """The record's image, or None when it does not repeat this layout; raises what
+    the full decode raises for its image."""
+    value_end = len(payload) - self.tail_size
+    size = value_end - self.value_start
+    if size <= 0:
+      return None
+    for start, run in self.head:
+      if not payload.startswith(run, start):
+        return None
+    for start, more, width in self.lengths:
+      length = _varint_bytes(size + more)
+      if len(length) != width or not payload.startswith(length, start):
+        return None
+    for start, run in self.tail:
+      if not payload.startswith(run, value_end + start):
+        return None
+    features = self.constant.copy()
+    if not (_read_scalars(payload, self.head_scalars, 0, features) and
+            _read_scalars(payload, self.tail_scalars, value_end, features)):
+      return None
+    value = payload[self.value_start:value_end]
+    fmt = image_formats.sniff_format(value)
+    if fmt is None:
+      return None  # a tensor, say, under the key: the full decode says what it is
+    spec = self.spec
+    try:
+      part = decode.encoded_part(value, fmt, spec, self.decoder)
+    except errors.UnrecordError as e:
+      raise e.at(ref.path, ref.index, ref.offset)
+    return decode.images_of(ref, (part,), 'encoded', spec.key, features)
+
+
+def _value_chain(payload: bytes, key: str) -> Optional[List[_Span]]:
+  """The content spans that hold `key`'s one bytes value, from the Example's features
+  down to the value itself; None when the key is not a bytes feature of one value."""
+  name = key.encode('utf-8')
+  (_, start, end), = wire.length_delimited(payload, 0, len(payload))
+  for _, entry_start, entry_end in wire.length_delimited(payload, start, end):
+    (_, key_start, key_end), (_, feature_start, feature_end) = wire.length_delimited(
+        payload, entry_start, entry_end)
+    if payload[key_start:key_end] != name:
+      continue
+    (kind, list_start, list_end), = wire.length_delimited(payload, feature_start,
+                                                          feature_end)
+    if kind != 1:
+      return None
+    (_, value_start, value_end), = wire.length_delimited(payload, list_start, list_end)
+    return [(start, end), (entry_start, entry_end), (feature_start, feature_end),
+            (list_start, list_end), (value_start, value_end)]
+  return None
+
+
+def _varint_bytes(value: int) -> bytes:
+  """The shortest varint of a non-negative `value`."""
+  if value < 0x4000:  # the lengths around an image of up to 2 MB, spelled out
+    return bytes((value,)) if value < 0x80 else bytes((value & 0x7F | 0x80, value >> 7))
+  if value < 0x200000:
+    return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
+  out = bytearray()
+  while value > 0x7F:
+    out.append(value & 0x7F | 0x80)
+    value >>= 7
+  out.append(value)
+  return bytes(out)
 
 
 # sniff_format reads this many bytes of a value to tell an encoded image: a tensor's
