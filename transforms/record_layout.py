@@ -247,14 +247,17 @@ class EncodedLayout:
   then checked or decoded as the full decode does (`decode.encoded_part`).
   """
 
-  __slots__ = ('head', 'lengths', 'value_start', 'tail_size', 'tail', 'head_scalars',
-               'tail_scalars', 'constant', 'spec', 'decoder')
+  __slots__ = ('head', 'lengths', 'sizes', 'value_start', 'tail_size', 'tail',
+               'head_scalars', 'tail_scalars', 'constant', 'spec', 'decoder')
 
   def __init__(self, head, lengths, value_start, tail_size, tail, head_scalars,
                tail_scalars, constant, spec, decoder):
     self.head: Tuple[Tuple[int, bytes], ...] = head
     # (start, the value's size plus this, the varint's width in the learned record)
     self.lengths: Tuple[Tuple[int, int, int], ...] = lengths
+    # The value sizes whose lengths have those widths: a record of another is no match.
+    self.sizes = range(max(_varint_range(width).start - more for _, more, width in lengths),
+                       min(_varint_range(width).stop - more for _, more, width in lengths))
     self.value_start: int = value_start
     self.tail_size: int = tail_size
     self.tail: Tuple[Tuple[int, bytes], ...] = tail
@@ -322,7 +325,7 @@ class EncodedLayout:
     the full decode raises for its image."""
     value_end = len(payload) - self.tail_size
     size = value_end - self.value_start
-    if size <= 0:
+    if size not in self.sizes:
       return None
     for start, run in self.head:
       if not payload.startswith(run, start):
@@ -368,6 +371,11 @@ def _value_chain(payload: bytes, key: str) -> Optional[List[_Span]]:
     return [(start, end), (entry_start, entry_end), (feature_start, feature_end),
             (list_start, list_end), (value_start, value_end)]
   return None
+
+
+def _varint_range(width: int) -> range:
+  """The values whose shortest varint is `width` bytes."""
+  return range(0 if width == 1 else 1 << 7 * (width - 1), 1 << 7 * width)
 
 
 def _varint_bytes(value: int) -> bytes:
