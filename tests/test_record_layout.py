@@ -29,7 +29,7 @@ def _outcome(decode_one, ref, payload):
           for image in images]
 
 
-def _decode_all(payloads, spec=RAW, monkeypatch=None):
+def _decode_all(payloads, spec=RAW, monkeypatch=None, outcome=_outcome):
   """Each payload through one LayoutDecoder and through decode_record; how many of the
   LayoutDecoder's went to the full decode."""
   full = []
@@ -39,11 +39,11 @@ def _decode_all(payloads, spec=RAW, monkeypatch=None):
                         lambda *args: full.append(1) or original(*args))
   decoder = record_layout.LayoutDecoder(spec)
   refs = [RecordRef('data.tfrecord', i, i * 1000) for i in range(len(payloads))]
-  got = [_outcome(decoder.decode, ref, p) for ref, p in zip(refs, payloads)]
+  got = [outcome(decoder.decode, ref, p) for ref, p in zip(refs, payloads)]
   calls = len(full)
   if monkeypatch is not None:
     monkeypatch.undo()
-  expected = [_outcome(lambda r, p: decode.decode_record(r, p, spec), ref, p)
+  expected = [outcome(lambda r, p: decode.decode_record(r, p, spec), ref, p)
               for ref, p in zip(refs, payloads)]
   return got, expected, calls
 
@@ -161,7 +161,8 @@ def test_any_record_after_a_learned_one_decodes_as_in_full(others, height, width
   _check_learned_then_varied(record, others, data, RAW)
 
 
-def _check_learned_then_varied(record, others, data, spec):
+def _check_learned_then_varied(record, others, data, spec, decode_all=None,
+                              nan_safe=None):
   """record(values) learned, then a record with other values of the same features, then
   that one with up to two bytes damaged: each decodes by layout as in full."""
   first = record(others)
@@ -173,8 +174,9 @@ def _check_learned_then_varied(record, others, data, spec):
   damaged = bytearray(second)
   for _ in range(data.draw(st.integers(0, 2))):
     damaged[data.draw(st.integers(0, len(damaged) - 1))] ^= data.draw(st.integers(1, 255))
-  got, expected, _ = _decode_all([first, second, bytes(damaged)], spec)
-  assert _nan_safe(got) == _nan_safe(expected)
+  got, expected, _ = (decode_all or _decode_all)([first, second, bytes(damaged)], spec)
+  nan_safe = nan_safe or _nan_safe
+  assert nan_safe(got) == nan_safe(expected)
 
 
 def _nan_safe(outcomes):
@@ -303,21 +305,7 @@ def _encoded_outcome(decode_one, ref, payload):
 
 
 def _decode_encoded_all(payloads, spec=ENCODED, monkeypatch=None):
-  """As _decode_all, for encoded images (whose pixels may be None)."""
-  full = []
-  if monkeypatch is not None:
-    original = decode.decode_record
-    monkeypatch.setattr(decode, 'decode_record',
-                        lambda *args: full.append(1) or original(*args))
-  decoder = record_layout.LayoutDecoder(spec)
-  refs = [RecordRef('data.tfrecord', i, i * 1000) for i in range(len(payloads))]
-  got = [_encoded_outcome(decoder.decode, ref, p) for ref, p in zip(refs, payloads)]
-  calls = len(full)
-  if monkeypatch is not None:
-    monkeypatch.undo()
-  expected = [_encoded_outcome(lambda r, p: decode.decode_record(r, p, spec), ref, p)
-              for ref, p in zip(refs, payloads)]
-  return got, expected, calls
+  return _decode_all(payloads, spec, monkeypatch, outcome=_encoded_outcome)
 
 
 def _jpegs(count, side=(40, 120)):
@@ -408,17 +396,8 @@ def test_any_encoded_record_after_a_learned_one_decodes_as_in_full(others, data)
         st.sampled_from(_jpeg_pool), st.binary(min_size=1, max_size=40))))
     return F.example(features)
 
-  first = record(others)
-  second = record({name: (kind, data.draw(st.lists(
-      st.binary(max_size=12) if kind == 'bytes' else
-      st.integers(-2**63, 2**63 - 1) if kind == 'int64' else st.floats(width=32),
-      min_size=len(values), max_size=len(values))))
-      for name, (kind, values) in others.items()})
-  damaged = bytearray(second)
-  for _ in range(data.draw(st.integers(0, 2))):
-    damaged[data.draw(st.integers(0, len(damaged) - 1))] ^= data.draw(st.integers(1, 255))
-  got, expected, _ = _decode_encoded_all([first, second, bytes(damaged)])
-  assert _nan_safe_encoded(got) == _nan_safe_encoded(expected)
+  _check_learned_then_varied(record, others, data, ENCODED, _decode_encoded_all,
+                             _nan_safe_encoded)
 
 
 def _nan_safe_encoded(outcomes):

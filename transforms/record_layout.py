@@ -168,14 +168,8 @@ class Layout:
     if pixels is None:
       return None
     variable.append(pixels)
-    fixed, position = [], 0
-    for start, end in sorted(variable):
-      if start > position:
-        fixed.append((position, payload[position:start]))
-      position = end
-    if position < len(payload):
-      fixed.append((position, payload[position:]))
-    if sum(len(run) for _, run in fixed) > MAX_FIXED_BYTES:
+    fixed = _fixed_runs(payload, variable)
+    if fixed is None:
       return None
     first = images[0]
     varying = {name for name, _, _ in scalars}
@@ -206,6 +200,22 @@ class Layout:
                             features=features, batch_size=len(parts),
                             stored_shape=self.shape, stored_axes=self.stored_axes)
         for n, part in enumerate(parts)]
+
+
+def _fixed_runs(payload: bytes, variable: List[_Span]
+                ) -> Optional[List[Tuple[int, bytes]]]:
+  """(start, bytes) of every run of `payload` outside the `variable` spans; None when
+  they hold more than MAX_FIXED_BYTES, so layouts stay small."""
+  fixed, position = [], 0
+  for start, end in sorted(variable):
+    if start > position:
+      fixed.append((position, payload[position:start]))
+    position = end
+  if position < len(payload):
+    fixed.append((position, payload[position:]))
+  if sum(len(run) for _, run in fixed) > MAX_FIXED_BYTES:
+    return None
+  return fixed
 
 
 def _read_scalars(payload: bytes, scalars: Tuple[Tuple[str, str, _Span], ...], offset: int,
@@ -299,14 +309,8 @@ class EncodedLayout:
       variable += spans
       if len(spans) == 1:
         scalars.append((name, kind, spans[0]))
-    fixed, position = [], 0
-    for start, end in sorted(variable):
-      if start > position:
-        fixed.append((position, payload[position:start]))
-      position = end
-    if position < len(payload):
-      fixed.append((position, payload[position:]))
-    if sum(len(run) for _, run in fixed) > MAX_FIXED_BYTES:
+    fixed = _fixed_runs(payload, variable)
+    if fixed is None:
       return None
     varying = {name for name, _, _ in scalars}
     constant = {k: v for k, v in images[0].features.items() if k not in varying}
