@@ -148,22 +148,14 @@ class Layout:
       features = example_lib.feature_spans(payload)
     except (wire.NotCanonical, ValueError, UnicodeDecodeError):  # ValueError: field count
       return None
-    declaring = decode.declaring_names(spec.key)
-    pixels, variable, scalars = None, [], []
-    for name, kind, spans in features:
-      if name == spec.key:
-        if kind != example_lib.BYTES or len(spans) != 1:
-          return None
-        pixels = spans[0]
-      elif name in declaring or not spans:
-        continue  # fixed: the shape and dtype must not change under a layout
-      elif kind == example_lib.INT64 and spans[0][1] - spans[0][0] > _MAX_VARINT_BYTES:
-        continue
-      else:
-        variable += spans
-        if len(spans) == 1:
-          scalars.append((name, kind, spans[0]))
-    if pixels is not None and spec.encoding == 'tensor':
+    image = [(kind, spans) for name, kind, spans in features if name == spec.key]
+    if not image or image[0][0] != example_lib.BYTES or len(image[0][1]) != 1:
+      return None
+    pixels = image[0][1][0]
+    # The shape and dtype features stay fixed: they must not change under a layout.
+    variable, scalars = _varying_values(
+        features, decode.declaring_names(spec.key) | {spec.key})
+    if spec.encoding == 'tensor':
       pixels = _tensor_content(payload, pixels)
     if pixels is None:
       return None
@@ -172,10 +164,9 @@ class Layout:
     if fixed is None:
       return None
     first = images[0]
-    varying = {name for name, _, _ in scalars}
-    constant = {k: v for k, v in first.features.items() if k not in varying}
-    return cls(tuple(fixed), pixels, tuple(scalars), constant, first.source_dtype,
-               first.stored_shape, first.stored_axes, spec.key, first.encoding)
+    return cls(tuple(fixed), pixels, tuple(scalars), _constant(first.features, scalars),
+               first.source_dtype, first.stored_shape, first.stored_axes, spec.key,
+               first.encoding)
 
   def decode(self, ref: RecordRef, payload: bytes
              ) -> Optional[List[decode.DecodedImage]]:
@@ -200,6 +191,28 @@ class Layout:
                             features=features, batch_size=len(parts),
                             stored_shape=self.shape, stored_axes=self.stored_axes)
         for n, part in enumerate(parts)]
+
+
+def _varying_values(features, fixed_names) -> Tuple[List[_Span], List[Tuple[str, str, _Span]]]:
+  """The spans of the values a layout lets vary (every feature's but `fixed_names`' and
+  those of number lists too long to be one value, which stay fixed bytes), and
+  (name, kind, span) of the one-value features among them."""
+  variable, scalars = [], []
+  for name, kind, spans in features:
+    if name in fixed_names or not spans:
+      continue
+    if kind == example_lib.INT64 and spans[0][1] - spans[0][0] > _MAX_VARINT_BYTES:
+      continue
+    variable += spans
+    if len(spans) == 1:
+      scalars.append((name, kind, spans[0]))
+  return variable, scalars
+
+
+def _constant(features: Dict[str, example_lib.Scalar], scalars) -> Dict[str, example_lib.Scalar]:
+  """The learned record's one-value features that sit in its fixed bytes."""
+  varying = {name for name, _, _ in scalars}
+  return {k: v for k, v in features.items() if k not in varying}
 
 
 def _fixed_runs(payload: bytes, variable: List[_Span]
@@ -293,27 +306,19 @@ class EncodedLayout:
       return None
     value_start, value_end = chain[-1]
     size = value_end - value_start
-    variable, lengths = [chain[-1]], []
+    variable, scalars = _varying_values(features, {spec.key})
+    variable.append(chain[-1])
+    lengths = []
     for start, end in chain:
       length = _varint_bytes(end - start)
       if payload[start - len(length):start] != length:
         return None  # not the shortest varint: protobuf's parser reads such records
       lengths.append((start - len(length), end - start - size, len(length)))
       variable.append((start - len(length), start))
-    scalars = []
-    for name, kind, spans in features:
-      if name == spec.key or not spans:
-        continue
-      if kind == example_lib.INT64 and spans[0][1] - spans[0][0] > _MAX_VARINT_BYTES:
-        continue
-      variable += spans
-      if len(spans) == 1:
-        scalars.append((name, kind, spans[0]))
     fixed = _fixed_runs(payload, variable)
     if fixed is None:
       return None
-    varying = {name for name, _, _ in scalars}
-    constant = {k: v for k, v in images[0].features.items() if k not in varying}
+    constant = _constant(images[0].features, scalars)
     return cls(
         head=tuple(run for run in fixed if run[0] < value_start), lengths=tuple(lengths),
         value_start=value_start, tail_size=len(payload) - value_end,
@@ -334,9 +339,8 @@ class EncodedLayout:
     for start, run in self.head:
       if not payload.startswith(run, start):
         return None
-    for start, more, width in self.lengths:
-      length = _varint_bytes(size + more)
-      if len(length) != width or not payload.startswith(length, start):
+    for start, more, _ in self.lengths:  # as wide as learned: `sizes` holds the size
+      if not payload.startswith(_varint_bytes(size + more), start):
         return None
     for start, run in self.tail:
       if not payload.startswith(run, value_end + start):
