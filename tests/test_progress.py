@@ -5,6 +5,7 @@ import os
 import pty
 import subprocess
 import sys
+import threading
 import time
 
 from tests import fixtures
@@ -45,6 +46,19 @@ def test_workers_report_at_a_bounded_rate_and_counts_add_up():
     assert monitor.messages <= 2 * (elapsed / 0.5 + 1) + 2
   finally:
     monitor.stop()
+
+
+def test_stop_reads_what_was_sent_and_ends_the_thread_without_waiting_for_a_timeout():
+  # A refresh of an hour: only stop()'s wake-up can end the thread's wait.
+  monitor = progress.ProgressMonitor(stream=io.StringIO(), show_after=3600,
+                                     refresh=3600).start()
+  sender = progress.ProgressSender(monitor.address, interval=3600)
+  sender.count('written', 7)
+  sender.count('failed')
+  sender.close()  # the closing datagram carries the counts
+  monitor.stop()
+  assert monitor.totals() == {'written': 7, 'skipped': 0, 'failed': 1}
+  assert not [t for t in threading.enumerate() if t.name == 'unrecord-progress']
 
 
 def _dataset(folder, count=1000):

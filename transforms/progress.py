@@ -140,13 +140,18 @@ class ProgressMonitor:
 
   def _run(self) -> None:
     last_log = self._started
-    while not self._stop.is_set():
+    while True:
       try:
         data = self._socket.recv(65536)
+        if not data:  # stop()'s wake-up: everything sent before it has been read
+          return
         message = json.loads(data)
         self._latest[message['id']] = message['counts']
         self.messages += 1
-      except (socket.timeout, ValueError, KeyError, TypeError):
+      except socket.timeout:
+        if self._stop.is_set():
+          return
+      except (ValueError, KeyError, TypeError):
         pass
       except OSError:
         return
@@ -171,7 +176,11 @@ class ProgressMonitor:
     self.lines_printed += 1
 
   def stop(self) -> None:
+    """Ends the thread once it has read the counts sent so far: an empty datagram to
+    its own socket wakes it at once rather than at its next `refresh` timeout."""
     self._stop.set()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wake:
+      wake.sendto(b'', self.address)
     self._thread.join(2.0)
     if self._live and self.lines_printed:
       self._stream.write('\n')
