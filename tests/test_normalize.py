@@ -212,3 +212,80 @@ def test_one_pass_uint8_mapping_serves_photos_and_leaves_the_rest_to_float64():
   # outside the range (clipping), and float16, take the float64 path
   assert normalize._map_range_to_uint8(photo * 1.5, 0.0, 1.0, (0.0, 1.5)) is None
   assert normalize._map_range_to_uint8(photo.astype(np.float16), 0.0, 1.0, (0.0, 1.0)) is None
+
+
+def _misaligned(values):
+  """`values` as a read-only view one byte into a buffer, as the layout path leaves a
+  tensor's pixels in its record."""
+  data = b'\0' + values.tobytes()
+  view = np.frombuffer(data, values.dtype, values.size, 1).reshape(values.shape)
+  assert not view.flags.aligned and not view.flags.writeable
+  return view
+
+
+_EDGE_FLOATS = (st.floats(-2, 2) | st.floats(allow_nan=False, allow_infinity=False) |
+                st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0, 5e-324, 1e-40]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(['float32', 'float64']),
+       st.sampled_from([(3, 4), (2, 3, 3), (1, 7), (5, 1, 4)]), st.data())
+def test_the_opencv_extent_is_the_numpy_extent_at_any_alignment(dtype, shape, data):
+  with np.errstate(over='ignore'):
+    values = np.asarray(data.draw(st.lists(_EDGE_FLOATS, min_size=int(np.prod(shape)),
+                                           max_size=int(np.prod(shape)))),
+                        dtype=np.float64).astype(dtype).reshape(shape)
+  expected = normalize.value_extent(values, finite_only=False)
+  for view in (values, _misaligned(values)):
+    got = normalize._float_extent(view)
+    assert np.array_equal(got, expected, equal_nan=True), (got, expected)
+
+
+def _outcome(pixels, axes, spec, bits, value_range):
+  try:
+    result = normalize.normalize(pixels, axes, spec, bits=bits, value_range=value_range)
+  except errors.UnrecordError as e:
+    return e.reason, str(e)
+  return (result.pixels.dtype, result.pixels.shape, result.pixels.tobytes(),
+          result.value_range, result.steps)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(['float32', 'float64', 'float16', 'uint16', 'int32']),
+       st.sampled_from([('hwc', (3, 4, 3)), ('chw', (3, 2, 4)), ('hw', (4, 5)),
+                        ('hwc', (2, 3, 4))]),
+       st.sampled_from(['8', '16', 'float']),
+       st.sampled_from([None, (0.0, 1.0), (-1.0, 1.0), (0.0, 255.0)]),
+       st.sampled_from([SPEC, normalize.NormalizeSpec(non_finite='clip'),
+                        normalize.NormalizeSpec(value_range='minmax'),
+                        normalize.NormalizeSpec(channel_order='bgr'),
+                        normalize.NormalizeSpec(mean=(0.5,), std=(0.25,))]),
+       st.data())
+def test_misaligned_pixels_normalize_as_their_aligned_copy(dtype, layout, bits,
+                                                           value_range, spec, data):
+  axes, shape = layout
+  elements = _EDGE_FLOATS if dtype.startswith('float') else st.integers(0, 65535)
+  with np.errstate(over='ignore', invalid='ignore'):
+    values = np.asarray(data.draw(st.lists(elements, min_size=int(np.prod(shape)),
+                                           max_size=int(np.prod(shape)))),
+                        dtype=np.float64).astype(dtype).reshape(shape)
+  with np.errstate(all='ignore'):
+    expected = _outcome(values, axes, spec, bits, value_range)
+    got = _outcome(_misaligned(values), axes, spec, bits, value_range)
+  assert got == expected
+
+
+def test_float_photos_map_to_8_bit_from_a_misaligned_view_without_a_copy(monkeypatch):
+  photo = fixtures.photo(height=64, width=64).astype(np.float32) / 255
+  expected = _norm(photo, value_range=(0.0, 1.0))
+  copied = []
+  original = normalize.tensor_proto.aligned
+  monkeypatch.setattr(normalize.tensor_proto, 'aligned',
+                      lambda a: copied.append(not a.flags.aligned) or original(a))
+  out = _norm(_misaligned(photo), value_range=(0.0, 1.0))
+  assert np.array_equal(out.pixels, _plain_mapping(photo, 0.0, 1.0, 255))
+  assert out.steps == expected.steps and out.value_range == expected.value_range
+  assert not any(copied)
+  # a step NumPy does (here the range detected on the image) takes an aligned copy
+  _norm(_misaligned(photo))
+  assert any(copied)

@@ -98,8 +98,9 @@ class RangeWorker:
     self.config = config
     self.root = output_root.OutputRoot(config.output, config.read.storage_options)
     self.decoder = decode.make_decoder(config.image)
+    # Pixels stay in the record where they sit misaligned: `normalize` reads them there.
     self.records = record_layout.KeysDecoder((config.image,) + config.more_images,
-                                             self.decoder)
+                                             self.decoder, in_place=True)
     self.progress = progress.ProgressSender(config.progress)
     self.namer = naming.Namer(config.render)
 

@@ -1,6 +1,6 @@
 """Image arrays of any dtype, range and axis order -> the pixels an image file should hold.
 
-Pure NumPy. The steps, in order: to HWC; BGR -> RGB; non-finite policy; undo mean/std;
+NumPy and OpenCV, no I/O. The steps, in order: to HWC; BGR -> RGB; non-finite policy; undo mean/std;
 map the value range onto the target bit depth, rounding to nearest and clipping.
 """
 
@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from transforms import errors
+from transforms import tensor_proto
 
 if TYPE_CHECKING:  # types only: schema imports normalize
   from transforms import schema
@@ -216,6 +217,11 @@ def normalize(pixels: np.ndarray, axes: str, spec: NormalizeSpec, *, bits: str,
 
   `value_range` is the range resolved for the whole dataset (see `resolve_range`); when
   None it is taken from `spec.value_range`, or detected on this image.
+
+  `pixels` may be a view whose items sit misaligned (the export's layout path leaves
+  them in the record): the float -> 8-bit path reads them in place with OpenCV, and
+  every step NumPy does gets an aligned copy first, as NumPy reduces misaligned floats
+  about 20x slower (docs/benchmarks.md).
   """
   steps = []
   pixels = to_hwc(pixels, axes)
@@ -230,8 +236,12 @@ def normalize(pixels: np.ndarray, axes: str, spec: NormalizeSpec, *, bits: str,
 
   extent = None
   if pixels.dtype.kind == 'f':
-    extent = value_extent(pixels, finite_only=False) or (0.0, 0.0)
+    extent = _float_extent(pixels)
+    if extent is None:
+      pixels = tensor_proto.aligned(pixels)
+      extent = value_extent(pixels, finite_only=False) or (0.0, 0.0)
     if not (math.isfinite(extent[0]) and math.isfinite(extent[1])):
+      pixels = tensor_proto.aligned(pixels)
       if spec.non_finite == 'fail':
         bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
         raise errors.DecodeError(
@@ -239,6 +249,9 @@ def normalize(pixels: np.ndarray, axes: str, spec: NormalizeSpec, *, bits: str,
             f'image holds {bad} NaN/Inf values (pass --non_finite clip to map NaN to the '
             'low end and +/-Inf to the ends of the range)')
       steps.append('non_finite_clipped')
+  if not (bits == '8' and extent is not None and value_range is not None and
+          not spec.undoes_mean_std):
+    pixels = tensor_proto.aligned(pixels)  # past the one path OpenCV reads in place
 
   if spec.undoes_mean_std:
     pixels = _undo_mean_std(pixels, spec.mean, spec.std)
@@ -270,9 +283,30 @@ def normalize(pixels: np.ndarray, axes: str, spec: NormalizeSpec, *, bits: str,
   if bits == '8' and extent is not None:
     out = _map_range_to_uint8(pixels, low, high, extent)
   if out is None:
-    out = _map_range(pixels, low, high, top).astype(target)
+    out = _map_range(tensor_proto.aligned(pixels), low, high, top).astype(target)
   steps.append(f'range_{_fmt(low)}_{_fmt(high)}_to_{bits}bit')
   return Normalized(out, (low, high), tuple(steps))
+
+
+_OPENCV_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _float_extent(pixels: np.ndarray) -> Optional[Tuple[float, float]]:
+  """`value_extent(pixels, finite_only=False)` of C-contiguous float32/float64 pixels
+  at any alignment, read in place by OpenCV; None for other arrays.
+
+  `minMaxLoc` passes over NaN, so a NaN is told by the L1 norm instead: a sum of
+  absolute values, NaN exactly when one of them is (no sum of them is Inf - Inf); an Inf
+  shows in the extent itself. A test compares it with `value_extent`.
+  """
+  if (pixels.dtype not in _OPENCV_FLOATS or not pixels.flags.c_contiguous or
+      pixels.ndim not in (2, 3) or not 0 < pixels.size < 2 ** 31):
+    return None
+  plane = pixels.reshape(pixels.shape[0], -1)
+  if math.isnan(cv2.norm(plane, cv2.NORM_L1)):
+    return math.nan, math.nan
+  low, high, _, _ = cv2.minMaxLoc(plane)
+  return low, high
 
 
 def value_extent(values: np.ndarray, *, finite_only: bool = True

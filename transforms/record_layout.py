@@ -49,12 +49,19 @@ _Span = example_lib.Span
 
 
 class LayoutDecoder:
-  """`decode.decode_record` for one spec, faster on records that repeat a layout."""
+  """`decode.decode_record` for one spec, faster on records that repeat a layout.
+
+  `in_place`: pixels read by layout stay views of the record even where their items sit
+  misaligned, rather than aligned copies as the full decode makes them (the export's
+  `normalize` reads them in place, and copies them only for the steps NumPy does).
+  """
 
   def __init__(self, spec: decode.ImageSpec,
-               decoder: decode.Decoder = decode.image_formats.decode_encoded):
+               decoder: decode.Decoder = decode.image_formats.decode_encoded,
+               *, in_place: bool = False):
     self._spec = spec
     self._decoder = decoder
+    self._in_place = in_place
     self._layouts: Dict[int, Optional[Layout]] = {}
     self._encoded: List[EncodedLayout] = []
     self._encoded_attempts = 0
@@ -70,7 +77,7 @@ class LayoutDecoder:
     size = len(payload)
     layout = self._layouts.get(size)
     if layout is not None:
-      images = layout.decode(ref, payload)
+      images = layout.decode(ref, payload, self._in_place)
       if images is not None:
         return images
     images = decode.decode_record(ref, payload, self._spec, self._decoder)
@@ -100,8 +107,9 @@ class KeysDecoder:
   """Several image keys of one record (a photo and its mask, the views of a rig): each
   key's images in key order. A record fails as a whole when any key fails."""
 
-  def __init__(self, specs, decoder: decode.Decoder = decode.image_formats.decode_encoded):
-    self._decoders = [LayoutDecoder(spec, decoder) for spec in specs]
+  def __init__(self, specs, decoder: decode.Decoder = decode.image_formats.decode_encoded,
+               *, in_place: bool = False):
+    self._decoders = [LayoutDecoder(spec, decoder, in_place=in_place) for spec in specs]
 
   def decode(self, ref: RecordRef, payload: bytes) -> List[decode.DecodedImage]:
     if len(self._decoders) == 1:
@@ -168,9 +176,10 @@ class Layout:
                first.source_dtype, first.stored_shape, first.stored_axes, spec.key,
                first.encoding)
 
-  def decode(self, ref: RecordRef, payload: bytes
+  def decode(self, ref: RecordRef, payload: bytes, in_place: bool = False
              ) -> Optional[List[decode.DecodedImage]]:
-    """The record's images, or None when it does not repeat this layout."""
+    """The record's images, or None when it does not repeat this layout; `in_place`:
+    misaligned pixels stay a view of `payload` (see `LayoutDecoder`)."""
     for start, run in self.fixed:
       if not payload.startswith(run, start):
         return None
@@ -179,8 +188,10 @@ class Layout:
       return None
     start, end = self.pixels
     raw_dtype = decode.raw_dtype_of(self.dtype_name)
-    pixels = tensor_proto.aligned(np.frombuffer(
-        payload, raw_dtype, (end - start) // raw_dtype.itemsize, start)).reshape(self.shape)
+    pixels = np.frombuffer(payload, raw_dtype, (end - start) // raw_dtype.itemsize, start)
+    if not in_place:
+      pixels = tensor_proto.aligned(pixels)
+    pixels = pixels.reshape(self.shape)
     if self.dtype_name == 'bfloat16':
       pixels = tensor_proto.widen_bfloat16(pixels)
     parts, axes = decode.split_batch(pixels, self.stored_axes)
