@@ -116,6 +116,30 @@ def test_headers_pillow_rejects_are_left_to_pillow(monkeypatch):
     assert _answer(mutant)[0] == 'DecodeError', name  # Pillow cannot read any of them
 
 
+def _mutants(original, rng, count):
+  """`count` copies of a JPEG with random damage to its header (see below)."""
+  header_end = original.index(b'\xff\xda') + 2
+  segments = [m.start() for m in re.finditer(rb'\xff[\xc0-\xfe]', original[:header_end])]
+  for _ in range(count):
+    data = bytearray(original)
+    for _ in range(rng.choice((1, 1, 2, 3))):
+      at = (rng.choice(segments) + rng.randrange(1, 11) if rng.random() < 0.5 else
+            rng.randrange(2, header_end))
+      at = min(at, len(data) - 65)
+      action = rng.randrange(5)
+      if action == 0:
+        data[at] ^= 1 << rng.randrange(8)
+      elif action == 1:
+        data[at] = rng.choice((0x00, 0xFF, 0xC0, 0xC2, 0xDA, 0xDB, 0xE0))
+      elif action == 2:
+        del data[at]
+      elif action == 3:
+        data.insert(at, data[at])
+      else:
+        data = data[:at] + original[-64:]  # cut, but the end marker is still there
+    yield bytes(data)
+
+
 # Pillow warns while it reads the damaged Exif of some mutants (the reference answer).
 @pytest.mark.filterwarnings('ignore::UserWarning:PIL.TiffImagePlugin')
 def test_damaged_headers_get_pillows_answer(monkeypatch):
@@ -130,27 +154,32 @@ def test_damaged_headers_get_pillows_answer(monkeypatch):
   read_without_pillow = 0
   for name, original in sorted(_jpegs().items()):
     header_end = original.index(b'\xff\xda') + 2
-    segments = [m.start() for m in re.finditer(rb'\xff[\xc0-\xfe]', original[:header_end])]
-    for _ in range(300):
-      data = bytearray(original)
-      for _ in range(rng.choice((1, 1, 2, 3))):
-        at = (rng.choice(segments) + rng.randrange(1, 11) if rng.random() < 0.5 else
-              rng.randrange(2, header_end))
-        at = min(at, len(data) - 65)
-        action = rng.randrange(5)
-        if action == 0:
-          data[at] ^= 1 << rng.randrange(8)
-        elif action == 1:
-          data[at] = rng.choice((0x00, 0xFF, 0xC0, 0xC2, 0xDA, 0xDB, 0xE0))
-        elif action == 2:
-          del data[at]
-        elif action == 3:
-          data.insert(at, data[at])
-        else:
-          data = data[:at] + original[-64:]  # cut, but the end marker is still there
-      data = bytes(data)
+    for data in _mutants(original, rng, 300):
       read_without_pillow += image_formats._jpeg_frame(data) is not None
       assert _answer(data) == _pillow_answer(data, monkeypatch), (name, data[:header_end])
   # Many mutants stay plain (a flipped bit in a table or a size), so the comparison
   # covers the fast reader, not only its refusals.
   assert read_without_pillow > 200
+
+
+def test_a_remembered_header_gives_the_answer_a_walk_gives(monkeypatch):
+  """Originals, mutants and copies cut around the first scan's header, in random order
+  and under changing pixel limits: each answer is the walk's, and many come from the header
+  kept from an earlier JPEG."""
+  rng = random.Random(11)
+  items = []
+  for original in _jpegs().values():  # each JPEG's copies in a random order
+    scan = original.index(b'\xff\xda')
+    group = [original] * 20 + list(_mutants(original, rng, 60))
+    group += [original[:scan + cut] for cut in range(0, 16)]
+    rng.shuffle(group)
+    items += group
+  walks = []
+  walk = image_formats._walk_jpeg_header
+  monkeypatch.setattr(image_formats, '_walk_jpeg_header',
+                      lambda data: walks.append(1) or walk(data))
+  for i, data in enumerate(items):
+    if i % 97 == 0:  # the limit a frame was accepted under changes now and then
+      monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', rng.choice((None, 40 * 56 - 1, 10**8)))
+    assert image_formats._jpeg_frame(data) == walk(data)[0], i
+  assert len(items) - len(walks) > 50  # answered from the kept header

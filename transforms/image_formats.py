@@ -149,42 +149,68 @@ def _jpeg_frame(data: bytes) -> Optional[Tuple[int, int, int]]:
   ICC or Adobe segments, another bit depth or component count go to Pillow, so what is
   accepted, rejected or reported stays Pillow's answer (tests/test_image_formats.py
   compares the two on damaged headers).
+
+  The last header accepted is kept (`_last_header`): a JPEG that starts with the same
+  bytes up to its first scan's length, and holds that scan's header, gets its answer by
+  one comparison (the walk reads nothing else), as a dataset's JPEGs of one size from
+  one encoder do.
   """
+  global _last_header
+  header, after, limit, frame = _last_header
+  if (header and data.startswith(header) and len(data) >= after and
+      limit == Image.MAX_IMAGE_PIXELS):
+    return frame
+  frame, header_size, after = _walk_jpeg_header(data)
+  if frame is not None:
+    _last_header = (data[:header_size], after, Image.MAX_IMAGE_PIXELS, frame)
+  return frame
+
+
+# The last JPEG header `_jpeg_frame` accepted: its bytes up to the first scan's length,
+# where that scan's header ends, the pixel limit then, and the frame.
+_last_header: Tuple[bytes, int, Optional[int], Optional[Tuple[int, int, int]]] = (
+    b'', 0, None, None)
+
+
+def _walk_jpeg_header(data: bytes) -> Tuple[Optional[Tuple[int, int, int]], int, int]:
+  """`_jpeg_frame`'s answer by a walk of the segments, with the size of the bytes it
+  read (up to the first scan's length) and the end of that scan's header; every check
+  but `after > end` reads only those bytes, and the scan's `after` is the largest."""
   end, pos, frame = len(data), 2, None
   limit = Image.MAX_IMAGE_PIXELS
   while pos + 4 <= end:
     if data[pos] != 0xFF:
-      return None
+      return None, 0, 0
     marker = data[pos + 1]
     length = (data[pos + 2] << 8) | data[pos + 3]
     body, after = pos + 4, pos + 2 + length
     if length < 2 or after > end:
-      return None
+      return None, 0, 0
     if marker == 0xDA:  # start of scan: the header is over
-      return frame
+      return frame, body, after
     if marker in (0xC0, 0xC1, 0xC2):
       if frame is not None or length < 8:
-        return None
+        return None, 0, 0
       bits, layers = data[body], data[body + 5]
       height = (data[body + 1] << 8) | data[body + 2]
       width = (data[body + 3] << 8) | data[body + 4]
       if (bits != 8 or layers not in (1, 3) or length != 8 + 3 * layers or
           not (width and height) or (limit is not None and width * height > limit)):
-        return None
+        return None, 0, 0
       frame = (height, width, layers)
     elif marker == 0xDB:
       table = body
       while table < after:
         table += 65 if data[table] < 16 else 129  # 8- or 16-bit entries, plus Pq/Tq
         if table > after:
-          return None
+          return None, 0, 0
     elif marker == 0xE0:
       if length < 16 or data[body:body + 5] != b'JFIF\0':
-        return None
+        return None, 0, 0
     elif marker not in _JPEG_SKIPPED:
-      return None
+      return None, 0, 0
     pos = after
-  return None
+  return None, 0, 0
 
 
 def _check_end_marker(data: bytes, fmt: str) -> None:
