@@ -1,17 +1,21 @@
 """The export's own per-image cost, on one core, without Beam: where a worker's time goes.
 
-    python -m bench.per_image 'bench/data/a_float32/train*' --files 4 [--profile] [-- export options]
+    python -m bench.per_image 'bench/data/a_float32/train*' --files 4 [--profile|--steps] [-- export options]
 
 Settles the job the way `unrecord export` does (schema sampling, options), then calls the
 export's per-range work (`transforms.export.export_range`, which the export DoFn wraps)
 directly on every record range of the first `--files` files, writing to `--output` (tmpfs by default). Prints wall and CPU time
-per image; with `--profile`, the functions that take the most time under cProfile.
+per image; with `--profile`, the functions that take the most time under cProfile; with
+`--steps`, what each step costs an image alone (the fastest of five passes over the same
+records), beside the expert's read and `floor_atomic`'s write of the same files: what the
+job's guarantees add to the floor, the arithmetic of docs/benchmarks.md's bounds.
 Run it on a quiet machine: it measures one core, and anything else running shows.
 """
 
 import argparse
 import cProfile
 import glob
+import hashlib
 import os
 import pstats
 import shutil
@@ -21,11 +25,14 @@ import time
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import export_images
+from bench import peers
 from transforms import export
 from transforms import input_files
+from transforms import manifest as manifest_lib
 from transforms import plan as plan_lib
 from transforms import progress
 from transforms import read
+from transforms import render
 
 
 def main(argv=None) -> int:
@@ -34,6 +41,8 @@ def main(argv=None) -> int:
   parser.add_argument('--files', type=int, default=4, help='how many of them to read')
   parser.add_argument('--output', default='/dev/shm/unrecord-per-image')
   parser.add_argument('--profile', action='store_true')
+  parser.add_argument('--steps', action='store_true',
+                      help='time each step alone instead of the whole export')
   args, export_argv = parser.parse_known_args(argv)
   files = sorted(glob.glob(args.pattern))[:args.files]
   if not files:
@@ -50,6 +59,11 @@ def main(argv=None) -> int:
             for file_range in read.plan_file(item, config.read)]
   worker = export.RangeWorker(config)
   tally = progress.Tally(worker.progress)
+  if args.steps:
+    steps(files, ranges, worker, tally, args.output)
+    worker.close()
+    shutil.rmtree(args.output, ignore_errors=True)
+    return 0
   profile = cProfile.Profile() if args.profile else None
 
   def work():
@@ -75,6 +89,71 @@ def main(argv=None) -> int:
   if profile:
     pstats.Stats(profile, stream=sys.stdout).sort_stats('tottime').print_stats(25)
   return 0
+
+
+def _per_item(step, items, passes: int = 5) -> float:
+  """The fastest of `passes` runs of `step` over `items`, in microseconds an item."""
+  fastest = float('inf')
+  for _ in range(passes):
+    started = time.perf_counter()
+    for item in items:
+      step(item)
+    fastest = min(fastest, time.perf_counter() - started)
+  return fastest / len(items) * 1e6
+
+
+def steps(files, ranges, worker: export.RangeWorker, tally: progress.Tally,
+          output: str) -> None:
+  """Each per-image step of the export alone, and the floor's own two, in us an image."""
+  config = worker.config
+  records = [slot for file_range in ranges
+             for slot in read.read_slots(read.read_range(file_range, config.read), tally)
+             if isinstance(slot, tuple)]
+  images = [image for ref, payload in records
+            for image in worker.records.decode(ref, payload)]
+  names = [worker.namer.name(image) for image in images]
+  rendered = [render.render(image, config.render, worker.decoder) for image in images]
+  written = list(zip(images, names, rendered))
+  rows = [manifest_lib.manifest_row(*item, config) for item in written]
+  entries = manifest_lib.EntryWriter(worker.root, config.manifest_format,
+                                     config.manifest_part_rows, run_bytes=1 << 40)
+  count = iter(range(1 << 62))
+  floor_folder = os.path.join(output, 'floor')
+  os.makedirs(floor_folder)
+  per_record = len(images) / len(records)
+  job = [
+      ('read + both CRCs', _per_item(lambda r: list(read.read_slots(
+          read.read_range(r, config.read), tally)), ranges, 3) * len(ranges) / len(images)),
+      ('decode (layout, header check)', _per_item(
+          lambda record: worker.records.decode(*record), records) / per_record),
+      ('name', _per_item(worker.namer.name, images)),
+      ('render (encode, or passthrough)', _per_item(
+          lambda image: render.render(image, config.render, worker.decoder), images)),
+      ('sha256 of the file', _per_item(
+          lambda item: hashlib.sha256(item[2].data).hexdigest(), written)),
+      ('manifest row, its hash included', _per_item(
+          lambda item: manifest_lib.manifest_row(*item, config), written)),
+      ('manifest entry', _per_item(
+          lambda row: entries.add(manifest_lib.WRITTEN, row, in_key_order=True), rows, 1)),
+      ('write: temp file, rename', _per_item(
+          lambda item: worker.root.write(f'{next(count)}-{item[1]}', item[2].data),
+          written, 2)),
+  ]
+  floor = [
+      ('read + both CRCs (expert)', _per_item(
+          lambda path: sum(1 for _ in peers._tfrecords(path)), files, 3) *
+       len(files) / len(images)),
+      ('atomic write (floor_atomic)', _per_item(
+          lambda item: peers._atomic_write(
+              os.path.join(floor_folder, f'{next(count)}.{config.render.encode.extension}'),
+              item[2].data), written, 2)),
+  ]
+  print(f'{len(images)} images of {len(files)} files; us an image, each step alone:')
+  for label, cost in job + floor:
+    print(f'  {label:34s} {cost:8.1f}')
+  print(f'  {"job steps (sha256 counted once)":34s} '
+        f'{sum(c for label, c in job if not label.startswith("sha256")):8.1f}')
+  print(f'  {"floor steps":34s} {sum(c for _, c in floor):8.1f}')
 
 
 if __name__ == '__main__':

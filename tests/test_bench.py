@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -62,6 +64,30 @@ def test_per_image_harness_runs_export_range_and_writes_every_image(tmp_path):
   assert result.stdout.startswith('12 images from 1 ranges of 1 files: ')
   # The profile covers the export's own code, not only the harness around it.
   assert 'function calls' in result.stdout and 'transforms/' in result.stdout
+
+
+def test_per_image_steps_time_each_step_and_the_floors_beside_them(tmp_path):
+  _float_photos(tmp_path, 12, 96)
+  result = subprocess.run(
+      [sys.executable, '-m', 'bench.per_image', str(tmp_path / 'train*'), '--files', '1',
+       '--output', str(tmp_path / 'out'), '--steps'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert lines[0] == '12 images of 1 files; us an image, each step alone:'
+  costs = {line[:36].strip(): float(line[36:]) for line in lines[1:]}
+  assert set(costs) == {
+      'read + both CRCs', 'decode (layout, header check)', 'name',
+      'render (encode, or passthrough)', 'sha256 of the file',
+      'manifest row, its hash included', 'manifest entry', 'write: temp file, rename',
+      'read + both CRCs (expert)', 'atomic write (floor_atomic)',
+      'job steps (sha256 counted once)', 'floor steps'}
+  assert all(cost > 0 for cost in costs.values())
+  assert costs['floor steps'] == pytest.approx(
+      costs['read + both CRCs (expert)'] + costs['atomic write (floor_atomic)'], abs=0.2)
+  # Encoding 96x96 PNGs costs more than hashing them.
+  assert costs['render (encode, or passthrough)'] > costs['sha256 of the file']
+  assert not os.path.exists(tmp_path / 'out')
 
 
 def test_profile_run_samples_a_real_run_and_sorts_its_time_into_stages(tmp_path):
