@@ -54,26 +54,26 @@ def _float_photos(folder, count: int, size: int) -> None:
   fixtures.write_tfrecord(str(folder / 'train.tfrecord-00000-of-00001'), payloads)
 
 
-def test_per_image_harness_runs_export_range_and_writes_every_image(tmp_path):
+def _per_image(tmp_path, mode: str) -> str:
+  """`python -m bench.per_image` on 12 TensorFlow-written photos; its output."""
   _float_photos(tmp_path, 12, 96)
   result = subprocess.run(
       [sys.executable, '-m', 'bench.per_image', str(tmp_path / 'train*'), '--files', '1',
-       '--output', str(tmp_path / 'out'), '--profile'],
+       '--output', str(tmp_path / 'out'), mode],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.startswith('12 images from 1 ranges of 1 files: ')
+  return result.stdout
+
+
+def test_per_image_harness_runs_export_range_and_writes_every_image(tmp_path):
+  stdout = _per_image(tmp_path, '--profile')
+  assert stdout.startswith('12 images from 1 ranges of 1 files: ')
   # The profile covers the export's own code, not only the harness around it.
-  assert 'function calls' in result.stdout and 'transforms/' in result.stdout
+  assert 'function calls' in stdout and 'transforms/' in stdout
 
 
 def test_per_image_steps_time_each_step_and_the_floors_beside_them(tmp_path):
-  _float_photos(tmp_path, 12, 96)
-  result = subprocess.run(
-      [sys.executable, '-m', 'bench.per_image', str(tmp_path / 'train*'), '--files', '1',
-       '--output', str(tmp_path / 'out'), '--steps'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  lines = result.stdout.splitlines()
+  lines = _per_image(tmp_path, '--steps').splitlines()
   assert lines[0] == '12 images of 1 files; us an image, each step alone:'
   costs = {line[:36].strip(): float(line[36:]) for line in lines[1:]}
   assert set(costs) == {
