@@ -279,8 +279,8 @@ def test_float_photos_map_to_8_bit_from_a_misaligned_view_without_a_copy(monkeyp
   photo = fixtures.photo(height=64, width=64).astype(np.float32) / 255
   expected = _norm(photo, value_range=(0.0, 1.0))
   copied = []
-  original = normalize.tensor_proto.aligned
-  monkeypatch.setattr(normalize.tensor_proto, 'aligned',
+  original = normalize.aligned
+  monkeypatch.setattr(normalize, 'aligned',
                       lambda a: copied.append(not a.flags.aligned) or original(a))
   out = _norm(_misaligned(photo), value_range=(0.0, 1.0))
   assert np.array_equal(out.pixels, _plain_mapping(photo, 0.0, 1.0, 255))

@@ -618,7 +618,7 @@ def _decode_raw(features, key, spec):
   shape = _complete_shape(shape, count, key)
   _check_count(shape, count, key, f'{dtype_name} values', source)
   _check_pixels(shape, spec, key)
-  pixels = tensor_proto.aligned(np.frombuffer(data, dtype=raw_dtype)).reshape(shape)
+  pixels = normalize.aligned(np.frombuffer(data, dtype=raw_dtype)).reshape(shape)
   if dtype_name == 'bfloat16':
     pixels = tensor_proto.widen_bfloat16(pixels)
   return pixels, dtype_name

@@ -9,8 +9,8 @@ import numpy as np
 from google.protobuf import message as protobuf_message
 
 from transforms import errors
+from transforms import normalize
 from transforms import protos
-from transforms import tensor_proto
 from transforms import wire
 
 BYTES, INT64, FLOAT = 'bytes', 'int64', 'float'
@@ -25,7 +25,7 @@ class FeatureValue:
   record: `buffers()` lends them without a copy, for the paths that only read the bytes
   (a tensor or raw pixels, `transforms.decode`); `values` copies them out as bytes on
   first use. A 600 KB tensor is then copied at most once: into an aligned array, when its
-  items sit misaligned, where NumPy reads them slowly (`tensor_proto.aligned`).
+  items sit misaligned, where NumPy reads them slowly (`normalize.aligned`).
   """
 
   __slots__ = ('kind', '_values', '_views')
@@ -223,7 +223,7 @@ def _packed_floats(float_list) -> np.ndarray:
     return np.array(float_list.value, dtype=np.float32)
   _, start, end = packed[0]
   # The floats follow a tag and a varint length, so the view is misaligned (slow to reduce).
-  return tensor_proto.aligned(
+  return normalize.aligned(
       np.frombuffer(data, dtype='<f4', count=(end - start) // 4, offset=start))
 
 

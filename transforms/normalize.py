@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 
 from transforms import errors
-from transforms import tensor_proto
 
 if TYPE_CHECKING:  # types only: schema imports normalize
   from transforms import schema
@@ -220,8 +219,7 @@ def normalize(pixels: np.ndarray, axes: str, spec: NormalizeSpec, *, bits: str,
 
   `pixels` may be a view whose items sit misaligned (the export's layout path leaves
   them in the record): the float -> 8-bit path reads them in place with OpenCV, and
-  every step NumPy does gets an aligned copy first, as NumPy reduces misaligned floats
-  about 20x slower (docs/benchmarks.md).
+  every step NumPy does gets an aligned copy first (`aligned`).
   """
   steps = []
   pixels = to_hwc(pixels, axes)
@@ -238,10 +236,10 @@ def normalize(pixels: np.ndarray, axes: str, spec: NormalizeSpec, *, bits: str,
   if pixels.dtype.kind == 'f':
     extent = _float_extent(pixels)
     if extent is None:
-      pixels = tensor_proto.aligned(pixels)
+      pixels = aligned(pixels)
       extent = value_extent(pixels, finite_only=False) or (0.0, 0.0)
     if not (math.isfinite(extent[0]) and math.isfinite(extent[1])):
-      pixels = tensor_proto.aligned(pixels)
+      pixels = aligned(pixels)
       if spec.non_finite == 'fail':
         bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
         raise errors.DecodeError(
@@ -251,7 +249,7 @@ def normalize(pixels: np.ndarray, axes: str, spec: NormalizeSpec, *, bits: str,
       steps.append('non_finite_clipped')
   if not (bits == '8' and extent is not None and value_range is not None and
           not spec.undoes_mean_std):
-    pixels = tensor_proto.aligned(pixels)  # past the one path OpenCV reads in place
+    pixels = aligned(pixels)  # past the one path OpenCV reads in place
 
   if spec.undoes_mean_std:
     pixels = _undo_mean_std(pixels, spec.mean, spec.std)
@@ -283,9 +281,16 @@ def normalize(pixels: np.ndarray, axes: str, spec: NormalizeSpec, *, bits: str,
   if bits == '8' and extent is not None:
     out = _map_range_to_uint8(pixels, low, high, extent)
   if out is None:
-    out = _map_range(tensor_proto.aligned(pixels), low, high, top).astype(target)
+    out = _map_range(aligned(pixels), low, high, top).astype(target)
   steps.append(f'range_{_fmt(low)}_{_fmt(high)}_to_{bits}bit')
   return Normalized(out, (low, high), tuple(steps))
+
+
+def aligned(array: np.ndarray) -> np.ndarray:
+  """`array`, copied when its items are not aligned in memory (a view at an odd offset of
+  a record): NumPy reduces misaligned floats slower, up to 20x with the record in cache
+  (docs/benchmarks.md), so the copy costs less than one reduction saves."""
+  return array if array.flags.aligned else array.copy()
 
 
 _OPENCV_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))

@@ -15,6 +15,7 @@ from typing import Tuple
 import numpy as np
 
 from transforms import errors
+from transforms import normalize
 from transforms import tensor_proto
 
 MAGIC = b'\x93NUMPY'
@@ -70,4 +71,4 @@ def to_array(data, max_elements: int, parsed_header=None) -> np.ndarray:
       shape, order='F' if fortran else 'C')
   if not dtype.isnative:
     array = array.astype(dtype.newbyteorder('='))
-  return tensor_proto.aligned(np.ascontiguousarray(array))
+  return normalize.aligned(np.ascontiguousarray(array))

@@ -27,6 +27,7 @@ from transforms import decode
 from transforms import errors
 from transforms import example as example_lib
 from transforms import image_formats
+from transforms import normalize
 from transforms import npy
 from transforms import progress
 from transforms import tensor_proto
@@ -190,7 +191,7 @@ class Layout:
     raw_dtype = decode.raw_dtype_of(self.dtype_name)
     pixels = np.frombuffer(payload, raw_dtype, (end - start) // raw_dtype.itemsize, start)
     if not in_place:
-      pixels = tensor_proto.aligned(pixels)
+      pixels = normalize.aligned(pixels)
     pixels = pixels.reshape(self.shape)
     if self.dtype_name == 'bfloat16':
       pixels = tensor_proto.widen_bfloat16(pixels)

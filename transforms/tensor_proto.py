@@ -14,6 +14,7 @@ import numpy as np
 from google.protobuf import message as protobuf_message
 
 from transforms import errors
+from transforms import normalize
 from transforms import protos
 from transforms import wire
 
@@ -168,7 +169,7 @@ def tensor_to_array(tensor, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np.n
           errors.SHAPE_MISMATCH,
           f'tensor_content holds {len(content)} bytes but shape {list(shape)} of '
           f'{name} needs {count * dtype.itemsize}')
-    flat = aligned(np.frombuffer(content, dtype=dtype))
+    flat = normalize.aligned(np.frombuffer(content, dtype=dtype))
   else:
     values = getattr(tensor, typed_field)
     if len(values) == count:
@@ -187,13 +188,6 @@ def tensor_to_array(tensor, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np.n
   if name == 'bfloat16':
     array = widen_bfloat16(array)
   return array
-
-
-def aligned(array: np.ndarray) -> np.ndarray:
-  """`array`, copied when its items are not aligned in memory (a view at an odd offset of
-  a record): NumPy's reductions run 2-4x slower over misaligned float32, a copy costs less
-  than that on the min and max alone."""
-  return array if array.flags.aligned else array.copy()
 
 
 def _typed_values(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
