@@ -16,6 +16,7 @@ import argparse
 import cProfile
 import glob
 import hashlib
+import itertools
 import os
 import pstats
 import shutil
@@ -117,13 +118,15 @@ def steps(files, ranges, worker: export.RangeWorker, tally: progress.Tally,
   rows = [manifest_lib.manifest_row(*item, config) for item in written]
   entries = manifest_lib.EntryWriter(worker.root, config.manifest_format,
                                      config.manifest_part_rows, run_bytes=1 << 40)
-  count = iter(range(1 << 62))
+  count = itertools.count()
   floor_folder = os.path.join(output, 'floor')
   os.makedirs(floor_folder)
   per_record = len(images) / len(records)
+  extension = config.render.encode.extension
   job = [
-      ('read + both CRCs', _per_item(lambda r: list(read.read_slots(
-          read.read_range(r, config.read), tally)), ranges, 3) * len(ranges) / len(images)),
+      ('read + both CRCs', _per_item(
+          lambda r: list(read.read_slots(read.read_range(r, config.read), tally)),
+          ranges, 3) * len(ranges) / len(images)),
       ('decode (layout, header check)', _per_item(
           lambda record: worker.records.decode(*record), records) / per_record),
       ('name', _per_item(worker.namer.name, images)),
@@ -134,7 +137,8 @@ def steps(files, ranges, worker: export.RangeWorker, tally: progress.Tally,
       ('manifest row, its hash included', _per_item(
           lambda item: manifest_lib.manifest_row(*item, config), written)),
       ('manifest entry', _per_item(
-          lambda row: entries.add(manifest_lib.WRITTEN, row, in_key_order=True), rows, 1)),
+          lambda row: entries.add(manifest_lib.WRITTEN, row, in_key_order=True),
+          rows, 1)),
       ('write: temp file, rename', _per_item(
           lambda item: worker.root.write(f'{next(count)}-{item[1]}', item[2].data),
           written, 2)),
@@ -145,8 +149,8 @@ def steps(files, ranges, worker: export.RangeWorker, tally: progress.Tally,
        len(files) / len(images)),
       ('atomic write (floor_atomic)', _per_item(
           lambda item: peers._atomic_write(
-              os.path.join(floor_folder, f'{next(count)}.{config.render.encode.extension}'),
-              item[2].data), written, 2)),
+              os.path.join(floor_folder, f'{next(count)}.{extension}'), item[2].data),
+          written, 2)),
   ]
   print(f'{len(images)} images of {len(files)} files; us an image, each step alone:')
   for label, cost in job + floor:

@@ -236,16 +236,19 @@ def test_every_tensor_dtype_decodes_by_layout_as_in_full(dtype, monkeypatch):
 def test_in_place_pixels_are_the_full_decodes_values_left_in_the_record():
   photos = [(F.photo(i, 16, 16) / 255.0).astype(np.float32) for i in range(4)]
   # Labels of one and two varint bytes (from 150 on) make records of two lengths.
-  payloads = [_tensor_record(photos[i % 4], label=F.int64_feature(i * 50)) for i in range(8)]
+  payloads = [_tensor_record(photos[i % 4], label=F.int64_feature(i * 50))
+              for i in range(8)]
   decoder = record_layout.LayoutDecoder(TENSOR, in_place=True)
   misaligned = 0
   for i, payload in enumerate(payloads):
     ref = RecordRef('data.tfrecord', i, 0)
-    [got], [expected] = decoder.decode(ref, payload), decode.decode_record(ref, payload, TENSOR)
+    [got] = decoder.decode(ref, payload)
+    [expected] = decode.decode_record(ref, payload, TENSOR)
     assert got.pixels.dtype == expected.pixels.dtype and np.array_equal(got.pixels,
                                                                         expected.pixels)
     assert expected.pixels.flags.aligned
-    if i not in (0, 3):  # each length is learned at its first record: the rest are read by layout, in place
+    # Each length is learned at its first record; the rest are read by layout, in place.
+    if i not in (0, 3):
       assert np.shares_memory(got.pixels, np.frombuffer(payload, np.uint8))
       misaligned += not got.pixels.flags.aligned
   assert misaligned

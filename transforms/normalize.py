@@ -1,7 +1,8 @@
 """Image arrays of any dtype, range and axis order -> the pixels an image file should hold.
 
-NumPy and OpenCV, no I/O. The steps, in order: to HWC; BGR -> RGB; non-finite policy; undo mean/std;
-map the value range onto the target bit depth, rounding to nearest and clipping.
+NumPy and OpenCV, no I/O. The steps, in order: to HWC; BGR -> RGB; non-finite policy;
+undo mean/std; map the value range onto the target bit depth, rounding to nearest and
+clipping.
 """
 
 from __future__ import annotations
@@ -239,9 +240,8 @@ def normalize(pixels: np.ndarray, axes: str, spec: NormalizeSpec, *, bits: str,
       pixels = aligned(pixels)
       extent = value_extent(pixels, finite_only=False) or (0.0, 0.0)
     if not (math.isfinite(extent[0]) and math.isfinite(extent[1])):
-      pixels = aligned(pixels)
       if spec.non_finite == 'fail':
-        bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
+        bad = int(pixels.size - np.count_nonzero(np.isfinite(aligned(pixels))))
         raise errors.DecodeError(
             errors.NON_FINITE,
             f'image holds {bad} NaN/Inf values (pass --non_finite clip to map NaN to the '
