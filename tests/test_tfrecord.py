@@ -27,6 +27,13 @@ def _bad(slots):
   return [s for s in slots if isinstance(s, errors.CorruptRecordError)]
 
 
+def _key(slot):
+  """A slot as a comparable tuple: where it is, and its payload or what was wrong."""
+  if isinstance(slot, errors.CorruptRecordError):
+    return ('bad', slot.reason, slot.index, slot.offset)
+  return ('good', slot[0].index, slot[0].offset, slot[1])
+
+
 @pytest.mark.parametrize('compression', ['', 'GZIP', 'ZLIB'])
 def test_reads_files_tensorflow_wrote(tmp_path, compression):
   path = fixtures.write_tfrecord(str(tmp_path / 'tf.tfrecord'), PAYLOADS, compression)
@@ -153,13 +160,7 @@ def test_ranges_read_exactly_what_one_whole_read_reads(tmp_path):
   config = read.ReadConfig(split_bytes=1000)
   for file_range in ranges:
     pieces += list(read.read_range(file_range, config))
-
-  def key(slot):
-    if isinstance(slot, errors.CorruptRecordError):
-      return ('bad', slot.reason, slot.index, slot.offset)
-    return ('good', slot[0].index, slot[0].offset, slot[1])
-
-  assert [key(s) for s in pieces] == [key(s) for s in whole]
+  assert [_key(s) for s in pieces] == [_key(s) for s in whole]
   assert len(_bad(whole)) == 2
 
 
@@ -199,3 +200,39 @@ def test_fsspec_urls_globs_and_directories_read_the_same(tmp_path):
                   str(folder), str(folder / '*.tfrecord'), f'file://{folder}/a.tfrecord'):
     assert _good(read.read_all([pattern])) == payloads, pattern
   memory.rm('/unrecord-test', recursive=True)
+
+
+@pytest.mark.parametrize('sizes', [
+    [70000, 120, 90000, 64 << 10, 5, 200000, 300],  # a large first record: unbuffered
+    [120, 70000, 90000, 5, 200000, 64 << 10],  # a small first record: the buffer
+    [(64 << 10) - 1] * 4 + [70000] * 4,  # just under the buffer, then over it
+], ids=['large-first', 'small-first', 'at-the-buffer'])
+def test_the_index_pass_plans_and_counts_any_record_sizes_as_a_whole_read(
+    tmp_path, monkeypatch, sizes):
+  payloads = [os.urandom(size) for size in sizes * 3]
+  data = bytearray(_frames(payloads))
+  data[len(data) // 2] ^= 0x10  # damage inside some record
+  data[len(data) - 100] ^= 0x10
+  path = str(tmp_path / 'big.tfrecord')
+  open(path, 'wb').write(bytes(data))
+  buffers = []
+  opened = read.input_files.open_input
+
+  def spy(url, storage_options=None, **kwargs):
+    buffers.append(kwargs.get('local_buffer', read.input_files.LOCAL_BUFFER))
+    return opened(url, storage_options, **kwargs)
+
+  monkeypatch.setattr(read.input_files, 'open_input', spy)
+  config = read.ReadConfig(split_bytes=150000)
+  item = read.input_files.InputFile(path, len(data))
+  ranges = read.plan_file(item, config)
+  slots = read.count_records(item, config)
+  index_buffer = 0 if sizes[0] >= 64 << 10 else 64 << 10
+  assert buffers[1] == buffers[3] == index_buffer  # [0] and [2] sniff the head
+  with open(path, 'rb') as f:  # through the 64 KiB buffer, as before
+    assert ranges == tfrecord.plan_ranges(f, path, size=len(data), split_bytes=150000)
+  whole = _read(bytes(data), size=len(data))
+  pieces = [slot for file_range in ranges for slot in read.read_range(file_range, config)]
+  assert len(ranges) > 3 and slots == len(whole)
+  assert [_key(s) for s in pieces] == [_key(s) for s in whole]
+  assert len(_bad(whole)) == 2 and len(_good(whole)) == len(payloads) - 2

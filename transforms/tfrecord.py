@@ -49,6 +49,15 @@ def masked_crc(data) -> int:
   return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
 
 
+def frame_length(head: bytes) -> Optional[int]:
+  """The payload length the frame header at the start of `head` claims, when that header
+  is whole and its CRC holds; else None."""
+  if len(head) < HEADER_SIZE:
+    return None
+  length, crc = _U64_U32.unpack_from(head)
+  return length if masked_crc(head[:8]) == crc else None
+
+
 def encode_record(payload: bytes) -> bytes:
   """One complete frame holding `payload`."""
   length = _U64.pack(len(payload))
