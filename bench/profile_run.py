@@ -20,32 +20,40 @@ import sys
 import tempfile
 from typing import Dict, List, Sequence, Tuple
 
-# (stage, process, a frame that marks it), matched in this order against each sample's
+# (stage, process, frames that mark it), matched in this order against each sample's
 # stack; a frame is matched by its function name and file, e.g. 'encode (transforms/encode'.
-STAGES: Tuple[Tuple[str, str, str], ...] = (
-    ('worker: imports before the first range', 'worker', '<frozen importlib'),
-    ('encode (fpng, OpenCV)', 'worker', 'encode (transforms/encode.py'),
-    ('sha256 of each file, for the manifest', 'worker', 'sha256 (transforms/output_root.py'),
-    ('file write: temp file, write, rename', 'worker', 'write (transforms/output_root.py'),
-    ('read records: page cache copy, CRC32C', 'worker', 'read_slots (transforms/read.py'),
+# A generator's frames show under whichever frame resumed it, so reading is marked by the
+# framing module's frames as well as by read_slots; planning, which walks the same
+# frames, is matched before it.
+STAGES: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
+    ('worker: imports before the first range', 'worker', ('<frozen importlib',)),
+    ('worker: planning ranges (frame index pass)', 'worker',
+     ('plan_file (transforms/read.py',)),
+    ('encode (fpng, OpenCV)', 'worker', ('encode (transforms/encode.py',)),
+    ('sha256 of each file, for the manifest', 'worker',
+     ('sha256 (transforms/output_root.py',)),
+    ('file write: temp file, write, rename', 'worker', ('write (transforms/output_root.py',)),
+    ('read records: page cache copy, CRC32C', 'worker',
+     ('read_slots (transforms/read.py', 'read_range (transforms/read.py',
+      'transforms/tfrecord.py')),
     ('float -> 8-bit: range check, two conversions', 'worker',
-     'normalize (transforms/normalize.py'),
+     ('normalize (transforms/normalize.py',)),
     ('decode: layout check, aligned tensor copy', 'worker',
-     'decode_records (transforms/record_layout.py'),
-    ('naming', 'worker', 'name (transforms/naming.py'),
-    ('manifest rows and runs', 'worker', '_add_rows (transforms/export.py'),
-    ('rest of the export DoFn', 'worker', 'export_range (transforms/export.py'),
-    ('manifest parts, report, dead letters', 'worker', 'transforms/'),
-    ('worker: Beam harness (gRPC, bundles)', 'worker', ''),
-    ('launcher: imports', 'launcher', '<frozen importlib'),
-    ('launcher: sampling the schema, planning', 'launcher', 'plan_export (transforms/plan.py'),
-    ('launcher: the runner (FnApiRunner, gRPC)', 'launcher', ''),
+     ('decode_records (transforms/record_layout.py',)),
+    ('naming', 'worker', ('name (transforms/naming.py',)),
+    ('manifest rows and runs', 'worker', ('_add_rows (transforms/export.py',)),
+    ('rest of the export DoFn', 'worker', ('export_range (transforms/export.py',)),
+    ('manifest parts, report, dead letters', 'worker', ('transforms/',)),
+    ('worker: Beam harness (gRPC, bundles)', 'worker', ('',)),
+    ('launcher: imports', 'launcher', ('<frozen importlib',)),
+    ('launcher: sampling the schema, planning', 'launcher', ('plan_export (transforms/plan.py',)),
+    ('launcher: the runner (FnApiRunner, gRPC)', 'launcher', ('',)),
 )
 
 
 def classify(stack: Sequence[str], process: str) -> str:
-  for stage, where, marker in STAGES:
-    if where == process and (not marker or any(marker in frame for frame in stack)):
+  for stage, where, markers in STAGES:
+    if where == process and any(marker in frame for marker in markers for frame in stack):
       return stage
   return 'other'
 

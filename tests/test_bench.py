@@ -108,3 +108,18 @@ def test_profile_run_samples_a_real_run_and_sorts_its_time_into_stages(tmp_path)
             if stage not in ('stage', '---')]
   assert 99 <= sum(shares) <= 101
   assert not (tmp_path / 'out').exists()  # the run's output is removed
+
+
+def test_profile_run_sorts_resumed_reading_and_planning_frames_into_their_stages():
+  from bench import profile_run
+  harness = ['run (apache_beam/runners/worker/sdk_worker.py:300)',
+             'process (transforms/ptransforms.py:204)']
+  reading = harness + ['export_range (transforms/export.py:120)',
+                       'read_records (transforms/tfrecord.py:404)',
+                       '_walk (transforms/tfrecord.py:356)']
+  planning = harness + ['plan_file (transforms/read.py:47)',
+                        '_walk (transforms/tfrecord.py:300)']
+  assert profile_run.classify(reading, 'worker') == 'read records: page cache copy, CRC32C'
+  assert profile_run.classify(planning, 'worker') == (
+      'worker: planning ranges (frame index pass)')
+  assert profile_run.classify(harness[:1], 'worker') == 'worker: Beam harness (gRPC, bundles)'
