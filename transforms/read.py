@@ -8,7 +8,7 @@ and `storage` (fsspec).
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Iterator, List, Optional, Sequence, Union
+from typing import BinaryIO, Iterable, Iterator, List, Optional, Sequence, Union
 
 from transforms import errors
 from transforms import input_files
@@ -64,7 +64,7 @@ def _plan_file(item: input_files.InputFile, config: ReadConfig) -> List[FileRang
                                 max_record_size=config.max_record_size)
 
 
-def _index_stream(url: str, config: ReadConfig, head: bytes):
+def _index_stream(url: str, config: ReadConfig, head: bytes) -> BinaryIO:
   """The file opened for a pass over its frame headers, `head` its first bytes.
 
   The pass seeks past every payload to read the next 12-byte header. Through the local
