@@ -7,8 +7,9 @@ and `storage` (fsspec).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import BinaryIO, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import BinaryIO, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from transforms import errors
 from transforms import input_files
@@ -51,32 +52,36 @@ def plan_file(item: input_files.InputFile, config: ReadConfig) -> List[FileRange
 
 
 def _plan_file(item: input_files.InputFile, config: ReadConfig) -> List[FileRange]:
-  with input_files.open_input(item.url, config.storage_options) as stream:
-    head = stream.read(_SNIFF_BYTES)
+  with _header_stream(item.url, config) as (stream, head):
     compression = tfrecord.resolve_compression(item.url, config.compression, head)
     if compression != 'none':
       return [FileRange(item.url, 0, None, 0, compression, item.size)]
-    if item.size <= config.split_bytes:  # one range: no header is read
-      return [FileRange(item.url, 0, None, 0, 'none', item.size)]
-  with _index_stream(item.url, config, head) as stream:
     return tfrecord.plan_ranges(stream, item.url, size=item.size,
                                 split_bytes=config.split_bytes,
                                 max_record_size=config.max_record_size)
 
 
-def _index_stream(url: str, config: ReadConfig, head: bytes) -> BinaryIO:
-  """The file opened for a pass over its frame headers, `head` its first bytes.
+@contextlib.contextmanager
+def _header_stream(url: str, config: ReadConfig
+                   ) -> Iterator[Tuple[BinaryIO, bytes]]:
+  """The file opened for a pass over its frame headers, and its first bytes.
 
   The pass seeks past every payload to read the next 12-byte header. Through the local
   64 KiB buffer, each header of a record larger than that brings 64 KiB it throws away
-  (half the time of planning 600 KB records, docs/benchmarks.md); such files are read
-  unbuffered. Files of smaller records keep the buffer, which holds their next headers.
+  (half the time of planning 600 KB records, docs/benchmarks.md), so a local file whose
+  first record is that large is opened again unbuffered. Any other file keeps the stream
+  its first bytes came from: smaller records' next headers are in the buffer, and other
+  filesystems read ahead by blocks.
   """
-  first_length = tfrecord.frame_length(head)
-  unbuffered = first_length is not None and first_length >= input_files.LOCAL_BUFFER
-  return input_files.open_input(
-      url, config.storage_options,
-      local_buffer=0 if unbuffered else input_files.LOCAL_BUFFER)
+  with input_files.open_input(url, config.storage_options) as stream:
+    head = stream.read(_SNIFF_BYTES)
+    first_length = tfrecord.frame_length(head)
+    if (first_length is None or first_length < input_files.LOCAL_BUFFER or
+        not input_files.is_local(input_files.filesystem(url, config.storage_options)[0])):
+      yield stream, head
+      return
+  with input_files.open_input(url, config.storage_options, local_buffer=0) as stream:
+    yield stream, head
 
 
 def read_range(file_range: FileRange, config: ReadConfig
@@ -118,11 +123,9 @@ def count_records(item: input_files.InputFile, config: ReadConfig) -> Optional[i
   fs, _ = input_files.filesystem(item.url, config.storage_options)
   if not input_files.is_local(fs):
     return None
-  with input_files.open_input(item.url, config.storage_options) as stream:
-    head = stream.read(_SNIFF_BYTES)
+  with _header_stream(item.url, config) as (stream, head):
     if tfrecord.resolve_compression(item.url, config.compression, head) != 'none':
       return None
-  with _index_stream(item.url, config, head) as stream:
     return tfrecord.count_slots(stream, item.url, size=item.size,
                                 max_record_size=config.max_record_size)
 
