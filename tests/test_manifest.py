@@ -6,9 +6,11 @@ import hashlib
 import json
 import math
 import os
+from unittest import mock
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -91,7 +93,7 @@ def _config(out, **options):
 
 def test_runs_are_sorted_files_and_merge_back_in_key_order(tmp_path):
   root = output_root.OutputRoot(str(tmp_path))
-  writer = runs.RunWriter(root, JSONL, run_bytes=2_000, batch_rows=3)
+  writer = runs.RunWriter(root, JSONL, run_bytes=2_000, group_rows=3, block_rows=2)
   paths = [f'{c}/img-{i:04d}.png' for i in range(300, 0, -1) for c in 'ba']
   for path in paths:
     writer.add(_tuple(manifest.WRITTEN, _row(path)), 100)
@@ -99,8 +101,12 @@ def test_runs_are_sorted_files_and_merge_back_in_key_order(tmp_path):
   assert len(written) > 10  # small runs, so the merge below needs intermediate levels
   for run in written:
     keys = [row[0] for row in runs.rows_of(root, run)]
-    assert keys == sorted(keys) and len(keys) == run.rows == sum(run.batch_rows)
+    assert keys == sorted(keys) and len(keys) == run.rows == sum(run.group_rows)
     assert list(run.firsts) == keys[::3]
+    with pa.ipc.open_file(tmp_path / run.name) as stored:  # groups of 3 as batches of 2, 1
+      assert [stored.get_batch(i).num_rows for i in range(stored.num_record_batches)] == [
+          rows for _, rows, _ in run.blocks()] == [2, 1] * (run.rows // 3) + (
+              [min(2, run.rows % 3)] if run.rows % 3 else [])
   merged = [row[0] for row in runs.merged(root, written, JSONL, fan_in=3)]
   assert merged == sorted(paths)
   assert writer.flush() == []  # flush hands the runs over once
@@ -112,12 +118,29 @@ def test_a_run_read_back_short_fails_loudly(tmp_path):
   for path in ('a.png', 'b.png'):
     writer.add(_tuple(manifest.WRITTEN, _row(path)), 100)
   [run] = writer.flush()
-  short = dataclasses.replace(run, batch_rows=(3,))
+  short = dataclasses.replace(run, group_rows=(3,))
   with pytest.raises(OSError, match='read back 2 rows of 3'):
     list(runs.rows_of(root, short))
-  missing = dataclasses.replace(run, firsts=('a.png', 'b.png'), batch_rows=(1, 1))
+  missing = dataclasses.replace(run, firsts=('a.png', 'b.png'), group_rows=(1, 1))
   with pytest.raises(OSError, match='holds 1 batches of 2'):
-    runs.read_slice(root, missing, None, None)
+    runs.RangeReader(root, missing, None, None).until(None)
+
+
+def test_a_range_reader_opens_its_run_only_when_a_range_wants_its_rows(tmp_path):
+  root = output_root.OutputRoot(str(tmp_path))
+  writer = runs.RunWriter(root, JSONL, group_rows=4, block_rows=2)
+  paths = [f'm/{i:02d}.png' for i in range(10)]
+  for path in paths:
+    writer.add(_tuple(manifest.WRITTEN, _row(path)), 100)
+  [run] = writer.flush()
+  reader = runs.RangeReader(root, run, 'm/01.png', 'm/09.png')
+  with mock.patch.object(root, 'open_read', wraps=root.open_read) as opened:
+    assert reader.until('a') == [] and opened.call_count == 0  # below every path
+    taken = [reader.until(key) for key in ('m/05.png', 'm/05.png', None, None)]
+    assert opened.call_count == 1
+  keys = [[key for batch in batches for key in batch.column(0).to_pylist()]
+          for batches in taken]
+  assert keys == [paths[1:5], [], paths[5:9], []]
 
 
 def _expect(output_format, *rows):
@@ -276,6 +299,70 @@ def test_any_runs_cut_into_any_parts_give_one_sorted_manifest(
     assert len(parts) > 1
 
 
+def _staged(root, summary):
+  """A staged part's rows, and its Parquet row groups' sizes (None for JSONL)."""
+  path = root.path(f'{manifest.STAGED}/{summary["name"]}')
+  if summary['name'].endswith('.jsonl'):
+    with open(path, 'rb') as f:
+      return f.read(), None
+  stored = pq.ParquetFile(path)
+  return (stored.read().to_pylist(),
+          [stored.metadata.row_group(i).num_rows for i in range(stored.num_row_groups)])
+
+
+def _chosen(buckets, per_class=manifest.SAMPLES_PER_CLASS, limit=manifest.MAX_SAMPLES):
+  sampler = manifest.RowSampler(per_class, limit)
+  for label, rows in buckets:
+    for row in rows:
+      sampler.add(label, row)
+  return sampler.chosen()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_names, st.integers(0, 2), st.sampled_from('wwwsp'),
+                          st.sampled_from([None, 'a', 'b', 'c'])), min_size=10,
+                max_size=120),
+       st.integers(1, 400), st.integers(1, 6), st.integers(1, 4), st.integers(1, 60),
+       st.integers(1, 12), st.integers(1, 5), st.booleans(),
+       st.sampled_from(manifest.FORMATS))
+def test_a_part_written_slice_by_slice_is_the_part_written_whole(
+    tmp_path_factory, images, run_bytes, group_rows, block_rows, part_rows, slice_rows,
+    row_group_rows, overwrite, output_format):
+  """Slices of any size, over runs of any groups and record batches, stage the same
+  part as one slice does: the same bytes (JSONL) or rows in row groups of
+  ROW_GROUP_ROWS (Parquet), the same counts, collisions and report samples, whatever
+  the entries (replays, collisions, skipped images, previous rows kept or stale)."""
+  out = tmp_path_factory.mktemp('root')
+  root = output_root.OutputRoot(str(out))
+  writer = manifest.EntryWriter(root, output_format, rows_per_part=group_rows * 16,
+                                run_bytes=run_bytes, block_rows=block_rows)
+  for path, index, kind, label in images:
+    writer.add(kind, _row(f'i{path}.png', index=index, label=label, sha=f'{path}{index}'))
+  written = writer.flush()
+  assert all(run.block_rows == block_rows for run in written)
+  config = _config(out, manifest_format=output_format, overwrite=overwrite)
+
+  def staged(part, rows):
+    collided = []
+    summary = manifest.write_part(part, written, config, collided.append, slice_rows=rows)
+    samples = _chosen(summary.pop('samples'))
+    return summary, samples, [f.to_row() for f in collided], _staged(root, summary)
+
+  with mock.patch.object(manifest, 'ROW_GROUP_ROWS', row_group_rows):
+    one_part = staged(manifest.Part(0, 1, None, None), 10**9)[3][0]
+    rows = b'' if output_format == 'jsonl' else []
+    for part in manifest.plan_parts(written, part_rows):
+      whole = staged(part, 10**9)
+      sliced = staged(part, slice_rows)
+      assert sliced == whole
+      rows += sliced[3][0]
+      groups = sliced[3][1]
+      if groups is not None:  # full row groups but the last, one empty group if no row
+        assert groups[:-1] == [row_group_rows] * (len(groups) - 1)
+        assert 0 < groups[-1] <= row_group_rows or groups == [0]
+    assert rows == one_part  # the parts' ranges hold every row once, in order
+
+
 def test_a_committed_manifest_replaces_earlier_parts_and_a_killed_commit_is_finished(
     tmp_path):
   root = output_root.OutputRoot(str(tmp_path))
@@ -383,30 +470,32 @@ def _finite_or_none(value):
   return value
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from('abcdefgh'), st.booleans(),
                           st.one_of(st.none(), st.sampled_from('xyz'))), max_size=80),
-       st.integers(1, 4), st.integers(1, 5))
+       st.integers(1, 4), st.integers(1, 5), st.floats(0, 1))
 def test_a_parts_samples_are_what_the_sampler_takes_from_every_row_in_order(
-    rows, per_class, limit):
-  """`_samples` feeds the sampler only the rows it would take; fed every sampled row in
-  path order instead (a row shown as another entry's class and line where decide says
-  so), the sampler chooses the same."""
-  table = _table([(manifest.WRITTEN, _row(f'{i:03d}.png', index=i, label=c))
-                  for i, (c, _, _) in enumerate(rows)], 'jsonl')
-  sampled = np.array([s for _, s, _ in rows], dtype=bool)
-  sampled_as = {i: (shown, _line(_row('other.png', label=shown)))
-                for i, (_, s, shown) in enumerate(rows) if s and shown is not None}
+    rows, per_class, limit, share):
+  """`_samples` feeds the sampler only the rows it would take, also a sampler fed the
+  slices before; fed every sampled row in path order instead (a row shown as another
+  entry's class and line where decide says so), the sampler holds the same."""
   expected = manifest.RowSampler(per_class, limit)
-  lines = table.column('line').to_pylist()
-  classes = table.column('class_key').to_pylist()
-  for i in np.flatnonzero(sampled):
-    class_key, line = sampled_as.get(i, (classes[i], lines[i]))
-    expected.add(class_key, line.decode('utf-8'))
-  got = manifest._samples(  # pylint: disable=protected-access
-      table, np.arange(table.num_rows), sampled, sampled_as,
-      manifest.RowSampler(per_class, limit))
-  assert got == expected.buckets()
+  got = manifest.RowSampler(per_class, limit)
+  cut = int(len(rows) * share)
+  for start, piece in ((0, rows[:cut]), (cut, rows[cut:])):  # two slices, in order
+    table = _table([(manifest.WRITTEN, _row(f'{start + i:03d}.png', index=i, label=c))
+                    for i, (c, _, _) in enumerate(piece)], 'jsonl')
+    sampled = np.array([s for _, s, _ in piece], dtype=bool)
+    sampled_as = {i: (shown, _line(_row('other.png', label=shown)))
+                  for i, (_, s, shown) in enumerate(piece) if s and shown is not None}
+    lines = table.column('line').to_pylist()
+    classes = table.column('class_key').to_pylist()
+    for i in np.flatnonzero(sampled):
+      class_key, line = sampled_as.get(i, (classes[i], lines[i]))
+      expected.add(class_key, line.decode('utf-8'))
+    buckets = manifest._samples(  # pylint: disable=protected-access
+        table, np.arange(table.num_rows), sampled, sampled_as, got)
+    assert buckets == expected.buckets()
 
 
 @settings(max_examples=80, deadline=None)

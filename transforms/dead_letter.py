@@ -60,7 +60,7 @@ class FailureWriter:
   def __init__(self, config: 'export.ExportConfig'):
     self._config = config
     root = output_root.OutputRoot(config.output, config.read.storage_options)
-    self._runs = runs_lib.RunWriter(root, FAILURE_SCHEMA, batch_rows=_BATCH_ROWS,
+    self._runs = runs_lib.RunWriter(root, FAILURE_SCHEMA, group_rows=_BATCH_ROWS,
                                     prefix='dead-letter')
 
   def add(self, failure: errors.Failure) -> None:
@@ -85,7 +85,7 @@ def write_dead_letter(runs: Iterable[runs_lib.Run], config: 'export.ExportConfig
   by_reason = collections.Counter()
   first: List[dict] = []
   merged = runs_lib.merged(root, list(runs), FAILURE_SCHEMA, fan_in=_FAN_IN,
-                           batch_rows=_BATCH_ROWS)
+                           group_rows=_BATCH_ROWS)
   with root.open_write(naming.DEAD_LETTER_ROWS) as rows_out, \
       root.open_write(naming.DEAD_LETTER_RECORDS) as records_out:
     records = tfrecord.TFRecordWriter(records_out)

@@ -13,8 +13,9 @@ How it is made, with nothing per image passing through one worker:
    previous part).
 2. `plan_parts` cuts all runs into path ranges of about ROWS_PER_PART rows, from the
    runs' batch keys alone.
-3. `write_part`, a task per range, reads only its range of each run, decides each path
-   (below) and stages the part under `_manifest/_staged/`.
+3. `write_part`, a task per range, reads only its range of each run, a slice of
+   SLICE_ROWS entries at a time, decides each path (below) and stages the part under
+   `_manifest/_staged/`.
 4. `commit` writes the list of staged parts as a journal, then moves them into place,
    removes parts and a single `_manifest.jsonl` of earlier runs, and writes
    `_parts.json`. A run killed during the moves leaves the journal, and the next run
@@ -32,7 +33,6 @@ import collections
 import dataclasses
 import io
 import json
-import math
 import os
 import re
 import time
@@ -58,10 +58,15 @@ if TYPE_CHECKING:  # types only: export imports manifest
   from transforms import export
 
 FORMATS = ('jsonl', 'parquet')
-# Rows per part: a part's task holds its rows in memory (about 1.5 KB each at its peak,
-# with the sort and a row group in flight), so this bounds a worker's memory as much as
-# its work (docs/scale.md).
+# Rows per part: a part's task takes them a slice at a time, so this bounds its work,
+# the commit's copies (one per part) and the parts a reader lists, not its memory.
 ROWS_PER_PART = 100_000
+# Entries a part's task holds at once, about 0.6 KB each (docs/scale.md): a worker's
+# memory is the same whatever the run's size.
+SLICE_ROWS = 4096
+# Rows per record batch of a manifest run: beside its slice, a part's task holds at most
+# one such batch of each run.
+RUN_BLOCK_ROWS = 128
 STAGED = f'{naming.MANIFEST}/_staged'
 JOURNAL = f'{STAGED}/_commit.json'
 PARTS_INDEX = f'{naming.MANIFEST}/_parts.json'
@@ -104,8 +109,8 @@ _ROW_NAMES = tuple(field.name for field in _ROW_FIELDS)
 
 
 def index_step(rows_per_part: int) -> int:
-  """Rows per record batch of a manifest run. The parts are planned from the batches'
-  first paths, so a part's size is right to within a batch per run; at most 1,024, so
+  """Rows per indexed group of a manifest run. The parts are planned from the groups'
+  first paths, so a part's size is right to within a group per run; at most 1,024, so
   the runs' keys (which every part's task receives) stay a thousandth of the rows."""
   return max(1, min(1024, rows_per_part // 16))
 
@@ -119,12 +124,13 @@ class EntryWriter:
   """A worker's manifest entries, written as sorted runs (`flush()` returns them)."""
 
   def __init__(self, root: output_root.OutputRoot, output_format: str = 'jsonl',
-               rows_per_part: int = ROWS_PER_PART, run_bytes: int = 8 << 20):
+               rows_per_part: int = ROWS_PER_PART, run_bytes: int = 8 << 20,
+               block_rows: int = RUN_BLOCK_ROWS):
     self._format = output_format
     self._runs = runs_lib.RunWriter(root, ENTRY_SCHEMAS[output_format],
                                     run_bytes=run_bytes,
-                                    batch_rows=index_step(rows_per_part),
-                                    prefix='manifest')
+                                    group_rows=index_step(rows_per_part),
+                                    block_rows=block_rows, prefix='manifest')
 
   def add(self, kind: str, row: dict, line: Optional[bytes] = None, *,
           in_key_order: bool = False) -> None:
@@ -291,9 +297,9 @@ def previous_runs(name: str, config: 'export.ExportConfig') -> List[runs_lib.Run
   root = output_root.OutputRoot(config.output, config.read.storage_options)
   if config.manifest_format == 'parquet':
     step = index_step(config.manifest_part_rows)
-    return [runs_lib.write_run(root, entries, step, 'manifest')
+    return [runs_lib.write_run(root, entries, step, 'manifest', RUN_BLOCK_ROWS)
             for entries in (_as_entries(table, PREVIOUS) for table in
-                            _file_tables(root, name, config.manifest_part_rows))
+                            _file_tables(root, name, SLICE_ROWS))
             if entries.num_rows]
   writer = EntryWriter(root, 'jsonl', config.manifest_part_rows)
   for row, line in _file_rows(root, name):
@@ -333,8 +339,7 @@ class Part:
 def plan_parts(runs: Sequence[runs_lib.Run], rows_per_part: int = ROWS_PER_PART
                ) -> List[Part]:
   """The manifest's parts: a path range per `rows_per_part` entries, at least one."""
-  total = sum(run.rows for run in runs)
-  points = runs_lib.split_points(runs, max(1, math.ceil(total / rows_per_part)))
+  points = runs_lib.split_points(runs, rows_per_part)
   bounds = [None, *points, None]
   return [Part(i, len(points) + 1, bounds[i], bounds[i + 1]) for i in range(len(points) + 1)]
 
@@ -360,6 +365,11 @@ class PartResult:
   passthrough: int = 0
   stale: List[str] = dataclasses.field(default_factory=list)
   collisions: List[Collision] = dataclasses.field(default_factory=list)
+
+  def count(self, other: 'PartResult') -> None:
+    """Adds `other`'s counts (not its stale paths and collisions) to this one's."""
+    for name in ('written', 'skipped', 'kept_from_previous', 'bytes', 'passthrough'):
+      setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 def decide(table: pa.Table, *, keep_previous: Callable[[str], bool],
@@ -490,56 +500,120 @@ def _count_written(result: PartResult, e: Entry) -> None:
 
 
 def write_part(part: Part, runs: Sequence[runs_lib.Run], config: 'export.ExportConfig',
-               on_collision: Callable[[errors.Failure], None]) -> dict:
+               on_collision: Callable[[errors.Failure], None],
+               slice_rows: int = SLICE_ROWS) -> dict:
   """Merges the runs' entries in `part`'s path range into a staged manifest part.
 
   Removes the files of stale rows (see `decide`); each name collision's images go to
   `on_collision` as Failure rows. Returns the part's summary, for `commit`.
 
-  Memory: the part's entries once (about 650 bytes a row), plus a row group's worth;
-  the entries are never copied whole, only sorted by index.
+  Memory: the range is cut into slices of about `slice_rows` entries by the runs' index,
+  and each slice is read, decided and written before the next is read, so a part's
+  task holds one slice (with its sort and a row group in flight) and a record batch of
+  each run, whatever the part's size. A path's entries all fall in one slice.
   """
   root = output_root.OutputRoot(config.output, config.read.storage_options)
-  slices = [t for t in (runs_lib.read_slice(root, run, part.lo, part.hi) for run in runs)
-            if t is not None]
-  table = (pa.concat_tables(slices) if slices
-           else ENTRY_SCHEMAS[config.manifest_format].empty_table())
-  del slices
-  order = pc.sort_indices(table, sort_keys=[('path', 'ascending'), ('kind', 'ascending')]
-                          ).to_numpy()
-  keep, sampled_as, sampled, result = decide(
-      table, order=order, keep_previous=_keeps_previous(config),
-      on_disk_sha256=lambda path: _sha256_or_none(root, path))
-  kept = order[keep]
+  keep_previous = _keeps_previous(config)
   name = part_name(part.index, part.count, config.manifest_format)
-  with root.open_write(f'{STAGED}/{name}') as out:
-    if config.manifest_format == 'jsonl':
-      _write_lines(out, table.column('line'), kept)
-    else:
-      _write_parquet(out, table, kept)
-  for path in result.stale:
-    try:
-      root.fs.rm_file(root.path(path))
-    except FileNotFoundError:
-      pass
-  for collision in result.collisions:
-    for failure in _collision_failures(collision):
-      on_collision(failure)
-  paths = table.column('path')
-  summary = {
-      'name': name, 'rows': int(kept.size),
-      'first': paths[int(kept[0])].as_py() if kept.size else None,
-      'last': paths[int(kept[-1])].as_py() if kept.size else None,
-      'written': result.written, 'skipped': result.skipped,
-      'kept_from_previous': result.kept_from_previous, 'bytes': result.bytes,
-      'passthrough': result.passthrough, 'stale_removed': len(result.stale),
-      'collisions': sum(len(c.others) for c in result.collisions),
-      'collided_skipped': sum(c.skipped for c in result.collisions),
-      'samples': _samples(table, order, sampled, sampled_as),
-  }
-  del table
+  totals, sampler = PartResult(), RowSampler()
+  rows, first, last, stale, collisions, collided_skipped = 0, None, None, 0, 0, 0
+  with root.open_write(f'{STAGED}/{name}') as out, \
+      _PartWriter(out, config.manifest_format) as writer:
+    for table in _slices(root, part, runs, slice_rows):
+      order = pc.sort_indices(
+          table, sort_keys=[('path', 'ascending'), ('kind', 'ascending')]).to_numpy()
+      keep, sampled_as, sampled, result = decide(
+          table, order=order, keep_previous=keep_previous,
+          on_disk_sha256=lambda path: _sha256_or_none(root, path))
+      kept = order[keep]
+      writer.write(table, kept)
+      if kept.size:
+        paths = table.column('path')
+        first = paths[int(kept[0])].as_py() if first is None else first
+        last = paths[int(kept[-1])].as_py()
+        rows += int(kept.size)
+      _samples(table, order, sampled, sampled_as, sampler)
+      totals.count(result)
+      for path in result.stale:
+        try:
+          root.fs.rm_file(root.path(path))
+        except FileNotFoundError:
+          pass
+      stale += len(result.stale)
+      for collision in result.collisions:
+        for failure in _collision_failures(collision):
+          on_collision(failure)
+        collisions += len(collision.others)
+        collided_skipped += collision.skipped
+      del table, order, keep, sampled_as, sampled, result
   pa.default_memory_pool().release_unused()
-  return summary
+  return {
+      'name': name, 'rows': rows, 'first': first, 'last': last,
+      'written': totals.written, 'skipped': totals.skipped,
+      'kept_from_previous': totals.kept_from_previous, 'bytes': totals.bytes,
+      'passthrough': totals.passthrough, 'stale_removed': stale,
+      'collisions': collisions, 'collided_skipped': collided_skipped,
+      'samples': sampler.buckets(),
+  }
+
+
+def _slices(root: output_root.OutputRoot, part: Part, runs: Sequence[runs_lib.Run],
+            slice_rows: int) -> Iterator[pa.Table]:
+  """The entries of `runs` in `part`'s range, as tables of consecutive path ranges of
+  about `slice_rows` entries each, in path order (empty ones left out)."""
+  readers = [runs_lib.RangeReader(root, run, part.lo, part.hi) for run in runs]
+  try:
+    for hi in [*runs_lib.split_points(runs, slice_rows, part.lo, part.hi), None]:
+      batches = [batch for reader in readers for batch in reader.until(hi)]
+      if batches:
+        yield pa.Table.from_batches(batches).combine_chunks()
+  finally:
+    for reader in readers:
+      reader.close()
+
+
+class _PartWriter:
+  """A staged part's file, written slice by slice: the entries at `kept` of each, in
+  that order; JSONL as their lines, Parquet as PARQUET_SCHEMA row groups of
+  ROW_GROUP_ROWS rows (the last one shorter), whatever the slices' sizes."""
+
+  def __init__(self, out, output_format: str):
+    self._out = out
+    self._parquet = (pq.ParquetWriter(out, PARQUET_SCHEMA, compression='zstd')
+                     if output_format == 'parquet' else None)
+    self._pending: List[pa.Table] = []  # Parquet rows not yet in a row group
+    self._pending_rows = 0
+    self._groups = 0
+
+  def __enter__(self) -> '_PartWriter':
+    return self
+
+  def __exit__(self, kind, value, traceback) -> None:
+    if self._parquet is None:
+      return
+    if kind is None:
+      if self._pending or not self._groups:
+        self._parquet.write_table(pa.concat_tables(self._pending) if self._pending
+                                  else PARQUET_SCHEMA.empty_table())
+    self._parquet.close()
+
+  def write(self, table: pa.Table, kept: np.ndarray) -> None:
+    if self._parquet is None:
+      _write_lines(self._out, table.column('line'), kept)
+      return
+    columns = [table.column(name) for name in PARQUET_SCHEMA.names]
+    for start in range(0, kept.size, ROW_GROUP_ROWS):
+      block = kept[start:start + ROW_GROUP_ROWS]
+      self._pending.append(pa.Table.from_arrays([_take(c, block) for c in columns],
+                                                schema=PARQUET_SCHEMA))
+      self._pending_rows += block.size
+      if self._pending_rows >= ROW_GROUP_ROWS:
+        held = pa.concat_tables(self._pending)
+        self._parquet.write_table(held.slice(0, ROW_GROUP_ROWS))
+        self._groups += 1
+        rest = held.slice(ROW_GROUP_ROWS)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
 
 
 def _write_lines(out, lines: pa.ChunkedArray, kept: np.ndarray) -> None:
@@ -553,23 +627,12 @@ def _write_lines(out, lines: pa.ChunkedArray, kept: np.ndarray) -> None:
     out.write(memoryview(data)[int(bounds[0]):int(bounds[-1])])
 
 
-def _write_parquet(out, table: pa.Table, kept: np.ndarray) -> None:
-  """The Parquet entries at `kept`, in that order, as PARQUET_SCHEMA row groups of
-  ROW_GROUP_ROWS rows."""
-  columns = [table.column(name) for name in PARQUET_SCHEMA.names]
-  with pq.ParquetWriter(out, PARQUET_SCHEMA, compression='zstd') as writer:
-    if not kept.size:
-      writer.write_table(PARQUET_SCHEMA.empty_table())
-    for start in range(0, kept.size, ROW_GROUP_ROWS):
-      block = kept[start:start + ROW_GROUP_ROWS]
-      writer.write_table(pa.Table.from_arrays([_take(c, block) for c in columns],
-                                              schema=PARQUET_SCHEMA))
-
-
 def _take(column: pa.ChunkedArray, indices: np.ndarray) -> pa.Array:
   """`column.take(indices)`, copying only the rows taken. Arrow's own take on a chunked
   column first joins every chunk (a part's whole column, for each block); here each
   chunk is first cut to the span of its rows that `indices` names."""
+  if column.num_chunks == 1:
+    return column.chunk(0).take(indices)
   starts = np.cumsum([0] + [len(chunk) for chunk in column.chunks])
   chunk_of = np.searchsorted(starts, indices, side='right') - 1
   pieces, remapped, offset = [], np.empty_like(indices), 0
@@ -622,11 +685,12 @@ def _line_at(table: pa.Table, index: int) -> bytes:
 def _samples(table: pa.Table, order: np.ndarray, sampled: np.ndarray,
              sampled_as: Dict[int, Tuple[str, bytes]],
              sampler: Optional['RowSampler'] = None) -> List[Tuple[str, List[str]]]:
-  """The part's report samples (RowSampler buckets), from its rows in path order.
+  """`sampler`'s buckets once it is fed the rows of `table` (in path order, after the
+  rows it was fed before).
 
   Only the rows the sampler takes are fed to it, found by column: classes numbered in
-  order of first appearance (Arrow's dictionary encoding), the first `per_class` rows of
-  each of the first `limit` classes."""
+  order of first appearance (Arrow's dictionary encoding), as many first rows of each
+  as the sampler has room for, new classes while it takes more."""
   sampler = sampler or RowSampler()
   positions = np.flatnonzero(sampled)
   classes = table.column('class_key').take(order[positions])
@@ -638,10 +702,19 @@ def _samples(table: pa.Table, order: np.ndarray, sampled: np.ndarray,
     classes = pa.chunked_array([pa.array(values, pa.string())])
   encoded = pc.dictionary_encode(classes.combine_chunks())
   codes = encoded.indices.to_numpy(zero_copy_only=False)
-  taken = np.sort(np.concatenate(
-      [np.flatnonzero(codes == code)[:sampler.per_class]
-       for code in range(min(len(encoded.dictionary), sampler.limit))] or [[]]
-  )).astype(np.int64)
+  held = sampler.held()
+  new_classes = sampler.limit - len(held)
+  wanted = []
+  for code, class_key in enumerate(encoded.dictionary.to_pylist()):
+    if class_key in held:
+      room = sampler.per_class - held[class_key]
+    elif new_classes > 0:
+      room, new_classes = sampler.per_class, new_classes - 1
+    else:
+      continue
+    if room > 0:
+      wanted.append(np.flatnonzero(codes == code)[:room])
+  taken = np.sort(np.concatenate(wanted or [[]])).astype(np.int64)
   for i in taken.tolist():
     position = int(positions[i])
     shown = sampled_as.get(position)
@@ -938,6 +1011,10 @@ class RowSampler:
     if not self.wants(class_key):
       return
     self._by_class.setdefault(class_key, []).append(row)
+
+  def held(self) -> Dict[Hashable, int]:
+    """The rows held of each class."""
+    return {class_key: len(rows) for class_key, rows in self._by_class.items()}
 
   def buckets(self) -> list:
     return [(class_key, list(rows)) for class_key, rows in self._by_class.items()]

@@ -143,10 +143,12 @@ class OutputRoot:
       except Exception as e:  # pylint: disable=broad-except
         raise self._write_error(relative, e) from e
 
-  def open_read(self, relative: str) -> BinaryIO:
+  def open_read(self, relative: str, buffer: int = 1 << 20) -> BinaryIO:
+    """`relative` opened to read, `buffer` bytes read ahead (on object stores, the
+    fewest bytes a request fetches)."""
     if self.local:
-      return open(self.path(relative), 'rb', buffering=1 << 20)
-    return self.fs.open(self.path(relative), 'rb', block_size=1 << 20)
+      return open(self.path(relative), 'rb', buffering=buffer)
+    return self.fs.open(self.path(relative), 'rb', block_size=buffer)
 
   def remove_tree(self, relative: str) -> None:
     """Deletes the folder `relative` and all it holds; a missing one is fine."""

@@ -2,12 +2,14 @@
 
 Workers append rows (tuples, in `schema`'s column order) to a `RunWriter`, which writes
 them, sorted by the key column, as Arrow IPC files under the output root's scratch
-folder. A `Run` names one such file and keeps the first key of each of its record
-batches, so a reader wanting only the keys in [lo, hi) fetches only the batches that can
-hold them (`read_slice`), and a planner can cut all runs into equal key ranges
-(`split_points`) from those keys alone. `merged` streams every row of many runs in key
-order with bounded memory. Keys compare as UTF-8 bytes, which is code point order, so
-Python's own string order and Arrow's agree.
+folder. A `Run` names one such file and keeps its index: the first key of each group of
+rows. A reader wanting only the keys in [lo, hi) fetches only the groups that can hold
+them (`RangeReader`), and a planner can cut all runs into equal key ranges
+(`split_points`) from the index alone. A group is stored as record batches of a few rows
+(`block_rows`), so a reader that hands its rows out range by range holds at most one
+such batch of each run between ranges, while the index stays one key a group. `merged`
+streams every row of many runs in key order with bounded memory. Keys compare as UTF-8
+bytes, which is code point order, so Python's own string order and Arrow's agree.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import heapq
+import math
 import uuid
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -25,33 +28,56 @@ from transforms import output_root
 
 SCRATCH = '_unrecord_tmp'
 
+# Read-ahead per open local run file: a merge may hold many open at once, and a record
+# batch is read whole anyway. On an object store a request costs more than its bytes, so
+# there the root's default stays.
+LOCAL_READ_BUFFER = 128 << 10
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One sorted run file: its name under the root, its rows, and the first key (and the
-  row count) of each of its record batches."""
+  """One sorted run file: its name under the root, its rows, and its index: the first
+  key and the row count of each group. A group is stored as record batches of
+  `block_rows` rows, the last one shorter."""
   name: str
   rows: int
   firsts: Tuple[str, ...]
-  batch_rows: Tuple[int, ...]
+  group_rows: Tuple[int, ...]
+  block_rows: int
+
+  def blocks(self, start: int = 0, stop: Optional[int] = None
+             ) -> List[Tuple[int, int, Optional[str]]]:
+    """(record batch number, its rows, its group's first key if it is the group's first
+    batch, else None) of every batch of groups [start, stop)."""
+    stop = len(self.group_rows) if stop is None else stop
+    first = sum(math.ceil(rows / self.block_rows) for rows in self.group_rows[:start])
+    found = []
+    for key, rows in zip(self.firsts[start:stop], self.group_rows[start:stop]):
+      for taken in range(0, rows, self.block_rows):
+        found.append((first + len(found), min(self.block_rows, rows - taken),
+                      None if taken else key))
+    return found
 
 
 class RunWriter:
   """Collects rows and writes them as sorted runs; `flush()` returns the Runs written.
 
   A run is written once `run_bytes` of rows are held (as the caller measures them), in
-  record batches of at most `batch_rows` rows. Run names are random, so a retried
+  groups of at most `group_rows` rows (one index key each), stored as record batches of
+  at most `block_rows` (default: a batch a group). Run names are random, so a retried
   bundle's runs never overwrite a committed one; runs nobody reports are removed with
   the scratch folder at the end of the job.
   """
 
   def __init__(self, root: output_root.OutputRoot, schema: pa.Schema, *,
-               run_bytes: int = 16 << 20, batch_rows: int = 4096, prefix: str = 'run'):
+               run_bytes: int = 16 << 20, group_rows: int = 4096,
+               block_rows: Optional[int] = None, prefix: str = 'run'):
     self._root = root
     self._schema = schema
     self._key = schema.names[0]
     self._run_bytes = run_bytes
-    self._batch_rows = batch_rows
+    self._group_rows = group_rows
+    self._block_rows = block_rows or group_rows
     self._prefix = prefix
     self._columns: List[list] = [[] for _ in schema.names]
     self._held = 0
@@ -83,97 +109,138 @@ class RunWriter:
         [pa.array(column, type=field.type)
          for column, field in zip(self._columns, self._schema)], schema=self._schema)
     table = table.sort_by([(name, 'ascending') for name in self._schema.names[:2]])
-    self.runs.append(write_run(self._root, table, self._batch_rows, self._prefix))
+    self.runs.append(write_run(self._root, table, self._group_rows, self._prefix,
+                               self._block_rows))
     self._columns = [[] for _ in self._schema.names]
     self._held = 0
 
 
-def write_run(root: output_root.OutputRoot, table: pa.Table, batch_rows: int,
-              prefix: str = 'run') -> Run:
+def write_run(root: output_root.OutputRoot, table: pa.Table, group_rows: int,
+              prefix: str = 'run', block_rows: Optional[int] = None) -> Run:
   """Writes `table`, already sorted by its first column, as one run file."""
-  return _write_batches(root, table.combine_chunks().to_batches(max_chunksize=batch_rows),
-                        table.schema, prefix)
+  return _write_groups(root, table.combine_chunks().to_batches(max_chunksize=group_rows),
+                       table.schema, prefix, block_rows or group_rows)
 
 
-def _write_batches(root: output_root.OutputRoot, batches: Iterable[pa.RecordBatch],
-                   schema: pa.Schema, prefix: str) -> Run:
-  """Writes record batches, in key order, as one run file named from `prefix`."""
+def _write_groups(root: output_root.OutputRoot, groups: Iterable[pa.RecordBatch],
+                  schema: pa.Schema, prefix: str, block_rows: int) -> Run:
+  """Writes groups of rows, in key order, as one run file named from `prefix`."""
   name = f'{SCRATCH}/{prefix}-{uuid.uuid4().hex}'
   firsts, counts = [], []
   with root.open_write(name) as out:
     with pa.ipc.new_file(out, schema) as writer:
-      for batch in batches:
-        if batch.num_rows:
-          writer.write_batch(batch)
-          firsts.append(batch.column(0)[0].as_py())
-          counts.append(batch.num_rows)
-  return Run(name, sum(counts), tuple(firsts), tuple(counts))
+      for group in groups:
+        if group.num_rows:
+          for start in range(0, group.num_rows, block_rows):
+            writer.write_batch(group.slice(start, block_rows))
+          firsts.append(group.column(0)[0].as_py())
+          counts.append(group.num_rows)
+  return Run(name, sum(counts), tuple(firsts), tuple(counts), block_rows)
 
 
 def _open(root: output_root.OutputRoot, run: Run):
-  reader = pa.ipc.open_file(root.open_read(run.name))
-  if reader.num_record_batches != len(run.firsts):
+  stream = (root.open_read(run.name, buffer=LOCAL_READ_BUFFER) if root.local
+            else root.open_read(run.name))
+  reader = pa.ipc.open_file(stream)
+  expected = len(run.blocks())
+  if reader.num_record_batches != expected:
     raise OSError(f'run {root.url_of(run.name)} holds {reader.num_record_batches} '
-                  f'batches of {len(run.firsts)}; the store returned a short read')
+                  f'batches of {expected}; the store returned a short read')
   return reader
 
 
-def _checked(root: output_root.OutputRoot, run: Run, reader, i: int) -> pa.RecordBatch:
+def _checked(root: output_root.OutputRoot, run: Run, reader, i: int, rows: int
+             ) -> pa.RecordBatch:
   batch = reader.get_batch(i)
-  if batch.num_rows != run.batch_rows[i]:
+  if batch.num_rows != rows:
     raise OSError(f'run {root.url_of(run.name)} batch {i} read back {batch.num_rows} '
-                  f'rows of {run.batch_rows[i]}; the store returned a short read')
+                  f'rows of {rows}; the store returned a short read')
   return batch
 
 
-def read_slice(root: output_root.OutputRoot, run: Run, lo: Optional[str],
-               hi: Optional[str]) -> Optional[pa.Table]:
-  """The rows of `run` whose key is in [lo, hi) (None: unbounded), or None if none.
+class RangeReader:
+  """The rows of one run whose key is in [lo, hi) (None: unbounded), handed out in
+  consecutive key ranges by `until`. Only the groups that can hold such keys are read
+  (group i holds keys from firsts[i] up to firsts[i + 1], inclusive, as one key may run
+  across a group boundary), each record batch once, and the file is opened only when a
+  range wants a batch (runs of other paths' ranges are never opened). Between calls it
+  holds at most one record batch."""
 
-  Only the batches that can hold such keys are read: batch i holds keys from firsts[i]
-  up to firsts[i + 1] (inclusive, as one key may run across a batch boundary).
-  """
-  firsts = run.firsts
-  start = 0 if lo is None else max(bisect.bisect_left(firsts, lo) - 1, 0)
-  stop = len(firsts) if hi is None else bisect.bisect_left(firsts, hi)
-  if start >= stop:
-    return None
-  reader = _open(root, run)
-  table = pa.Table.from_batches([_checked(root, run, reader, i) for i in range(start, stop)])
-  # The keys are sorted, so the rows in range are one slice (no copy): those below `lo`
-  # and those from `hi` on are a prefix and a suffix, counted.
-  key = table.column(0)
-  begin = 0 if lo is None else pc.sum(pc.less(key, lo)).as_py() or 0
-  end = table.num_rows if hi is None else pc.sum(pc.less(key, hi)).as_py() or 0
-  return table.slice(begin, end - begin) if end > begin else None
+  def __init__(self, root: output_root.OutputRoot, run: Run, lo: Optional[str],
+               hi: Optional[str]):
+    firsts = run.firsts
+    start = 0 if lo is None else max(bisect.bisect_left(firsts, lo) - 1, 0)
+    stop = len(firsts) if hi is None else bisect.bisect_left(firsts, hi)
+    self._root, self._run, self._lo, self._hi = root, run, lo, hi
+    self._blocks = run.blocks(start, stop) if start < stop else []
+    self._next = 0
+    self._reader = None
+    self._held: Optional[pa.RecordBatch] = None  # read, keys >= lo, not handed out yet
+
+  def until(self, key: Optional[str]) -> List[pa.RecordBatch]:
+    """The rows not handed out yet whose key is below `key` (None: below hi)."""
+    bound = self._hi if key is None or (self._hi is not None and self._hi < key) else key
+    found = []
+    while self._held is not None or self._next < len(self._blocks):
+      if self._held is None and bound is not None:
+        group_first = self._blocks[self._next][2]
+        if group_first is not None and group_first >= bound:
+          break  # that group and every later one hold keys from bound on
+      batch = self._held if self._held is not None else self._read()
+      self._held = None
+      keys = batch.column(0)
+      # The keys are sorted, so those below a bound are a prefix (sliced: no copy).
+      below = batch.num_rows if bound is None else pc.sum(pc.less(keys, bound)).as_py() or 0
+      if below:
+        found.append(batch.slice(0, below))
+      if below < batch.num_rows:
+        self._held = batch.slice(below)
+        break
+    if self._held is None and self._next == len(self._blocks):
+      self.close()
+    return found
+
+  def _read(self) -> pa.RecordBatch:
+    if self._reader is None:
+      self._reader = _open(self._root, self._run)
+    i, rows, _ = self._blocks[self._next]
+    self._next += 1
+    batch = _checked(self._root, self._run, self._reader, i, rows)
+    if self._lo is not None:  # only the first groups read can hold keys below lo
+      batch = batch.slice(pc.sum(pc.less(batch.column(0), self._lo)).as_py() or 0)
+    return batch
+
+  def close(self) -> None:
+    self._reader = None
+    self._next = len(self._blocks)
 
 
 def rows_of(root: output_root.OutputRoot, run: Run) -> Iterator[tuple]:
   """Every row of `run` in order, as tuples, one batch in memory at a time."""
   reader = _open(root, run)
-  for i in range(reader.num_record_batches):
-    columns = [column.to_pylist() for column in _checked(root, run, reader, i).columns]
+  for i, rows, _ in run.blocks():
+    columns = [column.to_pylist() for column in _checked(root, run, reader, i, rows).columns]
     yield from zip(*columns)
 
 
 def merged(root: output_root.OutputRoot, runs: Sequence[Run], schema: pa.Schema,
-           fan_in: int = 32, batch_rows: int = 256) -> Iterator[tuple]:
+           fan_in: int = 32, group_rows: int = 256) -> Iterator[tuple]:
   """Every row of `runs` in key order, with at most `fan_in` runs open at once (more are
-  first merged into intermediate runs of `batch_rows`-row batches)."""
+  first merged into intermediate runs of `group_rows`-row groups)."""
   runs = list(runs)
   while len(runs) > fan_in:
     group, runs = runs[:fan_in], runs[fan_in:]
-    runs.append(_merge_into_run(root, group, schema, batch_rows))
+    runs.append(_merge_into_run(root, group, schema, group_rows))
   return heapq.merge(*(rows_of(root, r) for r in runs), key=lambda row: row[0])
 
 
 def _merge_into_run(root: output_root.OutputRoot, group: Sequence[Run], schema: pa.Schema,
-                    batch_rows: int) -> Run:
+                    group_rows: int) -> Run:
   rows = heapq.merge(*(rows_of(root, r) for r in group), key=lambda row: row[0])
-  batches = (pa.RecordBatch.from_arrays(
+  groups = (pa.RecordBatch.from_arrays(
       [pa.array(column, type=field.type) for column, field in zip(zip(*chunk), schema)],
-      schema=schema) for chunk in blocks(rows, batch_rows))
-  return _write_batches(root, batches, schema, 'merged')
+      schema=schema) for chunk in blocks(rows, group_rows))
+  return _write_groups(root, groups, schema, 'merged', group_rows)
 
 
 def blocks(items: Iterable, size: int) -> Iterator[list]:
@@ -188,18 +255,23 @@ def blocks(items: Iterable, size: int) -> Iterator[list]:
     yield block
 
 
-def split_points(runs: Sequence[Run], parts: int) -> List[str]:
-  """`parts - 1` keys that cut the rows of `runs` into `parts` ranges of about equal
-  rows, from the runs' batch keys alone (each batch's rows counted at its first key);
-  fewer when the keys do not tell that many ranges apart."""
+def split_points(runs: Sequence[Run], range_rows: int, lo: Optional[str] = None,
+                 hi: Optional[str] = None) -> List[str]:
+  """Keys in (lo, hi) that cut the rows of `runs` in [lo, hi) (None: unbounded) into
+  ranges of about `range_rows` rows and about equal size, from the runs' index alone
+  (each group's rows counted at its first key); fewer when the keys do not tell that
+  many ranges apart."""
   weighted = sorted((first, rows) for run in runs
-                    for first, rows in zip(run.firsts, run.batch_rows))
+                    for first, rows in zip(run.firsts, run.group_rows)
+                    if (lo is None or first >= lo) and (hi is None or first < hi))
   total = sum(rows for _, rows in weighted)
+  ranges = max(1, math.ceil(total / range_rows))
   points: List[str] = []
   seen = 0
   for key, rows in weighted:
-    target = total * (len(points) + 1) / parts
-    if seen >= target and len(points) < parts - 1 and (not points or key > points[-1]):
+    target = total * (len(points) + 1) / ranges
+    if (seen >= target and len(points) < ranges - 1 and (lo is None or key > lo)
+        and (not points or key > points[-1])):
       points.append(key)
     seen += rows
   return points
