@@ -154,9 +154,15 @@ def test_the_temp_sweep_removes_only_temp_files(tmp_path):
     os.makedirs(os.path.dirname(tmp_path / name), exist_ok=True)
     (tmp_path / name).write_bytes(b'user data')
   debris = root._local_temp(str(tmp_path / 'x' / 'e.png'))  # what a killed write leaves
-  open(debris, 'wb').close()
-  assert root.remove_temp_debris() == [debris]
-  assert _files(tmp_path) == set(keep)
+  deeper = root._local_temp(str(tmp_path / 'x' / 'y' / 'z' / 'f.png'))
+  outside = tmp_path.parent / f'{tmp_path.name}-elsewhere'
+  outside.mkdir()
+  theirs = root._local_temp(str(outside / 'g.png'))  # a folder the root only links to
+  os.symlink(outside, tmp_path / 'linked')
+  for path in (debris, deeper, theirs):
+    open(path, 'wb').close()
+  assert sorted(root.remove_temp_debris()) == sorted([debris, deeper])
+  assert _files(tmp_path) == set(keep) and os.path.exists(theirs)
 
 
 # -- 2. _SUCCESS is never stale -----------------------------------------------------------

@@ -182,17 +182,35 @@ class OutputRoot:
       return []
     removed = []
     cutoff = time.time() if older_than is None else older_than
-    for folder, _, files in os.walk(self.root):
-      for name in files:
-        if _TEMP_NAME.match(name):
-          path = os.path.join(folder, name)
-          try:
-            if os.path.getmtime(path) <= cutoff:
-              os.unlink(path)
-              removed.append(path)
-          except OSError:
-            pass
+    for entry in _files_under(self.root):
+      if entry.name.startswith('.') and _TEMP_NAME.match(entry.name):
+        try:
+          if entry.stat(follow_symlinks=False).st_mtime <= cutoff:
+            os.unlink(entry.path)
+            removed.append(entry.path)
+        except OSError:
+          pass
     return removed
+
+
+def _files_under(folder: str) -> Iterator[os.DirEntry]:
+  """Every entry under `folder` that is not a folder, as `os.walk` finds them (symlinked
+  folders not followed, unreadable ones skipped), streamed: a root of 10^6 images is
+  never held as a list of its names."""
+  try:
+    entries = os.scandir(folder)
+  except OSError:
+    return
+  with entries:
+    for entry in entries:
+      try:
+        is_dir = entry.is_dir()
+      except OSError:
+        is_dir = False
+      if not is_dir:
+        yield entry
+      elif not entry.is_symlink():
+        yield from _files_under(entry.path)
 
 
 def is_temp_name(path: str) -> bool:
