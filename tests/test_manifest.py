@@ -363,6 +363,24 @@ def test_a_part_written_slice_by_slice_is_the_part_written_whole(
     assert rows == one_part  # the parts' ranges hold every row once, in order
 
 
+def test_parquet_parts_keep_dictionaries_only_for_columns_images_share(tmp_path):
+  root = output_root.OutputRoot(str(tmp_path))
+  writer = manifest.EntryWriter(root, 'parquet')
+  for i in range(50):
+    writer.add(manifest.WRITTEN, _row(f'{i:02d}.png', index=i, label=str(i % 3),
+                                      sha=f'{i:064x}'))
+  config = _config(tmp_path, manifest_format='parquet')
+  summary = manifest.write_part(manifest.Part(0, 1, None, None), writer.flush(), config,
+                                print)
+  stored = pq.ParquetFile(root.path(f'{manifest.STAGED}/{summary["name"]}'))
+  group = stored.metadata.row_group(0)
+  dictionary = {group.column(i).path_in_schema: group.column(i).has_dictionary_page
+                for i in range(group.num_columns)}
+  assert not any(dictionary[name] for name in ('path', 'sha256', 'id', 'index', 'offset'))
+  assert dictionary['source'] and dictionary['label'] and dictionary['format']
+  assert stored.read().column('sha256').to_pylist() == [f'{i:064x}' for i in range(50)]
+
+
 def test_a_committed_manifest_replaces_earlier_parts_and_a_killed_commit_is_finished(
     tmp_path):
   root = output_root.OutputRoot(str(tmp_path))

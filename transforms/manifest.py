@@ -72,7 +72,7 @@ JOURNAL = f'{STAGED}/_commit.json'
 PARTS_INDEX = f'{naming.MANIFEST}/_parts.json'
 _PART_NAME = re.compile(r'part-(\d{5})-of-(\d{5})\.(jsonl|parquet)$')
 # Parquet is written in row groups of this many rows, each converted from JSON lines.
-ROW_GROUP_ROWS = 16_384
+ROW_GROUP_ROWS = 8192
 
 WRITTEN, SKIPPED, PREVIOUS = 'w', 's', 'p'
 # The typed Parquet row (README "The manifest"). `label` and `id` are text whatever
@@ -87,6 +87,10 @@ PARQUET_SCHEMA = pa.schema([
     ('normalization', pa.list_(pa.string())), ('value_range', pa.list_(pa.float64())),
 ])
 TEXT_FIELDS = ('id', 'label')
+# Columns Parquet stores dictionary-encoded: all but those that differ from image to
+# image, whose dictionary would only grow until it gave up, in memory and in bytes.
+_DICTIONARY_COLUMNS = [name for name in PARQUET_SCHEMA.names
+                       if name not in ('path', 'sha256', 'id', 'index', 'offset', 'bytes')]
 # What deciding a path needs, in every entry; the path first, as the runs' sort key.
 _DECISION_FIELDS = [
     ('path', pa.string()), ('kind', pa.string()), ('source_key', pa.string()),
@@ -579,7 +583,8 @@ class _PartWriter:
 
   def __init__(self, out, output_format: str):
     self._out = out
-    self._parquet = (pq.ParquetWriter(out, PARQUET_SCHEMA, compression='zstd')
+    self._parquet = (pq.ParquetWriter(out, PARQUET_SCHEMA, compression='zstd',
+                                      use_dictionary=_DICTIONARY_COLUMNS)
                      if output_format == 'parquet' else None)
     self._pending: List[pa.Table] = []  # Parquet rows not yet in a row group
     self._pending_rows = 0
