@@ -28,6 +28,19 @@ from transforms import output_root
 
 SCRATCH = '_unrecord_tmp'
 
+
+def _releasing_pool() -> pa.MemoryPool:
+  """jemalloc where this pyarrow has it, else the system allocator: both hand freed
+  memory back. Arrow's default here, mimalloc, kept the pages a merge had freed, so a
+  worker's peak grew with the rows it merged (docs/scale.md)."""
+  try:
+    return pa.jemalloc_memory_pool()
+  except NotImplementedError:  # a pyarrow built without jemalloc
+    return pa.system_memory_pool()
+
+
+# Once per process that writes or merges runs, which is every worker of the job.
+pa.set_memory_pool(_releasing_pool())
 # Read-ahead per open local run file: a merge may hold many open at once, and a record
 # batch is read whole anyway. On an object store a request costs more than its bytes, so
 # there the root's default stays.
