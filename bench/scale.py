@@ -1,16 +1,19 @@
-"""The scale case: 10^5 and 10^6 small images, the manifest in JSONL and in Parquet.
+"""The scale case: 2,000, 10^5 and 10^6 small images, the manifest in JSONL and Parquet.
 
 MNIST-sized 28x28 gray PNGs, the case where the manifest weighs most against the images.
 The 60,000-image set of case (c) is linked 2 and 17 times (120,000 and 1,020,000 images;
-the shards are symlinks, every image still decoded, encoded and written). Each run is
-checked as a user would: the manifest's rows equal the image files, and its Parquet
-parts read as one dataset in pyarrow and DuckDB.
+the shards are symlinks, every image still decoded, encoded and written); a size under
+one shard is the first records of its first shard. Each run is checked as a user would:
+the manifest's rows equal the image files, and its Parquet parts read as one dataset in
+pyarrow and DuckDB.
 
-Reported per run: wall, images/s, the largest worker's peak RSS, the manifest stage
-(from the last record range's end to the manifest's commit, from `_report.json`) and its
-share of the wall, and the manifest's bytes per image.
+Reported per run: wall, images/s, the largest worker's peak RSS and its change from the
+smallest size's, the manifest stage (from the last record range's end to the manifest's
+commit, from `_report.json`) and its share of the wall, and the manifest's bytes per
+image. The memory target (issue 24): every worker's peak at most 400 MB, and within 10%
+of the smallest size's in the same format; the exit status is 1 when one is missed.
 
-  python -m bench.scale [--sizes 100000,1000000] [--formats jsonl,parquet]
+  python -m bench.scale [--sizes 2000,100000,1000000] [--formats jsonl,parquet]
 """
 
 from __future__ import annotations
@@ -106,13 +109,40 @@ def run_case(dataset: data_lib.Dataset, output_format: str, scratch: str) -> Dic
   return row
 
 
+def with_changes(rows: List[Dict]) -> List[Dict]:
+  """Each row with `peak_change`: its worker peak against the smallest run's of its
+  manifest format."""
+  smallest = {}
+  for r in sorted(rows, key=lambda r: r['images']):
+    smallest.setdefault(r['format'], r)
+  return [dict(r, peak_change=round(
+      r['worker_peak_mb'] / max(smallest[r['format']]['worker_peak_mb'], 1) - 1, 3))
+          for r in rows]
+
+
+def targets(rows: List[Dict]) -> List[Dict]:
+  """The memory target, per run: a worker's peak <= 400 MB, and within 10% of the
+  smallest run's of the same format."""
+  found = []
+  for r in rows:
+    name = f'{r["images"]:,} images, {r["format"]}'
+    found.append({'name': f'peak RSS per worker, {name} (MB)', 'value': r['worker_peak_mb'],
+                  'op': '<=', 'goal': 400, 'met': r['worker_peak_mb'] <= 400})
+    found.append({'name': f'RSS change from the smallest run, {name}',
+                  'value': abs(r['peak_change']), 'op': '<=', 'goal': 0.10,
+                  'met': abs(r['peak_change']) <= 0.10})
+  return found
+
+
 def markdown(rows: List[Dict]) -> str:
   lines = [BEGIN, '', '| images | manifest | wall s | images/s | worker peak MB | '
-           'manifest stage s | share of wall | parts | manifest B/image |',
-           '|---|---|---|---|---|---|---|---|---|']
+           'peak vs smallest | manifest stage s | share of wall | parts | '
+           'manifest B/image |',
+           '|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     lines.append(f'| {r["images"]:,} | {r["format"]} | {r["wall_seconds"]} | '
                  f'{r["images_per_second"]:,} | {r["worker_peak_mb"]} | '
+                 f'{r["peak_change"]:+.1%} | '
                  f'{r["manifest_seconds"]} | {r["manifest_share"]} | '
                  f'{r["manifest_parts"]} | {r["manifest_bytes_per_image"]} |')
   lines += ['', END]
@@ -136,7 +166,7 @@ def main(argv=None) -> int:
   parser.add_argument('--data', default=os.path.join(ROOT, 'bench', 'data'))
   parser.add_argument('--scratch', default='/dev/shm' if os.path.isdir('/dev/shm')
                       else '/tmp')
-  parser.add_argument('--sizes', default='100000,1000000')
+  parser.add_argument('--sizes', default='2000,100000,1000000')
   parser.add_argument('--formats', default='jsonl,parquet')
   parser.add_argument('--no_docs', action='store_true')
   args = parser.parse_args(argv)
@@ -145,14 +175,32 @@ def main(argv=None) -> int:
   rows = []
   print('bench: scale (28x28 gray -> PNG)', flush=True)
   for size in (int(s) for s in args.sizes.split(',')):
-    copies = max(1, math.ceil(size / gray.count))
-    dataset = data_lib.replicated(gray, os.path.join(links, f'x{copies}'), copies)
+    dataset = _sized(gray, links, size)
     for output_format in args.formats.split(','):
       rows.append(run_case(dataset, output_format, args.scratch))
+  rows = with_changes(rows)
+  found = targets(rows)
   print(json.dumps(rows))
+  print('bench: scale targets')
+  for t in found:
+    print(f"  {'met ' if t['met'] else 'MISS'} {t['name']:<58} {t['value']:8.2f} "
+          f"(goal {t['op']} {t['goal']})")
   if not args.no_docs:
     update_docs(rows)
-  return 0
+  return 0 if all(t['met'] for t in found) else 1
+
+
+def _sized(gray: data_lib.Dataset, links: str, size: int) -> data_lib.Dataset:
+  """`size` images of the gray set: the first records of its first shard, or the whole
+  set linked as many times as `size` needs."""
+  if size >= gray.count:
+    copies = math.ceil(size / gray.count)
+    return data_lib.replicated(gray, os.path.join(links, f'x{copies}'), copies)
+  one = data_lib.subset(gray, os.path.join(links, 'one-shard'), 1)
+  if size > one.count:
+    raise SystemExit(f'bench.scale: a size under {gray.count:,} must fit in one shard '
+                     f'({one.count:,} images)')
+  return data_lib.head(one, os.path.join(links, f'head-{size}'), size)
 
 
 if __name__ == '__main__':

@@ -123,3 +123,28 @@ def test_profile_run_sorts_resumed_reading_and_planning_frames_into_their_stages
   assert profile_run.classify(planning, 'worker') == (
       'worker: planning ranges (frame index pass)')
   assert profile_run.classify(harness[:1], 'worker') == 'worker: Beam harness (gRPC, bundles)'
+
+
+def test_scale_checks_each_runs_memory_against_the_smallest_of_its_format():
+  from bench import scale  # pylint: disable=import-outside-toplevel
+  rows = scale.with_changes([
+      {'images': 2000, 'format': 'jsonl', 'worker_peak_mb': 200},
+      {'images': 1020000, 'format': 'jsonl', 'worker_peak_mb': 219},
+      {'images': 2000, 'format': 'parquet', 'worker_peak_mb': 210},
+      {'images': 1020000, 'format': 'parquet', 'worker_peak_mb': 240},
+  ])
+  assert [r['peak_change'] for r in rows] == [0.0, 0.095, 0.0, 0.143]
+  met = {t['name']: t['met'] for t in scale.targets(rows)}
+  assert met == {
+      'peak RSS per worker, 2,000 images, jsonl (MB)': True,
+      'RSS change from the smallest run, 2,000 images, jsonl': True,
+      'peak RSS per worker, 1,020,000 images, jsonl (MB)': True,
+      'RSS change from the smallest run, 1,020,000 images, jsonl': True,
+      'peak RSS per worker, 2,000 images, parquet (MB)': True,
+      'RSS change from the smallest run, 2,000 images, parquet': True,
+      'peak RSS per worker, 1,020,000 images, parquet (MB)': True,
+      'RSS change from the smallest run, 1,020,000 images, parquet': False,
+  }
+  assert '| 1,020,000 | parquet |' in scale.markdown([dict(
+      rows[3], wall_seconds=60.0, images_per_second=17000, manifest_seconds=2.0,
+      manifest_share=0.03, manifest_parts=11, manifest_bytes_per_image=41.1)])
