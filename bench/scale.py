@@ -156,7 +156,7 @@ def update_docs(rows: List[Dict]) -> None:
   if BEGIN in text and END in text:
     text = text[:text.index(BEGIN)] + table + text[text.index(END) + len(END):]
   else:
-    text += '\n## Scale: 10^5 and 10^6 images (`python -m bench.scale`)\n\n' + table + '\n'
+    text += '\n## Scale: 2,000, 10^5 and 10^6 images (`python -m bench.scale`)\n\n' + table + '\n'
   with open(DOCS, 'w', encoding='utf-8') as f:
     f.write(text)
 
