@@ -587,7 +587,6 @@ class _PartWriter:
                                       use_dictionary=_DICTIONARY_COLUMNS)
                      if output_format == 'parquet' else None)
     self._pending: List[pa.Table] = []  # Parquet rows not yet in a row group
-    self._pending_rows = 0
     self._groups = 0
 
   def __enter__(self) -> '_PartWriter':
@@ -611,14 +610,12 @@ class _PartWriter:
       block = kept[start:start + ROW_GROUP_ROWS]
       self._pending.append(pa.Table.from_arrays([_take(c, block) for c in columns],
                                                 schema=PARQUET_SCHEMA))
-      self._pending_rows += block.size
-      if self._pending_rows >= ROW_GROUP_ROWS:
-        held = pa.concat_tables(self._pending)
+      held = pa.concat_tables(self._pending)
+      if held.num_rows >= ROW_GROUP_ROWS:
         self._parquet.write_table(held.slice(0, ROW_GROUP_ROWS))
         self._groups += 1
         rest = held.slice(ROW_GROUP_ROWS)
         self._pending = [rest] if rest.num_rows else []
-        self._pending_rows = rest.num_rows
 
 
 def _write_lines(out, lines: pa.ChunkedArray, kept: np.ndarray) -> None:
@@ -707,18 +704,9 @@ def _samples(table: pa.Table, order: np.ndarray, sampled: np.ndarray,
     classes = pa.chunked_array([pa.array(values, pa.string())])
   encoded = pc.dictionary_encode(classes.combine_chunks())
   codes = encoded.indices.to_numpy(zero_copy_only=False)
-  held = sampler.held()
-  new_classes = sampler.limit - len(held)
-  wanted = []
-  for code, class_key in enumerate(encoded.dictionary.to_pylist()):
-    if class_key in held:
-      room = sampler.per_class - held[class_key]
-    elif new_classes > 0:
-      room, new_classes = sampler.per_class, new_classes - 1
-    else:
-      continue
-    if room > 0:
-      wanted.append(np.flatnonzero(codes == code)[:room])
+  wanted = [np.flatnonzero(codes == code)[:room]
+            for code, room in enumerate(sampler.room(encoded.dictionary.to_pylist()))
+            if room]
   taken = np.sort(np.concatenate(wanted or [[]])).astype(np.int64)
   for i in taken.tolist():
     position = int(positions[i])
@@ -1007,19 +995,26 @@ class RowSampler:
     self._by_class = collections.OrderedDict()
 
   def wants(self, class_key: Hashable) -> bool:
-    bucket = self._by_class.get(class_key)
-    if bucket is None:
-      return len(self._by_class) < self.limit
-    return len(bucket) < self.per_class
+    return self.room([class_key])[0] > 0
 
   def add(self, class_key: Hashable, row) -> None:
     if not self.wants(class_key):
       return
     self._by_class.setdefault(class_key, []).append(row)
 
-  def held(self) -> Dict[Hashable, int]:
-    """The rows held of each class."""
-    return {class_key: len(rows) for class_key, rows in self._by_class.items()}
+  def room(self, class_keys: Sequence[Hashable]) -> List[int]:
+    """How many more rows of each of `class_keys` (distinct, in order of first
+    appearance) it would take, fed them in that order."""
+    new_classes = self.limit - len(self._by_class)
+    found = []
+    for class_key in class_keys:
+      bucket = self._by_class.get(class_key)
+      if bucket is not None:
+        found.append(self.per_class - len(bucket))
+      else:
+        found.append(self.per_class if new_classes > 0 else 0)
+        new_classes -= 1
+    return found
 
   def buckets(self) -> list:
     return [(class_key, list(rows)) for class_key, rows in self._by_class.items()]

@@ -274,9 +274,12 @@ def split_points(runs: Sequence[Run], range_rows: int, lo: Optional[str] = None,
   ranges of about `range_rows` rows and about equal size, from the runs' index alone
   (each group's rows counted at its first key); fewer when the keys do not tell that
   many ranges apart."""
-  weighted = sorted((first, rows) for run in runs
-                    for first, rows in zip(run.firsts, run.group_rows)
-                    if (lo is None or first >= lo) and (hi is None or first < hi))
+  weighted = []
+  for run in runs:  # each run's groups whose first key is in [lo, hi): one slice
+    start = 0 if lo is None else bisect.bisect_left(run.firsts, lo)
+    stop = len(run.firsts) if hi is None else bisect.bisect_left(run.firsts, hi)
+    weighted.extend(zip(run.firsts[start:stop], run.group_rows[start:stop]))
+  weighted.sort()
   total = sum(rows for _, rows in weighted)
   ranges = max(1, math.ceil(total / range_rows))
   points: List[str] = []
