@@ -1,9 +1,17 @@
 """Output names: templates, safe values and paths, reserved names, stems and splits."""
 
-import pytest
+import enum
 
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from transforms import decode
+from transforms import encode
 from transforms import errors
 from transforms import naming
+from transforms import render
+from transforms import tfrecord
 
 
 def _values(**extra):
@@ -57,6 +65,8 @@ def test_long_values_keep_distinct_names():
     ('/'.join(['x' * 200] * 5) + '/y', 'longer than 1000'),
     ('_manifest.jsonl', "unrecord's own"), ('_manifest/a.png', "unrecord's own"),
     ('_unrecord_x/a.png', "unrecord's own"),
+    ('a/x.png' + naming.TEMP_SUFFIX, 'reserved for'),
+    ('d' + naming.TEMP_SUFFIX + '/x.png', 'reserved for'), (naming.TEMP_SUFFIX, 'reserved'),
 ])
 def test_unsafe_output_paths_are_refused_with_the_reason(name, problem):
   with pytest.raises(errors.NamingError) as info:
@@ -66,9 +76,25 @@ def test_unsafe_output_paths_are_refused_with_the_reason(name, problem):
 
 @pytest.mark.parametrize('name', ['a.png', 'x' * 240, '\u00e9' * 120 + '/' + 'x' * 240,
                                   '/'.join(['x' * 240] * 4) + '/' + 'y' * 35,
-                                  'sub/_manifest.jsonl', 'a.b/.c.png'])
+                                  'sub/_manifest.jsonl', 'a.b/.c.png',
+                                  'd' + naming.TEMP_SUFFIX + 'x/x.png'])
 def test_safe_output_paths_pass_unchanged(name):
   assert naming.check_relative_path(name) == name
+
+
+def test_numbers_keep_their_format_specs_and_everything_else_is_safe_text():
+  class Level(enum.IntEnum):
+    HIGH = 3
+
+  template = naming.NameTemplate('{a:05.1f}-{b:03d}-{c}-{d}-{e}.{ext}')
+  name = template.render(_values(a=np.float64(2.5), b=Level.HIGH, c=True, d='x/y', e=7))
+  assert name == '002.5-003-True-x_y-7.png'
+  with pytest.raises(errors.NamingError) as info:
+    naming.NameTemplate('{missing}.{ext}').render(_values())
+  assert info.value.reason == 'missing_feature' and '{missing}' in str(info.value)
+  with pytest.raises(errors.NamingError) as info:
+    naming.NameTemplate('{stem:05d}.{ext}').render(_values())
+  assert info.value.reason == 'unsafe_name'
 
 
 def test_template_that_escapes_or_takes_a_reserved_name_is_rejected():
@@ -91,3 +117,54 @@ def test_template_that_escapes_or_takes_a_reserved_name_is_rejected():
 ])
 def test_stem_keeps_what_tells_shards_apart(url, stem):
   assert naming.stem_of(url) == stem
+
+
+_FIELD_VALUES = st.one_of(st.integers(-5, 10**7), st.text(max_size=12), st.booleans(),
+                          st.floats(allow_nan=False, allow_infinity=False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(template=st.sampled_from([
+           naming.DEFAULT_TEMPLATE, naming.BATCH_TEMPLATE, naming.CLASS_TEMPLATE,
+           naming.KEYS_PREFIX + naming.DEFAULT_TEMPLATE, '{stem}/{n}-{index}',
+           '{split}/{label}/{id}.{ext}', '{index}.{ext}', '{stem}-{index}.jpg',
+           '{image/filename}', '{index}-{stem}', '{label}-{index}.{ext}']),
+       features=st.dictionaries(
+           st.sampled_from(['index', 'n', 'key', 'stem', 'ext', 'split', 'id', 'label',
+                            'label_name', 'image/filename', 'other']),
+           _FIELD_VALUES, max_size=6),
+       index=st.integers(0, 10**6), n=st.integers(0, 40),
+       path=st.sampled_from(['/d/train.tfrecord-00001-of-00004', 'gs://b/test-x.tfrecord',
+                             '/d/_unrecord.tfrecord', '/d/part-7.tfr']),
+       id_key=st.sampled_from([None, 'id', 'other']),
+       label_key=st.sampled_from([None, 'label']),
+       label_names=st.sampled_from([None, ('bird', 'cat', 'dog')]))
+def test_the_namer_names_every_image_as_its_template_renders_name_values(
+    template, features, index, n, path, id_key, label_key, label_names):
+  # The Namer keeps what one file's images share, and skips the features for templates
+  # of fields every image has: its names (and errors) are the plain path's.
+  config = render.RenderConfig(encode=encode.EncodeSpec(format='webp'),
+                               name_template=template, id_key=id_key, label_key=label_key,
+                               label_names=label_names)
+  image = decode.DecodedImage(
+      ref=tfrecord.RecordRef(path, index, 0), n=n, pixels=None, axes='hwc',
+      source_dtype='uint8', encoding='raw', key='image', features=features)
+
+  def plain():
+    name = naming.NameTemplate(template).render(naming.name_values(
+        index=index, n=n, key='image', stem=naming.stem_of(path), ext='webp',
+        features=features, id_key=id_key, label_key=label_key, label_names=label_names,
+        split=naming.split_of(path)))
+    if not naming.ends_in_extension(template):
+      name = naming.check_relative_path(naming.with_extension(name, 'webp'))
+    return name
+
+  def outcome(make):
+    try:
+      return make()
+    except errors.NamingError as e:
+      return e.reason, str(e)
+
+  namer = naming.Namer(config)
+  assert outcome(lambda: namer.name(image)) == outcome(plain)
+  assert outcome(lambda: namer.name(image)) == outcome(plain)  # from what it kept

@@ -27,6 +27,8 @@ BATCH_TEMPLATE = '{stem}-{index:06d}-{n:03d}.{ext}'
 CLASS_TEMPLATE = '{label_name}/{stem}-{index:06d}.{ext}'
 CLASS_BATCH_TEMPLATE = '{label_name}/{stem}-{index:06d}-{n:03d}.{ext}'
 BUILTIN_FIELDS = ('id', 'index', 'n', 'key', 'stem', 'label', 'label_name', 'split', 'ext')
+# The fields every image has, whatever its features hold (`name_values`).
+_OWN_FIELDS = frozenset({'index', 'n', 'key', 'stem', 'ext'})
 # With several image keys, the default templates keep each key's images in its folder.
 KEYS_PREFIX = '{key}/'
 # With --layout class over records with splits: train/, test/, ... each its own root.
@@ -119,20 +121,21 @@ class NameTemplate:
     return template_fields(self.template)
 
   @functools.cached_property
-  def _used(self) -> Tuple[str, ...]:
+  def used(self) -> Tuple[str, ...]:
     # '{id[0]}' and '{a.b}' look up 'id' and 'a'.
     return tuple({re.split(r'[.\[]', f, maxsplit=1)[0]: None for f in self.fields()})
 
   def render(self, values: Mapping[str, object]) -> str:
     """The relative output path for one image; raises NamingError(unsafe_name)."""
     safe = {}
-    for k in self._used:
+    for k in self.used:
       if k in values:
         v = values[k]
-        safe[k] = (v if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   else safe_value(v))
+        # Numbers keep their format specs ({index:06d}); bool is text ('True').
+        number = type(v) is not str and isinstance(v, (int, float)) and not isinstance(v, bool)
+        safe[k] = v if number else safe_value(v)
     try:
-      name = self.template.format_map(_Strict(safe))
+      name = self.template.format_map(safe)  # a plain dict: a missing field is KeyError
     except KeyError as e:
       raise errors.NamingError(
           errors.MISSING_FEATURE,
@@ -143,11 +146,6 @@ class NameTemplate:
           f'name template {self.template!r} cannot format this record\'s values ({e})'
       ) from None
     return check_relative_path(name)
-
-
-class _Strict(dict):
-  def __missing__(self, key):
-    raise KeyError(key)
 
 
 # Extensions of image files: a name ending in one of these has an extension to replace.
@@ -186,7 +184,7 @@ def check_relative_path(name: str) -> str:
       problem = f'it is longer than {MAX_PATH_BYTES} bytes'
     elif segments[0] in RESERVED_NAMES or segments[0].startswith('_unrecord'):
       problem = f'{segments[0]!r} is one of unrecord\'s own files at the output root'
-    elif any(s.endswith(TEMP_SUFFIX) for s in segments):
+    elif TEMP_SUFFIX + '/' in name + '/':  # a segment ends with it (it holds no '/')
       problem = f'names ending in {TEMP_SUFFIX!r} are reserved for unrecord\'s temp files'
   if problem:
     raise errors.NamingError(errors.UNSAFE_NAME,
@@ -216,7 +214,7 @@ def name_values(
 ) -> Dict[str, object]:
   """Every field a template may use for one image (absent ones are left out)."""
   values: Dict[str, object] = dict(features)
-  values.update(index=index, n=n, key=key, stem=stem, ext=ext)
+  values.update(index=index, n=n, key=key, stem=stem, ext=ext)  # _OWN_FIELDS
   if split is not None:
     values['split'] = split
   if id_key is not None and id_key in features:
@@ -257,6 +255,9 @@ class Namer:
     self._template = NameTemplate(config.name_template)
     self._fix_extension = not ends_in_extension(config.name_template)
     self._files = {}  # source path -> (stem, split)
+    # A template of only the fields every image has, which no feature can override,
+    # names an image without a look at its features (`name_values` gives the same).
+    self._own_fields_only = set(self._template.used) <= _OWN_FIELDS
 
   def name(self, image: 'decode.DecodedImage') -> str:
     """The image's path relative to the output root; raises NamingError."""
@@ -266,11 +267,15 @@ class Namer:
       if len(self._files) >= self._FILES_KEPT:
         self._files.clear()
       of_file = self._files[path] = (stem_of(path), split_of(path))
-    values = name_values(
-        index=image.ref.index, n=image.n, key=image.key, stem=of_file[0],
-        ext=config.encode.extension,
-        features=image.features, id_key=config.id_key, label_key=config.label_key,
-        label_names=config.label_names, split=of_file[1])
+    if self._own_fields_only:
+      values = {'index': image.ref.index, 'n': image.n, 'key': image.key,
+                'stem': of_file[0], 'ext': config.encode.extension}
+    else:
+      values = name_values(
+          index=image.ref.index, n=image.n, key=image.key, stem=of_file[0],
+          ext=config.encode.extension,
+          features=image.features, id_key=config.id_key, label_key=config.label_key,
+          label_names=config.label_names, split=of_file[1])
     name = self._template.render(values)
     if self._fix_extension:
       name = check_relative_path(
