@@ -79,7 +79,7 @@ def test_per_image_steps_time_each_step_and_the_floors_beside_them(tmp_path):
   assert set(costs) == {
       'read + both CRCs', 'decode (layout, header check)', 'name',
       'render (encode, or passthrough)', 'sha256 of the file',
-      'manifest row, its hash included', 'manifest entry', 'write: temp file, rename',
+      'manifest row, its hash included', 'manifest entry (a chunk at a time)', 'write: temp file, rename',
       'read + both CRCs (expert)', 'atomic write (floor_atomic)',
       'job steps (sha256 counted once)', 'floor steps'}
   assert all(cost > 0 for cost in costs.values())

@@ -3,6 +3,7 @@
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -255,6 +256,47 @@ def test_previous_manifest_lines_become_entries_and_bad_lines_are_dropped(tmp_pa
 
 
 _names = st.text(alphabet='ab/é_-', min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_names, st.integers(0, 3), st.sampled_from([None, 0, 7, 'cat']),
+                          st.sampled_from([None, 'dog']),
+                          st.sampled_from([None, 10, 2 ** 40]), st.booleans()),
+                max_size=40),
+       st.lists(st.integers(1, 9), min_size=1, max_size=8), st.integers(1, 2000),
+       st.sampled_from(manifest.FORMATS), st.booleans())
+def test_entries_added_a_chunk_at_a_time_are_the_entries_added_one_by_one(
+    tmp_path_factory, images, chunk_sizes, run_bytes, output_format, in_key_order):
+  # The export adds each chunk's written rows with one `add_all`; the runs' rows, in
+  # order, must be those `add` of each row gives, whatever the chunks and run sizes.
+  rows = [dict(_row(path, index=index, label=label, size=size, passthrough=passthrough),
+               label_name=label_name)
+          for path, index, label, label_name, size, passthrough in images]
+  if output_format == 'parquet':  # as manifest_row makes them: labels and ids as text
+    rows = [manifest._with_text_fields(row) for row in rows]
+  if in_key_order:
+    rows = [dict(sorted(row.items())) for row in rows]
+
+  def written(add):
+    root = output_root.OutputRoot(str(tmp_path_factory.mktemp('root')))
+    writer = manifest.EntryWriter(root, output_format, run_bytes=run_bytes)
+    add(writer)
+    return [row for run in writer.flush() for row in runs.rows_of(root, run)]
+
+  def by_chunks(writer):
+    start, sizes = 0, itertools.cycle(chunk_sizes)
+    while start < len(rows):
+      size = next(sizes)
+      writer.add_all(manifest.WRITTEN, rows[start:start + size], in_key_order=in_key_order)
+      start += size
+
+  one_by_one = written(lambda writer: [
+      writer.add(manifest.WRITTEN, row, in_key_order=in_key_order) for row in rows])
+  # The same rows; the runs may be cut elsewhere (at a chunk's end), so in any order.
+  assert sorted(written(by_chunks), key=repr) == sorted(one_by_one, key=repr)
+  assert len(one_by_one) == len(rows)
+  with pytest.raises(TypeError, match='not text'):
+    written(lambda writer: writer.add_all(manifest.WRITTEN, [_row(b'x')]))
 
 
 @settings(max_examples=40, deadline=None)

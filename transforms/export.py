@@ -175,13 +175,11 @@ def _write(rendered, worker: RangeWorker, tally: progress.Tally):
 
 def _add_rows(written, worker: RangeWorker, runs: manifest_lib.EntryWriter,
               tally: progress.Tally) -> None:
-  size = 0
-  for image, name, result in written:
-    row = manifest_lib.manifest_row(image, name, result, worker.config)
-    runs.add(manifest_lib.WRITTEN, row, in_key_order=True)
-    size += row['bytes']
-  tally.add('images_written', len(written))
-  tally.add('bytes_written', size)
+  rows = [manifest_lib.manifest_row(image, name, result, worker.config)
+          for image, name, result in written]
+  runs.add_all(manifest_lib.WRITTEN, rows, in_key_order=True)
+  tally.add('images_written', len(rows))
+  tally.add('bytes_written', sum(row['bytes'] for row in rows))
   worker.progress.count('written', len(written))
 
 

@@ -154,6 +154,31 @@ class EntryWriter:
       self._runs.add(decision + tuple(row.get(name) for name in _ROW_NAMES),
                      len(path) + 400)
 
+  def add_all(self, kind: str, rows: Sequence[dict], *, in_key_order: bool = False
+              ) -> None:
+    """`add(kind, row, in_key_order=...)` of each of `rows`, a column at a time."""
+    paths = [row['path'] for row in rows]
+    for path in paths:
+      if not isinstance(path, str):
+        raise TypeError(f'a manifest row\'s path is {path!r}, not text')
+    labels = [row.get('label_name') or row.get('label') for row in rows]
+    sizes = [row.get('bytes') for row in rows]
+    columns = [
+        paths, [kind] * len(rows), [_source_key(row) for row in rows],
+        ['' if label is None else str(label) for label in labels],
+        [size if isinstance(size, int) else None for size in sizes],
+        [bool(row.get('passthrough')) for row in rows],
+    ]
+    held = sum(map(len, paths))
+    if self._format == 'jsonl':
+      lines = [manifest_line(row, in_key_order=in_key_order) for row in rows]
+      columns.append(lines)
+      held += sum(map(len, lines)) + 64 * len(rows)
+    else:
+      columns += [[row.get(name) for row in rows] for name in _ROW_NAMES]
+      held += 400 * len(rows)
+    self._runs.add_columns(columns, held)
+
   def flush(self) -> List[runs_lib.Run]:
     return self._runs.flush()
 

@@ -103,6 +103,15 @@ class RunWriter:
     if self._held >= self._run_bytes:
       self._write_run()
 
+  def add_columns(self, columns: Sequence[list], size: int) -> None:
+    """Rows given as one list per column, as `add` of each would add them; `size`: all
+    their sizes. The run is written once they bring it to `run_bytes`."""
+    for column, values in zip(self._columns, columns, strict=True):
+      column += values
+    self._held += size
+    if self._held >= self._run_bytes:
+      self._write_run()
+
   def flush(self) -> List[Run]:
     """Writes what is held; returns (and forgets) every run written so far."""
     if self._columns[0]:
