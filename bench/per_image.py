@@ -8,7 +8,8 @@ directly on every record range of the first `--files` files, writing to `--outpu
 per image; with `--profile`, the functions that take the most time under cProfile; with
 `--steps`, what each step costs an image alone (the fastest of five passes over the same
 records), beside the expert's read and `floor_atomic`'s write of the same files: what the
-job's guarantees add to the floor, the arithmetic of docs/benchmarks.md's bounds.
+job's guarantees add to the floor, the arithmetic of docs/benchmarks.md's bounds. With
+`--json`, the same figures as one JSON object (what `make bench` reads for its bounds).
 Run it on a quiet machine: it measures one core, and anything else running shows.
 """
 
@@ -17,15 +18,18 @@ import cProfile
 import glob
 import hashlib
 import itertools
+import json
 import os
 import pstats
 import shutil
 import sys
 import time
+from typing import Dict, Tuple
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import export_images
+from bench import bounds
 from bench import peers
 from transforms import export
 from transforms import input_files
@@ -44,6 +48,8 @@ def main(argv=None) -> int:
   parser.add_argument('--profile', action='store_true')
   parser.add_argument('--steps', action='store_true',
                       help='time each step alone instead of the whole export')
+  parser.add_argument('--json', action='store_true',
+                      help='print the figures as one JSON object instead of text')
   args, export_argv = parser.parse_known_args(argv)
   files = sorted(glob.glob(args.pattern))[:args.files]
   if not files:
@@ -61,9 +67,13 @@ def main(argv=None) -> int:
   worker = export.RangeWorker(config)
   tally = progress.Tally(worker.progress)
   if args.steps:
-    steps(files, ranges, worker, tally, args.output)
+    costs, images = steps(files, ranges, worker, tally, args.output)
     worker.close()
     shutil.rmtree(args.output, ignore_errors=True)
+    if args.json:
+      print(json.dumps({'images': images, 'steps': costs}))
+    else:
+      print_steps(costs, images, len(files))
     return 0
   profile = cProfile.Profile() if args.profile else None
 
@@ -84,12 +94,20 @@ def main(argv=None) -> int:
     folders[:] = [f for f in folders if not f.startswith('_')]  # _unrecord_tmp: runs
     images += sum(1 for name in names if not name.startswith(('_', '.')))
   shutil.rmtree(args.output, ignore_errors=True)
+  if args.json:
+    print(json.dumps({'images': images, 'wall_us': wall / images * 1e6,
+                      'cpu_us': cpu / images * 1e6}))
+    return 0
   print(f'{images} images from {len(ranges)} ranges of {len(files)} files: '
         f'{wall / images * 1e6:.0f} us wall, {cpu / images * 1e6:.0f} us CPU per image'
         f'{" (under cProfile)" if profile else ""}')
   if profile:
     pstats.Stats(profile, stream=sys.stdout).sort_stats('tottime').print_stats(25)
   return 0
+
+
+JOB_TOTAL = 'job steps (sha256 counted once)'
+FLOOR_TOTAL = 'floor steps'
 
 
 def _per_item(step, items, passes: int = 5) -> float:
@@ -104,8 +122,9 @@ def _per_item(step, items, passes: int = 5) -> float:
 
 
 def steps(files, ranges, worker: export.RangeWorker, tally: progress.Tally,
-          output: str) -> None:
-  """Each per-image step of the export alone, and the floor's own two, in us an image."""
+          output: str) -> Tuple[Dict[str, float], int]:
+  """Each per-image step of the export alone, and the floor's own two, in us an image;
+  and how many images they were timed on."""
   config = worker.config
   records = [slot for file_range in ranges
              for slot in read.read_slots(read.read_range(file_range, config.read), tally)
@@ -133,14 +152,14 @@ def steps(files, ranges, worker: export.RangeWorker, tally: progress.Tally,
           ranges, 3) * len(ranges) / len(images)),
       ('decode (layout, header check)', _per_item(
           lambda record: worker.records.decode(*record), records) / per_record),
-      ('name', _per_item(worker.namer.name, images)),
+      (bounds.NAME, _per_item(worker.namer.name, images)),
       ('render (encode, or passthrough)', _per_item(
           lambda image: render.render(image, config.render, worker.decoder), images)),
-      ('sha256 of the file', _per_item(
+      (bounds.SHA256, _per_item(
           lambda item: hashlib.sha256(item[2].data).hexdigest(), written)),
-      ('manifest row, its hash included', _per_item(
+      (bounds.ROW, _per_item(
           lambda item: manifest_lib.manifest_row(*item, config), written)),
-      ('manifest entry (a chunk at a time)', _per_item(
+      (bounds.ENTRY, _per_item(
           lambda chunk: entries.add_all(manifest_lib.WRITTEN, chunk, in_key_order=True),
           chunks, 1) * len(chunks) / len(rows)),
       ('write: temp file, rename', _per_item(
@@ -156,12 +175,16 @@ def steps(files, ranges, worker: export.RangeWorker, tally: progress.Tally,
               os.path.join(floor_folder, f'{next(count)}.{extension}'), item[2].data),
           written, 2)),
   ]
-  print(f'{len(images)} images of {len(files)} files; us an image, each step alone:')
-  for label, cost in job + floor:
+  costs = dict(job + floor)
+  costs[JOB_TOTAL] = sum(c for label, c in job if label != bounds.SHA256)
+  costs[FLOOR_TOTAL] = sum(c for _, c in floor)
+  return costs, len(images)
+
+
+def print_steps(costs: Dict[str, float], images: int, files: int) -> None:
+  print(f'{images} images of {files} files; us an image, each step alone:')
+  for label, cost in costs.items():
     print(f'  {label:34s} {cost:8.1f}')
-  print(f'  {"job steps (sha256 counted once)":34s} '
-        f'{sum(c for label, c in job if not label.startswith("sha256")):8.1f}')
-  print(f'  {"floor steps":34s} {sum(c for _, c in floor):8.1f}')
 
 
 if __name__ == '__main__':

@@ -14,6 +14,10 @@ rounds, together with the floor their rate is divided by. Every system's output 
 checked: the right number of image files, and for PNG, sampled files decode to exactly
 the source crop's pixels.
 
+After the targets it prints each steady target's bound on one core, from this code's
+own costs (bench/bounds.py): whether a missed target is out of this code's reach or was
+missed by the run's hour.
+
 Results go to bench/out/results.json; the full run also rewrites the whole-job section
 of docs/benchmarks.md and docs/images/bench.png.
 """
@@ -35,6 +39,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from bench import bounds as bounds_lib
 from bench import data as data_lib
 from bench import measure
 
@@ -106,6 +111,7 @@ class Bench:
     self.rows: List[Row] = []
     self._crops = crops
     self._same_as: Dict[str, str] = {}
+    self.one_core: Dict[str, dict] = {}  # bench.per_image's figures, for the bounds
 
   def _fresh(self, name: str) -> str:
     path = os.path.join(self.scratch, name)
@@ -198,6 +204,24 @@ class Bench:
           pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
         if _digest(pixels) not in expected:
           raise AssertionError(f'{path}: pixels match no source crop')
+
+  def per_image(self, dataset: data_lib.Dataset, fmt: str, files: int,
+                steps: bool = False) -> dict:
+    """`bench.per_image` on the dataset's first `files` files, as the job case exports
+    them: the export's per-range work alone on one core (or, with `steps`, each step's)."""
+    output = self._fresh('per_image')
+    command = [sys.executable, '-m', 'bench.per_image', dataset.pattern, '--files',
+               str(files), '--output', output, '--json', *(['--steps'] if steps else []),
+               '--format', fmt, *(['--quality', '90'] if fmt == 'jpeg' else [])]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=ROOT))
+    shutil.rmtree(output, ignore_errors=True)
+    figures = json.loads(done.stdout.splitlines()[-1])
+    shown = (f"{len(figures['steps'])} steps" if steps
+             else f"{figures['cpu_us']:.1f} us CPU an image")
+    print(f"  {dataset.name} per_image{' --steps' if steps else ''}: {figures['images']:,} "
+          f'images, {shown}', flush=True)
+    return figures
 
   def find(self, case: str) -> Row:
     case = self._same_as.get(case, case)
@@ -320,6 +344,29 @@ def run_all(args) -> dict:
 
   print('bench: memory at 2,000 images (20,000 above; 10^6 in bench.scale)', flush=True)
   bench.run('a_half/job', a_half, 'job', 'png')
+
+  print("bench: bounds on one core: the scripts on one worker, the job's work and its "
+        'steps alone', flush=True)
+  # Each alone on one core, so no run shares a core (bench/bounds.py). (a)'s steps on
+  # two files: every step is timed over all of them at once, and 2,000 600 KB tensors
+  # held in memory would time the host's memory instead (docs: "Why the steady ratios
+  # swing").
+  # The scripts' cost an image is their marginal from the small run to the large one,
+  # as the job's per-range work leaves out its start: their own clock starts at the
+  # first fork, which 4,000 images would share.
+  one = ('--workers', '1')
+  bench.interleaved([Case('a/expert_1worker', a, 'expert', 'png', one),
+                     Case('a_x5/expert_1worker', a_x5, 'expert', 'png', one, verify=False,
+                          scales='a/expert_1worker'),
+                     Case('d/floor_atomic_1worker', d, 'floor_atomic', 'jpeg', one),
+                     Case('d_x10/floor_atomic_1worker', d_x10, 'floor_atomic', 'jpeg', one,
+                          verify=False, scales='d/floor_atomic_1worker')])
+  bench.one_core = {
+      'a_work': bench.per_image(a, 'png', a.shards),
+      'a_steps': bench.per_image(a, 'png', min(2, a.shards), steps=True),
+      'd_work': bench.per_image(d, 'jpeg', d.shards),
+      'd_steps': bench.per_image(d, 'jpeg', d.shards, steps=True),
+  }
   shutil.rmtree(bench.scratch, ignore_errors=True)
   return summarize(bench, args, cores)
 
@@ -410,13 +457,44 @@ def summarize(bench: Bench, args, cores: int) -> dict:
       'targets': [{'name': n, 'value': v, 'op': op, 'goal': g,
                    'met': v >= g if op == '>=' else v <= g} for n, v, op, g in targets],
   }
+  results['one_core'] = bench.one_core
+  results['bounds'] = [dict(dataclasses.asdict(b), within=b.within)
+                       for b in one_core_bounds(bench, cores)]
   with open(os.path.join(bench.out, 'results.json'), 'w') as f:
     json.dump(results, f, indent=1)
   print('\nbench: targets')
   for t in results['targets']:
     print(f"  {'met ' if t['met'] else 'MISS'} {t['name']:<40} {t['value']:10.2f} "
           f"(goal {t['op']} {t['goal']})")
+  print('\nbench: bounds on one core, this code (bench/bounds.py)')
+  for b in results['bounds']:
+    print(f"  {'within ' if b['within'] else 'BEYOND '} {b['target']:<40} {b['ratio']:6.2f} "
+          f"(goal >= {b['goal']}): {b['arithmetic']}")
   return results
+
+
+def one_core_bounds(bench: Bench, cores: int) -> List[bounds_lib.Bound]:
+  """(a)'s and (d)'s bounds from the one-core runs, with (a)'s fixed-step growth from
+  its 4,000- and 20,000-image job runs (their wall beyond their work)."""
+  r, figures = bench.find, bench.one_core
+  small, large = r('a/job'), r('a_x5/job')
+  fixed = bounds_lib.fixed_growth_us(small.wall_seconds, small.work_seconds,
+                                     large.wall_seconds, large.work_seconds,
+                                     large.images - small.images, cores)
+  expert = timed_us(r('a/expert_1worker'), r('a_x5/expert_1worker'))
+  floor = timed_us(r('d/floor_atomic_1worker'), r('d_x10/floor_atomic_1worker'))
+  return [*bounds_lib.steady_bounds(expert, figures['a_work']['cpu_us'], fixed,
+                                    figures['a_steps']['steps']),
+          bounds_lib.passthrough_bound(floor, figures['d_work']['cpu_us'],
+                                       figures['d_steps']['steps'])]
+
+
+def timed_us(small: Row, large: Row) -> float:
+  """A script's own cost an image: its timed marginal from the small run to the large
+  one, or the one run's average when both are one (the quick smoke run)."""
+  if large.images > small.images:
+    return (large.timed_seconds - small.timed_seconds) / (large.images - small.images) * 1e6
+  return small.timed_seconds / small.images * 1e6
 
 
 def plot(results: dict, path: str) -> None:
@@ -470,6 +548,13 @@ def markdown(results: dict) -> str:
   for t in results['targets']:
     lines.append(f"| {t['name']} | {t['value']:,.2f} | {t['op']} {t['goal']} | "
                  f"{'met' if t['met'] else '**missed**'} |")
+  lines += ['', "Each steady target's bound on one core, from this code's own costs "
+            '(`bench/bounds.py`: the scripts on one worker, `bench.per_image` and its '
+            '`--steps`, us an image):', '',
+            '| target | bound | goal | | arithmetic |', '|---|---:|---:|---|---|']
+  for b in results['bounds']:
+    lines.append(f"| {b['target']} | {b['ratio']:.2f} | >= {b['goal']} | "
+                 f"{'within' if b['within'] else '**beyond**'} | {b['arithmetic']} |")
   lines += ['', END_MARK]
   return '\n'.join(lines)
 

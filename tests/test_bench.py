@@ -39,6 +39,27 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
       assert 0 < row['work_seconds'] < row['wall_seconds'], row
   assert results['figures']['e_speedup_work'] > 0
   assert results['machine']['cores'] == os.cpu_count()
+  # Each steady target's bound, from the one-core runs: the scripts on one worker and
+  # bench.per_image's work and steps, recomputed here from what results.json holds.
+  rows = {row['case']: row for row in results['rows']}
+  one_core = results['one_core']
+  bounds = {b['target']: b for b in results['bounds']}
+  assert set(bounds) <= {t['name'] for t in results['targets']} and len(bounds) == 3
+  expert = rows['a/expert_1worker']
+  expert_us = expert['timed_seconds'] / expert['images'] * 1e6
+  # Quick mode's 20,000-image case is its 4,000-image one: no fixed-step growth.
+  a_bound = expert_us / one_core['a_work']['cpu_us']
+  assert bounds['(a) steady 4k->20k / expert script']['ratio'] == pytest.approx(a_bound)
+  floor = rows['d/floor_atomic_1worker']
+  floor_us = floor['timed_seconds'] / floor['images'] * 1e6
+  d_steps = one_core['d_steps']['steps']
+  owed = (d_steps['name'] + d_steps['manifest row, its hash included'] +
+          d_steps['manifest entry (a chunk at a time)'])
+  assert bounds['(d) passthrough 4k->40k / atomic floor']['ratio'] == pytest.approx(
+      floor_us / (floor_us + owed))
+  for bound in bounds.values():
+    assert bound['within'] == (bound['ratio'] >= bound['goal'])
+    assert f"{bound['ratio']:6.2f} (goal >= {bound['goal']})" in result.stdout
   # Quick mode never rewrites the committed figures.
   assert 'bench: wrote' not in result.stdout
 
@@ -148,3 +169,24 @@ def test_scale_checks_each_runs_memory_against_the_smallest_of_its_format():
   assert '| 1,020,000 | parquet |' in scale.markdown([dict(
       rows[3], wall_seconds=60.0, images_per_second=17000, manifest_seconds=2.0,
       manifest_share=0.03, manifest_parts=11, manifest_bytes_per_image=41.1)])
+
+
+def test_bounds_count_the_rows_hash_once_and_the_larger_runs_fixed_steps_per_core():
+  from bench import bounds
+  steps = {bounds.NAME: 2.4, bounds.SHA256: 7.8, bounds.ROW: 9.4, bounds.ENTRY: 1.8}
+  assert bounds.guarantees(steps) == pytest.approx(
+      {'name': 2.4, 'sha256': 7.8, 'row beyond its hash': 1.6, 'entry': 1.8})
+  # (d): the floor plus the 13.6 us only the job spends.
+  d = bounds.passthrough_bound(36.6, 55.0, steps)
+  assert d.ratio == pytest.approx(36.6 / 50.2) and not d.within
+  assert 'guarantees 13.6' in d.arithmetic and '0.67 of the floor' in d.arithmetic
+  # (a): run 9's walls and work (3.31 / 1.03 s at 4,000 images, 8.14 / 5.66 s at 20,000)
+  # leave 0.2 s more outside the work: 25 us an image on each of 2 cores.
+  fixed = bounds.fixed_growth_us(3.31, 1.03, 8.14, 5.66, 16000, 2)
+  assert fixed == pytest.approx(25.0)
+  assert bounds.fixed_growth_us(3.31, 1.03, 3.31, 1.03, 0, 2) == 0
+  assert bounds.fixed_growth_us(3.31, 1.03, 8.0, 6.0, 16000, 2) == 0  # nothing added
+  a, moonshot = bounds.steady_bounds(507.0, 517.0, fixed, steps)
+  assert a.ratio == moonshot.ratio == pytest.approx(507 / 542)
+  assert a.within and not moonshot.within
+  assert a.target.startswith('(a)') and moonshot.target.endswith('(moonshot)')
