@@ -59,6 +59,7 @@ LABELS = {
     'expert': "expert's script (fork per core, fpng, plain writes)",
     'floor_atomic': 'floor: read + atomic write of the payloads',
     'import_beam': "python -c 'import apache_beam'",
+    'per_image': "unrecord's per-range work alone on one core (bench.per_image, CPU)",
 }
 
 
@@ -141,6 +142,12 @@ class Bench:
   def _measure(self, case: Case) -> measure.Measurement:
     if case.system == 'import_beam':  # what start-up is divided by
       command = [sys.executable, '-c', 'import apache_beam']
+    elif case.system == 'per_image':  # the export without Beam; its CPU is its clock
+      command = [sys.executable, '-m', 'bench.per_image', case.dataset.pattern, '--files',
+                 str(case.dataset.shards), '--output', '{output}', '--json', '--format',
+                 case.fmt, *case.extra]
+      if case.fmt == 'jpeg':
+        command += ['--quality', '90']
     elif case.system == 'job':
       command = [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input',
                  case.dataset.folder, '--output', '{output}', '--format', case.fmt,
@@ -205,23 +212,20 @@ class Bench:
         if _digest(pixels) not in expected:
           raise AssertionError(f'{path}: pixels match no source crop')
 
-  def per_image(self, dataset: data_lib.Dataset, fmt: str, files: int,
-                steps: bool = False) -> dict:
-    """`bench.per_image` on the dataset's first `files` files, as the job case exports
-    them: the export's per-range work alone on one core (or, with `steps`, each step's)."""
-    output = self._fresh('per_image')
+  def steps(self, dataset: data_lib.Dataset, fmt: str, files: int) -> Dict[str, float]:
+    """`bench.per_image --steps` on the dataset's first `files` files, as the job case
+    exports them: each step's cost alone on one core, us an image."""
+    output = self._fresh('steps')
     command = [sys.executable, '-m', 'bench.per_image', dataset.pattern, '--files',
-               str(files), '--output', output, '--json', *(['--steps'] if steps else []),
-               '--format', fmt, *(['--quality', '90'] if fmt == 'jpeg' else [])]
+               str(files), '--output', output, '--json', '--steps', '--format', fmt,
+               *(['--quality', '90'] if fmt == 'jpeg' else [])]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=ROOT))
     shutil.rmtree(output, ignore_errors=True)
     figures = json.loads(done.stdout.splitlines()[-1])
-    shown = (f"{len(figures['steps'])} steps" if steps
-             else f"{figures['cpu_us']:.1f} us CPU an image")
-    print(f"  {dataset.name} per_image{' --steps' if steps else ''}: {figures['images']:,} "
-          f'images, {shown}', flush=True)
-    return figures
+    print(f"  {dataset.name} per_image --steps: {figures['images']:,} images, "
+          f"{len(figures['steps'])} steps", flush=True)
+    return figures['steps']
 
   def find(self, case: str) -> Row:
     case = self._same_as.get(case, case)
@@ -353,20 +357,18 @@ def run_all(args) -> dict:
   # swing").
   # The scripts' cost an image is their marginal from the small run to the large one,
   # as the job's per-range work leaves out its start: their own clock starts at the
-  # first fork, which 4,000 images would share.
+  # first fork, which 4,000 images would share. The job's per-range work runs in the
+  # same rounds, since this VM's speed drifts by 10-30% within the hour.
   one = ('--workers', '1')
-  bench.interleaved([Case('a/expert_1worker', a, 'expert', 'png', one),
-                     Case('a_x5/expert_1worker', a_x5, 'expert', 'png', one, verify=False,
-                          scales='a/expert_1worker'),
-                     Case('d/floor_atomic_1worker', d, 'floor_atomic', 'jpeg', one),
-                     Case('d_x10/floor_atomic_1worker', d_x10, 'floor_atomic', 'jpeg', one,
-                          verify=False, scales='d/floor_atomic_1worker')])
-  bench.one_core = {
-      'a_work': bench.per_image(a, 'png', a.shards),
-      'a_steps': bench.per_image(a, 'png', min(2, a.shards), steps=True),
-      'd_work': bench.per_image(d, 'jpeg', d.shards),
-      'd_steps': bench.per_image(d, 'jpeg', d.shards, steps=True),
-  }
+  for case, dataset, large_case, large, script, fmt in (
+      ('a', a, 'a_x5', a_x5, 'expert', 'png'), ('d', d, 'd_x10', d_x10, 'floor_atomic', 'jpeg')):
+    bench.interleaved([Case(f'{case}/{script}_1worker', dataset, script, fmt, one),
+                       Case(f'{large_case}/{script}_1worker', large, script, fmt, one,
+                            verify=False, scales=f'{case}/{script}_1worker'),
+                       Case(f'{case}/job_one_core', dataset, 'per_image', fmt,
+                            verify=False)])
+  bench.one_core = {'a_steps': bench.steps(a, 'png', min(2, a.shards)),
+                    'd_steps': bench.steps(d, 'jpeg', d.shards)}
   shutil.rmtree(bench.scratch, ignore_errors=True)
   return summarize(bench, args, cores)
 
@@ -483,10 +485,11 @@ def one_core_bounds(bench: Bench, cores: int) -> List[bounds_lib.Bound]:
                                      large.images - small.images, cores)
   expert = timed_us(r('a/expert_1worker'), r('a_x5/expert_1worker'))
   floor = timed_us(r('d/floor_atomic_1worker'), r('d_x10/floor_atomic_1worker'))
-  return [*bounds_lib.steady_bounds(expert, figures['a_work']['cpu_us'], fixed,
-                                    figures['a_steps']['steps']),
-          bounds_lib.passthrough_bound(floor, figures['d_work']['cpu_us'],
-                                       figures['d_steps']['steps'])]
+  a_work, d_work = r('a/job_one_core'), r('d/job_one_core')
+  return [*bounds_lib.steady_bounds(expert, a_work.timed_seconds / a_work.images * 1e6,
+                                    fixed, figures['a_steps']),
+          bounds_lib.passthrough_bound(floor, d_work.timed_seconds / d_work.images * 1e6,
+                                       figures['d_steps'])]
 
 
 def timed_us(small: Row, large: Row) -> float:
