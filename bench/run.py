@@ -357,8 +357,9 @@ def run_all(args) -> dict:
   # swing").
   # The scripts' cost an image is their marginal from the small run to the large one,
   # as the job's per-range work leaves out its start: their own clock starts at the
-  # first fork, which 4,000 images would share. The job's per-range work runs in the
-  # same rounds, since this VM's speed drifts by 10-30% within the hour.
+  # first fork, which 4,000 images would share. The job's per-range work is taken the
+  # same way, in the same rounds: the larger runs write more into memory the host may
+  # have taken back, and this VM's speed drifts by 10-30% within the hour.
   one = ('--workers', '1')
   for case, dataset, large_case, large, script, fmt in (
       ('a', a, 'a_x5', a_x5, 'expert', 'png'), ('d', d, 'd_x10', d_x10, 'floor_atomic', 'jpeg')):
@@ -366,7 +367,9 @@ def run_all(args) -> dict:
                        Case(f'{large_case}/{script}_1worker', large, script, fmt, one,
                             verify=False, scales=f'{case}/{script}_1worker'),
                        Case(f'{case}/job_one_core', dataset, 'per_image', fmt,
-                            verify=False)])
+                            verify=False),
+                       Case(f'{large_case}/job_one_core', large, 'per_image', fmt,
+                            verify=False, scales=f'{case}/job_one_core')])
   bench.one_core = {'a_steps': bench.steps(a, 'png', min(2, a.shards)),
                     'd_steps': bench.steps(d, 'jpeg', d.shards)}
   shutil.rmtree(bench.scratch, ignore_errors=True)
@@ -485,16 +488,15 @@ def one_core_bounds(bench: Bench, cores: int) -> List[bounds_lib.Bound]:
                                      large.images - small.images, cores)
   expert = timed_us(r('a/expert_1worker'), r('a_x5/expert_1worker'))
   floor = timed_us(r('d/floor_atomic_1worker'), r('d_x10/floor_atomic_1worker'))
-  a_work, d_work = r('a/job_one_core'), r('d/job_one_core')
-  return [*bounds_lib.steady_bounds(expert, a_work.timed_seconds / a_work.images * 1e6,
-                                    fixed, figures['a_steps']),
-          bounds_lib.passthrough_bound(floor, d_work.timed_seconds / d_work.images * 1e6,
-                                       figures['d_steps'])]
+  a_work = timed_us(r('a/job_one_core'), r('a_x5/job_one_core'))
+  d_work = timed_us(r('d/job_one_core'), r('d_x10/job_one_core'))
+  return [*bounds_lib.steady_bounds(expert, a_work, fixed, figures['a_steps']),
+          bounds_lib.passthrough_bound(floor, d_work, figures['d_steps'])]
 
 
 def timed_us(small: Row, large: Row) -> float:
-  """A script's own cost an image: its timed marginal from the small run to the large
-  one, or the one run's average when both are one (the quick smoke run)."""
+  """A system's own cost an image on its own clock: the marginal from the small run to
+  the large one, or the one run's average when both are one (the quick smoke run)."""
   if large.images > small.images:
     return (large.timed_seconds - small.timed_seconds) / (large.images - small.images) * 1e6
   return small.timed_seconds / small.images * 1e6
