@@ -112,7 +112,7 @@ class Bench:
     self.rows: List[Row] = []
     self._crops = crops
     self._same_as: Dict[str, str] = {}
-    self.one_core: Dict[str, dict] = {}  # bench.per_image's figures, for the bounds
+    self.one_core: Dict[str, dict] = {}  # bench.per_image --steps, for the bounds
 
   def _fresh(self, name: str) -> str:
     path = os.path.join(self.scratch, name)
@@ -143,11 +143,7 @@ class Bench:
     if case.system == 'import_beam':  # what start-up is divided by
       command = [sys.executable, '-c', 'import apache_beam']
     elif case.system == 'per_image':  # the export without Beam; its CPU is its clock
-      command = [sys.executable, '-m', 'bench.per_image', case.dataset.pattern, '--files',
-                 str(case.dataset.shards), '--output', '{output}', '--json', '--format',
-                 case.fmt, *case.extra]
-      if case.fmt == 'jpeg':
-        command += ['--quality', '90']
+      command = _per_image_command(case.dataset, case.dataset.shards, case.fmt, '{output}')
     elif case.system == 'job':
       command = [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input',
                  case.dataset.folder, '--output', '{output}', '--format', case.fmt,
@@ -216,9 +212,7 @@ class Bench:
     """`bench.per_image --steps` on the dataset's first `files` files, as the job case
     exports them: each step's cost alone on one core, us an image."""
     output = self._fresh('steps')
-    command = [sys.executable, '-m', 'bench.per_image', dataset.pattern, '--files',
-               str(files), '--output', output, '--json', '--steps', '--format', fmt,
-               *(['--quality', '90'] if fmt == 'jpeg' else [])]
+    command = _per_image_command(dataset, files, fmt, output, '--steps')
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=ROOT))
     shutil.rmtree(output, ignore_errors=True)
@@ -230,6 +224,15 @@ class Bench:
   def find(self, case: str) -> Row:
     case = self._same_as.get(case, case)
     return next(r for r in self.rows if r.case == case)
+
+
+def _per_image_command(dataset: data_lib.Dataset, files: int, fmt: str, output: str,
+                       *flags: str) -> List[str]:
+  """`bench.per_image --json` on the dataset's first `files` files, with the job case's
+  format options."""
+  return [sys.executable, '-m', 'bench.per_image', dataset.pattern, '--files', str(files),
+          '--output', output, '--json', *flags, '--format', fmt,
+          *(['--quality', '90'] if fmt == 'jpeg' else [])]
 
 
 def _digest(pixels: np.ndarray) -> str:
@@ -351,15 +354,15 @@ def run_all(args) -> dict:
 
   print("bench: bounds on one core: the scripts on one worker, the job's work and its "
         'steps alone', flush=True)
-  # Each alone on one core, so no run shares a core (bench/bounds.py). (a)'s steps on
-  # two files: every step is timed over all of them at once, and 2,000 600 KB tensors
-  # held in memory would time the host's memory instead (docs: "Why the steady ratios
-  # swing").
-  # The scripts' cost an image is their marginal from the small run to the large one,
-  # as the job's per-range work leaves out its start: their own clock starts at the
-  # first fork, which 4,000 images would share. The job's per-range work is taken the
-  # same way, in the same rounds: the larger runs write more into memory the host may
-  # have taken back, and this VM's speed drifts by 10-30% within the hour.
+  # Each alone on one core, so no run shares a core (bench/bounds.py). The scripts' cost
+  # an image is their marginal from the small run to the large one, as the job's
+  # per-range work leaves out its start: their own clock starts at the first fork,
+  # which 4,000 images would share. The job's per-range work is taken the same way, in
+  # the same rounds: the larger runs write more into memory the host may have taken
+  # back, and this VM's speed drifts by 10-30% within the hour. (a)'s steps run on two
+  # files (1,000 images): each step is timed over all its images at once, and 4,000
+  # 600 KB tensors held in memory would time the host's memory instead (docs: "Why
+  # the steady ratios swing").
   one = ('--workers', '1')
   for case, dataset, large_case, large, script, fmt in (
       ('a', a, 'a_x5', a_x5, 'expert', 'png'), ('d', d, 'd_x10', d_x10, 'floor_atomic', 'jpeg')):
