@@ -20,7 +20,7 @@ All figures are microseconds an image on one core.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 # The step labels of `bench.per_image --steps` that are guarantees the scripts do not keep.
 NAME = 'name'
@@ -67,26 +67,24 @@ def _listed(costs: Dict[str, float]) -> str:
 
 
 def steady_bounds(expert_us: float, work_us: float, fixed_us: float,
-                  steps: Dict[str, float], goals=(0.9, 1.0)) -> List[Bound]:
-  """(a)'s bounds: the expert on one worker against the job's work plus fixed steps."""
+                  steps: Dict[str, float], targets: Dict[str, float]) -> List[Bound]:
+  """(a)'s bounds, one for each of its targets (name: goal): the expert on one worker
+  against the job's work plus fixed steps."""
   owed = guarantees(steps)
   ratio = expert_us / (work_us + fixed_us)
   arithmetic = (f'expert {expert_us:.0f} / (job {work_us:.0f} + fixed steps '
                 f'{fixed_us:.0f}) = {ratio:.2f}; the job\'s {work_us:.0f} includes its '
                 f'guarantees, {sum(owed.values()):.0f} ({_listed(owed)})')
-  names = ('(a) steady 4k->20k / expert script', '(a) steady 4k->20k / expert (moonshot)')
-  return [Bound(name, goal, ratio, arithmetic) for name, goal in zip(names, goals)]
+  return [Bound(name, goal, ratio, arithmetic) for name, goal in targets.items()]
 
 
-def passthrough_bound(floor_us: float, work_us: Optional[float], steps: Dict[str, float],
-                      goal: float = 0.8) -> Bound:
+def passthrough_bound(floor_us: float, work_us: float, steps: Dict[str, float],
+                      target: str, goal: float) -> Bound:
   """(d)'s bound: the floor, plus the guarantees it does not keep."""
   owed = guarantees(steps)
   cost = sum(owed.values())
   ratio = floor_us / (floor_us + cost)
   arithmetic = (f'floor {floor_us:.1f} / (floor {floor_us:.1f} + guarantees {cost:.1f}: '
-                f'{_listed(owed)}) = {ratio:.2f}')
-  if work_us:
-    arithmetic += (f'; this code\'s whole per-range work {work_us:.1f}: '
-                   f'{floor_us / work_us:.2f} of the floor')
-  return Bound('(d) passthrough 4k->40k / atomic floor', goal, ratio, arithmetic)
+                f'{_listed(owed)}) = {ratio:.2f}; this code\'s whole per-range work '
+                f'{work_us:.1f}: {floor_us / work_us:.2f} of the floor')
+  return Bound(target, goal, ratio, arithmetic)

@@ -466,8 +466,9 @@ def summarize(bench: Bench, args, cores: int) -> dict:
                    'met': v >= g if op == '>=' else v <= g} for n, v, op, g in targets],
   }
   results['one_core'] = bench.one_core
+  goals = {name: goal for name, _, _, goal in targets}
   results['bounds'] = [dict(dataclasses.asdict(b), within=b.within)
-                       for b in one_core_bounds(bench, cores)]
+                       for b in one_core_bounds(bench, cores, goals)]
   with open(os.path.join(bench.out, 'results.json'), 'w') as f:
     json.dump(results, f, indent=1)
   print('\nbench: targets')
@@ -481,9 +482,11 @@ def summarize(bench: Bench, args, cores: int) -> dict:
   return results
 
 
-def one_core_bounds(bench: Bench, cores: int) -> List[bounds_lib.Bound]:
+def one_core_bounds(bench: Bench, cores: int,
+                    goals: Dict[str, float]) -> List[bounds_lib.Bound]:
   """(a)'s and (d)'s bounds from the one-core runs, with (a)'s fixed-step growth from
-  its 4,000- and 20,000-image job runs (their wall beyond their work)."""
+  its 4,000- and 20,000-image job runs (their wall beyond their work); `goals` are the
+  targets' (name: goal)."""
   r, figures = bench.find, bench.one_core
   small, large = r('a/job'), r('a_x5/job')
   fixed = bounds_lib.fixed_growth_us(small.wall_seconds, small.work_seconds,
@@ -493,8 +496,11 @@ def one_core_bounds(bench: Bench, cores: int) -> List[bounds_lib.Bound]:
   floor = timed_us(r('d/floor_atomic_1worker'), r('d_x10/floor_atomic_1worker'))
   a_work = timed_us(r('a/job_one_core'), r('a_x5/job_one_core'))
   d_work = timed_us(r('d/job_one_core'), r('d_x10/job_one_core'))
-  return [*bounds_lib.steady_bounds(expert, a_work, fixed, figures['a_steps']),
-          bounds_lib.passthrough_bound(floor, d_work, figures['d_steps'])]
+  steady = {name: goal for name, goal in goals.items() if name.startswith('(a) steady')}
+  passthrough = next(name for name in goals if name.startswith('(d) passthrough'))
+  return [*bounds_lib.steady_bounds(expert, a_work, fixed, figures['a_steps'], steady),
+          bounds_lib.passthrough_bound(floor, d_work, figures['d_steps'], passthrough,
+                                       goals[passthrough])]
 
 
 def timed_us(small: Row, large: Row) -> float:

@@ -179,7 +179,7 @@ def test_bounds_count_the_rows_hash_once_and_the_larger_runs_fixed_steps_per_cor
   assert bounds.guarantees(steps) == pytest.approx(
       {'name': 2.4, 'sha256': 7.8, 'row beyond its hash': 1.6, 'entry': 1.8})
   # (d): the floor plus the 13.6 us only the job spends.
-  d = bounds.passthrough_bound(36.6, 55.0, steps)
+  d = bounds.passthrough_bound(36.6, 55.0, steps, '(d)', 0.8)
   assert d.ratio == pytest.approx(36.6 / 50.2) and not d.within
   assert 'guarantees 13.6' in d.arithmetic and '0.67 of the floor' in d.arithmetic
   # (a): run 9's walls and work (3.31 / 1.03 s at 4,000 images, 8.14 / 5.66 s at 20,000)
@@ -188,7 +188,8 @@ def test_bounds_count_the_rows_hash_once_and_the_larger_runs_fixed_steps_per_cor
   assert fixed == pytest.approx(25.0)
   assert bounds.fixed_growth_us(3.31, 1.03, 3.31, 1.03, 0, 2) == 0
   assert bounds.fixed_growth_us(3.31, 1.03, 8.0, 6.0, 16000, 2) == 0  # nothing added
-  a, moonshot = bounds.steady_bounds(507.0, 517.0, fixed, steps)
+  a, moonshot = bounds.steady_bounds(507.0, 517.0, fixed, steps,
+                                     {'(a)': 0.9, '(a) moonshot': 1.0})
   assert a.ratio == moonshot.ratio == pytest.approx(507 / 542)
   assert a.within and not moonshot.within
-  assert a.target.startswith('(a)') and moonshot.target.endswith('(moonshot)')
+  assert (a.target, a.goal, moonshot.target, moonshot.goal) == ('(a)', 0.9, '(a) moonshot', 1.0)
