@@ -95,6 +95,11 @@ class ExportOptions(PipelineOptions):
                        type=common.Choice({'classes': 'class'}),
                        help=f'class: {naming.CLASS_TEMPLATE}, the class-folder layout '
                        'Keras and torchvision ImageFolder load. Default: flat.')
+    group.add_argument('--portable_names', action='store_true',
+                       help='Make every output name safe on Windows and unique on '
+                       'case-insensitive disks (macOS, Windows): a name part that is '
+                       'reserved there, ends in a dot or space, or holds a capital letter '
+                       'gets a ~hash suffix of its own text (README "Output names").')
     group.add_argument('--skip_existing', action='store_true',
                        help='Leave images whose output file already exists untouched.')
     group.add_argument('--incremental', action='store_true',

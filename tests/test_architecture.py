@@ -14,7 +14,7 @@ LAYERS = [
      'naming', 'progress', 'preview'],
     ['tensor_proto', 'output_root'],
     ['npy', 'example', 'root_claim', 'incremental', 'runs'],
-    ['records'],
+    ['records', 'portability'],
     ['decode', 'read'],
     ['record_layout', 'schema', 'render'],
     ['manifest'],

@@ -168,3 +168,31 @@ def test_the_namer_names_every_image_as_its_template_renders_name_values(
   namer = naming.Namer(config)
   assert outcome(lambda: namer.name(image)) == outcome(plain)
   assert outcome(lambda: namer.name(image)) == outcome(plain)  # from what it kept
+
+
+# -- portability: Windows and case-insensitive disks (README "Output names") ------------
+
+@pytest.mark.parametrize('name, problems', [
+    ('CON.png', ['reserved']), ('con', ['reserved']), ('x/Nul.tar.gz', ['reserved']),
+    ('COM\u00b9.png', ['reserved']), ('LPT9/x.png', ['reserved']), ('COM10.png', []),
+    ('a./x.png', ['trailing']), ('b /x.png', ['trailing']), ('x:y.png', ['character']),
+    ('a\x01.png', ['character']), ('a/' + 'x' * 199, ['long']), ('console.png', []),
+])
+def test_windows_problems(name, problems):
+  assert naming.windows_problems(name) == problems
+
+
+def test_portable_names_are_stable_distinct_under_folding_and_bounded():
+  names = ['Cat.png', 'cat.png', 'CAT.png', 'e\u0301.png', '\u00e9.png', 'CON.png',
+           'aux.png.png', 'a./x.png', 'a/x.png', 'x:y.png', 'x_y.png']
+  portable = [naming.portable_name(n) for n in names]
+  assert portable == [naming.portable_name(n) for n in names]  # deterministic
+  assert len({naming.fold(p) for p in portable}) == len(names)
+  assert all(not naming.windows_problems(p) for p in portable)
+  assert naming.portable_name('cat.png') == 'cat.png'  # safe and folded: unchanged
+  long_name = 'd/' + 'Q' * 230 + '.png'
+  made = naming.portable_name(long_name)
+  assert len(made) == naming.PORTABLE_PATH_CHARS and made.endswith('.png')
+  assert made != naming.portable_name('d/' + 'Q' * 231 + '.png')
+  with pytest.raises(errors.NamingError):
+    naming.portable_name('f' * 199 + '/x.png')

@@ -530,11 +530,13 @@ def _count_written(result: PartResult, e: Entry) -> None:
 
 def write_part(part: Part, runs: Sequence[runs_lib.Run], config: 'export.ExportConfig',
                on_collision: Callable[[errors.Failure], None],
-               slice_rows: int = SLICE_ROWS) -> dict:
+               slice_rows: int = SLICE_ROWS,
+               on_paths: Optional[Callable[[List[str]], None]] = None) -> dict:
   """Merges the runs' entries in `part`'s path range into a staged manifest part.
 
   Removes the files of stale rows (see `decide`); each name collision's images go to
-  `on_collision` as Failure rows. Returns the part's summary, for `commit`.
+  `on_collision` as Failure rows; `on_paths`, if given, gets the part's paths, a slice
+  at a time (transforms/portability.py). Returns the part's summary, for `commit`.
 
   Memory: the range is cut into slices of about `slice_rows` entries by the runs' index,
   and each slice is read, decided and written before the next is read, so a part's
@@ -556,6 +558,8 @@ def write_part(part: Part, runs: Sequence[runs_lib.Run], config: 'export.ExportC
           on_disk_sha256=lambda path: _sha256_or_none(root, path))
       kept = order[keep]
       writer.write(table, kept)
+      if on_paths is not None and kept.size:
+        on_paths(_take(table.column('path'), kept).to_pylist())
       if kept.size:
         paths = table.column('path')
         first = paths[int(kept[0])].as_py() if first is None else first

@@ -280,6 +280,8 @@ class Namer:
     if self._fix_extension:
       name = check_relative_path(
           with_extension(name, config.encode.extension))
+    if config.portable_names:
+      name = portable_name(name)
     return name
 
 
@@ -324,3 +326,118 @@ def stem_of(url: str) -> str:
     return posixpath.splitext(name)[0] or name
   base = name[:match.start()] or name
   return f'{base}-{match.group("shard")}' if match.group('shard') else base
+
+
+# ---------------------------------------------------------------------------------------
+# Names that other filesystems refuse or merge: Windows, and case-insensitive disks
+# (macOS's APFS and HFS+, Windows' NTFS by default)
+
+# Windows' reserved device names, also with any extension (`aux.png`, `NUL.tar.gz`) and in
+# any case; the superscript digits are reserved too (Microsoft's "Naming Files, Paths, and
+# Namespaces").
+WINDOWS_RESERVED = frozenset(
+    {'CON', 'PRN', 'AUX', 'NUL', 'CONIN$', 'CONOUT$'} |
+    {f'{port}{digit}' for port in ('COM', 'LPT') for digit in '0123456789\u00b9\u00b2\u00b3'})
+_WINDOWS_CHARACTERS = frozenset('<>:"|?*\\')
+# A relative name longer than this (in UTF-16 code units, as Windows counts) passes
+# Windows' MAX_PATH of 260 once copied under a folder of about 60 characters
+# (C:\Users\someone\Downloads\dataset\ is 36): it is counted `long`.
+PORTABLE_PATH_CHARS = 200
+# A portable name's suffix: '~' and this many hex digits of the SHA-1 of what it replaces.
+PORTABLE_HASH_CHARS = 8
+# What can make a name non-portable, in the order the report lists them.
+PORTABILITY_PROBLEMS = ('reserved', 'trailing', 'character', 'long')
+
+
+def fold(name: str) -> str:
+  """The name a case-insensitive filesystem sees: Unicode's canonical caseless form
+  (NFD, casefold), given in NFC. Two names collide there exactly when their folds are
+  equal (`Cat.png` and `cat.png`; `é` composed and decomposed, as macOS holds both)."""
+  return unicodedata.normalize(
+      'NFC', unicodedata.normalize('NFD', name).casefold())
+
+
+def _utf16_length(text: str) -> int:
+  return len(text.encode('utf-16-le')) // 2
+
+
+def _segment_problems(segment: str) -> List[str]:
+  found = []
+  if segment.split('.', 1)[0].rstrip(' ').upper() in WINDOWS_RESERVED:
+    found.append('reserved')
+  if segment.endswith(('.', ' ')):
+    found.append('trailing')
+  if any(ch in _WINDOWS_CHARACTERS or ord(ch) < 32 for ch in segment):
+    found.append('character')
+  return found
+
+
+def windows_problems(name: str) -> List[str]:
+  """What in a relative output name Windows refuses (a subset of PORTABILITY_PROBLEMS):
+  a reserved device name as a segment's part before its first dot, a segment ending in a
+  dot or space (Windows drops them: `a.` becomes `a`), one of <>:"|?*\\ or a control
+  character, more than PORTABLE_PATH_CHARS characters in all."""
+  found = set()
+  for segment in name.split('/'):
+    found.update(_segment_problems(segment))
+  if _utf16_length(name) > PORTABLE_PATH_CHARS:
+    found.add('long')
+  return [p for p in PORTABILITY_PROBLEMS if p in found]
+
+
+def _hash_suffix(text: str) -> str:
+  return '~' + hashlib.sha1(text.encode('utf-8')).hexdigest()[:PORTABLE_HASH_CHARS]
+
+
+def _with_suffix(segment: str, suffix: str, limit_bytes: int) -> str:
+  """`segment` with `suffix` before its first dot (after a leading one), the part before
+  it cut so the whole takes at most `limit_bytes` UTF-8 bytes."""
+  cut = segment.find('.', 1)
+  base, rest = (segment, '') if cut < 0 else (segment[:cut], segment[cut:])
+  room = limit_bytes - len((suffix + rest).encode('utf-8'))
+  base = base.encode('utf-8')[:max(room, 1)].decode('utf-8', 'ignore') or '_'
+  return base + suffix + rest
+
+
+def portable_segment(segment: str) -> str:
+  """One segment made safe on Windows and unique on case-insensitive disks.
+
+  A segment that has a Windows problem, or whose `fold` is not itself (it holds a capital
+  letter, or text not in NFC), gets `~` and 8 hex digits of the SHA-1 of its exact text
+  before its first dot (`CON` -> `CON~…`, `aux.png` -> `aux~….png`, `Cat` -> `Cat~…`),
+  after its trailing dots and spaces are dropped and <>:"|?*\\ and control characters
+  become `_`. Segments already safe and in their folded form stay as they are, so two
+  segments that differ only by case can never end up equal under folding.
+  """
+  if segment == fold(segment) and not _segment_problems(segment):
+    return segment
+  fixed = ''.join('_' if ch in _WINDOWS_CHARACTERS or ord(ch) < 32 else ch
+                  for ch in segment.rstrip(' .')) or '_'
+  return _with_suffix(fixed, _hash_suffix(segment), MAX_SEGMENT_BYTES)
+
+
+def portable_name(name: str) -> str:
+  """`name` with every segment `portable_segment`, and at most PORTABLE_PATH_CHARS
+  characters: a longer one has its last segment's part before the first dot cut, with
+  the hash of the whole name; raises NamingError(unsafe_name) when its folders alone
+  leave no room. Deterministic: the same name always gives the same portable name."""
+  segments = [portable_segment(s) for s in name.split('/')]
+  portable = '/'.join(segments)
+  excess = _utf16_length(portable) - PORTABLE_PATH_CHARS
+  if excess > 0:
+    last = segments[-1]
+    cut = last.find('.', 1)
+    base, rest = (last, '') if cut < 0 else (last[:cut], last[cut:])
+    suffix = _hash_suffix(name)
+    keep = len(base) - excess - len(suffix)
+    while keep > 0 and _utf16_length('/'.join(segments[:-1] + [base[:keep] + suffix + rest])
+                                     ) > PORTABLE_PATH_CHARS:
+      keep -= 1
+    if keep < 1:
+      raise errors.NamingError(
+          errors.UNSAFE_NAME,
+          f'output name {name[:200]!r} cannot be made portable: its folders alone take '
+          f'nearly {PORTABLE_PATH_CHARS} characters; shorten --name_template\'s folders')
+    segments[-1] = base[:keep].rstrip(' .') + suffix + rest
+    portable = '/'.join(segments)
+  return check_relative_path(portable)

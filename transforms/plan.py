@@ -70,6 +70,7 @@ class Request:
   reencode: bool = False
   name_template: Optional[str] = None
   layout: str = 'flat'
+  portable_names: bool = False
   skip_existing: bool = False
   incremental: bool = False
   overwrite: bool = False
@@ -113,12 +114,14 @@ REPORTED_OPTIONS = (
     'quality', 'png_compression', 'png_encoder', 'webp_lossless', 'jpeg_progressive',
     'jpeg_subsampling', 'reencode', 'name_template', 'layout', 'skip_existing',
     'incremental', 'max_failures', 'value_range', 'mean', 'std', 'channel_order',
-    'bit_depth', 'non_finite', 'overwrite', 'manifest_format', 'manifest_part_rows')
+    'bit_depth', 'non_finite', 'overwrite', 'manifest_format', 'manifest_part_rows',
+    'portable_names')
 IDENTITY_OPTIONS = (
     'compression', 'image_key', 'label_key', 'id_key', 'label_names', 'shape', 'dtype',
     'tensor_layout', 'max_pixels', 'format', 'quality', 'png_compression', 'png_encoder',
     'webp_lossless', 'jpeg_progressive', 'jpeg_subsampling', 'reencode', 'name_template',
-    'layout', 'value_range', 'mean', 'std', 'channel_order', 'bit_depth', 'non_finite')
+    'layout', 'value_range', 'mean', 'std', 'channel_order', 'bit_depth', 'non_finite',
+    'portable_names')
 # Options that only one format (or two) reads; given with another, they would do nothing.
 FORMAT_OPTIONS = {
     'png_compression': ('png',), 'png_encoder': ('png',), 'quality': ('jpeg', 'webp'),
@@ -294,7 +297,8 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       key_value_ranges=key_value_ranges,
       name_template=template, id_key=found.id_key, label_key=found.label_key,
       label_names=tuple(found.label_names) if found.label_names else None,
-      reencode=request.reencode, max_pixels=request.max_pixels)
+      reencode=request.reencode, max_pixels=request.max_pixels,
+      portable_names=request.portable_names)
   root = output_root.OutputRoot(request.output, read_settings.storage_options)
   root.check_writable()
   used = tuple(sorted((k, v) for k, v in given.items() if k in REPORTED_OPTIONS))

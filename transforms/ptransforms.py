@@ -35,6 +35,8 @@ from transforms import errors
 from transforms import export
 from transforms import manifest as manifest_lib
 from transforms import input_files
+from transforms import output_root
+from transforms import portability
 from transforms import progress
 from transforms import read
 from transforms import record_layout
@@ -242,12 +244,29 @@ class _WritePartFn(beam.DoFn):
 
   def process(self, part, runs):
     collisions = dead_letter.FailureWriter(self._config)
-    summary = manifest_lib.write_part(part, runs, self._config, collisions.add)
+    names = portability.FoldWriter(
+        output_root.OutputRoot(self._config.output, self._config.read.storage_options))
+    summary = manifest_lib.write_part(part, runs, self._config, collisions.add,
+                                      on_paths=names.add)
     summary['failure_runs'] = collisions.flush()
+    summary['name_runs'] = names.flush()
     yield summary
 
 
-def _finish(_, config: export.ExportConfig, parts, failure_runs, spans) -> dict:
+def _name_runs(summary: dict):
+  return summary['name_runs']
+
+
+def _plan_name_ranges(_, runs):
+  return portability.plan_ranges(runs)
+
+
+def _check_names(bounds, config: export.ExportConfig, runs) -> dict:
+  root = output_root.OutputRoot(config.output, config.read.storage_options)
+  return portability.check_range(bounds, runs, root)
+
+
+def _finish(_, config: export.ExportConfig, parts, failure_runs, spans, names=()) -> dict:
   """The job's last step, once: commits the manifest, then writes the dead letters, then
   the report (with `_SUCCESS`). One step, not three: each step the runner schedules on its
   own costs a local run about 0.1 s of start-up (docs/benchmarks.md)."""
@@ -261,7 +280,8 @@ def _finish(_, config: export.ExportConfig, parts, failure_runs, spans) -> dict:
   collisions = [run for part in parts for run in part['failure_runs']]
   dead_letter_summary = dead_letter.write_dead_letter(list(failure_runs) + collisions, config)
   return {'manifest': manifest, 'dead_letter': dead_letter_summary,
-          'report': report.write_report(config, manifest, dead_letter_summary, spans)}
+          'report': report.write_report(config, manifest, dead_letter_summary, spans,
+                                        names=portability.combine(list(names)))}
 
 
 class ExportImages(beam.PTransform):
@@ -300,13 +320,26 @@ class ExportImages(beam.PTransform):
              | 'SpreadParts' >> beam.Reshuffle()
              | 'WriteParts' >> beam.ParDo(_WritePartFn(config), beam.pvalue.AsList(runs)))
     # a write_part summary per part
+    # Names a case-insensitive disk or Windows would lose: the parts' paths, sorted by
+    # fold, checked a fold-key range per task (transforms/portability.py).
+    name_runs = parts | 'NameRuns' >> beam.FlatMap(_name_runs)
+    # runs.Run of (fold, path)
+    names = (pbegin
+             | 'StartNames' >> beam.Create([None])
+             | 'PlanNameRanges' >> beam.FlatMap(_plan_name_ranges,
+                                                beam.pvalue.AsList(name_runs))
+             | 'SpreadNameRanges' >> beam.Reshuffle()
+             | 'CheckNames' >> beam.Map(_check_names, config,
+                                        beam.pvalue.AsList(name_runs)))
+    # a portability.check_range summary per range
     failure_runs = exported.dead_letter | 'FailureRuns' >> beam.ParDo(
         _FailureRunsFn(config))
     finished = (pbegin
                 | 'Finish' >> beam.Create([None])
                 | 'CommitAndReport' >> beam.Map(
                     _finish, config, beam.pvalue.AsList(parts),
-                    beam.pvalue.AsList(failure_runs), beam.pvalue.AsList(exported[SPANS])))
+                    beam.pvalue.AsList(failure_runs), beam.pvalue.AsList(exported[SPANS]),
+                    beam.pvalue.AsList(names)))
     # the manifest.commit, write_dead_letter and _report.json dicts
     merged = finished | 'Manifest' >> beam.Map(operator.itemgetter('manifest'))
     report_dict = finished | 'Report' >> beam.Map(operator.itemgetter('report'))

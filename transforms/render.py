@@ -31,6 +31,9 @@ class RenderConfig:
   label_names: Optional[Tuple[str, ...]] = None
   reencode: bool = False
   max_pixels: int = decode.image_formats.DEFAULT_MAX_PIXELS
+  # --portable_names: every name made safe on Windows and case-insensitive disks
+  # (naming.portable_name).
+  portable_names: bool = False
 
   def __post_init__(self):
     naming.template_fields(self.name_template)

@@ -20,6 +20,7 @@ from transforms import incremental
 from transforms import naming
 from transforms import normalize
 from transforms import output_root
+from transforms import portability
 from transforms import preview
 from transforms import render
 from transforms import root_claim
@@ -179,10 +180,13 @@ def render_html(report: dict, samples: Sequence[Tuple[str, str, bytes]]) -> str:
 
 
 def write_report(config: 'export.ExportConfig', manifest: dict, dead_letter: dict,
-                 spans: Iterable[Tuple[float, float]] = ()) -> dict:
+                 spans: Iterable[Tuple[float, float]] = (),
+                 names: Optional[dict] = None) -> dict:
   """Writes `_report.json` and `_report.html`, removes temp debris, then `_SUCCESS` if earned.
 
   `spans`: (start, end) of each record range's work, for the report's `work` block.
+  `names`: the output names' portability counts (`portability.combine`), kept as
+  `portability`, with a warning, when some name is not portable.
   """
   root = output_root.OutputRoot(config.output, config.read.storage_options)
   root.remove_temp_debris()
@@ -220,6 +224,10 @@ def write_report(config: 'export.ExportConfig', manifest: dict, dead_letter: dic
       'format': config.manifest_format, 'parts': manifest.get('parts'),
       'rows': manifest.get('rows'),
       'seconds_after_work': round(after_work, 3) if after_work is not None else None}
+  line = portability.describe(names)
+  if line:  # only then: a root whose names are all portable keeps its report as it was
+    report['portability'] = names
+    report['warnings'].append(line)
   if config.incremental:
     report['incremental'] = {'shards_processed': len(config.processed),
                              'stale_images_removed': manifest.get('stale_removed', 0)}

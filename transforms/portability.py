@@ -1,0 +1,166 @@
+"""Which of a run's output names would break on Windows or a case-insensitive disk.
+
+Counted over the manifest's final paths (each kept row's `path`, new and old alike), with
+nothing per name passing through one worker: while a manifest part is written, its
+paths go to `FoldWriter`, sorted runs keyed by `naming.fold(path)` (transforms/runs.py);
+`plan_ranges` cuts those runs into fold-key ranges, `check_range`, a task per range,
+counts each path's Windows problems (`naming.windows_problems`) and the groups of paths
+whose folds are equal (on a case-insensitive disk, all but one of each group is lost),
+and `combine` sums the ranges' counts. Each summary holds a few examples, not the names.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transforms import naming
+from transforms import output_root
+from transforms import runs as runs_lib
+
+SCHEMA = pa.schema([('fold', pa.string()), ('path', pa.string())])
+# Names per check task, and per slice it holds at once.
+RANGE_ROWS = 200_000
+SLICE_ROWS = 8192
+GROUP_ROWS = 1024
+EXAMPLES = 3
+
+
+class FoldWriter:
+  """Paths, written as runs sorted by their fold (`flush()` returns the runs)."""
+
+  def __init__(self, root: output_root.OutputRoot):
+    self._runs = runs_lib.RunWriter(root, SCHEMA, run_bytes=8 << 20,
+                                    group_rows=GROUP_ROWS, prefix='names')
+
+  def add(self, paths: Sequence[str]) -> None:
+    paths = list(paths)
+    if paths:
+      self._runs.add_columns([[naming.fold(p) for p in paths], paths],
+                             sum(2 * len(p) + 32 for p in paths))
+
+  def flush(self) -> List[runs_lib.Run]:
+    return self._runs.flush()
+
+
+def plan_ranges(runs: Sequence[runs_lib.Run], range_rows: int = RANGE_ROWS) -> List[tuple]:
+  """(lo, hi) fold-key ranges of about `range_rows` names (None: unbounded); none when
+  there are no names."""
+  if not any(run.rows for run in runs):
+    return []
+  bounds = [None, *runs_lib.split_points(runs, range_rows), None]
+  return list(zip(bounds[:-1], bounds[1:]))
+
+
+def empty() -> dict:
+  return {'names': 0, 'not_portable': 0, **{p: 0 for p in naming.PORTABILITY_PROBLEMS},
+          'case_groups': 0, 'case_names': 0,
+          'examples': {**{p: [] for p in naming.PORTABILITY_PROBLEMS}, 'case': []}}
+
+
+def check_range(bounds: tuple, runs: Sequence[runs_lib.Run],
+                root: output_root.OutputRoot, slice_rows: int = SLICE_ROWS) -> dict:
+  """The portability counts of the names whose fold is in [lo, hi): per Windows problem,
+  how many names have it; `case_groups`, the groups of two or more names with one fold,
+  and `case_names`, the names in them; up to EXAMPLES of each."""
+  lo, hi = bounds
+  found = empty()
+  for table in _slices(root, lo, hi, runs, slice_rows):
+    order = pc.sort_indices(table, sort_keys=[('fold', 'ascending'),
+                                              ('path', 'ascending')])
+    folds = table.column('fold').take(order).to_pylist()
+    paths = table.column('path').take(order).to_pylist()
+    found['names'] += len(paths)
+    flagged = set()
+    for i, path in enumerate(paths):
+      for problem in naming.windows_problems(path):
+        flagged.add(i)
+        found[problem] += 1
+        if len(found['examples'][problem]) < EXAMPLES:
+          found['examples'][problem].append(path)
+    start = 0
+    while start < len(folds):
+      end = start + 1
+      while end < len(folds) and folds[end] == folds[start]:
+        end += 1
+      group = sorted(set(paths[start:end]))
+      if len(group) > 1:
+        flagged.update(range(start, end))
+        found['case_groups'] += 1
+        found['case_names'] += len(group)
+        if len(found['examples']['case']) < EXAMPLES:
+          found['examples']['case'].append(group[:4])
+      start = end
+    found['not_portable'] += len(flagged)
+  return found
+
+
+def _slices(root, lo: Optional[str], hi: Optional[str], runs: Sequence[runs_lib.Run],
+            slice_rows: int) -> Iterator[pa.Table]:
+  """The runs' rows in [lo, hi) in consecutive key ranges of about `slice_rows` rows; a
+  key's rows all fall in one."""
+  readers = [runs_lib.RangeReader(root, run, lo, hi) for run in runs]
+  try:
+    for bound in [*runs_lib.split_points(runs, slice_rows, lo, hi), None]:
+      batches = [batch for reader in readers for batch in reader.until(bound)]
+      if batches:
+        yield pa.Table.from_batches(batches, schema=SCHEMA)
+  finally:
+    for reader in readers:
+      reader.close()
+
+
+def combine(summaries: Sequence[dict]) -> dict:
+  """The counts of the whole run from those of its ranges (in any order: the examples
+  are the first in fold order)."""
+  total = empty()
+  for summary in sorted(summaries, key=_first_example):
+    for key, value in summary.items():
+      if key == 'examples':
+        for kind, shown in value.items():
+          total['examples'][kind] = (total['examples'][kind] + shown)[:EXAMPLES]
+      else:
+        total[key] += value
+  return total
+
+
+def _first_example(summary: dict) -> str:
+  shown = [e if isinstance(e, str) else e[0] for kind in summary['examples'].values()
+           for e in kind]
+  return naming.fold(min(shown)) if shown else ''
+
+
+_WORDS = {'reserved': 'reserved on Windows', 'trailing': 'end in a dot or space',
+          'character': 'hold a character Windows refuses',
+          'long': f'are longer than {naming.PORTABLE_PATH_CHARS} characters'}
+
+
+def describe(summary: Optional[dict]) -> Optional[str]:
+  """The report's line for non-portable names, e.g. "3 names are not portable: 2
+  reserved on Windows (CON.png, aux.png), 1 pair differs only by case (Cat/1.png,
+  cat/1.png); --portable_names makes them safe"; None when every name is portable."""
+  if not summary:
+    return None
+  flagged = [(p, summary[p]) for p in naming.PORTABILITY_PROBLEMS if summary[p]]
+  if not flagged and not summary['case_groups']:
+    return None
+  parts = [f'{count} {_WORDS[problem]} ({", ".join(summary["examples"][problem])}'
+           f'{", ..." if count > len(summary["examples"][problem]) else ""})'
+           for problem, count in flagged]
+  if summary['case_groups']:
+    groups = summary['case_groups']
+    shown = '; '.join(', '.join(group) for group in summary['examples']['case'])
+    if summary['case_names'] == 2 * groups:
+      what = f'{groups} pair{"s differ" if groups > 1 else " differs"}'
+    else:
+      what = (f'{groups} group{"s" if groups > 1 else ""} of {summary["case_names"]} '
+              f'names differ{"s" if groups == 1 else ""}')
+    parts.append(f'{what} only by case or Unicode form, so a case-insensitive disk '
+                 f'(macOS, Windows) keeps one of each ({shown}'
+                 f'{"; ..." if groups > EXAMPLES else ""})')
+  names = summary['not_portable']
+  return (f'{names} name{"s are" if names != 1 else " is"} not portable: ' +
+          ', '.join(parts) + '; --portable_names makes them safe')
+
