@@ -153,6 +153,7 @@ def render_text(found: schema_lib.Schema, files: int = 0) -> str:
         f'image:  key={image.key}  encoding={image.encoding}{fmt}  dtype={image.dtype}  '
         f'shape={image.shape}  layout={image.axes}  '
         f'values={image.value_range[0]}..{image.value_range[1]}')
+    lines += _signature_lines(image)
   if not found.images:
     lines.append('image:  not found (pass --image_key; see the features above)')
   label = found.label_key or '-'
@@ -165,6 +166,18 @@ def render_text(found: schema_lib.Schema, files: int = 0) -> str:
   for failure in found.failures[:10]:
     lines.append(f'failed: {failure}')
   return '\n'.join(lines)
+
+
+def _signature_lines(image: schema_lib.ImageInfo) -> list:
+  """What the values look like and the export flags that read them right."""
+  found = normalize.value_signature(image)
+  if found is None or not found.flags:
+    return []
+  if found.auto:
+    return [f'        values look like {found.name} data: export takes them so by itself '
+            f'(as {" ".join(found.flags)} would)']
+  return [f'        values look like {found.name} data: export with '
+          f'{" ".join(found.flags)}']
 
 
 def _feature_table(heading: str, counted: str, summaries) -> list:

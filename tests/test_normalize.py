@@ -289,3 +289,48 @@ def test_float_photos_map_to_8_bit_from_a_misaligned_view_without_a_copy(monkeyp
   # a step NumPy does (here the range detected on the image) takes an aligned copy
   _norm(_misaligned(photo))
   assert any(copied)
+
+
+# -- value signatures (README "Normalization": Signatures) -------------------------------
+
+def _info(low, high, channels=None, dtype='float32'):
+  from transforms import schema  # pylint: disable=import-outside-toplevel
+  return schema.ImageInfo('image', 'tensor', dtype, [8, 8, 3], 'hwc', [low, high],
+                          channel_ranges=channels)
+
+
+def test_preset_extents_come_from_the_preset_constants():
+  assert normalize.preset_extent('imagenet')[0] == pytest.approx((-0.485 / 0.229,
+                                                                   0.515 / 0.229))
+  assert normalize.preset_extent('imagenet')[2][1] == pytest.approx(0.594 / 0.225)
+  assert np.allclose(normalize.preset_extent('imagenet_255'),
+                     normalize.preset_extent('imagenet'))
+
+
+@pytest.mark.parametrize('low, high, channels, expected', [
+    (-2.1179, 2.1694, None, ('ImageNet mean/std', ('--mean', 'imagenet'), False)),
+    # a sample that covers only part of the box, channel by channel
+    (-1.9, 2.0, [[-1.9, 1.5], [-1.2, 2.0], [-1.0, 1.8]],
+     ('ImageNet mean/std', ('--mean', 'imagenet'), False)),
+    (-1.79, 2.14, [[-1.79, 1.93], [-1.75, 2.07], [-1.48, 2.14]],
+     ('CLIP mean/std', ('--mean', 'clip'), False)),
+    (0.0, 1.0, None, ('[0,1]', ('--value_range=0,1',), True)),
+    (-1.0, 0.6, None, ('[-1,1]', ('--value_range=-1,1',), True)),
+    (0.0, 200.0, None, ('[0,255]', ('--value_range=0,255',), True)),
+    (10.0, 60000.0, None, ('[0,65535]', ('--value_range=0,65535',), False)),
+    (-1.2, 1.5, None, None),  # inside a box, but not near its low end: no claim
+    (-5.0, 5.0, None, None),
+    (-2.1179, 2.64, [[-2.1179, 2.2489], [-2.0357, 2.4286], [-1.8044, 3.5]], None),
+])
+def test_value_signature(low, high, channels, expected):
+  found = normalize.value_signature(_info(low, high, channels))
+  assert (found and (found.name, found.flags, found.auto)) == expected
+
+
+def test_a_suggestion_only_when_the_settings_would_read_it_wrong():
+  info = _info(-2.1179, 2.1694)
+  assert normalize.suggestion(normalize.NormalizeSpec(), info)['flags'] == ['--mean',
+                                                                            'imagenet']
+  assert normalize.suggestion(normalize.NormalizeSpec(mean=(0.5,), std=(0.5,)), info) is None
+  assert normalize.suggestion(normalize.NormalizeSpec(value_range='-3,3'), info) is None
+  assert normalize.suggestion(normalize.NormalizeSpec(), _info(0, 1)) is None

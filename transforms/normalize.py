@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -495,3 +495,113 @@ def dataset_value_range(spec: NormalizeSpec, image: 'schema.ImageInfo'
     low, high = _unnormalized_extent(spec, image)
   kind = np.float64 if 'float' in image.dtype or spec.mean is not None else np.int64
   return detect_range(np.asarray([low, high], dtype=kind))
+
+
+# ---------------------------------------------------------------------------------------
+# What the sampled values look like: the common normalizations, and the flags that read
+# each right (`unrecord inspect`, the launch line, and a warning when auto would not)
+
+# The ranges --value_range auto takes by itself when the sample fits them (detect_range).
+STANDARD_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0), (0.0, 65535.0))
+# A mean/std signature is only claimed when the sample reaches this share of the
+# preset's lowest value (a photo has near-black pixels), not for any data inside its box.
+_SIGNATURE_REACH = 0.75
+# Float data in 0..65535 is taken for 16-bit only past this value (12-bit data and depth
+# maps in millimetres stay within it, and their own min..max is the safer reading).
+_FLOAT_16BIT_ABOVE = 4095.0
+_PRESET_WORDS = {'imagenet': 'ImageNet', 'imagenet_255': 'ImageNet (0..255)',
+                 'clip': 'CLIP', 'half': 'mean 0.5 / std 0.5'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+  """A recognized normalization: its `name`, the export `flags` that read it right, and
+  whether --value_range auto already does (`auto`)."""
+  name: str
+  flags: Tuple[str, ...]
+  auto: bool
+  expected: Tuple[float, float]  # the range such data spans
+
+
+def range_name(value_range: Optional[Sequence[float]]) -> Optional[str]:
+  """'[0,1]', '[-1,1]', '[0,255]' or '[0,65535]' for those ranges, else None."""
+  if value_range is None:
+    return None
+  for low, high in STANDARD_RANGES:
+    if (float(value_range[0]), float(value_range[1])) == (low, high):
+      return f'[{plain_number(low)},{plain_number(high)}]'
+  return None
+
+
+def _range_flag(value_range: Tuple[float, float]) -> Tuple[str, ...]:
+  return (f'--value_range={plain_number(value_range[0])},{plain_number(value_range[1])}',)
+
+
+def preset_extent(name: str) -> List[Tuple[float, float]]:
+  """Per channel, the range a preset's normalization gives full-range pixels:
+  (0 - mean) / std .. (top - mean) / std, top 255 for the `_255` presets, else 1."""
+  mean, std = PRESETS[name]
+  top = 255.0 if name.endswith('_255') else 1.0
+  return [((0.0 - m) / s, (top - m) / s) for m, s in zip(mean, std)]
+
+
+def value_signature(image: 'schema.ImageInfo') -> Optional[Signature]:
+  """The common normalization the sample's values show, from their min..max (and each
+  channel's): a standard range auto takes (`[0,1]`, `[-1,1]`, `[0,255]`, and 0..65535 for
+  integer types), float data that is 16-bit (`--value_range=0,65535`), or a mean/std
+  preset (`--mean imagenet`): every channel inside that preset's `preset_extent` and the
+  lowest value at least 3/4 of the way to its lowest end. None when nothing fits."""
+  low, high = (float(v) for v in image.value_range)
+  if image.dtype in _INTEGER_RANGES:
+    own = _INTEGER_RANGES[image.dtype]
+    return Signature(range_name(own) or f'{own[0]}..{own[1]}', (), True, own)
+  taken = detect_range(np.asarray([low, high], dtype=np.float64 if 'float' in image.dtype
+                                  else np.int64))
+  name = range_name(taken)
+  if name is not None:
+    return Signature(name, _range_flag(taken), True, tuple(taken))
+  if 'float' in image.dtype and 0 <= low and _FLOAT_16BIT_ABOVE < high <= 65535 * (
+      1 + _RANGE_SLACK):
+    return Signature('[0,65535]', _range_flag((0.0, 65535.0)), False, (0.0, 65535.0))
+  best = None
+  channels = image.channel_ranges
+  for preset_name in PRESETS:
+    box = preset_extent(preset_name)
+    box_low, box_high = min(b[0] for b in box), max(b[1] for b in box)
+    if range_name((round(box_low, 9), round(box_high, 9))):
+      continue  # 'half' is [-1,1]: auto takes it
+    tolerance = (box_high - box_low) * 2 * _RANGE_SLACK
+    if channels is not None and len(channels) == len(box):
+      pairs = list(zip(channels, box))
+    else:
+      pairs = [((low, high), (box_low, box_high))]
+    fits = all(c[0] >= b[0] - tolerance and c[1] <= b[1] + tolerance for c, b in pairs)
+    if not fits or low > _SIGNATURE_REACH * box_low:
+      continue
+    distance = sum(abs(c[0] - b[0]) + abs(c[1] - b[1]) for c, b in pairs)
+    if best is None or distance < best[0] - 1e-9:
+      best = (distance, preset_name, (box_low, box_high))
+  if best is None:
+    return None
+  _, preset_name, expected = best
+  return Signature(f'{_PRESET_WORDS.get(preset_name, preset_name)} mean/std',
+                   ('--mean', preset_name), False, expected)
+
+
+def suggestion(spec: NormalizeSpec, image: 'schema.ImageInfo') -> Optional[dict]:
+  """What to pass when the sample carries a signature that the settings given would read
+  wrong (auto range, no --mean): {'looks_like', 'flags', 'warning'}; else None."""
+  if spec.value_range != 'auto' or spec.mean is not None:
+    return None
+  found = value_signature(image)
+  if found is None or found.auto:
+    return None
+  flags = ' '.join(found.flags)
+  low, high = (plain_number(round(float(v), 4)) for v in image.value_range)
+  undo = (f'pass {flags} (it sets --std too) to undo it' if found.flags[0] == '--mean'
+          else f'pass {flags}')
+  return {'looks_like': found.name, 'flags': list(found.flags),
+          'warning': f'{image.key!r} values {low}..{high} look like {found.name} data '
+                     f'({plain_number(round(found.expected[0], 4))}..'
+                     f'{plain_number(round(found.expected[1], 4))}); they are stretched '
+                     f'over the sample\'s min..max as they are: {undo}'}

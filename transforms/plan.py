@@ -398,6 +398,9 @@ def settled_choices(found: schema_lib.Schema, config: render.RenderConfig,
             config.encode.holds_float, value_range),
         'passthrough': render.passes_through(image.format, image.dtype, config),
     })
+    suggested = normalize.suggestion(spec, image)
+    if suggested is not None:  # only then: other data's settled block stays as it was
+      images[-1]['suggested'] = suggested
   return {'record': found.record, 'images': images, 'format': config.encode.format,
           'layout': folders, 'name_template': config.name_template,
           'label_key': config.label_key, 'id_key': config.id_key,

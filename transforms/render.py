@@ -110,8 +110,14 @@ def describe_image(choice: dict) -> str:
   fmt = f' {choice["format"]}' if choice['format'] else ''
   values = (f'{choice["value_range"][0]}..{choice["value_range"][1]}'
             if choice['value_range'] else 'per image')
+  named = normalize.range_name(choice['value_range'])
+  # The range auto took from the sample, named: '[-1,1] data, from the sample'.
+  source = (f'{named} data, from {choice["value_range_from"]}'
+            if named and choice['value_range_from'].startswith('the sample')
+            else f'from {choice["value_range_from"]}')
   return (f'{choice["key"]!r} {choice["encoding"]}{fmt} {choice["dtype"]} '
-          f'{choice["shape"]} {choice["layout"]}, values {values} (from '
-          f'{choice["value_range_from"]}) -> '
+          f'{choice["shape"]} {choice["layout"]}, values {values} ({source}) -> '
           + ('float32' if choice['bit_depth'] == 'float' else f'{choice["bit_depth"]}-bit')
-          + (', passed through' if choice['passthrough'] else ''))
+          + (', passed through' if choice['passthrough'] else '')
+          + (f'; warning: {choice["suggested"]["warning"]}' if choice.get('suggested')
+             else ''))

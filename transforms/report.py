@@ -224,6 +224,9 @@ def write_report(config: 'export.ExportConfig', manifest: dict, dead_letter: dic
       'format': config.manifest_format, 'parts': manifest.get('parts'),
       'rows': manifest.get('rows'),
       'seconds_after_work': round(after_work, 3) if after_work is not None else None}
+  for image in report['settled'].get('images', ()):  # a normalization read as it is
+    if image.get('suggested'):
+      report['warnings'].append(image['suggested']['warning'])
   line = portability.describe(names)
   if line:  # only then: a root whose names are all portable keeps its report as it was
     report['portability'] = names
