@@ -37,3 +37,17 @@ def test_counts_do_not_depend_on_how_the_work_is_cut(tmp_path):
 def test_no_names_no_ranges_and_no_warning(tmp_path):
   assert portability.plan_ranges([]) == []
   assert portability.describe(portability.combine([])) is None
+
+
+def test_the_column_checks_mean_what_the_naming_rules_say():
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  from transforms import naming  # pylint: disable=import-outside-toplevel
+  names = ['CON.png', 'con', 'x/Nul.tar.gz', 'COM\u00b9.png', 'lpt\u00b3/x.png', 'COM10.png',
+           'CON .png', 'a./x.png', 'b /x.png', 'x:y.png', 'a\x01.png', 'x\\y', 'console.png',
+           'nulx/aux', 'Straße.png', 'e\u0301/\u00c9.png', 'd/' + 'q' * 199,
+           'd/' + '\U0001f600' * 100, 'ok/img.png']
+  masks = portability.problem_masks(pa.array(names))
+  for i, name in enumerate(names):
+    assert [p for p in naming.PORTABILITY_PROBLEMS if masks[p][i]] == \
+        naming.windows_problems(name), name
+  assert portability.folds(names) == [naming.fold(n) for n in names]

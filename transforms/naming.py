@@ -361,28 +361,47 @@ def _utf16_length(text: str) -> int:
   return len(text.encode('utf-16-le')) // 2
 
 
-def _segment_problems(segment: str) -> List[str]:
+_RESERVED_SEGMENT = re.compile(  # the superscripts as characters: RE2 has no \u escape
+    r'(?:^|/)(?:CON|PRN|AUX|NUL|CONIN\$|CONOUT\$|COM[0-9' '\u00b9\u00b2\u00b3' r']|'
+    r'LPT[0-9' '\u00b9\u00b2\u00b3' r']) *(?:[./]|$)', re.IGNORECASE)
+_TRAILING_SEGMENT = re.compile(r'[. ](?:/|$)')
+_WINDOWS_CHARACTER = re.compile(r'[<>:"|?*\\\x00-\x1f]')
+# The patterns of each problem a name's text shows (`transforms/portability.py` runs them
+# over a column of names at once, with Arrow's RE2, in this same meaning).
+PROBLEM_PATTERNS = {'reserved': '(?i)' + _RESERVED_SEGMENT.pattern,
+                    'trailing': _TRAILING_SEGMENT.pattern,
+                    'character': _WINDOWS_CHARACTER.pattern}
+# Any of the three, in one pass: most names match none, and are done with it.
+_ANY_PROBLEM = re.compile('|'.join(
+    r.pattern for r in (_RESERVED_SEGMENT, _TRAILING_SEGMENT, _WINDOWS_CHARACTER)),
+    re.IGNORECASE)
+
+
+def _problems(text: str) -> List[str]:
+  """The segment problems `windows_problems` lists, found in `text` (a name or one
+  segment) by three regular expressions: a name takes about 1 us."""
   found = []
-  if segment.split('.', 1)[0].rstrip(' ').upper() in WINDOWS_RESERVED:
+  if not _ANY_PROBLEM.search(text):
+    return found
+  if _RESERVED_SEGMENT.search(text):
     found.append('reserved')
-  if segment.endswith(('.', ' ')):
+  if _TRAILING_SEGMENT.search(text):
     found.append('trailing')
-  if any(ch in _WINDOWS_CHARACTERS or ord(ch) < 32 for ch in segment):
+  if _WINDOWS_CHARACTER.search(text):
     found.append('character')
   return found
 
 
 def windows_problems(name: str) -> List[str]:
   """What in a relative output name Windows refuses (a subset of PORTABILITY_PROBLEMS):
-  a reserved device name as a segment's part before its first dot, a segment ending in a
-  dot or space (Windows drops them: `a.` becomes `a`), one of <>:"|?*\\ or a control
-  character, more than PORTABLE_PATH_CHARS characters in all."""
-  found = set()
-  for segment in name.split('/'):
-    found.update(_segment_problems(segment))
-  if _utf16_length(name) > PORTABLE_PATH_CHARS:
-    found.add('long')
-  return [p for p in PORTABILITY_PROBLEMS if p in found]
+  a reserved device name as a segment's part before its first dot (spaces before the
+  dot too), a segment ending in a dot or space (Windows drops them: `a.` becomes `a`),
+  one of <>:"|?*\\ or a control character, more than PORTABLE_PATH_CHARS characters in
+  all."""
+  found = _problems(name)
+  if len(name) > PORTABLE_PATH_CHARS // 2 and _utf16_length(name) > PORTABLE_PATH_CHARS:
+    found.append('long')
+  return found
 
 
 def _hash_suffix(text: str) -> str:
@@ -409,7 +428,7 @@ def portable_segment(segment: str) -> str:
   become `_`. Segments already safe and in their folded form stay as they are, so two
   segments that differ only by case can never end up equal under folding.
   """
-  if segment == fold(segment) and not _segment_problems(segment):
+  if segment == fold(segment) and not _problems(segment):
     return segment
   fixed = ''.join('_' if ch in _WINDOWS_CHARACTERS or ord(ch) < 32 else ch
                   for ch in segment.rstrip(' .')) or '_'

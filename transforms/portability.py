@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterator, List, Optional, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -38,11 +39,37 @@ class FoldWriter:
   def add(self, paths: Sequence[str]) -> None:
     paths = list(paths)
     if paths:
-      self._runs.add_columns([[naming.fold(p) for p in paths], paths],
-                             sum(2 * len(p) + 32 for p in paths))
+      self._runs.add_columns([folds(paths), paths],
+                             2 * sum(map(len, paths)) + 32 * len(paths))
 
   def flush(self) -> List[runs_lib.Run]:
     return self._runs.flush()
+
+
+def folds(paths: Sequence[str]) -> List[str]:
+  """`naming.fold` of each path; ASCII ones (for which it is lower case) by Arrow."""
+  column = pa.array(paths, pa.string())
+  ascii_only = pc.string_is_ascii(column).to_numpy(zero_copy_only=False)
+  lowered = pc.ascii_lower(column).to_pylist()
+  if ascii_only.all():
+    return lowered
+  return [low if plain else naming.fold(path)
+          for low, plain, path in zip(lowered, ascii_only.tolist(), paths)]
+
+
+def problem_masks(paths: pa.Array) -> Dict[str, np.ndarray]:
+  """Per PORTABILITY_PROBLEMS, which of `paths` have it: `naming.windows_problems` of
+  each, over the column at once (naming.PROBLEM_PATTERNS, by Arrow's RE2)."""
+  masks = {problem: pc.match_substring_regex(paths, pattern).to_numpy(zero_copy_only=False)
+           for problem, pattern in naming.PROBLEM_PATTERNS.items()}
+  maybe_long = np.flatnonzero(pc.greater(pc.utf8_length(paths),
+                                         naming.PORTABLE_PATH_CHARS // 2).to_numpy(
+                                             zero_copy_only=False))
+  long = np.zeros(len(paths), dtype=bool)
+  for i in maybe_long.tolist():
+    long[i] = 'long' in naming.windows_problems(paths[i].as_py())
+  masks['long'] = long
+  return masks
 
 
 def plan_ranges(runs: Sequence[runs_lib.Run], range_rows: int = RANGE_ROWS) -> List[tuple]:
@@ -70,30 +97,38 @@ def check_range(bounds: tuple, runs: Sequence[runs_lib.Run],
   for table in _slices(root, lo, hi, runs, slice_rows):
     order = pc.sort_indices(table, sort_keys=[('fold', 'ascending'),
                                               ('path', 'ascending')])
-    folds = table.column('fold').take(order).to_pylist()
-    paths = table.column('path').take(order).to_pylist()
+    folds = table.column('fold').take(order).combine_chunks()
+    paths = table.column('path').take(order).combine_chunks()
     found['names'] += len(paths)
-    flagged = set()
-    for i, path in enumerate(paths):
-      for problem in naming.windows_problems(path):
-        flagged.add(i)
-        found[problem] += 1
-        if len(found['examples'][problem]) < EXAMPLES:
-          found['examples'][problem].append(path)
-    start = 0
-    while start < len(folds):
-      end = start + 1
-      while end < len(folds) and folds[end] == folds[start]:
-        end += 1
-      group = sorted(set(paths[start:end]))
-      if len(group) > 1:
-        flagged.update(range(start, end))
+    flagged = np.zeros(len(paths), dtype=bool)
+    for problem, mask in problem_masks(paths).items():
+      flagged |= mask
+      found[problem] += int(mask.sum())
+      room = EXAMPLES - len(found['examples'][problem])
+      found['examples'][problem] += paths.take(np.flatnonzero(mask)[:room]).to_pylist()
+    # Names with one fold sit together: a group is a run of equal folds (paths differ).
+    same = np.zeros(len(paths), dtype=bool)
+    if len(paths) > 1:
+      equal = pc.equal(folds.slice(0, len(paths) - 1), folds.slice(1)).to_numpy(
+          zero_copy_only=False)
+      same[:-1] |= equal
+      same[1:] |= equal
+    flagged |= same
+    found['not_portable'] += int(flagged.sum())
+    grouped = np.flatnonzero(same)
+    if grouped.size:
+      group_folds = folds.take(grouped).to_pylist()
+      group_paths = paths.take(grouped).to_pylist()
+      start = 0
+      while start < len(group_folds):
+        end = start + 1
+        while end < len(group_folds) and group_folds[end] == group_folds[start]:
+          end += 1
         found['case_groups'] += 1
-        found['case_names'] += len(group)
+        found['case_names'] += end - start
         if len(found['examples']['case']) < EXAMPLES:
-          found['examples']['case'].append(group[:4])
-      start = end
-    found['not_portable'] += len(flagged)
+          found['examples']['case'].append(group_paths[start:end][:4])
+        start = end
   return found
 
 

@@ -10,7 +10,7 @@ import sys
 from beam_jobs import export_images
 
 FLAGS = ('skip_existing', 'incremental', 'webp_lossless', 'jpeg_progressive', 'reencode',
-         'quiet', 'no_wait')
+         'quiet', 'no_wait', 'portable_names')
 
 
 def template_argv(argv):
