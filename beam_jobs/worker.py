@@ -22,13 +22,23 @@ worker process with the usual lifetime and exit code. The warm process runs Beam
 If no warm process is free (more workers asked for than started, or a warm process died)
 the client runs the worker itself, as Beam would. A warm process exits when its client
 goes away, and when the importing process or the launcher does.
+
+Every process here notices the launcher's death itself, at once (a killed launcher's
+workers must not go on writing images beside the next run): on Linux the kernel kills
+it when its parent dies (`die_with_parent`, PR_SET_PDEATHSIG); everywhere, the importer
+and the warm processes hold the read end of a pipe whose only write end is the
+launcher's, and exit when it reads end-of-file. Each pool's folder in the temp directory
+carries its launcher's pid, so the next pool removes the folders of dead launchers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,35 +50,55 @@ from typing import List, Optional
 
 _ACK = b'A'
 _ACCEPT_POLL_SECONDS = 0.5
+# A pool's folder: `unrecord-workers-<launcher pid>-<random>` in the temp directory.
+FOLDER_PREFIX = 'unrecord-workers-'
+_FOLDER_NAME = re.compile(re.escape(FOLDER_PREFIX) + r'([0-9]+)-[^/]+\Z')
+# Without PR_SET_PDEATHSIG (not Linux), how often a client asks whether its launcher lives.
+_PARENT_POLL_SECONDS = 0.05
 
 
 class WarmPool:
   """`count` warm worker processes listening on one Unix socket; close() when done.
 
   One process imports, then forks the `count` workers (its children); closing the pool
-  stops it and every worker still running.
+  stops it and every worker still running, and so does this process's death.
   """
 
   def __init__(self, count: int):
-    self._folder = tempfile.mkdtemp(prefix='unrecord-workers-')
+    sweep_stale_folders()
+    self._folder = tempfile.mkdtemp(prefix=f'{FOLDER_PREFIX}{os.getpid()}-')
     self.address = os.path.join(self._folder, 'workers.sock')
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(self.address)
     listener.listen(max(count, 1))
+    # The launcher alone holds the write end (os.pipe's ends are not inherited): when it
+    # dies, or closes the pool, the importer and every warm process read end-of-file.
+    alive, self._alive = os.pipe()
+    # The kernel's parent-death signal fires when the *thread* that started a process
+    # ends, so the importer asks for it only when started by the main thread.
+    parent = os.getpid() if threading.current_thread() is threading.main_thread() else 0
     command = [sys.executable, '-m', 'beam_jobs.worker', '--serve', str(listener.fileno()),
-               str(os.getpid()), str(count)]
-    self.process = subprocess.Popen(command, pass_fds=(listener.fileno(),))
+               str(parent), str(count), str(alive)]
+    self.process = subprocess.Popen(command, pass_fds=(listener.fileno(), alive))
     # The warm processes hold the listening socket now. Once each has taken a client and
     # closed it, connecting fails at once and a client falls back to a cold start.
     listener.close()
+    os.close(alive)
 
   def worker_command(self) -> str:
-    """The shell command line the runner starts for each worker."""
-    return (f'{shlex.quote(sys.executable)} -m beam_jobs.worker '
-            f'--client {shlex.quote(self.address)}')
+    """The shell command line the runner starts for each worker.
+
+    `exec`: the client replaces the shell, so the launcher is its parent (whose death
+    it notices) rather than a shell that would outlive the launcher.
+    """
+    return (f'exec {shlex.quote(sys.executable)} -m beam_jobs.worker '
+            f'--client {shlex.quote(self.address)} {os.getpid()}')
 
   def close(self) -> None:
     """Stops the warm processes still running; removes the socket."""
+    if self._alive is not None:
+      os.close(self._alive)
+      self._alive = None
     if self.process.poll() is None:
       self.process.terminate()
     try:
@@ -81,6 +111,73 @@ class WarmPool:
       os.rmdir(self._folder)
     except OSError:
       pass
+
+
+def sweep_stale_folders(temp_dir: Optional[str] = None) -> List[str]:
+  """Removes the pool folders whose launcher is dead (killed: it could not remove its
+  own); returns them. A folder of a live process, or of another user, stays."""
+  temp_dir = temp_dir or tempfile.gettempdir()
+  removed = []
+  try:
+    names = os.listdir(temp_dir)
+  except OSError:
+    return removed
+  for name in names:
+    found = _FOLDER_NAME.match(name)
+    if not found or _process_exists(int(found.group(1))):
+      continue
+    path = os.path.join(temp_dir, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path, ignore_errors=True)
+      if not os.path.exists(path):
+        removed.append(path)
+  return removed
+
+
+def _process_exists(pid: int) -> bool:
+  if pid <= 0:
+    return True  # not a pid this module wrote: leave it
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:
+    return True  # it exists, as another user's process
+  return True
+
+
+def die_with_parent(parent_pid: int) -> bool:
+  """Linux: the kernel SIGKILLs this process when its parent (the thread that started
+  it) ends. Exits now if `parent_pid` is no longer the parent (it died before this was
+  set). False, and nothing set, where PR_SET_PDEATHSIG does not exist."""
+  if not sys.platform.startswith('linux'):
+    return False
+  try:
+    import ctypes  # here: the client imports as little as it can
+    libc = ctypes.CDLL(None, use_errno=True)
+    armed = libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    armed = False
+  if os.getppid() != parent_pid:
+    os._exit(1)
+  return armed
+
+
+def _exit_when_closed(fd: int) -> None:
+  """In a thread: exits the process when the launcher's end of the pipe `fd` closes."""
+  try:
+    while os.read(fd, 1):
+      pass
+  except OSError:
+    pass
+  os._exit(1)
+
+
+def _exit_when_parent_changes(parent_pid: int) -> None:
+  """In a thread, where die_with_parent cannot be had: polls for the parent's death."""
+  while os.getppid() == parent_pid:
+    time.sleep(_PARENT_POLL_SECONDS)
+  os._exit(1)
 
 
 def start_for(argv: List[str]) -> Optional[WarmPool]:
@@ -106,19 +203,27 @@ def start_for(argv: List[str]) -> Optional[WarmPool]:
     workers = int(value('--direct_num_workers') or os.cpu_count() or 1)
   except ValueError:
     return None  # the option parser will say what is wrong with it
-  return WarmPool(workers) if workers > 1 else None
+  if workers <= 1:
+    return None
+  try:
+    return WarmPool(workers)
+  except OSError:  # e.g. a socket path too long for a deep TMPDIR: Beam's cold workers
+    return None
 
 
 # ---------------------------------------------------------------------------------------
 # The warm process
 
 
-def serve(listener_fd: int, launcher_pid: int, count: int) -> None:
+def serve(listener_fd: int, launcher_pid: int, count: int, alive_fd: int) -> None:
   """Imports everything a worker needs once, then forks `count` warm workers from itself.
 
-  Stays as their parent: it stops them (SIGTERM) when it is terminated or the launcher
-  goes away, and exits when all of them have.
+  Stays as their parent: it stops them (SIGTERM) when it is terminated, and they die
+  with it and with the launcher (`alive_fd` at end-of-file, or the kernel's parent-death
+  signal when `launcher_pid` is given); it exits when all of them have.
   """
+  if launcher_pid:
+    die_with_parent(launcher_pid)
   # Ctrl-C reaches every process of the terminal's group; the launcher alone answers it,
   # and stops the workers (else each prints a KeyboardInterrupt traceback).
   signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -133,32 +238,35 @@ def serve(listener_fd: int, launcher_pid: int, count: int) -> None:
   for _ in range(count):
     pid = os.fork()
     if pid == 0:
-      _serve_one(listener, parent)  # never returns
+      _serve_one(listener, parent, alive_fd)  # never returns
     children.add(pid)
   listener.close()
 
-  def stop(*_):
+  def stop(*_, how=signal.SIGTERM):
     for pid in children:
       try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, how)
       except ProcessLookupError:
         pass
     os._exit(0)
 
   signal.signal(signal.SIGTERM, stop)
   while children:
-    if os.getppid() != launcher_pid:
-      stop()
-    pid, _ = os.waitpid(-1, os.WNOHANG)
-    if pid:
+    # Wakes at once when the launcher's end of the pipe closes (it died, or closed us).
+    if select.select([alive_fd], [], [], _ACCEPT_POLL_SECONDS)[0]:
+      stop(how=signal.SIGKILL)
+    while children:
+      pid, _ = os.waitpid(-1, os.WNOHANG)
+      if not pid:
+        break
       children.discard(pid)
-    else:
-      time.sleep(_ACCEPT_POLL_SECONDS)
   os._exit(0)
 
 
-def _serve_one(listener: socket.socket, parent_pid: int) -> None:
+def _serve_one(listener: socket.socket, parent_pid: int, alive_fd: int) -> None:
   """In a forked warm process: takes one client, runs the worker for it, exits."""
+  die_with_parent(parent_pid)
+  threading.Thread(target=_exit_when_closed, args=(alive_fd,), daemon=True).start()
   from apache_beam.runners.worker import sdk_worker_main
   connection, environment = _take_client(listener, parent_pid)
   listener.close()
@@ -240,9 +348,16 @@ def _read_line(connection: socket.socket) -> bytes:
 # The client the runner starts
 
 
-def client(address: str) -> int:
-  """Hands this process's environment to a warm worker and mirrors its exit code."""
+def client(address: str, launcher_pid: int = 0) -> int:
+  """Hands this process's environment to a warm worker and mirrors its exit code.
+
+  Dies with `launcher_pid`, its parent, when given; the warm worker then sees the
+  connection close and exits too.
+  """
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher answers Ctrl-C (see serve)
+  if launcher_pid and not die_with_parent(launcher_pid):
+    threading.Thread(target=_exit_when_parent_changes, args=(launcher_pid,),
+                     daemon=True).start()
   try:
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # Warm processes may still be importing; one that died closes its socket, so a
@@ -271,13 +386,13 @@ def cold_start() -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  if argv[:1] == ['--serve'] and len(argv) == 4:
-    serve(int(argv[1]), int(argv[2]), int(argv[3]))
+  if argv[:1] == ['--serve'] and len(argv) == 5:
+    serve(int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4]))
     return 0
-  if argv[:1] == ['--client'] and len(argv) == 2:
-    return client(argv[1])
-  print('usage: python -m beam_jobs.worker --client SOCKET | --serve FD LAUNCHER_PID COUNT',
-        file=sys.stderr)
+  if argv[:1] == ['--client'] and len(argv) in (2, 3):
+    return client(argv[1], int(argv[2]) if len(argv) == 3 else 0)
+  print('usage: python -m beam_jobs.worker --client SOCKET [LAUNCHER_PID] | '
+        '--serve FD LAUNCHER_PID COUNT ALIVE_FD', file=sys.stderr)
   return 2
 
 

@@ -9,7 +9,7 @@ from tests.conftest import REPO
 
 # Bottom up; a module may import (at module level) only modules of lower layers.
 LAYERS = [
-    ['errors', 'wire', 'protos'],
+    ['errors', 'wire', 'protos', 'stores'],
     ['tfrecord', 'input_files', 'isolation', 'image_formats', 'normalize', 'encode',
      'naming', 'progress', 'preview'],
     ['tensor_proto', 'output_root'],

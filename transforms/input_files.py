@@ -8,6 +8,7 @@ variables, config files) merged with `storage_options`, a mapping of protocol ->
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import posixpath
 import re
@@ -17,6 +18,7 @@ import fsspec
 from fsspec.core import split_protocol
 
 from transforms import errors
+from transforms import stores
 
 StorageOptions = Mapping[str, Mapping[str, object]]
 
@@ -172,3 +174,29 @@ def open_input(url: str, storage_options: Optional[StorageOptions] = None,
   if is_local(fs):
     return open(path, 'rb', buffering=local_buffer)
   return fs.open(path, 'rb', block_size=block_size, cache_type='readahead')
+
+
+def check_reachable(patterns: Sequence[str], storage_options: Optional[StorageOptions] = None,
+                    timeout: float = 5.0) -> None:
+  """Before any listing: ConfigError for a pattern whose protocol no filesystem serves,
+  StorageFault when the store of one cannot be reached (connecting, within `timeout`)."""
+  tried = set()
+  for pattern in split_patterns(patterns):
+    try:
+      fs, _ = filesystem(pattern, storage_options)
+    except (ValueError, ImportError) as e:
+      unknown = stores.protocol_unknown(pattern, e)
+      if unknown is None:
+        raise
+      raise errors.ConfigError(f'the input {pattern!r} cannot be read: {unknown}') from None
+    endpoint = stores.endpoint_of(fs)
+    if is_local(fs) or endpoint in tried:
+      continue
+    tried.add(endpoint)
+    try:
+      stores.within(2 * timeout, functools.partial(stores.check_reachable, fs, timeout),
+                    pattern)
+    except stores.Unreachable as e:
+      raise errors.StorageFault(
+          f'the input {pattern!r} cannot be reached: {e}; {stores.WHAT_TO_CHECK}; '
+          'nothing was written') from None

@@ -24,6 +24,7 @@ from typing import BinaryIO, Iterator, List, Optional
 from transforms import errors
 from transforms import input_files
 from transforms import naming
+from transforms import stores
 
 TEMP_SUFFIX = naming.TEMP_SUFFIX
 # Exactly the names `_local_temp` makes; the sweep removes nothing else. No output name can
@@ -40,6 +41,11 @@ _ADVICE = {
     errno.EACCES: 'make the output root writable or choose another --output',
     errno.EPERM: 'make the output root writable or choose another --output',
 }
+# An object store's launch check: connecting to its endpoint, and the whole check (the
+# probe file written and removed), at most this long. A store that has not answered by
+# then is reported unreachable, in one line, instead of after its client's retries.
+CONNECT_SECONDS = 5.0
+LAUNCH_CHECK_SECONDS = 10.0
 # Temp names: this process's random prefix and a counter (cheaper than a uuid per file;
 # the prefix keeps processes on other machines sharing a filesystem apart).
 _TEMP_PREFIX = uuid.uuid4().hex[:8]
@@ -163,18 +169,38 @@ class OutputRoot:
     except FileNotFoundError:
       pass
 
-  def check_writable(self) -> None:
-    """Writes and removes a probe file; raises ConfigError naming the root and reason."""
+  def check_writable(self, timeout: float = LAUNCH_CHECK_SECONDS) -> None:
+    """Writes and removes a probe file (on an object store within `timeout` seconds).
+
+    Raises StorageFault (exit 3) when the store cannot be reached, saying why and what to
+    check; ConfigError (exit 2) naming the root and reason when it cannot be written.
+    """
     probe = f'_unrecord_probe_{uuid.uuid4().hex[:12]}'
     try:
       if self.local:
         os.makedirs(self.root, exist_ok=True)
-      self.write(probe, b'')
-      self.fs.rm_file(self.path(probe))
-    except (OSError, errors.UnrecordError, errors.StorageFault) as e:
-      reason = getattr(e, 'message', None) or str(e)
+        self.write(probe, b'')
+        self.fs.rm_file(self.path(probe))
+        return
+
+      def write_and_remove():
+        stores.check_reachable(self.fs, min(CONNECT_SECONDS, timeout))
+        self.fs.pipe_file(self.path(probe), b'')
+        self.fs.rm_file(self.path(probe))
+
+      with stores.quiet_clients():
+        stores.within(timeout, write_and_remove, self.url)
+    except Exception as e:  # pylint: disable=broad-except  (each is said in one line)
+      error = e.__cause__ if isinstance(e, (errors.WriteError, errors.StorageFault)) and \
+          e.__cause__ is not None else e
+      unreachable = stores.unreachable_cause(error)
+      if unreachable:
+        raise errors.StorageFault(
+            f'the output {self.url!r} cannot be reached: {unreachable}; '
+            f'{stores.WHAT_TO_CHECK}; nothing was written') from None
+      cause, advice = _cause_and_advice(error, self.local)
       raise errors.ConfigError(
-          f'the output {self.url!r} cannot be written: {reason}') from None
+          f'the output {self.url!r} cannot be written: {cause}; {advice}') from None
 
   def remove_temp_debris(self, older_than: Optional[float] = None) -> List[str]:
     """Deletes temp files a killed run left behind (local roots only); returns them."""
@@ -228,12 +254,37 @@ def error_code(error: BaseException) -> Optional[int]:
   return int(found.group(1)) if found else None
 
 
-def storage_fault(what: str, error: BaseException) -> errors.StorageFault:
-  """A StorageFault for `what` failing with `error`: the cause in words, then what to do."""
+def open_root(url: str, storage_options: Optional[input_files.StorageOptions] = None
+              ) -> OutputRoot:
+  """The OutputRoot for --output `url`; ConfigError when no filesystem serves its
+  protocol (fsspec knows none, or its package is not installed)."""
+  try:
+    return OutputRoot(url, storage_options)
+  except (ValueError, ImportError) as e:
+    unknown = stores.protocol_unknown(url, e)
+    if unknown is None:
+      raise
+    raise errors.ConfigError(f'the output {url!r} cannot be used: {unknown}') from None
+
+
+def _cause_and_advice(error: BaseException, local: bool = True):
+  """(what failed, what to do) for a storage error, in words."""
+  unreachable = stores.unreachable_cause(error)
+  if unreachable:
+    return unreachable, 'check that the output storage is reachable and writable'
   code = error_code(error)
   cause = (f'{os.strerror(code)} ({errno.errorcode.get(code, code)})'
            if code else f'{type(error).__name__}: {error}')
-  advice = _ADVICE.get(code, 'check that the output storage is reachable and writable')
+  if not local and (isinstance(error, PermissionError) or code in (errno.EACCES,
+                                                                    errno.EPERM)):
+    return cause, ('check the credentials and their access to the output (the '
+                   'environment or --storage_options)')
+  return cause, _ADVICE.get(code, 'check that the output storage is reachable and writable')
+
+
+def storage_fault(what: str, error: BaseException) -> errors.StorageFault:
+  """A StorageFault for `what` failing with `error`: the cause in words, then what to do."""
+  cause, advice = _cause_and_advice(error)
   return errors.StorageFault(
       f'{what}: {cause}; {advice}, then run the same command with --skip_existing to '
       'finish')

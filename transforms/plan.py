@@ -250,6 +250,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
     raise errors.ConfigError('no output given; pass --output URL')
   read_settings = read_config(request)
   patterns = tuple(input_patterns(request))
+  input_files.check_reachable(patterns, read_settings.storage_options)
   spec = image_spec(request)
   records, damage, files = schema_lib.sample_records(patterns, request.sample_records,
                                                       read_settings)

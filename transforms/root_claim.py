@@ -250,9 +250,10 @@ def claim(root: output_root.OutputRoot, *, lease_seconds: float = LEASE_SECONDS)
 def claim_root(url: str, storage_options: Optional[dict] = None, *,
                lease_seconds: float = LEASE_SECONDS) -> Claim:
   """Checks that the output root `url` can be written and takes its lock (a Claim, also
-  a context manager); raises RootBusyError naming the holder. A local root this makes
-  is removed again on release if the run wrote nothing."""
-  root = output_root.OutputRoot(url, storage_options)
+  a context manager); raises RootBusyError naming the holder, ConfigError when it cannot
+  be written, StorageFault when its store cannot be reached (within a short timeout). A
+  local root this makes is removed again on release if the run wrote nothing."""
+  root = output_root.open_root(url, storage_options)
   created = root.local and not os.path.isdir(root.root)
   root.check_writable()
   taken = claim(root, lease_seconds=lease_seconds)
