@@ -38,6 +38,8 @@ import threading
 import time
 from typing import List, Optional
 
+from beam_jobs import logs
+
 _ACK = b'A'
 _ACCEPT_POLL_SECONDS = 0.5
 
@@ -165,6 +167,7 @@ def _serve_one(listener: socket.socket, parent_pid: int) -> None:
   os.environ.clear()
   os.environ.update(environment)
   _log_to_file()
+  logs.drop_held()
   threading.Thread(target=_exit_when_client_leaves, args=(connection,), daemon=True).start()
   code = 0
   try:
@@ -201,7 +204,7 @@ def _take_client(listener: socket.socket, parent_pid: int):
 
 
 # The launcher names a file for the workers' own output (Beam's tracebacks among it), so
-# a failed run ends with one line on the terminal that names the file.
+# a failed run ends with one line on the terminal that names the file (beam_jobs/logs.py).
 LOG_ENV = 'UNRECORD_WORKER_LOG'
 
 
@@ -261,22 +264,32 @@ def client(address: str) -> int:
 
 def cold_start() -> int:
   """No warm process free: be the worker, as `sdk_worker_main` would."""
-  from apache_beam.runners.worker import sdk_worker_main
   _log_to_file()
+  logs.drop_held()
+  from apache_beam.runners.worker import sdk_worker_main
   sdk_worker_main.main(sys.argv)
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(0)
 
 
+def cold_command() -> str:
+  """The command line of a worker with no warm pool: Beam's own worker, its stderr in
+  the run's log (Beam's multi_processing mode would leave it on the terminal)."""
+  return f'{shlex.quote(sys.executable)} -m beam_jobs.worker --cold'
+
+
 def main(argv: Optional[List[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  if argv == ['--cold']:
+    return cold_start()
   if argv[:1] == ['--serve'] and len(argv) == 4:
     serve(int(argv[1]), int(argv[2]), int(argv[3]))
     return 0
   if argv[:1] == ['--client'] and len(argv) == 2:
     return client(argv[1])
-  print('usage: python -m beam_jobs.worker --client SOCKET | --serve FD LAUNCHER_PID COUNT',
+  print('usage: python -m beam_jobs.worker --client SOCKET | --cold | '
+        '--serve FD LAUNCHER_PID COUNT',
         file=sys.stderr)
   return 2
 

@@ -114,7 +114,7 @@ def test_replayed_bundles_leave_exactly_the_expected_files(unrecord, tmp_path):
   _check_complete(str(out), expected)
   assert set(os.listdir(out)) == set(expected) | {
       '_manifest', '_dead_letter.jsonl', '_dead_letter.tfrecord', '_report.json',
-      '_report.html', '_SUCCESS', '_unrecord_run.json'}
+      '_report.html', '_SUCCESS', '_unrecord_run.json', '_logs'}
   assert os.listdir(out / '_manifest') and outputs.manifest_parts(out)
   assert json.load(open(out / '_report.json'))['written'] == 40
   print(f'bundle repeat: {len(expected)} images, listing exact, no temp debris')
