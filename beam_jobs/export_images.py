@@ -379,10 +379,11 @@ def _run_logged(plan: plan_lib.Plan, claim: root_claim.Claim,
       monitor.stop()
   root = output_root.OutputRoot(plan.config.output, plan.config.read.storage_options)
   report = json.loads(root.read(naming.REPORT))
-  line = summary(report, failure_counters(result)) + f'; log: {run_log.close()}'
+  line = summary(report, failure_counters(result))
   if not report['success']:
     line += (f'; exit 1: failures {report["failed"]} > --max_failures '
              f'{report["max_failures"]}, so no _SUCCESS (see {naming.DEAD_LETTER_ROWS})')
+  line += f'; log: {run_log.close()}'
   if not report['success'] or not args.quiet:
     print(line, file=sys.stderr)
   return 0 if report['success'] else 1
