@@ -24,8 +24,8 @@ def _mount(*args):
 
 @pytest.fixture
 def disk(tmp_path):
-  """A tmpfs for the output; `disk.size(...)` resizes it. Unmounted after the test,
-  with whatever the test mounted over it."""
+  """A 200 MB tmpfs for the output (a test resizes it with `mount -o remount,size=`),
+  unmounted after the test with whatever the test mounted over it."""
   mount = tmp_path / 'disk'
   mount.mkdir()
   _mount('-t', 'tmpfs', '-o', 'size=200m', 'tmpfs', str(mount))
@@ -49,15 +49,28 @@ def _no_debris(out):
   assert not (out / '_unrecord_tmp').exists()
 
 
+@pytest.fixture(scope='module')
+def small_photos(tmp_path_factory):
+  """2,000 photos of 32x32 in 4 shards: (folder, {id: photo})."""
+  src = tmp_path_factory.mktemp('small')
+  return src, _shards(src, 4, 500, size=32)
+
+
+@pytest.fixture(scope='module')
+def large_photos(tmp_path_factory):
+  """2,000 photos of 96x96 in 8 shards, about 55 MB as PNG: (folder, {id: photo})."""
+  src = tmp_path_factory.mktemp('large')
+  return src, _shards(src, 8, 250, size=96)
+
+
 UNRECORD = ('-m', 'beam_jobs.cli', 'export')
 MODULE = ('-m', 'beam_jobs.export_images')
 
 
 @pytest.mark.parametrize('rerun', ['plain', 'skip_existing'])
 def test_output_turning_read_only_mid_run_ends_with_one_line_and_the_next_run_finishes(
-    tmp_path, disk, rerun):
-  src, out = tmp_path / 'src', disk / 'out'
-  photos = _shards(src, 4, 500, size=32)
+    small_photos, disk, rerun):
+  (src, photos), out = small_photos, disk / 'out'
   args = ('--input', str(src), '--output', str(out), '--png_encoder', 'opencv')
   job = _export(UNRECORD, *args, '--quiet')
   try:
@@ -94,9 +107,8 @@ def test_output_turning_read_only_mid_run_ends_with_one_line_and_the_next_run_fi
 @pytest.mark.parametrize('command', [UNRECORD, MODULE],
                          ids=['unrecord export', 'python -m beam_jobs.export_images'])
 def test_a_full_disk_ends_with_one_line_and_the_workers_tracebacks_only_in_the_log(
-    tmp_path, disk, command):
-  src, out = tmp_path / 'src', disk / 'out'
-  photos = _shards(src, 8, 250, size=96)  # about 55 MB of PNG: more than the 40 MB disk
+    large_photos, disk, command):
+  (src, photos), out = large_photos, disk / 'out'  # 55 MB of PNG for a 40 MB disk
   _mount('-o', 'remount,size=40m', str(disk))
   args = ('--input', str(src), '--output', str(out), '--png_encoder', 'opencv',
           '--png_compression', '0')
