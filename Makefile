@@ -36,7 +36,8 @@ $(DEMO_STAMP): pyproject.toml | $(UV)
 
 # What `make demo` installs on a fresh machine, as a second venv for the tests
 # (tests/test_logs.py): the runtime alone logs differently from the full test venv.
-# Built once, again only when pyproject.toml changes (about 20 s from cold with uv's cache).
+# Built once, again only when pyproject.toml changes (17-50 s from cold with uv's cache,
+# on a busy 2-core machine).
 LEAN_VENV := build/lean-venv
 LEAN_STAMP := $(LEAN_VENV)/.installed-stamp
 lean-venv: $(LEAN_STAMP)
