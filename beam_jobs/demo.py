@@ -158,7 +158,7 @@ def main(argv: List[str] = None) -> int:
   for name, (output, count) in totals.items():
     print(f'  {count:4d}  {output}/  ({name})')
   print('Each folder also holds _manifest/ (its rows), _report.html, _report.json, '
-        '_dead_letter.* and _SUCCESS.')
+        '_dead_letter.*, _SUCCESS and _logs/ (the run\'s Beam log).')
   print(f'Look at: {sheet} ({shown} of the written images, read back from their files), '
         f'then {os.path.join(images, "encoded", "_report.html")} (a run report).')
   return 0

@@ -16,10 +16,7 @@ import dataclasses
 import difflib
 import json
 import logging
-import os
 import sys
-import tempfile
-import threading
 import time
 import traceback
 from typing import Dict, List, Optional, Sequence
@@ -29,6 +26,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from beam_jobs import local_runner
+from beam_jobs import logs
 from beam_jobs import options as common
 from beam_jobs.signals import Terminated
 from beam_jobs import worker as worker_lib
@@ -127,6 +125,12 @@ class ExportOptions(PipelineOptions):
     group.add_argument('--quiet', action='store_true',
                        help='No progress display (local runs show a live bar on a '
                        'terminal, else a log line every --progress_interval seconds).')
+    group.add_argument('--log_level', default=None, choices=logs.LEVELS,
+                       type=common.Choice(), metavar='LEVEL',
+                       help="Also show Beam's and the libraries' log lines of LEVEL and up "
+                       f'({", ".join(logs.LEVELS)}) on the terminal. Either way they go '
+                       f'to the run\'s log, {naming.LOGS}/ under --output, named in the '
+                       'closing line.')
     group.add_argument('--progress_interval', type=float, default=10.0, metavar='SECONDS',
                        help='Seconds between progress lines when stderr is not a '
                        'terminal. Default: 10.')
@@ -294,6 +298,8 @@ def main(argv: Optional[Sequence[str]] = None,
     return common.fail(PROG, '; '.join(unknown))
   pipeline_options = PipelineOptions(argv)
   args = pipeline_options.view_as(ExportOptions)
+  if args.log_level:
+    logs.show(args.log_level)
   claim, status = None, None
   try:
     request = plan_lib.Request.from_options(args)
@@ -324,6 +330,17 @@ def _run(plan: plan_lib.Plan, claim: root_claim.Claim, pipeline_options: Pipelin
          args, argv: Sequence[str], pool: Optional[worker_lib.WarmPool]) -> int:
   """Runs the claimed export; every way it can end prints one closing line (with
   --quiet, only when it ends in an error)."""
+  run_log = logs.RunLog(plan.config.output, plan.config.read.storage_options, claim.run_id,
+                        plan.config.run_started or time.time())
+  try:
+    return _run_logged(plan, claim, pipeline_options, args, argv, pool, run_log)
+  finally:
+    run_log.close()  # where a line has not named it already
+
+
+def _run_logged(plan: plan_lib.Plan, claim: root_claim.Claim,
+                pipeline_options: PipelineOptions, args, argv: Sequence[str],
+                pool: Optional[worker_lib.WarmPool], run_log: logs.RunLog) -> int:
   say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
   if not plan.config.patterns:  # --incremental, and no shard is new or changed
     report = report_lib.write_report(
@@ -331,7 +348,7 @@ def _run(plan: plan_lib.Plan, claim: root_claim.Claim, pipeline_options: Pipelin
         {'written': 0, 'skipped': 0, 'bytes': 0, 'passthrough': 0, 'samples': []},
         {'failed': 0, 'failed_by_reason': {}, 'first_failures': []})
     say(f'{PROG}: no input shard is new or changed since the last run')
-    say(summary(report))
+    say(summary(report) + f'; log: {run_log.close()}')
     return 0
   runner, runner_instance = local_runner.configure_runner(pipeline_options, argv, pool)
   say(describe(plan, runner))
@@ -349,75 +366,36 @@ def _run(plan: plan_lib.Plan, claim: root_claim.Claim, pipeline_options: Pipelin
   # Asked under the claim: no other run can commit a manifest to this root from now on.
   plan.config = dataclasses.replace(
       plan.config, previous_manifest=manifest_lib.any_previous(claim.root))
-  beam_log = BeamLog(claim.run_id)
   try:
     pipeline = beam.Pipeline(runner=runner_instance, options=pipeline_options)
     _ = pipeline | 'Export' >> ptransforms.ExportImages(plan.config)
     result = pipeline.run()
     if args.no_wait and not local:
-      say(f'{PROG}: submitted to {runner}; not waiting (--no_wait)')
+      say(f'{PROG}: submitted to {runner}; not waiting (--no_wait); log: '
+          f'{run_log.close()}')
       return 0
     result.wait_until_finish()
   except (KeyboardInterrupt, Terminated) as e:
-    return _ended_early(plan, monitor, beam_log, interrupted=e)
+    return _ended_early(plan, monitor, run_log, interrupted=e)
   except Exception as e:  # the runner's own failure: report it plainly, then exit 3
-    return _ended_early(plan, monitor, beam_log, failure=e)
+    return _ended_early(plan, monitor, run_log, failure=e)
   finally:
     if monitor is not None:
       monitor.stop()
-  beam_log.close(keep=False)
   root = output_root.OutputRoot(plan.config.output, plan.config.read.storage_options)
   report = json.loads(root.read(naming.REPORT))
   line = summary(report, failure_counters(result))
   if not report['success']:
     line += (f'; exit 1: failures {report["failed"]} > --max_failures '
              f'{report["max_failures"]}, so no _SUCCESS (see {naming.DEAD_LETTER_ROWS})')
+  line += f'; log: {run_log.close()}'
   if not report['success'] or not args.quiet:
     print(line, file=sys.stderr)
   return 0 if report['success'] else 1
 
 
-class BeamLog:
-  """Beam's own log lines (workers' tracebacks among them) go to a file, not the terminal.
-
-  A failed run names the file in its closing line; a run that succeeds removes it.
-  """
-
-  def __init__(self, run_id: str):
-    self.path = os.path.join(tempfile.gettempdir(), f'unrecord-{run_id[:12]}.log')
-    self._handler = logging.FileHandler(self.path, delay=True)
-    self._handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: '
-                                                 '%(message)s'))
-    self._logger = logging.getLogger('apache_beam')
-    self._logger.addHandler(self._handler)
-    self._propagate, self._logger.propagate = self._logger.propagate, False
-    os.environ[worker_lib.LOG_ENV] = self.path  # the local workers' own output
-    # The runner's threads (one per local worker) end with an exception when a worker is
-    # stopped; that is Beam's news, for the log too.
-    self._excepthook, threading.excepthook = threading.excepthook, self._thread_error
-
-  def _thread_error(self, args) -> None:
-    self._logger.error('uncaught in thread %s', getattr(args.thread, 'name', '?'),
-                       exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
-
-  def close(self, keep: bool) -> Optional[str]:
-    """Stops capturing; returns the log's path if kept and not empty."""
-    self._logger.removeHandler(self._handler)
-    self._logger.propagate = self._propagate
-    self._handler.close()
-    os.environ.pop(worker_lib.LOG_ENV, None)
-    threading.excepthook = self._excepthook
-    if keep and os.path.exists(self.path):
-      return self.path
-    try:
-      os.unlink(self.path)
-    except FileNotFoundError:
-      pass
-    return None
-
-
 def _ended_early(plan: plan_lib.Plan, monitor: Optional[progress.ProgressMonitor],
-                 beam_log: BeamLog, *, interrupted: Optional[BaseException] = None,
+                 run_log: logs.RunLog, *, interrupted: Optional[BaseException] = None,
                  failure: Optional[BaseException] = None) -> int:
   """A run stopped by Ctrl-C/SIGTERM or by the runner: one line, a report, an exit code."""
   counts = monitor.totals() if monitor is not None else None
@@ -430,10 +408,10 @@ def _ended_early(plan: plan_lib.Plan, monitor: Optional[progress.ProgressMonitor
     storage_cause = errors.StorageFault.cause_in(text)
     cause = storage_cause or f'the pipeline failed: {_last_line(text)}'
     code = 3
-  logging.getLogger(__name__).debug('run ended early', exc_info=failure)
-  log_path = beam_log.close(keep=failure is not None)
+  logging.getLogger(__name__).error('run ended early: %s', cause, exc_info=failure)
   # An object store that just failed after its client's whole retry budget would take
-  # that budget again for each file of a report saying so: no report is tried there.
+  # that budget again for each file of a report saying so: no report (and no log) is
+  # tried there.
   unreachable = (interrupted is None and storage_cause is not None and
                  '://' in plan.config.output and not plan.config.output.startswith('file://'))
   wrote_report = (not unreachable and
@@ -447,8 +425,7 @@ def _ended_early(plan: plan_lib.Plan, monitor: Optional[progress.ProgressMonitor
     line += f'; {naming.REPORT} was not written (the output storage failed)'
   elif not wrote_report:
     line += f'; {naming.REPORT} could not be written either'
-  if log_path:
-    line += f"; Beam's log: {log_path}"
+  line += f'; log: {run_log.close(copy=not unreachable)}'
   print(line, file=sys.stderr)
   return code
 

@@ -43,7 +43,8 @@ def configure_runner(pipeline_options: PipelineOptions, argv: Sequence[str],
   """Local runs: FnApiRunner (no Prism download), one worker process per core.
 
   Returns the runner's description, and a runner instance when the local workers are
-  `pool`'s warm processes (else None: the pipeline options name the runner).
+  processes: `pool`'s warm ones, or cold ones without a pool (else None: the pipeline
+  options name the runner).
   """
   standard = pipeline_options.view_as(StandardOptions)
   if standard.runner not in LOCAL_RUNNERS:
@@ -58,13 +59,14 @@ def configure_runner(pipeline_options: PipelineOptions, argv: Sequence[str],
                                   else 'in_memory')
   description = (f'DirectRunner (FnApiRunner, {direct.direct_num_workers} '
                  f'{direct.direct_running_mode} worker(s))')
-  if pool is None or direct.direct_running_mode != 'multi_processing':
+  if direct.direct_running_mode != 'multi_processing':
     return description, None
-  # The same worker processes Beam's multi_processing mode starts, but already warm.
+  # The same worker processes Beam's multi_processing mode starts, but already warm, or
+  # (no pool) Beam's own with their stderr in the run's log, not on the terminal.
   # FnApiRunner only takes a custom worker environment in its default running mode.
   direct.direct_running_mode = 'in_memory'
   environment = environments.SubprocessSDKEnvironment.from_command_string(
-      pool.worker_command())
+      pool.worker_command() if pool is not None else worker_lib.cold_command())
   return description, fn_runner.FnApiRunner(default_environment=environment)
 
 

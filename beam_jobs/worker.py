@@ -48,6 +48,8 @@ import threading
 import time
 from typing import List, Optional
 
+from beam_jobs import logs
+
 _ACK = b'A'
 _ACCEPT_POLL_SECONDS = 0.5
 # A pool's folder: `unrecord-workers-<launcher pid>-<random>` in the temp directory.
@@ -273,6 +275,7 @@ def _serve_one(listener: socket.socket, parent_pid: int, alive_fd: int) -> None:
   os.environ.clear()
   os.environ.update(environment)
   _log_to_file()
+  logs.drop_held()
   threading.Thread(target=_exit_when_client_leaves, args=(connection,), daemon=True).start()
   code = 0
   try:
@@ -309,7 +312,7 @@ def _take_client(listener: socket.socket, parent_pid: int):
 
 
 # The launcher names a file for the workers' own output (Beam's tracebacks among it), so
-# a failed run ends with one line on the terminal that names the file.
+# a failed run ends with one line on the terminal that names the file (beam_jobs/logs.py).
 LOG_ENV = 'UNRECORD_WORKER_LOG'
 
 
@@ -374,25 +377,39 @@ def client(address: str, launcher_pid: int = 0) -> int:
   return reply[0] if reply else 1
 
 
-def cold_start() -> int:
-  """No warm process free: be the worker, as `sdk_worker_main` would."""
-  from apache_beam.runners.worker import sdk_worker_main
+def cold_start(launcher_pid: int = 0) -> int:
+  """No warm process free: be the worker, as `sdk_worker_main` would (and, started by
+  `cold_command`, die with the launcher as the warm workers do)."""
+  if launcher_pid and not die_with_parent(launcher_pid):
+    threading.Thread(target=_exit_when_parent_changes, args=(launcher_pid,),
+                     daemon=True).start()
   _log_to_file()
+  logs.drop_held()
+  from apache_beam.runners.worker import sdk_worker_main
   sdk_worker_main.main(sys.argv)
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(0)
 
 
+def cold_command() -> str:
+  """The command line of a worker with no warm pool: Beam's own worker, its stderr in
+  the run's log (Beam's multi_processing mode would leave it on the terminal). `exec`, as
+  in `WarmPool.worker_command`: the launcher is its parent, whose death ends it."""
+  return f'exec {shlex.quote(sys.executable)} -m beam_jobs.worker --cold {os.getpid()}'
+
+
 def main(argv: Optional[List[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ['--cold'] and len(argv) in (1, 2):
+    return cold_start(int(argv[1]) if len(argv) == 2 else 0)
   if argv[:1] == ['--serve'] and len(argv) == 5:
     serve(int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4]))
     return 0
   if argv[:1] == ['--client'] and len(argv) in (2, 3):
     return client(argv[1], int(argv[2]) if len(argv) == 3 else 0)
   print('usage: python -m beam_jobs.worker --client SOCKET [LAUNCHER_PID] | '
-        '--serve FD LAUNCHER_PID COUNT ALIVE_FD', file=sys.stderr)
+        '--cold [LAUNCHER_PID] | --serve FD LAUNCHER_PID COUNT ALIVE_FD', file=sys.stderr)
   return 2
 
 

@@ -52,7 +52,9 @@ def _check_output(fs, root, secret=None):
           fs.cat_file(f'{root}/_manifest/part-00000-of-00001.jsonl').splitlines()]
   assert len(rows) == len(PHOTOS)
   listed = {p.split(f'{root}/', 1)[1] for p in fs.find(root)}
-  assert listed == {r['path'] for r in rows} | {
+  logs = {p for p in listed if p.startswith('_logs/')}
+  assert len(logs) == 1 and list(logs)[0].endswith('.log')  # the run's log, uploaded
+  assert listed - logs == {r['path'] for r in rows} | {
       '_manifest/part-00000-of-00001.jsonl', '_manifest/_parts.json', '_dead_letter.jsonl',
       '_dead_letter.tfrecord', '_report.json',
       '_report.html', '_SUCCESS', '_unrecord_run.json'}

@@ -114,7 +114,7 @@ def test_replayed_bundles_leave_exactly_the_expected_files(unrecord, tmp_path):
   _check_complete(str(out), expected)
   assert set(os.listdir(out)) == set(expected) | {
       '_manifest', '_dead_letter.jsonl', '_dead_letter.tfrecord', '_report.json',
-      '_report.html', '_SUCCESS', '_unrecord_run.json'}
+      '_report.html', '_SUCCESS', '_unrecord_run.json', '_logs'}
   assert os.listdir(out / '_manifest') and outputs.manifest_parts(out)
   assert json.load(open(out / '_report.json'))['written'] == 40
   print(f'bundle repeat: {len(expected)} images, listing exact, no temp debris')
@@ -150,13 +150,13 @@ def test_killed_mid_run_then_rerun_is_complete_and_idempotent(unrecord, tmp_path
   assert report['written'] + report['skipped'] == len(expected)
 
   reports = ('_report.json', '_report.html')  # they describe the latest run
-  before = {n: open(out / n, 'rb').read() for n in _listing(out)
-            if n not in reports and os.path.isfile(out / n)}
+  def unchanged(n):  # nor the run logs: each run adds its own under _logs/
+    return n not in reports and not n.startswith('_logs') and os.path.isfile(out / n)
+  before = {n: open(out / n, 'rb').read() for n in _listing(out) if unchanged(n)}
   result = unrecord('export', '--input', str(tmp_path / '*.tfrecord'), '--output',
                     str(out), '--skip_existing', '--png_encoder', 'opencv')
   assert result.returncode == 0
-  after = {n: open(out / n, 'rb').read() for n in _listing(out)
-            if n not in reports and os.path.isfile(out / n)}
+  after = {n: open(out / n, 'rb').read() for n in _listing(out) if unchanged(n)}
   assert after == before  # images, manifest, dead letter and _SUCCESS: every byte
   assert json.load(open(out / '_report.json'))['written'] == 0
 

@@ -72,7 +72,9 @@ def output_digests(folder) -> dict:
   and `folder`'s own path taken out of the reports and manifests."""
   images = os.path.join(str(folder), 'images')
   digests = {}
-  for top, _, names in os.walk(images):
+  for top, folders, names in os.walk(images):
+    if '_logs' in folders:  # the runs' logs: times and Beam's own lines, never the same
+      folders.remove('_logs')
     for name in names:
       path = os.path.join(top, name)
       relative = os.path.relpath(path, images)

@@ -27,11 +27,12 @@ def _export(unrecord, *args, expect=0):
 
 
 def _files(root):
+  """Every file under `root` but the run logs in `_logs/` (tests/test_logs.py)."""
   found = set()
   for folder, _, names in os.walk(root):
     for name in names:
       found.add(os.path.relpath(os.path.join(folder, name), root))
-  return found
+  return {f for f in found if not f.startswith('_logs/')}
 
 
 def _manifest(root):

@@ -61,7 +61,8 @@ def _check_root(out, photos=None):
   files = _files(out)
   assert not [f for f in files if f.endswith(naming.TEMP_SUFFIX) or
               f.startswith('_unrecord_tmp')], 'temp debris left'
-  images = {f for f in files if f not in OWN_FILES and not f.startswith('_unrecord_lock')}
+  images = {f for f in files if f not in OWN_FILES and not f.startswith('_unrecord_lock')
+            and not f.startswith('_logs/')}
   assert {r['path'] for r in rows} == images
   for row in rows:
     data = open(out / row['path'], 'rb').read()

@@ -14,6 +14,7 @@ import hashlib
 import posixpath
 import re
 import string
+import time
 import unicodedata
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -45,12 +46,21 @@ DEAD_LETTER_RECORDS = '_dead_letter.tfrecord'
 REPORT = '_report.json'
 REPORT_HTML = '_report.html'
 SUCCESS = '_SUCCESS'
+LOGS = '_logs'  # a folder of run logs (beam_jobs/logs.py), the newest KEPT_LOGS of them
+KEPT_LOGS = 10
 RESERVED_NAMES = (MANIFEST, LEGACY_MANIFEST, DEAD_LETTER_ROWS, DEAD_LETTER_RECORDS, SUCCESS, REPORT,
-                  REPORT_HTML)
+                  REPORT_HTML, LOGS)
 # The suffix of the temp files writes go through (transforms/output_root.py); no output name may
 # end with it, so the sweep of a killed run's temp files can never take an image.
 TEMP_SUFFIX = '.unrecord-tmp'
 _UNSAFE_CHARACTERS = {'/', '\\', ':', '*', '?', '"', '<', '>', '|'}
+
+
+def log_name(started: float, run_id: str) -> str:
+  """A run's log under the root: `_logs/unrecord-<UTC start>-<run id>.log`; the names sort
+  by start time, so the oldest go first when only the newest are kept."""
+  stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))
+  return f'{LOGS}/unrecord-{stamp}-{run_id[:8]}.log'
 
 
 def template_fields(template: str) -> List[str]:

@@ -229,7 +229,9 @@ class Claim:
     if self._fd is not None:
       try:
         os.unlink(self.root.path(LOCK))  # while still locked: nobody can lock this inode
-      except FileNotFoundError:
+      except OSError:
+        # Gone already, or the root turned read-only or full mid-run (the fault the run
+        # has reported): the file stays, unlocked once closed, and the next run takes it.
         pass
       os.close(self._fd)
       self._fd = None
