@@ -127,3 +127,50 @@ def test_the_sweep_removes_only_folders_of_dead_launchers(tmp_path):
   assert worker.sweep_stale_folders(str(tmp_path)) == [str(dead)]
   assert sorted(os.listdir(tmp_path)) == sorted(
       p.name for p in (live, other_user, unknown, unrelated))
+
+
+def test_killing_a_launcher_without_a_warm_pool_stops_beams_own_workers(
+    tmp_path, short_temp_dir):
+  """`python -m beam_jobs.export_images` (and the demo) start no warm pool: Beam starts
+  `beam_jobs.worker --cold` workers itself, and they must die with the launcher too."""
+  expected = _dataset(tmp_path, 2000, size=64)
+  out = tmp_path / 'out'
+  env = dict(os.environ, TMPDIR=short_temp_dir)
+  args = ['--input', str(tmp_path / '*.tfrecord'), '--output', str(out),
+          '--skip_existing', '--png_encoder', 'opencv', '--quiet',
+          '--direct_num_workers', '2']
+  job = subprocess.Popen([sys.executable, '-m', 'beam_jobs.export_images', *args],
+                         cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and job.poll() is None and not (
+        out.exists() and sum(n.endswith('.png') for n in os.listdir(out)) >= 100):
+      time.sleep(0.01)
+    tree = psutil.Process(job.pid).children(recursive=True)
+    commands = [' '.join(p.cmdline()) for p in tree]
+    assert sum(' -m beam_jobs.worker --cold ' in c for c in commands) == 2, commands
+    os.kill(job.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    job.wait()
+    alive, lifetimes = {p.pid for p in tree}, {}
+    while alive and time.monotonic() - killed < 10:
+      for pid in [p for p in alive if _gone(p)]:
+        lifetimes[pid] = time.monotonic() - killed
+        alive.discard(pid)
+      time.sleep(0.002)
+    assert not alive, f'still running 10 s after the launcher was killed: {alive}'
+    all_gone = _files(out)
+    time.sleep(1.5)
+    later = _files(out)
+  finally:
+    try:
+      os.killpg(job.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+  assert 0 < len(all_gone) < len(expected), 'the kill must land mid-run'
+  assert max(lifetimes.values()) < DEATH_BOUND_SECONDS, lifetimes
+  assert later == all_gone
+  result = run_unrecord('export', *args, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  _check_complete(str(out), expected)
