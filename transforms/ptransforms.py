@@ -43,6 +43,7 @@ from transforms import report
 NAMESPACE = 'unrecord'
 DEAD_LETTER = 'dead_letter'
 SPANS = 'spans'
+REPAIRS = 'repairs'  # what manifest.read_previous rebuilt of a damaged previous manifest
 
 
 def _count(counts: Dict[str, int]) -> None:
@@ -230,6 +231,19 @@ def _previous_files(_, config: export.ExportConfig):
   return manifest_lib.previous_files(config)
 
 
+class _PreviousRowsFn(beam.DoFn):
+  """manifest.PreviousFile -> its rows' runs; what it repaired to the REPAIRS output."""
+
+  def __init__(self, config: export.ExportConfig):
+    self._config = config
+
+  def process(self, task):
+    runs, repair = manifest_lib.read_previous(task, self._config)
+    yield from runs
+    if repair is not None:
+      yield beam.pvalue.TaggedOutput(REPAIRS, repair)
+
+
 def _plan_parts(_, runs, rows_per_part: int):
   return manifest_lib.plan_parts(runs, rows_per_part)
 
@@ -247,12 +261,12 @@ class _WritePartFn(beam.DoFn):
     yield summary
 
 
-def _finish(_, config: export.ExportConfig, parts, failure_runs, spans) -> dict:
+def _finish(_, config: export.ExportConfig, parts, failure_runs, spans, repairs) -> dict:
   """The job's last step, once: commits the manifest, then writes the dead letters, then
   the report (with `_SUCCESS`). One step, not three: each step the runner schedules on its
   own costs a local run about 0.1 s of start-up (docs/benchmarks.md)."""
   parts = list(parts)
-  manifest = manifest_lib.commit(parts, config)
+  manifest = manifest_lib.commit(parts, config, list(repairs))
   for name, change in manifest['count_corrections'].items():
     if change > 0:
       Metrics.counter(NAMESPACE, name).inc(change)
@@ -288,9 +302,13 @@ class ExportImages(beam.PTransform):
                   | 'StartPrevious' >> beam.Create([None])
                   | 'ListPrevious' >> beam.FlatMap(_previous_files, config)
                   | 'SpreadPrevious' >> beam.Reshuffle()
-                  | 'PreviousRuns' >> beam.FlatMap(manifest_lib.previous_runs, config))
-      # runs.Run of the previous manifest's rows
-      runs = (exported.runs, previous) | 'AllRuns' >> beam.Flatten()
+                  | 'PreviousRuns' >> beam.ParDo(_PreviousRowsFn(config)).with_outputs(
+                      REPAIRS, main='runs'))
+      # runs.Run of the previous manifest's rows; a dict per part rebuilt from the files
+      runs = (exported.runs, previous.runs) | 'AllRuns' >> beam.Flatten()
+      repairs = previous[REPAIRS]
+    else:
+      repairs = pbegin | 'NoRepairs' >> beam.Create([])
     # Every worker merges one path range of every run into one part: no worker handles
     # more than a part's rows, and the rows never pass through the runner.
     parts = (pbegin
@@ -306,7 +324,8 @@ class ExportImages(beam.PTransform):
                 | 'Finish' >> beam.Create([None])
                 | 'CommitAndReport' >> beam.Map(
                     _finish, config, beam.pvalue.AsList(parts),
-                    beam.pvalue.AsList(failure_runs), beam.pvalue.AsList(exported[SPANS])))
+                    beam.pvalue.AsList(failure_runs), beam.pvalue.AsList(exported[SPANS]),
+                    beam.pvalue.AsList(repairs)))
     # the manifest.commit, write_dead_letter and _report.json dicts
     merged = finished | 'Manifest' >> beam.Map(operator.itemgetter('manifest'))
     report_dict = finished | 'Report' >> beam.Map(operator.itemgetter('report'))

@@ -220,6 +220,11 @@ def write_report(config: 'export.ExportConfig', manifest: dict, dead_letter: dic
       'format': config.manifest_format, 'parts': manifest.get('parts'),
       'rows': manifest.get('rows'),
       'seconds_after_work': round(after_work, 3) if after_work is not None else None}
+  repaired = manifest.get('repaired') or []
+  if repaired:  # parts of the previous manifest rebuilt from the image files on disk
+    report['manifest']['repaired'] = [
+        {k: v for k, v in r.items() if k != 'warning'} for r in repaired]
+    report['warnings'] += [r['warning'] for r in repaired]
   if config.incremental:
     report['incremental'] = {'shards_processed': len(config.processed),
                              'stale_images_removed': manifest.get('stale_removed', 0)}
