@@ -7,6 +7,8 @@ Each DoFn only wraps a Beam-free function (setup/teardown, tagging outputs, metr
   DecodeImages      records -> DecodedImage         record_layout.decode_records
   ExportImages      patterns -> files, manifest, dead letter, report
                                                     export.export_range, then
+                                                    manifest.read_previous (per
+                                                    previous part),
                                                     manifest.write_part (per part),
                                                     manifest.commit,
                                                     dead_letter.write_dead_letter,
