@@ -9,8 +9,9 @@ with their row counts and first and last paths. There is a part per ROWS_PER_PAR
 How it is made, with nothing per image passing through one worker:
 1. Each worker writes an entry per image to an `EntryWriter`: sorted run files under
    the root's scratch folder (transforms/runs.py), never rows through the runner.
-   The previous manifest's rows become runs the same way (`previous_runs`, a task per
-   previous part).
+   The previous manifest's rows become runs the same way (`read_previous`, a task per
+   previous part); a part that is damaged, missing or not listed is rebuilt there from
+   the image files on disk instead of trusted.
 2. `plan_parts` cuts all runs into path ranges of about ROWS_PER_PART rows, from the
    runs' batch keys alone.
 3. `write_part`, a task per range, reads only its range of each run, a slice of
@@ -29,6 +30,7 @@ hold NUL (naming.check_relative_path); UTF-8 byte order is path order.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import io
@@ -185,9 +187,8 @@ class EntryWriter:
 
 def _as_entries(rows: pa.Table, kind: str) -> pa.Table:
   """PARQUET_SCHEMA rows as Parquet entries of `kind`, sorted by path; rows without a
-  path or source are left out."""
-  rows = rows.filter(pc.and_(pc.is_valid(rows.column('path')),
-                             pc.is_valid(rows.column('source'))))
+  path are left out (one without a source, `rebuilt_row`'s, stays)."""
+  rows = rows.filter(pc.is_valid(rows.column('path')))
   text = lambda name: pc.cast(rows.column(name), pa.string())
   source_key = pc.binary_join_element_wise(
       rows.column('source'), text('index'), text('n'), '\x01',
@@ -271,7 +272,7 @@ def _file_rows(root: output_root.OutputRoot, name: str) -> Iterator[Tuple[dict, 
 def _parquet_groups(root: output_root.OutputRoot, name: str,
                     columns: Optional[Sequence[str]] = None) -> Iterator[pa.Table]:
   with root.open_read(name) as f:
-    parquet = pq.ParquetFile(f)
+    parquet = pq.ParquetFile(f, page_checksum_verification=True)
     for group in range(parquet.num_row_groups):
       yield parquet.read_row_group(group, columns=columns)
 
@@ -320,36 +321,361 @@ def listed_paths(root: output_root.OutputRoot) -> Iterator[str]:
           yield row['path']
 
 
-def previous_runs(name: str, config: 'export.ExportConfig') -> List[runs_lib.Run]:
-  """The rows of one file of the previous manifest, as sorted runs of `p` entries, in
-  this run's manifest format. Rows without a path or source are left out."""
+# ---------------------------------------------------------------------------------------
+# Reading the previous manifest, and rebuilding the rows of what of it is damaged
+
+
+@dataclasses.dataclass(frozen=True)
+class PreviousFile:
+  """One task of reading the previous manifest (`previous_files` plans them).
+
+  A file of it (`name`), with what `_parts.json` lists for it (rows, first and last
+  path; None where it lists nothing), or else a sweep (`name` None). `damage`: what
+  planning already found wrong (the part is missing, not listed, `_parts.json` cannot be
+  read); such a task, like one whose part turns out damaged as it is read, rebuilds the
+  rows from the image files on disk (`read_previous`). A sweep rebuilds the rows of every
+  image file outside the `listed` path ranges, keeping what the `candidates` (part
+  files `_parts.json` does not list) hold for those files."""
+  name: Optional[str]
+  rows: Optional[int] = None
+  first: Optional[str] = None
+  last: Optional[str] = None
+  damage: Optional[str] = None
+  candidates: Tuple[str, ...] = ()
+  listed: Tuple[Tuple[str, str], ...] = ()
+
+
+def previous_files(config: 'export.ExportConfig') -> List[PreviousFile]:
+  """The previous manifest's files to read, once an interrupted commit has been
+  finished, and what is already known to be wrong with them."""
   root = output_root.OutputRoot(config.output, config.read.storage_options)
-  if config.manifest_format == 'parquet':
-    step = index_step(config.manifest_part_rows)
-    return [runs_lib.write_run(root, entries, step, 'manifest', RUN_BLOCK_ROWS)
-            for entries in (_as_entries(table, PREVIOUS) for table in
-                            _file_tables(root, name, SLICE_ROWS))
-            if entries.num_rows]
-  writer = EntryWriter(root, 'jsonl', config.manifest_part_rows)
-  for row, line in _file_rows(root, name):
+  recover(root)
+  return plan_previous(root)
+
+
+def plan_previous(root: output_root.OutputRoot) -> List[PreviousFile]:
+  """A task per part `_parts.json` lists (a missing one marked so), a sweep for part
+  files it does not list; with no readable `_parts.json` beside part files, one sweep
+  of the whole root; with no parts, an earlier version's `_manifest.jsonl` or nothing.
+  Lists `_manifest/` and reads `_parts.json`, nothing more."""
+  present = sorted(name for name in _names_in(root, naming.MANIFEST)
+                   if _PART_NAME.match(name))
+  index, problem = _read_index(root)
+  if index is None:
+    if not present:
+      return ([PreviousFile(naming.LEGACY_MANIFEST)]
+              if root.exists(naming.LEGACY_MANIFEST) else [])
+    return [PreviousFile(None, damage=f'{PARTS_INDEX} was {problem}',
+                         candidates=tuple(f'{naming.MANIFEST}/{n}' for n in present))]
+  tasks, names = [], set()
+  for part in index['parts']:
+    names.add(part['name'])
+    tasks.append(PreviousFile(
+        f'{naming.MANIFEST}/{part["name"]}', part['rows'], part['first'], part['last'],
+        damage=None if part['name'] in present else f'missing (listed in {PARTS_INDEX})'))
+  unlisted = [name for name in present if name not in names]
+  if unlisted:
+    tasks.append(PreviousFile(
+        None, damage=f'not listed in {PARTS_INDEX}',
+        candidates=tuple(f'{naming.MANIFEST}/{n}' for n in unlisted),
+        listed=tuple((p['first'], p['last']) for p in index['parts']
+                     if p['first'] is not None)))
+  return tasks
+
+
+def _read_index(root: output_root.OutputRoot) -> Tuple[Optional[dict], str]:
+  """(`_parts.json`, '') if it reads as the commit wrote it: parts named in order, each
+  with its rows and path range, the ranges in order; else (None, what is wrong)."""
+  try:
+    data = root.read(PARTS_INDEX)
+  except FileNotFoundError:
+    return None, 'missing'
+  try:
+    index = json.loads(data)
+    parts = index['parts']
+    names = [part['name'] for part in parts]
+    ok = (isinstance(parts, list) and names == sorted(set(names))
+          and index.get('rows', 0) == sum(part['rows'] for part in parts))
+    previous_last = None
+    for part in parts:
+      first, last, rows = part['first'], part['last'], part['rows']
+      ok = ok and bool(_PART_NAME.match(part['name'])) and isinstance(rows, int) and (
+          (first is None and last is None and rows == 0) or
+          (isinstance(first, str) and isinstance(last, str) and first <= last and rows > 0
+           and (previous_last is None or previous_last < first)))
+      previous_last = last if last is not None else previous_last
+  except (ValueError, KeyError, TypeError):
+    ok = False
+  if not ok:
+    return None, 'damaged (it does not read as the list of parts)'
+  return index, ''
+
+
+class _Damaged(Exception):
+  """A part of the previous manifest is not what `_parts.json` says it is."""
+
+
+def read_previous(task: PreviousFile, config: 'export.ExportConfig'
+                  ) -> Tuple[List[runs_lib.Run], Optional[dict]]:
+  """(the rows of one task of the previous manifest as sorted runs of `p` entries in this
+  run's manifest format, what was repaired or None).
+
+  A part that is missing, cut short, garbled (unreadable, fewer or other rows than
+  `_parts.json` lists, out of path order) or not listed is not trusted: its rows are
+  rebuilt from the image files on disk in its path range (`_rebuild`), and the repair is
+  returned for the report's warning line. Never raised for a damaged part: a damaged
+  manifest would stop every later run, so a run repairs it instead."""
+  root = output_root.OutputRoot(config.output, config.read.storage_options)
+  damage = task.damage
+  if task.name is not None and damage is None:
     try:
-      writer.add(PREVIOUS, row, line)
-    except (KeyError, TypeError):
+      return _previous_runs(root, task, config), None
+    except _Damaged as e:
+      damage = str(e)
+  if task.name is None:  # a sweep: everything outside the listed parts' ranges
+    lows = [lo for lo, _ in task.listed]
+    highs = [hi for _, hi in task.listed]
+
+    def in_scope(path: str) -> bool:
+      at = bisect.bisect_right(lows, path) - 1
+      return at < 0 or path > highs[at]
+    candidates = task.candidates
+    subject = (PARTS_INDEX if damage.startswith(PARTS_INDEX)
+               else ', '.join(task.candidates))
+  else:
+    first, last = task.first, task.last
+    in_scope = lambda path: first is not None and first <= path <= last
+    candidates = (task.name,) if root.exists(task.name) else ()
+    subject = task.name
+  runs, kept, rebuilt = _rebuild(root, config, in_scope, candidates)
+  if subject == PARTS_INDEX:
+    what = f'{damage}; rebuilt the manifest from its parts and the image files on disk'
+  else:
+    what = f'{subject} was {damage}; rebuilt its rows from the image files on disk'
+  warning = f'{what}: {kept + rebuilt} row(s), {rebuilt} of them hashed again from the file'
+  return runs, {'part': subject, 'damage': damage, 'rows_kept': kept,
+                'rows_rebuilt': rebuilt, 'warning': warning}
+
+
+def previous_runs(name: str, config: 'export.ExportConfig') -> List[runs_lib.Run]:
+  """The rows of one file of the previous manifest, trusted as it reads."""
+  return read_previous(PreviousFile(name), config)[0]
+
+
+def _previous_runs(root: output_root.OutputRoot, task: PreviousFile,
+                   config: 'export.ExportConfig') -> List[runs_lib.Run]:
+  """`task`'s part as sorted runs of `p` entries, checked against what `_parts.json`
+  lists for it as it is read; raises _Damaged."""
+  check = _PartCheck(task)
+  try:
+    if config.manifest_format == 'parquet':
+      step = index_step(config.manifest_part_rows)
+      runs = []
+      for table in _file_tables(root, task.name, SLICE_ROWS):
+        check.paths(table.column('path'))
+        entries = _as_entries(table, PREVIOUS)
+        if entries.num_rows:
+          runs.append(runs_lib.write_run(root, entries, step, 'manifest', RUN_BLOCK_ROWS))
+    else:
+      writer = EntryWriter(root, 'jsonl', config.manifest_part_rows)
+      for row, line in _file_rows(root, task.name):
+        try:
+          writer.add(PREVIOUS, row, line)
+        except (KeyError, TypeError):
+          continue
+        check.path(row['path'])
+      runs = writer.flush()
+  except FileNotFoundError as e:
+    raise _Damaged(f'missing (listed in {PARTS_INDEX})') from e
+  except OSError as e:
+    if e.errno is not None:  # the storage's own fault (EIO, EACCES...), not the part's
+      raise
+    raise _Damaged(f'cut short or garbled (unreadable: {_first_line(e)})') from e
+  except (pa.ArrowException, ValueError) as e:
+    raise _Damaged(f'cut short or garbled (unreadable: {_first_line(e)})') from e
+  check.finish()
+  return runs
+
+
+def _first_line(error: BaseException) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+class _PartCheck:
+  """Whether a part's rows, as they are read, are those `_parts.json` lists for it:
+  its count of rows, in strict path order from its first path to its last. Raises
+  _Damaged when they are not; with nothing listed (an earlier version's file), checks
+  nothing."""
+
+  def __init__(self, task: PreviousFile):
+    self._task = task
+    self._rows = 0
+    self._last: Optional[str] = None
+
+  def paths(self, paths: pa.ChunkedArray) -> None:
+    """The next rows' paths, a column."""
+    if self._task.rows is None or not len(paths):
+      return
+    if paths.null_count:
+      raise _Damaged('damaged (a row has no path)')
+    in_order = len(paths) < 2 or pc.all(pc.less(paths.slice(0, len(paths) - 1),
+                                                 paths.slice(1))).as_py()
+    if not in_order:
+      raise self._out_of_range()
+    self._next(paths[0].as_py())
+    self._rows += len(paths) - 1
+    self._last = paths[len(paths) - 1].as_py()
+
+  def path(self, path: str) -> None:
+    """The next row's path."""
+    if self._task.rows is not None:
+      self._next(path)
+
+  def _next(self, path: str) -> None:
+    if (path != self._task.first if self._last is None else path <= self._last):
+      raise self._out_of_range()
+    self._rows += 1
+    self._last = path
+
+  @staticmethod
+  def _out_of_range() -> '_Damaged':
+    return _Damaged(f'damaged (its rows are not in the path range {PARTS_INDEX} lists)')
+
+  def finish(self) -> None:
+    task = self._task
+    if task.rows is None:
+      return
+    if self._rows != task.rows or self._last != task.last:
+      raise _Damaged(f'cut short or garbled (it holds {self._rows} readable row(s), '
+                     f'{PARTS_INDEX} lists {task.rows})')
+
+
+def _rebuild(root: output_root.OutputRoot, config: 'export.ExportConfig',
+             in_scope: Callable[[str], bool], candidates: Sequence[str]
+             ) -> Tuple[List[runs_lib.Run], int, int]:
+  """(runs of `p` entries, rows kept, rows rebuilt): a row for each image file under
+  the root whose path is `in_scope`.
+
+  A file keeps a row that one of the `candidates` (part files not trusted as they are)
+  still holds for it, if the row's size is the file's and, where the part did not read
+  whole, its sha256 is too (the file is hashed again); any other file gets
+  `rebuilt_row`, hashed again. Holds the root's listing in memory, one path per file,
+  as --overwrite's sweep does (docs/scale.md)."""
+  on_disk = {path: size for path, size in _image_files(root) if in_scope(path)}
+  writer = EntryWriter(root, config.manifest_format, config.manifest_part_rows)
+  named, kept = set(), 0
+  for name in candidates:
+    whole = _reads_whole(root, name)
+    for row, line in _salvaged_rows(root, name):
+      path = row.get('path')
+      if (not isinstance(path, str) or path in named or path not in on_disk
+          or row.get('bytes') != on_disk[path]):
+        continue
+      if not whole and row.get('sha256') != _sha256_or_none(root, path):
+        continue
+      if config.manifest_format == 'parquet':
+        row, line = _with_text_fields(dict(row)), None
+      try:
+        writer.add(PREVIOUS, row, line)
+      except (KeyError, TypeError):
+        continue
+      named.add(path)
+      kept += 1
+  rebuilt = 0
+  for path in sorted(set(on_disk) - named):
+    row = rebuilt_row(root, path, config)
+    if row is not None:
+      writer.add(PREVIOUS, row)
+      rebuilt += 1
+  return writer.flush(), kept, rebuilt
+
+
+def _image_files(root: output_root.OutputRoot) -> Iterator[Tuple[str, Optional[int]]]:
+  """(path, size) of every file under the root but unrecord's own (`_*` at the top, temp
+  names)."""
+  prefix = root.path('')
+  for found, info in root.fs.find(root.root, detail=True).items():
+    if not found.startswith(prefix):
       continue
-  return writer.flush()
+    path = found[len(prefix):]
+    if path.split('/', 1)[0].startswith('_') or output_root.is_temp_name(path):
+      continue
+    yield path, info.get('size')
+
+
+def _reads_whole(root: output_root.OutputRoot, name: str) -> bool:
+  """Whether every row of a manifest file reads, in strict path order."""
+  last = None
+  try:
+    if name.endswith('.parquet'):
+      for table in _parquet_groups(root, name, columns=['path']):
+        for path in table.column('path').to_pylist():
+          if not isinstance(path, str) or (last is not None and path <= last):
+            return False
+          last = path
+      return True
+    with root.open_read(name) as f:
+      for line in f:
+        if not line.strip():
+          continue
+        row = orjson.loads(line)
+        path = row.get('path') if isinstance(row, dict) else None
+        if not isinstance(path, str) or (last is not None and path <= last):
+          return False
+        last = path
+  except (pa.ArrowException, OSError, ValueError):
+    return False
+  return True
+
+
+def _salvaged_rows(root: output_root.OutputRoot, name: str
+                   ) -> Iterator[Tuple[dict, Optional[bytes]]]:
+  """(row, its JSON line or None) of each row of a manifest file that still reads: lines
+  that do not parse, and Parquet row groups that do not read, are passed over."""
+  try:
+    if name.endswith('.parquet'):
+      with root.open_read(name) as f:
+        parquet = pq.ParquetFile(f, page_checksum_verification=True)
+        for group in range(parquet.num_row_groups):
+          try:
+            rows = parquet.read_row_group(group).to_pylist()
+          except (pa.ArrowException, OSError, ValueError):
+            continue
+          for row in rows:
+            yield row, None
+      return
+    yield from _file_rows(root, name)
+  except (pa.ArrowException, OSError, ValueError):
+    return
+
+
+def rebuilt_row(root: output_root.OutputRoot, path: str, config: 'export.ExportConfig'
+                ) -> Optional[dict]:
+  """The manifest row of an image file whose row was lost, from the file alone: its
+  path, bytes, sha256, format, shape_out and dtype_out. What only the record knew
+  (source, index, offset, n, key, id, label, shape_in, dtype_in, and how it was made:
+  encoder, normalization, value_range, passthrough) is null: a later run that reads the
+  record again writes it (--skip_existing prefers its own row to this one). None when
+  the file is gone or is not a whole image."""
+  try:
+    data = root.read(path)
+  except FileNotFoundError:
+    return None
+  try:
+    shape, dtype = image_formats.check_encoded(data, None, config.image.max_pixels)
+  except errors.UnrecordError:
+    return None
+  row = dict.fromkeys(PARQUET_SCHEMA.names)
+  row.update(path=path, bytes=len(data), sha256=output_root.sha256(data),
+             format=image_formats.sniff_format(data), dtype_out=dtype,
+             shape_out=list(shape) if shape else None)
+  return row
 
 
 def any_previous(root: output_root.OutputRoot) -> bool:
   """Whether the root holds any manifest file: parts, an interrupted commit's staged
   ones, or an earlier version's `_manifest.jsonl`."""
   return root.exists(naming.MANIFEST) or root.exists(naming.LEGACY_MANIFEST)
-
-
-def previous_files(config: 'export.ExportConfig') -> List[str]:
-  """The previous manifest's files, once an interrupted commit has been finished."""
-  root = output_root.OutputRoot(config.output, config.read.storage_options)
-  recover(root)
-  return part_files(root)
 
 
 # ---------------------------------------------------------------------------------------
@@ -500,7 +826,10 @@ def _decide_path(found: List[Entry], keep_previous, on_disk_sha256, result: Part
   skipped = next((e for e in found if e.kind == SKIPPED), None)
   if skipped is not None:
     result.skipped += 1
-    return (previous if previous is not None else skipped), skipped
+    # The previous row says how the file was made; one rebuilt from the file alone
+    # (`rebuilt_row`, no source) knows less than the row made again from the record.
+    from_record = previous is not None and not previous.source_key.startswith('None\x01')
+    return (previous if from_record else skipped), skipped
   if keep_previous(_source_of(previous.source_key)):
     result.kept_from_previous += 1
     return previous, None
@@ -612,8 +941,11 @@ class _PartWriter:
 
   def __init__(self, out, output_format: str):
     self._out = out
+    # Page checksums: a part garbled in place fails to read, and is rebuilt (see
+    # `read_previous`), rather than read as other rows.
     self._parquet = (pq.ParquetWriter(out, PARQUET_SCHEMA, compression='zstd',
-                                      use_dictionary=_DICTIONARY_COLUMNS)
+                                      use_dictionary=_DICTIONARY_COLUMNS,
+                                      write_page_checksum=True)
                      if output_format == 'parquet' else None)
     self._pending: List[pa.Table] = []  # Parquet rows not yet in a row group
     self._groups = 0
@@ -785,12 +1117,14 @@ def _collision_failures(collision: Collision) -> List[errors.Failure]:
 # Committing the parts
 
 
-def commit(parts: Sequence[dict], config: 'export.ExportConfig') -> dict:
+def commit(parts: Sequence[dict], config: 'export.ExportConfig',
+           repairs: Sequence[dict] = ()) -> dict:
   """Puts the staged parts in place as the manifest and sums their summaries.
 
   The journal (the staged parts' list) is written first, so a run killed during the
   moves is finished by the next one (`recover`). With --overwrite, files under the root
-  that the new manifest does not list are removed.
+  that the new manifest does not list are removed. `repairs`: what `read_previous`
+  rebuilt of the previous manifest, for the report.
   """
   root = output_root.OutputRoot(config.output, config.read.storage_options)
   parts = sorted(parts, key=lambda p: p['name'])
@@ -813,6 +1147,7 @@ def commit(parts: Sequence[dict], config: 'export.ExportConfig') -> dict:
   total['rows'] = index['rows']
   total['committed_at'] = time.time()
   total['samples'] = [json.loads(line) for line in sampler.chosen()]
+  total['repaired'] = sorted(repairs, key=lambda r: r['part'])
   total['collisions'] = collisions
   # The workers counted each colliding image as written (or skipped); these take those
   # counts back, as failures (the metrics' corrections).

@@ -7,6 +7,8 @@ Each DoFn only wraps a Beam-free function (setup/teardown, tagging outputs, metr
   DecodeImages      records -> DecodedImage         record_layout.decode_records
   ExportImages      patterns -> files, manifest, dead letter, report
                                                     export.export_range, then
+                                                    manifest.read_previous (per
+                                                    previous part),
                                                     manifest.write_part (per part),
                                                     manifest.commit,
                                                     dead_letter.write_dead_letter,
@@ -45,6 +47,7 @@ from transforms import report
 NAMESPACE = 'unrecord'
 DEAD_LETTER = 'dead_letter'
 SPANS = 'spans'
+REPAIRS = 'repairs'  # what manifest.read_previous rebuilt of a damaged previous manifest
 
 
 def _count(counts: Dict[str, int]) -> None:
@@ -232,6 +235,19 @@ def _previous_files(_, config: export.ExportConfig):
   return manifest_lib.previous_files(config)
 
 
+class _PreviousRowsFn(beam.DoFn):
+  """manifest.PreviousFile -> its rows' runs; what it repaired to the REPAIRS output."""
+
+  def __init__(self, config: export.ExportConfig):
+    self._config = config
+
+  def process(self, task):
+    runs, repair = manifest_lib.read_previous(task, self._config)
+    yield from runs
+    if repair is not None:
+      yield beam.pvalue.TaggedOutput(REPAIRS, repair)
+
+
 def _plan_parts(_, runs, rows_per_part: int):
   return manifest_lib.plan_parts(runs, rows_per_part)
 
@@ -266,12 +282,13 @@ def _check_names(bounds, config: export.ExportConfig, runs) -> dict:
   return portability.check_range(bounds, runs, root)
 
 
-def _finish(_, config: export.ExportConfig, parts, failure_runs, spans, names=()) -> dict:
+def _finish(_, config: export.ExportConfig, parts, failure_runs, spans, repairs,
+            names=()) -> dict:
   """The job's last step, once: commits the manifest, then writes the dead letters, then
   the report (with `_SUCCESS`). One step, not three: each step the runner schedules on its
   own costs a local run about 0.1 s of start-up (docs/benchmarks.md)."""
   parts = list(parts)
-  manifest = manifest_lib.commit(parts, config)
+  manifest = manifest_lib.commit(parts, config, list(repairs))
   for name, change in manifest['count_corrections'].items():
     if change > 0:
       Metrics.counter(NAMESPACE, name).inc(change)
@@ -308,9 +325,13 @@ class ExportImages(beam.PTransform):
                   | 'StartPrevious' >> beam.Create([None])
                   | 'ListPrevious' >> beam.FlatMap(_previous_files, config)
                   | 'SpreadPrevious' >> beam.Reshuffle()
-                  | 'PreviousRuns' >> beam.FlatMap(manifest_lib.previous_runs, config))
-      # runs.Run of the previous manifest's rows
-      runs = (exported.runs, previous) | 'AllRuns' >> beam.Flatten()
+                  | 'PreviousRuns' >> beam.ParDo(_PreviousRowsFn(config)).with_outputs(
+                      REPAIRS, main='runs'))
+      # runs.Run of the previous manifest's rows; a dict per part rebuilt from the files
+      runs = (exported.runs, previous.runs) | 'AllRuns' >> beam.Flatten()
+      repairs = previous[REPAIRS]
+    else:
+      repairs = pbegin | 'NoRepairs' >> beam.Create([])
     # Every worker merges one path range of every run into one part: no worker handles
     # more than a part's rows, and the rows never pass through the runner.
     parts = (pbegin
@@ -339,7 +360,7 @@ class ExportImages(beam.PTransform):
                 | 'CommitAndReport' >> beam.Map(
                     _finish, config, beam.pvalue.AsList(parts),
                     beam.pvalue.AsList(failure_runs), beam.pvalue.AsList(exported[SPANS]),
-                    beam.pvalue.AsList(names)))
+                    beam.pvalue.AsList(repairs), beam.pvalue.AsList(names)))
     # the manifest.commit, write_dead_letter and _report.json dicts
     merged = finished | 'Manifest' >> beam.Map(operator.itemgetter('manifest'))
     report_dict = finished | 'Report' >> beam.Map(operator.itemgetter('report'))

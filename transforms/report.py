@@ -224,6 +224,11 @@ def write_report(config: 'export.ExportConfig', manifest: dict, dead_letter: dic
       'format': config.manifest_format, 'parts': manifest.get('parts'),
       'rows': manifest.get('rows'),
       'seconds_after_work': round(after_work, 3) if after_work is not None else None}
+  repaired = manifest.get('repaired') or []
+  if repaired:  # parts of the previous manifest rebuilt from the image files on disk
+    report['manifest']['repaired'] = [
+        {k: v for k, v in r.items() if k != 'warning'} for r in repaired]
+    report['warnings'] += [r['warning'] for r in repaired]
   for image in report['settled'].get('images', ()):  # a normalization read as it is
     if image.get('suggested'):
       report['warnings'].append(image['suggested']['warning'])

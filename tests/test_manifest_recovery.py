@@ -1,0 +1,209 @@
+"""A damaged previous manifest is rebuilt, not a lock on the root (issue 43, item 1).
+
+Whole-job tests on TensorFlow-written records of photos: a JSONL or Parquet manifest
+has a part cut in half, garbled in place, deleted while `_parts.json` lists it, or
+present but not listed, or `_parts.json` itself cut, garbled or deleted. The next run,
+plain or --skip_existing, exits 0 with `_SUCCESS`, one warning line naming what was
+damaged, no traceback, and a manifest whose rows are the image files on disk with their
+sizes and sha256; the run after that is quiet and leaves the rows as they are."""
+
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+
+from tests import fixtures
+from tests import outputs
+from tests.test_export_job import OFFLINE, _files
+
+PHOTOS = 24
+PART_ROWS = '8'  # three parts: cam-0 0..7, cam-0 8..cam-1 3, cam-1 4..11
+DAMAGED_PART = 1
+# What a re-run with --skip_existing makes again from the record: every field but how
+# the file was made (its row says `existing`).
+FROM_RECORD = ('path', 'bytes', 'sha256', 'source', 'index', 'offset', 'n', 'key', 'label',
+               'label_name', 'format', 'dtype_in', 'shape_in', 'shape_out')
+
+
+@pytest.fixture(scope='module')
+def shards(tmp_path_factory):
+  """Two shards of labelled photos, uint8 tensors, written by TensorFlow."""
+  root = tmp_path_factory.mktemp('recovery_in')
+  for shard in range(2):
+    payloads = []
+    for i in range(PHOTOS // 2):
+      payloads.append(fixtures.example({
+          'image': fixtures.bytes_feature(fixtures.serialized_tensor(
+              fixtures.photo(shard * 12 + i, 24, 20))),
+          'label': fixtures.int64_feature(i % 3)}))
+    fixtures.write_tfrecord(str(root / f'cam-{shard}.tfrecord'), payloads)
+  return str(root)
+
+
+def _run(unrecord, inputs, out, manifest_format, *args, pattern='*.tfrecord'):
+  result = unrecord('export', '--input', os.path.join(inputs, pattern), '--output',
+                    str(out), '--manifest_format', manifest_format, '--manifest_part_rows',
+                    PART_ROWS, '--label_key', 'label', *args, env=OFFLINE)
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert 'Traceback' not in result.stdout + result.stderr, result.stderr[-4000:]
+  assert (out / '_SUCCESS').exists()
+  return result
+
+
+@pytest.fixture(scope='module')
+def exported(unrecord_module, shards, tmp_path_factory):
+  """{format: a finished export of both shards, as the first run left it}."""
+  roots = {}
+  for manifest_format in ('jsonl', 'parquet'):
+    out = tmp_path_factory.mktemp(f'exported_{manifest_format}') / 'out'
+    _run(unrecord_module, shards, out, manifest_format)
+    assert len(outputs.manifest_parts(out)) == 3
+    roots[manifest_format] = out
+  return roots
+
+
+@pytest.fixture(scope='module')
+def unrecord_module():
+  from tests.conftest import run_unrecord  # pylint: disable=import-outside-toplevel
+  return run_unrecord
+
+
+def _part(out, manifest_format, index=DAMAGED_PART):
+  return out / '_manifest' / f'part-{index:05d}-of-00003.{manifest_format}'
+
+
+def _cut(path):
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+
+
+def _garble(path):
+  """Overwrites 48 bytes a third of the way in, the file's size unchanged."""
+  data = bytearray(path.read_bytes())
+  at = len(data) // 3
+  data[at:at + 48] = b'\xfe#garbled!' * 4 + b'\xfe' * 8
+  path.write_bytes(bytes(data))
+
+
+def _unlist(out, name):
+  """`_parts.json` as if it had never listed `name` (its part file stays)."""
+  index_path = out / '_manifest' / '_parts.json'
+  index = json.loads(index_path.read_text())
+  dropped = [p for p in index['parts'] if p['name'] == name]
+  index['parts'] = [p for p in index['parts'] if p['name'] != name]
+  index['rows'] -= dropped[0]['rows']
+  index_path.write_text(json.dumps(index, indent=1) + '\n')
+
+
+DAMAGES = {  # name: (damage the root, what the warning names)
+    'part_cut': (lambda out, f: _cut(_part(out, f)), lambda f: _part_name(f)),
+    'part_garbled': (lambda out, f: _garble(_part(out, f)), lambda f: _part_name(f)),
+    'part_deleted': (lambda out, f: os.remove(_part(out, f)), lambda f: _part_name(f)),
+    'part_unlisted': (lambda out, f: _unlist(out, _part(out, f).name),
+                      lambda f: _part_name(f)),
+    'index_cut': (lambda out, f: _cut(out / '_manifest' / '_parts.json'),
+                  lambda f: '_manifest/_parts.json'),
+    'index_garbled': (lambda out, f: _garble(out / '_manifest' / '_parts.json'),
+                      lambda f: '_manifest/_parts.json'),
+    'index_deleted': (lambda out, f: os.remove(out / '_manifest' / '_parts.json'),
+                      lambda f: '_manifest/_parts.json'),
+}
+
+
+def _part_name(manifest_format):
+  return f'_manifest/part-{DAMAGED_PART:05d}-of-00003.{manifest_format}'
+
+
+def _damaged_copy(exported, manifest_format, damage, tmp_path, name):
+  out = tmp_path / name
+  shutil.copytree(exported[manifest_format], out)
+  os.remove(out / '_SUCCESS')
+  DAMAGES[damage][0](out, manifest_format)
+  return out
+
+
+def _warnings(result):
+  return [line for line in (result.stdout + result.stderr).splitlines()
+          if 'warning' in line.lower()]
+
+
+def _check_rows_are_the_files(out):
+  """The manifest's rows are the image files on disk, each with its size and sha256."""
+  rows = outputs.manifest_rows(out)
+  images = sorted(f for f in _files(out) if not f.startswith('_'))
+  assert [r['path'] for r in rows] == images
+  for row in rows:
+    data = (out / row['path']).read_bytes()
+    assert (row['bytes'], row['sha256']) == (len(data), hashlib.sha256(data).hexdigest())
+  return rows
+
+
+@pytest.mark.parametrize('manifest_format', ['jsonl', 'parquet'])
+@pytest.mark.parametrize('damage', sorted(DAMAGES))
+def test_a_damaged_manifest_is_rebuilt_by_the_next_run(unrecord, shards, exported,
+                                                        manifest_format, damage, tmp_path):
+  before = outputs.manifest_rows(exported[manifest_format])
+  named = DAMAGES[damage][1](manifest_format)
+
+  # A plain re-run writes every image again, and its rows are a first run's.
+  out = _damaged_copy(exported, manifest_format, damage, tmp_path, 'plain')
+  result = _run(unrecord, shards, out, manifest_format)
+  [warning] = _warnings(result)
+  assert named in warning and 'rebuilt' in warning, warning
+  assert _check_rows_are_the_files(out) == before
+  report = json.loads((out / '_report.json').read_text())
+  assert [r['part'] for r in report['manifest']['repaired']] == [named]
+
+  # --skip_existing writes nothing; the lost rows come back from the records and the
+  # files on disk: the same image, bytes and digest as before, the record's provenance.
+  out = _damaged_copy(exported, manifest_format, damage, tmp_path, 'skip')
+  result = _run(unrecord, shards, out, manifest_format, '--skip_existing')
+  [warning] = _warnings(result)
+  assert named in warning and 'rebuilt' in warning, warning
+  rows = _check_rows_are_the_files(out)
+  assert [{k: r[k] for k in FROM_RECORD} for r in rows] == [
+      {k: r[k] for k in FROM_RECORD} for r in before]
+  assert json.loads((out / '_report.json').read_text())['skipped'] == PHOTOS
+
+  # Repaired, the manifest reads clean: the next run says nothing and keeps the rows.
+  result = _run(unrecord, shards, out, manifest_format, '--skip_existing')
+  assert _warnings(result) == []
+  assert outputs.manifest_rows(out) == rows
+  assert 'repaired' not in json.loads((out / '_report.json').read_text())['manifest']
+
+
+@pytest.mark.parametrize('manifest_format', ['jsonl', 'parquet'])
+@pytest.mark.parametrize('damage', ['part_cut', 'part_deleted'])
+def test_rows_no_run_makes_again_are_rebuilt_from_the_files(unrecord, shards, exported,
+                                                              manifest_format, damage,
+                                                              tmp_path):
+  """The damaged part held rows of images this run does not make (another shard's, the
+  run adding one shard with --skip_existing): they are made again from the files alone,
+  and a later run that reads their records gives them back their provenance."""
+  before = {r['path']: r for r in outputs.manifest_rows(exported[manifest_format])}
+  out = _damaged_copy(exported, manifest_format, damage, tmp_path, 'out')
+  result = _run(unrecord, shards, out, manifest_format, '--skip_existing',
+                pattern='cam-0.tfrecord')
+  [warning] = _warnings(result)
+  assert _part_name(manifest_format) in warning, warning
+  rows = {r['path']: r for r in _check_rows_are_the_files(out)}
+  assert sorted(rows) == sorted(before)
+  lost = ['cam-1-000000.png', 'cam-1-000001.png', 'cam-1-000002.png', 'cam-1-000003.png']
+  rebuilt = [path for path in lost if rows[path] != before[path]]
+  assert rebuilt  # a cut JSONL part keeps the whole lines before the cut
+  for path in rebuilt:  # from the file: what it is; of the record, nothing invented
+    row = rows[path]
+    assert {k: row[k] for k in ('format', 'shape_out', 'dtype_out')} == {
+        'format': 'png', 'shape_out': [24, 20, 3], 'dtype_out': 'uint8'}, row
+    assert all(row[k] is None for k in ('source', 'index', 'offset', 'key', 'label')), row
+  for path, row in rows.items():  # cam-0's are made again from their records
+    if path not in lost:
+      assert {k: row[k] for k in FROM_RECORD} == {k: before[path][k] for k in FROM_RECORD}
+
+  result = _run(unrecord, shards, out, manifest_format, '--skip_existing')
+  assert _warnings(result) == []
+  rows = {r['path']: r for r in _check_rows_are_the_files(out)}
+  for path in lost:
+    assert {k: rows[path][k] for k in FROM_RECORD} == {k: before[path][k] for k in FROM_RECORD}
