@@ -76,6 +76,7 @@ class Request:
   max_failures: int = 0
   manifest_format: str = 'jsonl'
   manifest_part_rows: int = manifest_lib.ROWS_PER_PART
+  checksum: str = 'sha256'
   sample_records: int = 64
   split_size_mb: int = _READ.split_bytes >> 20
   # Normalization.
@@ -113,7 +114,8 @@ REPORTED_OPTIONS = (
     'quality', 'png_compression', 'png_encoder', 'webp_lossless', 'jpeg_progressive',
     'jpeg_subsampling', 'reencode', 'name_template', 'layout', 'skip_existing',
     'incremental', 'max_failures', 'value_range', 'mean', 'std', 'channel_order',
-    'bit_depth', 'non_finite', 'overwrite', 'manifest_format', 'manifest_part_rows')
+    'bit_depth', 'non_finite', 'overwrite', 'manifest_format', 'manifest_part_rows',
+    'checksum')
 IDENTITY_OPTIONS = (
     'compression', 'image_key', 'label_key', 'id_key', 'label_names', 'shape', 'dtype',
     'tensor_layout', 'max_pixels', 'format', 'quality', 'png_compression', 'png_encoder',
@@ -318,7 +320,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       incremental=request.incremental, processed=processed,
       settings=tuple(sorted(identity['settings'].items())), overwrite=request.overwrite,
       manifest_format=request.manifest_format,
-      manifest_part_rows=request.manifest_part_rows)
+      manifest_part_rows=request.manifest_part_rows, checksum=request.checksum)
   mean_frame = sum(len(payload) + 16 for _, payload in records) / len(records)
   return Plan(files=len(files), found=found, config=config, identity=identity,
               mean_frame_bytes=mean_frame)
