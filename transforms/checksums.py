@@ -13,6 +13,7 @@ import base64
 import hashlib
 from typing import BinaryIO
 
+import blake3
 import google_crc32c
 
 ALGORITHMS = ('sha256', 'crc32c', 'blake3')
@@ -34,7 +35,6 @@ def _hasher(algorithm: str):
   if algorithm == 'crc32c':
     return google_crc32c.Checksum()
   if algorithm == 'blake3':
-    import blake3  # pylint: disable=import-outside-toplevel
     return blake3.blake3()
   raise ValueError(f'unknown checksum {algorithm!r}')
 
