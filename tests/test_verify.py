@@ -400,3 +400,63 @@ def test_sha256_rows_on_a_store_read_each_object(unrecord, shards, servers, monk
   result = unrecord('verify', 'gs://verify-sha/images', env=env)
   assert result.returncode == 1
   assert 'missing_file: s1i1.png: ' in result.stdout
+
+
+def test_the_readme_verify_commands_run_as_written(tmp_path, shards):
+  """README "Verify an output": its sh block, run line by line with `unrecord` the real
+  command, in a folder holding records/ of TensorFlow-written photos."""
+  import re
+  import subprocess
+  import sys
+  from tests.conftest import REPO
+  with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
+    section = f.read().split('## Verify an output', 1)[1].split('\n## ', 1)[0]
+  block, = re.findall(r'```sh\n(.*?)```', section, re.S)
+  shutil.copytree(shards, tmp_path / 'records')
+  script = (f'unrecord() {{ {sys.executable} -m beam_jobs.cli "$@"; }}\nset -e\n' + block)
+  result = subprocess.run(['bash', '-c', script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert result.stdout.startswith('unrecord verify: OK: images\n'), result.stdout
+  summary = json.loads((tmp_path / 'verify.json').read_text())
+  assert summary['whole'] and summary['checksums'] == {'crc32c': 8}
+  # And the statuses the README's table gives: 1 once a file is gone.
+  gone = outputs.manifest_rows(tmp_path / 'images')[0]['path']
+  os.remove(tmp_path / 'images' / gone)
+  checks = '\n'.join(line for line in block.splitlines() if 'unrecord verify' in line)
+  script = f'unrecord() {{ {sys.executable} -m beam_jobs.cli "$@"; }}\n' + checks
+  result = subprocess.run(['bash', '-c', script], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+  assert result.returncode == 1, result.stdout + result.stderr
+  assert f'missing_file: {gone}: ' in result.stdout
+
+
+def test_progress_is_one_updating_line_on_a_terminal_and_periodic_lines_otherwise():
+  import io
+  from transforms import verify
+
+  class Terminal(io.StringIO):
+    def isatty(self):
+      return True
+
+  terminal = Terminal()
+  shown = verify.Progress(10, stream=terminal, refresh=0)
+  shown.add(4)
+  shown.add(6)
+  shown.close()
+  text = terminal.getvalue()
+  assert '\n' not in text and text.count('\r') == 3  # two updates, then cleared
+  assert 'unrecord verify: 4/10 files (40%)' in text
+  assert 'unrecord verify: 10/10 files (100%)' in text and text.endswith('\r\033[K')
+  log = io.StringIO()
+  shown = verify.Progress(10, stream=log, interval=0)
+  shown.add(5)
+  shown.close()
+  assert log.getvalue().startswith('unrecord verify: 5/10 files (50%) ')
+  assert log.getvalue().endswith(' files/s\n') and '\r' not in log.getvalue()
+  quiet = Terminal()
+  shown = verify.Progress(10, stream=quiet, quiet=True, refresh=0)
+  shown.add(10)
+  shown.close()
+  assert quiet.getvalue() == ''

@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import io
 import json
 import os
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from transforms import checksums
@@ -85,9 +89,8 @@ class Problem:
     return dataclasses.asdict(self)
 
 
-@dataclasses.dataclass(frozen=True)
-class Row:
-  """What verify needs of a manifest row."""
+class Row(NamedTuple):
+  """What verify needs of a manifest row (a tuple: a root holds 10^5 or more)."""
   path: str
   size: Optional[int]
   checksum: Optional[Tuple[str, str]]  # (algorithm, hex), manifest.row_checksum
@@ -315,17 +318,35 @@ def _is_damage(error: BaseException) -> bool:
   return isinstance(error, (pa.ArrowException, ValueError, EOFError))
 
 
+_JSON_SCHEMA = pa.schema([('path', pa.string()), ('bytes', pa.int64())] +
+                         [(name, pa.string()) for name in manifest.CHECKSUM_FIELDS])
+
+
 def _jsonl_rows(root: output_root.OutputRoot, name: str, rows: List[Row]) -> int:
+  """Appends the part's rows to `rows`; returns how many lines hold no row. A whole
+  part is parsed by Arrow, only the columns verify reads (a part is at most
+  --manifest_part_rows rows); one that does not parse so, line by line, to count them."""
+  data = root.read(name)
+  if not data.strip():
+    return 0
+  try:
+    table = pa_json.read_json(
+        io.BytesIO(data), read_options=pa_json.ReadOptions(block_size=16 << 20),
+        parse_options=pa_json.ParseOptions(explicit_schema=_JSON_SCHEMA,
+                                           unexpected_field_behavior='ignore'))
+    if table.column('path').null_count == 0:
+      rows.extend(_table_rows(table))
+      return 0
+  except pa.ArrowInvalid:
+    pass
   bad = 0
-  with root.open_read(name) as f:
-    for line in f:
-      if not line.strip():
-        continue
-      try:
-        row = orjson.loads(line)
-        rows.append(_row(row))
-      except (ValueError, TypeError, KeyError):
-        bad += 1
+  for line in data.splitlines():
+    if not line.strip():
+      continue
+    try:
+      rows.append(_row(orjson.loads(line)))
+    except (ValueError, TypeError, KeyError, AttributeError):
+      bad += 1
   return bad
 
 
@@ -335,12 +356,26 @@ def _parquet_rows(root: output_root.OutputRoot, name: str, rows: List[Row]) -> i
     parquet = pq.ParquetFile(f)
     columns = [c for c in _COLUMNS if c in parquet.schema_arrow.names]
     for group in range(parquet.num_row_groups):
-      for row in parquet.read_row_group(group, columns=columns).to_pylist():
-        try:
-          rows.append(_row(row))
-        except (TypeError, KeyError):
-          bad += 1
+      table = parquet.read_row_group(group, columns=columns)
+      whole = table.filter(pc.is_valid(table.column('path')))
+      bad += table.num_rows - whole.num_rows
+      rows.extend(_table_rows(whole))
   return bad
+
+
+def _table_rows(table: pa.Table) -> List[Row]:
+  """The Rows of a table of _COLUMNS (some checksum columns may be absent), by column."""
+  paths = table.column('path').to_pylist()
+  sizes = (table.column('bytes').to_pylist() if 'bytes' in table.column_names
+           else [None] * len(paths))
+  found: List[Optional[Tuple[str, str]]] = [None] * len(paths)
+  for algorithm in reversed(manifest.CHECKSUM_FIELDS):  # the first one filled wins,
+    if algorithm not in table.column_names:             # as in manifest.row_checksum
+      continue
+    for i, value in enumerate(table.column(algorithm).to_pylist()):
+      if value:
+        found[i] = (algorithm, value.lower())
+  return [Row(p, s, c) for p, s, c in zip(paths, sizes, found)]
 
 
 def _row(row: dict) -> Row:
@@ -355,14 +390,9 @@ def listing(root: output_root.OutputRoot) -> Dict[str, dict]:
   """Relative path -> the store's details (size; crc32c on GCS) of every file under the
   root, in one recursive listing."""
   prefix = root.path('')
-  if root.local:
-    found = {}
-    for entry in output_root._files_under(root.root):  # pylint: disable=protected-access
-      try:
-        found[entry.path[len(prefix):]] = {'size': entry.stat().st_size}
-      except OSError:
-        continue
-    return found
+  if root.local:  # names only: each file's size comes with its bytes (`_check`)
+    return {entry.path[len(prefix):]: {}
+            for entry in output_root._files_under(root.root)}  # pylint: disable=protected-access
   return {path[len(prefix):]: info
           for path, info in root.fs.find(root.root, detail=True).items()
           if path.startswith(prefix) and info.get('type') != 'directory'}
@@ -390,51 +420,72 @@ def _store_crc32c(root: output_root.OutputRoot) -> Optional[Callable[[str, dict]
   return None
 
 
-def _check(root: output_root.OutputRoot, row: Row, info: dict,
-           store_crc32c) -> Tuple[Optional[Problem], bool, bool]:
-  """(the row's problem or None, whether the store answered, whether the file was
-  read) for a row whose file is listed."""
-  size = info.get('size')
-  if row.size is not None and size is not None and size != row.size:
-    return (Problem('wrong_size', row.path, f'{size} bytes; its row says {row.size}'),
-            False, False)
+@dataclasses.dataclass
+class Checked:
+  """One row's outcome."""
+  row: Row
+  problem: Optional[Problem] = None
+  size: int = 0
+  from_store: bool = False  # the store's own crc32c answered
+  read: bool = False  # the file's bytes were read
+
+
+def _check(root: output_root.OutputRoot, row: Row, info: dict, store_crc32c) -> Checked:
+  """The outcome of a row whose file is listed."""
+  if root.local:  # one read gives the size and the checksum
+    fd = os.open(root.path(row.path), os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0))
+    try:
+      found, size = checksums.fd_digest(fd, row.checksum[0] if row.checksum
+                                        else checksums.DEFAULT)
+    finally:
+      os.close(fd)
+    return _compare(row, Checked(row, size=size, read=True), found)
+  checked = Checked(row, size=info.get('size') or 0)
+  if row.size is not None and info.get('size') is not None and info['size'] != row.size:
+    return _compare(row, checked, None)
   if row.checksum is None:
-    return Problem('no_checksum', row.path, 'its row holds no sha256, crc32c or blake3'), \
-        False, False
-  algorithm, expected = row.checksum
-  found, from_store, read = None, False, False
+    return _compare(row, checked, None)
+  algorithm = row.checksum[0]
+  found = None
   if algorithm == 'crc32c' and store_crc32c is not None:
     found = store_crc32c(row.path, info)
-    from_store = found is not None
+    checked.from_store = found is not None
   if found is None:
-    read = True
-    if root.local:
-      with open(root.path(row.path), 'rb') as f:
-        found = checksums.stream_digest(f, algorithm)
-    else:
-      with root.open_read(row.path, buffer=checksums.READ_BYTES) as f:
-        found = checksums.stream_digest(f, algorithm)
-  if found != expected:
-    where = 'the store says' if from_store else 'the file has'
-    return (Problem('wrong_checksum', row.path, f'{algorithm} {expected} in its row; '
-                    f'{where} {found}'), from_store, read)
-  return None, from_store, read
+    checked.read = True
+    with root.open_read(row.path, buffer=checksums.READ_BYTES) as f:
+      found = checksums.stream_digest(f, algorithm)
+  return _compare(row, checked, found)
 
 
-def _check_batch(root, batch, store_crc32c) -> List[Tuple[Row, Optional[Problem], bool, bool]]:
+def _compare(row: Row, checked: Checked, found: Optional[str]) -> Checked:
+  """`checked` with its problem, if any: the size first, then the checksum."""
+  if row.size is not None and checked.size != row.size:
+    checked.problem = Problem('wrong_size', row.path,
+                              f'{checked.size} bytes; its row says {row.size}')
+  elif row.checksum is None:
+    checked.problem = Problem('no_checksum', row.path,
+                              'its row holds no sha256, crc32c or blake3')
+  elif found != row.checksum[1]:
+    algorithm, expected = row.checksum
+    where = 'the store says' if checked.from_store else 'the file has'
+    checked.problem = Problem('wrong_checksum', row.path,
+                              f'{algorithm} {expected} in its row; {where} {found}')
+  return checked
+
+
+def _check_batch(root, batch, store_crc32c) -> List[Checked]:
   out = []
   for row, info in batch:
     try:
-      problem, from_store, read = _check(root, row, info, store_crc32c)
+      checked = _check(root, row, info, store_crc32c)
     except FileNotFoundError:
-      problem, from_store, read = (Problem('missing_file', row.path, 'removed while '
-                                           'verify ran'), False, False)
+      checked = Checked(row, Problem('missing_file', row.path, 'removed while verify ran'))
     except Exception as e:  # pylint: disable=broad-except
       if _is_fault(e):
         raise _unreachable(root.url_of(row.path), e) from None
-      problem, from_store, read = (Problem('unreadable_file', row.path,
-                                           f'{type(e).__name__}: {e}'), False, False)
-    out.append((row, problem, from_store, read))
+      checked = Checked(row, Problem('unreadable_file', row.path,
+                                     f'{type(e).__name__}: {e}'))
+    out.append(checked)
   return out
 
 
@@ -533,16 +584,17 @@ def verify(root: output_root.OutputRoot, *, jobs: Optional[int] = None,
   try:
     with concurrent.futures.ThreadPoolExecutor(jobs or default_jobs(root)) as pool:
       for results in pool.map(lambda b: _check_batch(root, b, store_crc32c), batches):
-        for row, problem, from_store, read in results:
+        for one in results:
+          row = one.row
           summary.files_checked += 1
-          summary.bytes_checked += found[row.path].get('size') or 0
+          summary.bytes_checked += one.size
           if row.checksum:
             summary.checksums[row.checksum[0]] = summary.checksums.get(row.checksum[0],
                                                                        0) + 1
-          summary.from_store += from_store
-          summary.files_read += read
-          fallback += read and row.checksum is not None and row.checksum[0] == 'crc32c'
-          checked[row.path] = problem
+          summary.from_store += one.from_store
+          summary.files_read += one.read
+          fallback += one.read and row.checksum is not None and row.checksum[0] == 'crc32c'
+          checked[row.path] = one.problem
         if shown:
           shown.add(len(results))
   finally:
