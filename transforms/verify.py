@@ -314,7 +314,6 @@ def _part_rows(root: output_root.OutputRoot, name: str, count: Optional[int],
 
 def _is_damage(error: BaseException) -> bool:
   """Errors of a file's bytes (a cut or garbled Parquet), not of the storage."""
-  import pyarrow as pa  # pylint: disable=import-outside-toplevel
   return isinstance(error, (pa.ArrowException, ValueError, EOFError))
 
 
