@@ -1,4 +1,5 @@
-"""The `unrecord` console script: `unrecord inspect ...`, `unrecord export ...`."""
+"""The `unrecord` console script: `unrecord inspect ...`, `unrecord export ...`,
+`unrecord verify ROOT`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ USAGE = """usage: unrecord COMMAND [options]
 commands:
   inspect   show what TFRecords hold and the image schema unrecord detects
   export    write the images in TFRecords to image files (a Beam pipeline)
+  verify    check that an output root is whole: manifest, files, sizes, checksums
 
 Run `unrecord COMMAND --help` for a command's options."""
 
@@ -33,6 +35,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return inspect_records.main(rest)
   if command == 'export':
     return export(rest)
+  if command == 'verify':
+    from beam_jobs import verify_output
+    return verify_output.main(rest)
   print(f'unrecord: error: unknown command {command!r}\n\n{USAGE}', file=sys.stderr)
   return 2
 

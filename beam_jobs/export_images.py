@@ -118,6 +118,12 @@ class ExportOptions(PipelineOptions):
                        help='The _manifest/ parts: jsonl (a JSON row per line, for jq, '
                        'grep and any language) or parquet (typed, compressed about 10x, '
                        'for pandas, DuckDB, Spark, BigQuery). Default: jsonl.')
+    group.add_argument('--checksum', default=DEFAULTS['checksum'],
+                       choices=('sha256', 'crc32c', 'blake3'), type=common.Choice(),
+                       help='The checksum each manifest row holds for its file, in a '
+                       'column of that name: sha256, crc32c (what GCS keeps for every '
+                       'object and S3 for these uploads, so `unrecord verify` of a gs:// '
+                       'or s3:// root reads no image) or blake3. Default: sha256.')
     group.add_argument('--manifest_part_rows', type=int,
                        default=DEFAULTS['manifest_part_rows'], metavar='N',
                        help='Rows per manifest part (one worker merges each part). '

@@ -42,6 +42,7 @@ import numpy as np
 from bench import bounds as bounds_lib
 from bench import data as data_lib
 from bench import measure
+from bench import verify_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, 'docs', 'benchmarks.md')
@@ -60,6 +61,7 @@ LABELS = {
     'floor_atomic': 'floor: read + atomic write of the payloads',
     'import_beam': "python -c 'import apache_beam'",
     'per_image': "unrecord's per-range work alone on one core (bench.per_image, CPU)",
+    'verify': 'unrecord verify (files, sizes, checksums; rate is files/s)',
 }
 
 
@@ -349,6 +351,21 @@ def run_all(args) -> dict:
                              (f'{cores}workers', ()))
   ], repeat=0 if args.quick else args.repeat + 3)
 
+  print('bench: (a) with each --checksum, and `unrecord verify` of 10^5 small files',
+        flush=True)
+  checksums = verify_root.CHECKSUMS
+  bench.interleaved([Case(f'a/job_{checksum}', a, 'job', 'png', ('--checksum', checksum))
+                     for checksum in checksums])
+  # (c)'s 28x28 PNGs, linked up to at least 10^5 files (its 60,000 twice).
+  many = data_lib.replicated(c, os.path.join(links, 'c_verify'),
+                             1 if args.quick else -(-100_000 // c.count))
+  for row in verify_root.measure_verify(many, bench.scratch, args.repeat, checksums):
+    bench.rows.append(Row(f'c_verify/verify_{row["checksum"]}', many.name, 'verify',
+                          row['files'], row['wall_seconds'], row['tree_peak_mb'], 0.0,
+                          row['launcher_peak_mb']))
+    print(f"  c_verify/verify_{row['checksum']:<7} {row['wall_seconds']:7.2f} s wall, "
+          f"{row['files_per_second']:8.0f} files/s ({row['files']:,} files)", flush=True)
+
   print('bench: memory at 2,000 images (20,000 above; 10^6 in bench.scale)', flush=True)
   bench.run('a_half/job', a_half, 'job', 'png')
 
@@ -412,6 +429,9 @@ def summarize(bench: Bench, args, cores: int) -> dict:
     figures[f'b_{fmt}_steady_img_s'] = steady(f'b_{fmt}', 'job', large=f'b_x5_{fmt}')
     figures[f'b_{fmt}_steady_vs_expert'] = (figures[f'b_{fmt}_steady_img_s'] /
                                             figures[f'b_{fmt}_expert_steady_img_s'])
+  figures['a_img_s_by_checksum'] = {c: r(f'a/job_{c}').rate for c in verify_root.CHECKSUMS}
+  figures['verify_files_s_by_checksum'] = {
+      c: r(f'c_verify/verify_{c}').rate for c in verify_root.CHECKSUMS}
   figures['a_steady_vs_expert'] = figures['a_steady_img_s'] / figures['a_expert_steady_img_s']
   figures['a_steady_vs_floor_job'] = figures['a_steady_img_s'] / figures['a_floor_job_img_s']
   figures['c_steady_vs_expert'] = figures['c_steady_img_s'] / figures['c_expert_steady_img_s']
@@ -558,6 +578,14 @@ def markdown(results: dict) -> str:
     lines.append(f"| {row['case']} | {LABELS.get(row['system'], row['system'])} | "
                  f"{row['images']:,} | {row['wall_seconds']:.2f}{timed} | {row['rate']:,.0f} | "
                  f"{row['tree_peak_mb']:,.0f} | {row['worker_peak_mb']:,.0f} |")
+  figures = results['figures']
+  if 'a_img_s_by_checksum' in figures:
+    verified = next(row['images'] for row in rows if row['system'] == 'verify')
+    lines += ['', '(a) by `--checksum`, whole runs: ' + ', '.join(
+        f'{c} {v:,.0f} img/s' for c, v in figures['a_img_s_by_checksum'].items())
+        + f'. `unrecord verify` of {verified:,} small files (28x28 PNGs), wall: '
+        + ', '.join(f'{c} {v:,.0f} files/s'
+                    for c, v in figures['verify_files_s_by_checksum'].items()) + '.']
   lines += ['', '| target | measured | goal | |', '|---|---:|---:|---|']
   for t in results['targets']:
     lines.append(f"| {t['name']} | {t['value']:,.2f} | {t['op']} {t['goal']} | "

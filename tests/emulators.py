@@ -146,7 +146,8 @@ class FaultyProxy:
   every 5th is delayed 0.3 s; all others pass through. mode 'deny': every write (PUT,
   POST, DELETE) gets 403 AccessDenied. mode 'pass': nothing injected; mode 'down': every
   connection is reset, as when the store is restarting. `mode` may change while it runs;
-  `puts` counts the writes that reached the store.
+  `puts` counts the writes that reached the store; `log` holds every request's (method,
+  path), in order.
   """
 
   def __init__(self, upstream: str, mode: str = 'flaky'):
@@ -155,6 +156,7 @@ class FaultyProxy:
     self.requests = 0
     self.faults = 0
     self.puts = 0
+    self.log = []
     self._lock = threading.Lock()
     proxy = self
 
@@ -170,6 +172,7 @@ class FaultyProxy:
         with proxy._lock:
           proxy.requests += 1
           number = proxy.requests
+          proxy.log.append((self.command, self.path))
         fault = proxy._fault(number, self.command)
         if fault == 'reset':
           self.connection.shutdown(socket.SHUT_RDWR)

@@ -9,7 +9,7 @@ from tests.conftest import REPO
 
 # Bottom up; a module may import (at module level) only modules of lower layers.
 LAYERS = [
-    ['errors', 'wire', 'protos', 'stores'],
+    ['errors', 'wire', 'protos', 'stores', 'checksums'],
     ['tfrecord', 'input_files', 'isolation', 'image_formats', 'normalize', 'encode',
      'naming', 'progress', 'preview'],
     ['tensor_proto', 'output_root'],
@@ -18,7 +18,7 @@ LAYERS = [
     ['decode', 'read'],
     ['record_layout', 'schema', 'render'],
     ['manifest'],
-    ['dead_letter', 'report'],
+    ['dead_letter', 'report', 'verify'],
     ['export'],
     ['plan'],
     ['ptransforms'],

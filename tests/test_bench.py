@@ -62,8 +62,29 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
   for bound in bounds.values():
     assert bound['within'] == (bound['ratio'] >= bound['goal'])
     assert f"{bound['ratio']:6.2f} (goal >= {bound['goal']})" in result.stdout
+  # (a) with each --checksum, and `unrecord verify` of (c)'s files with each.
+  for checksum in ('sha256', 'crc32c', 'blake3'):
+    assert rows[f'a/job_{checksum}']['images'] == rows['a/job']['images']
+    verified = rows[f'c_verify/verify_{checksum}']
+    assert verified['system'] == 'verify' and verified['images'] == rows['c/job']['images']
+  assert set(results['figures']['verify_files_s_by_checksum']) == {
+      'sha256', 'crc32c', 'blake3'}
   # Quick mode never rewrites the committed figures.
   assert 'bench: wrote' not in result.stdout
+
+
+def test_verify_bench_exports_and_verifies_a_root_per_checksum(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'bench.verify_root', '--files', '300', '--data',
+       str(tmp_path / 'data'), '--scratch', str(tmp_path / 'scratch')],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(result.stdout.splitlines()[-1])
+  assert [row['checksum'] for row in rows] == ['sha256', 'crc32c', 'blake3']
+  for row in rows:  # the harness raises unless verify found every file whole
+    assert row['files'] == 300 and row['wall_seconds'] > row['verify_seconds'] > 0
+    assert f"verify {row['checksum']:<7} 300 files:" in result.stdout
+  assert not os.listdir(tmp_path / 'scratch')  # the roots are removed
 
 
 def _float_photos(folder, count: int, size: int) -> None:

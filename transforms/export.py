@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, Optional, Tuple, Union
 
 import cv2
 
+from transforms import checksums
 from transforms import decode
 from transforms import errors
 from transforms import manifest as manifest_lib
@@ -65,6 +66,8 @@ class ExportConfig:
   # The manifest parts' format (transforms/manifest.py): 'jsonl' or 'parquet'.
   manifest_format: str = 'jsonl'
   manifest_part_rows: int = manifest_lib.ROWS_PER_PART
+  # Each row's checksum of its file (transforms/checksums.py): sha256, crc32c or blake3.
+  checksum: str = 'sha256'
   # Whether the root holds a manifest (or a commit a killed run left) when the run
   # starts, under its claim (`manifest.any_previous`): without one, the job has no
   # previous rows to read and skips that step's two stages.
@@ -80,6 +83,9 @@ class ExportConfig:
     if self.manifest_format not in manifest_lib.FORMATS:
       raise errors.ConfigError(f'--manifest_format must be one of '
                                f'{", ".join(manifest_lib.FORMATS)}')
+    if self.checksum not in checksums.ALGORITHMS:
+      raise errors.ConfigError(f'--checksum must be one of '
+                               f'{", ".join(checksums.ALGORITHMS)}')
     if self.manifest_part_rows < 1:
       raise errors.ConfigError('--manifest_part_rows must be 1 or more')
     if self.overwrite and (self.skip_existing or self.incremental):
@@ -96,7 +102,8 @@ class RangeWorker:
   def __init__(self, config: ExportConfig):
     cv2.setNumThreads(0)  # the runner's workers are the parallelism; no pool per worker
     self.config = config
-    self.root = output_root.OutputRoot(config.output, config.read.storage_options)
+    self.root = output_root.OutputRoot(config.output, config.read.storage_options,
+                                       store_crc32c=config.checksum == 'crc32c')
     self.decoder = decode.make_decoder(config.image)
     # Pixels stay in the record where they sit misaligned: `normalize` reads them there.
     self.records = record_layout.KeysDecoder((config.image,) + config.more_images,

@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from transforms import checksums
 from transforms import decode
 from transforms import errors
 from transforms import image_formats
@@ -83,16 +84,21 @@ PARQUET_SCHEMA = pa.schema([
     ('path', pa.string()), ('source', pa.string()), ('index', pa.int64()),
     ('offset', pa.int64()), ('n', pa.int64()), ('key', pa.string()), ('id', pa.string()),
     ('label', pa.string()), ('label_name', pa.string()), ('bytes', pa.int64()),
-    ('sha256', pa.string()), ('format', pa.string()), ('encoder', pa.string()),
+    ('sha256', pa.string()), ('crc32c', pa.string()), ('blake3', pa.string()),
+    ('format', pa.string()), ('encoder', pa.string()),
     ('passthrough', pa.bool_()), ('dtype_in', pa.string()), ('dtype_out', pa.string()),
     ('shape_in', pa.list_(pa.int64())), ('shape_out', pa.list_(pa.int64())),
     ('normalization', pa.list_(pa.string())), ('value_range', pa.list_(pa.float64())),
 ])
 TEXT_FIELDS = ('id', 'label')
+# A row's checksum of its file is in the column named after its algorithm
+# (`row_checksum`); the others are absent from a JSONL row and null in Parquet.
+CHECKSUM_FIELDS = checksums.ALGORITHMS
 # Columns Parquet stores dictionary-encoded: all but those that differ from image to
 # image, whose dictionary would only grow until it gave up, in memory and in bytes.
 _DICTIONARY_COLUMNS = [name for name in PARQUET_SCHEMA.names
-                       if name not in ('path', 'sha256', 'id', 'index', 'offset', 'bytes')]
+                       if name not in ('path', 'id', 'index', 'offset', 'bytes',
+                                       *CHECKSUM_FIELDS)]
 # What deciding a path needs, in every entry; the path first, as the runs' sort key.
 _DECISION_FIELDS = [
     ('path', pa.string()), ('kind', pa.string()), ('source_key', pa.string()),
@@ -225,7 +231,8 @@ def _entries(table: pa.Table, order: np.ndarray, positions: np.ndarray) -> List[
     return []
   taken = table.take(order[positions])
   lines = (taken.column('line').to_pylist() if 'line' in taken.column_names
-           else [manifest_line(row) for row in taken.select(PARQUET_SCHEMA.names).to_pylist()])
+           else [manifest_line(_present_checksums(row))
+                 for row in taken.select(PARQUET_SCHEMA.names).to_pylist()])
   decided = taken.select([name for name, _ in _DECISION_FIELDS]).to_pylist()
   return [Entry(int(position), row['path'], row['kind'], row['source_key'],
                 row['bytes'] or 0, bool(row['passthrough']), row['class_key'], line)
@@ -257,7 +264,7 @@ def _file_rows(root: output_root.OutputRoot, name: str) -> Iterator[Tuple[dict, 
   if name.endswith('.parquet'):
     for table in _parquet_groups(root, name):
       for row in table.to_pylist():
-        yield row, None
+        yield _present_checksums(row), None
     return
   with root.open_read(name) as f:
     for line in f:
@@ -281,7 +288,7 @@ def _file_tables(root: output_root.OutputRoot, name: str, rows: int) -> Iterator
   """One manifest file's rows as PARQUET_SCHEMA tables of about `rows` rows (a JSONL
   file's `id` and `label` made text)."""
   if name.endswith('.parquet'):
-    groups = _parquet_groups(root, name)
+    groups = map(_with_every_column, _parquet_groups(root, name))
   else:
     groups = (lines_to_table(b''.join(block))
               for block in runs_lib.blocks(_jsonl_lines(root, name), ROW_GROUP_ROWS))
@@ -293,6 +300,15 @@ def _file_tables(root: output_root.OutputRoot, name: str, rows: int) -> Iterator
       held = []
   if held:
     yield pa.concat_tables(held)
+
+
+def _with_every_column(table: pa.Table) -> pa.Table:
+  """A Parquet part's table with PARQUET_SCHEMA's columns, those it lacks as nulls (an
+  earlier version's part has no crc32c or blake3 column)."""
+  missing = [field for field in PARQUET_SCHEMA if field.name not in table.column_names]
+  for field in missing:
+    table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+  return table.select(PARQUET_SCHEMA.names) if missing else table
 
 
 def _jsonl_lines(root: output_root.OutputRoot, name: str) -> Iterator[bytes]:
@@ -728,8 +744,9 @@ class PartResult:
 
 
 def decide(table: pa.Table, *, keep_previous: Callable[[str], bool],
-           on_disk_sha256: Callable[[str], Optional[str]],
-           order: Optional[np.ndarray] = None
+           on_disk_sha256: Optional[Callable[[str], Optional[str]]] = None,
+           order: Optional[np.ndarray] = None,
+           on_disk_checksum: Optional[Callable[[str, str], Optional[str]]] = None
            ) -> Tuple[np.ndarray, Dict[int, Tuple[str, bytes]], np.ndarray, PartResult]:
   """Which entries of `table` become manifest rows, taken in `order` (indices that sort
   it by path; None: it is sorted). Positions below are places in that order.
@@ -739,7 +756,8 @@ def decide(table: pa.Table, *, keep_previous: Callable[[str], bool],
   class and line to show for row i where that is another entry's.
 
   Per path: this run's row wins (replays of one image write identical rows; different
-  images with one name keep the written row whose sha256 matches the file on disk, the
+  images with one name keep the written row whose checksum matches the file on disk
+  (`on_disk_checksum(path, algorithm)`, or `on_disk_sha256(path)` for sha256 rows), the
   others become collisions, also those --skip_existing left because an image of this run
   wrote their name first); an image --skip_existing left keeps the previous manifest's row
   if there is one, else a row made from its file; a path only the previous manifest has
@@ -747,6 +765,9 @@ def decide(table: pa.Table, *, keep_previous: Callable[[str], bool],
   """
   n = table.num_rows
   order = np.arange(n) if order is None else order
+  if on_disk_checksum is None:
+    on_disk_checksum = lambda path, algorithm: (
+        on_disk_sha256(path) if on_disk_sha256 and algorithm == 'sha256' else None)
 
   def column(name):
     return table.column(name).take(order)
@@ -784,7 +805,7 @@ def decide(table: pa.Table, *, keep_previous: Callable[[str], bool],
     end = start + 1
     while end < len(entries) and entries[end].path == entries[start].path:
       end += 1
-    chosen = _decide_path(entries[start:end], keep_previous, on_disk_sha256, result)
+    chosen = _decide_path(entries[start:end], keep_previous, on_disk_checksum, result)
     if chosen is not None:
       kept, shown = chosen
       keep[kept.position] = True
@@ -795,7 +816,7 @@ def decide(table: pa.Table, *, keep_previous: Callable[[str], bool],
   return keep, sampled_as, sampled, result
 
 
-def _decide_path(found: List[Entry], keep_previous, on_disk_sha256, result: PartResult
+def _decide_path(found: List[Entry], keep_previous, on_disk_checksum, result: PartResult
                  ) -> Optional[Tuple[Entry, Optional[Entry]]]:
   """(the entry to write, the entry to sample or None) for one path's entries."""
   written = [e for e in found if e.kind == WRITTEN]
@@ -811,10 +832,17 @@ def _decide_path(found: List[Entry], keep_previous, on_disk_sha256, result: Part
       only = next(iter(by_source.values()))
       _count_written(result, only)
       return only, only
-    digest = on_disk_sha256(found[0].path)
     rows = [(e, e.row()) for e in by_source.values()]
-    kept = next(((e, r) for e, r in rows
-                 if e.kind == WRITTEN and r.get('sha256') == digest), None)
+    digests = {}  # the file's checksum, once per algorithm the rows use
+
+    def matches(row):
+      algorithm, value = row_checksum(row) or (None, None)
+      if algorithm is None:
+        return False
+      if algorithm not in digests:
+        digests[algorithm] = on_disk_checksum(found[0].path, algorithm)
+      return digests[algorithm] == value
+    kept = next(((e, r) for e, r in rows if e.kind == WRITTEN and matches(r)), None)
     others = [(e, r) for e, r in rows if kept is None or e is not kept[0]]
     result.collisions.append(Collision(
         found[0].path, kept[1] if kept else None, [r for _, r in others],
@@ -884,7 +912,8 @@ def write_part(part: Part, runs: Sequence[runs_lib.Run], config: 'export.ExportC
           table, sort_keys=[('path', 'ascending'), ('kind', 'ascending')]).to_numpy()
       keep, sampled_as, sampled, result = decide(
           table, order=order, keep_previous=keep_previous,
-          on_disk_sha256=lambda path: _sha256_or_none(root, path))
+          on_disk_checksum=lambda path, algorithm: _checksum_or_none(root, path,
+                                                                     algorithm))
       kept = order[keep]
       writer.write(table, kept)
       if on_paths is not None and kept.size:
@@ -1042,7 +1071,8 @@ def _line_at(table: pa.Table, index: int) -> bytes:
   """The JSON line of the entry at `index`."""
   if 'line' in table.column_names:
     return table.column('line')[index].as_py()
-  return manifest_line(table.slice(index, 1).select(PARQUET_SCHEMA.names).to_pylist()[0])
+  return manifest_line(_present_checksums(
+      table.slice(index, 1).select(PARQUET_SCHEMA.names).to_pylist()[0]))
 
 
 def _samples(table: pa.Table, order: np.ndarray, sampled: np.ndarray,
@@ -1093,9 +1123,10 @@ def _keeps_previous(config: 'export.ExportConfig') -> Callable[[str], bool]:
   return lambda source: True
 
 
-def _sha256_or_none(root: output_root.OutputRoot, path: str) -> Optional[str]:
+def _checksum_or_none(root: output_root.OutputRoot, path: str, algorithm: str
+                      ) -> Optional[str]:
   try:
-    return output_root.sha256(root.read(path))
+    return checksums.digest(root.read(path), algorithm)
   except OSError:
     return None
 
@@ -1258,6 +1289,8 @@ def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendere
   label_key, id_key = config.render.label_key, config.render.id_key
   label = features.get(label_key) if label_key else None
   names = config.render.label_names
+  algorithm = config.checksum
+  digest = checksums.digest(rendered.data, algorithm)
   row = {  # keys in sorted order: `manifest_line(row, in_key_order=True)` keeps it
       'bytes': len(rendered.data),
       'dtype_in': image.source_dtype,
@@ -1274,14 +1307,37 @@ def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendere
       'offset': image.ref.offset,
       'passthrough': rendered.passthrough,
       'path': name,
-      'sha256': output_root.sha256(rendered.data),
+      'sha256': digest,  # or the column of --checksum's algorithm, below
       'shape_in': list(image.pixels.shape if image.pixels is not None
                        else image.stored_shape),
       'shape_out': list(rendered.shape),
       'source': image.ref.path,
       'value_range': list(rendered.value_range) if rendered.value_range else None,
   }
+  if algorithm != 'sha256':  # its column instead, the keys still sorted
+    del row['sha256']
+    row[algorithm] = digest
+    row = dict(sorted(row.items()))
   return _with_text_fields(row) if config.manifest_format == 'parquet' else row
+
+
+def row_checksum(row: dict) -> Optional[Tuple[str, str]]:
+  """(algorithm, lowercase hex) of the checksum a manifest row holds for its file, or
+  None. The one reader of a row's checksum: the row names its algorithm by the column it
+  fills (`manifest_row`), so one manifest may hold rows of several."""
+  for algorithm in CHECKSUM_FIELDS:
+    value = row.get(algorithm)
+    if isinstance(value, str) and value:
+      return algorithm, value.lower()
+  return None
+
+
+def _present_checksums(row: dict) -> dict:
+  """A Parquet row as its JSONL row: without the checksum columns it leaves null."""
+  for algorithm in CHECKSUM_FIELDS:
+    if algorithm in row and row[algorithm] is None:
+      del row[algorithm]
+  return row
 
 
 def _with_text_fields(row: dict) -> dict:

@@ -9,6 +9,7 @@ block raises, leaving a partial file at the final path.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import hashlib
@@ -20,6 +21,8 @@ import tempfile
 import time
 import uuid
 from typing import BinaryIO, Iterator, List, Optional
+
+import google_crc32c
 
 from transforms import errors
 from transforms import input_files
@@ -55,9 +58,13 @@ _temp_counter = itertools.count()
 class OutputRoot:
   """An output folder on any fsspec filesystem. Create one per DoFn in `setup()`."""
 
-  def __init__(self, url: str, storage_options: Optional[input_files.StorageOptions] = None):
+  def __init__(self, url: str, storage_options: Optional[input_files.StorageOptions] = None,
+               *, store_crc32c: bool = False):
     self.url = url.rstrip('/') or url
     self.fs, self.root = input_files.filesystem(self.url, storage_options)
+    # --checksum crc32c on S3: each upload sends its crc32c, so the store keeps it (GCS
+    # keeps one for every object by itself) and `unrecord verify` reads it from there.
+    self._send_crc32c = store_crc32c and 's3' in _protocols(self.fs)
     self.root = self.root.rstrip('/') or '/'
     self.local = input_files.is_local(self.fs)
     self._made_dirs = set()
@@ -82,6 +89,10 @@ class OutputRoot:
     try:
       if self.local:
         self._write_local(target, data)
+      elif self._send_crc32c:  # botocore computes crc32c only with awscrt: sent here
+        self.fs.pipe_file(target, data, ChecksumAlgorithm='CRC32C',
+                          ChecksumCRC32C=base64.b64encode(google_crc32c.value(
+                              data).to_bytes(4, 'big')).decode('ascii'))
       else:
         self.fs.pipe_file(target, data)
     except Exception as e:  # pylint: disable=broad-except
@@ -237,6 +248,11 @@ def _files_under(folder: str) -> Iterator[os.DirEntry]:
         yield entry
       elif not entry.is_symlink():
         yield from _files_under(entry.path)
+
+
+def _protocols(fs) -> tuple:
+  protocol = fs.protocol
+  return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def is_temp_name(path: str) -> bool:

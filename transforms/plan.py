@@ -77,6 +77,7 @@ class Request:
   max_failures: int = 0
   manifest_format: str = 'jsonl'
   manifest_part_rows: int = manifest_lib.ROWS_PER_PART
+  checksum: str = 'sha256'
   sample_records: int = 64
   split_size_mb: int = _READ.split_bytes >> 20
   # Normalization.
@@ -115,7 +116,7 @@ REPORTED_OPTIONS = (
     'jpeg_subsampling', 'reencode', 'name_template', 'layout', 'skip_existing',
     'incremental', 'max_failures', 'value_range', 'mean', 'std', 'channel_order',
     'bit_depth', 'non_finite', 'overwrite', 'manifest_format', 'manifest_part_rows',
-    'portable_names')
+    'portable_names', 'checksum')
 IDENTITY_OPTIONS = (
     'compression', 'image_key', 'label_key', 'id_key', 'label_names', 'shape', 'dtype',
     'tensor_layout', 'max_pixels', 'format', 'quality', 'png_compression', 'png_encoder',
@@ -323,7 +324,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       incremental=request.incremental, processed=processed,
       settings=tuple(sorted(identity['settings'].items())), overwrite=request.overwrite,
       manifest_format=request.manifest_format,
-      manifest_part_rows=request.manifest_part_rows)
+      manifest_part_rows=request.manifest_part_rows, checksum=request.checksum)
   mean_frame = sum(len(payload) + 16 for _, payload in records) / len(records)
   return Plan(files=len(files), found=found, config=config, identity=identity,
               mean_frame_bytes=mean_frame)
