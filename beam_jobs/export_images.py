@@ -330,6 +330,9 @@ def _run(plan: plan_lib.Plan, claim: root_claim.Claim, pipeline_options: Pipelin
     return 0
   runner, runner_instance = local_runner.configure_runner(pipeline_options, argv, pool)
   say(describe(plan, runner))
+  skipped = plan_lib.skipped_warning(plan.skipped)
+  if skipped:
+    say(f'{PROG}: {skipped}')
   local = local_runner.is_local(pipeline_options)
   if local:  # FnApiRunner, or the portable runner's embedded job service
     local_runner.bypass_proxy_for_local_workers()

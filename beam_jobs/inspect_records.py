@@ -53,12 +53,14 @@ def inspect(args) -> schema_lib.Schema:
   request = plan.Request.from_options(args)
   config = plan.read_config(request)
   patterns = plan.input_patterns(request)
-  records, damage, files = schema_lib.sample_records(patterns, args.limit, config)
+  records, damage, files, skipped = schema_lib.sample_records(patterns, args.limit,
+                                                              config)
   spec = plan.image_spec(request)
   decoder = decode.make_decoder(spec)
   try:
     found = plan.detect(request, spec, records, files, config, decoder)
     found.failures = damage + found.failures
+    found.skipped_inputs = [url for url, _ in skipped]
     if args.contact_sheet:
       write_contact_sheet(args.contact_sheet, records, found, spec,
                           config.storage_options, decoder=decoder)
@@ -186,8 +188,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except errors.ConfigError as e:
     return options.fail(PROG, str(e))
   settled = export_defaults(found)
+  warning = plan.skipped_warning([(url, '') for url in found.skipped_inputs])
+  if warning:
+    print(f'{PROG}: {warning}', file=sys.stderr)
   if args.json:
-    json.dump(dict(found.to_json(), settled=settled), sys.stdout)
+    json.dump(dict(found.to_json(), settled=settled,
+                   skipped_inputs=found.skipped_inputs), sys.stdout)
     sys.stdout.write('\n')
   else:
     print(render_text(found))

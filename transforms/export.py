@@ -65,6 +65,8 @@ class ExportConfig:
   # The manifest parts' format (transforms/manifest.py): 'jsonl' or 'parquet'.
   manifest_format: str = 'jsonl'
   manifest_part_rows: int = manifest_lib.ROWS_PER_PART
+  # Files of a folder input skipped at launch: they hold no TFRecord (read.list_inputs).
+  skipped_inputs: Tuple[str, ...] = ()
   # Whether the root holds a manifest (or a commit a killed run left) when the run
   # starts, under its claim (`manifest.any_previous`): without one, the job has no
   # previous rows to read and skips that step's two stages.

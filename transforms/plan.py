@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import posixpath
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -232,6 +233,8 @@ class Plan:
   config: export.ExportConfig
   identity: dict
   mean_frame_bytes: float = 0.0
+  # Files of a folder input that hold no TFRecord, as (url, why): not read.
+  skipped: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 def plan_export(request: Request, started: Optional[float] = None) -> Plan:
@@ -248,8 +251,12 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
   read_settings = read_config(request)
   patterns = tuple(input_patterns(request))
   spec = image_spec(request)
-  records, damage, files = schema_lib.sample_records(patterns, request.sample_records,
-                                                      read_settings)
+  listed = read.list_inputs(patterns, read_settings)
+  check_inputs_outside_output(patterns, [item.url for item in listed[0]] +
+                              [url for url, _ in listed[1]], request.output,
+                              read_settings.storage_options, request.overwrite)
+  records, damage, files, skipped = schema_lib.sample_records(
+      patterns, request.sample_records, read_settings, listed=listed)
   if not records:
     raise errors.ConfigError(
         f'no intact record could be read from {len(files)} input file(s)' +
@@ -300,8 +307,6 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
   used = tuple(sorted((k, v) for k, v in given.items() if k in REPORTED_OPTIONS))
   settings = {k: v for k, v in used if k in IDENTITY_OPTIONS}
   identity = root_claim.identity(patterns, settings)
-  if request.overwrite:
-    _refuse_inputs_under(root, files)
   root_claim.check_compatible(root, identity, claim_mode(request))
   processed = ()
   if request.incremental:
@@ -318,10 +323,26 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       incremental=request.incremental, processed=processed,
       settings=tuple(sorted(identity['settings'].items())), overwrite=request.overwrite,
       manifest_format=request.manifest_format,
-      manifest_part_rows=request.manifest_part_rows)
+      manifest_part_rows=request.manifest_part_rows,
+      skipped_inputs=tuple(url for url, _ in skipped))
   mean_frame = sum(len(payload) + 16 for _, payload in records) / len(records)
   return Plan(files=len(files), found=found, config=config, identity=identity,
-              mean_frame_bytes=mean_frame)
+              mean_frame_bytes=mean_frame, skipped=skipped)
+
+
+def skipped_warning(skipped: Sequence[Tuple[str, str]], shown: int = 10) -> Optional[str]:
+  """The one line naming the files of a folder input that hold no TFRecord (None when
+  there are none)."""
+  if not skipped:
+    return None
+  urls = [url for url, _ in skipped]
+  folder = posixpath.dirname(urls[0]) if len(urls) == 1 else posixpath.dirname(
+      posixpath.commonprefix(urls) + 'x')
+  names = ', '.join(url[len(folder):].lstrip('/') if folder else url
+                    for url in urls[:shown])
+  more = f' and {len(urls) - shown} more' if len(urls) > shown else ''
+  return (f'warning: skipped {len(urls)} file(s) in {folder or "the input folders"} that '
+          f'are not TFRecord files: {names}{more}')
 
 
 def detect(request: Request, spec: decode.ImageSpec, records: Sequence[tfrecord.Record],
@@ -421,14 +442,41 @@ def claim_mode(request: Request) -> str:
       'skip_existing' if request.skip_existing else 'plain')
 
 
-def _refuse_inputs_under(root: output_root.OutputRoot, files: Sequence[str]) -> None:
-  """--overwrite removes what the manifest does not list: never the inputs."""
-  prefix = root.url_of('')
-  inside = [f for f in files if f.startswith(prefix)]
+def check_inputs_outside_output(patterns: Sequence[str], files: Sequence[str],
+                                output: str, storage_options=None,
+                                overwrite: bool = False) -> None:
+  """Refuses inputs that lie under the output root, and an output root inside a folder
+  input: the export would read its own images (and manifest, dead letter) back as
+  records on the next run, and --overwrite would remove the inputs."""
+  root = input_files.location(output, storage_options)
+  inside = [f for f in files if input_files.is_within(
+      input_files.location(f, storage_options), root)]
+  culprit = None
   if inside:
-    raise errors.ConfigError(
-        f'--overwrite would remove the inputs under {root.url} ({inside[0]}, ...); choose '
-        'an --output that holds no input')
+    first = input_files.location(inside[0], storage_options)
+    culprit = next((p for p in patterns if input_files.is_within(first, input_files.location(
+        input_files.literal_prefix(p), storage_options))), None)
+    # This run's own lock is there already: on a first run it is all there is.
+    theirs = [f for f in inside if posixpath.basename(f) != root_claim.LOCK]
+    shown = (f'{len(theirs)} file(s) under it, e.g. {theirs[0]}' if theirs else
+             'it matches the files this run would write there')
+  else:
+    for pattern in patterns:
+      folder = input_files.location(pattern, storage_options)
+      # A folder input reads every file under it, but in folders named '.*' or '_*'.
+      if (not input_files.has_glob(pattern) and root != folder and
+          input_files.is_within(root, folder) and
+          not input_files.in_hidden_folder(folder[1], root[1])):
+        culprit, shown = pattern, 'the output root is inside that input folder'
+        break
+    else:
+      return
+  named = f'--input {culprit!r}' if culprit else f'--input {",".join(patterns)!r}'
+  action = ('--overwrite would remove the inputs' if overwrite else
+            'the export would read its own output back as records')
+  raise errors.ConfigError(
+      f'{named} reads files under --output {output!r} ({shown}): {action}; choose an '
+      '--output outside the inputs, or input patterns that leave it out')
 
 
 def count_images(plan: Plan) -> Tuple[int, bool]:
