@@ -138,8 +138,17 @@ def dataset_display_range(image: schema_lib.ImageInfo) -> Optional[tuple]:
   return normalize.detect_range(np.asarray(image.value_range, dtype=kind))
 
 
+# What each record kind is, in the words of the first line of `inspect`.
+RECORD_WORDS = {'example': 'a tf.train.Example',
+                'sequence_example': 'a tf.train.SequenceExample',
+                'tensor': 'a serialized tensor (tf.io.serialize_tensor)',
+                'image': 'an encoded image'}
+
+
 def render_text(found: schema_lib.Schema, files: int = 0) -> str:
-  lines = [f'Sampled {found.records_sampled} records, each a {found.record}'
+  sampled = found.records_sampled
+  lines = [(f'Sampled {sampled} records, each ' if sampled != 1 else 'Sampled 1 record, ')
+           + RECORD_WORDS.get(found.record, found.record)
            + (f' (splits: {", ".join(found.splits)})' if found.splits else '')
            + (f'; TFDS dataset {found.tfds_name!r}' if found.tfds_name else '')]
   lines.append('')

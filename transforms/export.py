@@ -136,6 +136,7 @@ def export_range(file_range: tfrecord.FileRange, worker: RangeWorker,
     written = yield from _write(rendered, worker, tally)
     _add_rows(written, worker, runs, tally)
   yield from runs.flush()
+  worker.progress.count(progress.RANGES)  # the ETA starts after the first
 
 
 def _render(images, worker: RangeWorker, runs: manifest_lib.EntryWriter,

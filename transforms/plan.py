@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import posixpath
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -252,9 +253,9 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
   patterns = tuple(input_patterns(request))
   spec = image_spec(request)
   listed = read.list_inputs(patterns, read_settings)
-  check_inputs_outside_output(patterns, [item.url for item in listed[0]] +
-                              [url for url, _ in listed[1]], request.output,
-                              read_settings.storage_options, request.overwrite)
+  check_output_outside_inputs(patterns, request.output, read_settings.storage_options,
+                              request.overwrite, files=[item.url for item in listed[0]] +
+                              [url for url, _ in listed[1]])
   records, damage, files, skipped = schema_lib.sample_records(
       patterns, request.sample_records, read_settings, listed=listed)
   if not records:
@@ -442,41 +443,69 @@ def claim_mode(request: Request) -> str:
       'skip_existing' if request.skip_existing else 'plain')
 
 
-def check_inputs_outside_output(patterns: Sequence[str], files: Sequence[str],
-                                output: str, storage_options=None,
-                                overwrite: bool = False) -> None:
-  """Refuses inputs that lie under the output root, and an output root inside a folder
-  input: the export would read its own images (and manifest, dead letter) back as
-  records on the next run, and --overwrite would remove the inputs."""
+def check_output_outside_inputs(patterns: Sequence[str], output: str,
+                                storage_options=None, overwrite: bool = False,
+                                files: Optional[Sequence[str]] = None) -> None:
+  """Refuses inputs that would read the output root's own files: an input file under it
+  (`files`, the expanded inputs, when known), an output root inside a folder input, or
+  under a '**' pattern's folder. Such an export reads its images (and manifest, dead
+  letter) back as records on the next run, and --overwrite would remove the inputs.
+
+  Without `files` it lists nothing, so the launcher asks before it makes the root."""
   root = input_files.location(output, storage_options)
-  inside = [f for f in files if input_files.is_within(
-      input_files.location(f, storage_options), root)]
-  culprit = None
-  if inside:
-    first = input_files.location(inside[0], storage_options)
-    culprit = next((p for p in patterns if input_files.is_within(first, input_files.location(
-        input_files.literal_prefix(p), storage_options))), None)
-    # This run's own lock is there already: on a first run it is all there is.
-    theirs = [f for f in inside if posixpath.basename(f) != root_claim.LOCK]
-    shown = (f'{len(theirs)} file(s) under it, e.g. {theirs[0]}' if theirs else
-             'it matches the files this run would write there')
-  else:
-    for pattern in patterns:
+  culprit = shown = None
+  for pattern in patterns:
+    if input_files.has_glob(pattern):
+      # '**' reaches any depth: every file the export writes under the root matches.
+      reaches = '**' in pattern and input_files.is_within(root, input_files.location(
+          input_files.literal_prefix(pattern), storage_options))
+      why = 'it matches the files the export writes there'
+    else:
       folder = input_files.location(pattern, storage_options)
       # A folder input reads every file under it, but in folders named '.*' or '_*'.
-      if (not input_files.has_glob(pattern) and root != folder and
-          input_files.is_within(root, folder) and
-          not input_files.in_hidden_folder(folder[1], root[1])):
-        culprit, shown = pattern, 'the output root is inside that input folder'
-        break
-    else:
-      return
-  named = f'--input {culprit!r}' if culprit else f'--input {",".join(patterns)!r}'
+      reaches = (root != folder and input_files.is_within(root, folder) and
+                 not input_files.in_hidden_folder(folder[1], root[1]))
+      why = 'the output root is inside that input folder'
+    if reaches:
+      culprit, shown = pattern, why
+      break
+  inside = [f for f in files or () if input_files.is_within(
+      input_files.location(f, storage_options), root)]
+  if culprit is None and inside:
+    first = input_files.location(inside[0], storage_options)
+    culprit = next((p for p in patterns if input_files.is_within(first, input_files.location(
+        input_files.literal_prefix(p), storage_options))), ','.join(patterns))
+    # This run's own lock is there already: on a first run it may be all there is.
+    theirs = [f for f in inside if posixpath.basename(f) != root_claim.LOCK]
+    shown = (f'{len(theirs)} file(s) under it, e.g. {theirs[0]}' if theirs else
+             'it matches the files the export writes there')
+  if culprit is None:
+    return
   action = ('--overwrite would remove the inputs' if overwrite else
             'the export would read its own output back as records')
   raise errors.ConfigError(
-      f'{named} reads files under --output {output!r} ({shown}): {action}; choose an '
-      '--output outside the inputs, or input patterns that leave it out')
+      f'--input {culprit!r} reads files under --output {output!r} ({shown}): {action}; '
+      'choose an --output outside the inputs, or input patterns that leave it out')
+
+
+def check_output_is_a_folder(output: str) -> None:
+  """A local --output that is a file, or lies under one, cannot be the output root: one
+  line saying so (not 'File exists'). Object stores have no such files; not asked there."""
+  fs, path = input_files.filesystem(output)
+  if not input_files.is_local(fs):
+    return
+  place = os.path.abspath(path)
+  while True:
+    if os.path.exists(place) and not os.path.isdir(place):
+      where = ('is a file' if place == os.path.abspath(path) else
+               f'lies under {place!r}, which is a file')
+      raise errors.ConfigError(
+          f'--output {output!r} {where}, not a folder: the output root is a folder of '
+          'images; name a folder (a new one is made)')
+    parent = os.path.dirname(place)
+    if parent == place:
+      return
+    place = parent
 
 
 def count_images(plan: Plan) -> Tuple[int, bool]:
