@@ -452,16 +452,23 @@ def check_output_outside_inputs(patterns: Sequence[str], output: str,
   letter) back as records on the next run, and --overwrite would remove the inputs.
 
   Without `files` it lists nothing, so the launcher asks before it makes the root."""
-  root = input_files.location(output, storage_options)
+  try:
+    root = input_files.location(output, storage_options)
+  except (ValueError, ImportError, OSError):
+    return  # an unknown protocol, a missing client: the output's own check says so
   culprit = shown = None
   for pattern in patterns:
-    if input_files.has_glob(pattern):
+    try:
+      glob = input_files.has_glob(pattern)
+      folder = input_files.location(input_files.literal_prefix(pattern) if glob else
+                                    pattern, storage_options)
+    except (ValueError, ImportError, OSError):
+      continue  # expanding the pattern says what is wrong with it
+    if glob:
       # '**' reaches any depth: every file the export writes under the root matches.
-      reaches = '**' in pattern and input_files.is_within(root, input_files.location(
-          input_files.literal_prefix(pattern), storage_options))
+      reaches = '**' in pattern and input_files.is_within(root, folder)
       why = 'it matches the files the export writes there'
     else:
-      folder = input_files.location(pattern, storage_options)
       # A folder input reads every file under it, but in folders named '.*' or '_*'.
       reaches = (root != folder and input_files.is_within(root, folder) and
                  not input_files.in_hidden_folder(folder[1], root[1]))
@@ -469,8 +476,16 @@ def check_output_outside_inputs(patterns: Sequence[str], output: str,
     if reaches:
       culprit, shown = pattern, why
       break
-  inside = [f for f in files or () if input_files.is_within(
-      input_files.location(f, storage_options), root)]
+  folders: Dict[str, Tuple[str, str]] = {}  # resolved once per folder, not per file
+
+  def place(url: str) -> Tuple[str, str]:
+    folder, name = url.rsplit('/', 1) if '/' in url else ('.', url)
+    if folder not in folders:
+      folders[folder] = input_files.location(folder or '/', storage_options)
+    protocol, path = folders[folder]
+    return protocol, path.rstrip('/') + '/' + name
+
+  inside = [f for f in files or () if input_files.is_within(place(f), root)]
   if culprit is None and inside:
     first = input_files.location(inside[0], storage_options)
     culprit = next((p for p in patterns if input_files.is_within(first, input_files.location(
@@ -491,7 +506,10 @@ def check_output_outside_inputs(patterns: Sequence[str], output: str,
 def check_output_is_a_folder(output: str) -> None:
   """A local --output that is a file, or lies under one, cannot be the output root: one
   line saying so (not 'File exists'). Object stores have no such files; not asked there."""
-  fs, path = input_files.filesystem(output)
+  try:
+    fs, path = input_files.filesystem(output)
+  except (ValueError, ImportError, OSError):
+    return  # an unknown protocol, a missing client: the output's own check says so
   if not input_files.is_local(fs):
     return
   place = os.path.abspath(path)
@@ -519,7 +537,10 @@ def count_images(plan: Plan) -> Tuple[int, bool]:
   fewest, per_record = sum(low for low, _ in counts), sum(high for _, high in counts)
   estimated = fewest != per_record
   records = 0.0
+  skipped = {url for url, _ in plan.skipped}
   for item in input_files.expand_patterns(config.patterns, config.read.storage_options):
+    if item.url in skipped:
+      continue
     exact = read.count_records(item, config.read)
     if exact is None:
       estimated = True
