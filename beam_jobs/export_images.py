@@ -16,6 +16,8 @@ import dataclasses
 import difflib
 import json
 import logging
+import os
+import posixpath
 import sys
 import time
 import traceback
@@ -200,6 +202,7 @@ def unknown_arguments(argv: Sequence[str]) -> List[str]:
   parser = _beam_parser()
   _, unknown = parser.parse_known_args(list(argv))
   known = [o for action in parser._actions for o in action.option_strings]
+  argv = list(argv)
   messages = []
   for arg in unknown:
     message = f'unknown argument {arg!r}'
@@ -208,10 +211,24 @@ def unknown_arguments(argv: Sequence[str]) -> List[str]:
       if close:
         message += f' (did you mean {close[0]}?)'
     elif not arg.startswith('-'):
-      message += (': a value with no option before it; if the shell expanded an unquoted '
-                  "pattern, quote the pattern: --input 'data/*.tfrecord'")
+      at = argv.index(arg) if arg in argv else 0
+      before = argv[at - 1] if at else ''
+      if before in unknown and before.startswith('-') and '=' not in before:
+        continue  # the value of the unknown option just named: one message says it
+      message += ': a value with no option before it'
+      if _looks_like_a_file(arg):
+        # An unquoted pattern the shell expanded leaves its second match stranded.
+        folder = posixpath.dirname(arg) or '.'
+        suffix = posixpath.splitext(arg)[1]
+        message += (f'; if the shell expanded an unquoted pattern, quote the pattern: --input '
+                    f"'{folder}/*{suffix}'")
     messages.append(message)
   return messages
+
+
+def _looks_like_a_file(value: str) -> bool:
+  """A file name, as a shell's expansion of a pattern gives: a path or a name.ext."""
+  return os.path.exists(value) or '/' in value or bool(posixpath.splitext(value)[1])
 
 
 def help_text() -> str:
@@ -240,6 +257,11 @@ def claim_output(request: plan_lib.Request, no_wait: bool) -> Optional[root_clai
   None without --output (plan_export says what is missing)."""
   if not request.output:
     return None
+  plan_lib.check_output_is_a_folder(request.output)
+  if request.input:  # refused before the root is made (plan_export also lists the files)
+    plan_lib.check_output_outside_inputs(
+        plan_lib.input_patterns(request), request.output,
+        plan_lib.read_config(request).storage_options, request.overwrite)
   return root_claim.claim_root(
       request.output, plan_lib.read_config(request).storage_options,
       lease_seconds=root_claim.NO_WAIT_LEASE_SECONDS if no_wait else
@@ -358,6 +380,9 @@ def _run_logged(plan: plan_lib.Plan, claim: root_claim.Claim,
     return 0
   runner, runner_instance = local_runner.configure_runner(pipeline_options, argv, pool)
   say(describe(plan, runner))
+  skipped = plan_lib.skipped_warning(plan.skipped)
+  if skipped:
+    say(f'{PROG}: {skipped}')
   local = local_runner.is_local(pipeline_options)
   if local:  # FnApiRunner, or the portable runner's embedded job service
     local_runner.bypass_proxy_for_local_workers()

@@ -53,12 +53,14 @@ def inspect(args) -> schema_lib.Schema:
   request = plan.Request.from_options(args)
   config = plan.read_config(request)
   patterns = plan.input_patterns(request)
-  records, damage, files = schema_lib.sample_records(patterns, args.limit, config)
+  records, damage, files, skipped = schema_lib.sample_records(patterns, args.limit,
+                                                              config)
   spec = plan.image_spec(request)
   decoder = decode.make_decoder(spec)
   try:
     found = plan.detect(request, spec, records, files, config, decoder)
     found.failures = damage + found.failures
+    found.skipped_inputs = [url for url, _ in skipped]
     if args.contact_sheet:
       write_contact_sheet(args.contact_sheet, records, found, spec,
                           config.storage_options, decoder=decoder)
@@ -136,8 +138,17 @@ def dataset_display_range(image: schema_lib.ImageInfo) -> Optional[tuple]:
   return normalize.detect_range(np.asarray(image.value_range, dtype=kind))
 
 
+# What each record kind is, in the words of the first line of `inspect`.
+RECORD_WORDS = {'example': 'a tf.train.Example',
+                'sequence_example': 'a tf.train.SequenceExample',
+                'tensor': 'a serialized tensor (tf.io.serialize_tensor)',
+                'image': 'an encoded image'}
+
+
 def render_text(found: schema_lib.Schema, files: int = 0) -> str:
-  lines = [f'Sampled {found.records_sampled} records, each a {found.record}'
+  sampled = found.records_sampled
+  lines = [(f'Sampled {sampled} records, each ' if sampled != 1 else 'Sampled 1 record, ')
+           + RECORD_WORDS.get(found.record, found.record)
            + (f' (splits: {", ".join(found.splits)})' if found.splits else '')
            + (f'; TFDS dataset {found.tfds_name!r}' if found.tfds_name else '')]
   lines.append('')
@@ -199,8 +210,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except errors.ConfigError as e:
     return options.fail(PROG, str(e))
   settled = export_defaults(found)
+  warning = plan.skipped_warning([(url, '') for url in found.skipped_inputs])
+  if warning:
+    print(f'{PROG}: {warning}', file=sys.stderr)
   if args.json:
-    json.dump(dict(found.to_json(), settled=settled), sys.stdout)
+    json.dump(dict(found.to_json(), settled=settled,
+                   skipped_inputs=found.skipped_inputs), sys.stdout)
     sys.stdout.write('\n')
   else:
     print(render_text(found))

@@ -159,3 +159,55 @@ def test_version_quiet_and_the_closing_line_of_a_failed_run(unrecord, tmp_path):
   assert 'no _SUCCESS' in last
   rows = [json.loads(l) for l in open(tmp_path / 'f' / '_dead_letter.jsonl')]
   assert [(r['index'], r['source']) for r in rows] == [(1, broken)]
+
+
+# -- issue 43, item 11: wording and small traps -----------------------------------------
+
+def test_a_mistyped_option_is_named_once_with_the_option_meant(unrecord, tmp_path):
+  path = str(tmp_path / 'photos.tfrecord')
+  _tensor_photos(path)
+  out = tmp_path / 'x'
+  line = _one_line_error(
+      unrecord('export', '--input', path, '--output', str(out), '--fromat', 'png',
+               env=OFFLINE),
+      "unknown argument '--fromat' (did you mean --format?)")
+  # 'png' is --fromat's value, not a stray pattern: no quoting advice, no second message.
+  assert line == ("unrecord export: error: unknown argument '--fromat' (did you mean "
+                  "--format?)"), line
+  # A stray value that is no file name gets no quoting advice either.
+  line = _one_line_error(
+      unrecord('export', '--input', path, '--output', str(out), '--webp_lossless', 'true',
+               '--format', 'webp', env=OFFLINE), "unknown argument 'true'")
+  assert 'quote' not in line
+  assert not out.exists()
+
+
+def test_an_output_that_is_a_file_says_so(unrecord, tmp_path):
+  path = str(tmp_path / 'photos.tfrecord')
+  _tensor_photos(path)
+  existing = tmp_path / 'notes.txt'
+  existing.write_text('keep me\n')
+  line = _one_line_error(
+      unrecord('export', '--input', path, '--output', str(existing), env=OFFLINE),
+      f"--output {str(existing)!r} is a file, not a folder")
+  assert 'Errno' not in line
+  line = _one_line_error(
+      unrecord('export', '--input', path, '--output', str(existing / 'out'), env=OFFLINE),
+      f'which is a file, not a folder')
+  assert 'Errno' not in line and str(existing) in line
+  assert existing.read_text() == 'keep me\n'
+
+
+def test_inspect_names_the_record_kind_in_words(unrecord, tmp_path):
+  path = str(tmp_path / 'photos.tfrecord')
+  _tensor_photos(path)
+  result = unrecord('inspect', '--input', path, env=OFFLINE)
+  assert result.returncode == 0, result.stderr[-3000:]
+  first = result.stdout.splitlines()[0]
+  assert first == 'Sampled 3 records, each a tf.train.Example', first
+  tensors = str(tmp_path / 'tensors.tfrecord')
+  fixtures.write_tfrecord(tensors, [fixtures.serialized_tensor(fixtures.photo(0, 24, 20))])
+  result = unrecord('inspect', '--input', tensors, env=OFFLINE)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.splitlines()[0] == (
+      'Sampled 1 record, a serialized tensor (tf.io.serialize_tensor)')

@@ -14,11 +14,43 @@ from transforms import progress
 
 
 def test_progress_line_shows_count_rate_eta_and_failures():
-  line = progress.progress_line(1200, 3, 4000, False, 3.0)
-  assert line.startswith('[#######.................] 1200/4000 (30%) 400 img/s ETA 7s')
+  # The first range finished at 1 s with 200 images done: 1000 more in 2 s since.
+  line = progress.progress_line(1200, 3, 4000, False, 3.0, steady=(1.0, 200))
+  assert line.startswith('[#######.................] 1200/4000 (30%) 500 img/s ETA 5s')
   assert line.endswith(', 3 failed')
   assert '~4000' in progress.progress_line(10, 0, 4000, True, 1.0)
   assert progress.progress_line(50, 0, None, False, 2.0) == '50 images, 25 img/s'
+
+
+def test_no_eta_until_a_range_has_finished():
+  # Start-up (workers starting, first reads) is not the rate: no ETA before a range ends.
+  line = progress.progress_line(1200, 0, 4000, False, 3.0)
+  assert line.startswith('[#######.................] 1200/4000 (30%) 400 img/s')
+  assert 'ETA' not in line
+
+
+def test_the_monitor_starts_the_eta_when_the_first_range_finishes():
+  stream = io.StringIO()
+  monitor = progress.ProgressMonitor(stream=stream, log_interval=0.05, show_after=0,
+                                     refresh=0.05)
+  monitor.set_total(1000)
+  monitor.start()
+  sender = progress.ProgressSender(monitor.address, interval=0)
+  try:
+    sender.count('written', 100)
+    _until(lambda: '100/1000' in stream.getvalue(), what='a line with 100 done')
+    assert 'ETA' not in stream.getvalue()
+    sender.count(progress.RANGES)
+    sender.count('written', 100)
+    _until(lambda: 'ETA' in stream.getvalue(), what='an ETA once a range finished')
+    first_eta = next(l for l in stream.getvalue().splitlines() if 'ETA' in l)
+    assert '200/1000' in first_eta or '100/1000' in first_eta
+  finally:
+    sender.close()
+    monitor.stop()
+  # Ranges are not images: the totals (and the closing line's counts) leave them out.
+  assert monitor.totals() == {'written': 200, 'skipped': 0, 'failed': 0}
+  assert monitor.ranges_done() == 1
 
 
 def _until(condition, timeout=30.0, what='the condition'):
@@ -146,3 +178,46 @@ def test_live_bar_on_a_terminal(tmp_path):
   text = output.decode('utf-8', 'replace')
   assert '\r' in text and '\x1b[K' in text  # redrawn in place, line cleared
   assert '/1000 (' in text
+
+
+def test_the_command_shows_no_eta_before_a_range_has_finished(tmp_path):
+  """One file is one record range: until it ends (the run's end) there is no ETA. Its
+  workers are stopped mid-run, after some images are written, so the lines printed
+  meanwhile show images done and none to time from."""
+  import psutil
+  path = _dataset(tmp_path, count=1000)
+  out, err = tmp_path / 'out', tmp_path / 'err'
+  with open(err, 'w') as stream:
+    job = subprocess.Popen(
+        [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input', path, '--output',
+         str(out), '--progress_interval', '0.2'], cwd=REPO, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=stream)
+    _until(lambda: out.exists() and len([n for n in os.listdir(out)
+                                         if n.endswith('.png')]) >= 64,
+           timeout=120, what='the first images')
+    held = psutil.Process(job.pid).children(recursive=True)
+    for process in held:
+      process.suspend()
+    try:
+      _until(lambda: any(_done(line) for line in _progress_lines(err.read_text())),
+             timeout=60, what='a line with images done')
+      mark = len(_progress_lines(err.read_text()))
+      _until(lambda: len(_progress_lines(err.read_text())) >= mark + 2,
+             what='two more lines while held')
+    finally:
+      for process in held:
+        try:
+          process.resume()
+        except psutil.NoSuchProcess:
+          pass
+    assert job.wait(300) == 0, err.read_text()[-3000:]
+  lines = _progress_lines(err.read_text())
+  during = [line for line in lines if _done(line)]
+  assert during, lines
+  assert not [line for line in during if 'ETA' in line], during
+
+
+def _done(line):
+  """Images done on a progress line, when some are and not all: '[...] 240/1000 (24%)'."""
+  done, total = line.split('] ', 1)[1].split(' ', 1)[0].split('/')
+  return 0 < int(done) < int(total.lstrip('~'))

@@ -95,7 +95,10 @@ def bad_inputs(tmp_path):
   gone = tmp_path / 'gone'  # a shard that cannot be opened: read_error
   gone.mkdir()
   os.symlink(str(tmp_path / 'deleted.tfrecord'), gone / 'gone.tfrecord')
-  return str(cases), str(framing), str(out), str(gone)
+  # Named outright, a file that is no TFRecord at all: one not_tfrecord row, no resync.
+  notes = tmp_path / 'notes.json'
+  notes.write_text(json.dumps({'split': 'train', 'notes': 'x' * 5000}))
+  return str(cases), str(framing), str(out), str(gone), str(notes)
 
 
 ARGS = ['--image_key', 'image', '--id_key', 'id', '--format', 'webp', '--name_template',
@@ -104,14 +107,15 @@ EXPECTED_FAILURES = {
     'non_finite': 1, 'missing_feature': 1, 'proto_parse': 1, 'unsupported_dtype': 1,
     'shape_mismatch': 1, 'decode_error': 1, 'encode_error': 1, 'write_error': 1,
     'unsafe_name': 1, 'name_collision': 1, 'too_many_pixels': 1, 'crc_mismatch': 1,
-    'record_too_large': 1, 'truncated': 1, 'read_error': 1,
+    'record_too_large': 1, 'truncated': 1, 'read_error': 1, 'not_tfrecord': 1,
 }
 
 
 def test_every_reason_code_with_counters_and_accounting(bad_inputs):
-  cases, framing, out, gone = bad_inputs
+  cases, framing, out, gone, notes = bad_inputs
   gone_file = os.path.join(gone, 'gone.tfrecord')
-  argv = ['--input', cases, '--input', framing, '--input', gone, '--output', out, *ARGS,
+  argv = ['--input', cases, '--input', framing, '--input', gone, '--input', notes,
+          '--output', out, *ARGS,
           '--runner', 'FnApiRunner']
   options = PipelineOptions(argv)
   plan = plan_lib.plan_export(
@@ -125,7 +129,7 @@ def test_every_reason_code_with_counters_and_accounting(bad_inputs):
   rows = [json.loads(line) for line in open(os.path.join(out, '_dead_letter.jsonl'))]
   assert collections.Counter(r['reason'] for r in rows) == EXPECTED_FAILURES
   for row in rows:
-    assert row['source'] in (cases, framing, gone_file) and row['offset'] is not None
+    assert row['source'] in (cases, framing, gone_file, notes) and row['offset'] is not None
     assert row['index'] is not None and row['message']
   by_reason = {r['reason']: r for r in rows}
   assert by_reason['write_error']['stage'] == 'write'
@@ -136,6 +140,11 @@ def test_every_reason_code_with_counters_and_accounting(bad_inputs):
   assert by_reason['truncated']['source'] == framing
   assert by_reason['read_error']['source'] == gone_file
   assert 'No such file' in by_reason['read_error']['message']
+  not_tfrecord = by_reason['not_tfrecord']
+  assert (not_tfrecord['source'], not_tfrecord['index'], not_tfrecord['offset']) == (
+      notes, 0, 0)
+  assert not_tfrecord['message'].startswith('not a TFRecord file')
+  assert 'JSON text' in not_tfrecord['message']
 
   counters = collections.Counter()  # summed over steps (collisions undo a write)
   for counter in result.metrics().query(
@@ -149,8 +158,9 @@ def test_every_reason_code_with_counters_and_accounting(bad_inputs):
   assert sorted(images) == ['dup.webp', 'frame0.webp', 'frame2.webp', 'good0.webp',
                             'good1.webp']
   report = json.load(open(os.path.join(out, '_report.json')))
-  # framing.tfrecord: 3 frames, one bomb, one stub; gone.tfrecord: one unreadable file
-  images_in_input = len(CASES) + 5 + 1
+  # framing.tfrecord: 3 frames, one bomb, one stub; gone.tfrecord: one unreadable file;
+  # notes.json: one file that is no TFRecord
+  images_in_input = len(CASES) + 5 + 1 + 1
   assert report['written'] + report['failed'] == images_in_input
   assert report['written'] == counters['images_written'] == len(images)
   manifest = [row['path'] for row in outputs.manifest_rows(out)]
@@ -158,13 +168,13 @@ def test_every_reason_code_with_counters_and_accounting(bad_inputs):
 
 
 def test_the_command_sums_the_counters_in_its_summary_and_fails(unrecord, bad_inputs):
-  cases, framing, out, gone = bad_inputs
+  cases, framing, out, gone, notes = bad_inputs
   args = [a for a in ARGS]
-  args[args.index('--max_failures') + 1] = '14'
-  result = unrecord('export', '--input', f'{cases},{framing},{gone}', '--output', out,
-                    *args)
+  args[args.index('--max_failures') + 1] = '15'
+  result = unrecord('export', '--input', f'{cases},{framing},{gone},{notes}', '--output',
+                    out, *args)
   assert result.returncode == 1, result.stderr[-3000:]
-  assert 'failed 15' in result.stderr
+  assert 'failed 16' in result.stderr
   for reason in EXPECTED_FAILURES:
     assert f'{reason}: 1' in result.stderr
   assert not os.path.exists(os.path.join(out, '_SUCCESS'))

@@ -68,6 +68,8 @@ class ExportConfig:
   manifest_part_rows: int = manifest_lib.ROWS_PER_PART
   # Each row's checksum of its file (transforms/checksums.py): sha256, crc32c or blake3.
   checksum: str = 'sha256'
+  # Files of a folder input skipped at launch: they hold no TFRecord (read.list_inputs).
+  skipped_inputs: Tuple[str, ...] = ()
   # Whether the root holds a manifest (or a commit a killed run left) when the run
   # starts, under its claim (`manifest.any_previous`): without one, the job has no
   # previous rows to read and skips that step's two stages.
@@ -141,6 +143,7 @@ def export_range(file_range: tfrecord.FileRange, worker: RangeWorker,
     written = yield from _write(rendered, worker, tally)
     _add_rows(written, worker, runs, tally)
   yield from runs.flush()
+  worker.progress.count(progress.RANGES)  # the ETA starts after the first
 
 
 def _render(images, worker: RangeWorker, runs: manifest_lib.EntryWriter,

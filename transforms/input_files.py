@@ -23,16 +23,16 @@ from transforms import stores
 StorageOptions = Mapping[str, Mapping[str, object]]
 
 _GLOB_CHARS = re.compile(r'[*?\[]')
-_SHARD_NAME = re.compile(r'(tfrecord|tfrec|\.records?($|[-.]))', re.I)
-_METADATA_SUFFIXES = ('.json', '.txt', '.md', '.csv', '.pbtxt', '.py', '.png', '.jpg',
-                      '.jpeg', '.html', '.yaml', '.yml', '.lock', '.crc')
 _LOCAL_PROTOCOLS = ('file', 'local')
 
 
 @dataclasses.dataclass(frozen=True, order=True)
 class InputFile:
+  """One input file. `in_folder`: found by listing a folder the user named, so a file
+  that holds no TFRecord is skipped (`read.plan_file`), not a failure."""
   url: str
   size: int
+  in_folder: bool = False
 
 
 def protocol_of(url: str) -> str:
@@ -60,6 +60,40 @@ def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
   return fs.unstrip_protocol(path)
 
 
+def location(url: str, storage_options: Optional[StorageOptions] = None
+             ) -> Tuple[str, str]:
+  """(protocol, normalized absolute path) of a URL, for telling whether two name the same
+  place: a local path is resolved (relative parts, symlinks); a URL keeps its protocol
+  and its path, normalized."""
+  fs, path = filesystem(url, storage_options)
+  if is_local(fs):
+    return 'file', os.path.realpath(path)
+  protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+  return protocols[0], posixpath.normpath('/' + path.lstrip('/'))
+
+
+def is_within(place: Tuple[str, str], folder: Tuple[str, str]) -> bool:
+  """Whether `place` is `folder` or under it (both from `location`)."""
+  if place[0] != folder[0]:
+    return False
+  root = folder[1].rstrip('/') or '/'
+  return place[1] == root or place[1].startswith(root.rstrip('/') + '/')
+
+
+def literal_prefix(pattern: str) -> str:
+  """The part of a pattern before its first glob character, cut back to a whole folder
+  name (the pattern itself when it has none)."""
+  match = _GLOB_CHARS.search(pattern)
+  if not match:
+    return pattern
+  before = pattern[:match.start()]
+  return before.rsplit('/', 1)[0] if '/' in before else '.'
+
+
+def has_glob(pattern: str) -> bool:
+  return bool(_GLOB_CHARS.search(filesystem(pattern)[1] if '://' in pattern else pattern))
+
+
 def split_patterns(values: Sequence[str]) -> List[str]:
   """Flattens repeated and comma-separated pattern arguments."""
   patterns = []
@@ -68,38 +102,39 @@ def split_patterns(values: Sequence[str]) -> List[str]:
   return patterns
 
 
-def _is_data_file(path: str) -> bool:
-  name = posixpath.basename(path)
-  return not name.startswith(('.', '_')) and not name.lower().endswith(_METADATA_SUFFIXES)
-
-
 def _directory_files(fs, path: str) -> Dict[str, int]:
+  """Every file under a folder but hidden and `_` ones (`_SUCCESS`, `.crc`, `_logs/`):
+  which of them hold TFRecords is read from their content, not guessed from names."""
   found = fs.find(path, detail=True)
-  files = {p: int(info.get('size') or 0) for p, info in found.items()
-           if info.get('type') != 'directory' and _is_data_file(p) and
-           not any(part.startswith(('.', '_')) for part in
-                   posixpath.relpath(p, path).split('/')[:-1])}
-  shards = {p: s for p, s in files.items() if _SHARD_NAME.search(posixpath.basename(p))}
-  return shards or files
+  return {p: int(info.get('size') or 0) for p, info in found.items()
+          if info.get('type') != 'directory' and not in_hidden_folder(path, p)}
+
+
+def in_hidden_folder(folder: str, path: str) -> bool:
+  """Whether a folder input skips `path` (under `folder`) by its name: it, or a folder
+  between, starts with '.' or '_'."""
+  relative = posixpath.relpath(path.rstrip('/'), folder.rstrip('/') or '/')
+  return any(part.startswith(('.', '_')) for part in relative.split('/'))
 
 
 def expand_pattern(pattern: str, storage_options: Optional[StorageOptions] = None
                    ) -> List[InputFile]:
   """Files one pattern names: a file, a directory (its TFRecord shards), or a glob."""
   fs, path = filesystem(pattern, storage_options)
+  in_folder = False
   if _GLOB_CHARS.search(path):
     found = fs.glob(path, detail=True)
     files = {p: int(info.get('size') or 0) for p, info in found.items()
              if info.get('type') != 'directory'}
   elif fs.isdir(path):
-    files = _directory_files(fs, path)
+    files, in_folder = _directory_files(fs, path), True
   elif fs.exists(path):
     files = {path: int(fs.info(path).get('size') or 0)}
   else:
     files = {}
   if not files:
     raise errors.ConfigError(_nothing_matched(fs, path, pattern))
-  return [InputFile(to_url(fs, p), size) for p, size in sorted(files.items())]
+  return [InputFile(to_url(fs, p), size, in_folder) for p, size in sorted(files.items())]
 
 
 def expand_patterns(patterns: Sequence[str],
@@ -111,7 +146,8 @@ def expand_patterns(patterns: Sequence[str],
   seen: Dict[str, InputFile] = {}
   for pattern in patterns:
     for item in expand_pattern(pattern, storage_options):
-      seen.setdefault(item.url, item)
+      if item.url not in seen or not item.in_folder:  # named outright: always read
+        seen[item.url] = item
   undecodable = [url for url in seen if not _is_utf8(url)]
   if undecodable:
     # Such a name comes from a local file name in another encoding (Python keeps its
@@ -155,6 +191,34 @@ def _safe_isdir(fs, path: str) -> bool:
     return fs.isdir(path)
   except OSError:
     return False
+
+
+def read_heads(urls: Sequence[str], n: int,
+               storage_options: Optional[StorageOptions] = None) -> List[Optional[bytes]]:
+  """The first `n` bytes of each file (fewer in a shorter one); None where it cannot be
+  read. An object store's are fetched in one concurrent batch (`cat_ranges`)."""
+  heads: List[Optional[bytes]] = [None] * len(urls)
+  by_store: Dict[str, List[int]] = {}
+  for i, url in enumerate(urls):
+    by_store.setdefault(protocol_of(url), []).append(i)
+  for indices in by_store.values():
+    fs, _ = filesystem(urls[indices[0]], storage_options)
+    paths = [filesystem(urls[i], storage_options)[1] for i in indices]
+    if is_local(fs):
+      for i, path in zip(indices, paths):
+        try:
+          with open(path, 'rb') as f:
+            heads[i] = f.read(n)
+        except OSError:
+          pass
+      continue
+    try:
+      found = fs.cat_ranges(paths, [0] * len(paths), [n] * len(paths), on_error='return')
+    except Exception:  # pylint: disable=broad-except  (then each file's read will say)
+      continue
+    for i, head in zip(indices, found):
+      heads[i] = bytes(head) if isinstance(head, (bytes, bytearray)) else None
+  return heads
 
 
 LOCAL_BUFFER = 64 << 10

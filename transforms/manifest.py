@@ -587,7 +587,7 @@ def _rebuild(root: output_root.OutputRoot, config: 'export.ExportConfig',
       if (not isinstance(path, str) or path in named or path not in on_disk
           or row.get('bytes') != on_disk[path]):
         continue
-      if not whole and row.get('sha256') != _sha256_or_none(root, path):
+      if not whole and not _checksum_matches(root, row, path):
         continue
       if config.manifest_format == 'parquet':
         row, line = _with_text_fields(dict(row)), None
@@ -668,11 +668,11 @@ def _salvaged_rows(root: output_root.OutputRoot, name: str
 def rebuilt_row(root: output_root.OutputRoot, path: str, config: 'export.ExportConfig'
                 ) -> Optional[dict]:
   """The manifest row of an image file whose row was lost, from the file alone: its
-  path, bytes, sha256, format, shape_out and dtype_out. What only the record knew
-  (source, index, offset, n, key, id, label, shape_in, dtype_in, and how it was made:
-  encoder, normalization, value_range, passthrough) is null: a later run that reads the
-  record again writes it (--skip_existing prefers its own row to this one). None when
-  the file is gone or is not a whole image."""
+  path, bytes, checksum (of `--checksum`), format, shape_out and dtype_out. What only the
+  record knew (source, index, offset, n, key, id, label, shape_in, dtype_in, and how it
+  was made: encoder, normalization, value_range, passthrough) is null: a later run that
+  reads the record again writes it (--skip_existing prefers its own row to this one).
+  None when the file is gone or is not a whole image."""
   try:
     data = root.read(path)
   except FileNotFoundError:
@@ -681,11 +681,18 @@ def rebuilt_row(root: output_root.OutputRoot, path: str, config: 'export.ExportC
     shape, dtype = image_formats.check_encoded(data, None, config.image.max_pixels)
   except errors.UnrecordError:
     return None
-  row = dict.fromkeys(PARQUET_SCHEMA.names)
-  row.update(path=path, bytes=len(data), sha256=output_root.sha256(data),
-             format=image_formats.sniff_format(data), dtype_out=dtype,
-             shape_out=list(shape) if shape else None)
+  row = {name: None for name in PARQUET_SCHEMA.names
+         if name not in CHECKSUM_FIELDS or name == config.checksum}
+  row.update(path=path, bytes=len(data), format=image_formats.sniff_format(data),
+             dtype_out=dtype, shape_out=list(shape) if shape else None)
+  row[config.checksum] = checksums.digest(data, config.checksum)
   return row
+
+
+def _checksum_matches(root: output_root.OutputRoot, row: dict, path: str) -> bool:
+  """Whether a salvaged row's checksum, of whichever algorithm it holds, is the file's."""
+  held = row_checksum(row)
+  return held is not None and held[1] == _checksum_or_none(root, path, held[0])
 
 
 def any_previous(root: output_root.OutputRoot) -> bool:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import posixpath
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -236,6 +238,8 @@ class Plan:
   config: export.ExportConfig
   identity: dict
   mean_frame_bytes: float = 0.0
+  # Files of a folder input that hold no TFRecord, as (url, why): not read.
+  skipped: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 def plan_export(request: Request, started: Optional[float] = None) -> Plan:
@@ -253,8 +257,12 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
   patterns = tuple(input_patterns(request))
   input_files.check_reachable(patterns, read_settings.storage_options)
   spec = image_spec(request)
-  records, damage, files = schema_lib.sample_records(patterns, request.sample_records,
-                                                      read_settings)
+  listed = read.list_inputs(patterns, read_settings)
+  check_output_outside_inputs(patterns, request.output, read_settings.storage_options,
+                              request.overwrite, files=[item.url for item in listed[0]] +
+                              [url for url, _ in listed[1]])
+  records, damage, files, skipped = schema_lib.sample_records(
+      patterns, request.sample_records, read_settings, listed=listed)
   if not records:
     raise errors.ConfigError(
         f'no intact record could be read from {len(files)} input file(s)' +
@@ -306,8 +314,6 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
   used = tuple(sorted((k, v) for k, v in given.items() if k in REPORTED_OPTIONS))
   settings = {k: v for k, v in used if k in IDENTITY_OPTIONS}
   identity = root_claim.identity(patterns, settings)
-  if request.overwrite:
-    _refuse_inputs_under(root, files)
   root_claim.check_compatible(root, identity, claim_mode(request))
   processed = ()
   if request.incremental:
@@ -324,10 +330,26 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       incremental=request.incremental, processed=processed,
       settings=tuple(sorted(identity['settings'].items())), overwrite=request.overwrite,
       manifest_format=request.manifest_format,
-      manifest_part_rows=request.manifest_part_rows, checksum=request.checksum)
+      manifest_part_rows=request.manifest_part_rows, checksum=request.checksum,
+      skipped_inputs=tuple(url for url, _ in skipped))
   mean_frame = sum(len(payload) + 16 for _, payload in records) / len(records)
   return Plan(files=len(files), found=found, config=config, identity=identity,
-              mean_frame_bytes=mean_frame)
+              mean_frame_bytes=mean_frame, skipped=skipped)
+
+
+def skipped_warning(skipped: Sequence[Tuple[str, str]], shown: int = 10) -> Optional[str]:
+  """The one line naming the files of a folder input that hold no TFRecord (None when
+  there are none)."""
+  if not skipped:
+    return None
+  urls = [url for url, _ in skipped]
+  folder = posixpath.dirname(urls[0]) if len(urls) == 1 else posixpath.dirname(
+      posixpath.commonprefix(urls) + 'x')
+  names = ', '.join(url[len(folder):].lstrip('/') if folder else url
+                    for url in urls[:shown])
+  more = f' and {len(urls) - shown} more' if len(urls) > shown else ''
+  return (f'warning: skipped {len(urls)} file(s) in {folder or "the input folders"} that '
+          f'are not TFRecord files: {names}{more}')
 
 
 def detect(request: Request, spec: decode.ImageSpec, records: Sequence[tfrecord.Record],
@@ -430,14 +452,87 @@ def claim_mode(request: Request) -> str:
       'skip_existing' if request.skip_existing else 'plain')
 
 
-def _refuse_inputs_under(root: output_root.OutputRoot, files: Sequence[str]) -> None:
-  """--overwrite removes what the manifest does not list: never the inputs."""
-  prefix = root.url_of('')
-  inside = [f for f in files if f.startswith(prefix)]
-  if inside:
-    raise errors.ConfigError(
-        f'--overwrite would remove the inputs under {root.url} ({inside[0]}, ...); choose '
-        'an --output that holds no input')
+def check_output_outside_inputs(patterns: Sequence[str], output: str,
+                                storage_options=None, overwrite: bool = False,
+                                files: Optional[Sequence[str]] = None) -> None:
+  """Refuses inputs that would read the output root's own files: an input file under it
+  (`files`, the expanded inputs, when known), an output root inside a folder input, or
+  under a '**' pattern's folder. Such an export reads its images (and manifest, dead
+  letter) back as records on the next run, and --overwrite would remove the inputs.
+
+  Without `files` it lists nothing, so the launcher asks before it makes the root."""
+  try:
+    root = input_files.location(output, storage_options)
+  except (ValueError, ImportError, OSError):
+    return  # an unknown protocol, a missing client: the output's own check says so
+  culprit = shown = None
+  for pattern in patterns:
+    try:
+      glob = input_files.has_glob(pattern)
+      folder = input_files.location(input_files.literal_prefix(pattern) if glob else
+                                    pattern, storage_options)
+    except (ValueError, ImportError, OSError):
+      continue  # expanding the pattern says what is wrong with it
+    if glob:
+      # '**' reaches any depth: every file the export writes under the root matches.
+      reaches = '**' in pattern and input_files.is_within(root, folder)
+      why = 'it matches the files the export writes there'
+    else:
+      # A folder input reads every file under it, but in folders named '.*' or '_*'.
+      reaches = (root != folder and input_files.is_within(root, folder) and
+                 not input_files.in_hidden_folder(folder[1], root[1]))
+      why = 'the output root is inside that input folder'
+    if reaches:
+      culprit, shown = pattern, why
+      break
+  folders: Dict[str, Tuple[str, str]] = {}  # resolved once per folder, not per file
+
+  def place(url: str) -> Tuple[str, str]:
+    folder, name = url.rsplit('/', 1) if '/' in url else ('.', url)
+    if folder not in folders:
+      folders[folder] = input_files.location(folder or '/', storage_options)
+    protocol, path = folders[folder]
+    return protocol, path.rstrip('/') + '/' + name
+
+  inside = [f for f in files or () if input_files.is_within(place(f), root)]
+  if culprit is None and inside:
+    first = input_files.location(inside[0], storage_options)
+    culprit = next((p for p in patterns if input_files.is_within(first, input_files.location(
+        input_files.literal_prefix(p), storage_options))), ','.join(patterns))
+    # This run's own lock is there already: on a first run it may be all there is.
+    theirs = [f for f in inside if posixpath.basename(f) != root_claim.LOCK]
+    shown = (f'{len(theirs)} file(s) under it, e.g. {theirs[0]}' if theirs else
+             'it matches the files the export writes there')
+  if culprit is None:
+    return
+  action = ('--overwrite would remove the inputs' if overwrite else
+            'the export would read its own output back as records')
+  raise errors.ConfigError(
+      f'--input {culprit!r} reads files under --output {output!r} ({shown}): {action}; '
+      'choose an --output outside the inputs, or input patterns that leave it out')
+
+
+def check_output_is_a_folder(output: str) -> None:
+  """A local --output that is a file, or lies under one, cannot be the output root: one
+  line saying so (not 'File exists'). Object stores have no such files; not asked there."""
+  try:
+    fs, path = input_files.filesystem(output)
+  except (ValueError, ImportError, OSError):
+    return  # an unknown protocol, a missing client: the output's own check says so
+  if not input_files.is_local(fs):
+    return
+  place = os.path.abspath(path)
+  while True:
+    if os.path.exists(place) and not os.path.isdir(place):
+      where = ('is a file' if place == os.path.abspath(path) else
+               f'lies under {place!r}, which is a file')
+      raise errors.ConfigError(
+          f'--output {output!r} {where}, not a folder: the output root is a folder of '
+          'images; name a folder (a new one is made)')
+    parent = os.path.dirname(place)
+    if parent == place:
+      return
+    place = parent
 
 
 def count_images(plan: Plan) -> Tuple[int, bool]:
@@ -451,7 +546,10 @@ def count_images(plan: Plan) -> Tuple[int, bool]:
   fewest, per_record = sum(low for low, _ in counts), sum(high for _, high in counts)
   estimated = fewest != per_record
   records = 0.0
+  skipped = {url for url, _ in plan.skipped}
   for item in input_files.expand_patterns(config.patterns, config.read.storage_options):
+    if item.url in skipped:
+      continue
     exact = read.count_records(item, config.read)
     if exact is None:
       estimated = True

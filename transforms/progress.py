@@ -20,7 +20,11 @@ from typing import Callable, Dict, Optional, Tuple
 from transforms import errors
 
 Address = Tuple[str, int]
-KINDS = ('written', 'skipped', 'failed')
+KINDS = ('written', 'skipped', 'failed')  # what happened to each image
+# Record ranges finished: the ETA waits for the first, so that start-up time (workers
+# starting, the first reads) does not count as the rate.
+RANGES = 'ranges'
+STEADY_AFTER = 1.0  # seconds after the first range's end before the rate counts from it
 
 
 class ProgressSender:
@@ -31,7 +35,7 @@ class ProgressSender:
     self._interval = interval
     self._socket = None
     self._id = uuid.uuid4().hex
-    self._counts = {kind: 0 for kind in KINDS}
+    self._counts = {kind: 0 for kind in KINDS + (RANGES,)}
     self._last_sent = 0.0
 
   def count(self, kind: str, n: int = 1) -> None:
@@ -71,13 +75,23 @@ def _duration(seconds: float) -> str:
 
 
 def progress_line(done: int, failed: int, total: Optional[int], estimated: bool,
-                  seconds: float, width: int = 24) -> str:
-  """'[#####.....] 1200/4000 (30%) 412 img/s ETA 7s, 3 failed'."""
+                  seconds: float, width: int = 24,
+                  steady: Optional[Tuple[float, int]] = None) -> str:
+  """'[#####.....] 1200/4000 (30%) 412 img/s ETA 7s, 3 failed'.
+
+  `steady`: (seconds, images done) when the first record range finished; the rate
+  shown, and the ETA, count from there, once a second has passed (workers report every
+  half second). Before that there is no ETA.
+  """
   rate = done / seconds if seconds > 0 else 0.0
+  if steady is not None and seconds - steady[0] < STEADY_AFTER:
+    steady = None
+  if steady is not None and done > steady[1]:
+    rate = (done - steady[1]) / (seconds - steady[0])
   if total:
     fraction = min(done / total, 1.0)
     bar = '#' * int(fraction * width) + '.' * (width - int(fraction * width))
-    remaining = (total - done) / rate if rate > 0 else None
+    remaining = (total - done) / rate if rate > 0 and steady is not None else None
     eta = f' ETA {_duration(remaining)}' if remaining is not None and done < total else ''
     head = (f'[{bar}] {done}/{"~" if estimated else ""}{total} ({fraction:.0%}) '
             f'{rate:.0f} img/s{eta}')
@@ -107,6 +121,7 @@ class ProgressMonitor:
     self._thread = threading.Thread(target=self._run, name='unrecord-progress',
                                     daemon=True)
     self._started = time.monotonic()
+    self._steady: Optional[Tuple[float, int]] = None  # see progress_line
     self.lines_printed = 0
     self.messages = 0
 
@@ -133,6 +148,9 @@ class ProgressMonitor:
         sums[kind] += counts.get(kind, 0)
     return sums
 
+  def ranges_done(self) -> int:
+    return sum(counts.get(RANGES, 0) for counts in list(self._latest.values()))
+
   def start(self) -> 'ProgressMonitor':
     self._started = time.monotonic()
     self._thread.start()
@@ -148,6 +166,8 @@ class ProgressMonitor:
         message = json.loads(data)
         self._latest[message['id']] = message['counts']
         self.messages += 1
+        if self._steady is None and self.ranges_done():
+          self._steady = (time.monotonic() - self._started, sum(self.totals().values()))
       except socket.timeout:
         if self._stop.is_set():
           return
@@ -168,7 +188,8 @@ class ProgressMonitor:
     counts = self.totals()
     done = sum(counts.values())
     return 'unrecord: ' + progress_line(done, counts['failed'], self._total,
-                                        self._estimated, now - self._started)
+                                        self._estimated, now - self._started,
+                                        steady=self._steady)
 
   def _print(self, text: str, end: str = '\n') -> None:
     self._stream.write(text + ('\033[K' if self._live else '') + end)

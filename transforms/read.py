@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import zlib
 from typing import BinaryIO, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from transforms import errors
@@ -39,12 +40,15 @@ class ReadConfig:
 
 
 def plan_file(item: input_files.InputFile, config: ReadConfig) -> List[FileRange]:
-  """Ranges to read one file in: several for a large uncompressed file, else one.
+  """Ranges to read one file in: several for a large uncompressed file, else one; none
+  for a file found in a folder that holds no TFRecord (`not_tfrecord`).
 
   A file that cannot be opened now (deleted or made unreadable since the launch) is
   planned as one range, which `read_range` reports as a `read_error`.
   """
   try:
+    if item.in_folder and not_tfrecord(item, config) is not None:
+      return []
     return _plan_file(item, config)
   except OSError:
     compression = tfrecord.resolve_compression(item.url, config.compression, b'')
@@ -59,6 +63,73 @@ def _plan_file(item: input_files.InputFile, config: ReadConfig) -> List[FileRang
     return tfrecord.plan_ranges(stream, item.url, size=item.size,
                                 split_bytes=config.split_bytes,
                                 max_record_size=config.max_record_size)
+
+
+_HEAD_BYTES = 4096  # enough to inflate a compressed file's first frame header
+
+
+def not_tfrecord(item: input_files.InputFile, config: ReadConfig,
+                 head: Optional[bytes] = None) -> Optional[str]:
+  """Why `item` holds no TFRecord (the message of its `not_tfrecord` slot), else None:
+  a TFRecord file (a damaged one too), an empty one, or one that cannot be read now (its
+  read says so). `head`: its first bytes, when already fetched.
+
+  The framing walk decides (`tfrecord`): its first frame header fails and no intact
+  frame follows. Most files are settled by their first bytes alone.
+  """
+  if head is not None and _head_is_tfrecord(item.url, head, config):
+    return None
+  try:
+    with input_files.open_input(item.url, config.storage_options) as raw:
+      first = raw.read(tfrecord.HEADER_SIZE)
+      compression = tfrecord.resolve_compression(item.url, config.compression, first)
+      if compression == 'none' and tfrecord.plausible_start(first, config.max_record_size):
+        return None
+      raw.seek(0)
+      compressed = compression != 'none'
+      stream = tfrecord.open_decompressed(raw, compression)
+      for slot in tfrecord.read_records(
+          stream, item.url, max_record_size=config.max_record_size,
+          size=None if compressed else item.size, seekable=not compressed):
+        if (isinstance(slot, errors.CorruptRecordError) and
+            slot.reason == errors.NOT_TFRECORD):
+          return slot.message
+        return None
+  except OSError:
+    return None
+  return None
+
+
+def _head_is_tfrecord(url: str, head: bytes, config: ReadConfig) -> bool:
+  """True when a file's first bytes show a TFRecord stream (or too few to tell)."""
+  compression = tfrecord.resolve_compression(url, config.compression,
+                                             head[:tfrecord.HEADER_SIZE])
+  data = head
+  if compression != 'none':
+    try:
+      data = zlib.decompressobj(31 if compression == 'gzip' else 15).decompress(
+          head, tfrecord.HEADER_SIZE)
+    except zlib.error:
+      return False
+  return tfrecord.plausible_start(data[:tfrecord.HEADER_SIZE], config.max_record_size)
+
+
+def list_inputs(patterns: Sequence[str], config: ReadConfig
+                ) -> Tuple[List[input_files.InputFile], List[Tuple[str, str]]]:
+  """The files the patterns name that are read, and those skipped: files found in a
+  folder that hold no TFRecord, as (url, why). A file named outright is always read
+  (then one `not_tfrecord` failure, if it is none)."""
+  files = input_files.expand_patterns(patterns, config.storage_options)
+  listed = [item for item in files if item.in_folder]
+  heads = input_files.read_heads([item.url for item in listed], _HEAD_BYTES,
+                                 config.storage_options)
+  skipped = {}
+  for item, head in zip(listed, heads):
+    problem = not_tfrecord(item, config, head if head is not None else None)
+    if problem is not None:
+      skipped[item.url] = problem
+  return ([item for item in files if item.url not in skipped],
+          sorted(skipped.items()))
 
 
 @contextlib.contextmanager
@@ -123,6 +194,8 @@ def count_records(item: input_files.InputFile, config: ReadConfig) -> Optional[i
   fs, _ = input_files.filesystem(item.url, config.storage_options)
   if not input_files.is_local(fs):
     return None
+  if item.in_folder and not_tfrecord(item, config) is not None:
+    return 0  # skipped (plan_file)
   with _header_stream(item.url, config) as (stream, head):
     if tfrecord.resolve_compression(item.url, config.compression, head) != 'none':
       return None

@@ -214,6 +214,7 @@ def write_report(config: 'export.ExportConfig', manifest: dict, dead_letter: dic
       'options': {k: v for k, v in config.options_used},
       'settled': json.loads(config.choices),
       'warnings': [],
+      'skipped_inputs': list(config.skipped_inputs),
   }
   spans = list(spans)
   report['work'] = work_timing(spans, config.run_started or finished)

@@ -182,6 +182,8 @@ class Schema:
   feature_lists: Dict[str, FeatureSummary] = dataclasses.field(default_factory=dict)
   # The images of further image keys (several --image_key values), in their order.
   more_images: List[ImageInfo] = dataclasses.field(default_factory=list)
+  # Files of a folder input that hold no TFRecord: not read (read.list_inputs).
+  skipped_inputs: List[str] = dataclasses.field(default_factory=list)
 
   @property
   def images(self) -> List[ImageInfo]:
@@ -225,23 +227,26 @@ class Schema:
 
 
 def sample_records(patterns: Sequence[str], limit: int,
-                   config: Optional[read.ReadConfig] = None
-                   ) -> Tuple[List[tfrecord.Record], List[str], List[str]]:
-  """Up to `limit` good records from the start of the inputs, the damage met, the files."""
+                   config: Optional[read.ReadConfig] = None, listed=None
+                   ) -> Tuple[List[tfrecord.Record], List[str], List[str],
+                              List[Tuple[str, str]]]:
+  """Up to `limit` good records from the start of the inputs, the damage met, the files
+  read, and the files skipped (`read.list_inputs`: in a folder, holding no TFRecord;
+  `listed`: what it returned, when the caller has it)."""
   config = config or read.ReadConfig()
-  files = input_files.expand_patterns(patterns, config.storage_options)
+  files, skipped = listed if listed is not None else read.list_inputs(patterns, config)
   records: List[tfrecord.Record] = []
   damage: List[str] = []
   for item in files:
-    for file_range in read.plan_file(item, config):
+    for file_range in read.plan_file(dataclasses.replace(item, in_folder=False), config):
       for slot in read.read_range(file_range, config):
         if isinstance(slot, errors.CorruptRecordError):
           damage.append(str(slot))
         else:
           records.append(slot)
         if len(records) >= limit:
-          return records, damage, [f.url for f in files]
-  return records, damage, [f.url for f in files]
+          return records, damage, [f.url for f in files], skipped
+  return records, damage, [f.url for f in files], skipped
 
 
 def _describe_value(feature: example_lib.FeatureValue) -> str:

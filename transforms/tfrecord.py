@@ -58,6 +58,50 @@ def frame_length(head: bytes) -> Optional[int]:
   return length if masked_crc(head[:8]) == crc else None
 
 
+_MAGIC = ((b'\x89PNG', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'),
+          (b'GIF8', 'a GIF image'), (b'RIFF', 'a RIFF file (WebP, WAV)'),
+          (b'II*\x00', 'a TIFF image'), (b'MM\x00*', 'a TIFF image'),
+          (b'\x1f\x8b', 'gzip data'), (b'PK\x03\x04', 'a zip archive'),
+          (b'%PDF', 'a PDF document'), (b'\x93NUMPY', 'a .npy array'),
+          (b'PAR1', 'a Parquet file'), (b'ARROW1', 'an Arrow file'))
+
+
+def looks_like(head: bytes) -> str:
+  """What a file's first bytes look like, in words ('JSON text', 'a PNG image', ...)."""
+  for magic, what in _MAGIC:
+    if head.startswith(magic):
+      return what
+  try:
+    text = head.decode('utf-8')
+  except UnicodeDecodeError:
+    # A multi-byte character cut at the end of the head is still text.
+    try:
+      text = head[:-3].decode('utf-8') if len(head) > 3 else ''
+    except UnicodeDecodeError:
+      text = ''
+  if text and all(c.isprintable() or c in '\t\r\n' for c in text):
+    return 'JSON text' if text.lstrip()[:1] in ('{', '[') else 'text'
+  return 'binary data'
+
+
+def plausible_start(head: bytes, max_record_size: int = DEFAULT_MAX_RECORD_SIZE) -> bool:
+  """Whether a file whose first bytes are `head` starts like a TFRecord file: empty, an
+  intact frame header, or too short for one but with a length's zero high bytes. (A head
+  that fails is a damaged TFRecord only if an intact frame follows: `_walk` looks.)"""
+  if len(head) >= HEADER_SIZE:
+    return frame_length(head) is not None
+  return max_record_size >= 1 << 32 or not any(head[4:8])
+
+
+def not_tfrecord_message(head: bytes) -> str:
+  """The message of a `not_tfrecord` failure for a file whose first bytes are `head`."""
+  why = (f'its first {HEADER_SIZE} bytes are not a TFRecord frame header and no intact '
+         'frame follows' if len(head) >= HEADER_SIZE else
+         f'it is {len(head)} bytes long and they cannot begin a TFRecord frame')
+  return (f'not a TFRecord file: {why} (it looks like {looks_like(head)}); remove it '
+          'from the --input patterns')
+
+
 def encode_record(payload: bytes) -> bytes:
   """One complete frame holding `payload`."""
   length = _U64.pack(len(payload))
@@ -111,6 +155,8 @@ def resolve_compression(path: str, requested: str, head: bytes) -> str:
         f'compression must be one of {", ".join(COMPRESSIONS)}, got {requested!r}')
   if requested != 'auto':
     return requested
+  if frame_length(head) is not None:
+    return 'none'  # an intact frame header: uncompressed, whatever the name says
   return compression_from_name(path) or sniff_compression(head)
 
 
@@ -125,6 +171,8 @@ class _Inflater(io.RawIOBase):
     self._input = b''
     self._output = b''
     self._started = False
+    self._produced = False  # any output yet: an error before it means "not compressed"
+    self.compression = compression
     self.truncated = False
 
   def readable(self) -> bool:
@@ -160,10 +208,19 @@ class _Inflater(io.RawIOBase):
     try:
       self._output = self._inflater.decompress(self._input, _SCAN_CHUNK * 16)
     except zlib.error as e:
+      if not self._produced:
+        raise errors.CorruptRecordError(
+            errors.NOT_TFRECORD,
+            f'not {self.compression} data ({e}), which its name, its first bytes or '
+            f'--compression said: it looks like {looks_like(self._input[:HEADER_SIZE])}' + (
+                '; it is an uncompressed TFRecord file: pass --compression none'
+                if frame_length(self._input[:HEADER_SIZE]) is not None else
+                '; remove it from the --input patterns'), index=0, offset=0) from e
       raise errors.CorruptRecordError(
           errors.CRC_MISMATCH,
           f'the compressed stream is damaged ({e}); nothing after this point can be '
           'recovered from a compressed file') from e
+    self._produced = self._produced or bool(self._output)
     self._input = self._inflater.unconsumed_tail
     if self._inflater.eof:
       self._input = self._inflater.unused_data or self._input
@@ -251,20 +308,30 @@ def _read_full(stream: BinaryIO, n: int) -> bytes:
 def _find_next_frame(source: _Source, start: int, max_record_size: int) -> Optional[int]:
   """The first position >= start where a whole frame verifies (both CRCs), or None."""
   position = start
+  # A length under 4 GiB has four zero high bytes: candidates are found by bytes.find,
+  # so scanning text or compressed data (a file that is no TFRecord) takes no CRC a byte.
+  high_bytes_zero = max_record_size < 1 << 32
   while True:
     window = source.read_at(position, _SCAN_CHUNK + HEADER_SIZE - 1)
     if len(window) < HEADER_SIZE:
       return None
-    for i in range(len(window) - HEADER_SIZE + 1):
+    last = len(window) - HEADER_SIZE
+    i = 0
+    while i <= last:
+      if high_bytes_zero:
+        zeros = window.find(b'\x00\x00\x00\x00', i + 4, last + 8)
+        if zeros < 0:
+          break
+        i = zeros - 4
       length, crc = _U64_U32.unpack_from(window, i)
-      if length > max_record_size or masked_crc(window[i:i + 8]) != crc:
-        continue
-      candidate = position + i
-      body = source.read_at(candidate + HEADER_SIZE, length + FOOTER_SIZE)
-      if (len(body) == length + FOOTER_SIZE and
-          masked_crc(body[:length]) == _U32.unpack_from(body, length)[0]):
-        return candidate
-    position += len(window) - HEADER_SIZE + 1
+      if length <= max_record_size and masked_crc(window[i:i + 8]) == crc:
+        candidate = position + i
+        body = source.read_at(candidate + HEADER_SIZE, length + FOOTER_SIZE)
+        if (len(body) == length + FOOTER_SIZE and
+            masked_crc(body[:length]) == _U32.unpack_from(body, length)[0]):
+          return candidate
+      i += 1
+    position += last + 1
     source.release(position)
 
 
@@ -303,6 +370,9 @@ def _walk(
         yield damage(errors.TRUNCATED, _shrunk_message(position, size))
       return
     if len(header) < HEADER_SIZE:
+      if position == 0 and not plausible_start(header, max_record_size):
+        yield damage(errors.NOT_TFRECORD, not_tfrecord_message(header))
+        return
       yield damage(
           errors.TRUNCATED,
           f'the file ends {len(header)} bytes into a record header; the upload or copy '
@@ -311,6 +381,10 @@ def _walk(
     length, length_crc = _U64_U32.unpack(header)
     if masked_crc(header[:8]) != length_crc:
       following = _find_next_frame(source, position + 1, max_record_size)
+      if position == 0 and following is None:
+        # No frame anywhere: not a damaged TFRecord file but another kind of file.
+        yield damage(errors.NOT_TFRECORD, not_tfrecord_message(header))
+        return
       skipped = 'to the end of the file' if following is None else (
           f'{following - position} bytes up to the next intact record')
       yield damage(
@@ -405,9 +479,15 @@ def read_records(
                max_record_size=max_record_size, size=size, read_payload=True)
   last_index, last_offset = first_index, start
   damaged_at_end = False
+  inflater = getattr(stream, 'raw', None)
   try:
     for item in walk:
       damaged_at_end = isinstance(item, errors.CorruptRecordError)
+      if (damaged_at_end and item.reason == errors.NOT_TFRECORD and
+          isinstance(inflater, _Inflater)):
+        item.message = item.message.replace(
+            'not a TFRecord file:', f'not a TFRecord file once {inflater.compression} '
+            'decompressed:', 1)
       if not damaged_at_end:
         last_index, last_offset = item[0].index + 1, item[0].offset
       yield item
