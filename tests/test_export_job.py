@@ -231,7 +231,13 @@ def test_bad_records_are_dead_lettered_and_good_ones_written(unrecord, tmp_path)
 
 def test_class_folders_load_in_keras_one_root_per_split(unrecord, tfds_dataset, tmp_path):
   out = str(tmp_path / 'classes')
-  _export(unrecord, '--input', tfds_dataset, '--output', out, '--layout', 'class')
+  result = _export(unrecord, '--input', tfds_dataset, '--output', out, '--layout', 'class')
+  # TFDS's own metadata beside the shards is skipped without a word (it is expected
+  # there); the report still lists it.
+  assert 'warning' not in (result.stdout + result.stderr).lower(), result.stderr
+  with open(os.path.join(out, '_report.json')) as f:
+    skipped = {os.path.basename(url) for url in json.load(f)['skipped_inputs']}
+  assert {'dataset_info.json', 'features.json', 'label.labels.txt'} <= skipped, skipped
   # Train and test images never share a class folder: each split is its own root.
   assert {tuple(p.split('/')[:2]) for p in _files(out) - METADATA} == {
       (split, name) for split in ('train', 'test')

@@ -339,10 +339,10 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
 
 def skipped_warning(skipped: Sequence[Tuple[str, str]], shown: int = 10) -> Optional[str]:
   """The one line naming the files of a folder input that hold no TFRecord (None when
-  there are none)."""
-  if not skipped:
+  there are none but TFDS's own metadata beside its shards, which is expected there)."""
+  urls = [url for url, _ in skipped if not schema_lib.is_tfds_metadata(url)]
+  if not urls:
     return None
-  urls = [url for url, _ in skipped]
   folder = posixpath.dirname(urls[0]) if len(urls) == 1 else posixpath.dirname(
       posixpath.commonprefix(urls) + 'x')
   names = ', '.join(url[len(folder):].lstrip('/') if folder else url

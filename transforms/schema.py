@@ -60,6 +60,16 @@ def find_tfds_info(shard_urls: Sequence[str],
   return None
 
 
+TFDS_METADATA = ('dataset_info.json', 'features.json')
+
+
+def is_tfds_metadata(url: str) -> bool:
+  """Whether `url` names one of the files TFDS writes beside its shards (read_tfds_info
+  reads them): a folder input skips them without a word, as they are expected there."""
+  name = posixpath.basename(url)
+  return name in TFDS_METADATA or name.endswith('.labels.txt')
+
+
 def read_tfds_info(shard_url: str,
                    storage_options: Optional[input_files.StorageOptions] = None
                    ) -> Optional[TfdsInfo]:
