@@ -221,3 +221,233 @@ def test_skip_existing_then_incremental_match_direct_runner(runs, data):
   assert _listing(flink_out) == _listing(direct_out)
   assert outputs.manifest_rows(flink_out) == outputs.manifest_rows(direct_out)
   assert len(outputs.manifest_rows(flink_out)) == len(expected) + 4
+
+
+def test_flink_submit_uber_jar(data, tmp_path):
+  """FlinkRunner with --flink_submit_uber_jar: the pipeline rides inside a copy of the
+  job-server jar, uploaded to the cluster's REST API; no job server process runs."""
+  flink_cluster.require()
+  folder, expected = data
+  out = str(tmp_path / 'uber')
+  jars_before = _jars()
+  result = run_unrecord('export', '--input', os.path.join(folder, 'shard-1.tfrecord'),
+                        '--output', out, *flink_cluster.FLINK_RUNNER,
+                        '--flink_submit_uber_jar', '--job_name', 'unrecord-test-uber')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _jars() == jars_before
+  assert flink_cluster.job_named('unrecord-test-uber')['state'] == 'FINISHED'
+  rows = outputs.manifest_rows(out)
+  assert len(rows) == PER_SHARD
+  for row in rows:
+    assert np.array_equal(_rgb(os.path.join(out, row['path'])),
+                          expected[('shard-1', row['index'])][0])
+
+
+KILLED = 300  # 96x96 photos at zlib level 9: a few seconds of work to kill a worker in
+
+
+@pytest.fixture
+def worker_pool():
+  """Beam's worker pool on 127.0.0.1, as the Kubernetes sidecar runs it; its SDK
+  workers are this venv's python (first on PATH: the pool stages nothing)."""
+  port = emulators.free_port()
+  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep +
+             os.environ.get('PATH', ''))
+  pool = subprocess.Popen(
+      [sys.executable, '-m', 'apache_beam.runners.worker.worker_pool_main',
+       f'--service_port={port}'], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  try:
+    time.sleep(2)
+    assert pool.poll() is None, 'the worker pool did not start'
+    yield pool, f'localhost:{port}'
+  finally:
+    for child in psutil.Process(pool.pid).children(recursive=True):
+      child.kill()
+    pool.terminate()
+    pool.wait(10)
+
+
+def test_a_python_worker_killed_mid_run_is_retried_and_nothing_is_lost(worker_pool,
+                                                                      tmp_path):
+  flink_cluster.require()
+  pool, address = worker_pool
+  folder = tmp_path / 'in'
+  folder.mkdir()
+  photos = [fixtures.photo(i, 96, 96) for i in range(KILLED)]
+  for s in range(4):
+    fixtures.write_tfrecord(str(folder / f'k{s}.tfrecord'), [
+        _record(p, f'k{s}-{i}', 0) for i, p in enumerate(photos[s::4])])
+  out = str(tmp_path / 'out')
+  command = ['export', '--input', str(folder / '*.tfrecord'), '--output', out,
+             '--png_encoder', 'opencv', '--png_compression', '9',
+             '--runner', 'PortableRunner', '--job_endpoint', flink_cluster.JOB_ENDPOINT,
+             '--environment_type', 'EXTERNAL', '--environment_config', address,
+             '--parallelism', '2', '--job_name', 'unrecord-test-killed']
+  run = subprocess.Popen([sys.executable, '-m', 'beam_jobs.cli', *command], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and run.poll() is None:
+    written = len([n for n in os.listdir(out) if n.endswith('.png')]) \
+        if os.path.isdir(out) else 0
+    workers = psutil.Process(pool.pid).children()
+    if written >= 10 and workers:
+      break
+    time.sleep(0.05)
+  assert run.poll() is None and written < KILLED, 'the run ended before a worker was killed'
+  workers[0].kill()  # SIGKILL one SDK worker process mid-run
+  _, stderr = run.communicate(timeout=300)
+  job = flink_cluster.job_named('unrecord-test-killed')
+  exceptions = flink_cluster.rest(f'/jobs/{job["jid"]}/exceptions')
+  assert exceptions['exceptionHistory']['entries'], 'Flink saw no failure'
+  # The cluster's restart strategy ran the failed tasks again: the job finished whole.
+  assert run.returncode == 0, stderr[-3000:]
+  assert job['state'] == 'FINISHED'
+  assert f'written {KILLED} ' in stderr
+  rows = outputs.manifest_rows(out)
+  assert len(rows) == KILLED and os.path.exists(os.path.join(out, '_SUCCESS'))
+  for row in rows:
+    s = int(row['source'][-10])
+    assert np.array_equal(_rgb(os.path.join(out, row['path'])),
+                          photos[s + 4 * row['index']]), row['path']
+  again = run_unrecord(*command[:8], '--skip_existing', *flink_cluster.PORTABLE)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f'written 0 (passthrough 0), skipped {KILLED}, failed 0' in again.stderr
+
+
+def _closing(stderr):
+  return [l for l in stderr.splitlines() if l.startswith('unrecord export: ')][-1]
+
+
+def test_progress_live_counts_and_work_rate_under_loopback(data, tmp_path):
+  """LOOPBACK workers run in the launcher, so the progress display works with a real
+  job endpoint; the closing line gives the rate while working beside the wall rate."""
+  flink_cluster.require()
+  folder, _ = data
+  out = str(tmp_path / 'progress')
+  result = run_unrecord('export', '--input', os.path.join(folder, 'shard-2.tfrecord'),
+                        '--output', out, '--progress_interval', '0.5',
+                        *flink_cluster.PORTABLE)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith('unrecord: [')]
+  assert lines and all(f'/{PER_SHARD} (' in l for l in lines), result.stderr[-3000:]
+  report = json.load(open(os.path.join(out, '_report.json')))
+  work = report['work']
+  closing = _closing(result.stderr)
+  assert (f'({report["images_per_second"]} images/s; '
+          f'{PER_SHARD / work["seconds"]:.0f} images/s working, after '
+          f'{work["startup_seconds"]:.1f} s of start-up)') in closing, closing
+
+
+def test_no_job_server_fails_at_launch_in_one_line(data, tmp_path):
+  folder, _ = data
+  port = emulators.free_port()
+  started = time.time()
+  result = run_unrecord('export', '--input', os.path.join(folder, 'shard-0.tfrecord'),
+                        '--output', str(tmp_path / 'out'), '--runner', 'PortableRunner',
+                        '--job_endpoint', f'localhost:{port}', '--environment_type',
+                        'LOOPBACK', timeout=120)
+  assert result.returncode == 3, result.stderr[-3000:]
+  assert time.time() - started < 60  # Beam alone waits 300 s per call
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'unrecord export: error: no job server answers at localhost:{port} '
+      '(--job_endpoint); start it (here: make flink-up) or check the address; nothing '
+      'was submitted')
+  assert 'Traceback' not in result.stderr
+  dead = emulators.free_port()
+  result = run_unrecord('export', '--input', os.path.join(folder, 'shard-0.tfrecord'),
+                        '--output', str(tmp_path / 'out2'), '--runner', 'FlinkRunner',
+                        '--flink_master', f'127.0.0.1:{dead}', '--flink_job_server_jar',
+                        flink_cluster.JAR, '--environment_type', 'LOOPBACK', timeout=120)
+  assert result.returncode == 3, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1] == (
+      "unrecord export: error: the Flink cluster's REST API does not answer at "
+      f'127.0.0.1:{dead} (--flink_master); check that the cluster is up (here: make '
+      'flink-up) and the address; nothing was submitted')
+
+
+def test_flink_runner_without_a_jar_is_refused_rather_than_downloading_one(data, tmp_path):
+  folder, _ = data
+  jars_before = _jars()
+  result = run_unrecord('export', '--input', os.path.join(folder, 'shard-0.tfrecord'),
+                        '--output', str(tmp_path / 'out'), '--runner', 'FlinkRunner',
+                        '--flink_master', flink_cluster.FLINK_MASTER, timeout=120)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'FlinkRunner needs --flink_job_server_jar JAR or --job_endpoint' in \
+      result.stderr.strip().splitlines()[-1]
+  assert _jars() == jars_before
+
+
+@pytest.fixture
+def job_server_without_cluster(tmp_path):
+  """A second job server whose Flink master does not answer: the cluster is down."""
+  ports = [emulators.free_port() for _ in range(4)]
+  process = subprocess.Popen(
+      ['java', '-jar', flink_cluster.JAR, '--flink-master', f'127.0.0.1:{ports[0]}',
+       '--job-host', '127.0.0.1', '--job-port', str(ports[1]), '--artifact-port',
+       str(ports[2]), '--expansion-port', str(ports[3]), '--artifacts-dir',
+       str(tmp_path / 'artifacts')], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 120
+    while not flink_cluster.cluster._accepts(ports[1]):
+      assert process.poll() is None and time.time() < deadline, 'job server did not start'
+      time.sleep(0.2)
+    yield f'localhost:{ports[1]}'
+  finally:
+    process.kill()
+    process.wait(30)
+
+
+def test_a_cluster_that_is_down_behind_the_job_server_is_named(data, tmp_path,
+                                                               job_server_without_cluster):
+  flink_cluster.require()
+  folder, _ = data
+  result = run_unrecord('export', '--input', os.path.join(folder, 'shard-0.tfrecord'),
+                        '--output', str(tmp_path / 'out'), '--runner', 'PortableRunner',
+                        '--job_endpoint', job_server_without_cluster,
+                        '--environment_type', 'LOOPBACK', timeout=200)
+  assert result.returncode == 3, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('unrecord export: error: the job server could not submit the job '
+                         'to the Flink cluster; check that the cluster is up'), last
+  assert 'nothing was written; no _SUCCESS' in last and '--skip_existing' not in last
+  # Beam's own copy of the error (ERROR:root:...) goes to Beam's log, not the terminal.
+  assert 'ERROR:root' not in result.stderr and 'Connection refused' not in \
+      result.stderr.replace(last, '')
+
+
+def test_a_taskmanager_killed_for_good_ends_in_one_line(tmp_path):
+  """Last in the module: it kills the cluster's TaskManager, then starts it again."""
+  flink_cluster.require()
+  folder = tmp_path / 'in'
+  folder.mkdir()
+  for s in range(4):
+    fixtures.write_tfrecord(str(folder / f't{s}.tfrecord'), [
+        _record(fixtures.photo(s + 4 * i, 96, 96), f't{s}-{i}', 0) for i in range(75)])
+  out = str(tmp_path / 'out')
+  run = subprocess.Popen(
+      [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input', str(folder / '*.tfrecord'),
+       '--output', out, '--png_encoder', 'opencv', '--png_compression', '9',
+       *flink_cluster.PORTABLE], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and run.poll() is None and not (
+        os.path.isdir(out) and any(n.endswith('.png') for n in os.listdir(out))):
+      time.sleep(0.05)
+    assert run.poll() is None, 'the run ended before the TaskManager was killed'
+    os.kill(flink_cluster.cluster.running_pid('taskmanager'), 9)
+    _, stderr = run.communicate(timeout=300)
+  finally:
+    flink_cluster.cluster.start('taskmanager')
+    flink_cluster.wait_for_slots()
+  assert run.returncode == 3, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  written = len([n for n in os.listdir(out) if n.endswith('.png')])
+  assert last.startswith('unrecord export: error: the Flink cluster lost its TaskManager'), last
+  assert f'image(s) written so far are in {out}; no _SUCCESS' in last, last
+  assert 'what was written is on the runner' not in last
+  assert not os.path.exists(os.path.join(out, '_SUCCESS'))
+  report = json.load(open(os.path.join(out, '_report.json')))
+  assert report['error'] in last
+  assert 0 < report['reported_so_far']['written'] <= written, report

@@ -76,7 +76,7 @@ parallelism.default: {SLOTS}
 restart-strategy.type: fixed-delay
 restart-strategy.fixed-delay.attempts: 3
 restart-strategy.fixed-delay.delay: 2000 ms
-slot.request.timeout: 30000
+slot.request.timeout: 10000
 heartbeat.timeout: 20000
 io.tmp.dirs: {os.path.join(HOME, 'tmp')}
 """
