@@ -12,7 +12,8 @@ from __future__ import annotations
 import socket
 from typing import Optional, Tuple
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import (DebugOptions, PipelineOptions,
+                                                  TestOptions)
 
 from transforms import errors
 
@@ -106,3 +107,32 @@ def explain_failure(text: str) -> Optional[Tuple[str, bool]]:
             'the cluster is up (here: make flink-up) and that --flink_master or the job '
             "server's --flink-master names it", False)
   return None
+
+
+def is_dry_run(pipeline_options: PipelineOptions) -> bool:
+  return bool(pipeline_options.view_as(TestOptions).dry_run)
+
+
+def write_dry_run(job, pipeline_options: PipelineOptions) -> str:
+  """DataflowRunner's --dry_run True: the job was translated, not submitted. With
+  --dataflow_job_file F the job request goes to F (as Beam writes it when it submits)
+  and the Beam pipeline it carries (Runner v2 stages it as pipeline.pb) to F.pipeline.pb.
+  Returns the line to print."""
+  path = pipeline_options.view_as(DebugOptions).dataflow_job_file
+  if not path:
+    return ('unrecord export: dry run: the Dataflow job was translated, not submitted '
+            '(--dataflow_job_file FILE writes it)')
+  # The job's environment (options, worker pools, the container image) as Beam builds it
+  # at submission, from the pipeline it staged; nothing is staged in a dry run.
+  from apache_beam.runners.dataflow.internal import apiclient  # pylint: disable=import-outside-toplevel
+  job.proto.environment = apiclient.Environment(
+      packages=[], options=job.options,
+      environment_version=apiclient._FNAPI_ENVIRONMENT_MAJOR_VERSION,  # pylint: disable=protected-access
+      proto_pipeline_staged_url='(not staged: dry run)',
+      proto_pipeline=job.proto_pipeline).proto
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(job.json())
+  with open(path + '.pipeline.pb', 'wb') as f:
+    f.write(job.proto_pipeline.SerializeToString())
+  return (f'unrecord export: dry run: the Dataflow job was translated, not submitted; '
+          f'the job request is in {path}, its pipeline in {path}.pipeline.pb')

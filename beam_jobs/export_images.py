@@ -367,6 +367,9 @@ def _run(plan: plan_lib.Plan, claim: root_claim.Claim, pipeline_options: Pipelin
     _ = pipeline | 'Export' >> ptransforms.ExportImages(plan.config)
     result = pipeline.run()
     submitted = True
+    if getattr(result, 'job', None) is not None and cluster.is_dry_run(pipeline_options):
+      say(cluster.write_dry_run(result.job, pipeline_options))
+      return 0
     if args.no_wait and not local:
       say(f'{PROG}: submitted to {runner}; not waiting (--no_wait)')
       return 0
