@@ -451,3 +451,26 @@ def test_a_taskmanager_killed_for_good_ends_in_one_line(tmp_path):
   report = json.load(open(os.path.join(out, '_report.json')))
   assert report['error'] in last
   assert 0 < report['reported_so_far']['written'] <= written, report
+
+
+def test_the_readmes_flink_command_runs_on_the_demos_records(tmp_path):
+  """README, "A local cluster": the command as written, on `make demo`'s records."""
+  import shlex  # pylint: disable=import-outside-toplevel
+  from beam_jobs import demo  # pylint: disable=import-outside-toplevel
+  flink_cluster.require()
+  readme = open(os.path.join(REPO, 'README.md'), encoding='utf-8').read()
+  section = readme.split('### A local cluster: `make flink-up`', 1)[1]
+  block = section.split('```bash\n', 1)[1].split('```', 1)[0].replace('\\\n', ' ')
+  (command,) = [l for l in block.splitlines() if l.startswith('unrecord export ')]
+  assert 'make flink-up' in block and 'make flink-down' in block
+  records = tmp_path / 'demo_out' / 'records'
+  demo.build_sample(str(records))
+  args = [a.replace('demo_out/', str(tmp_path / 'demo_out') + '/')
+          .replace('out/flink', str(tmp_path / 'out' / 'flink'))
+          for a in shlex.split(command)[1:]]
+  result = run_unrecord(*args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = str(tmp_path / 'out' / 'flink')
+  rows = outputs.manifest_rows(out)
+  assert rows and os.path.exists(os.path.join(out, '_SUCCESS'))
+  assert f'written {len(rows)} ' in result.stderr and 'runner PortableRunner' in result.stderr
