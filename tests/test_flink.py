@@ -310,7 +310,8 @@ def test_a_python_worker_killed_mid_run_is_retried_and_nothing_is_lost(worker_po
     s = int(row['source'][-10])
     assert np.array_equal(_rgb(os.path.join(out, row['path'])),
                           photos[s + 4 * row['index']]), row['path']
-  again = run_unrecord(*command[:8], '--skip_existing', *flink_cluster.PORTABLE)
+  again = run_unrecord(*command[:command.index('--runner')], '--skip_existing',
+                       *flink_cluster.PORTABLE)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f'written 0 (passthrough 0), skipped {KILLED}, failed 0' in again.stderr
 
