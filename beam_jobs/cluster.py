@@ -94,6 +94,14 @@ _CLUSTER_UNREACHABLE = ('Could not submit job', 'Connection refused',
                         'JobSubmissionException', 'Could not retrieve the execution result')
 
 
+def on_flink(pipeline_options: PipelineOptions) -> bool:
+  """A job sent to a Flink job server (not Beam's embedded one)."""
+  options = pipeline_options.get_all_options()
+  return options.get('runner') == 'FlinkRunner' or (
+      options.get('runner') == 'PortableRunner' and options.get('job_endpoint') not in
+      (None, 'embed'))
+
+
 def explain_failure(text: str) -> Optional[Tuple[str, bool]]:
   """(cause, started) for a Flink failure unrecord can name, else None. `started` says
   whether workers may have written images before it."""

@@ -377,7 +377,11 @@ def _run(plan: plan_lib.Plan, claim: root_claim.Claim, pipeline_options: Pipelin
   except (KeyboardInterrupt, Terminated) as e:
     return _ended_early(plan, monitor, beam_log, interrupted=e)
   except Exception as e:  # the runner's own failure: report it plainly, then exit 3
-    return _ended_early(plan, monitor, beam_log, failure=e, submitted=submitted)
+    # FnApiRunner runs the whole job inside run(); a portable runner only submits it there.
+    in_run = runner_instance is not None or \
+        pipeline_options.get_all_options().get('runner') in local_runner.LOCAL_RUNNERS
+    return _ended_early(plan, monitor, beam_log, failure=e, submitted=submitted or in_run,
+                        on_flink=cluster.on_flink(pipeline_options))
   finally:
     if monitor is not None:
       monitor.stop()
@@ -444,7 +448,8 @@ class BeamLog:
 
 def _ended_early(plan: plan_lib.Plan, monitor: Optional[progress.ProgressMonitor],
                  beam_log: BeamLog, *, interrupted: Optional[BaseException] = None,
-                 failure: Optional[BaseException] = None, submitted: bool = True) -> int:
+                 failure: Optional[BaseException] = None, submitted: bool = True,
+                 on_flink: bool = False) -> int:
   """A run stopped by Ctrl-C/SIGTERM or by the runner: one line, a report, an exit code."""
   counts = monitor.totals() if monitor is not None else None
   started = submitted
@@ -457,7 +462,7 @@ def _ended_early(plan: plan_lib.Plan, monitor: Optional[progress.ProgressMonitor
     text = ''.join(traceback.format_exception(failure))
     storage_cause = errors.StorageFault.cause_in(text)
     cause = storage_cause or f'the pipeline failed: {_last_line(text)}'
-    named = None if storage_cause else cluster.explain_failure(text)
+    named = cluster.explain_failure(text) if on_flink and not storage_cause else None
     if named is not None:
       cause, started = named[0], named[1] and submitted
     code = 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+import uuid
 from typing import Dict, List
 
 import pytest
@@ -43,6 +44,11 @@ def require() -> None:
 
 def rest(path: str):
   return cluster.rest(path, timeout=10)
+
+
+def unique_job_name(prefix: str) -> str:
+  """The cluster outlives a test run: every job gets a name no earlier run used."""
+  return f'{prefix}-{uuid.uuid4().hex[:8]}'
 
 
 def job_named(name: str) -> Dict:

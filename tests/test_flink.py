@@ -31,6 +31,7 @@ SHARDS = 3
 PER_SHARD = 6
 BIG = 400  # 64x64 photos, about 4.9 MB: five ranges at --split_size_mb 1
 BEAM_JARS = os.path.expanduser('~/.apache_beam/cache/jars')
+MAIN_JOB = flink_cluster.unique_job_name('unrecord-test-main')
 # What a run writes that differs by run by design: its identity, times, the report.
 PER_RUN = {'_report.json', '_report.html', '_unrecord_run.json', '_unrecord_state.json',
            '_SUCCESS', '_manifest/_parts.json'}
@@ -92,7 +93,7 @@ def runs(data, tmp_path_factory):
   jars_before = _jars()
   results = {}
   for name, runner in (
-      ('flink', flink_cluster.FLINK_RUNNER + ['--job_name', 'unrecord-test-main']),
+      ('flink', flink_cluster.FLINK_RUNNER + ['--job_name', MAIN_JOB]),
       ('direct', []),
       ('embedded', ['--runner', 'PortableRunner', '--job_endpoint', 'embed',
                     '--environment_type', 'LOOPBACK'])):
@@ -159,7 +160,7 @@ def test_direct_embedded_and_flink_give_the_same_output(runs):
 
 def test_the_job_ran_on_both_slots(runs):
   assert runs['flink'][1].returncode == 0, runs['flink'][1].stderr[-3000:]
-  job = flink_cluster.job_named('unrecord-test-main')
+  job = flink_cluster.job_named(MAIN_JOB)
   assert job['state'] == 'FINISHED'
   ranges = flink_cluster.records_per_subtask(job, 'Export/{Export')
   # Each of the 2 subtasks of the step that exports ranges was given some of them.
@@ -230,12 +231,13 @@ def test_flink_submit_uber_jar(data, tmp_path):
   folder, expected = data
   out = str(tmp_path / 'uber')
   jars_before = _jars()
+  name = flink_cluster.unique_job_name('unrecord-test-uber')
   result = run_unrecord('export', '--input', os.path.join(folder, 'shard-1.tfrecord'),
                         '--output', out, *flink_cluster.FLINK_RUNNER,
-                        '--flink_submit_uber_jar', '--job_name', 'unrecord-test-uber')
+                        '--flink_submit_uber_jar', '--job_name', name)
   assert result.returncode == 0, result.stderr[-3000:]
   assert _jars() == jars_before
-  assert flink_cluster.job_named('unrecord-test-uber')['state'] == 'FINISHED'
+  assert flink_cluster.job_named(name)['state'] == 'FINISHED'
   rows = outputs.manifest_rows(out)
   assert len(rows) == PER_SHARD
   for row in rows:
@@ -279,11 +281,12 @@ def test_a_python_worker_killed_mid_run_is_retried_and_nothing_is_lost(worker_po
     fixtures.write_tfrecord(str(folder / f'k{s}.tfrecord'), [
         _record(p, f'k{s}-{i}', 0) for i, p in enumerate(photos[s::4])])
   out = str(tmp_path / 'out')
+  name = flink_cluster.unique_job_name('unrecord-test-killed')
   command = ['export', '--input', str(folder / '*.tfrecord'), '--output', out,
              '--png_encoder', 'opencv', '--png_compression', '9',
              '--runner', 'PortableRunner', '--job_endpoint', flink_cluster.JOB_ENDPOINT,
              '--environment_type', 'EXTERNAL', '--environment_config', address,
-             '--parallelism', '2', '--job_name', 'unrecord-test-killed']
+             '--parallelism', '2', '--job_name', name]
   run = subprocess.Popen([sys.executable, '-m', 'beam_jobs.cli', *command], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
@@ -297,7 +300,7 @@ def test_a_python_worker_killed_mid_run_is_retried_and_nothing_is_lost(worker_po
   assert run.poll() is None and written < KILLED, 'the run ended before a worker was killed'
   workers[0].kill()  # SIGKILL one SDK worker process mid-run
   _, stderr = run.communicate(timeout=300)
-  job = flink_cluster.job_named('unrecord-test-killed')
+  job = flink_cluster.job_named(name)
   exceptions = flink_cluster.rest(f'/jobs/{job["jid"]}/exceptions')
   assert exceptions['exceptionHistory']['entries'], 'Flink saw no failure'
   # The cluster's restart strategy ran the failed tasks again: the job finished whole.
