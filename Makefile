@@ -14,7 +14,8 @@ UV := $(VENV)/bin/uv
 INSTALL = $(UV) pip install --quiet --compile-bytecode --python $(PY) \
   $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 
-.PHONY: setup demo-setup lean-venv chromium test demo bench reliability fuzz clean
+.PHONY: setup demo-setup lean-venv chromium test demo bench reliability fuzz clean \
+  flink-up flink-down
 
 setup: $(STAMP)
 demo-setup: $(DEMO_STAMP)
@@ -56,8 +57,21 @@ chromium:
 	   chromium >/dev/null) || \
 	  echo "make: chromium could not be installed; the report screenshot test will say so"
 
+# The Flink tests need the local cluster: up before pytest (if it cannot start, those
+# tests fail and say so), down after it whatever pytest did; pytest's exit status is make's.
 test: setup chromium lean-venv
-	$(PY) -m pytest
+	$(MAKE) flink-up; $(PY) -m pytest; status=$$?; $(MAKE) flink-down; exit $$status
+
+# A local Flink 1.19.3 cluster (JobManager, a TaskManager with 2 slots) and Beam's Flink
+# job server on 127.0.0.1 (REST 8081, job endpoint 8099), all under build/flink/: the jar
+# is built with Maven from deploy/flink/job-server/pom.xml (again only when it changes),
+# Flink comes from PyPI once. Both targets are idempotent; down stops exactly those pids.
+flink-up: setup
+	$(PY) deploy/flink/local_cluster.py up
+
+flink-down:
+	@if [ -x $(PY) ]; then $(PY) deploy/flink/local_cluster.py down; \
+	  else python3 deploy/flink/local_cluster.py down; fi
 
 # unrecord beside its peers (loop, thread pool, tf.data, naive Beam) and the encode floor on
 # TensorFlow-written data; rewrites docs/benchmarks.md's whole-job section and its plot.

@@ -27,6 +27,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+from beam_jobs import cluster
 from beam_jobs import local_runner
 from beam_jobs import logs
 from beam_jobs import options as common
@@ -303,8 +304,19 @@ def summary(report: dict, counters: Optional[Dict[str, int]] = None) -> str:
           f'skipped {report["skipped"]}, failed {report["failed"]}'
           + (f' ({reasons})' if reasons else '') +
           f', {report["bytes_written"]} bytes in {report["seconds"]:.1f} s '
-          f'({report["images_per_second"]} images/s) -> {report["output"]}'
+          f'({report["images_per_second"]} images/s{_work_rate(report)}) -> '
+          f'{report["output"]}'
           + ''.join(f'; warning: {w}' for w in report.get('warnings') or ()))
+
+
+def _work_rate(report: dict) -> str:
+  """'; 510 images/s working, after 14.2 s of start-up': on a cluster most of a small
+  run's wall is the job's start-up, which the wall rate above divides by too."""
+  work = report.get('work') or {}
+  if not work.get('seconds') or not report['written']:
+    return ''
+  return (f'; {report["written"] / work["seconds"]:.0f} images/s working, after '
+          f'{work["startup_seconds"]:.1f} s of start-up')
 
 
 def main(argv: Optional[Sequence[str]] = None,
@@ -330,6 +342,7 @@ def main(argv: Optional[Sequence[str]] = None,
     logs.show(args.log_level)
   claim, status = None, None
   try:
+    cluster.check_launch(pipeline_options)
     request = plan_lib.Request.from_options(args)
     claim = claim_output(request, args.no_wait)
     plan = plan_lib.plan_export(request, started)
@@ -341,6 +354,9 @@ def main(argv: Optional[Sequence[str]] = None,
     status = common.fail(PROG, str(e))
   except errors.StorageFault as e:
     print(f'{PROG}: error: {e.message}', file=sys.stderr)
+    status = 3
+  except cluster.RunnerUnavailable as e:
+    print(f'{PROG}: error: {e}; nothing was submitted', file=sys.stderr)
     status = 3
   finally:
     if claim is not None:
@@ -397,10 +413,15 @@ def _run_logged(plan: plan_lib.Plan, claim: root_claim.Claim,
   # Asked under the claim: no other run can commit a manifest to this root from now on.
   plan.config = dataclasses.replace(
       plan.config, previous_manifest=manifest_lib.any_previous(claim.root))
+  submitted = False
   try:
     pipeline = beam.Pipeline(runner=runner_instance, options=pipeline_options)
     _ = pipeline | 'Export' >> ptransforms.ExportImages(plan.config)
     result = pipeline.run()
+    submitted = True
+    if getattr(result, 'job', None) is not None and cluster.is_dry_run(pipeline_options):
+      say(cluster.write_dry_run(result.job, pipeline_options))
+      return 0
     if args.no_wait and not local:
       say(f'{PROG}: submitted to {runner}; not waiting (--no_wait); log: '
           f'{run_log.close()}')
@@ -409,7 +430,11 @@ def _run_logged(plan: plan_lib.Plan, claim: root_claim.Claim,
   except (KeyboardInterrupt, Terminated) as e:
     return _ended_early(plan, monitor, run_log, interrupted=e)
   except Exception as e:  # the runner's own failure: report it plainly, then exit 3
-    return _ended_early(plan, monitor, run_log, failure=e)
+    # FnApiRunner runs the whole job inside run(); a portable runner only submits it there.
+    in_run = runner_instance is not None or \
+        pipeline_options.get_all_options().get('runner') in local_runner.LOCAL_RUNNERS
+    return _ended_early(plan, monitor, run_log, failure=e, submitted=submitted or in_run,
+                        on_flink=cluster.on_flink(pipeline_options))
   finally:
     if monitor is not None:
       monitor.stop()
@@ -427,9 +452,12 @@ def _run_logged(plan: plan_lib.Plan, claim: root_claim.Claim,
 
 def _ended_early(plan: plan_lib.Plan, monitor: Optional[progress.ProgressMonitor],
                  run_log: logs.RunLog, *, interrupted: Optional[BaseException] = None,
-                 failure: Optional[BaseException] = None) -> int:
+                 failure: Optional[BaseException] = None, submitted: bool = True,
+                 on_flink: bool = False) -> int:
   """A run stopped by Ctrl-C/SIGTERM or by the runner: one line, a report, an exit code."""
   counts = monitor.totals() if monitor is not None else None
+  started = submitted
+  named = None  # a cluster's failure that beam_jobs.cluster can name
   if interrupted is not None:
     signal_name = 'SIGTERM' if isinstance(interrupted, Terminated) else 'Ctrl-C'
     cause = f'interrupted ({signal_name})'
@@ -438,6 +466,9 @@ def _ended_early(plan: plan_lib.Plan, monitor: Optional[progress.ProgressMonitor
     text = ''.join(traceback.format_exception(failure))
     storage_cause = errors.StorageFault.cause_in(text)
     cause = storage_cause or f'the pipeline failed: {_last_line(text)}'
+    named = cluster.explain_failure(text) if on_flink and not storage_cause else None
+    if named is not None:
+      cause, started = named[0], named[1] and submitted
     code = 3
   logging.getLogger(__name__).error('run ended early: %s', cause, exc_info=failure)
   # An object store that just failed after its client's whole retry budget would take
@@ -449,8 +480,15 @@ def _ended_early(plan: plan_lib.Plan, monitor: Optional[progress.ProgressMonitor
                   report_lib.write_failure_report(plan.config, cause, counts))
   so_far = (f'at least {counts["written"]} image(s) written' if counts is not None else
             'what was written is on the runner')
-  line = f'{PROG}: error: {cause}; {so_far}; no _SUCCESS'
-  if '--skip_existing' not in cause:
+  if not started and not (counts or {}).get('written'):
+    # The job never ran: there is nothing to finish, only the cause to fix.
+    line = f'{PROG}: error: {cause}; nothing was written; no _SUCCESS'
+  elif named is not None and counts is not None:
+    line = (f'{PROG}: error: {cause}; the {counts["written"]} image(s) written so far are '
+            f'in {plan.config.output}; no _SUCCESS')
+  else:
+    line = f'{PROG}: error: {cause}; {so_far}; no _SUCCESS'
+  if started and '--skip_existing' not in cause:
     line += '; run the same command with --skip_existing to finish'
   if unreachable:
     line += f'; {naming.REPORT} was not written (the output storage failed)'

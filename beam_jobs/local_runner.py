@@ -22,6 +22,8 @@ from apache_beam.transforms import environments
 from beam_jobs import worker as worker_lib
 
 LOCAL_RUNNERS = (None, 'DirectRunner', 'FnApiRunner')
+# Runners that take --environment_type; under LOOPBACK their workers are the launcher.
+PORTABLE_RUNNERS = ('PortableRunner', 'FlinkRunner', 'SparkRunner', 'PrismRunner')
 
 
 def bypass_proxy_for_local_workers() -> None:
@@ -99,5 +101,7 @@ def is_local(pipeline_options: PipelineOptions) -> bool:
   runner = options.get('runner')
   if runner in ('FnApiRunner', 'DirectRunner', None):
     return True
+  if runner in PORTABLE_RUNNERS and options.get('environment_type') == 'LOOPBACK':
+    return True  # the SDK workers run in this launcher, whatever the job endpoint
   return runner == 'PortableRunner' and options.get('job_endpoint') == 'embed' and \
       options.get('environment_type') in ('LOOPBACK', 'EXTERNAL')
