@@ -53,6 +53,7 @@ def inspect(args) -> schema_lib.Schema:
   request = plan.Request.from_options(args)
   config = plan.read_config(request)
   patterns = plan.input_patterns(request)
+  input_files.check_reachable(patterns, config.storage_options)
   records, damage, files, skipped = schema_lib.sample_records(patterns, args.limit,
                                                               config)
   spec = plan.image_spec(request)
@@ -209,6 +210,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     found = inspect(args)
   except errors.ConfigError as e:
     return options.fail(PROG, str(e))
+  except errors.StorageFault as e:  # unreachable input storage: exit 3, as export
+    print(f'{PROG}: error: {e.message}', file=sys.stderr)
+    return 3
   settled = export_defaults(found)
   warning = plan.skipped_warning([(url, '') for url in found.skipped_inputs])
   if warning:

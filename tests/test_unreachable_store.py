@@ -22,9 +22,10 @@ from transforms import output_root
 # Beam), 3-5 s on an idle 2-core machine but up to 15 s measured on this shared one under
 # load. So the time the check adds is bounded against the launcher's start measured in
 # the same session (a run that stops at the output before any network): at most the
-# check's deadline plus 8 s of scheduling noise. Before, a refused gs:// endpoint took
-# 41 s more than that start (gcsfs's six retries).
-NOISE_SECONDS = 8
+# check's deadline plus 15 s of scheduling noise (8 s was once exceeded while a whole
+# suite ran beside the test). Before, a refused gs:// endpoint took 41 s more than that
+# start (gcsfs's six retries), so the bound still tells the fix from the old code.
+NOISE_SECONDS = 15
 
 
 @pytest.fixture(scope='module')
@@ -125,13 +126,16 @@ def test_an_unreachable_output_store_ends_in_one_line_with_exit_3(
     assert f'within {output_root.LAUNCH_CHECK_SECONDS:g} s' in line
     assert seconds - start < output_root.LAUNCH_CHECK_SECONDS + NOISE_SECONDS
   else:
-    assert seconds - start < NOISE_SECONDS
+    # The issue's promise, whole: the line within 30 s of the command. (gcsfs alone, given
+    # an endpoint but no token, spends up to 15 s looking for GCE's metadata server for
+    # credentials before anything of unrecord's runs: the `--storage_options` case.)
+    assert seconds < 30
 
 
-def test_an_unknown_protocol_is_one_line_and_exit_2(unknown_protocol):
+def test_an_unknown_protocol_is_one_line_and_exit_3(unknown_protocol):
   result, seconds = unknown_protocol
   print(f'foo://: exit {result.returncode} in {seconds:.1f} s: {result.stderr.strip()}')
-  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.returncode == 3, result.stderr[-3000:]
   assert result.stderr.strip() == (
       "unrecord export: error: the output 'foo://bucket/out' cannot be used: unknown "
       "protocol 'foo://' (fsspec knows no such protocol); check the URL (gs://, s3://, a "
@@ -167,10 +171,10 @@ def test_an_unreachable_input_store_ends_in_one_line_with_exit_3(unrecord, refus
   assert seconds - unknown_protocol[1] < NOISE_SECONDS
 
 
-def test_an_unknown_input_protocol_is_one_line_and_exit_2(unrecord, tmp_path):
+def test_an_unknown_input_protocol_is_one_line_and_exit_3(unrecord, tmp_path):
   result = unrecord('export', '--input', 'foo://bucket/data', '--output',
                     str(tmp_path / 'out'), '--quiet', timeout=180)
-  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.returncode == 3, result.stderr[-3000:]
   assert result.stderr.strip() == (
       "unrecord export: error: the input 'foo://bucket/data' cannot be read: unknown "
       "protocol 'foo://' (fsspec knows no such protocol); check the URL (gs://, s3://, a "
@@ -190,3 +194,24 @@ def test_a_failed_name_lookup_mid_run_is_said_in_words_not_as_an_errno():
       'cannot write gs://b/x.png: a host name cannot be resolved (DNS: ')
   assert fault.message.endswith('; check that the output storage is reachable and writable, '
                                 'then run the same command with --skip_existing to finish')
+
+
+@pytest.mark.parametrize('given', ['unknown protocol', 's3 refused'])
+def test_inspect_of_an_input_it_cannot_reach_is_one_line_and_exit_3(unrecord, refused,
+                                                                   given):
+  """`unrecord inspect` checks its inputs as the export does: one line, exit 3, never a
+  traceback (it printed fsspec's ValueError traceback for `foo://` before)."""
+  if given == 'unknown protocol':
+    args, expected = ['--input', 'foo://bucket/data'], (
+        "unrecord inspect: error: the input 'foo://bucket/data' cannot be read: unknown "
+        "protocol 'foo://' (fsspec knows no such protocol)")
+  else:
+    args, expected = ['--input', 's3://bucket/data/*.tfrecord', '--storage_options',
+                      _s3_options(refused)], (
+        "unrecord inspect: error: the input 's3://bucket/data/*.tfrecord' cannot be "
+        f"reached: the connection to {refused.split('//')[1]}")
+  result = unrecord('inspect', *args, timeout=180)
+  assert result.returncode == 3, result.stdout + result.stderr[-3000:]
+  [line] = result.stderr.strip().splitlines()
+  assert line.startswith(expected), line
+  assert 'Traceback' not in result.stdout + result.stderr

@@ -40,11 +40,20 @@ def protocol_of(url: str) -> str:
   return protocol or 'file'
 
 
-def filesystem(url: str, storage_options: Optional[StorageOptions] = None
-               ) -> Tuple[fsspec.AbstractFileSystem, str]:
-  """(filesystem, path within it) for a URL, with the options for its protocol."""
+def filesystem(url: str, storage_options: Optional[StorageOptions] = None,
+               role: str = 'input') -> Tuple[fsspec.AbstractFileSystem, str]:
+  """(filesystem, path within it) for a URL, with the options for its protocol.
+  StorageFault (one line, naming the URL as the `role` it plays: 'input' or 'output')
+  when no installed filesystem serves its protocol."""
   options = dict((storage_options or {}).get(protocol_of(url), {}))
-  fs, path = fsspec.core.url_to_fs(url, **options)
+  try:
+    fs, path = fsspec.core.url_to_fs(url, **options)
+  except (ValueError, ImportError) as e:
+    unknown = stores.protocol_unknown(url, e)
+    if unknown is None:
+      raise
+    what = 'cannot be read' if role == 'input' else 'cannot be used'
+    raise errors.StorageFault(f'the {role} {url!r} {what}: {unknown}') from None
   return fs, path
 
 
@@ -242,17 +251,11 @@ def open_input(url: str, storage_options: Optional[StorageOptions] = None,
 
 def check_reachable(patterns: Sequence[str], storage_options: Optional[StorageOptions] = None,
                     timeout: float = 5.0) -> None:
-  """Before any listing: ConfigError for a pattern whose protocol no filesystem serves,
-  StorageFault when the store of one cannot be reached (connecting, within `timeout`)."""
+  """Before any listing: StorageFault for a pattern whose protocol no filesystem serves,
+  or whose store cannot be reached (connecting, within `timeout`)."""
   tried = set()
   for pattern in split_patterns(patterns):
-    try:
-      fs, _ = filesystem(pattern, storage_options)
-    except (ValueError, ImportError) as e:
-      unknown = stores.protocol_unknown(pattern, e)
-      if unknown is None:
-        raise
-      raise errors.ConfigError(f'the input {pattern!r} cannot be read: {unknown}') from None
+    fs, _ = filesystem(pattern, storage_options)
     endpoint = stores.endpoint_of(fs)
     if is_local(fs) or endpoint in tried:
       continue

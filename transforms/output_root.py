@@ -61,7 +61,7 @@ class OutputRoot:
   def __init__(self, url: str, storage_options: Optional[input_files.StorageOptions] = None,
                *, store_crc32c: bool = False):
     self.url = url.rstrip('/') or url
-    self.fs, self.root = input_files.filesystem(self.url, storage_options)
+    self.fs, self.root = input_files.filesystem(self.url, storage_options, role='output')
     # --checksum crc32c on S3: each upload sends its crc32c, so the store keeps it (GCS
     # keeps one for every object by itself) and `unrecord verify` reads it from there.
     self._send_crc32c = store_crc32c and 's3' in _protocols(self.fs)
@@ -272,15 +272,10 @@ def error_code(error: BaseException) -> Optional[int]:
 
 def open_root(url: str, storage_options: Optional[input_files.StorageOptions] = None
               ) -> OutputRoot:
-  """The OutputRoot for --output `url`; ConfigError when no filesystem serves its
-  protocol (fsspec knows none, or its package is not installed)."""
-  try:
-    return OutputRoot(url, storage_options)
-  except (ValueError, ImportError) as e:
-    unknown = stores.protocol_unknown(url, e)
-    if unknown is None:
-      raise
-    raise errors.ConfigError(f'the output {url!r} cannot be used: {unknown}') from None
+  """The OutputRoot for --output `url`; StorageFault (exit 3, as for a store that is down)
+  when no filesystem serves its protocol (fsspec knows none, or its package is not
+  installed: `input_files.filesystem` says which)."""
+  return OutputRoot(url, storage_options)
 
 
 def _cause_and_advice(error: BaseException, local: bool = True):

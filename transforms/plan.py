@@ -463,7 +463,7 @@ def check_output_outside_inputs(patterns: Sequence[str], output: str,
   Without `files` it lists nothing, so the launcher asks before it makes the root."""
   try:
     root = input_files.location(output, storage_options)
-  except (ValueError, ImportError, OSError):
+  except (ValueError, ImportError, OSError, errors.StorageFault):
     return  # an unknown protocol, a missing client: the output's own check says so
   culprit = shown = None
   for pattern in patterns:
@@ -471,7 +471,7 @@ def check_output_outside_inputs(patterns: Sequence[str], output: str,
       glob = input_files.has_glob(pattern)
       folder = input_files.location(input_files.literal_prefix(pattern) if glob else
                                     pattern, storage_options)
-    except (ValueError, ImportError, OSError):
+    except (ValueError, ImportError, OSError, errors.StorageFault):
       continue  # expanding the pattern says what is wrong with it
     if glob:
       # '**' reaches any depth: every file the export writes under the root matches.
@@ -517,7 +517,7 @@ def check_output_is_a_folder(output: str) -> None:
   line saying so (not 'File exists'). Object stores have no such files; not asked there."""
   try:
     fs, path = input_files.filesystem(output)
-  except (ValueError, ImportError, OSError):
+  except (ValueError, ImportError, OSError, errors.StorageFault):
     return  # an unknown protocol, a missing client: the output's own check says so
   if not input_files.is_local(fs):
     return
