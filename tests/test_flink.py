@@ -104,8 +104,11 @@ def runs(data, tmp_path_factory):
 
 
 def _listing(out):
+  """Every file under `out` but the runs' logs (`_logs/`, named by each run's time)."""
   names = set()
-  for parent, _, files in os.walk(out):
+  for parent, folders, files in os.walk(out):
+    if parent == out and '_logs' in folders:
+      folders.remove('_logs')
     names |= {os.path.relpath(os.path.join(parent, f), out) for f in files}
   return names
 
