@@ -45,6 +45,24 @@ def _gone(pid):
     return True
 
 
+def _kill_the_launcher(job, tree, out):
+  """SIGKILL of the launcher alone, then ({worker pid: seconds it outlived the launcher},
+  the files once every worker was gone, the files 1.5 s later)."""
+  os.kill(job.pid, signal.SIGKILL)
+  killed = time.monotonic()
+  job.wait()
+  alive, lifetimes = {p.pid for p in tree}, {}
+  while alive and time.monotonic() - killed < 10:
+    for pid in [p for p in alive if _gone(p)]:
+      lifetimes[pid] = time.monotonic() - killed
+      alive.discard(pid)
+    time.sleep(0.002)
+  assert not alive, f'still running 10 s after the launcher was killed: {alive}'
+  all_gone = _files(out)
+  time.sleep(1.5)
+  return lifetimes, all_gone, _files(out)
+
+
 def test_killing_the_launcher_stops_its_workers_at_once_and_a_rerun_is_exact(
     tmp_path, short_temp_dir):
   expected = _dataset(tmp_path, 2000, size=64)
@@ -73,20 +91,8 @@ def test_killing_the_launcher_stops_its_workers_at_once_and_a_rerun_is_exact(
                     if n.startswith(worker.FOLDER_PREFIX) and n != os.path.basename(live)]
     assert len(pool_folders) == 1, pool_folders
 
-    os.kill(job.pid, signal.SIGKILL)  # the launcher alone
-    killed = time.monotonic()
     at_kill = _files(out)
-    job.wait()
-    alive, lifetimes = {p.pid for p in tree}, {}
-    while alive and time.monotonic() - killed < 10:
-      for pid in [p for p in alive if _gone(p)]:
-        lifetimes[pid] = time.monotonic() - killed
-        alive.discard(pid)
-      time.sleep(0.002)
-    assert not alive, f'still running 10 s after the launcher was killed: {alive}'
-    all_gone = _files(out)
-    time.sleep(1.5)
-    later = _files(out)
+    lifetimes, all_gone, later = _kill_the_launcher(job, tree, out)
   finally:
     try:
       os.killpg(job.pid, signal.SIGKILL)  # whatever survived, if the test failed
@@ -150,19 +156,7 @@ def test_killing_a_launcher_without_a_warm_pool_stops_beams_own_workers(
     tree = psutil.Process(job.pid).children(recursive=True)
     commands = [' '.join(p.cmdline()) for p in tree]
     assert sum(' -m beam_jobs.worker --cold ' in c for c in commands) == 2, commands
-    os.kill(job.pid, signal.SIGKILL)
-    killed = time.monotonic()
-    job.wait()
-    alive, lifetimes = {p.pid for p in tree}, {}
-    while alive and time.monotonic() - killed < 10:
-      for pid in [p for p in alive if _gone(p)]:
-        lifetimes[pid] = time.monotonic() - killed
-        alive.discard(pid)
-      time.sleep(0.002)
-    assert not alive, f'still running 10 s after the launcher was killed: {alive}'
-    all_gone = _files(out)
-    time.sleep(1.5)
-    later = _files(out)
+    lifetimes, all_gone, later = _kill_the_launcher(job, tree, out)
   finally:
     try:
       os.killpg(job.pid, signal.SIGKILL)

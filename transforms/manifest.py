@@ -673,14 +673,10 @@ def rebuilt_row(root: output_root.OutputRoot, path: str, config: 'export.ExportC
   was made: encoder, normalization, value_range, passthrough) is null: a later run that
   reads the record again writes it (--skip_existing prefers its own row to this one).
   None when the file is gone or is not a whole image."""
-  try:
-    data = root.read(path)
-  except FileNotFoundError:
+  found = _whole_image(root, path, config)
+  if found is None:
     return None
-  try:
-    shape, dtype = image_formats.check_encoded(data, None, config.image.max_pixels)
-  except errors.UnrecordError:
-    return None
+  data, shape, dtype = found
   row = {name: None for name in PARQUET_SCHEMA.names
          if name not in CHECKSUM_FIELDS or name == config.checksum}
   row.update(path=path, bytes=len(data), format=image_formats.sniff_format(data),
@@ -1364,6 +1360,21 @@ def _text(value) -> str:
   return str(value)
 
 
+def _whole_image(root: output_root.OutputRoot, path: str, config: 'export.ExportConfig'
+                 ) -> Optional[Tuple[bytes, Optional[Tuple[int, ...]], Optional[str]]]:
+  """(bytes, shape, dtype) of an image file under the root; None when it is gone or is
+  not a whole image (empty, cut short, damaged)."""
+  try:
+    data = root.read(path)
+  except FileNotFoundError:
+    return None
+  try:
+    shape, dtype = image_formats.check_encoded(data, None, config.image.max_pixels)
+  except errors.UnrecordError:
+    return None
+  return data, shape, dtype
+
+
 def existing_row(image: decode.DecodedImage, name: str, root: output_root.OutputRoot,
                  config: 'export.ExportConfig') -> Optional[dict]:
   """The manifest row for a finished image --skip_existing leaves in place, from the file
@@ -1372,14 +1383,10 @@ def existing_row(image: decode.DecodedImage, name: str, root: output_root.Output
 
   `write_part` prefers the previous run's row for the same path when there is one.
   """
-  try:
-    data = root.read(name)
-  except FileNotFoundError:
+  found = _whole_image(root, name, config)
+  if found is None:
     return None
-  try:
-    shape, dtype = image_formats.check_encoded(data, None, config.image.max_pixels)
-  except errors.UnrecordError:
-    return None
+  data, shape, dtype = found
   rendered = render.Rendered(data, tuple(shape or ()), dtype, ('existing',), 'existing',
                              False, None)
   row = manifest_row(image, name, rendered, config)
