@@ -127,9 +127,10 @@ def test_dry_run_translates_the_whole_job_with_every_option_and_nothing_local(tm
     where = text.find(local)
     assert where < 0, (local, text[max(0, where - 300):where + 100])
   assert options['temp_location'].startswith(f'gs://{BUCKET}/tmp/')
-  # Nothing was written to the output but the run's identity.
+  # Nothing was written to the output but the run's identity (and the launch's log).
   fs, _ = gcs
-  assert [p for p in fs.find(f'{BUCKET}/out')] == [f'{BUCKET}/out/_unrecord_run.json']
+  assert [p for p in fs.find(f'{BUCKET}/out') if not p.startswith(
+      f'{BUCKET}/out/_logs/')] == [f'{BUCKET}/out/_unrecord_run.json']
 
 
 @pytest.mark.parametrize('local', ['output', 'temp_location'])

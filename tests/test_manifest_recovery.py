@@ -168,6 +168,10 @@ def test_a_damaged_manifest_is_rebuilt_by_the_next_run(unrecord, shards, exporte
   assert json.loads((out / '_report.json').read_text())['skipped'] == PHOTOS
 
   # Repaired, the manifest reads clean: the next run says nothing and keeps the rows.
+  # (Asked of one damage to a part and one to the index, in each format: the repair
+  # writes the same committed manifest whatever was damaged, and each run costs seconds.)
+  if damage not in ('part_cut', 'index_garbled'):
+    return
   result = _run(unrecord, shards, out, manifest_format, '--skip_existing')
   assert _warnings(result) == []
   assert outputs.manifest_rows(out) == rows

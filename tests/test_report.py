@@ -147,8 +147,11 @@ def test_unwritable_output_names_the_path_and_the_reason(unrecord, tfds_dataset,
   blocker.write_text('x')
   result = unrecord('export', '--input', tfds_dataset, '--output', str(blocker / 'out'))
   assert result.returncode == 2
-  assert str(blocker / 'out') in result.stderr and 'cannot be written' in result.stderr
-  assert 'Not a directory' in result.stderr or 'File exists' in result.stderr
+  # Said in words (issue 43, item 11), no longer as 'Not a directory' / 'File exists'.
+  assert result.stderr.strip() == (
+      f"unrecord export: error: --output {str(blocker / 'out')!r} lies under "
+      f"{str(blocker)!r}, which is a file, not a folder: the output root is a folder of "
+      "images; name a folder (a new one is made)")
 
 
 def test_nothing_matched_names_the_pattern_and_what_the_folder_holds(unrecord, tfds_dataset,
