@@ -14,6 +14,7 @@ import time
 import urllib.request
 
 S3_KEY, S3_SECRET = 'unrecord-test-key', 'unrecord-test-SECRET-d41d8cd9'
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def free_port() -> int:
@@ -126,6 +127,42 @@ class RestartableGCS:
 
   def __exit__(self, *exc):
     self.stop()
+
+
+def s3_client(endpoint: str):
+  """The test's own s3fs client of the S3 server at `endpoint` (imported here, after any
+  FSSPEC_S3_ENDPOINT_URL a test set, which fsspec reads when s3fs is imported)."""
+  import s3fs  # pylint: disable=import-outside-toplevel
+  return s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET,
+                           client_kwargs={'endpoint_url': endpoint}, skip_instance_cache=True)
+
+
+@contextlib.contextmanager
+def worker_pool():
+  """Beam's SDK worker pool on 127.0.0.1, as the Kubernetes sidecar runs it; yields its
+  address. It starts each SDK worker as a bare `python` from PATH: in the container that
+  is the image's Python with the project installed, here this virtualenv's, put first.
+  Stopped by its pid, its workers with it."""
+  import psutil  # pylint: disable=import-outside-toplevel
+  port = free_port()
+  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep +
+             os.environ.get('PATH', ''))
+  pool = subprocess.Popen(
+      [sys.executable, '-m', 'apache_beam.runners.worker.worker_pool_main',
+       f'--service_port={port}'], cwd=_REPO, env=env, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  try:
+    time.sleep(2)
+    assert pool.poll() is None, 'the worker pool did not start'
+    yield pool, f'localhost:{port}'
+  finally:
+    try:
+      for child in psutil.Process(pool.pid).children(recursive=True):
+        child.kill()
+    except psutil.NoSuchProcess:
+      pass
+    pool.terminate()
+    pool.wait(10)
 
 
 def s3_env(endpoint: str) -> dict:

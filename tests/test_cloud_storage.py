@@ -8,7 +8,6 @@ import cv2
 import gcsfs
 import numpy as np
 import pytest
-import s3fs
 
 from tests import emulators
 from tests import fixtures
@@ -35,9 +34,6 @@ def servers():
     yield s3, gcs
 
 
-def _s3(endpoint):
-  return s3fs.S3FileSystem(key=emulators.S3_KEY, secret=emulators.S3_SECRET,
-                           client_kwargs={'endpoint_url': endpoint}, skip_instance_cache=True)
 
 
 def _gcs(host, monkeypatch):
@@ -71,7 +67,7 @@ def _check_output(fs, root, secret=None):
 
 def test_s3_to_gcs_with_storage_options(unrecord, shards, servers, monkeypatch):
   s3_url, gcs_url = servers
-  s3 = _s3(s3_url)
+  s3 = emulators.s3_client(s3_url)
   s3.mkdir('in-bucket')
   s3.put(str(shards) + '/', 'in-bucket/data/', recursive=True)
   gcs = _gcs(gcs_url, monkeypatch)
@@ -92,7 +88,7 @@ def test_gcs_to_s3_with_fsspec_environment_configuration(unrecord, shards, serve
   gcs = _gcs(gcs_url, monkeypatch)
   gcs.mkdir('src-bucket')
   gcs.put(str(shards) + '/', 'src-bucket/data/', recursive=True)
-  s3 = _s3(s3_url)
+  s3 = emulators.s3_client(s3_url)
   s3.mkdir('dst-bucket')
   env = {**emulators.gcs_env(gcs_url), **emulators.s3_env(s3_url)}
   result = unrecord('export', '--input', 'gs://src-bucket/data', '--output',
@@ -105,7 +101,7 @@ def test_gcs_to_s3_with_fsspec_environment_configuration(unrecord, shards, serve
 def test_transient_faults_are_retried_and_nothing_is_lost_or_doubled(unrecord, shards,
                                                                      servers):
   s3_url, _ = servers
-  s3 = _s3(s3_url)
+  s3 = emulators.s3_client(s3_url)
   s3.mkdir('flaky-bucket')
   with emulators.FaultyProxy(s3_url, 'flaky') as proxy:
     result = unrecord('export', '--input', str(shards), '--output',
@@ -130,7 +126,7 @@ def test_missing_bucket_fails_fast_and_clearly(unrecord, shards, servers):
 
 def test_access_denied_fails_fast_and_leaves_nothing(unrecord, shards, servers):
   s3_url, _ = servers
-  s3 = _s3(s3_url)
+  s3 = emulators.s3_client(s3_url)
   s3.mkdir('locked-bucket')
   started = time.time()
   with emulators.FaultyProxy(s3_url, 'deny') as proxy:

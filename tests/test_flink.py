@@ -10,7 +10,6 @@ so Beam never downloads a job server (checked). The cluster has 2 slots; runs us
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -253,24 +252,9 @@ KILLED = 300  # 96x96 photos at zlib level 9: a few seconds of work to kill a wo
 
 @pytest.fixture
 def worker_pool():
-  """Beam's worker pool on 127.0.0.1, as the Kubernetes sidecar runs it; its SDK
-  workers are this venv's python (first on PATH: the pool stages nothing)."""
-  port = emulators.free_port()
-  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep +
-             os.environ.get('PATH', ''))
-  pool = subprocess.Popen(
-      [sys.executable, '-m', 'apache_beam.runners.worker.worker_pool_main',
-       f'--service_port={port}'], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL)
-  try:
-    time.sleep(2)
-    assert pool.poll() is None, 'the worker pool did not start'
-    yield pool, f'localhost:{port}'
-  finally:
-    for child in psutil.Process(pool.pid).children(recursive=True):
-      child.kill()
-    pool.terminate()
-    pool.wait(10)
+  """Beam's worker pool on 127.0.0.1, as the Kubernetes sidecar runs it."""
+  with emulators.worker_pool() as pool:
+    yield pool
 
 
 def test_a_python_worker_killed_mid_run_is_retried_and_nothing_is_lost(worker_pool,

@@ -45,6 +45,23 @@ def _gone(pid):
     return True
 
 
+def _launch(module, args, env):
+  """The launcher `python -m module args`, in a session of its own (so a failed test can
+  stop whatever survived by its group)."""
+  return subprocess.Popen([sys.executable, '-m', module, *args], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+
+
+def _workers_once_running(job, out):
+  """The launcher's process tree once 100 images are written (the kill lands mid-run)."""
+  deadline = time.time() + 240
+  while time.time() < deadline and job.poll() is None and not (
+      out.exists() and sum(n.endswith('.png') for n in os.listdir(out)) >= 100):
+    time.sleep(0.01)
+  return psutil.Process(job.pid).children(recursive=True)
+
+
 def _kill_the_launcher(job, tree, out):
   """SIGKILL of the launcher alone, then ({worker pid: seconds it outlived the launcher},
   the files once every worker was gone, the files 1.5 s later)."""
@@ -74,15 +91,9 @@ def test_killing_the_launcher_stops_its_workers_at_once_and_a_rerun_is_exact(
   args = ['export', '--input', str(tmp_path / '*.tfrecord'), '--output', str(out),
           '--skip_existing', '--png_encoder', 'opencv', '--quiet',
           '--direct_num_workers', '2']
-  job = subprocess.Popen([sys.executable, '-m', 'beam_jobs.cli', *args], cwd=REPO, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+  job = _launch('beam_jobs.cli', args, env)
   try:
-    deadline = time.time() + 240
-    while time.time() < deadline and job.poll() is None and not (
-        out.exists() and sum(n.endswith('.png') for n in os.listdir(out)) >= 100):
-      time.sleep(0.01)
-    tree = psutil.Process(job.pid).children(recursive=True)
+    tree = _workers_once_running(job, out)
     commands = [' '.join(p.cmdline()) for p in tree]
     ours = [c for c in commands if c.startswith(f'{sys.executable} -m beam_jobs.worker')]
     assert sum(' --client ' in c for c in ours) == 2, commands  # the runner's shims
@@ -145,15 +156,9 @@ def test_killing_a_launcher_without_a_warm_pool_stops_beams_own_workers(
   args = ['--input', str(tmp_path / '*.tfrecord'), '--output', str(out),
           '--skip_existing', '--png_encoder', 'opencv', '--quiet',
           '--direct_num_workers', '2']
-  job = subprocess.Popen([sys.executable, '-m', 'beam_jobs.export_images', *args],
-                         cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+  job = _launch('beam_jobs.export_images', args, env)
   try:
-    deadline = time.time() + 240
-    while time.time() < deadline and job.poll() is None and not (
-        out.exists() and sum(n.endswith('.png') for n in os.listdir(out)) >= 100):
-      time.sleep(0.01)
-    tree = psutil.Process(job.pid).children(recursive=True)
+    tree = _workers_once_running(job, out)
     commands = [' '.join(p.cmdline()) for p in tree]
     assert sum(' -m beam_jobs.worker --cold ' in c for c in commands) == 2, commands
     lifetimes, all_gone, later = _kill_the_launcher(job, tree, out)

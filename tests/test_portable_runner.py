@@ -6,9 +6,6 @@ starts, as the Flink TaskManager sidecar does in deploy/flink/).
 """
 
 import os
-import subprocess
-import sys
-import time
 
 import cv2
 import numpy as np
@@ -17,7 +14,6 @@ import pytest
 from tests import emulators
 from tests import fixtures
 from tests import outputs
-from tests.conftest import REPO
 
 PHOTOS = [fixtures.photo(i, 16, 16) for i in range(6)]
 
@@ -60,24 +56,10 @@ def test_portable_runner_works_behind_an_http_proxy(unrecord, source, tmp_path):
 
 
 def test_portable_runner_with_an_external_worker_pool(unrecord, source, tmp_path):
-  port = emulators.free_port()
-  # The pool starts each SDK worker as a bare `python` from PATH; in the container that
-  # is the image's Python with the project installed, here it is this virtualenv's.
-  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep +
-             os.environ.get('PATH', ''))
-  pool = subprocess.Popen(
-      [sys.executable, '-m', 'apache_beam.runners.worker.worker_pool_main',
-       f'--service_port={port}'], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL)
-  try:
-    time.sleep(2)
-    assert pool.poll() is None, 'the worker pool did not start'
+  with emulators.worker_pool() as (_, address):
     out = str(tmp_path / 'external')
     result = unrecord('export', '--input', source, '--output', out, '--runner',
                       'PortableRunner', '--job_endpoint', 'embed', '--environment_type',
-                      'EXTERNAL', '--environment_config', f'localhost:{port}')
+                      'EXTERNAL', '--environment_config', address)
     assert result.returncode == 0, result.stderr[-3000:]
     _check(out)
-  finally:
-    pool.terminate()
-    pool.wait(10)

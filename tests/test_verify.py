@@ -293,12 +293,6 @@ def servers():
     yield s3, gcs
 
 
-def _s3(endpoint):
-  # fsspec reads FSSPEC_S3_ENDPOINT_URL when imported: the test's own client is told.
-  import s3fs
-  return s3fs.S3FileSystem(key=emulators.S3_KEY, secret=emulators.S3_SECRET,
-                           client_kwargs={'endpoint_url': endpoint},
-                           skip_instance_cache=True)
 
 
 def _body_reads(log, store):
@@ -323,7 +317,7 @@ def test_crc32c_rows_are_checked_against_the_store_without_a_download(
       import gcsfs
       fs = gcsfs.GCSFileSystem(token='anon', skip_instance_cache=True)
     else:
-      fs = _s3(proxy.url)
+      fs = emulators.s3_client(proxy.url)
     fs.mkdir(bucket)
     root = f'{store}://{bucket}/images'
     _export(unrecord, shards, root, '--checksum', 'crc32c', env=env)
@@ -369,7 +363,7 @@ def test_crc32c_rows_are_checked_against_the_store_without_a_download(
 def test_s3_objects_without_a_stored_crc32c_are_read_and_say_so(unrecord, shards, servers):
   s3_url, _ = servers
   env = emulators.s3_env(s3_url)
-  fs = _s3(s3_url)
+  fs = emulators.s3_client(s3_url)
   fs.mkdir('verify-copied')
   _export(unrecord, shards, 's3://verify-copied/images', '--checksum', 'crc32c', env=env)
   path = 'verify-copied/images/s0i1.png'
