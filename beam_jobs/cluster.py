@@ -78,8 +78,8 @@ def check_launch(pipeline_options: PipelineOptions) -> None:
     raise errors.ConfigError(
         'FlinkRunner needs --flink_job_server_jar JAR or --job_endpoint HOST:PORT: '
         'without either Beam downloads a job-server jar at run time, and Maven Central '
-        'serves none for this Beam version (make flink-up builds one, README "Run on '
-        'Flink")')
+        'serves none for this Beam version (make flink-up builds one; docs/runners.md, '
+        '"Run on Flink")')
 
 
 # Flink's words when a TaskManager, with the tasks it ran, is gone. Through the job server

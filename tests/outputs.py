@@ -38,7 +38,7 @@ def manifest_rows(root) -> List[dict]:
   if parts and parts[0].endswith('.parquet'):
     import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
     # The checksum columns a row does not use are null in Parquet and absent from a
-    # JSONL row (README "The manifest"): left out, rows of both formats compare equal.
+    # JSONL row (docs/output.md, "The manifest"): left out, rows of both formats compare equal.
     return [{k: v for k, v in row.items() if v is not None or k not in CHECKSUMS}
             for part in parts for row in pq.read_table(part).to_pylist()]
   return [json.loads(line) for line in manifest_bytes(root).splitlines()]

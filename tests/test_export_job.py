@@ -263,7 +263,7 @@ def test_help_shows_unrecord_options_before_beam(unrecord):
 
 
 def test_imagenet_normalized_photos_with_mean_imagenet_come_back_exact(unrecord, tmp_path):
-  # The README's recipe: float32 photos stored as (x / 255 - mean) / std per channel. The
+  # docs/export.md's recipe: float32 photos stored as (x / 255 - mean) / std per channel. The
   # value range must be settled per channel on the un-normalized sample ([0, 1] here),
   # not from the global min and max (which gave 0..255 and near-black images).
   mean = np.array([0.485, 0.456, 0.406])

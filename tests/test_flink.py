@@ -444,16 +444,28 @@ def test_a_taskmanager_killed_for_good_ends_in_one_line(tmp_path):
   assert 0 < report['reported_so_far']['written'] <= written, report
 
 
-def test_the_readmes_flink_command_runs_on_the_demos_records(tmp_path):
-  """README, "A local cluster": the command as written, on `make demo`'s records."""
+def _doc_block(page: str, after: str) -> str:
+  """The first sh block of `page` after the text `after`, continuation lines joined."""
+  text = open(os.path.join(REPO, page), encoding='utf-8').read()
+  section = text.split(after, 1)[1]
+  return section.split('```sh\n', 1)[1].split('```', 1)[0].replace('\\\n', ' ')
+
+
+def _export_line(block: str) -> str:
+  (command,) = [l for l in block.splitlines() if l.startswith('unrecord export ')]
+  return command
+
+
+def test_the_docs_flink_command_runs_on_the_demos_records(tmp_path):
+  """docs/runners.md, "A local cluster": the command as written, on `make demo`'s
+  records; README.md's Flink command is the same line."""
   import shlex  # pylint: disable=import-outside-toplevel
   from beam_jobs import demo  # pylint: disable=import-outside-toplevel
   flink_cluster.require()
-  readme = open(os.path.join(REPO, 'README.md'), encoding='utf-8').read()
-  section = readme.split('### A local cluster: `make flink-up`', 1)[1]
-  block = section.split('```bash\n', 1)[1].split('```', 1)[0].replace('\\\n', ' ')
-  (command,) = [l for l in block.splitlines() if l.startswith('unrecord export ')]
+  block = _doc_block('docs/runners.md', '### A local cluster: `make flink-up`')
+  command = _export_line(block)
   assert 'make flink-up' in block and 'make flink-down' in block
+  assert _export_line(_doc_block('README.md', '**5. On a cluster.**')) == command
   records = tmp_path / 'demo_out' / 'records'
   demo.build_sample(str(records))
   args = [a.replace('demo_out/', str(tmp_path / 'demo_out') + '/')
@@ -465,3 +477,15 @@ def test_the_readmes_flink_command_runs_on_the_demos_records(tmp_path):
   rows = outputs.manifest_rows(out)
   assert rows and os.path.exists(os.path.join(out, '_SUCCESS'))
   assert f'written {len(rows)} ' in result.stderr and 'runner PortableRunner' in result.stderr
+
+
+def test_the_docs_flink_runner_command_is_the_one_these_tests_run():
+  """docs/runners.md's FlinkRunner command passes exactly the runner options the `runs`
+  fixture runs the cluster tests with (the jar built here, no download)."""
+  import shlex  # pylint: disable=import-outside-toplevel
+  block = _doc_block('docs/runners.md', 'FlinkRunner starts a job server of its own')
+  words = shlex.split(_export_line(block))
+  runner = words[words.index('--runner'):]
+  jar = words[words.index('--flink_job_server_jar') + 1]
+  assert os.path.join(REPO, jar) == flink_cluster.JAR
+  assert [flink_cluster.JAR if w == jar else w for w in runner] == flink_cluster.FLINK_RUNNER

@@ -90,7 +90,7 @@ def test_parquet_parts_read_as_one_dataset_in_pyarrow_and_duckdb(unrecord, shard
   out = tmp_path / 'out'
   _run(unrecord, inputs, out, '--manifest_format', 'parquet', '--manifest_part_rows', '8',
        '--label_key', 'label')
-  table = ds.dataset(str(out / '_manifest')).to_table()  # as the README says, no options
+  table = ds.dataset(str(out / '_manifest')).to_table()  # as docs/output.md says, no options
   assert table.num_rows == PHOTOS
   assert str(table.schema.field('index').type) == 'int64'
   assert str(table.schema.field('shape_out').type) == 'list<element: int64>'

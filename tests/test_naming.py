@@ -170,7 +170,7 @@ def test_the_namer_names_every_image_as_its_template_renders_name_values(
   assert outcome(lambda: namer.name(image)) == outcome(plain)  # from what it kept
 
 
-# -- portability: Windows and case-insensitive disks (README "Output names") ------------
+# -- portability: Windows and case-insensitive disks (docs/export.md, "Output names")
 
 @pytest.mark.parametrize('name, problems', [
     ('CON.png', ['reserved']), ('con', ['reserved']), ('x/Nul.tar.gz', ['reserved']),

@@ -1,5 +1,5 @@
 """Every normalization option through the whole job, on TensorFlow-written tensors of real
-photographs, checked pixel for pixel against the README's rule: `--mean/--std` undone as
+photographs, checked pixel for pixel against docs/export.md's rule: `--mean/--std` undone as
 `x * std + mean` (float64), then `rint((x - low) / (high - low) * top)`, ties to even,
 clipped to the range."""
 

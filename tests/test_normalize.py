@@ -291,7 +291,7 @@ def test_float_photos_map_to_8_bit_from_a_misaligned_view_without_a_copy(monkeyp
   assert any(copied)
 
 
-# -- value signatures (README "Normalization": Signatures) -------------------------------
+# -- value signatures (docs/export.md, "Normalization": Signatures) ------------------
 
 def _info(low, high, channels=None, dtype='float32'):
   from transforms import schema  # pylint: disable=import-outside-toplevel

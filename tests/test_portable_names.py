@@ -1,4 +1,4 @@
-"""Names that Windows refuses or a case-insensitive disk merges (README "Output names"):
+"""Names that Windows refuses or a case-insensitive disk merges (docs/export.md, "Output names"):
 counted in the closing line and the report as they are written, and made safe by
 --portable_names. Whole jobs on TensorFlow-written records of real photographs."""
 
@@ -24,7 +24,7 @@ def _suffix(text):
   return '~' + hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-# The README's rule, spelled out: a folder that is reserved on Windows, ends in a dot
+# docs/export.md's rule, spelled out: a folder that is reserved on Windows, ends in a dot
 # or holds a capital letter gets ~ and 8 hex digits of its SHA-1 before its first dot.
 PORTABLE = ['CON' + _suffix('CON') + '/img.png', 'nul' + _suffix('nul') + '/img.png',
             'aux' + _suffix('aux.png') + '.png/img.png', 'Cat' + _suffix('Cat') + '/img.png',

@@ -1,5 +1,5 @@
-"""The README's "Using the transforms in your own pipeline" code, run as written: each
-block is taken from README.md and run in a fresh process, in a folder that holds
+"""docs/library.md, "Using the transforms in your own pipeline", run as written: each
+python block is taken from the page and run in a fresh process, in a folder that holds
 TensorFlow-written records of photos at records/, the paths the blocks name."""
 
 import json
@@ -19,11 +19,9 @@ from tests.test_export_job import OFFLINE
 
 
 def _blocks():
-  with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
+  with open(os.path.join(REPO, 'docs', 'library.md'), encoding='utf-8') as f:
     text = f.read()
-  section = text.split('## Using the transforms in your own pipeline', 1)[1]
-  section = section.split('\n## ', 1)[0]
-  return re.findall(r'```python\n(.*?)```', section, re.S)
+  return re.findall(r'```python\n(.*?)```', text, re.S)
 
 
 @pytest.fixture
@@ -42,7 +40,7 @@ def _run(code, cwd):
                         env=dict(os.environ, PYTHONPATH=REPO, **OFFLINE))
 
 
-def test_the_readme_has_the_two_blocks():
+def test_the_page_has_the_two_blocks():
   blocks = _blocks()
   assert len(blocks) == 2
   assert 'ExportImages' in blocks[0] and 'DecodeImages' in blocks[1]

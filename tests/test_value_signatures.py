@@ -1,4 +1,4 @@
-"""The common value signatures (README "Normalization"): `inspect` and the launch line
+"""The common value signatures (docs/export.md, "Normalization"): `inspect` and the launch line
 name them and the flag that reads them right, and mean/std-normalized data exported
 without --mean warns with the exact flag. On TensorFlow-written float32 tensors
 (`tf.io.serialize_tensor`) of real photographs."""

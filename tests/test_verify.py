@@ -397,14 +397,14 @@ def test_sha256_rows_on_a_store_read_each_object(unrecord, shards, servers, monk
   assert 'missing_file: s1i1.png: ' in result.stdout
 
 
-def test_the_readme_verify_commands_run_as_written(tmp_path, shards):
-  """README "Verify an output": its sh block, run line by line with `unrecord` the real
-  command, in a folder holding records/ of TensorFlow-written photos."""
+def test_the_docs_verify_commands_run_as_written(tmp_path, shards):
+  """docs/output.md, "Verify an output": its sh block, run line by line with `unrecord`
+  the real command, in a folder holding records/ of TensorFlow-written photos."""
   import re
   import subprocess
   import sys
   from tests.conftest import REPO
-  with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
+  with open(os.path.join(REPO, 'docs', 'output.md'), encoding='utf-8') as f:
     section = f.read().split('## Verify an output', 1)[1].split('\n## ', 1)[0]
   block, = re.findall(r'```sh\n(.*?)```', section, re.S)
   shutil.copytree(shards, tmp_path / 'records')
@@ -415,7 +415,7 @@ def test_the_readme_verify_commands_run_as_written(tmp_path, shards):
   assert result.stdout.startswith('unrecord verify: OK: images\n'), result.stdout
   summary = json.loads((tmp_path / 'verify.json').read_text())
   assert summary['whole'] and summary['checksums'] == {'crc32c': 8}
-  # And the statuses the README's table gives: 1 once a file is gone.
+  # And the statuses the page's table gives: 1 once a file is gone.
   gone = outputs.manifest_rows(tmp_path / 'images')[0]['path']
   os.remove(tmp_path / 'images' / gone)
   checks = '\n'.join(line for line in block.splitlines() if 'unrecord verify' in line)
