@@ -214,3 +214,45 @@ def test_bounds_count_the_rows_hash_once_and_the_larger_runs_fixed_steps_per_cor
   assert a.ratio == moonshot.ratio == pytest.approx(507 / 542)
   assert a.within and not moonshot.within
   assert (a.target, a.goal, moonshot.target, moonshot.goal) == ('(a)', 0.9, '(a) moonshot', 1.0)
+
+
+def test_make_bench_rewrites_only_its_sections_of_docs_benchmarks_md(tmp_path, monkeypatch):
+  """`make bench` fills docs/benchmarks.md between its markers (bench/run.py's whole-job
+  section, bench/scale.py's table) and leaves every other line of the page alone; the
+  committed page holds each marker once, with the targets and bounds in one table."""
+  from bench import run, scale
+  text = open(run.DOCS, encoding='utf-8').read()
+  for mark in (run.START_MARK, run.END_MARK, scale.BEGIN, scale.END):
+    assert text.count(mark) == 1, mark
+  assert '| target | measured | goal | | bound | | arithmetic |' in text
+  results = {
+      'date': '2027-01-01', 'machine': {'cores': 2, 'python': '3.11.7'}, 'repeat': 2,
+      'scratch': '/dev/shm', 'figures': {},
+      'rows': [{'case': 'a/job', 'system': 'job', 'images': 4000, 'wall_seconds': 3.5,
+                'timed_seconds': 0, 'rate': 1142.9, 'tree_peak_mb': 900,
+                'worker_peak_mb': 237}],
+      'targets': [{'name': '(a) steady', 'value': 0.93, 'op': '>=', 'goal': 0.9, 'met': True},
+                  {'name': 'start-up', 'value': 1.7, 'op': '<=', 'goal': 1.6, 'met': False}],
+      'bounds': [{'target': '(a) steady', 'ratio': 0.95, 'goal': 0.9, 'within': True,
+                  'arithmetic': 'expert 575 / job 605 = 0.95'}]}
+  filled = run.fill_section(text, run.markdown(results))
+  head, tail = text.split(run.START_MARK)[0], text.split(run.END_MARK)[1]
+  assert filled.startswith(head) and filled.endswith(tail)
+  assert '| a/job | unrecord | 4,000 | 3.50 | 1,143 | 900 | 237 |' in filled
+  assert ('| (a) steady | 0.93 | >= 0.9 | met | 0.95 | within | '
+          'expert 575 / job 605 = 0.95 |') in filled
+  assert '| start-up | 1.70 | <= 1.6 | **missed** | - | |  |' in filled
+  with pytest.raises(SystemExit):
+    run.fill_section(text.replace(run.END_MARK, ''), run.markdown(results))
+  # The scale table, rewritten in a copy of the page as `python -m bench.scale` does.
+  page = tmp_path / 'benchmarks.md'
+  page.write_text(filled, encoding='utf-8')
+  monkeypatch.setattr(scale, 'DOCS', str(page))
+  scale.update_docs([{'images': 2000, 'format': 'jsonl', 'wall_seconds': 2.5,
+                      'images_per_second': 800, 'worker_peak_mb': 237, 'peak_change': 0.0,
+                      'manifest_seconds': 0.1, 'manifest_share': 0.04, 'manifest_parts': 1,
+                      'manifest_bytes_per_image': 468.8}])
+  rewritten = page.read_text(encoding='utf-8')
+  assert rewritten.split(scale.BEGIN)[0] == filled.split(scale.BEGIN)[0]
+  assert rewritten.split(scale.END)[1] == filled.split(scale.END)[1]
+  assert '| 2,000 | jsonl | 2.5 | 800 | 237 | +0.0% | 0.1 | 0.04 | 1 | 468.8 |' in rewritten
