@@ -15,9 +15,10 @@ USAGE = """usage: unrecord COMMAND [options]
 commands:
   inspect   show what TFRecords hold and the image schema unrecord detects
   export    write the images in TFRecords to image files (a Beam pipeline)
-  verify    check that an output root is whole: manifest, files, sizes, checksums
+  verify    check that an output root is whole: manifest, files, checksums
 
-Run `unrecord COMMAND --help` for a command's options."""
+Run `unrecord COMMAND --help` for a command's options. More: README.md and
+docs/ in the unrecord repository (docs/README.md lists every page)."""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -19,6 +19,7 @@ import logging
 import os
 import posixpath
 import sys
+import textwrap
 import time
 import traceback
 from typing import Dict, List, Optional, Sequence
@@ -56,7 +57,8 @@ class ExportOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     common.add_input_arguments(parser, required=False)
-    group = parser.add_argument_group('unrecord output')
+    # Groups of at most a screen each in --help (tests/test_cli_traps.py checks it).
+    group = parser.add_argument_group('unrecord output and format')
     group.add_argument('--output', default=DEFAULTS['output'], metavar='URL',
                        help='Output root: a folder or any fsspec URL. Required.')
     group.add_argument('--format', default=DEFAULTS['format'], choices=encode.FORMATS,
@@ -86,6 +88,7 @@ class ExportOptions(PipelineOptions):
     group.add_argument('--reencode', action='store_true',
                        help='Re-encode images even when the source is already in the '
                        'requested format (default: pass the original bytes through).')
+    group = parser.add_argument_group('unrecord names')
     group.add_argument('--name_template', default=DEFAULTS['name_template'],
                        metavar='TEMPLATE',
                        help='Output path relative to --output, with fields {id} {index} '
@@ -100,7 +103,8 @@ class ExportOptions(PipelineOptions):
                        help='Make every output name safe on Windows and unique on '
                        'case-insensitive disks (macOS, Windows): a name part that is '
                        'reserved there, ends in a dot or space, or holds a capital letter '
-                       'gets a ~hash suffix of its own text (README "Output names").')
+                       'gets a ~hash suffix of its own text (docs/export.md, "Output names").')
+    group = parser.add_argument_group('unrecord re-runs, manifest and success')
     group.add_argument('--skip_existing', action='store_true',
                        help='Leave images whose output file already exists untouched.')
     group.add_argument('--incremental', action='store_true',
@@ -131,6 +135,7 @@ class ExportOptions(PipelineOptions):
                        default=DEFAULTS['manifest_part_rows'], metavar='N',
                        help='Rows per manifest part (one worker merges each part). '
                        f'Default: {DEFAULTS["manifest_part_rows"]}.')
+    group = parser.add_argument_group('unrecord run and terminal')
     group.add_argument('--quiet', action='store_true',
                        help='No progress display (local runs show a live bar on a '
                        'terminal, else a log line every --progress_interval seconds).')
@@ -246,11 +251,20 @@ def help_text() -> str:
                   '--environment_type', '--environment_config', '--job_endpoint',
                   '--flink_master', '--flink_version', '--max_num_workers')
   shown = [n for n in runner_names if n in beam_names]
-  return (parser.format_help() + '\nApache Beam options (all accepted, '
-          f'{len(beam_names)} in all), most used:\n  ' + ', '.join(shown) +
-          '\n\nLocally the job runs on DirectRunner (its FnApiRunner engine, so Beam never '
-          'tries to download Prism)\nwith one worker process per core; set '
-          '--direct_num_workers to change that.\n')
+  beam = textwrap.fill(', '.join(shown), width=78, initial_indent='  ',
+                       subsequent_indent='  ')
+  local = textwrap.fill(
+      'Locally the job runs on DirectRunner (its FnApiRunner engine, so Beam never tries '
+      'to download Prism) with one worker process per core; set --direct_num_workers to '
+      'change that.', width=78)
+  return (f'{parser.format_help()}\nApache Beam options (all accepted, {len(beam_names)} '
+          f'in all), most used:\n{beam}\n\n{local}\n\n{common.docs_pointer(DOCS)}\n')
+
+
+# Where --help sends the reader for the rest (docs/ in the unrecord repository).
+DOCS = ('docs/export.md (options, normalization, names, formats)',
+        'docs/output.md (manifest, dead letters, exit status)',
+        'docs/runners.md (Flink, Dataflow)')
 
 
 def claim_output(request: plan_lib.Request, no_wait: bool) -> Optional[root_claim.Claim]:

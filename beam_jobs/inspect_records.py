@@ -33,7 +33,8 @@ PROG = 'unrecord inspect'
 def build_parser() -> argparse.ArgumentParser:
   parser = options.OneLineParser(
       prog=PROG, description='Show the features of TFRecords and the image schema '
-      'unrecord detects in them.')
+      'unrecord detects in them.',
+      epilog=options.docs_pointer(('docs/reading.md (record kinds, detection, inspect)',)))
   parser.add_argument('--version', action='version',
                       version=f'unrecord {options.version()}')
   options.add_input_arguments(parser)

@@ -145,8 +145,10 @@ def add_input_arguments(parser, required: bool = True) -> None:
       help='Shape of raw-byte or list images when the records do not say it.')
   group.add_argument(
       '--dtype', default=DEFAULTS['dtype'], choices=tensor_proto.DTYPE_NAMES, type=Choice(),
-      help='dtype of raw-byte images when the records do not say it. Default: from a '
-      'dtype feature, else uint8 (or by byte count: 2 -> uint16, 4 -> float32).')
+      metavar='DTYPE',
+      help='dtype of raw-byte images when the records do not say it: '
+      f'{", ".join(tensor_proto.DTYPE_NAMES)}. Default: from a dtype feature, else uint8 '
+      '(or by byte count: 2 -> uint16, 4 -> float32).')
   group.add_argument(
       '--tensor_layout', default=DEFAULTS['tensor_layout'],
       choices=decode.AXES, type=Choice(),
@@ -162,6 +164,13 @@ def add_input_arguments(parser, required: bool = True) -> None:
       '--max_pixels', type=int, default=DEFAULTS['max_pixels'], metavar='N',
       help='Images with more pixels are rejected (too_many_pixels) before they are '
       f'decoded. Default: {DEFAULTS["max_pixels"]}.')
+
+
+def docs_pointer(pages: Sequence[str]) -> str:
+  """The last lines of a command's --help: the pages of docs/ that hold its reference."""
+  import textwrap  # pylint: disable=import-outside-toplevel
+  return textwrap.fill('More: ' + ', '.join(pages) + ' in the unrecord repository '
+                       '(docs/README.md lists every page).', width=78)
 
 
 def fail(prog: str, message: str) -> int:

@@ -26,7 +26,8 @@ def build_parser():
       prog=PROG, description='Check that an output root is whole: every manifest part '
       'and row, each file\'s size and checksum, files no row names, and _SUCCESS '
       'against _report.json. Exit 0 when whole, 1 when not, 2 for bad usage, 3 when '
-      'the storage cannot be read.')
+      'the storage cannot be read.',
+      epilog=options.docs_pointer(('docs/output.md ("Verify an output")',)))
   parser.add_argument('--version', action='version',
                       version=f'unrecord {options.version()}')
   parser.add_argument('root', metavar='ROOT',

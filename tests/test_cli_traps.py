@@ -211,3 +211,31 @@ def test_inspect_names_the_record_kind_in_words(unrecord, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.splitlines()[0] == (
       'Sampled 1 record, a serialized tensor (tf.io.serialize_tensor)')
+
+
+def test_each_help_fits_a_screen_per_group_and_ends_with_its_docs_pages(unrecord):
+  """`--help` of every command: option groups of at most 50 lines in an 80-column
+  terminal, no wider line, and its last lines name the docs pages that hold the rest."""
+  from tests.conftest import REPO
+  for command, pages in ((['export'], ['docs/export.md', 'docs/output.md',
+                                       'docs/runners.md']),
+                         (['inspect'], ['docs/reading.md']),
+                         (['verify'], ['docs/output.md']),
+                         ([], ['docs/README.md'])):
+    result = unrecord(*command, '--help', env={'COLUMNS': '80'})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.rstrip('\n').splitlines()
+    assert max(len(line) for line in lines) <= 80, command
+    ending = ' '.join(lines[-3:])
+    for page in pages:
+      assert page in ending and os.path.exists(os.path.join(REPO, page)), (command, ending)
+    # A group: its title line (unindented, ending in ':') down to the next title.
+    titles = [i for i, line in enumerate(lines) if line.endswith(':') and line[:1].strip()
+              and (i == 0 or not lines[i - 1].strip())]
+    sizes = {lines[i]: end - i for i, end in zip(titles, titles[1:] + [len(lines)])}
+    assert all(size <= 50 for size in sizes.values()), (command, sizes)
+    if command == ['export']:
+      assert list(sizes)[:6] == [
+          'unrecord input:', 'unrecord output and format:', 'unrecord names:',
+          'unrecord re-runs, manifest and success:', 'unrecord run and terminal:',
+          'unrecord normalization:'], sizes
