@@ -19,6 +19,8 @@ built once for the module and copied. `unrecord` and `python` are this checkout'
 replaced by moto's address, as a user puts their store's; BUCKET, PROJECT, REGION and
 IMAGE are set for the Dataflow dry run. Each block must exit 0, print no traceback, and
 leave `_SUCCESS` in every `--output` its export lines name (a `--dry_run` is exempt).
+
+And the pages' relative links lead to files and headings that exist.
 """
 
 from __future__ import annotations
@@ -225,3 +227,27 @@ def test_the_commands_of_each_page_run_as_written(page, demo, tmp_path, request)
       assert _exists(f'{output}/_SUCCESS', cwd, stores), f'{block}: no {output}/_SUCCESS'
     for path in block.argument.replace('; creates:', '').split():
       assert _exists(path, cwd, stores), f'{block}: {path} was not made\n{said}'
+
+
+def _anchor(heading: str) -> str:
+  """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+  return re.sub(r'[^\w\- ]', '', heading.strip().lower()).replace(' ', '-')
+
+
+def test_every_link_between_pages_leads_somewhere():
+  """Relative links of README.md and docs/*.md name files that exist, and headings that
+  the page linked to has."""
+  link = re.compile(r'\]\(([^)\s]+)\)')
+  for page in pages():
+    text = open(os.path.join(REPO, page), encoding='utf-8').read()
+    outside_code = _FENCE.sub('', text)
+    for target in link.findall(outside_code):
+      if re.match(r'[a-z]+:', target):
+        continue
+      path, _, anchor = target.partition('#')
+      linked = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+      assert os.path.exists(os.path.join(REPO, linked)), f'{page}: {target}'
+      if anchor:
+        headings = re.findall(r'^#+ (.*)$', open(os.path.join(REPO, linked),
+                                                  encoding='utf-8').read(), re.M)
+        assert anchor in {_anchor(h) for h in headings}, f'{page}: {target}'
