@@ -8,6 +8,7 @@ import difflib
 import os
 import re
 import sys
+import textwrap
 from importlib import metadata
 from typing import Dict, List, Optional, Sequence
 
@@ -168,7 +169,6 @@ def add_input_arguments(parser, required: bool = True) -> None:
 
 def docs_pointer(pages: Sequence[str]) -> str:
   """The last lines of a command's --help: the pages of docs/ that hold its reference."""
-  import textwrap  # pylint: disable=import-outside-toplevel
   return textwrap.fill('More: ' + ', '.join(pages) + ' in the unrecord repository '
                        '(docs/README.md lists every page).', width=78)
 
