@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -17,8 +18,15 @@ from tests.conftest import REPO
 from tests.test_scheduler_promises import _check_root, _images_in, _shards, _wait_until
 
 
-def _mount(*args):
-  done = subprocess.run(['mount', *args], capture_output=True, text=True)
+def _mount(*args, busy_retry_seconds: float = 0):
+  """`mount ARGS`; a mount point busy for a moment (a file the run opened for writing
+  through it, between two mount calls) is tried again for up to busy_retry_seconds."""
+  deadline = time.monotonic() + busy_retry_seconds
+  while True:
+    done = subprocess.run(['mount', *args], capture_output=True, text=True)
+    if done.returncode == 0 or 'busy' not in done.stderr or time.monotonic() > deadline:
+      break
+    time.sleep(0.01)
   assert done.returncode == 0, f'mount {" ".join(args)}: {done.stderr}'
 
 
@@ -77,9 +85,10 @@ def test_output_turning_read_only_mid_run_ends_with_one_line_and_the_next_run_fi
     _wait_until(lambda: _images_in(out) > 0, what='the first image')
     # Read-only from now on for every new open, unlink and rename (a bind mount over the
     # tmpfs: the tmpfs itself cannot be remounted read-only while the run holds files
-    # open for writing).
+    # open for writing; the bind too, if the run opens one through it before it is read-
+    # only: then again, a moment later).
     _mount('--bind', str(disk), str(disk))
-    _mount('-o', 'remount,ro,bind', str(disk))
+    _mount('-o', 'remount,ro,bind', str(disk), busy_retry_seconds=10)
     code, lines = _own_lines(job)
   finally:
     if job.poll() is None:
