@@ -10,9 +10,12 @@ import time
 import cv2
 import numpy as np
 
+from tests import emulators
 from tests import fixtures
 from tests import outputs
 from tests.conftest import REPO
+from transforms import incremental
+from transforms import input_files
 
 
 def _shard(folder, name, photos):
@@ -136,3 +139,76 @@ def test_a_run_killed_part_way_is_redone_by_the_next(unrecord, tmp_path):
   assert report['incremental']['shards_processed'] == 1  # only the unfinished shard
   assert report['written'] == 1500
   assert len(_state(out)) == 2 and len(_check_manifest(out)) == 1501
+
+
+
+def _put_shards(s3, folder, photos):
+  for name, shard in photos.items():
+    _shard(folder, name, shard)
+    s3.put(str(folder / name), f'nightly/in/{name}')
+
+
+def test_an_object_store_shard_changed_in_place_is_redone(tmp_path):
+  """--incremental on S3 inputs: the state holds each shard's ETag, a run with nothing
+  changed writes nothing, and a shard rewritten with the same size is seen and redone."""
+  out = tmp_path / 'out'
+  photos = {name: [fixtures.photo(i + k, 16, 16) for i in range(2)]
+            for k, name in enumerate(('a.tfrecord', 'b.tfrecord', 'c.tfrecord'))}
+  with emulators.s3_server() as s3_url:
+    s3 = emulators.s3_client(s3_url)
+    s3.mkdir('nightly')
+    _put_shards(s3, tmp_path, photos)
+
+    def run():
+      result = subprocess.run(
+          [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input', 's3://nightly/in',
+           '--output', str(out), '--incremental', '--quiet'], cwd=REPO,
+          env=dict(os.environ, **emulators.s3_env(s3_url)), capture_output=True,
+          text=True, timeout=300)
+      assert result.returncode == 0, result.stderr[-3000:]
+      return json.load(open(out / '_report.json'))
+
+    report = run()
+    assert report['written'] == 6
+    assert {url: fp['etag'] for url, fp in _state(out).items()} == {
+        f's3://nightly/in/{n}': s3.info(f'nightly/in/{n}')['ETag'].strip('"') for n in photos}
+    first = _snapshot(out)
+    report = run()
+    assert report['written'] == 0 and report['incremental']['shards_processed'] == 0
+    assert _snapshot(out) == first
+
+    changed = [fixtures.photo(30 + i, 16, 16) for i in range(2)]
+    size = os.path.getsize(tmp_path / 'b.tfrecord')
+    _put_shards(s3, tmp_path, {'b.tfrecord': changed})
+    assert os.path.getsize(tmp_path / 'b.tfrecord') == size
+    report = run()
+    assert report['written'] == 2 and report['incremental']['shards_processed'] == 1
+  after = _snapshot(out)
+  for i, photo in enumerate(changed):
+    pixels = cv2.cvtColor(cv2.imread(str(out / f'b-{i:06d}.png')), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(pixels, photo)
+  assert {n: v for n, v in after.items() if not n.startswith('b-')} == {
+      n: v for n, v in first.items() if not n.startswith('b-')}
+  assert len(_check_manifest(out)) == 6 and (out / '_SUCCESS').exists()
+
+
+def test_fingerprints_come_from_the_listing_with_no_request_a_shard(tmp_path):
+  """The launch's serial step at 10^5 shards (docs/scale.md): judging the shards asks the
+  store nothing once they are listed, even with s3fs's listing cache off (before, one
+  HEAD a shard, one after another)."""
+  with emulators.s3_server() as s3_url, emulators.FaultyProxy(s3_url, 'pass') as proxy:
+    s3 = emulators.s3_client(s3_url)
+    s3.mkdir('nightly')
+    _put_shards(s3, tmp_path, {f'{i}.tfrecord': [fixtures.photo(i, 8, 8)] for i in range(5)})
+    options = {'s3': {'key': emulators.S3_KEY, 'secret': emulators.S3_SECRET,
+                      'use_listings_cache': False, 'skip_instance_cache': True,
+                      'client_kwargs': {'endpoint_url': proxy.url}}}
+    found = input_files.expand_patterns(['s3://nightly/in'], options)
+    assert len(found) == 5 and all(dict(f.checksums).get('etag') for f in found)
+    asked = len(proxy.log)
+    changed = incremental.changed_shards(found, {'shards': {}, 'settings': {}}, {}, options)
+    assert len(proxy.log) == asked, proxy.log[asked:]
+    assert [url for url, _ in changed] == [f.url for f in found]
+    # The same fingerprints as the store's own answer for each object.
+    assert changed == [(f.url, incremental.fingerprint(f.url, options)) for f in found]
+    assert len(proxy.log) == asked + 5

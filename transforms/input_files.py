@@ -24,15 +24,29 @@ StorageOptions = Mapping[str, Mapping[str, object]]
 
 _GLOB_CHARS = re.compile(r'[*?\[]')
 _LOCAL_PROTOCOLS = ('file', 'local')
+# Checksums of an object's content that object stores put in their listings and `info`:
+# GCS md5Hash and crc32c, S3 ETag.
+CONTENT_KEYS = ('md5Hash', 'crc32c', 'ETag', 'etag')
+
+Checksums = Tuple[Tuple[str, str], ...]
 
 
 @dataclasses.dataclass(frozen=True, order=True)
 class InputFile:
   """One input file. `in_folder`: found by listing a folder the user named, so a file
-  that holds no TFRecord is skipped (`read.plan_file`), not a failure."""
+  that holds no TFRecord is skipped (`read.plan_file`), not a failure. `checksums`: the
+  content checksums its listing gave (empty where the store gives none: local disk)."""
   url: str
   size: int
   in_folder: bool = False
+  checksums: Checksums = dataclasses.field(default=(), compare=False)
+
+
+def content_checksums(info: Mapping[str, object]) -> Checksums:
+  """The content checksums in one `info` or listing entry, keys lower-cased, quotes off
+  (S3 quotes its ETags)."""
+  return tuple((key.lower(), str(info[key]).strip('"'))
+               for key in CONTENT_KEYS if info.get(key) is not None)
 
 
 def protocol_of(url: str) -> str:
@@ -111,11 +125,11 @@ def split_patterns(values: Sequence[str]) -> List[str]:
   return patterns
 
 
-def _directory_files(fs, path: str) -> Dict[str, int]:
+def _directory_files(fs, path: str) -> Dict[str, dict]:
   """Every file under a folder but hidden and `_` ones (`_SUCCESS`, `.crc`, `_logs/`):
   which of them hold TFRecords is read from their content, not guessed from names."""
   found = fs.find(path, detail=True)
-  return {p: int(info.get('size') or 0) for p, info in found.items()
+  return {p: info for p, info in found.items()
           if info.get('type') != 'directory' and not in_hidden_folder(path, p)}
 
 
@@ -133,17 +147,18 @@ def expand_pattern(pattern: str, storage_options: Optional[StorageOptions] = Non
   in_folder = False
   if _GLOB_CHARS.search(path):
     found = fs.glob(path, detail=True)
-    files = {p: int(info.get('size') or 0) for p, info in found.items()
-             if info.get('type') != 'directory'}
+    files = {p: info for p, info in found.items() if info.get('type') != 'directory'}
   elif fs.isdir(path):
     files, in_folder = _directory_files(fs, path), True
   elif fs.exists(path):
-    files = {path: int(fs.info(path).get('size') or 0)}
+    files = {path: fs.info(path)}
   else:
     files = {}
   if not files:
     raise errors.ConfigError(_nothing_matched(fs, path, pattern))
-  return [InputFile(to_url(fs, p), size, in_folder) for p, size in sorted(files.items())]
+  return [InputFile(to_url(fs, p), int(info.get('size') or 0), in_folder,
+                    content_checksums(info))
+          for p, info in sorted(files.items())]
 
 
 def expand_patterns(patterns: Sequence[str],

@@ -318,7 +318,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
   processed = ()
   if request.incremental:
     processed = tuple(incremental.changed_shards(
-        files, incremental.read_state(root), identity['settings'],
+        listed[0], incremental.read_state(root), identity['settings'],
         read_settings.storage_options))
     patterns = tuple(url for url, _ in processed)
   choices = settled_choices(found, render_config, request.layout)
