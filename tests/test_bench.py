@@ -32,7 +32,7 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
     assert row['wall_seconds'] > 0 and row['images'] > 0 and row['tree_peak_mb'] > 0
   job = next(r for r in results['rows'] if r['case'] == 'a/job')
   assert job['worker_peak_mb'] > 0  # the job's worker processes were seen and measured
-  assert len(results['targets']) == 10
+  assert len(results['targets']) == 11
   # Every job run reports its workers' time, inside its wall time.
   for row in results['rows']:
     if row['system'] == 'job':
@@ -167,6 +167,19 @@ def test_profile_run_sorts_resumed_reading_and_planning_frames_into_their_stages
   assert profile_run.classify(planning, 'worker') == (
       'worker: planning ranges (frame index pass)')
   assert profile_run.classify(harness[:1], 'worker') == 'worker: Beam harness (gRPC, bundles)'
+
+
+def test_incremental_launch_bench_lists_and_judges_every_shard_on_the_s3_emulator():
+  """bench.incremental_launch as `make bench` runs it (there at 10^5 shards): every shard
+  listed and judged, new on the first run and unchanged on the second, with its goal."""
+  done = subprocess.run([sys.executable, '-m', 'bench.incremental_launch', '--shards', '300'],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(done.stdout.splitlines()[0])
+  assert result['shards'] == 300 and result['met'] and result['goal_seconds'] == 120
+  assert result['launch_seconds'] == pytest.approx(
+      result['listing_seconds'] + result['judge_unchanged_seconds'], abs=0.02)
+  assert 'met  --incremental launch at 300 S3 shards' in done.stdout
 
 
 def test_scale_checks_each_runs_memory_against_the_smallest_of_its_format():
