@@ -14,10 +14,11 @@ image. The memory target (issue 24): every worker's peak at most 400 MB, and wit
 of the smallest size's in the same format; the exit status is 1 when one is missed.
 
 Then `--incremental`'s launch step at 10^5 shards on the S3 emulator
-(bench.incremental_launch).
+(bench.incremental_launch), and the report samples' merge memory from 10^2 to 10^4
+manifest parts (bench.report_samples).
 
   python -m bench.scale [--sizes 2000,100000,1000000] [--formats jsonl,parquet]
-      [--incremental_shards 100000]
+      [--incremental_shards 100000] [--sample_parts 100,1000,10000]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Dict, List
 from bench import data as data_lib
 from bench import incremental_launch
 from bench import measure
+from bench import report_samples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, 'docs', 'benchmarks.md')
@@ -176,6 +178,8 @@ def main(argv=None) -> int:
   parser.add_argument('--no_docs', action='store_true')
   parser.add_argument('--incremental_shards', type=int, default=100_000,
                       help='S3-emulator shards for the --incremental launch step (0: none)')
+  parser.add_argument('--sample_parts', default='100,1000,10000',
+                      help="manifest parts for the report samples' merge memory")
   args = parser.parse_args(argv)
   gray = data_lib.build(args.data, count=4000, gray_count=60000)['c']
   links = os.path.join(args.scratch, 'unrecord-scale-links')
@@ -191,13 +195,14 @@ def main(argv=None) -> int:
   launch_met = True
   if args.incremental_shards:
     launch_met = incremental_launch.main(['--shards', str(args.incremental_shards)]) == 0
+  samples_met = report_samples.main(['--parts', args.sample_parts]) == 0
   print('bench: scale targets')
   for t in found:
     print(f"  {'met ' if t['met'] else 'MISS'} {t['name']:<58} {t['value']:8.2f} "
           f"(goal {t['op']} {t['goal']})")
   if not args.no_docs:
     update_docs(rows)
-  return 0 if all(t['met'] for t in found) and launch_met else 1
+  return 0 if all(t['met'] for t in found) and launch_met and samples_met else 1
 
 
 def _sized(gray: data_lib.Dataset, links: str, size: int) -> data_lib.Dataset:

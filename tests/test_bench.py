@@ -182,6 +182,17 @@ def test_incremental_launch_bench_lists_and_judges_every_shard_on_the_s3_emulato
   assert 'met  --incremental launch at 300 S3 shards' in done.stdout
 
 
+def test_report_samples_bench_merges_every_part_and_checks_its_memory_is_flat():
+  done = subprocess.run([sys.executable, '-m', 'bench.report_samples', '--parts', '4,40'],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{')]
+  assert [r['parts'] for r in rows] == [4, 40] and rows[1]['rows'] == 4_000_000
+  assert rows[1]['all_summaries_mb'] == pytest.approx(10 * rows[0]['all_summaries_mb'], 0.1)
+  assert rows[1]['merge_peak_mb'] < rows[1]['all_summaries_mb']
+  assert "met  report samples' merge memory flat over 4-40 parts" in done.stdout
+
+
 def test_scale_checks_each_runs_memory_against_the_smallest_of_its_format():
   from bench import scale  # pylint: disable=import-outside-toplevel
   rows = scale.with_changes([

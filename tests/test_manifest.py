@@ -570,3 +570,27 @@ def test_taking_rows_from_chunks_equals_arrows_take(chunks, data):
                      dtype=np.int64)
   got = manifest._take(column, indices)  # pylint: disable=protected-access
   assert got.to_pylist() == column.take(indices).to_pylist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from('abcdefgh'), max_size=12), max_size=8),
+       st.integers(1, 3), st.integers(1, 5), st.randoms(use_true_random=False))
+def test_sample_merge_in_any_order_chooses_what_one_sampler_in_order_does(
+    parts, per_class, limit, random):
+  """commit's bounded merge of the parts' samples, taken in the order the runner hands
+  them over, against one RowSampler fed every row in path order."""
+  whole = manifest.RowSampler(per_class, limit)
+  summaries = []
+  for p, labels in enumerate(parts):
+    sampler = manifest.RowSampler(per_class, limit)
+    for i, label in enumerate(labels):
+      whole.add(label, (p, i))
+      sampler.add(label, (p, i))
+    summaries.append((manifest.part_name(p, len(parts), 'jsonl'), sampler.buckets()))
+  random.shuffle(summaries)
+  merged = manifest.SampleMerge(per_class, limit)
+  for name, buckets in summaries:
+    merged.add_part(name, buckets)
+    assert len(merged._by_class) <= limit  # pylint: disable=protected-access
+    assert all(len(kept) <= per_class for kept in merged._by_class.values())  # pylint: disable=protected-access
+  assert merged.chosen() == whole.chosen()

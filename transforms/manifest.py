@@ -1151,7 +1151,11 @@ def _collision_failures(collision: Collision) -> List[errors.Failure]:
 # Committing the parts
 
 
-def commit(parts: Sequence[dict], config: 'export.ExportConfig',
+_SUMMED = ('written', 'skipped', 'kept_from_previous', 'bytes', 'passthrough',
+           'stale_removed', 'collisions', 'collided_skipped')
+
+
+def commit(parts: Iterable[dict], config: 'export.ExportConfig',
            repairs: Sequence[dict] = ()) -> dict:
   """Puts the staged parts in place as the manifest and sums their summaries.
 
@@ -1161,23 +1165,25 @@ def commit(parts: Sequence[dict], config: 'export.ExportConfig',
   rebuilt of the previous manifest, for the report.
   """
   root = output_root.OutputRoot(config.output, config.read.storage_options)
-  parts = sorted(parts, key=lambda p: p['name'])
-  index = {'format': config.manifest_format, 'rows': sum(p['rows'] for p in parts),
-           'parts': [{k: p[k] for k in ('name', 'rows', 'first', 'last')} for p in parts]}
+  # One pass over the summaries, in the order they come: each leaves its index entry
+  # (about 150 B), its counts and, merged, only the sample rows the report can show, so
+  # the memory is one summary's, not every part's (docs/scale.md).
+  entries, sampler = [], SampleMerge()
+  total = dict.fromkeys(_SUMMED, 0)
+  for part in parts:
+    entries.append({k: part[k] for k in ('name', 'rows', 'first', 'last')})
+    sampler.add_part(part['name'], part['samples'])
+    for key in _SUMMED:
+      total[key] += part[key]
+  entries.sort(key=lambda entry: entry['name'])
+  index = {'format': config.manifest_format, 'rows': sum(e['rows'] for e in entries),
+           'parts': entries}
   root.write(JOURNAL, (json.dumps(index, indent=1) + '\n').encode('utf-8'))
   finish_commit(root)
   unlisted = _remove_unlisted(root) if config.overwrite else 0
-  sampler = RowSampler()
-  for part in parts:
-    for class_key, lines in part['samples']:
-      for line in lines:
-        sampler.add(class_key, line)
-  total = {k: sum(p[k] for p in parts)
-           for k in ('written', 'skipped', 'kept_from_previous', 'bytes', 'passthrough',
-                     'stale_removed', 'collisions', 'collided_skipped')}
   collisions, collided_skipped = total.pop('collisions'), total.pop('collided_skipped')
   total['stale_removed'] += unlisted
-  total['parts'] = len(parts)
+  total['parts'] = len(entries)
   total['rows'] = index['rows']
   total['committed_at'] = time.time()
   total['samples'] = [json.loads(line) for line in sampler.chosen()]
@@ -1454,10 +1460,49 @@ class RowSampler:
     return [(class_key, list(rows)) for class_key, rows in self._by_class.items()]
 
   def chosen(self) -> list:
-    buckets = [list(bucket) for bucket in self._by_class.values()]
-    chosen = []
-    while len(chosen) < self.limit and any(buckets):  # round-robin over classes
-      for bucket in buckets:
-        if bucket and len(chosen) < self.limit:
-          chosen.append(bucket.pop(0))
-    return chosen
+    return _round_robin(list(self._by_class.values()), self.limit)
+
+
+def _round_robin(buckets: Sequence[Sequence], limit: int) -> list:
+  """Up to `limit` rows, one of each class in turn, in class order."""
+  buckets = [list(bucket) for bucket in buckets]
+  chosen = []
+  while len(chosen) < limit and any(buckets):
+    for bucket in buckets:
+      if bucket and len(chosen) < limit:
+        chosen.append(bucket.pop(0))
+  return chosen
+
+
+class SampleMerge:
+  """Every part's `RowSampler` buckets merged in any order, holding at most `limit`
+  classes of `per_class` rows; `chosen()` is what one RowSampler fed all the parts in
+  name (path) order would choose.
+
+  A row's place is (part name, its class's place in the part, its place in the class).
+  Each class keeps its `per_class` first rows, and past `limit` classes only the `limit`
+  seen first are kept. With at most `limit` classes nothing is ever cut, so every class
+  holds its first rows. With more, a cut may drop later rows of a class whose first row
+  comes in a part merged after: but then the round robin shows only the first row of
+  each of the first `limit` classes, and those survive. Once such a class's first row is
+  in, fewer than `limit` classes can be ahead of it, at that cut or any later one.
+  """
+
+  def __init__(self, per_class: int = SAMPLES_PER_CLASS, limit: int = MAX_SAMPLES):
+    self.per_class = per_class
+    self.limit = limit
+    self._by_class: Dict[Hashable, list] = {}
+
+  def add_part(self, name: str, buckets: Sequence[Tuple[Hashable, Sequence]]) -> None:
+    for place, (class_key, rows) in enumerate(buckets):
+      kept = self._by_class.setdefault(class_key, [])
+      kept.extend(((name, place, i), row) for i, row in enumerate(rows))
+      kept.sort(key=lambda entry: entry[0])
+      del kept[self.per_class:]
+    if len(self._by_class) > self.limit:
+      first = sorted(self._by_class, key=lambda c: self._by_class[c][0][0])
+      self._by_class = {c: self._by_class[c] for c in first[:self.limit]}
+
+  def chosen(self) -> list:
+    classes = sorted(self._by_class.values(), key=lambda kept: kept[0][0])
+    return _round_robin([[row for _, row in kept] for kept in classes], self.limit)

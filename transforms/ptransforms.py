@@ -70,7 +70,7 @@ class _WithProgress(beam.DoFn):
     self._address = address
 
   def setup(self):
-    self._tally = progress.Tally(progress.ProgressSender(self._address))
+    self._tally = progress.Tally(progress.process_sender(self._address))
 
   def finish_bundle(self):
     self._tally.sender.flush()
@@ -286,8 +286,8 @@ def _finish(_, config: export.ExportConfig, parts, failure_runs, spans, repairs,
             names=()) -> dict:
   """The job's last step, once: commits the manifest, then writes the dead letters, then
   the report (with `_SUCCESS`). One step, not three: each step the runner schedules on its
-  own costs a local run about 0.1 s of start-up (docs/benchmarks.md)."""
-  parts = list(parts)
+  own costs a local run about 0.1 s of start-up (docs/benchmarks.md). `parts` is
+  iterated, never held: a part's summary carries up to 384 sample rows."""
   manifest = manifest_lib.commit(parts, config, list(repairs))
   for name, change in manifest['count_corrections'].items():
     if change > 0:
@@ -358,7 +358,7 @@ class ExportImages(beam.PTransform):
     finished = (pbegin
                 | 'Finish' >> beam.Create([None])
                 | 'CommitAndReport' >> beam.Map(
-                    _finish, config, beam.pvalue.AsList(parts),
+                    _finish, config, beam.pvalue.AsIter(parts),
                     beam.pvalue.AsList(failure_runs), beam.pvalue.AsList(exported[SPANS]),
                     beam.pvalue.AsList(repairs), beam.pvalue.AsList(names)))
     # the manifest.commit, write_dead_letter and _report.json dicts
