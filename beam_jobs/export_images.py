@@ -452,6 +452,8 @@ def _run_logged(plan: plan_lib.Plan, claim: root_claim.Claim,
   finally:
     if monitor is not None:
       monitor.stop()
+      logging.getLogger(__name__).info(
+          'progress: %d sender(s) in %d worker process(es)', *monitor.senders())
   root = output_root.OutputRoot(plan.config.output, plan.config.read.storage_options)
   report = json.loads(root.read(naming.REPORT))
   line = summary(report, failure_counters(result))

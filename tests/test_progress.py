@@ -1,8 +1,10 @@
 """Progress: bounded-rate reports from workers, a live bar on a terminal, log lines else."""
 
 import io
+import json
 import os
 import pty
+import re
 import subprocess
 import sys
 import threading
@@ -221,3 +223,21 @@ def _done(line):
   """Images done on a progress line, when some are and not all: '[...] 240/1000 (24%)'."""
   done, total = line.split('] ', 1)[1].split(' ', 1)[0].split('/')
   return 0 < int(done) < int(total.lstrip('~'))
+
+
+def test_each_worker_process_sends_its_counts_once(tmp_path):
+  """One sender a worker process, however many DoFn instances it holds; the run's log
+  says how many the launcher heard, and from how many processes. The counts still add
+  up to every image."""
+  path = _dataset(tmp_path, count=600)
+  out = tmp_path / 'out'
+  done = subprocess.run(
+      [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input', path, '--output',
+       str(out), '--direct_num_workers', '2', '--split_size_mb', '4', *ARGS], cwd=REPO,
+      capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert json.load(open(out / '_report.json'))['written'] == 600
+  (log,) = (out / '_logs').iterdir()
+  (line,) = [l for l in log.read_text().splitlines() if 'progress: ' in l]
+  senders, processes = map(int, re.search(r'(\d+) sender\(s\) in (\d+) worker', line).groups())
+  assert 1 <= processes <= 2 and senders == processes, line

@@ -110,7 +110,7 @@ class RangeWorker:
     # Pixels stay in the record where they sit misaligned: `normalize` reads them there.
     self.records = record_layout.KeysDecoder((config.image,) + config.more_images,
                                              self.decoder, in_place=True)
-    self.progress = progress.ProgressSender(config.progress)
+    self.progress = progress.process_sender(config.progress)
     self.namer = naming.Namer(config.render)
 
   def close(self) -> None:

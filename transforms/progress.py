@@ -1,15 +1,18 @@
 """Live progress for local runs: workers send counts, the launcher shows a bar or log lines.
 
-Beam's local runners only hand back metrics when the job is over, so each reporting DoFn
-instance sends its cumulative counts (written, skipped, failed) as a small UDP datagram to
-the launcher on 127.0.0.1, at most twice a second; nothing is sent per element. The
-launcher sums the latest counts of every instance and prints a live bar on a terminal, or
-a plain line every `log_interval` seconds otherwise (CI logs, Airflow).
+Beam's local runners only hand back metrics when the job is over, so each worker process
+sends its cumulative counts (written, skipped, failed) as a small UDP datagram to the
+launcher on 127.0.0.1, at most twice a second; nothing is sent per element. One sender a
+process (`process_sender`), whichever of its DoFn instances counts: a worker's SDK
+harness may hold a DoFn twice (one per bundle processor), and a sender each sent twice
+the datagrams. The launcher sums the latest counts of every sender and prints a live bar
+on a terminal, or a plain line every `log_interval` seconds otherwise (CI logs, Airflow).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import threading
@@ -28,7 +31,8 @@ STEADY_AFTER = 1.0  # seconds after the first range's end before the rate counts
 
 
 class ProgressSender:
-  """Used inside a DoFn: `count()` per outcome; sends at most every `interval` seconds."""
+  """`count()` per outcome; sends at most every `interval` seconds. Thread-safe: the DoFn
+  instances of one process share it (`process_sender`)."""
 
   def __init__(self, address: Optional[Address], interval: float = 0.5):
     self._address = address
@@ -37,32 +41,64 @@ class ProgressSender:
     self._id = uuid.uuid4().hex
     self._counts = {kind: 0 for kind in KINDS + (RANGES,)}
     self._last_sent = 0.0
+    self._lock = threading.Lock()
 
   def count(self, kind: str, n: int = 1) -> None:
     if self._address is None:
       return
-    self._counts[kind] += n
-    now = time.monotonic()
-    if now - self._last_sent >= self._interval:
-      self.flush(now)
+    with self._lock:
+      self._counts[kind] += n
+      now = time.monotonic()
+      if now - self._last_sent >= self._interval:
+        self._send(now)
 
   def flush(self, now: Optional[float] = None) -> None:
     if self._address is None:
       return
+    with self._lock:
+      self._send(now or time.monotonic())
+
+  def _send(self, now: float) -> None:
     if self._socket is None:
       self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    self._last_sent = now or time.monotonic()
+    self._last_sent = now
+    message = {'id': self._id, 'pid': os.getpid(), 'counts': self._counts}
     try:
-      self._socket.sendto(json.dumps({'id': self._id, 'counts': self._counts}).encode(),
-                          self._address)
+      self._socket.sendto(json.dumps(message).encode(), self._address)
     except OSError:
       pass  # progress is best effort; the job's results never depend on it
 
   def close(self) -> None:
     self.flush()
-    if self._socket is not None:
-      self._socket.close()
-      self._socket = None
+    with self._lock:
+      if self._socket is not None:
+        self._socket.close()
+        self._socket = None
+
+
+_SENDERS: Dict[Tuple[int, Address], ProgressSender] = {}
+_SENDERS_LOCK = threading.Lock()
+
+
+def process_sender(address: Optional[Address]) -> ProgressSender:
+  """This process's one sender to `address`, made at its first use. Keyed by the pid too:
+  a worker forked from a warm process makes its own. Its `close()` only flushes, since
+  another DoFn instance of the process may still count; the socket goes with the
+  process."""
+  if address is None:
+    return ProgressSender(None)
+  key = (os.getpid(), tuple(address))
+  with _SENDERS_LOCK:
+    sender = _SENDERS.get(key)
+    if sender is None:
+      sender = _SENDERS[key] = _SharedSender(address)
+    return sender
+
+
+class _SharedSender(ProgressSender):
+
+  def close(self) -> None:
+    self.flush()
 
 
 def _duration(seconds: float) -> str:
@@ -115,6 +151,7 @@ class ProgressMonitor:
     self._socket.bind(('127.0.0.1', 0))
     self._socket.settimeout(refresh)
     self._latest: Dict[str, Dict[str, int]] = {}
+    self._pids: Dict[str, Optional[int]] = {}
     self._total: Optional[int] = None
     self._estimated = False
     self._stop = threading.Event()
@@ -148,6 +185,11 @@ class ProgressMonitor:
         sums[kind] += counts.get(kind, 0)
     return sums
 
+  def senders(self) -> Tuple[int, int]:
+    """(senders heard from, worker processes they run in)."""
+    pids = dict(self._pids)
+    return len(pids), len(set(pids.values()))
+
   def ranges_done(self) -> int:
     return sum(counts.get(RANGES, 0) for counts in list(self._latest.values()))
 
@@ -165,6 +207,7 @@ class ProgressMonitor:
           return
         message = json.loads(data)
         self._latest[message['id']] = message['counts']
+        self._pids[message['id']] = message.get('pid')
         self.messages += 1
         if self._steady is None and self.ranges_done():
           self._steady = (time.monotonic() - self._started, sum(self.totals().values()))
