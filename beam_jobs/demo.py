@@ -31,13 +31,13 @@ import numpy as np
 from PIL import Image
 
 from beam_jobs import export_images
-from transforms import example
-from transforms import manifest
-from transforms import output_root
-from transforms import preview
-from transforms import report
-from transforms import tensor_proto
-from transforms import tfrecord
+from transforms.inputs import tfrecord
+from transforms.output import manifest
+from transforms.output import output_root
+from transforms.output import report
+from transforms.pixels import preview
+from transforms.records import example
+from transforms.records import tensor_proto
 
 PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry',
           'hubble_deep_field', 'retina')

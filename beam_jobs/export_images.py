@@ -34,18 +34,18 @@ from beam_jobs import logs
 from beam_jobs import options as common
 from beam_jobs.signals import Terminated
 from beam_jobs import worker as worker_lib
-from transforms import encode
 from transforms import errors
-from transforms import manifest as manifest_lib
-from transforms import naming
-from transforms import normalize
-from transforms import output_root
 from transforms import plan as plan_lib
 from transforms import progress
 from transforms import ptransforms
-from transforms import render
-from transforms import report as report_lib
-from transforms import root_claim
+from transforms.images import render
+from transforms.output import manifest as manifest_lib
+from transforms.output import naming
+from transforms.output import output_root
+from transforms.output import report as report_lib
+from transforms.output import root_claim
+from transforms.pixels import encode
+from transforms.pixels import normalize
 from transforms.plan import DEFAULT_VALUES as DEFAULTS
 
 PROG = 'unrecord export'

@@ -17,15 +17,15 @@ from typing import Optional, Sequence
 import numpy as np
 
 from beam_jobs import options
-from transforms import decode
 from transforms import errors
-from transforms import input_files
-from transforms import naming
-from transforms import normalize
 from transforms import plan
-from transforms import preview
-from transforms import render
-from transforms import schema as schema_lib
+from transforms.images import decode
+from transforms.images import render
+from transforms.images import schema as schema_lib
+from transforms.inputs import input_files
+from transforms.output import naming
+from transforms.pixels import normalize
+from transforms.pixels import preview
 
 PROG = 'unrecord inspect'
 

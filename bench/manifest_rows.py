@@ -21,8 +21,8 @@ import tempfile
 import time
 
 from transforms import export
-from transforms import manifest
-from transforms import output_root
+from transforms.output import manifest
+from transforms.output import output_root
 
 
 def _row(i: int) -> dict:

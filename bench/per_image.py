@@ -32,12 +32,12 @@ from beam_jobs import export_images
 from bench import bounds
 from bench import peers
 from transforms import export
-from transforms import input_files
-from transforms import manifest as manifest_lib
 from transforms import plan as plan_lib
 from transforms import progress
-from transforms import read
-from transforms import render
+from transforms.images import render
+from transforms.inputs import input_files
+from transforms.inputs import read
+from transforms.output import manifest as manifest_lib
 
 
 def main(argv=None) -> int:

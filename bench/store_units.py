@@ -23,10 +23,10 @@ import tempfile
 import time
 
 from tests import emulators
-from transforms import incremental
-from transforms import input_files
-from transforms import manifest
-from transforms import output_root
+from transforms.inputs import input_files
+from transforms.output import incremental
+from transforms.output import manifest
+from transforms.output import output_root
 
 
 def _fill(root: output_root.OutputRoot, folder: str, files: int) -> None:

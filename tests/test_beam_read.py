@@ -12,8 +12,8 @@ import apache_beam as beam
 
 from tests import fixtures
 from transforms import ptransforms
-from transforms import read
-from transforms import tfrecord
+from transforms.inputs import read
+from transforms.inputs import tfrecord
 
 # FnApiRunner is the engine behind DirectRunner; naming it skips the Prism download.
 OPTIONS = ['--runner=FnApiRunner']

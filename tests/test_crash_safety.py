@@ -15,7 +15,7 @@ from tests import fixtures
 from tests import outputs
 from tests.conftest import REPO
 from transforms import errors
-from transforms import output_root
+from transforms.output import output_root
 
 MARKER = 'unrecord-escape-7f3a'
 HOSTILE = ['../../x', '/etc/x', 'a/../../b', 'C:\\x', '\\\\srv\\x', '..', '.', 'a\x00b',

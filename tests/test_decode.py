@@ -9,11 +9,11 @@ from PIL import Image
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from tests import fixtures
-from transforms import decode
 from transforms import errors
-from transforms import example as example_lib
-from transforms import tensor_proto
-from transforms.tfrecord import RecordRef
+from transforms.images import decode
+from transforms.inputs.tfrecord import RecordRef
+from transforms.records import example as example_lib
+from transforms.records import tensor_proto
 
 REF = RecordRef('mem.tfrecord', 3, 120)
 DTYPES = ['uint8', 'int8', 'uint16', 'int16', 'uint32', 'int32', 'int64', 'float16',

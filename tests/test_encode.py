@@ -9,8 +9,8 @@ import tifffile
 from PIL import Image
 
 from tests import fixtures
-from transforms import encode
 from transforms import errors
+from transforms.pixels import encode
 
 
 def _decode_with_pillow(data: bytes) -> np.ndarray:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests import fixtures
 from transforms import errors
-from transforms import image_formats
+from transforms.pixels import image_formats
 
 
 def _pillow_jpeg(image, **options):

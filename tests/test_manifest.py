@@ -1,5 +1,5 @@
 """The manifest's sorted runs, their merge into parts and the commit
-(transforms/manifest.py, transforms/runs.py), without Beam."""
+(transforms/output/manifest.py, transforms/output/runs.py), without Beam."""
 
 import dataclasses
 import hashlib
@@ -17,13 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests import outputs
-from transforms import decode
 from transforms import export
-from transforms import manifest
-from transforms import output_root
-from transforms import render
-from transforms import runs
-from transforms import tfrecord
+from transforms.images import decode
+from transforms.images import render
+from transforms.inputs import tfrecord
+from transforms.output import manifest
+from transforms.output import output_root
+from transforms.output import runs
 
 
 def _row(path, source='s.tfrecord', index=0, n=0, size=10, label=None, sha='x',

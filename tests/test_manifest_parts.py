@@ -265,9 +265,9 @@ def test_the_previous_rows_step_runs_only_where_a_manifest_may_be(tmp_path):
   each keep it."""
   import apache_beam as beam
   from transforms import export
-  from transforms import manifest
-  from transforms import output_root
   from transforms import ptransforms
+  from transforms.output import manifest
+  from transforms.output import output_root
 
   def labels(previous_manifest):
     config = export.ExportConfig(patterns=(str(tmp_path / 'in*'),),

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from transforms import decode
-from transforms import encode
 from transforms import errors
-from transforms import naming
-from transforms import render
-from transforms import tfrecord
+from transforms.images import decode
+from transforms.images import render
+from transforms.inputs import tfrecord
+from transforms.output import naming
+from transforms.pixels import encode
 
 
 def _values(**extra):

@@ -14,7 +14,9 @@ _SCRIPT = textwrap.dedent('''
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from beam_jobs import inspect_records
-    from transforms import decode, ptransforms, read
+    from transforms import ptransforms
+    from transforms.images import decode
+    from transforms.inputs import read
 
     path = sys.argv[1]
     total = 0

@@ -7,7 +7,7 @@ from hypothesis.extra import numpy as hnp
 
 from tests import fixtures
 from transforms import errors
-from transforms import normalize
+from transforms.pixels import normalize
 
 SPEC = normalize.NormalizeSpec()
 uint8_images = hnp.arrays(np.uint8, hnp.array_shapes(min_dims=3, max_dims=3, min_side=1,
@@ -294,7 +294,7 @@ def test_float_photos_map_to_8_bit_from_a_misaligned_view_without_a_copy(monkeyp
 # -- value signatures (docs/export.md, "Normalization": Signatures) ------------------
 
 def _info(low, high, channels=None, dtype='float32'):
-  from transforms import schema  # pylint: disable=import-outside-toplevel
+  from transforms.images import schema  # pylint: disable=import-outside-toplevel
   return schema.ImageInfo('image', 'tensor', dtype, [8, 8, 3], 'hwc', [low, high],
                           channel_ranges=channels)
 

@@ -1,8 +1,8 @@
-"""transforms/portability.py: counting non-portable names over sorted runs, a fold-key
+"""transforms/output/portability.py: counting non-portable names over sorted runs, a fold-key
 range per task, with the same result however the names are cut into runs and ranges."""
 
-from transforms import output_root
-from transforms import portability
+from transforms.output import output_root
+from transforms.output import portability
 
 
 def _count(tmp_path, names, per_run, range_rows, slice_rows):
@@ -41,7 +41,7 @@ def test_no_names_no_ranges_and_no_warning(tmp_path):
 
 def test_the_column_checks_mean_what_the_naming_rules_say():
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
-  from transforms import naming  # pylint: disable=import-outside-toplevel
+  from transforms.output import naming  # pylint: disable=import-outside-toplevel
   names = ['CON.png', 'con', 'x/Nul.tar.gz', 'COM\u00b9.png', 'lpt\u00b3/x.png', 'COM10.png',
            'CON .png', 'a./x.png', 'b /x.png', 'x:y.png', 'a\x01.png', 'x\\y', 'console.png',
            'nulx/aux', 'Straße.png', 'e\u0301/\u00c9.png', 'd/' + 'q' * 199,

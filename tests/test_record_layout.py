@@ -1,4 +1,4 @@
-"""Records decoded by their layout (transforms/record_layout.py) equal a full decode."""
+"""Records decoded by their layout (transforms/images/record_layout.py) equal a full decode."""
 
 import re
 
@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tests import fixtures
-from transforms import decode
 from transforms import errors
-from transforms import record_layout
-from transforms.tfrecord import RecordRef
+from transforms.images import decode
+from transforms.images import record_layout
+from transforms.inputs.tfrecord import RecordRef
 
 F = fixtures
 RAW = decode.ImageSpec(key='image/raw', encoding='raw')

@@ -8,13 +8,13 @@ import pytest
 from PIL import Image
 
 from tests import fixtures
-from transforms import decode
-from transforms import encode
 from transforms import errors
-from transforms import normalize
-from transforms import render
-from transforms import schema
-from transforms.tfrecord import RecordRef
+from transforms.images import decode
+from transforms.images import render
+from transforms.images import schema
+from transforms.inputs.tfrecord import RecordRef
+from transforms.pixels import encode
+from transforms.pixels import normalize
 
 REF = RecordRef('/data/train-00001-of-00004.tfrecord', 12, 3400)
 

@@ -13,8 +13,8 @@ from tests import emulators
 from tests import fixtures
 from tests.conftest import REPO
 from transforms import errors
-from transforms import output_root
-from transforms import root_claim
+from transforms.output import output_root
+from transforms.output import root_claim
 
 
 def test_a_local_lock_is_refused_while_held_and_free_once_released(tmp_path):

@@ -22,8 +22,8 @@ from tests import emulators
 from tests import fixtures
 from tests import outputs
 from tests.conftest import REPO
-from transforms import naming
-from transforms import output_root
+from transforms.output import naming
+from transforms.output import output_root
 
 OWN_FILES = {'_manifest/part-00000-of-00001.jsonl', '_manifest/_parts.json', '_dead_letter.jsonl', '_dead_letter.tfrecord',
              '_report.json', '_report.html', '_SUCCESS', '_unrecord_run.json',

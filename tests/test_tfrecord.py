@@ -9,8 +9,8 @@ from hypothesis import given, settings, strategies as st
 
 from tests import fixtures
 from transforms import errors
-from transforms import read
-from transforms import tfrecord
+from transforms.inputs import read
+from transforms.inputs import tfrecord
 
 PAYLOADS = [b'', b'a', b'hello world' * 3, bytes(range(256)) * 40, b'\x00' * 70000]
 

@@ -14,7 +14,7 @@ import pytest
 from tests import emulators
 from tests import fixtures
 from tests.conftest import run_unrecord
-from transforms import output_root
+from transforms.output import output_root
 
 # The promise: 30 s from the command to its line. The check itself waits at most
 # 10 (10 s) for a silent store, and a refused connection or

@@ -6,10 +6,10 @@ from hypothesis import given, settings, strategies as st
 
 from tests import fixtures
 from transforms import errors
-from transforms import example as example_lib
-from transforms import protos
-from transforms import tensor_proto
-from transforms import wire
+from transforms.records import example as example_lib
+from transforms.records import protos
+from transforms.records import tensor_proto
+from transforms.records import wire
 
 tf = fixtures.tf
 

@@ -18,15 +18,15 @@ import importlib
 _EXPORTS = {
     # Planning: options plus a sample of the records -> the job's config.
     'Request': 'plan', 'Plan': 'plan', 'plan_export': 'plan',
-    'ExportConfig': 'export', 'ReadConfig': 'read', 'ImageSpec': 'decode',
-    'claim_root': 'root_claim',
+    'ExportConfig': 'export', 'ReadConfig': 'inputs.read', 'ImageSpec': 'images.decode',
+    'claim_root': 'output.root_claim',
     # Beam transforms.
     'ExportImages': 'ptransforms', 'PlanRanges': 'ptransforms',
     'ReadImageRecords': 'ptransforms', 'DecodeImages': 'ptransforms',
     # The same work without Beam.
-    'export_range': 'export', 'RangeWorker': 'export', 'read_range': 'read',
-    'plan_file': 'read', 'read_all': 'read', 'decode_record': 'decode',
-    'DecodedImage': 'decode', 'FileRange': 'tfrecord', 'RecordRef': 'tfrecord',
+    'export_range': 'export', 'RangeWorker': 'export', 'read_range': 'inputs.read',
+    'plan_file': 'inputs.read', 'read_all': 'inputs.read', 'decode_record': 'images.decode',
+    'DecodedImage': 'images.decode', 'FileRange': 'inputs.tfrecord', 'RecordRef': 'inputs.tfrecord',
     # Errors and dead-letter rows.
     'UnrecordError': 'errors', 'ConfigError': 'errors', 'CorruptRecordError': 'errors',
     'DecodeError': 'errors', 'EncodeError': 'errors', 'NamingError': 'errors',

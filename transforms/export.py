@@ -9,7 +9,7 @@ Outputs under the root: one file per image, and beside them the `_manifest/` par
 `_dead_letter.jsonl`, `_dead_letter.tfrecord`, `_report.json`, and `_SUCCESS` last, only
 when failures <= max_failures. Pixels never cross a shuffle: each worker reads, decodes,
 encodes and writes its own record ranges; manifest rows go to sorted run files that
-workers merge by path range (transforms/manifest.py).
+workers merge by path range (transforms/output/manifest.py).
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ from typing import Iterable, Iterator, Optional, Tuple, Union
 
 import cv2
 
-from transforms import checksums
-from transforms import decode
 from transforms import errors
-from transforms import manifest as manifest_lib
-from transforms import naming
-from transforms import output_root
 from transforms import progress
-from transforms import read
-from transforms import record_layout
-from transforms import render
-from transforms import runs as runs_lib
-from transforms import tfrecord
+from transforms.images import decode
+from transforms.images import record_layout
+from transforms.images import render
+from transforms.inputs import read
+from transforms.inputs import tfrecord
+from transforms.output import checksums
+from transforms.output import manifest as manifest_lib
+from transforms.output import naming
+from transforms.output import output_root
+from transforms.output import runs as runs_lib
 
 
 
@@ -63,10 +63,10 @@ class ExportConfig:
   lock_run_id: Optional[str] = None
   # What the launch settled (plan.settled_choices), as JSON: the report shows it.
   choices: str = '{}'
-  # The manifest parts' format (transforms/manifest.py): 'jsonl' or 'parquet'.
+  # The manifest parts' format (transforms/output/manifest.py): 'jsonl' or 'parquet'.
   manifest_format: str = 'jsonl'
   manifest_part_rows: int = manifest_lib.ROWS_PER_PART
-  # Each row's checksum of its file (transforms/checksums.py): sha256, crc32c or blake3.
+  # Each row's checksum of its file (transforms/output/checksums.py): sha256, crc32c or blake3.
   checksum: str = 'sha256'
   # Files of a folder input skipped at launch: they hold no TFRecord (read.list_inputs).
   skipped_inputs: Tuple[str, ...] = ()

@@ -20,21 +20,21 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import fsspec
 
-from transforms import decode
-from transforms import encode
 from transforms import errors
 from transforms import export
-from transforms import incremental
-from transforms import input_files
-from transforms import manifest as manifest_lib
-from transforms import naming
-from transforms import normalize
-from transforms import output_root
-from transforms import read
-from transforms import render
-from transforms import root_claim
-from transforms import schema as schema_lib
-from transforms import tfrecord
+from transforms.images import decode
+from transforms.images import render
+from transforms.images import schema as schema_lib
+from transforms.inputs import input_files
+from transforms.inputs import read
+from transforms.inputs import tfrecord
+from transforms.output import incremental
+from transforms.output import manifest as manifest_lib
+from transforms.output import naming
+from transforms.output import output_root
+from transforms.output import root_claim
+from transforms.pixels import encode
+from transforms.pixels import normalize
 
 
 # Each stage's config owns the defaults of its options; Request takes them from there.
@@ -110,7 +110,7 @@ class Request:
 DEFAULT_VALUES = {field.name: field.default for field in dataclasses.fields(Request)}
 # The options a report lists, and of those, the ones that decide which files an export
 # writes and their bytes: two runs that differ in one of these (or in --input) are
-# different exports (transforms/root_claim.py).
+# different exports (transforms/output/root_claim.py).
 REPORTED_OPTIONS = (
     'input', 'output', 'compression', 'image_key', 'label_key', 'id_key', 'label_names',
     'shape', 'dtype', 'tensor_layout', 'max_pixels', 'decoder_isolation', 'format',

@@ -31,18 +31,18 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms import dead_letter
-from transforms import decode
 from transforms import errors
 from transforms import export
-from transforms import manifest as manifest_lib
-from transforms import input_files
-from transforms import output_root
-from transforms import portability
 from transforms import progress
-from transforms import read
-from transforms import record_layout
-from transforms import report
+from transforms.images import decode
+from transforms.images import record_layout
+from transforms.inputs import input_files
+from transforms.inputs import read
+from transforms.output import dead_letter
+from transforms.output import manifest as manifest_lib
+from transforms.output import output_root
+from transforms.output import portability
+from transforms.output import report
 
 NAMESPACE = 'unrecord'
 DEAD_LETTER = 'dead_letter'
@@ -342,7 +342,7 @@ class ExportImages(beam.PTransform):
              | 'WriteParts' >> beam.ParDo(_WritePartFn(config), beam.pvalue.AsList(runs)))
     # a write_part summary per part
     # Names a case-insensitive disk or Windows would lose: the parts' paths, sorted by
-    # fold, checked a fold-key range per task (transforms/portability.py).
+    # fold, checked a fold-key range per task (transforms/output/portability.py).
     name_runs = parts | 'NameRuns' >> beam.FlatMap(_name_runs)
     # runs.Run of (fold, path)
     names = (pbegin

@@ -1,7 +1,7 @@
 """TFRecords -> image arrays, for every common way images are stored.
 
 A record is a tf.train.Example, a SequenceExample, or itself a tensor or an encoded image
-(`transforms.records`); each image is decoded from one feature.
+(`transforms.records.records`); each image is decoded from one feature.
 
 Encodings of the image feature:
   tensor   a bytes feature holding `tf.io.serialize_tensor` output or `np.save` bytes
@@ -23,15 +23,15 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 import numpy as np
 
 from transforms import errors
-from transforms import example as example_lib
-from transforms import image_formats
-from transforms import isolation
-from transforms import normalize
-from transforms import npy
-from transforms import records
-from transforms import tensor_proto
-from transforms.example import FeatureValue
-from transforms.tfrecord import RecordRef
+from transforms.inputs.tfrecord import RecordRef
+from transforms.pixels import image_formats
+from transforms.pixels import isolation
+from transforms.pixels import normalize
+from transforms.records import example as example_lib
+from transforms.records import npy
+from transforms.records import records
+from transforms.records import tensor_proto
+from transforms.records.example import FeatureValue
 
 ENCODINGS = ('tensor', 'raw', 'list', 'encoded')
 AXES = ('auto', 'hwc', 'chw')

@@ -23,16 +23,16 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from transforms import decode
 from transforms import errors
-from transforms import example as example_lib
-from transforms import image_formats
-from transforms import normalize
-from transforms import npy
 from transforms import progress
-from transforms import tensor_proto
-from transforms import wire
-from transforms.tfrecord import Record, RecordRef
+from transforms.images import decode
+from transforms.inputs.tfrecord import Record, RecordRef
+from transforms.pixels import image_formats
+from transforms.pixels import normalize
+from transforms.records import example as example_lib
+from transforms.records import npy
+from transforms.records import tensor_proto
+from transforms.records import wire
 
 # Layouts kept per decoder; records of more lengths than this are decoded in full.
 MAX_LAYOUTS = 64

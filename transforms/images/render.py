@@ -10,10 +10,10 @@ import dataclasses
 from typing import Optional, Tuple
 
 
-from transforms import decode
-from transforms import encode
-from transforms import naming
-from transforms import normalize
+from transforms.images import decode
+from transforms.output import naming
+from transforms.pixels import encode
+from transforms.pixels import normalize
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,15 +13,15 @@ import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 
-from transforms import decode
 from transforms import errors
-from transforms import example as example_lib
-from transforms import input_files
-from transforms import naming
-from transforms import normalize
-from transforms import read
-from transforms import records as records_lib
-from transforms import tfrecord
+from transforms.images import decode
+from transforms.inputs import input_files
+from transforms.inputs import read
+from transforms.inputs import tfrecord
+from transforms.output import naming
+from transforms.pixels import normalize
+from transforms.records import example as example_lib
+from transforms.records import records as records_lib
 
 _LABEL_NAMES = ('label', 'image/class/label', 'labels', 'class', 'class_id', 'label_id',
                 'target', 'category', 'category_id', 'y')

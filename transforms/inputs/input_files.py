@@ -18,7 +18,7 @@ import fsspec
 from fsspec.core import split_protocol
 
 from transforms import errors
-from transforms import stores
+from transforms.inputs import stores
 
 StorageOptions = Mapping[str, Mapping[str, object]]
 

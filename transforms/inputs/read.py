@@ -13,10 +13,10 @@ import zlib
 from typing import BinaryIO, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from transforms import errors
-from transforms import input_files
 from transforms import progress
-from transforms import tfrecord
-from transforms.tfrecord import FileRange
+from transforms.inputs import input_files
+from transforms.inputs import tfrecord
+from transforms.inputs.tfrecord import FileRange
 
 DEFAULT_SPLIT_BYTES = 64 << 20
 _SNIFF_BYTES = tfrecord.HEADER_SIZE

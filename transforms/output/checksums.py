@@ -4,7 +4,7 @@ Each is written as lowercase hex in a column named after it (README "The manifes
 crc32c is the one object stores keep themselves: GCS for every object, S3 when the
 upload sends it, both as base64 of its 4 big-endian bytes (`crc32c_hex`, `crc32c_base64`
 convert), so `unrecord verify` can compare a row against the store without reading the
-file (transforms/verify.py).
+file (transforms/output/verify.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ to replay). Failure rows are made where things fail (`progress.Tally.fail`, the 
 name collisions); this module only writes them.
 
 With memory flat however many records fail (a whole corrupt bucket): workers write their
-failures, with the records' bytes, as sorted runs (`FailureWriter`, transforms/runs.py),
+failures, with the records' bytes, as sorted runs (`FailureWriter`, transforms/output/runs.py),
 and one worker streams the runs, merged, into the two files (`write_dead_letter`). That
 worker's work grows with the failures, not the images (docs/scale.md).
 """
@@ -19,12 +19,12 @@ import orjson
 import pyarrow as pa
 
 from transforms import errors
-from transforms import manifest as manifest_lib
-from transforms import naming
-from transforms import output_root
-from transforms import read
-from transforms import runs as runs_lib
-from transforms import tfrecord
+from transforms.inputs import read
+from transforms.inputs import tfrecord
+from transforms.output import manifest as manifest_lib
+from transforms.output import naming
+from transforms.output import output_root
+from transforms.output import runs as runs_lib
 
 if TYPE_CHECKING:  # types only: export imports this module's users
   from transforms import export

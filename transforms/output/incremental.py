@@ -19,8 +19,8 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from transforms import errors
-from transforms import input_files
-from transforms import output_root
+from transforms.inputs import input_files
+from transforms.output import output_root
 
 STATE = '_unrecord_state.json'
 # Checksums of an object's content that object stores report; a shard with none is hashed.

@@ -8,7 +8,7 @@ with their row counts and first and last paths. There is a part per ROWS_PER_PAR
 
 How it is made, with nothing per image passing through one worker:
 1. Each worker writes an entry per image to an `EntryWriter`: sorted run files under
-   the root's scratch folder (transforms/runs.py), never rows through the runner.
+   the root's scratch folder (transforms/output/runs.py), never rows through the runner.
    The previous manifest's rows become runs the same way (`read_previous`, a task per
    previous part); a part that is damaged, missing or not listed is rebuilt there from
    the image files on disk instead of trusted.
@@ -48,14 +48,14 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from transforms import checksums
-from transforms import decode
 from transforms import errors
-from transforms import image_formats
-from transforms import naming
-from transforms import output_root
-from transforms import render
-from transforms import runs as runs_lib
+from transforms.images import decode
+from transforms.images import render
+from transforms.output import checksums
+from transforms.output import naming
+from transforms.output import output_root
+from transforms.output import runs as runs_lib
+from transforms.pixels import image_formats
 
 if TYPE_CHECKING:  # types only: export imports manifest
   from transforms import export
@@ -896,7 +896,7 @@ def write_part(part: Part, runs: Sequence[runs_lib.Run], config: 'export.ExportC
 
   Removes the files of stale rows (see `decide`); each name collision's images go to
   `on_collision` as Failure rows; `on_paths`, if given, gets the part's paths, a slice
-  at a time (transforms/portability.py). Returns the part's summary, for `commit`.
+  at a time (transforms/output/portability.py). Returns the part's summary, for `commit`.
 
   Memory: the range is cut into slices of about `slice_rows` entries by the runs' index,
   and each slice is read, decided and written before the next is read, so a part's

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 from transforms import errors
 
 if TYPE_CHECKING:  # types only: these modules import naming
-  from transforms import decode, render, schema
+  from transforms.images import decode
+  from transforms.images import render
+  from transforms.images import schema
 
 DEFAULT_TEMPLATE = '{stem}-{index:06d}.{ext}'
 BATCH_TEMPLATE = '{stem}-{index:06d}-{n:03d}.{ext}'
@@ -39,7 +41,7 @@ MAX_SEGMENT_BYTES = 240
 MAX_PATH_BYTES = 1000
 # unrecord's own files at the output root; no image may take these names (nor any name
 # starting with `_unrecord`: the lock, the run identity, the incremental state, scratch).
-MANIFEST = '_manifest'  # a folder of parts (transforms/manifest.py)
+MANIFEST = '_manifest'  # a folder of parts (transforms/output/manifest.py)
 LEGACY_MANIFEST = '_manifest.jsonl'  # the single file earlier versions wrote; still read
 DEAD_LETTER_ROWS = '_dead_letter.jsonl'
 DEAD_LETTER_RECORDS = '_dead_letter.tfrecord'
@@ -50,7 +52,7 @@ LOGS = '_logs'  # a folder of run logs (beam_jobs/logs.py), the newest KEPT_LOGS
 KEPT_LOGS = 10
 RESERVED_NAMES = (MANIFEST, LEGACY_MANIFEST, DEAD_LETTER_ROWS, DEAD_LETTER_RECORDS, SUCCESS, REPORT,
                   REPORT_HTML, LOGS)
-# The suffix of the temp files writes go through (transforms/output_root.py); no output name may
+# The suffix of the temp files writes go through (transforms/output/output_root.py); no output name may
 # end with it, so the sweep of a killed run's temp files can never take an image.
 TEMP_SUFFIX = '.unrecord-tmp'
 _UNSAFE_CHARACTERS = {'/', '\\', ':', '*', '?', '"', '<', '>', '|'}
@@ -376,7 +378,7 @@ _RESERVED_SEGMENT = re.compile(  # the superscripts as characters: RE2 has no \u
     r'LPT[0-9' '\u00b9\u00b2\u00b3' r']) *(?:[./]|$)', re.IGNORECASE)
 _TRAILING_SEGMENT = re.compile(r'[. ](?:/|$)')
 _WINDOWS_CHARACTER = re.compile(r'[<>:"|?*\\\x00-\x1f]')
-# The patterns of each problem a name's text shows (`transforms/portability.py` runs them
+# The patterns of each problem a name's text shows (`transforms/output/portability.py` runs them
 # over a column of names at once, with Arrow's RE2, in this same meaning).
 PROBLEM_PATTERNS = {'reserved': '(?i)' + _RESERVED_SEGMENT.pattern,
                     'trailing': _TRAILING_SEGMENT.pattern,

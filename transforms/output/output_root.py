@@ -25,9 +25,9 @@ from typing import BinaryIO, Iterator, List, Optional
 import google_crc32c
 
 from transforms import errors
-from transforms import input_files
-from transforms import naming
-from transforms import stores
+from transforms.inputs import input_files
+from transforms.inputs import stores
+from transforms.output import naming
 
 TEMP_SUFFIX = naming.TEMP_SUFFIX
 # Exactly the names `_local_temp` makes; the sweep removes nothing else. No output name can

@@ -2,7 +2,7 @@
 
 Counted over the manifest's final paths (each kept row's `path`, new and old alike), with
 nothing per name passing through one worker: while a manifest part is written, its
-paths go to `FoldWriter`, sorted runs keyed by `naming.fold(path)` (transforms/runs.py);
+paths go to `FoldWriter`, sorted runs keyed by `naming.fold(path)` (transforms/output/runs.py);
 `plan_ranges` cuts those runs into fold-key ranges, `check_range`, a task per range,
 counts each path's Windows problems (`naming.windows_problems`) and the groups of paths
 whose folds are equal (on a case-insensitive disk, all but one of each group is lost),
@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms import naming
-from transforms import output_root
-from transforms import runs as runs_lib
+from transforms.output import naming
+from transforms.output import output_root
+from transforms.output import runs as runs_lib
 
 SCHEMA = pa.schema([('fold', pa.string()), ('path', pa.string())])
 # Names per check task, and per slice it holds at once.

@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tupl
 import cv2
 import numpy as np
 
-from transforms import encode
 from transforms import errors
-from transforms import incremental
-from transforms import naming
-from transforms import normalize
-from transforms import output_root
-from transforms import portability
-from transforms import preview
-from transforms import render
-from transforms import root_claim
-from transforms import runs as runs_lib
+from transforms.images import render
+from transforms.output import incremental
+from transforms.output import naming
+from transforms.output import output_root
+from transforms.output import portability
+from transforms.output import root_claim
+from transforms.output import runs as runs_lib
+from transforms.pixels import encode
+from transforms.pixels import normalize
+from transforms.pixels import preview
 
 if TYPE_CHECKING:  # types only: export imports report's users
   from transforms import export

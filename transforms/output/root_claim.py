@@ -28,8 +28,8 @@ import uuid
 from typing import Dict, Optional, Sequence
 
 from transforms import errors
-from transforms import naming
-from transforms import output_root
+from transforms.output import naming
+from transforms.output import output_root
 
 LOCK = '_unrecord_lock.json'
 IDENTITY = '_unrecord_run.json'

@@ -24,7 +24,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms import output_root
+from transforms.output import output_root
 
 SCRATCH = '_unrecord_tmp'
 

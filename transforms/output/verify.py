@@ -37,11 +37,11 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from transforms import checksums
-from transforms import manifest
-from transforms import naming
-from transforms import output_root
-from transforms import root_claim
+from transforms.output import checksums
+from transforms.output import manifest
+from transforms.output import naming
+from transforms.output import output_root
+from transforms.output import root_claim
 
 # What can be wrong, each with the words the summary uses.
 KINDS = {

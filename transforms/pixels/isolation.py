@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 from transforms import errors
 
-DEFAULT_DECODER = 'transforms.image_formats:decode_encoded'
+DEFAULT_DECODER = 'transforms.pixels.image_formats:decode_encoded'
 DEFAULT_TIMEOUT_SECONDS = 60.0
 
 

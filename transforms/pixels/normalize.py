@@ -18,7 +18,7 @@ import numpy as np
 from transforms import errors
 
 if TYPE_CHECKING:  # types only: schema imports normalize
-  from transforms import schema
+  from transforms.images import schema
 
 BIT_DEPTHS = ('auto', '8', '16', 'float')
 CHANNEL_ORDERS = ('rgb', 'bgr')

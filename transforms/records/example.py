@@ -9,9 +9,9 @@ import numpy as np
 from google.protobuf import message as protobuf_message
 
 from transforms import errors
-from transforms import normalize
-from transforms import protos
-from transforms import wire
+from transforms.pixels import normalize
+from transforms.records import protos
+from transforms.records import wire
 
 BYTES, INT64, FLOAT = 'bytes', 'int64', 'float'
 Scalar = Union[int, float, str]
@@ -23,7 +23,7 @@ class FeatureValue:
 
   A bytes_list read in place from a large record (`_scan_example`) holds views of the
   record: `buffers()` lends them without a copy, for the paths that only read the bytes
-  (a tensor or raw pixels, `transforms.decode`); `values` copies them out as bytes on
+  (a tensor or raw pixels, `transforms.images.decode`); `values` copies them out as bytes on
   first use. A 600 KB tensor is then copied at most once: into an aligned array, when its
   items sit misaligned, where NumPy reads them slowly (`normalize.aligned`).
   """

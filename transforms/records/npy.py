@@ -15,8 +15,8 @@ from typing import Tuple
 import numpy as np
 
 from transforms import errors
-from transforms import normalize
-from transforms import tensor_proto
+from transforms.pixels import normalize
+from transforms.records import tensor_proto
 
 MAGIC = b'\x93NUMPY'
 _HEADER_LENGTH = {1: 2, 2: 4, 3: 4}  # bytes of the header-length field, by major version

@@ -5,10 +5,10 @@ Four kinds of record are common, and `kind_of` tells them apart by their first b
   sequence_example  a tf.train.SequenceExample: context features (a clip's id, its label)
                     and feature lists holding one value per step (frames, views)
   tensor            the record is itself `tf.io.serialize_tensor` output, or an `np.save`
-                    array (`transforms.npy`)
+                    array (`transforms.records.npy`)
   image             the record is itself an encoded image (PNG, JPEG, WebP, ...)
 
-`parse` turns each into a `Parsed`: named features, as `transforms.decode` reads them.
+`parse` turns each into a `Parsed`: named features, as `transforms.images.decode` reads them.
 A bare tensor or image is the one feature `RECORD_KEY`. A SequenceExample's image is a
 feature list; `Parsed.steps` gives a feature dict per step (the context plus that step's
 value of every list), so each step decodes like an Example and is numbered like one
@@ -21,12 +21,12 @@ import dataclasses
 from typing import Dict, List, Optional
 
 from transforms import errors
-from transforms import example as example_lib
-from transforms import image_formats
-from transforms import npy
-from transforms import tensor_proto
-from transforms import wire
-from transforms.example import FeatureValue
+from transforms.pixels import image_formats
+from transforms.records import example as example_lib
+from transforms.records import npy
+from transforms.records import tensor_proto
+from transforms.records import wire
+from transforms.records.example import FeatureValue
 
 EXAMPLE, SEQUENCE_EXAMPLE, TENSOR, IMAGE = 'example', 'sequence_example', 'tensor', 'image'
 KINDS = (EXAMPLE, SEQUENCE_EXAMPLE, TENSOR, IMAGE)

@@ -14,9 +14,9 @@ import numpy as np
 from google.protobuf import message as protobuf_message
 
 from transforms import errors
-from transforms import normalize
-from transforms import protos
-from transforms import wire
+from transforms.pixels import normalize
+from transforms.records import protos
+from transforms.records import wire
 
 DEFAULT_MAX_ELEMENTS = 1 << 30
 
