@@ -38,6 +38,7 @@ from transforms import errors
 from transforms import plan as plan_lib
 from transforms import progress
 from transforms import ptransforms
+from transforms.images import name_templates
 from transforms.images import render
 from transforms.output import manifest as manifest_lib
 from transforms.output import naming
@@ -93,11 +94,11 @@ class ExportOptions(PipelineOptions):
                        metavar='TEMPLATE',
                        help='Output path relative to --output, with fields {id} {index} '
                        '{n} {stem} {label} {label_name} {split} {ext} and any one-value '
-                       f'feature. Default: {naming.DEFAULT_TEMPLATE} '
-                       f'({naming.BATCH_TEMPLATE} for batched records).')
+                       f'feature. Default: {name_templates.DEFAULT_TEMPLATE} '
+                       f'({name_templates.BATCH_TEMPLATE} for batched records).')
     group.add_argument('--layout', default=DEFAULTS['layout'], choices=('flat', 'class'),
                        type=common.Choice({'classes': 'class'}),
-                       help=f'class: {naming.CLASS_TEMPLATE}, the class-folder layout '
+                       help=f'class: {name_templates.CLASS_TEMPLATE}, the class-folder layout '
                        'Keras and torchvision ImageFolder load. Default: flat.')
     group.add_argument('--portable_names', action='store_true',
                        help='Make every output name safe on Windows and unique on '

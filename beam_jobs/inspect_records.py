@@ -76,7 +76,7 @@ def export_defaults(found: schema_lib.Schema) -> Optional[dict]:
   default name template): plan.settled_choices, as the launch line shows it."""
   if not found.images:
     return None
-  value_range, key_value_ranges = normalize.value_ranges(normalize.NormalizeSpec(), found)
+  value_range, key_value_ranges = normalize.value_ranges(normalize.NormalizeSpec(), found.images)
   config = render.RenderConfig(
       value_range=value_range, key_value_ranges=key_value_ranges,
       name_template=naming.default_template(found), label_key=found.label_key,

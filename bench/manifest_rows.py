@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from transforms import export
+from transforms.output import export_config
 from transforms.output import manifest
 from transforms.output import output_root
 
@@ -57,9 +57,9 @@ def main(argv=None) -> int:
     root = output_root.OutputRoot(folder)
     results['line_us_per_row'] = round(_least(lambda: [
         manifest.manifest_line(row, in_key_order=True) for row in rows]) / args.rows * 1e6, 2)
-    for output_format in manifest.FORMATS:
-      config = export.ExportConfig(patterns=('x',), output=folder,
-                                   manifest_format=output_format)
+    for output_format in export_config.MANIFEST_FORMATS:
+      config = export_config.ExportConfig(patterns=('x',), output=folder,
+                                          manifest_format=output_format)
       made = [manifest._with_text_fields(dict(row)) if output_format == 'parquet' else row  # pylint: disable=protected-access
               for row in rows]
       written = []

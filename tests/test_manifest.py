@@ -21,6 +21,7 @@ from transforms import export
 from transforms.images import decode
 from transforms.images import render
 from transforms.inputs import tfrecord
+from transforms.output import export_config
 from transforms.output import manifest
 from transforms.output import output_root
 from transforms.output import runs
@@ -85,11 +86,11 @@ def _merge(entries, keep_previous=lambda source: False, on_disk=None, output_for
   return rows, result, [(c, json.loads(line)['path']) for c, line in seen]
 
 
-formats = pytest.mark.parametrize('output_format', manifest.FORMATS)
+formats = pytest.mark.parametrize('output_format', export_config.MANIFEST_FORMATS)
 
 
 def _config(out, **options):
-  return export.ExportConfig(patterns=('x',), output=str(out), **options)
+  return export_config.ExportConfig(patterns=('x',), output=str(out), **options)
 
 
 def test_runs_are_sorted_files_and_merge_back_in_key_order(tmp_path):
@@ -264,7 +265,7 @@ _names = st.text(alphabet='ab/é_-', min_size=1, max_size=6)
                           st.sampled_from([None, 10, 2 ** 40]), st.booleans()),
                 max_size=40),
        st.lists(st.integers(1, 9), min_size=1, max_size=8), st.integers(1, 2000),
-       st.sampled_from(manifest.FORMATS), st.booleans())
+       st.sampled_from(export_config.MANIFEST_FORMATS), st.booleans())
 def test_entries_added_a_chunk_at_a_time_are_the_entries_added_one_by_one(
     tmp_path_factory, images, chunk_sizes, run_bytes, output_format, in_key_order):
   # The export adds each chunk's written rows with one `add_all`; the runs' rows, in
@@ -301,7 +302,7 @@ def test_entries_added_a_chunk_at_a_time_are_the_entries_added_one_by_one(
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(_names, st.integers(0, 3)), min_size=0, max_size=60),
-       st.integers(1, 400), st.integers(1, 25), st.sampled_from(manifest.FORMATS))
+       st.integers(1, 400), st.integers(1, 25), st.sampled_from(export_config.MANIFEST_FORMATS))
 def test_any_runs_cut_into_any_parts_give_one_sorted_manifest(
     tmp_path_factory, images, run_bytes, part_rows, output_format):
   """Rows per path from sorted runs, cut into parts by path range, equal the in-memory
@@ -366,7 +367,7 @@ def _chosen(buckets, per_class=manifest.SAMPLES_PER_CLASS, limit=manifest.MAX_SA
                 max_size=120),
        st.integers(1, 400), st.integers(1, 6), st.integers(1, 4), st.integers(1, 60),
        st.integers(1, 12), st.integers(1, 5), st.booleans(),
-       st.sampled_from(manifest.FORMATS))
+       st.sampled_from(export_config.MANIFEST_FORMATS))
 def test_a_part_written_slice_by_slice_is_the_part_written_whole(
     tmp_path_factory, images, run_bytes, group_rows, block_rows, part_rows, slice_rows,
     row_group_rows, overwrite, output_format):
@@ -504,7 +505,7 @@ _labels = st.none() | st.integers(-3, 2**63 - 1) | st.floats() | st.text(max_siz
 def test_a_written_image_row_is_built_in_key_order_and_written_as_json_dumps(
     label, id_, names, name, source, value_range, steps):
   # The export writes these rows with `in_key_order=True`, which does not sort keys.
-  config = export.ExportConfig(
+  config = export_config.ExportConfig(
       patterns=('x',), output='/out', render=render.RenderConfig(
           id_key='id', label_key='label', label_names=tuple(names) if names else None))
   features = {k: v for k, v in (('label', label), ('id', id_)) if v is not None}

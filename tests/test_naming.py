@@ -8,7 +8,9 @@ from hypothesis import given, settings, strategies as st
 
 from transforms import errors
 from transforms.images import decode
+from transforms.images import name_templates
 from transforms.images import render
+from transforms.inputs import shard_names
 from transforms.inputs import tfrecord
 from transforms.output import naming
 from transforms.pixels import encode
@@ -24,8 +26,8 @@ def _values(**extra):
 
 
 @pytest.mark.parametrize('template,expected', [
-    (naming.DEFAULT_TEMPLATE, 'train-00001-of-00004-000012.png'),
-    (naming.CLASS_TEMPLATE, 'dog/train-00001-of-00004-000012.png'),
+    (name_templates.DEFAULT_TEMPLATE, 'train-00001-of-00004-000012.png'),
+    (name_templates.CLASS_TEMPLATE, 'dog/train-00001-of-00004-000012.png'),
     ('{split}/{label}/{id}.{ext}', 'train/2/a-7.png'),
     ('{image/filename}.{ext}', 'cat 1.jpg.png'),
     ('{index:08d}-{n:02d}.{ext}', '00000012-00.png'),
@@ -36,7 +38,7 @@ def test_templates_render(template, expected):
 
 def test_unknown_template_field_lists_the_available_ones():
   with pytest.raises(errors.ConfigError) as info:
-    naming.check_template('{labl}/{index}.{ext}', ['index', 'ext', 'label'])
+    name_templates.check_template('{labl}/{index}.{ext}', ['index', 'ext', 'label'])
   assert '{labl}' in str(info.value) and '{ext}, {index}, {label}' in str(info.value)
 
 
@@ -99,7 +101,7 @@ def test_numbers_keep_their_format_specs_and_everything_else_is_safe_text():
 
 def test_template_that_escapes_or_takes_a_reserved_name_is_rejected():
   with pytest.raises(errors.ConfigError):
-    naming.check_template('../{index}.{ext}', ['index', 'ext'])
+    name_templates.check_template('../{index}.{ext}', ['index', 'ext'])
   with pytest.raises(errors.NamingError) as info:
     naming.NameTemplate('_manifest.jsonl').render(_values())
   assert info.value.reason == 'unsafe_name'
@@ -116,7 +118,7 @@ def test_template_that_escapes_or_takes_a_reserved_name_is_rejected():
     ('train-00000-of-00002', 'train-00000-of-00002'),
 ])
 def test_stem_keeps_what_tells_shards_apart(url, stem):
-  assert naming.stem_of(url) == stem
+  assert shard_names.stem_of(url) == stem
 
 
 _FIELD_VALUES = st.one_of(st.integers(-5, 10**7), st.text(max_size=12), st.booleans(),
@@ -125,8 +127,8 @@ _FIELD_VALUES = st.one_of(st.integers(-5, 10**7), st.text(max_size=12), st.boole
 
 @settings(max_examples=300, deadline=None)
 @given(template=st.sampled_from([
-           naming.DEFAULT_TEMPLATE, naming.BATCH_TEMPLATE, naming.CLASS_TEMPLATE,
-           naming.KEYS_PREFIX + naming.DEFAULT_TEMPLATE, '{stem}/{n}-{index}',
+           name_templates.DEFAULT_TEMPLATE, name_templates.BATCH_TEMPLATE, name_templates.CLASS_TEMPLATE,
+           name_templates.KEYS_PREFIX + name_templates.DEFAULT_TEMPLATE, '{stem}/{n}-{index}',
            '{split}/{label}/{id}.{ext}', '{index}.{ext}', '{stem}-{index}.jpg',
            '{image/filename}', '{index}-{stem}', '{label}-{index}.{ext}']),
        features=st.dictionaries(
@@ -152,9 +154,9 @@ def test_the_namer_names_every_image_as_its_template_renders_name_values(
 
   def plain():
     name = naming.NameTemplate(template).render(naming.name_values(
-        index=index, n=n, key='image', stem=naming.stem_of(path), ext='webp',
+        index=index, n=n, key='image', stem=shard_names.stem_of(path), ext='webp',
         features=features, id_key=id_key, label_key=label_key, label_names=label_names,
-        split=naming.split_of(path)))
+        split=shard_names.split_of(path)))
     if not naming.ends_in_extension(template):
       name = naming.check_relative_path(naming.with_extension(name, 'webp'))
     return name

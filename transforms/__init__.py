@@ -18,7 +18,7 @@ import importlib
 _EXPORTS = {
     # Planning: options plus a sample of the records -> the job's config.
     'Request': 'plan', 'Plan': 'plan', 'plan_export': 'plan',
-    'ExportConfig': 'export', 'ReadConfig': 'inputs.read', 'ImageSpec': 'images.decode',
+    'ExportConfig': 'output.export_config', 'ReadConfig': 'inputs.read', 'ImageSpec': 'images.decode',
     'claim_root': 'output.root_claim',
     # Beam transforms.
     'ExportImages': 'ptransforms', 'PlanRanges': 'ptransforms',

@@ -1,4 +1,4 @@
-"""The export's per-range work, Beam-free: its config, and `export_range`.
+"""The export's per-range work, Beam-free: `RangeWorker` and `export_range`.
 
 `export_range` reads, decodes, renders and writes one record range, on a worker, and
 returns its manifest runs and failures; `ptransforms.ExportImages` runs it over every
@@ -26,74 +26,11 @@ from transforms.images import record_layout
 from transforms.images import render
 from transforms.inputs import read
 from transforms.inputs import tfrecord
-from transforms.output import checksums
+from transforms.output import export_config
 from transforms.output import manifest as manifest_lib
 from transforms.output import naming
 from transforms.output import output_root
 from transforms.output import runs as runs_lib
-
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportConfig:
-  """The resolved job: inputs, output root, and how each image is read and rendered."""
-  patterns: Tuple[str, ...]
-  output: str
-  read: read.ReadConfig = read.ReadConfig()
-  image: decode.ImageSpec = decode.ImageSpec()
-  # Further image keys written from each record (several --image_key values).
-  more_images: Tuple[decode.ImageSpec, ...] = ()
-  render: render.RenderConfig = render.RenderConfig()
-  skip_existing: bool = False
-  max_failures: int = 0
-  run_started: float = 0.0
-  options_used: Tuple[Tuple[str, object], ...] = ()
-  # Where workers send live counts (local runs; see transforms/progress.py).
-  progress: Optional[Tuple[str, int]] = None
-  # --incremental: the shards this run processes, with their fingerprints; the manifest
-  # keeps other shards' rows and the state file records these on success.
-  incremental: bool = False
-  processed: Tuple[Tuple[str, dict], ...] = ()
-  # The output settings that make this export what it is (root_claim.identity); the
-  # incremental state records them, so changed settings redo every shard.
-  settings: Tuple[Tuple[str, object], ...] = ()
-  # --overwrite: the root's earlier images that this run does not write are removed.
-  overwrite: bool = False
-  # An object-store root's lease (root_claim), released by the job's last step.
-  lock_run_id: Optional[str] = None
-  # What the launch settled (plan.settled_choices), as JSON: the report shows it.
-  choices: str = '{}'
-  # The manifest parts' format (transforms/output/manifest.py): 'jsonl' or 'parquet'.
-  manifest_format: str = 'jsonl'
-  manifest_part_rows: int = manifest_lib.ROWS_PER_PART
-  # Each row's checksum of its file (transforms/output/checksums.py): sha256, crc32c or blake3.
-  checksum: str = 'sha256'
-  # Files of a folder input skipped at launch: they hold no TFRecord (read.list_inputs).
-  skipped_inputs: Tuple[str, ...] = ()
-  # Whether the root holds a manifest (or a commit a killed run left) when the run
-  # starts, under its claim (`manifest.any_previous`): without one, the job has no
-  # previous rows to read and skips that step's two stages.
-  previous_manifest: bool = True
-
-  def __post_init__(self):
-    if not self.patterns and not self.incremental:
-      raise errors.ConfigError('no input given; pass --input PATTERN')
-    if not self.output:
-      raise errors.ConfigError('no output given; pass --output URL')
-    if self.max_failures < 0:
-      raise errors.ConfigError('--max_failures must be 0 or more')
-    if self.manifest_format not in manifest_lib.FORMATS:
-      raise errors.ConfigError(f'--manifest_format must be one of '
-                               f'{", ".join(manifest_lib.FORMATS)}')
-    if self.checksum not in checksums.ALGORITHMS:
-      raise errors.ConfigError(f'--checksum must be one of '
-                               f'{", ".join(checksums.ALGORITHMS)}')
-    if self.manifest_part_rows < 1:
-      raise errors.ConfigError('--manifest_part_rows must be 1 or more')
-    if self.overwrite and (self.skip_existing or self.incremental):
-      raise errors.ConfigError(
-          '--overwrite replaces the output; it does not go with --skip_existing or '
-          '--incremental, which keep it')
 
 
 class RangeWorker:
@@ -101,7 +38,7 @@ class RangeWorker:
   (a child process when isolated), the record decoders, the namer and the progress
   sender. Made once per worker (`DoFn.setup`), released by `close()`."""
 
-  def __init__(self, config: ExportConfig):
+  def __init__(self, config: export_config.ExportConfig):
     cv2.setNumThreads(0)  # the runner's workers are the parallelism; no pool per worker
     self.config = config
     self.root = output_root.OutputRoot(config.output, config.read.storage_options,

@@ -21,15 +21,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import fsspec
 
 from transforms import errors
-from transforms import export
 from transforms.images import decode
+from transforms.images import name_templates
 from transforms.images import render
 from transforms.images import schema as schema_lib
 from transforms.inputs import input_files
 from transforms.inputs import read
+from transforms.inputs import shard_names
 from transforms.inputs import tfrecord
+from transforms.output import export_config
 from transforms.output import incremental
-from transforms.output import manifest as manifest_lib
 from transforms.output import naming
 from transforms.output import output_root
 from transforms.output import root_claim
@@ -78,7 +79,7 @@ class Request:
   overwrite: bool = False
   max_failures: int = 0
   manifest_format: str = 'jsonl'
-  manifest_part_rows: int = manifest_lib.ROWS_PER_PART
+  manifest_part_rows: int = export_config.MANIFEST_PART_ROWS
   checksum: str = 'sha256'
   sample_records: int = 64
   split_size_mb: int = _READ.split_bytes >> 20
@@ -235,7 +236,7 @@ class Plan:
   """What the launch settled, for the opening line and the report."""
   files: int
   found: schema_lib.Schema
-  config: export.ExportConfig
+  config: export_config.ExportConfig
   identity: dict
   mean_frame_bytes: float = 0.0
   # Files of a folder input that hold no TFRecord, as (url, why): not read.
@@ -301,7 +302,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       spec, key=image.key, encoding=image.encoding, record=found.record,
       decode_encoded=image.encoding != 'encoded' or image.format != request.format or
       request.reencode) for image in found.images]
-  value_range, key_value_ranges = normalize.value_ranges(normalize_spec, found)
+  value_range, key_value_ranges = normalize.value_ranges(normalize_spec, found.images)
   render_config = render.RenderConfig(
       encode=encode_spec, normalize=normalize_spec, value_range=value_range,
       key_value_ranges=key_value_ranges,
@@ -322,7 +323,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
         read_settings.storage_options))
     patterns = tuple(url for url, _ in processed)
   choices = settled_choices(found, render_config, request.layout)
-  config = export.ExportConfig(
+  config = export_config.ExportConfig(
       choices=json.dumps(choices), patterns=patterns, output=request.output,
       read=read_settings, image=image_specs[0], more_images=tuple(image_specs[1:]),
       render=render_config, skip_existing=request.skip_existing,
@@ -368,7 +369,7 @@ def detect(request: Request, spec: decode.ImageSpec, records: Sequence[tfrecord.
 def _template(request: Request, found: schema_lib.Schema, files: Sequence[str]) -> str:
   """The name template: --name_template, else the layout's default; checked against
   the fields the records have."""
-  with_splits = bool(files) and all(naming.split_of(f) for f in files)
+  with_splits = bool(files) and all(shard_names.split_of(f) for f in files)
   if request.layout == 'class' and not request.name_template and found.label_key is None:
     raise errors.ConfigError(
         '--layout class makes a folder per class, but no label feature was found in '
@@ -377,19 +378,19 @@ def _template(request: Request, found: schema_lib.Schema, files: Sequence[str]) 
   # Train and test images must not share class folders (ImageFolder would mix them).
   template = request.name_template or naming.default_template(found, request.layout,
                                                               with_splits)
-  available = set(naming.BUILTIN_FIELDS) | set(found.scalar_keys)
+  available = set(name_templates.BUILTIN_FIELDS) | set(found.scalar_keys)
   if found.id_key is None:
     available.discard('id')
   if found.label_key is None:
     available -= {'label', 'label_name'}
-  if any(naming.split_of(f) is None for f in files):
+  if any(shard_names.split_of(f) is None for f in files):
     available.discard('split')
-  naming.check_template(template, sorted(available))
-  if found.batched and 'n' not in naming.template_fields(template):
+  name_templates.check_template(template, sorted(available))
+  if found.batched and 'n' not in name_templates.template_fields(template):
     raise errors.ConfigError(
         f'the records hold batches of images ({found.image.axes}); add {{n}} to '
         '--name_template so each image of a batch gets its own name')
-  if len(found.images) > 1 and 'key' not in naming.template_fields(template):
+  if len(found.images) > 1 and 'key' not in name_templates.template_fields(template):
     raise errors.ConfigError(
         f'{len(found.images)} image keys are written '
         f'({", ".join(i.key for i in found.images)}); '

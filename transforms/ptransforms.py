@@ -39,6 +39,7 @@ from transforms.images import record_layout
 from transforms.inputs import input_files
 from transforms.inputs import read
 from transforms.output import dead_letter
+from transforms.output import export_config
 from transforms.output import manifest as manifest_lib
 from transforms.output import output_root
 from transforms.output import portability
@@ -189,7 +190,7 @@ class _ExportRangeFn(beam.DoFn):
   written. Also yields, tagged SPANS, the (start, end) wall-clock seconds of each range's
   work, from which the report tells the workers' time from start-up and wind-down."""
 
-  def __init__(self, config: export.ExportConfig):
+  def __init__(self, config: export_config.ExportConfig):
     self._config = config
 
   def setup(self):
@@ -214,7 +215,7 @@ class _FailureRunsFn(beam.DoFn):
   """Failure -> sorted dead-letter runs, one set per bundle (dead_letter.FailureWriter,
   made once per DoFn instance: `flush` hands its runs over and starts afresh)."""
 
-  def __init__(self, config: export.ExportConfig):
+  def __init__(self, config: export_config.ExportConfig):
     self._config = config
 
   def setup(self):
@@ -231,14 +232,14 @@ class _FailureRunsFn(beam.DoFn):
       yield GlobalWindows.windowed_value(run)
 
 
-def _previous_files(_, config: export.ExportConfig):
+def _previous_files(_, config: export_config.ExportConfig):
   return manifest_lib.previous_files(config)
 
 
 class _PreviousRowsFn(beam.DoFn):
   """manifest.PreviousFile -> its rows' runs; what it repaired to the REPAIRS output."""
 
-  def __init__(self, config: export.ExportConfig):
+  def __init__(self, config: export_config.ExportConfig):
     self._config = config
 
   def process(self, task):
@@ -255,7 +256,7 @@ def _plan_parts(_, runs, rows_per_part: int):
 class _WritePartFn(beam.DoFn):
   """manifest.Part -> the part's summary; its name collisions become dead-letter runs."""
 
-  def __init__(self, config: export.ExportConfig):
+  def __init__(self, config: export_config.ExportConfig):
     self._config = config
 
   def process(self, part, runs):
@@ -277,12 +278,12 @@ def _plan_name_ranges(_, runs):
   return portability.plan_ranges(runs)
 
 
-def _check_names(bounds, config: export.ExportConfig, runs) -> dict:
+def _check_names(bounds, config: export_config.ExportConfig, runs) -> dict:
   root = output_root.OutputRoot(config.output, config.read.storage_options)
   return portability.check_range(bounds, runs, root)
 
 
-def _finish(_, config: export.ExportConfig, parts, failure_runs, spans, repairs,
+def _finish(_, config: export_config.ExportConfig, parts, failure_runs, spans, repairs,
             names=()) -> dict:
   """The job's last step, once: commits the manifest, then writes the dead letters, then
   the report (with `_SUCCESS`). One step, not three: each step the runner schedules on its
@@ -308,7 +309,7 @@ class ExportImages(beam.PTransform):
   `manifest.commit` returns) and `report` (the `_report.json` dict).
   """
 
-  def __init__(self, config: export.ExportConfig):
+  def __init__(self, config: export_config.ExportConfig):
     super().__init__()
     self._config = config
 

@@ -1,4 +1,4 @@
-"""One decoded image -> its encoded bytes (names: naming.Namer). Pure; no Beam, no I/O.
+"""One decoded image -> its encoded bytes (its name: transforms/output/naming.py). Pure; no Beam, no I/O.
 
 Passthrough: an image already encoded in the requested format, with no pixel change
 asked for, is written as its original bytes (byte-identical, no generation loss).
@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 
 from transforms.images import decode
-from transforms.output import naming
+from transforms.images import name_templates
 from transforms.pixels import encode
 from transforms.pixels import normalize
 
@@ -25,7 +25,7 @@ class RenderConfig:
   # and the ranges of further image keys that differ from it: (key, range) pairs.
   value_range: Optional[Tuple[float, float]] = None
   key_value_ranges: Tuple[Tuple[str, Optional[Tuple[float, float]]], ...] = ()
-  name_template: str = naming.DEFAULT_TEMPLATE
+  name_template: str = name_templates.DEFAULT_TEMPLATE
   id_key: Optional[str] = None
   label_key: Optional[str] = None
   label_names: Optional[Tuple[str, ...]] = None
@@ -36,7 +36,7 @@ class RenderConfig:
   portable_names: bool = False
 
   def __post_init__(self):
-    naming.template_fields(self.name_template)
+    name_templates.template_fields(self.name_template)
 
   def value_range_for(self, key: str) -> Optional[Tuple[float, float]]:
     for other, value_range in self.key_value_ranges:

@@ -17,8 +17,8 @@ from transforms import errors
 from transforms.images import decode
 from transforms.inputs import input_files
 from transforms.inputs import read
+from transforms.inputs import shard_names
 from transforms.inputs import tfrecord
-from transforms.output import naming
 from transforms.pixels import normalize
 from transforms.records import example as example_lib
 from transforms.records import records as records_lib
@@ -393,7 +393,7 @@ def detect_schema(
   return Schema(
       records_sampled=len(records), features=summaries, image=image, label_key=label_key,
       id_key=id_key, label_names=names,
-      splits=sorted({s for s in (naming.split_of(f) for f in files) if s}),
+      splits=sorted({s for s in (shard_names.split_of(f) for f in files) if s}),
       tfds_name=tfds.name if tfds else None, failures=failures, scalar_keys=scalar_keys,
       record=kind, feature_lists=list_summaries, more_images=more_images)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-from typing import TYPE_CHECKING, Iterable, List
+from typing import Iterable, List
 
 import orjson
 import pyarrow as pa
@@ -21,13 +21,11 @@ import pyarrow as pa
 from transforms import errors
 from transforms.inputs import read
 from transforms.inputs import tfrecord
+from transforms.output import export_config
 from transforms.output import manifest as manifest_lib
 from transforms.output import naming
 from transforms.output import output_root
 from transforms.output import runs as runs_lib
-
-if TYPE_CHECKING:  # types only: export imports this module's users
-  from transforms import export
 
 FAILURE_SCHEMA = pa.schema([
     ('key', pa.string()), ('row', pa.binary()), ('payload', pa.binary()),
@@ -57,7 +55,7 @@ class FailureWriter:
   again from their source by offset, so they can be replayed; framing damage has no
   record to keep (`replayable: false`)."""
 
-  def __init__(self, config: 'export.ExportConfig'):
+  def __init__(self, config: export_config.ExportConfig):
     self._config = config
     root = output_root.OutputRoot(config.output, config.read.storage_options)
     self._runs = runs_lib.RunWriter(root, FAILURE_SCHEMA, group_rows=_BATCH_ROWS,
@@ -78,7 +76,7 @@ class FailureWriter:
     self._runs.discard()
 
 
-def write_dead_letter(runs: Iterable[runs_lib.Run], config: 'export.ExportConfig') -> dict:
+def write_dead_letter(runs: Iterable[runs_lib.Run], config: export_config.ExportConfig) -> dict:
   """Streams the failure runs, merged, into `_dead_letter.jsonl` and the failed records'
   bytes (once per record, in the same order) into `_dead_letter.tfrecord`."""
   root = output_root.OutputRoot(config.output, config.read.storage_options)

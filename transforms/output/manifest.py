@@ -3,8 +3,9 @@
 Layout: `_manifest/part-00000-of-00004.jsonl` (or `.parquet`), each part sorted by
 output path and covering its own path range, the ranges in part order, so reading the
 parts in order reads every row sorted by path. `_manifest/_parts.json` lists the parts
-with their row counts and first and last paths. There is a part per ROWS_PER_PART rows
-(at least one), so no worker handles more than that many rows, whatever the run's size.
+with their row counts and first and last paths. There is a part per
+`export_config.MANIFEST_PART_ROWS` rows (at least one), so no worker handles more than
+that many rows, whatever the run's size.
 
 How it is made, with nothing per image passing through one worker:
 1. Each worker writes an entry per image to an `EntryWriter`: sorted run files under
@@ -12,7 +13,7 @@ How it is made, with nothing per image passing through one worker:
    The previous manifest's rows become runs the same way (`read_previous`, a task per
    previous part); a part that is damaged, missing or not listed is rebuilt there from
    the image files on disk instead of trusted.
-2. `plan_parts` cuts all runs into path ranges of about ROWS_PER_PART rows, from the
+2. `plan_parts` cuts all runs into path ranges of about MANIFEST_PART_ROWS rows, from the
    runs' batch keys alone.
 3. `write_part`, a task per range, reads only its range of each run, a slice of
    SLICE_ROWS entries at a time, decides each path (below) and stages the part under
@@ -38,8 +39,7 @@ import json
 import os
 import re
 import time
-from typing import (TYPE_CHECKING, Callable, Dict, Hashable, Iterator, List,
-                    Optional, Sequence, Tuple)
+from typing import Callable, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import orjson
@@ -52,18 +52,12 @@ from transforms import errors
 from transforms.images import decode
 from transforms.images import render
 from transforms.output import checksums
+from transforms.output import export_config
 from transforms.output import naming
 from transforms.output import output_root
 from transforms.output import runs as runs_lib
 from transforms.pixels import image_formats
 
-if TYPE_CHECKING:  # types only: export imports manifest
-  from transforms import export
-
-FORMATS = ('jsonl', 'parquet')
-# Rows per part: a part's task takes them a slice at a time, so this bounds its work,
-# the commit's copies (one per part) and the parts a reader lists, not its memory.
-ROWS_PER_PART = 100_000
 # Entries a part's task holds at once, about 0.6 KB each (docs/scale.md): a worker's
 # memory is the same whatever the run's size.
 SLICE_ROWS = 4096
@@ -136,7 +130,7 @@ class EntryWriter:
   """A worker's manifest entries, written as sorted runs (`flush()` returns them)."""
 
   def __init__(self, root: output_root.OutputRoot, output_format: str = 'jsonl',
-               rows_per_part: int = ROWS_PER_PART, run_bytes: int = 8 << 20,
+               rows_per_part: int = export_config.MANIFEST_PART_ROWS, run_bytes: int = 8 << 20,
                block_rows: int = RUN_BLOCK_ROWS):
     self._format = output_format
     self._runs = runs_lib.RunWriter(root, ENTRY_SCHEMAS[output_format],
@@ -361,7 +355,7 @@ class PreviousFile:
   listed: Tuple[Tuple[str, str], ...] = ()
 
 
-def previous_files(config: 'export.ExportConfig') -> List[PreviousFile]:
+def previous_files(config: export_config.ExportConfig) -> List[PreviousFile]:
   """The previous manifest's files to read, once an interrupted commit has been
   finished, and what is already known to be wrong with them."""
   root = output_root.OutputRoot(config.output, config.read.storage_options)
@@ -431,7 +425,7 @@ class _Damaged(Exception):
   """A part of the previous manifest is not what `_parts.json` says it is."""
 
 
-def read_previous(task: PreviousFile, config: 'export.ExportConfig'
+def read_previous(task: PreviousFile, config: export_config.ExportConfig
                   ) -> Tuple[List[runs_lib.Run], Optional[dict]]:
   """(the rows of one task of the previous manifest as sorted runs of `p` entries in this
   run's manifest format, what was repaired or None).
@@ -473,13 +467,13 @@ def read_previous(task: PreviousFile, config: 'export.ExportConfig'
                 'rows_rebuilt': rebuilt, 'warning': warning}
 
 
-def previous_runs(name: str, config: 'export.ExportConfig') -> List[runs_lib.Run]:
+def previous_runs(name: str, config: export_config.ExportConfig) -> List[runs_lib.Run]:
   """The rows of one file of the previous manifest, trusted as it reads."""
   return read_previous(PreviousFile(name), config)[0]
 
 
 def _previous_runs(root: output_root.OutputRoot, task: PreviousFile,
-                   config: 'export.ExportConfig') -> List[runs_lib.Run]:
+                   config: export_config.ExportConfig) -> List[runs_lib.Run]:
   """`task`'s part as sorted runs of `p` entries, checked against what `_parts.json`
   lists for it as it is read; raises _Damaged."""
   check = _PartCheck(task)
@@ -566,7 +560,7 @@ class _PartCheck:
                      f'{PARTS_INDEX} lists {task.rows})')
 
 
-def _rebuild(root: output_root.OutputRoot, config: 'export.ExportConfig',
+def _rebuild(root: output_root.OutputRoot, config: export_config.ExportConfig,
              in_scope: Callable[[str], bool], candidates: Sequence[str]
              ) -> Tuple[List[runs_lib.Run], int, int]:
   """(runs of `p` entries, rows kept, rows rebuilt): a row for each image file under
@@ -665,7 +659,7 @@ def _salvaged_rows(root: output_root.OutputRoot, name: str
     return
 
 
-def rebuilt_row(root: output_root.OutputRoot, path: str, config: 'export.ExportConfig'
+def rebuilt_row(root: output_root.OutputRoot, path: str, config: export_config.ExportConfig
                 ) -> Optional[dict]:
   """The manifest row of an image file whose row was lost, from the file alone: its
   path, bytes, checksum (of `--checksum`), format, shape_out and dtype_out. What only the
@@ -710,7 +704,7 @@ class Part:
   hi: Optional[str]
 
 
-def plan_parts(runs: Sequence[runs_lib.Run], rows_per_part: int = ROWS_PER_PART
+def plan_parts(runs: Sequence[runs_lib.Run], rows_per_part: int = export_config.MANIFEST_PART_ROWS
                ) -> List[Part]:
   """The manifest's parts: a path range per `rows_per_part` entries, at least one."""
   points = runs_lib.split_points(runs, rows_per_part)
@@ -888,7 +882,7 @@ def _count_written(result: PartResult, e: Entry) -> None:
   result.passthrough += e.passthrough
 
 
-def write_part(part: Part, runs: Sequence[runs_lib.Run], config: 'export.ExportConfig',
+def write_part(part: Part, runs: Sequence[runs_lib.Run], config: export_config.ExportConfig,
                on_collision: Callable[[errors.Failure], None],
                slice_rows: int = SLICE_ROWS,
                on_paths: Optional[Callable[[List[str]], None]] = None) -> dict:
@@ -1110,7 +1104,7 @@ def _samples(table: pa.Table, order: np.ndarray, sampled: np.ndarray,
   return sampler.buckets()
 
 
-def _keeps_previous(config: 'export.ExportConfig') -> Callable[[str], bool]:
+def _keeps_previous(config: export_config.ExportConfig) -> Callable[[str], bool]:
   """Whether a row only the previous manifest has, made from the given source file,
   stays (its file kept) or goes (removed).
 
@@ -1151,7 +1145,7 @@ def _collision_failures(collision: Collision) -> List[errors.Failure]:
 # Committing the parts
 
 
-def commit(parts: Sequence[dict], config: 'export.ExportConfig',
+def commit(parts: Sequence[dict], config: export_config.ExportConfig,
            repairs: Sequence[dict] = ()) -> dict:
   """Puts the staged parts in place as the manifest and sums their summaries.
 
@@ -1286,7 +1280,7 @@ def _remove_unlisted(root: output_root.OutputRoot) -> int:
 
 
 def manifest_row(image: decode.DecodedImage, name: str, rendered: render.Rendered,
-                 config: 'export.ExportConfig') -> dict:
+                 config: export_config.ExportConfig) -> dict:
   """The manifest row for one written image."""
   features = image.features
   label_key, id_key = config.render.label_key, config.render.id_key
@@ -1360,7 +1354,7 @@ def _text(value) -> str:
   return str(value)
 
 
-def _whole_image(root: output_root.OutputRoot, path: str, config: 'export.ExportConfig'
+def _whole_image(root: output_root.OutputRoot, path: str, config: export_config.ExportConfig
                  ) -> Optional[Tuple[bytes, Optional[Tuple[int, ...]], Optional[str]]]:
   """(bytes, shape, dtype) of an image file under the root; None when it is gone or is
   not a whole image (empty, cut short, damaged)."""
@@ -1376,7 +1370,7 @@ def _whole_image(root: output_root.OutputRoot, path: str, config: 'export.Export
 
 
 def existing_row(image: decode.DecodedImage, name: str, root: output_root.OutputRoot,
-                 config: 'export.ExportConfig') -> Optional[dict]:
+                 config: export_config.ExportConfig) -> Optional[dict]:
   """The manifest row for a finished image --skip_existing leaves in place, from the file
   itself; None when there is no such file, or it is not a whole image (empty, cut short,
   damaged): that one is written again.

@@ -11,31 +11,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import posixpath
 import re
-import string
 import time
 import unicodedata
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from transforms import errors
+from transforms.images import name_templates
+from transforms.inputs import shard_names
 
-if TYPE_CHECKING:  # types only: these modules import naming
+# Types only, all from lower packages: output_root and the logs need names, not decoders
+# and encoders (numpy, OpenCV, Pillow).
+if TYPE_CHECKING:
   from transforms.images import decode
   from transforms.images import render
   from transforms.images import schema
 
-DEFAULT_TEMPLATE = '{stem}-{index:06d}.{ext}'
-BATCH_TEMPLATE = '{stem}-{index:06d}-{n:03d}.{ext}'
-CLASS_TEMPLATE = '{label_name}/{stem}-{index:06d}.{ext}'
-CLASS_BATCH_TEMPLATE = '{label_name}/{stem}-{index:06d}-{n:03d}.{ext}'
-BUILTIN_FIELDS = ('id', 'index', 'n', 'key', 'stem', 'label', 'label_name', 'split', 'ext')
 # The fields every image has, whatever its features hold (`name_values`).
 _OWN_FIELDS = frozenset({'index', 'n', 'key', 'stem', 'ext'})
-# With several image keys, the default templates keep each key's images in its folder.
-KEYS_PREFIX = '{key}/'
-# With --layout class over records with splits: train/, test/, ... each its own root.
-SPLIT_PREFIX = '{split}/'
 MAX_VALUE_BYTES = 120
 MAX_SEGMENT_BYTES = 240
 MAX_PATH_BYTES = 1000
@@ -63,38 +56,6 @@ def log_name(started: float, run_id: str) -> str:
   by start time, so the oldest go first when only the newest are kept."""
   stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))
   return f'{LOGS}/unrecord-{stamp}-{run_id[:8]}.log'
-
-
-def template_fields(template: str) -> List[str]:
-  """The field names a template uses, in order; raises ConfigError when malformed."""
-  try:
-    parsed = list(string.Formatter().parse(template))
-  except ValueError as e:
-    raise errors.ConfigError(f'--name_template {template!r} is malformed ({e})') from None
-  fields = []
-  for _, field, _, _ in parsed:
-    if field is None:
-      continue
-    if field == '' or field.isdigit():
-      raise errors.ConfigError(
-          f'--name_template {template!r} has a positional field; name every field, '
-          'e.g. {index}')
-    fields.append(field)
-  return fields
-
-
-def check_template(template: str, available: Sequence[str]) -> None:
-  """Raises ConfigError for a malformed template or a field the records do not have."""
-  if '\\' in template or template.startswith('/') or '..' in template.split('/'):
-    raise errors.ConfigError(
-        f'--name_template {template!r} must be a relative path with / separators and '
-        'no .. segments')
-  missing = [f for f in template_fields(template) if f not in available]
-  if missing:
-    raise errors.ConfigError(
-        f'--name_template uses {", ".join("{" + m + "}" for m in missing)}, which the '
-        f'records do not have; available fields: '
-        f'{", ".join("{" + a + "}" for a in sorted(available))}')
 
 
 def _bounded(text: str, limit: int) -> str:
@@ -130,7 +91,7 @@ class NameTemplate:
   template: str
 
   def fields(self) -> List[str]:
-    return template_fields(self.template)
+    return name_templates.template_fields(self.template)
 
   @functools.cached_property
   def used(self) -> Tuple[str, ...]:
@@ -248,12 +209,12 @@ def default_template(found: 'schema.Schema', folders: str = 'flat',
   """The name template of a run without --name_template: `{key}/` first with several
   image keys, `{split}/` first for class folders of records with splits, `{n}` for
   batches."""
-  return ((KEYS_PREFIX if len(found.images) > 1 else '') +
-          (SPLIT_PREFIX if folders == 'class' and with_splits else '') + {
-              ('flat', False): DEFAULT_TEMPLATE,
-              ('flat', True): BATCH_TEMPLATE,
-              ('class', False): CLASS_TEMPLATE,
-              ('class', True): CLASS_BATCH_TEMPLATE,
+  return ((name_templates.KEYS_PREFIX if len(found.images) > 1 else '') +
+          (name_templates.SPLIT_PREFIX if folders == 'class' and with_splits else '') + {
+              ('flat', False): name_templates.DEFAULT_TEMPLATE,
+              ('flat', True): name_templates.BATCH_TEMPLATE,
+              ('class', False): name_templates.CLASS_TEMPLATE,
+              ('class', True): name_templates.CLASS_BATCH_TEMPLATE,
           }[(folders, found.batched)])
 
 
@@ -278,7 +239,7 @@ class Namer:
     if of_file is None:
       if len(self._files) >= self._FILES_KEPT:
         self._files.clear()
-      of_file = self._files[path] = (stem_of(path), split_of(path))
+      of_file = self._files[path] = (shard_names.stem_of(path), shard_names.split_of(path))
     if self._own_fields_only:
       values = {'index': image.ref.index, 'n': image.n, 'key': image.key,
                 'stem': of_file[0], 'ext': config.encode.extension}
@@ -295,49 +256,6 @@ class Namer:
     if config.portable_names:
       name = portable_name(name)
     return name
-
-
-# ---------------------------------------------------------------------------------------
-# What an input file's name says: its stem and its split
-
-_TFDS_SHARD = re.compile(
-    r'^(?P<dataset>.+?)-(?P<split>[^-]+)\.(tfrecord|array_record|riegeli)'
-    r'-\d{5}-of-\d{5}(\.gz|\.zz)?$')
-_COMPRESSION_EXT = re.compile(r'\.(gz|gzip|zz|zlib)$', re.I)
-_RECORD_EXT = re.compile(
-    r'\.(tfrecords?|tfr|records?|array_record|riegeli)([-_.](?P<shard>\d+)(-of-\d+)?)?$',
-    re.I)
-_SPLIT_WORDS = re.compile(r'^(train|test|validation|valid|val|eval|dev)([-_.]|$)', re.I)
-
-
-def split_of(url: str) -> Optional[str]:
-  """The split a shard belongs to, from TFDS-style or train-/test- prefixed names."""
-  name = posixpath.basename(url)
-  match = _TFDS_SHARD.match(name)
-  if match:
-    return match.group('split')
-  match = _SPLIT_WORDS.match(name)
-  return match.group(1).lower() if match else None
-
-
-def stem_of(url: str) -> str:
-  """A file's name without its record and compression extensions, shard number kept.
-
-  Distinct shards of one dataset get distinct stems, so the default name template
-  cannot collide across them:
-
-    'a/b/train.tfrecord.gz'                -> 'train'
-    'mnist-train.tfrecord-00001-of-00004'  -> 'mnist-train-00001'
-    'train.tfrecord-00001-of-00004'        -> 'train-00001'
-    'part-00003.tfrecords'                 -> 'part-00003'
-    'images.2024-01-01.rec'                -> 'images.2024-01-01'
-  """
-  name = _COMPRESSION_EXT.sub('', posixpath.basename(url.rstrip('/')))
-  match = _RECORD_EXT.search(name)
-  if match is None:
-    return posixpath.splitext(name)[0] or name
-  base = name[:match.start()] or name
-  return f'{base}-{match.group("shard")}' if match.group('shard') else base
 
 
 # ---------------------------------------------------------------------------------------

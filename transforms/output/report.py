@@ -9,13 +9,14 @@ import html
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from transforms import errors
 from transforms.images import render
+from transforms.output import export_config
 from transforms.output import incremental
 from transforms.output import naming
 from transforms.output import output_root
@@ -25,9 +26,6 @@ from transforms.output import runs as runs_lib
 from transforms.pixels import encode
 from transforms.pixels import normalize
 from transforms.pixels import preview
-
-if TYPE_CHECKING:  # types only: export imports report's users
-  from transforms import export
 
 
 _STYLE = """
@@ -179,7 +177,7 @@ def render_html(report: dict, samples: Sequence[Tuple[str, str, bytes]]) -> str:
 # Writing the report, and _SUCCESS when it is earned
 
 
-def write_report(config: 'export.ExportConfig', manifest: dict, dead_letter: dict,
+def write_report(config: export_config.ExportConfig, manifest: dict, dead_letter: dict,
                  spans: Iterable[Tuple[float, float]] = (),
                  names: Optional[dict] = None) -> dict:
   """Writes `_report.json` and `_report.html`, removes temp debris, then `_SUCCESS` if earned.
@@ -250,7 +248,7 @@ def write_report(config: 'export.ExportConfig', manifest: dict, dead_letter: dic
   return report
 
 
-def write_failure_report(config: 'export.ExportConfig', cause: str,
+def write_failure_report(config: export_config.ExportConfig, cause: str,
                          counts: Optional[Dict[str, int]]) -> bool:
   """After a run that stopped early (a storage fault, Ctrl-C, the runner failing): removes
   its temp files, then writes `_report.json`/`_report.html` saying so, with the images

@@ -10,15 +10,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from transforms import errors
-
-if TYPE_CHECKING:  # types only: schema imports normalize
-  from transforms.images import schema
 
 BIT_DEPTHS = ('auto', '8', '16', 'float')
 CHANNEL_ORDERS = ('rgb', 'bgr')
@@ -446,16 +443,25 @@ def to_display(pixels: np.ndarray, axes: str,
 # The dataset's value range, resolved once at launch from the sampled records
 
 
-def value_ranges(spec: NormalizeSpec, found: 'schema.Schema'
+class SampledImage(Protocol):
+  """What the launch's sample shows of one image key: its dtype and its values' min..max,
+  overall and per channel (the schema's `ImageInfo` is one; this package sits below it)."""
+  key: str
+  dtype: str
+  value_range: Sequence[float]
+  channel_ranges: Optional[Sequence[Sequence[float]]]
+
+
+def value_ranges(spec: NormalizeSpec, images: Sequence[SampledImage]
                  ) -> Tuple[Optional[Tuple[float, float]], tuple]:
   """RenderConfig's `value_range` (the first image key's) and `key_value_ranges` (the
-  further keys whose range differs from it)."""
-  ranges = [dataset_value_range(spec, image) for image in found.images]
+  further keys whose range differs from it), for the sample's image keys in order."""
+  ranges = [dataset_value_range(spec, image) for image in images]
   return ranges[0], tuple((image.key, value_range) for image, value_range in
-                          zip(found.more_images, ranges[1:]) if value_range != ranges[0])
+                          zip(images[1:], ranges[1:]) if value_range != ranges[0])
 
 
-def _unnormalized_extent(spec: NormalizeSpec, image: 'schema.ImageInfo'
+def _unnormalized_extent(spec: NormalizeSpec, image: SampledImage
                          ) -> Tuple[float, float]:
   """The sample's min..max after `value * std + mean`, each channel with its own numbers
   (normalize undoes them after BGR becomes RGB, so the channels are taken in RGB order)."""
@@ -476,7 +482,7 @@ def _unnormalized_extent(spec: NormalizeSpec, image: 'schema.ImageInfo'
   return float(min(ends)), float(max(ends))
 
 
-def dataset_value_range(spec: NormalizeSpec, image: 'schema.ImageInfo'
+def dataset_value_range(spec: NormalizeSpec, image: SampledImage
                         ) -> Optional[Tuple[float, float]]:
   """Resolves `--value_range` once for the whole dataset from the sampled extent.
 
@@ -545,7 +551,7 @@ def preset_extent(name: str) -> List[Tuple[float, float]]:
   return [((0.0 - m) / s, (top - m) / s) for m, s in zip(mean, std)]
 
 
-def value_signature(image: 'schema.ImageInfo') -> Optional[Signature]:
+def value_signature(image: SampledImage) -> Optional[Signature]:
   """The common normalization the sample's values show, from their min..max (and each
   channel's): a standard range auto takes (`[0,1]`, `[-1,1]`, `[0,255]`, and 0..65535 for
   integer types), float data that is 16-bit (`--value_range=0,65535`), or a mean/std
@@ -588,7 +594,7 @@ def value_signature(image: 'schema.ImageInfo') -> Optional[Signature]:
                    ('--mean', preset_name), False, expected)
 
 
-def suggestion(spec: NormalizeSpec, image: 'schema.ImageInfo') -> Optional[dict]:
+def suggestion(spec: NormalizeSpec, image: SampledImage) -> Optional[dict]:
   """What to pass when the sample carries a signature that the settings given would read
   wrong (auto range, no --mean): {'looks_like', 'flags', 'warning'}; else None."""
   if spec.value_range != 'auto' or spec.mean is not None:
