@@ -42,9 +42,9 @@ from transforms.images import name_templates
 from transforms.images import render
 from transforms.output import manifest as manifest_lib
 from transforms.output import naming
-from transforms.output import output_root
 from transforms.output import report as report_lib
 from transforms.output import root_claim
+from transforms.output import root_files
 from transforms.pixels import encode
 from transforms.pixels import normalize
 from transforms.plan import DEFAULT_VALUES as DEFAULTS
@@ -453,7 +453,7 @@ def _run_logged(plan: plan_lib.Plan, claim: root_claim.Claim,
   finally:
     if monitor is not None:
       monitor.stop()
-  root = output_root.OutputRoot(plan.config.output, plan.config.read.storage_options)
+  root = root_files.OutputRoot(plan.config.output, plan.config.read.storage_options)
   report = json.loads(root.read(naming.REPORT))
   line = summary(report, failure_counters(result))
   if not report['success']:

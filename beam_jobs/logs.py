@@ -205,8 +205,8 @@ class RunLog:
 
   def _copy(self) -> str:
     from transforms.output import naming  # pylint: disable=import-outside-toplevel
-    from transforms.output import output_root  # pylint: disable=import-outside-toplevel
-    root = output_root.OutputRoot(self._output, self._storage_options)
+    from transforms.output import root_files  # pylint: disable=import-outside-toplevel
+    root = root_files.OutputRoot(self._output, self._storage_options)
     with open(self.path, 'r', encoding='utf-8', errors='replace') as source, \
         root.open_write(self.name) as target:
       for line in source:  # the workers' own lines too: redacted on the way

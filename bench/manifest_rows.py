@@ -22,7 +22,7 @@ import time
 
 from transforms.output import export_config
 from transforms.output import manifest
-from transforms.output import output_root
+from transforms.output import root_files
 
 
 def _row(i: int) -> dict:
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
   results = {'rows': args.rows}
   with tempfile.TemporaryDirectory(dir='/dev/shm' if os.path.isdir('/dev/shm') else None
                                    ) as folder:
-    root = output_root.OutputRoot(folder)
+    root = root_files.OutputRoot(folder)
     results['line_us_per_row'] = round(_least(lambda: [
         manifest.manifest_line(row, in_key_order=True) for row in rows]) / args.rows * 1e6, 2)
     for output_format in export_config.MANIFEST_FORMATS:

@@ -1,5 +1,5 @@
 """The manifest's sorted runs, their merge into parts and the commit
-(transforms/output/manifest.py, transforms/output/runs.py), without Beam."""
+(transforms/output/manifest.py, transforms/output/sorted_runs.py), without Beam."""
 
 import dataclasses
 import hashlib
@@ -23,8 +23,8 @@ from transforms.images import render
 from transforms.inputs import tfrecord
 from transforms.output import export_config
 from transforms.output import manifest
-from transforms.output import output_root
-from transforms.output import runs
+from transforms.output import root_files
+from transforms.output import sorted_runs
 
 
 def _row(path, source='s.tfrecord', index=0, n=0, size=10, label=None, sha='x',
@@ -94,48 +94,48 @@ def _config(out, **options):
 
 
 def test_runs_are_sorted_files_and_merge_back_in_key_order(tmp_path):
-  root = output_root.OutputRoot(str(tmp_path))
-  writer = runs.RunWriter(root, JSONL, run_bytes=2_000, group_rows=3, block_rows=2)
+  root = root_files.OutputRoot(str(tmp_path))
+  writer = sorted_runs.RunWriter(root, JSONL, run_bytes=2_000, group_rows=3, block_rows=2)
   paths = [f'{c}/img-{i:04d}.png' for i in range(300, 0, -1) for c in 'ba']
   for path in paths:
     writer.add(_tuple(manifest.WRITTEN, _row(path)), 100)
   written = writer.flush()
   assert len(written) > 10  # small runs, so the merge below needs intermediate levels
   for run in written:
-    keys = [row[0] for row in runs.rows_of(root, run)]
+    keys = [row[0] for row in sorted_runs.rows_of(root, run)]
     assert keys == sorted(keys) and len(keys) == run.rows == sum(run.group_rows)
     assert list(run.firsts) == keys[::3]
     with pa.ipc.open_file(tmp_path / run.name) as stored:  # groups of 3 as batches of 2, 1
       assert [stored.get_batch(i).num_rows for i in range(stored.num_record_batches)] == [
           rows for _, rows, _ in run.blocks()] == [2, 1] * (run.rows // 3) + (
               [min(2, run.rows % 3)] if run.rows % 3 else [])
-  merged = [row[0] for row in runs.merged(root, written, JSONL, fan_in=3)]
+  merged = [row[0] for row in sorted_runs.merged(root, written, JSONL, fan_in=3)]
   assert merged == sorted(paths)
   assert writer.flush() == []  # flush hands the runs over once
 
 
 def test_a_run_read_back_short_fails_loudly(tmp_path):
-  root = output_root.OutputRoot(str(tmp_path))
-  writer = runs.RunWriter(root, JSONL)
+  root = root_files.OutputRoot(str(tmp_path))
+  writer = sorted_runs.RunWriter(root, JSONL)
   for path in ('a.png', 'b.png'):
     writer.add(_tuple(manifest.WRITTEN, _row(path)), 100)
   [run] = writer.flush()
   short = dataclasses.replace(run, group_rows=(3,))
   with pytest.raises(OSError, match='read back 2 rows of 3'):
-    list(runs.rows_of(root, short))
+    list(sorted_runs.rows_of(root, short))
   missing = dataclasses.replace(run, firsts=('a.png', 'b.png'), group_rows=(1, 1))
   with pytest.raises(OSError, match='holds 1 batches of 2'):
-    runs.RangeReader(root, missing, None, None).until(None)
+    sorted_runs.RangeReader(root, missing, None, None).until(None)
 
 
 def test_a_range_reader_opens_its_run_only_when_a_range_wants_its_rows(tmp_path):
-  root = output_root.OutputRoot(str(tmp_path))
-  writer = runs.RunWriter(root, JSONL, group_rows=4, block_rows=2)
+  root = root_files.OutputRoot(str(tmp_path))
+  writer = sorted_runs.RunWriter(root, JSONL, group_rows=4, block_rows=2)
   paths = [f'm/{i:02d}.png' for i in range(10)]
   for path in paths:
     writer.add(_tuple(manifest.WRITTEN, _row(path)), 100)
   [run] = writer.flush()
-  reader = runs.RangeReader(root, run, 'm/01.png', 'm/09.png')
+  reader = sorted_runs.RangeReader(root, run, 'm/01.png', 'm/09.png')
   with mock.patch.object(root, 'open_read', wraps=root.open_read) as opened:
     assert reader.until('a') == [] and opened.call_count == 0  # below every path
     taken = [reader.until(key) for key in ('m/05.png', 'm/05.png', None, None)]
@@ -240,11 +240,11 @@ def test_previous_manifest_lines_become_entries_and_bad_lines_are_dropped(tmp_pa
   (tmp_path / '_manifest.jsonl').write_bytes(
       json.dumps(good).encode() + b'\nnot json\n{"no": "path"}\n[1, 2]\n'
       b'{"path": 5, "source": "s", "index": 0, "n": 0}\n' + json.dumps(also_good).encode())
-  root = output_root.OutputRoot(str(tmp_path))
+  root = root_files.OutputRoot(str(tmp_path))
   assert manifest.part_files(root) == ['_manifest.jsonl']
   [run] = manifest.previous_runs('_manifest.jsonl',
                                  _config(tmp_path, manifest_format=output_format))
-  entries = list(runs.rows_of(root, run))
+  entries = list(sorted_runs.rows_of(root, run))
   assert [e[:2] for e in entries] == [('a.png', manifest.PREVIOUS),
                                       ('b.png', manifest.PREVIOUS)]
   schema = manifest.ENTRY_SCHEMAS[output_format]
@@ -279,10 +279,10 @@ def test_entries_added_a_chunk_at_a_time_are_the_entries_added_one_by_one(
     rows = [dict(sorted(row.items())) for row in rows]
 
   def written(add):
-    root = output_root.OutputRoot(str(tmp_path_factory.mktemp('root')))
+    root = root_files.OutputRoot(str(tmp_path_factory.mktemp('root')))
     writer = manifest.EntryWriter(root, output_format, run_bytes=run_bytes)
     add(writer)
-    return [row for run in writer.flush() for row in runs.rows_of(root, run)]
+    return [row for run in writer.flush() for row in sorted_runs.rows_of(root, run)]
 
   def by_chunks(writer):
     start, sizes = 0, itertools.cycle(chunk_sizes)
@@ -309,7 +309,7 @@ def test_any_runs_cut_into_any_parts_give_one_sorted_manifest(
   answer, whatever the run sizes and part sizes: every path in exactly one part (a name
   at a boundary included, duplicates across runs included), parts in path order."""
   out = tmp_path_factory.mktemp('root')
-  root = output_root.OutputRoot(str(out))
+  root = root_files.OutputRoot(str(out))
   writer = manifest.EntryWriter(root, output_format, rows_per_part=part_rows,
                                 run_bytes=run_bytes)
   expected = {}
@@ -376,7 +376,7 @@ def test_a_part_written_slice_by_slice_is_the_part_written_whole(
   ROW_GROUP_ROWS (Parquet), the same counts, collisions and report samples, whatever
   the entries (replays, collisions, skipped images, previous rows kept or stale)."""
   out = tmp_path_factory.mktemp('root')
-  root = output_root.OutputRoot(str(out))
+  root = root_files.OutputRoot(str(out))
   writer = manifest.EntryWriter(root, output_format, rows_per_part=group_rows * 16,
                                 run_bytes=run_bytes, block_rows=block_rows)
   for path, index, kind, label in images:
@@ -407,7 +407,7 @@ def test_a_part_written_slice_by_slice_is_the_part_written_whole(
 
 
 def test_parquet_parts_keep_dictionaries_only_for_columns_images_share(tmp_path):
-  root = output_root.OutputRoot(str(tmp_path))
+  root = root_files.OutputRoot(str(tmp_path))
   writer = manifest.EntryWriter(root, 'parquet')
   for i in range(50):
     writer.add(manifest.WRITTEN, _row(f'{i:02d}.png', index=i, label=str(i % 3),
@@ -426,7 +426,7 @@ def test_parquet_parts_keep_dictionaries_only_for_columns_images_share(tmp_path)
 
 def test_a_committed_manifest_replaces_earlier_parts_and_a_killed_commit_is_finished(
     tmp_path):
-  root = output_root.OutputRoot(str(tmp_path))
+  root = root_files.OutputRoot(str(tmp_path))
   for name in ('part-00000-of-00002.jsonl', 'part-00001-of-00002.jsonl'):
     root.write(f'_manifest/{name}', b'{"path": "old.png"}\n')
   root.write('_manifest.jsonl', b'{"path": "older.png"}\n')

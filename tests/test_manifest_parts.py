@@ -267,7 +267,7 @@ def test_the_previous_rows_step_runs_only_where_a_manifest_may_be(tmp_path):
   from transforms import ptransforms
   from transforms.output import export_config
   from transforms.output import manifest
-  from transforms.output import output_root
+  from transforms.output import root_files
 
   def labels(previous_manifest):
     config = export_config.ExportConfig(patterns=(str(tmp_path / 'in*'),),
@@ -279,7 +279,7 @@ def test_the_previous_rows_step_runs_only_where_a_manifest_may_be(tmp_path):
 
   assert not any('ListPrevious' in label for label in labels(False))
   assert any('ListPrevious' in label for label in labels(True))
-  root = output_root.OutputRoot(str(tmp_path / 'root'))
+  root = root_files.OutputRoot(str(tmp_path / 'root'))
   os.makedirs(tmp_path / 'root')
   assert not manifest.any_previous(root)
   for made in ('_manifest/_parts.json', '_manifest/_staged/_commit.json',

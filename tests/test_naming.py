@@ -127,7 +127,8 @@ _FIELD_VALUES = st.one_of(st.integers(-5, 10**7), st.text(max_size=12), st.boole
 
 @settings(max_examples=300, deadline=None)
 @given(template=st.sampled_from([
-           name_templates.DEFAULT_TEMPLATE, name_templates.BATCH_TEMPLATE, name_templates.CLASS_TEMPLATE,
+           name_templates.DEFAULT_TEMPLATE, name_templates.BATCH_TEMPLATE,
+           name_templates.CLASS_TEMPLATE,
            name_templates.KEYS_PREFIX + name_templates.DEFAULT_TEMPLATE, '{stem}/{n}-{index}',
            '{split}/{label}/{id}.{ext}', '{index}.{ext}', '{stem}-{index}.jpg',
            '{image/filename}', '{index}-{stem}', '{label}-{index}.{ext}']),

@@ -1,12 +1,12 @@
 """transforms/output/portability.py: counting non-portable names over sorted runs, a fold-key
 range per task, with the same result however the names are cut into runs and ranges."""
 
-from transforms.output import output_root
 from transforms.output import portability
+from transforms.output import root_files
 
 
 def _count(tmp_path, names, per_run, range_rows, slice_rows):
-  root = output_root.OutputRoot(str(tmp_path))
+  root = root_files.OutputRoot(str(tmp_path))
   runs = []
   for start in range(0, len(names), per_run):
     writer = portability.FoldWriter(root)

@@ -1,4 +1,4 @@
-"""Records decoded by their layout (transforms/images/record_layout.py) equal a full decode."""
+"""Records decoded by their layout (transforms/images/layout_decoder.py) equal a full decode."""
 
 import re
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from tests import fixtures
 from transforms import errors
 from transforms.images import decode
-from transforms.images import record_layout
+from transforms.images import layout_decoder
 from transforms.inputs.tfrecord import RecordRef
 
 F = fixtures
@@ -37,7 +37,7 @@ def _decode_all(payloads, spec=RAW, monkeypatch=None, outcome=_outcome):
     original = decode.decode_record
     monkeypatch.setattr(decode, 'decode_record',
                         lambda *args: full.append(1) or original(*args))
-  decoder = record_layout.LayoutDecoder(spec)
+  decoder = layout_decoder.LayoutDecoder(spec)
   refs = [RecordRef('data.tfrecord', i, i * 1000) for i in range(len(payloads))]
   got = [outcome(decoder.decode, ref, p) for ref, p in zip(refs, payloads)]
   calls = len(full)
@@ -238,7 +238,7 @@ def test_in_place_pixels_are_the_full_decodes_values_left_in_the_record():
   # Labels of one and two varint bytes (from 150 on) make records of two lengths.
   payloads = [_tensor_record(photos[i % 4], label=F.int64_feature(i * 50))
               for i in range(8)]
-  decoder = record_layout.LayoutDecoder(TENSOR, in_place=True)
+  decoder = layout_decoder.LayoutDecoder(TENSOR, in_place=True)
   misaligned = 0
   for i, payload in enumerate(payloads):
     ref = RecordRef('data.tfrecord', i, 0)
@@ -282,7 +282,7 @@ def test_a_tensor_header_shorter_than_what_sniffing_reads_is_no_layout():
   for array, content_at in ((np.arange(40, dtype=np.uint8), None),
                             (np.zeros((5, 8), np.uint8) + 7, 14)):
     value = F.serialized_tensor(array)
-    span = record_layout._tensor_content(b'ab' + value, (2, 2 + len(value)))
+    span = layout_decoder._tensor_content(b'ab' + value, (2, 2 + len(value)))
     assert span == (None if content_at is None else (2 + content_at, 2 + len(value)))
 
 
@@ -309,7 +309,7 @@ def test_any_tensor_record_after_a_learned_one_decodes_as_in_full(others, dtype,
 
 
 # Encoded images (TFDS-style JPEG or PNG under a key): each file has its own size, so
-# the lengths around it vary with it (record_layout.EncodedLayout).
+# the lengths around it vary with it (layout_decoder.EncodedLayout).
 ENCODED = decode.ImageSpec(key='image', encoding='encoded', decode_encoded=False)
 _ENCODED_FIELDS = _FIELDS + ('pixels',)
 
@@ -351,7 +351,7 @@ def test_tensorflow_written_jpeg_records_decode_by_layout_as_in_full(monkeypatch
                                                            'id': 'img-007'}
   # one full decode per shape of the record's bytes (label and lengths one, two or
   # three bytes wide), not one per record
-  assert full_decodes <= record_layout.MAX_ENCODED_LAYOUTS < len(payloads)
+  assert full_decodes <= layout_decoder.MAX_ENCODED_LAYOUTS < len(payloads)
 
 
 def test_encoded_records_decoded_for_reencoding_give_the_same_pixels(monkeypatch):
@@ -380,7 +380,7 @@ def test_a_damaged_image_by_layout_fails_as_in_full_naming_its_record():
 def _field(number, body, pad=0):
   """A length-delimited field; `pad` extra varint bytes spell its length longer than
   needed (0x80 continuation bytes and a final 0x00, which protobuf's parser accepts)."""
-  length = bytearray(record_layout._varint_bytes(len(body)))
+  length = bytearray(layout_decoder._varint_bytes(len(body)))
   if pad:
     length[-1] |= 0x80
     length += b'\x80' * (pad - 1) + b'\x00'

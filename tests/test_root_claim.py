@@ -13,15 +13,15 @@ from tests import emulators
 from tests import fixtures
 from tests.conftest import REPO
 from transforms import errors
-from transforms.output import output_root
 from transforms.output import root_claim
+from transforms.output import root_files
 
 
 def test_a_local_lock_is_refused_while_held_and_free_once_released(tmp_path):
-  root = output_root.OutputRoot(str(tmp_path / 'out'))
+  root = root_files.OutputRoot(str(tmp_path / 'out'))
   first = root_claim.claim(root)
   with pytest.raises(errors.RootBusyError, match=f'pid {os.getpid()}'):
-    root_claim.claim(output_root.OutputRoot(str(tmp_path / 'out')))
+    root_claim.claim(root_files.OutputRoot(str(tmp_path / 'out')))
   first.release()
   assert not (tmp_path / 'out' / root_claim.LOCK).exists()
   root_claim.claim(root).release()
@@ -55,12 +55,12 @@ def test_an_s3_lease_is_refused_while_live_and_taken_over_once_expired(s3_root):
   fs, url, options = s3_root
   # The lease is long enough that a slow machine still asks while it is live; the
   # test then waits until the expiry written in the lease object, not a guessed time.
-  first = root_claim.claim(output_root.OutputRoot(url, options), lease_seconds=4)
+  first = root_claim.claim(root_files.OutputRoot(url, options), lease_seconds=4)
   first._stop.set()  # the holder dies: nobody renews its lease any more
   with pytest.raises(errors.RootBusyError, match='its lease ends at'):
-    root_claim.claim(output_root.OutputRoot(url, options))
+    root_claim.claim(root_files.OutputRoot(url, options))
   time.sleep(max(0.0, _holder(fs, url)['expires'] - time.time()) + 0.2)
-  second = root_claim.claim(output_root.OutputRoot(url, options))
+  second = root_claim.claim(root_files.OutputRoot(url, options))
   assert _holder(fs, url)['run_id'] == second.run_id != first.run_id
   first.release()  # a late release of the dead holder leaves the new lease alone
   assert _holder(fs, url)['run_id'] == second.run_id
@@ -76,7 +76,7 @@ def test_the_job_refuses_an_s3_root_whose_lease_is_live_then_runs_and_releases(s
   fixtures.write_tfrecord(str(src / 'a.tfrecord'), [fixtures.example({
       'image': fixtures.bytes_feature(fixtures.serialized_tensor(fixtures.photo(i, 16, 16)))})
       for i in range(3)])
-  holder = root_claim.claim(output_root.OutputRoot(url, options))
+  holder = root_claim.claim(root_files.OutputRoot(url, options))
   env = dict(os.environ)
 
   def export():

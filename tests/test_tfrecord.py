@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from tests import fixtures
 from transforms import errors
-from transforms.inputs import read
+from transforms.inputs import record_ranges
 from transforms.inputs import tfrecord
 
 PAYLOADS = [b'', b'a', b'hello world' * 3, bytes(range(256)) * 40, b'\x00' * 70000]
@@ -37,7 +37,7 @@ def _key(slot):
 @pytest.mark.parametrize('compression', ['', 'GZIP', 'ZLIB'])
 def test_reads_files_tensorflow_wrote(tmp_path, compression):
   path = fixtures.write_tfrecord(str(tmp_path / 'tf.tfrecord'), PAYLOADS, compression)
-  slots = list(read.read_all([path]))
+  slots = list(record_ranges.read_all([path]))
   assert _good(slots) == PAYLOADS
   assert [s[0].index for s in slots] == list(range(len(PAYLOADS)))
 
@@ -68,14 +68,14 @@ def test_compression_is_detected_by_extension_or_content(tmp_path, name, content
   tfrecord.write_tfrecord(path, [b'x' * 10, b'y'], content or expected)
   head = open(path, 'rb').read(12)
   assert tfrecord.resolve_compression(path, 'auto', head) == expected
-  assert _good(read.read_all([path])) == [b'x' * 10, b'y']
+  assert _good(record_ranges.read_all([path])) == [b'x' * 10, b'y']
 
 
 def test_compression_option_overrides_the_extension(tmp_path):
   path = str(tmp_path / 'misnamed.gz')
   tfrecord.write_tfrecord(path, [b'plain'], 'none')
-  config = read.ReadConfig(compression='none')
-  assert _good(read.read_all([path], config)) == [b'plain']
+  config = record_ranges.ReadConfig(compression='none')
+  assert _good(record_ranges.read_all([path], config)) == [b'plain']
 
 
 def _frames(payloads):
@@ -138,8 +138,8 @@ def test_truncated_compressed_file_reports_truncation(tmp_path, compression):
   tfrecord.write_tfrecord(path, [os.urandom(3000) for _ in range(5)], compression)
   data = open(path, 'rb').read()
   open(path, 'wb').write(data[:len(data) * 2 // 3])
-  config = read.ReadConfig(compression=compression)
-  slots = list(read.read_all([path], config))
+  config = record_ranges.ReadConfig(compression=compression)
+  slots = list(record_ranges.read_all([path], config))
   assert 1 <= len(_good(slots)) < 5
   assert [b.reason for b in _bad(slots)] == ['truncated']
 
@@ -157,9 +157,9 @@ def test_ranges_read_exactly_what_one_whole_read_reads(tmp_path):
   assert len(ranges) > 5
   assert ranges[0].start == 0 and ranges[-1].end is None
   pieces = []
-  config = read.ReadConfig(split_bytes=1000)
+  config = record_ranges.ReadConfig(split_bytes=1000)
   for file_range in ranges:
-    pieces += list(read.read_range(file_range, config))
+    pieces += list(record_ranges.read_range(file_range, config))
   assert [_key(s) for s in pieces] == [_key(s) for s in whole]
   assert len(_bad(whole)) == 2
 
@@ -198,7 +198,7 @@ def test_fsspec_urls_globs_and_directories_read_the_same(tmp_path):
   (folder / 'notes.txt').write_text('not a shard')
   for pattern in ('memory://unrecord-test/a.tfrecord', 'memory://unrecord-test/*.tfrecord',
                   str(folder), str(folder / '*.tfrecord'), f'file://{folder}/a.tfrecord'):
-    assert _good(read.read_all([pattern])) == payloads, pattern
+    assert _good(record_ranges.read_all([pattern])) == payloads, pattern
   memory.rm('/unrecord-test', recursive=True)
 
 
@@ -216,17 +216,17 @@ def test_the_index_pass_plans_and_counts_any_record_sizes_as_a_whole_read(
   path = str(tmp_path / 'big.tfrecord')
   open(path, 'wb').write(bytes(data))
   buffers = []
-  opened = read.input_files.open_input
+  opened = record_ranges.input_files.open_input
 
   def spy(url, storage_options=None, **kwargs):
-    buffers.append(kwargs.get('local_buffer', read.input_files.LOCAL_BUFFER))
+    buffers.append(kwargs.get('local_buffer', record_ranges.input_files.LOCAL_BUFFER))
     return opened(url, storage_options, **kwargs)
 
-  monkeypatch.setattr(read.input_files, 'open_input', spy)
-  config = read.ReadConfig(split_bytes=150000)
-  item = read.input_files.InputFile(path, len(data))
-  ranges = read.plan_file(item, config)
-  slots = read.count_records(item, config)
+  monkeypatch.setattr(record_ranges.input_files, 'open_input', spy)
+  config = record_ranges.ReadConfig(split_bytes=150000)
+  item = record_ranges.input_files.InputFile(path, len(data))
+  ranges = record_ranges.plan_file(item, config)
+  slots = record_ranges.count_records(item, config)
   # Each pass sniffs the head through the buffer; a large first record opens the file
   # again, unbuffered, for the headers.
   per_pass = [64 << 10, 0] if sizes[0] >= 64 << 10 else [64 << 10]
@@ -234,7 +234,7 @@ def test_the_index_pass_plans_and_counts_any_record_sizes_as_a_whole_read(
   with open(path, 'rb') as f:  # through the 64 KiB buffer, as before
     assert ranges == tfrecord.plan_ranges(f, path, size=len(data), split_bytes=150000)
   whole = _read(bytes(data), size=len(data))
-  pieces = [slot for file_range in ranges for slot in read.read_range(file_range, config)]
+  pieces = [slot for file_range in ranges for slot in record_ranges.read_range(file_range, config)]
   assert len(ranges) > 3 and slots == len(whole)
   assert [_key(s) for s in pieces] == [_key(s) for s in whole]
   assert len(_bad(whole)) == 2 and len(_good(whole)) == len(payloads) - 2

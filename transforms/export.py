@@ -22,15 +22,15 @@ import cv2
 from transforms import errors
 from transforms import progress
 from transforms.images import decode
-from transforms.images import record_layout
+from transforms.images import layout_decoder
 from transforms.images import render
-from transforms.inputs import read
+from transforms.inputs import record_ranges
 from transforms.inputs import tfrecord
 from transforms.output import export_config
 from transforms.output import manifest as manifest_lib
 from transforms.output import naming
-from transforms.output import output_root
-from transforms.output import runs as runs_lib
+from transforms.output import root_files
+from transforms.output import sorted_runs
 
 
 class RangeWorker:
@@ -41,12 +41,12 @@ class RangeWorker:
   def __init__(self, config: export_config.ExportConfig):
     cv2.setNumThreads(0)  # the runner's workers are the parallelism; no pool per worker
     self.config = config
-    self.root = output_root.OutputRoot(config.output, config.read.storage_options,
-                                       store_crc32c=config.checksum == 'crc32c')
+    self.root = root_files.OutputRoot(config.output, config.read.storage_options,
+                                      store_crc32c=config.checksum == 'crc32c')
     self.decoder = decode.make_decoder(config.image)
     # Pixels stay in the record where they sit misaligned: `normalize` reads them there.
-    self.records = record_layout.KeysDecoder((config.image,) + config.more_images,
-                                             self.decoder, in_place=True)
+    self.records = layout_decoder.KeysDecoder((config.image,) + config.more_images,
+                                              self.decoder, in_place=True)
     self.progress = progress.ProgressSender(config.progress)
     self.namer = naming.Namer(config.render)
 
@@ -57,9 +57,9 @@ class RangeWorker:
 
 def export_range(file_range: tfrecord.FileRange, worker: RangeWorker,
                  tally: progress.Tally
-                 ) -> Iterator[Union[runs_lib.Run, errors.Failure]]:
+                 ) -> Iterator[Union[sorted_runs.Run, errors.Failure]]:
   """Exports every image of one record range: its files are written, and it yields the
-  range's sorted manifest runs (`runs_lib.Run`) and a Failure per image or record
+  range's sorted manifest runs (`sorted_runs.Run`) and a Failure per image or record
   that failed. Counts go to `tally`.
 
   Records are taken in chunks (`_chunks`), and each stage runs over a whole chunk before
@@ -68,10 +68,10 @@ def export_range(file_range: tfrecord.FileRange, worker: RangeWorker,
   """
   runs = manifest_lib.EntryWriter(worker.root, worker.config.manifest_format,
                                  worker.config.manifest_part_rows)
-  slots = read.read_slots(read.read_range(file_range, worker.config.read), tally)
+  slots = record_ranges.read_slots(record_ranges.read_range(file_range, worker.config.read), tally)
   for chunk in _chunks(slots, CHUNK_RECORDS, CHUNK_BYTES):
     images = []
-    for item in record_layout.decode_records(chunk, worker.records, tally):
+    for item in layout_decoder.decode_records(chunk, worker.records, tally):
       if isinstance(item, errors.Failure):
         yield item
       else:

@@ -26,20 +26,20 @@ from transforms.images import name_templates
 from transforms.images import render
 from transforms.images import schema as schema_lib
 from transforms.inputs import input_files
-from transforms.inputs import read
+from transforms.inputs import record_ranges
 from transforms.inputs import shard_names
 from transforms.inputs import tfrecord
 from transforms.output import export_config
 from transforms.output import incremental
 from transforms.output import naming
-from transforms.output import output_root
 from transforms.output import root_claim
+from transforms.output import root_files
 from transforms.pixels import encode
 from transforms.pixels import normalize
 
 
 # Each stage's config owns the defaults of its options; Request takes them from there.
-_READ, _IMAGE = read.ReadConfig(), decode.ImageSpec()
+_READ, _IMAGE = record_ranges.ReadConfig(), decode.ImageSpec()
 _ENCODE, _NORMALIZE = encode.EncodeSpec(), normalize.NormalizeSpec()
 
 
@@ -163,8 +163,8 @@ def parse_shape(text: Optional[str]):
     raise errors.ConfigError(f'--shape must be like 224,224,3, got {text!r}') from None
 
 
-def read_config(request: Request) -> read.ReadConfig:
-  return read.ReadConfig(
+def read_config(request: Request) -> record_ranges.ReadConfig:
+  return record_ranges.ReadConfig(
       compression=request.compression, max_record_size=request.max_record_size,
       split_bytes=max(request.split_size_mb, 1) << 20,
       storage_options=parse_storage_options(request.storage_options))
@@ -258,7 +258,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
   patterns = tuple(input_patterns(request))
   input_files.check_reachable(patterns, read_settings.storage_options)
   spec = image_spec(request)
-  listed = read.list_inputs(patterns, read_settings)
+  listed = record_ranges.list_inputs(patterns, read_settings)
   check_output_outside_inputs(patterns, request.output, read_settings.storage_options,
                               request.overwrite, files=[item.url for item in listed[0]] +
                               [url for url, _ in listed[1]])
@@ -310,7 +310,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       label_names=tuple(found.label_names) if found.label_names else None,
       reencode=request.reencode, max_pixels=request.max_pixels,
       portable_names=request.portable_names)
-  root = output_root.OutputRoot(request.output, read_settings.storage_options)
+  root = root_files.OutputRoot(request.output, read_settings.storage_options)
   root.check_writable()
   used = tuple(sorted((k, v) for k, v in given.items() if k in REPORTED_OPTIONS))
   settings = {k: v for k, v in used if k in IDENTITY_OPTIONS}
@@ -354,7 +354,7 @@ def skipped_warning(skipped: Sequence[Tuple[str, str]], shown: int = 10) -> Opti
 
 
 def detect(request: Request, spec: decode.ImageSpec, records: Sequence[tfrecord.Record],
-           files: Sequence[str], read_settings: read.ReadConfig,
+           files: Sequence[str], read_settings: record_ranges.ReadConfig,
            decoder: decode.Decoder) -> schema_lib.Schema:
   """The schema the sampled records show, with the keys and label names `request`
   names (`found.image` is None when no image was found; `found.failures` says why)."""
@@ -551,7 +551,7 @@ def count_images(plan: Plan) -> Tuple[int, bool]:
   for item in input_files.expand_patterns(config.patterns, config.read.storage_options):
     if item.url in skipped:
       continue
-    exact = read.count_records(item, config.read)
+    exact = record_ranges.count_records(item, config.read)
     if exact is None:
       estimated = True
       exact = item.size / max(plan.mean_frame_bytes, 1.0)

@@ -1,7 +1,7 @@
 """TFRecords -> image arrays, for every common way images are stored.
 
 A record is a tf.train.Example, a SequenceExample, or itself a tensor or an encoded image
-(`transforms.records.records`); each image is decoded from one feature.
+(`transforms.records.record_kinds`); each image is decoded from one feature.
 
 Encodings of the image feature:
   tensor   a bytes feature holding `tf.io.serialize_tensor` output or `np.save` bytes
@@ -29,7 +29,7 @@ from transforms.pixels import isolation
 from transforms.pixels import normalize
 from transforms.records import example as example_lib
 from transforms.records import npy
-from transforms.records import records
+from transforms.records import record_kinds
 from transforms.records import tensor_proto
 from transforms.records.example import FeatureValue
 
@@ -46,7 +46,7 @@ class ImageSpec:
   """How to find and decode the image in each record. Unset fields are detected."""
   key: Optional[str] = None
   encoding: Optional[str] = None
-  # What each record is (records.KINDS); None detects it per record.
+  # What each record is (record_kinds.KINDS); None detects it per record.
   record: Optional[str] = None
   shape: Optional[Tuple[int, ...]] = None
   dtype: Optional[str] = None
@@ -64,9 +64,9 @@ class ImageSpec:
     if self.encoding is not None and self.encoding not in ENCODINGS:
       raise errors.ConfigError(
           f'encoding must be one of {", ".join(ENCODINGS)}, got {self.encoding!r}')
-    if self.record is not None and self.record not in records.KINDS:
+    if self.record is not None and self.record not in record_kinds.KINDS:
       raise errors.ConfigError(
-          f'record kind must be one of {", ".join(records.KINDS)}, got {self.record!r}')
+          f'record kind must be one of {", ".join(record_kinds.KINDS)}, got {self.record!r}')
     if self.axes not in AXES:
       raise errors.ConfigError(
           f'tensor layout must be one of {", ".join(AXES)}, got {self.axes!r}')
@@ -524,21 +524,21 @@ def decode_record(ref: RecordRef, payload: bytes, spec: ImageSpec,
                   decoder: Decoder = image_formats.decode_encoded) -> List[DecodedImage]:
   """Parses one record and decodes its images; errors carry the record."""
   try:
-    return decode_parsed(ref, records.parse(payload, spec.record), spec, decoder)
+    return decode_parsed(ref, record_kinds.parse(payload, spec.record), spec, decoder)
   except errors.UnrecordError as e:
     raise e.at(ref.path, ref.index, ref.offset)
 
 
-def decode_parsed(ref: RecordRef, parsed: records.Parsed, spec: ImageSpec,
+def decode_parsed(ref: RecordRef, parsed: record_kinds.Parsed, spec: ImageSpec,
                   decoder: Decoder = image_formats.decode_encoded) -> List[DecodedImage]:
   """Every image of one parsed record. A feature list gives an image per step, numbered
   across the steps like the images of a batch."""
-  if records.is_bare(parsed.kind):
+  if record_kinds.is_bare(parsed.kind):
     # A bare record among Examples is its own image, whatever key the run settled.
-    encoding = 'tensor' if parsed.kind == records.TENSOR else 'encoded'
-    if (spec.key, spec.encoding) != (records.RECORD_KEY, encoding):
-      spec = dataclasses.replace(spec, key=records.RECORD_KEY, encoding=encoding)
-  elif spec.key == records.RECORD_KEY:
+    encoding = 'tensor' if parsed.kind == record_kinds.TENSOR else 'encoded'
+    if (spec.key, spec.encoding) != (record_kinds.RECORD_KEY, encoding):
+      spec = dataclasses.replace(spec, key=record_kinds.RECORD_KEY, encoding=encoding)
+  elif spec.key == record_kinds.RECORD_KEY:
     spec = dataclasses.replace(spec, key=None, encoding=None)  # an Example among them
   if not parsed.feature_lists:
     return decode_features(ref, parsed.features, spec, decoder)

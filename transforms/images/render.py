@@ -1,4 +1,5 @@
-"""One decoded image -> its encoded bytes (its name: transforms/output/naming.py). Pure; no Beam, no I/O.
+"""One decoded image -> its encoded bytes. Pure; no Beam, no I/O. (Its name is made
+above, in transforms/output/naming.py.)
 
 Passthrough: an image already encoded in the requested format, with no pixel change
 asked for, is written as its original bytes (byte-identical, no generation loss).

@@ -16,12 +16,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from transforms import errors
 from transforms.images import decode
 from transforms.inputs import input_files
-from transforms.inputs import read
+from transforms.inputs import record_ranges
 from transforms.inputs import shard_names
 from transforms.inputs import tfrecord
 from transforms.pixels import normalize
 from transforms.records import example as example_lib
-from transforms.records import records as records_lib
+from transforms.records import record_kinds
 
 _LABEL_NAMES = ('label', 'image/class/label', 'labels', 'class', 'class_id', 'label_id',
                 'target', 'category', 'category_id', 'y')
@@ -188,11 +188,11 @@ class Schema:
   tfds_name: Optional[str] = None
   failures: List[str] = dataclasses.field(default_factory=list)
   scalar_keys: List[str] = dataclasses.field(default_factory=list)
-  record: str = records_lib.EXAMPLE
+  record: str = record_kinds.EXAMPLE
   feature_lists: Dict[str, FeatureSummary] = dataclasses.field(default_factory=dict)
   # The images of further image keys (several --image_key values), in their order.
   more_images: List[ImageInfo] = dataclasses.field(default_factory=list)
-  # Files of a folder input that hold no TFRecord: not read (read.list_inputs).
+  # Files of a folder input that hold no TFRecord: not read (record_ranges.list_inputs).
   skipped_inputs: List[str] = dataclasses.field(default_factory=list)
 
   @property
@@ -237,19 +237,19 @@ class Schema:
 
 
 def sample_records(patterns: Sequence[str], limit: int,
-                   config: Optional[read.ReadConfig] = None, listed=None
+                   config: Optional[record_ranges.ReadConfig] = None, listed=None
                    ) -> Tuple[List[tfrecord.Record], List[str], List[str],
                               List[Tuple[str, str]]]:
   """Up to `limit` good records from the start of the inputs, the damage met, the files
-  read, and the files skipped (`read.list_inputs`: in a folder, holding no TFRecord;
+  read, and the files skipped (`record_ranges.list_inputs`: in a folder, holding no TFRecord;
   `listed`: what it returned, when the caller has it)."""
-  config = config or read.ReadConfig()
-  files, skipped = listed if listed is not None else read.list_inputs(patterns, config)
+  config = config or record_ranges.ReadConfig()
+  files, skipped = listed if listed is not None else record_ranges.list_inputs(patterns, config)
   records: List[tfrecord.Record] = []
   damage: List[str] = []
   for item in files:
-    for file_range in read.plan_file(dataclasses.replace(item, in_folder=False), config):
-      for slot in read.read_range(file_range, config):
+    for file_range in record_ranges.plan_file(dataclasses.replace(item, in_folder=False), config):
+      for slot in record_ranges.read_range(file_range, config):
         if isinstance(slot, errors.CorruptRecordError):
           damage.append(str(slot))
         else:
@@ -319,12 +319,12 @@ def detect_schema(
 
   `decoder` decodes encoded images (default: in this process).
   """
-  parsed: List[Tuple[tfrecord.RecordRef, records_lib.Parsed]] = []
+  parsed: List[Tuple[tfrecord.RecordRef, record_kinds.Parsed]] = []
   failures: List[str] = []
   kind = spec.record or _record_kind(records)
   for ref, payload in records:
     try:
-      parsed.append((ref, records_lib.parse(payload, kind)))
+      parsed.append((ref, record_kinds.parse(payload, kind)))
     except errors.UnrecordError as e:
       failures.append(str(e.at(ref.path, ref.index, ref.offset)))
 
@@ -340,7 +340,7 @@ def detect_schema(
   if image_key is None and tfds and tfds.image_keys:
     image_key = next((k for k in tfds.image_keys if k in first), None)
   if image_key is not None and parsed and image_key not in first:
-    if records_lib.is_bare(kind):
+    if record_kinds.is_bare(kind):
       raise errors.ConfigError(
           f'the records are not tf.train.Example: each is itself {_KIND_WORDS[kind]}, '
           f'so it has no feature {image_key!r}; leave out --image_key')
@@ -398,15 +398,15 @@ def detect_schema(
       record=kind, feature_lists=list_summaries, more_images=more_images)
 
 
-_KIND_WORDS = {records_lib.TENSOR: 'a serialized tensor',
-               records_lib.IMAGE: 'an encoded image'}
+_KIND_WORDS = {record_kinds.TENSOR: 'a serialized tensor',
+               record_kinds.IMAGE: 'an encoded image'}
 
 
 def _record_kind(records: Sequence[tfrecord.Record]) -> str:
   """The kind most of the sampled records are; the first record breaks a tie."""
-  kinds = [records_lib.kind_of(payload) for _, payload in records]
+  kinds = [record_kinds.kind_of(payload) for _, payload in records]
   if not kinds:
-    return records_lib.EXAMPLE
+    return record_kinds.EXAMPLE
   return max(dict.fromkeys(kinds), key=kinds.count)
 
 

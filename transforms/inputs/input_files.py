@@ -29,7 +29,7 @@ _LOCAL_PROTOCOLS = ('file', 'local')
 @dataclasses.dataclass(frozen=True, order=True)
 class InputFile:
   """One input file. `in_folder`: found by listing a folder the user named, so a file
-  that holds no TFRecord is skipped (`read.plan_file`), not a failure."""
+  that holds no TFRecord is skipped (`record_ranges.plan_file`), not a failure."""
   url: str
   size: int
   in_folder: bool = False

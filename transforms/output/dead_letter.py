@@ -4,9 +4,10 @@ to replay). Failure rows are made where things fail (`progress.Tally.fail`, the 
 name collisions); this module only writes them.
 
 With memory flat however many records fail (a whole corrupt bucket): workers write their
-failures, with the records' bytes, as sorted runs (`FailureWriter`, transforms/output/runs.py),
-and one worker streams the runs, merged, into the two files (`write_dead_letter`). That
-worker's work grows with the failures, not the images (docs/scale.md).
+failures, with the records' bytes, as sorted runs (`FailureWriter`,
+transforms/output/sorted_runs.py), and one worker streams the runs, merged, into the two
+files (`write_dead_letter`). That worker's work grows with the failures, not the images
+(docs/scale.md).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import orjson
 import pyarrow as pa
 
 from transforms import errors
-from transforms.inputs import read
+from transforms.inputs import record_ranges
 from transforms.inputs import tfrecord
 from transforms.output import export_config
 from transforms.output import manifest as manifest_lib
 from transforms.output import naming
-from transforms.output import output_root
-from transforms.output import runs as runs_lib
+from transforms.output import root_files
+from transforms.output import sorted_runs
 
 FAILURE_SCHEMA = pa.schema([
     ('key', pa.string()), ('row', pa.binary()), ('payload', pa.binary()),
@@ -57,33 +58,33 @@ class FailureWriter:
 
   def __init__(self, config: export_config.ExportConfig):
     self._config = config
-    root = output_root.OutputRoot(config.output, config.read.storage_options)
-    self._runs = runs_lib.RunWriter(root, FAILURE_SCHEMA, group_rows=_BATCH_ROWS,
-                                    prefix='dead-letter')
+    root = root_files.OutputRoot(config.output, config.read.storage_options)
+    self._runs = sorted_runs.RunWriter(root, FAILURE_SCHEMA, group_rows=_BATCH_ROWS,
+                                       prefix='dead-letter')
 
   def add(self, failure: errors.Failure) -> None:
     payload = failure.payload
     if payload is None and failure.stage != 'read' and failure.offset is not None:
-      payload = read.fetch_record(failure.path, failure.offset, self._config.read)
+      payload = record_ranges.fetch_record(failure.path, failure.offset, self._config.read)
     row = manifest_lib.manifest_line(failure.to_row())
     self._runs.add((sort_key(failure), row, payload, failure.images, failure.reason),
                    len(row) + len(payload or b'') + 64)
 
-  def flush(self) -> List[runs_lib.Run]:
+  def flush(self) -> List[sorted_runs.Run]:
     return self._runs.flush()
 
   def discard(self) -> None:
     self._runs.discard()
 
 
-def write_dead_letter(runs: Iterable[runs_lib.Run], config: export_config.ExportConfig) -> dict:
+def write_dead_letter(runs: Iterable[sorted_runs.Run], config: export_config.ExportConfig) -> dict:
   """Streams the failure runs, merged, into `_dead_letter.jsonl` and the failed records'
   bytes (once per record, in the same order) into `_dead_letter.tfrecord`."""
-  root = output_root.OutputRoot(config.output, config.read.storage_options)
+  root = root_files.OutputRoot(config.output, config.read.storage_options)
   by_reason = collections.Counter()
   first: List[dict] = []
-  merged = runs_lib.merged(root, list(runs), FAILURE_SCHEMA, fan_in=_FAN_IN,
-                           group_rows=_BATCH_ROWS)
+  merged = sorted_runs.merged(root, list(runs), FAILURE_SCHEMA, fan_in=_FAN_IN,
+                              group_rows=_BATCH_ROWS)
   with root.open_write(naming.DEAD_LETTER_ROWS) as rows_out, \
       root.open_write(naming.DEAD_LETTER_RECORDS) as records_out:
     records = tfrecord.TFRecordWriter(records_out)

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 from transforms import errors
 from transforms.images import decode
 from transforms.images import render
-from transforms.inputs import read
+from transforms.inputs import record_ranges
 from transforms.output import checksums
 
 MANIFEST_FORMATS = ('jsonl', 'parquet')
@@ -28,7 +28,7 @@ class ExportConfig:
   """The resolved job: inputs, output root, and how each image is read and rendered."""
   patterns: Tuple[str, ...]
   output: str
-  read: read.ReadConfig = read.ReadConfig()
+  read: record_ranges.ReadConfig = record_ranges.ReadConfig()
   image: decode.ImageSpec = decode.ImageSpec()
   # Further image keys written from each record (several --image_key values).
   more_images: Tuple[decode.ImageSpec, ...] = ()
@@ -57,7 +57,7 @@ class ExportConfig:
   manifest_part_rows: int = MANIFEST_PART_ROWS
   # Each row's checksum of its file (transforms/output/checksums.py): sha256, crc32c or blake3.
   checksum: str = 'sha256'
-  # Files of a folder input skipped at launch: they hold no TFRecord (read.list_inputs).
+  # Files of a folder input skipped at launch: they hold no TFRecord (record_ranges.list_inputs).
   skipped_inputs: Tuple[str, ...] = ()
   # Whether the root holds a manifest (or a commit a killed run left) when the run
   # starts, under its claim (`manifest.any_previous`): without one, the job has no

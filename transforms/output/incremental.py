@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from transforms import errors
 from transforms.inputs import input_files
-from transforms.output import output_root
+from transforms.output import root_files
 
 STATE = '_unrecord_state.json'
 # Checksums of an object's content that object stores report; a shard with none is hashed.
@@ -61,7 +61,7 @@ def _content(fp: Optional[Fingerprint]) -> Optional[Fingerprint]:
   return None if fp is None else {k: v for k, v in fp.items() if k != 'stat'}
 
 
-def read_state(root: output_root.OutputRoot) -> dict:
+def read_state(root: root_files.OutputRoot) -> dict:
   """{'shards': {url: Fingerprint}, 'settings': dict or None}; empty for a new root."""
   if not root.exists(STATE):
     return {'shards': {}, 'settings': None}
@@ -88,7 +88,7 @@ def changed_shards(urls: Sequence[str], state: dict, settings: dict,
   return changed
 
 
-def write_state(root: output_root.OutputRoot, processed: Sequence[Tuple[str, Fingerprint]],
+def write_state(root: root_files.OutputRoot, processed: Sequence[Tuple[str, Fingerprint]],
                 settings: dict) -> Dict[str, Fingerprint]:
   """Adds the processed shards' fingerprints to the state, atomically."""
   state = read_state(root)

@@ -9,7 +9,7 @@ that many rows, whatever the run's size.
 
 How it is made, with nothing per image passing through one worker:
 1. Each worker writes an entry per image to an `EntryWriter`: sorted run files under
-   the root's scratch folder (transforms/output/runs.py), never rows through the runner.
+   the root's scratch folder (transforms/output/sorted_runs.py), never rows through the runner.
    The previous manifest's rows become runs the same way (`read_previous`, a task per
    previous part); a part that is damaged, missing or not listed is rebuilt there from
    the image files on disk instead of trusted.
@@ -54,8 +54,8 @@ from transforms.images import render
 from transforms.output import checksums
 from transforms.output import export_config
 from transforms.output import naming
-from transforms.output import output_root
-from transforms.output import runs as runs_lib
+from transforms.output import root_files
+from transforms.output import sorted_runs
 from transforms.pixels import image_formats
 
 # Entries a part's task holds at once, about 0.6 KB each (docs/scale.md): a worker's
@@ -129,14 +129,14 @@ def _source_key(row: dict) -> str:
 class EntryWriter:
   """A worker's manifest entries, written as sorted runs (`flush()` returns them)."""
 
-  def __init__(self, root: output_root.OutputRoot, output_format: str = 'jsonl',
+  def __init__(self, root: root_files.OutputRoot, output_format: str = 'jsonl',
                rows_per_part: int = export_config.MANIFEST_PART_ROWS, run_bytes: int = 8 << 20,
                block_rows: int = RUN_BLOCK_ROWS):
     self._format = output_format
-    self._runs = runs_lib.RunWriter(root, ENTRY_SCHEMAS[output_format],
-                                    run_bytes=run_bytes,
-                                    group_rows=index_step(rows_per_part),
-                                    block_rows=block_rows, prefix='manifest')
+    self._runs = sorted_runs.RunWriter(root, ENTRY_SCHEMAS[output_format],
+                                       run_bytes=run_bytes,
+                                       group_rows=index_step(rows_per_part),
+                                       block_rows=block_rows, prefix='manifest')
 
   def add(self, kind: str, row: dict, line: Optional[bytes] = None, *,
           in_key_order: bool = False) -> None:
@@ -181,7 +181,7 @@ class EntryWriter:
       held += 400 * len(rows)
     self._runs.add_columns(columns, held)
 
-  def flush(self) -> List[runs_lib.Run]:
+  def flush(self) -> List[sorted_runs.Run]:
     return self._runs.flush()
 
 
@@ -241,7 +241,7 @@ def part_name(index: int, count: int, output_format: str) -> str:
   return f'part-{index:05d}-of-{count:05d}.{output_format}'
 
 
-def part_files(root: output_root.OutputRoot) -> List[str]:
+def part_files(root: root_files.OutputRoot) -> List[str]:
   """The manifest's files under the root, in path order: its parts, or else an earlier
   version's `_manifest.jsonl`, or nothing."""
   if root.exists(PARTS_INDEX):
@@ -252,7 +252,7 @@ def part_files(root: output_root.OutputRoot) -> List[str]:
   return []
 
 
-def _file_rows(root: output_root.OutputRoot, name: str) -> Iterator[Tuple[dict, Optional[bytes]]]:
+def _file_rows(root: root_files.OutputRoot, name: str) -> Iterator[Tuple[dict, Optional[bytes]]]:
   """(row, its JSON line or None) for each row of one manifest file; JSON lines that do
   not hold a row are skipped."""
   if name.endswith('.parquet'):
@@ -270,7 +270,7 @@ def _file_rows(root: output_root.OutputRoot, name: str) -> Iterator[Tuple[dict, 
         yield row, (line if line.endswith(b'\n') else line + b'\n')
 
 
-def _parquet_groups(root: output_root.OutputRoot, name: str,
+def _parquet_groups(root: root_files.OutputRoot, name: str,
                     columns: Optional[Sequence[str]] = None) -> Iterator[pa.Table]:
   with root.open_read(name) as f:
     parquet = pq.ParquetFile(f, page_checksum_verification=True)
@@ -278,14 +278,14 @@ def _parquet_groups(root: output_root.OutputRoot, name: str,
       yield parquet.read_row_group(group, columns=columns)
 
 
-def _file_tables(root: output_root.OutputRoot, name: str, rows: int) -> Iterator[pa.Table]:
+def _file_tables(root: root_files.OutputRoot, name: str, rows: int) -> Iterator[pa.Table]:
   """One manifest file's rows as PARQUET_SCHEMA tables of about `rows` rows (a JSONL
   file's `id` and `label` made text)."""
   if name.endswith('.parquet'):
     groups = map(_with_every_column, _parquet_groups(root, name))
   else:
     groups = (lines_to_table(b''.join(block))
-              for block in runs_lib.blocks(_jsonl_lines(root, name), ROW_GROUP_ROWS))
+              for block in sorted_runs.blocks(_jsonl_lines(root, name), ROW_GROUP_ROWS))
   held: List[pa.Table] = []
   for table in groups:
     held.append(table)
@@ -305,21 +305,21 @@ def _with_every_column(table: pa.Table) -> pa.Table:
   return table.select(PARQUET_SCHEMA.names) if missing else table
 
 
-def _jsonl_lines(root: output_root.OutputRoot, name: str) -> Iterator[bytes]:
+def _jsonl_lines(root: root_files.OutputRoot, name: str) -> Iterator[bytes]:
   with root.open_read(name) as f:
     for line in f:
       if line.strip():
         yield line if line.endswith(b'\n') else line + b'\n'
 
 
-def read_rows(root: output_root.OutputRoot) -> Iterator[dict]:
+def read_rows(root: root_files.OutputRoot) -> Iterator[dict]:
   """Every row of the root's manifest, in path order."""
   for name in part_files(root):
     for row, _ in _file_rows(root, name):
       yield row
 
 
-def listed_paths(root: output_root.OutputRoot) -> Iterator[str]:
+def listed_paths(root: root_files.OutputRoot) -> Iterator[str]:
   """The path of every row of the root's manifest (of Parquet, only that column read)."""
   for name in part_files(root):
     if name.endswith('.parquet'):
@@ -358,12 +358,12 @@ class PreviousFile:
 def previous_files(config: export_config.ExportConfig) -> List[PreviousFile]:
   """The previous manifest's files to read, once an interrupted commit has been
   finished, and what is already known to be wrong with them."""
-  root = output_root.OutputRoot(config.output, config.read.storage_options)
+  root = root_files.OutputRoot(config.output, config.read.storage_options)
   recover(root)
   return plan_previous(root)
 
 
-def plan_previous(root: output_root.OutputRoot) -> List[PreviousFile]:
+def plan_previous(root: root_files.OutputRoot) -> List[PreviousFile]:
   """A task per part `_parts.json` lists (a missing one marked so), a sweep for part
   files it does not list; with no readable `_parts.json` beside part files, one sweep
   of the whole root; with no parts, an earlier version's `_manifest.jsonl` or nothing.
@@ -393,7 +393,7 @@ def plan_previous(root: output_root.OutputRoot) -> List[PreviousFile]:
   return tasks
 
 
-def _read_index(root: output_root.OutputRoot) -> Tuple[Optional[dict], str]:
+def _read_index(root: root_files.OutputRoot) -> Tuple[Optional[dict], str]:
   """(`_parts.json`, '') if it reads as the commit wrote it: parts named in order, each
   with its rows and path range, the ranges in order; else (None, what is wrong)."""
   try:
@@ -426,7 +426,7 @@ class _Damaged(Exception):
 
 
 def read_previous(task: PreviousFile, config: export_config.ExportConfig
-                  ) -> Tuple[List[runs_lib.Run], Optional[dict]]:
+                  ) -> Tuple[List[sorted_runs.Run], Optional[dict]]:
   """(the rows of one task of the previous manifest as sorted runs of `p` entries in this
   run's manifest format, what was repaired or None).
 
@@ -435,7 +435,7 @@ def read_previous(task: PreviousFile, config: export_config.ExportConfig
   rebuilt from the image files on disk in its path range (`_rebuild`), and the repair is
   returned for the report's warning line. Never raised for a damaged part: a damaged
   manifest would stop every later run, so a run repairs it instead."""
-  root = output_root.OutputRoot(config.output, config.read.storage_options)
+  root = root_files.OutputRoot(config.output, config.read.storage_options)
   damage = task.damage
   if task.name is not None and damage is None:
     try:
@@ -467,13 +467,13 @@ def read_previous(task: PreviousFile, config: export_config.ExportConfig
                 'rows_rebuilt': rebuilt, 'warning': warning}
 
 
-def previous_runs(name: str, config: export_config.ExportConfig) -> List[runs_lib.Run]:
+def previous_runs(name: str, config: export_config.ExportConfig) -> List[sorted_runs.Run]:
   """The rows of one file of the previous manifest, trusted as it reads."""
   return read_previous(PreviousFile(name), config)[0]
 
 
-def _previous_runs(root: output_root.OutputRoot, task: PreviousFile,
-                   config: export_config.ExportConfig) -> List[runs_lib.Run]:
+def _previous_runs(root: root_files.OutputRoot, task: PreviousFile,
+                   config: export_config.ExportConfig) -> List[sorted_runs.Run]:
   """`task`'s part as sorted runs of `p` entries, checked against what `_parts.json`
   lists for it as it is read; raises _Damaged."""
   check = _PartCheck(task)
@@ -485,7 +485,7 @@ def _previous_runs(root: output_root.OutputRoot, task: PreviousFile,
         check.paths(table.column('path'))
         entries = _as_entries(table, PREVIOUS)
         if entries.num_rows:
-          runs.append(runs_lib.write_run(root, entries, step, 'manifest', RUN_BLOCK_ROWS))
+          runs.append(sorted_runs.write_run(root, entries, step, 'manifest', RUN_BLOCK_ROWS))
     else:
       writer = EntryWriter(root, 'jsonl', config.manifest_part_rows)
       for row, line in _file_rows(root, task.name):
@@ -560,9 +560,9 @@ class _PartCheck:
                      f'{PARTS_INDEX} lists {task.rows})')
 
 
-def _rebuild(root: output_root.OutputRoot, config: export_config.ExportConfig,
+def _rebuild(root: root_files.OutputRoot, config: export_config.ExportConfig,
              in_scope: Callable[[str], bool], candidates: Sequence[str]
-             ) -> Tuple[List[runs_lib.Run], int, int]:
+             ) -> Tuple[List[sorted_runs.Run], int, int]:
   """(runs of `p` entries, rows kept, rows rebuilt): a row for each image file under
   the root whose path is `in_scope`.
 
@@ -600,7 +600,7 @@ def _rebuild(root: output_root.OutputRoot, config: export_config.ExportConfig,
   return writer.flush(), kept, rebuilt
 
 
-def _image_files(root: output_root.OutputRoot) -> Iterator[Tuple[str, Optional[int]]]:
+def _image_files(root: root_files.OutputRoot) -> Iterator[Tuple[str, Optional[int]]]:
   """(path, size) of every file under the root but unrecord's own (`_*` at the top, temp
   names)."""
   prefix = root.path('')
@@ -608,12 +608,12 @@ def _image_files(root: output_root.OutputRoot) -> Iterator[Tuple[str, Optional[i
     if not found.startswith(prefix):
       continue
     path = found[len(prefix):]
-    if path.split('/', 1)[0].startswith('_') or output_root.is_temp_name(path):
+    if path.split('/', 1)[0].startswith('_') or root_files.is_temp_name(path):
       continue
     yield path, info.get('size')
 
 
-def _reads_whole(root: output_root.OutputRoot, name: str) -> bool:
+def _reads_whole(root: root_files.OutputRoot, name: str) -> bool:
   """Whether every row of a manifest file reads, in strict path order."""
   last = None
   try:
@@ -638,7 +638,7 @@ def _reads_whole(root: output_root.OutputRoot, name: str) -> bool:
   return True
 
 
-def _salvaged_rows(root: output_root.OutputRoot, name: str
+def _salvaged_rows(root: root_files.OutputRoot, name: str
                    ) -> Iterator[Tuple[dict, Optional[bytes]]]:
   """(row, its JSON line or None) of each row of a manifest file that still reads: lines
   that do not parse, and Parquet row groups that do not read, are passed over."""
@@ -659,7 +659,7 @@ def _salvaged_rows(root: output_root.OutputRoot, name: str
     return
 
 
-def rebuilt_row(root: output_root.OutputRoot, path: str, config: export_config.ExportConfig
+def rebuilt_row(root: root_files.OutputRoot, path: str, config: export_config.ExportConfig
                 ) -> Optional[dict]:
   """The manifest row of an image file whose row was lost, from the file alone: its
   path, bytes, checksum (of `--checksum`), format, shape_out and dtype_out. What only the
@@ -679,13 +679,13 @@ def rebuilt_row(root: output_root.OutputRoot, path: str, config: export_config.E
   return row
 
 
-def _checksum_matches(root: output_root.OutputRoot, row: dict, path: str) -> bool:
+def _checksum_matches(root: root_files.OutputRoot, row: dict, path: str) -> bool:
   """Whether a salvaged row's checksum, of whichever algorithm it holds, is the file's."""
   held = row_checksum(row)
   return held is not None and held[1] == _checksum_or_none(root, path, held[0])
 
 
-def any_previous(root: output_root.OutputRoot) -> bool:
+def any_previous(root: root_files.OutputRoot) -> bool:
   """Whether the root holds any manifest file: parts, an interrupted commit's staged
   ones, or an earlier version's `_manifest.jsonl`."""
   return root.exists(naming.MANIFEST) or root.exists(naming.LEGACY_MANIFEST)
@@ -704,10 +704,10 @@ class Part:
   hi: Optional[str]
 
 
-def plan_parts(runs: Sequence[runs_lib.Run], rows_per_part: int = export_config.MANIFEST_PART_ROWS
-               ) -> List[Part]:
+def plan_parts(runs: Sequence[sorted_runs.Run],
+               rows_per_part: int = export_config.MANIFEST_PART_ROWS) -> List[Part]:
   """The manifest's parts: a path range per `rows_per_part` entries, at least one."""
-  points = runs_lib.split_points(runs, rows_per_part)
+  points = sorted_runs.split_points(runs, rows_per_part)
   bounds = [None, *points, None]
   return [Part(i, len(points) + 1, bounds[i], bounds[i + 1]) for i in range(len(points) + 1)]
 
@@ -882,7 +882,7 @@ def _count_written(result: PartResult, e: Entry) -> None:
   result.passthrough += e.passthrough
 
 
-def write_part(part: Part, runs: Sequence[runs_lib.Run], config: export_config.ExportConfig,
+def write_part(part: Part, runs: Sequence[sorted_runs.Run], config: export_config.ExportConfig,
                on_collision: Callable[[errors.Failure], None],
                slice_rows: int = SLICE_ROWS,
                on_paths: Optional[Callable[[List[str]], None]] = None) -> dict:
@@ -897,7 +897,7 @@ def write_part(part: Part, runs: Sequence[runs_lib.Run], config: export_config.E
   task holds one slice (with its sort and a row group in flight) and a record batch of
   each run, whatever the part's size. A path's entries all fall in one slice.
   """
-  root = output_root.OutputRoot(config.output, config.read.storage_options)
+  root = root_files.OutputRoot(config.output, config.read.storage_options)
   keep_previous = _keeps_previous(config)
   name = part_name(part.index, part.count, config.manifest_format)
   totals, sampler = PartResult(), RowSampler()
@@ -945,13 +945,13 @@ def write_part(part: Part, runs: Sequence[runs_lib.Run], config: export_config.E
   }
 
 
-def _slices(root: output_root.OutputRoot, part: Part, runs: Sequence[runs_lib.Run],
+def _slices(root: root_files.OutputRoot, part: Part, runs: Sequence[sorted_runs.Run],
             slice_rows: int) -> Iterator[pa.Table]:
   """The entries of `runs` in `part`'s range, as tables of consecutive path ranges of
   about `slice_rows` entries each, in path order (empty ones left out)."""
-  readers = [runs_lib.RangeReader(root, run, part.lo, part.hi) for run in runs]
+  readers = [sorted_runs.RangeReader(root, run, part.lo, part.hi) for run in runs]
   try:
-    for hi in [*runs_lib.split_points(runs, slice_rows, part.lo, part.hi), None]:
+    for hi in [*sorted_runs.split_points(runs, slice_rows, part.lo, part.hi), None]:
       batches = [batch for reader in readers for batch in reader.until(hi)]
       if batches:
         yield pa.Table.from_batches(batches).combine_chunks()
@@ -1120,7 +1120,7 @@ def _keeps_previous(config: export_config.ExportConfig) -> Callable[[str], bool]
   return lambda source: True
 
 
-def _checksum_or_none(root: output_root.OutputRoot, path: str, algorithm: str
+def _checksum_or_none(root: root_files.OutputRoot, path: str, algorithm: str
                       ) -> Optional[str]:
   try:
     return checksums.digest(root.read(path), algorithm)
@@ -1154,7 +1154,7 @@ def commit(parts: Sequence[dict], config: export_config.ExportConfig,
   that the new manifest does not list are removed. `repairs`: what `read_previous`
   rebuilt of the previous manifest, for the report.
   """
-  root = output_root.OutputRoot(config.output, config.read.storage_options)
+  root = root_files.OutputRoot(config.output, config.read.storage_options)
   parts = sorted(parts, key=lambda p: p['name'])
   index = {'format': config.manifest_format, 'rows': sum(p['rows'] for p in parts),
            'parts': [{k: p[k] for k in ('name', 'rows', 'first', 'last')} for p in parts]}
@@ -1186,7 +1186,7 @@ def commit(parts: Sequence[dict], config: export_config.ExportConfig,
   return total
 
 
-def finish_commit(root: output_root.OutputRoot) -> None:
+def finish_commit(root: root_files.OutputRoot) -> None:
   """Moves the journal's staged parts into `_manifest/`, removes every other part and
   an earlier version's `_manifest.jsonl`, writes `_parts.json`, then the journal goes.
   Safe to run again after being stopped at any point.
@@ -1215,7 +1215,7 @@ def finish_commit(root: output_root.OutputRoot) -> None:
 MOVE_BATCH = 4
 
 
-def _names_in(root: output_root.OutputRoot, folder: str) -> set:
+def _names_in(root: root_files.OutputRoot, folder: str) -> set:
   """The names of the files directly in `folder` (none if it does not exist)."""
   try:
     found = root.fs.ls(root.path(folder), detail=False)
@@ -1224,7 +1224,7 @@ def _names_in(root: output_root.OutputRoot, folder: str) -> set:
   return {path.rstrip('/').rpartition('/')[2] for path in found}
 
 
-def _move(root: output_root.OutputRoot, sources: List[str], targets: List[str]) -> None:
+def _move(root: root_files.OutputRoot, sources: List[str], targets: List[str]) -> None:
   if not sources:
     return
   if root.local:
@@ -1235,7 +1235,7 @@ def _move(root: output_root.OutputRoot, sources: List[str], targets: List[str]) 
     root.fs.rm(sources)
 
 
-def _remove(root: output_root.OutputRoot, paths: List[str]) -> None:
+def _remove(root: root_files.OutputRoot, paths: List[str]) -> None:
   if not paths:
     return
   if root.local:
@@ -1245,7 +1245,7 @@ def _remove(root: output_root.OutputRoot, paths: List[str]) -> None:
     root.fs.rm(paths)
 
 
-def recover(root: output_root.OutputRoot) -> None:
+def recover(root: root_files.OutputRoot) -> None:
   """Finishes a commit a killed run left half done; drops parts staged but never
   committed (a run killed before its commit)."""
   if root.exists(JOURNAL):
@@ -1254,7 +1254,7 @@ def recover(root: output_root.OutputRoot) -> None:
     root.remove_tree(STAGED)
 
 
-def _remove_unlisted(root: output_root.OutputRoot) -> int:
+def _remove_unlisted(root: root_files.OutputRoot) -> int:
   """--overwrite: removes every file under the root that the new manifest does not list
   (a killed run's images, say), except unrecord's own files; returns how many.
 
@@ -1265,7 +1265,7 @@ def _remove_unlisted(root: output_root.OutputRoot) -> int:
   found.difference_update(listed_paths(root))
   removed = 0
   for path in sorted(found):
-    if path.split('/', 1)[0].startswith('_') or output_root.is_temp_name(path):
+    if path.split('/', 1)[0].startswith('_') or root_files.is_temp_name(path):
       continue
     try:
       root.fs.rm_file(root.path(path))
@@ -1354,7 +1354,7 @@ def _text(value) -> str:
   return str(value)
 
 
-def _whole_image(root: output_root.OutputRoot, path: str, config: export_config.ExportConfig
+def _whole_image(root: root_files.OutputRoot, path: str, config: export_config.ExportConfig
                  ) -> Optional[Tuple[bytes, Optional[Tuple[int, ...]], Optional[str]]]:
   """(bytes, shape, dtype) of an image file under the root; None when it is gone or is
   not a whole image (empty, cut short, damaged)."""
@@ -1369,7 +1369,7 @@ def _whole_image(root: output_root.OutputRoot, path: str, config: export_config.
   return data, shape, dtype
 
 
-def existing_row(image: decode.DecodedImage, name: str, root: output_root.OutputRoot,
+def existing_row(image: decode.DecodedImage, name: str, root: root_files.OutputRoot,
                  config: export_config.ExportConfig) -> Optional[dict]:
   """The manifest row for a finished image --skip_existing leaves in place, from the file
   itself; None when there is no such file, or it is not a whole image (empty, cut short,

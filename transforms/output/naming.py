@@ -20,7 +20,7 @@ from transforms import errors
 from transforms.images import name_templates
 from transforms.inputs import shard_names
 
-# Types only, all from lower packages: output_root and the logs need names, not decoders
+# Types only, all from lower packages: root_files and the logs need names, not decoders
 # and encoders (numpy, OpenCV, Pillow).
 if TYPE_CHECKING:
   from transforms.images import decode
@@ -45,8 +45,9 @@ LOGS = '_logs'  # a folder of run logs (beam_jobs/logs.py), the newest KEPT_LOGS
 KEPT_LOGS = 10
 RESERVED_NAMES = (MANIFEST, LEGACY_MANIFEST, DEAD_LETTER_ROWS, DEAD_LETTER_RECORDS, SUCCESS, REPORT,
                   REPORT_HTML, LOGS)
-# The suffix of the temp files writes go through (transforms/output/output_root.py); no output name may
-# end with it, so the sweep of a killed run's temp files can never take an image.
+# The suffix of the temp files writes go through (transforms/output/root_files.py); no
+# output name may end with it, so the sweep of a killed run's temp files can never take
+# an image.
 TEMP_SUFFIX = '.unrecord-tmp'
 _UNSAFE_CHARACTERS = {'/', '\\', ':', '*', '?', '"', '<', '>', '|'}
 

@@ -2,11 +2,12 @@
 
 Counted over the manifest's final paths (each kept row's `path`, new and old alike), with
 nothing per name passing through one worker: while a manifest part is written, its
-paths go to `FoldWriter`, sorted runs keyed by `naming.fold(path)` (transforms/output/runs.py);
-`plan_ranges` cuts those runs into fold-key ranges, `check_range`, a task per range,
-counts each path's Windows problems (`naming.windows_problems`) and the groups of paths
-whose folds are equal (on a case-insensitive disk, all but one of each group is lost),
-and `combine` sums the ranges' counts. Each summary holds a few examples, not the names.
+paths go to `FoldWriter`, sorted runs keyed by `naming.fold(path)`
+(transforms/output/sorted_runs.py); `plan_ranges` cuts those runs into fold-key ranges,
+`check_range`, a task per range, counts each path's Windows problems
+(`naming.windows_problems`) and the groups of paths whose folds are equal (on a
+case-insensitive disk, all but one of each group is lost), and `combine` sums the
+ranges' counts. Each summary holds a few examples, not the names.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.output import naming
-from transforms.output import output_root
-from transforms.output import runs as runs_lib
+from transforms.output import root_files
+from transforms.output import sorted_runs
 
 SCHEMA = pa.schema([('fold', pa.string()), ('path', pa.string())])
 # Names per check task, and per slice it holds at once.
@@ -32,9 +33,9 @@ EXAMPLES = 3
 class FoldWriter:
   """Paths, written as runs sorted by their fold (`flush()` returns the runs)."""
 
-  def __init__(self, root: output_root.OutputRoot):
-    self._runs = runs_lib.RunWriter(root, SCHEMA, run_bytes=8 << 20,
-                                    group_rows=GROUP_ROWS, prefix='names')
+  def __init__(self, root: root_files.OutputRoot):
+    self._runs = sorted_runs.RunWriter(root, SCHEMA, run_bytes=8 << 20,
+                                       group_rows=GROUP_ROWS, prefix='names')
 
   def add(self, paths: Sequence[str]) -> None:
     paths = list(paths)
@@ -42,7 +43,7 @@ class FoldWriter:
       self._runs.add_columns([folds(paths), paths],
                              2 * sum(map(len, paths)) + 32 * len(paths))
 
-  def flush(self) -> List[runs_lib.Run]:
+  def flush(self) -> List[sorted_runs.Run]:
     return self._runs.flush()
 
 
@@ -72,12 +73,12 @@ def problem_masks(paths: pa.Array) -> Dict[str, np.ndarray]:
   return masks
 
 
-def plan_ranges(runs: Sequence[runs_lib.Run], range_rows: int = RANGE_ROWS) -> List[tuple]:
+def plan_ranges(runs: Sequence[sorted_runs.Run], range_rows: int = RANGE_ROWS) -> List[tuple]:
   """(lo, hi) fold-key ranges of about `range_rows` names (None: unbounded); none when
   there are no names."""
   if not any(run.rows for run in runs):
     return []
-  bounds = [None, *runs_lib.split_points(runs, range_rows), None]
+  bounds = [None, *sorted_runs.split_points(runs, range_rows), None]
   return list(zip(bounds[:-1], bounds[1:]))
 
 
@@ -87,8 +88,8 @@ def empty() -> dict:
           'examples': {**{p: [] for p in naming.PORTABILITY_PROBLEMS}, 'case': []}}
 
 
-def check_range(bounds: tuple, runs: Sequence[runs_lib.Run],
-                root: output_root.OutputRoot, slice_rows: int = SLICE_ROWS) -> dict:
+def check_range(bounds: tuple, runs: Sequence[sorted_runs.Run],
+                root: root_files.OutputRoot, slice_rows: int = SLICE_ROWS) -> dict:
   """The portability counts of the names whose fold is in [lo, hi): per Windows problem,
   how many names have it; `case_groups`, the groups of two or more names with one fold,
   and `case_names`, the names in them; up to EXAMPLES of each."""
@@ -132,13 +133,13 @@ def check_range(bounds: tuple, runs: Sequence[runs_lib.Run],
   return found
 
 
-def _slices(root, lo: Optional[str], hi: Optional[str], runs: Sequence[runs_lib.Run],
+def _slices(root, lo: Optional[str], hi: Optional[str], runs: Sequence[sorted_runs.Run],
             slice_rows: int) -> Iterator[pa.Table]:
   """The runs' rows in [lo, hi) in consecutive key ranges of about `slice_rows` rows; a
   key's rows all fall in one."""
-  readers = [runs_lib.RangeReader(root, run, lo, hi) for run in runs]
+  readers = [sorted_runs.RangeReader(root, run, lo, hi) for run in runs]
   try:
-    for bound in [*runs_lib.split_points(runs, slice_rows, lo, hi), None]:
+    for bound in [*sorted_runs.split_points(runs, slice_rows, lo, hi), None]:
       batches = [batch for reader in readers for batch in reader.until(bound)]
       if batches:
         yield pa.Table.from_batches(batches, schema=SCHEMA)

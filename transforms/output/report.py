@@ -19,10 +19,10 @@ from transforms.images import render
 from transforms.output import export_config
 from transforms.output import incremental
 from transforms.output import naming
-from transforms.output import output_root
 from transforms.output import portability
 from transforms.output import root_claim
-from transforms.output import runs as runs_lib
+from transforms.output import root_files
+from transforms.output import sorted_runs
 from transforms.pixels import encode
 from transforms.pixels import normalize
 from transforms.pixels import preview
@@ -186,9 +186,9 @@ def write_report(config: export_config.ExportConfig, manifest: dict, dead_letter
   `names`: the output names' portability counts (`portability.combine`), kept as
   `portability`, with a warning, when some name is not portable.
   """
-  root = output_root.OutputRoot(config.output, config.read.storage_options)
+  root = root_files.OutputRoot(config.output, config.read.storage_options)
   root.remove_temp_debris()
-  root.remove_tree(runs_lib.SCRATCH)
+  root.remove_tree(sorted_runs.SCRATCH)
   finished = time.time()
   seconds = max(finished - (config.run_started or finished), 1e-9)
   success = dead_letter['failed'] <= config.max_failures
@@ -258,9 +258,9 @@ def write_failure_report(config: export_config.ExportConfig, cause: str,
   `_SUCCESS` stays absent, and the manifest is left as the last finished run wrote it.
   """
   try:
-    root = output_root.OutputRoot(config.output, config.read.storage_options)
+    root = root_files.OutputRoot(config.output, config.read.storage_options)
     root.remove_temp_debris()
-    root.remove_tree(runs_lib.SCRATCH)
+    root.remove_tree(sorted_runs.SCRATCH)
     finished = time.time()
     counts = counts or {}
     report = {
@@ -309,7 +309,7 @@ def work_timing(spans: Iterable[Tuple[float, float]], run_started: float
 UNIFORM_WARNING_SHARE = 0.05
 
 
-def _write_report_files(root: output_root.OutputRoot, report: dict,
+def _write_report_files(root: root_files.OutputRoot, report: dict,
                         samples: List[dict]) -> None:
   """`_report.json`, then `_report.html`, whose sample grid is left out rather than fail
   the run. The sampled images are looked at first: too many uniform ones add a warning."""
@@ -330,7 +330,7 @@ def _write_report_files(root: output_root.OutputRoot, report: dict,
   root.write(naming.REPORT_HTML, page.encode('utf-8'))
 
 
-def _thumbnails(root: output_root.OutputRoot, rows: List[dict]):
+def _thumbnails(root: root_files.OutputRoot, rows: List[dict]):
   """(class, caption, thumbnail PNG) for the report's sample grid, in class order, and
   how many of those images are uniform."""
   samples, uniform = [], 0

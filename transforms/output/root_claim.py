@@ -29,7 +29,7 @@ from typing import Dict, Optional, Sequence
 
 from transforms import errors
 from transforms.output import naming
-from transforms.output import output_root
+from transforms.output import root_files
 
 LOCK = '_unrecord_lock.json'
 IDENTITY = '_unrecord_run.json'
@@ -51,7 +51,7 @@ def identity(inputs: Sequence[str], settings: Dict[str, object]) -> dict:
                                 'settings': dict(sorted(settings.items()))}))
 
 
-def previous_identity(root: output_root.OutputRoot) -> Optional[dict]:
+def previous_identity(root: root_files.OutputRoot) -> Optional[dict]:
   """The identity of the export that last wrote `root`, or None (a new or foreign root)."""
   try:
     return json.loads(root.read(IDENTITY))
@@ -78,7 +78,7 @@ def _differences(before: dict, now: dict) -> str:
   return '; '.join(said[:4])
 
 
-def check_compatible(root: output_root.OutputRoot, now: dict, mode: str) -> None:
+def check_compatible(root: root_files.OutputRoot, now: dict, mode: str) -> None:
   """Raises ConfigError when a plain run would mix its images with another export's."""
   if mode not in MODES:
     raise ValueError(mode)
@@ -96,7 +96,7 @@ def check_compatible(root: output_root.OutputRoot, now: dict, mode: str) -> None
 class Claim:
   """The lock on one root, held until release(); start() a run with it."""
 
-  def __init__(self, root: output_root.OutputRoot, run_id: str, lease_seconds: float):
+  def __init__(self, root: root_files.OutputRoot, run_id: str, lease_seconds: float):
     self.root = root
     self.run_id = run_id
     self._lease_seconds = lease_seconds
@@ -244,7 +244,7 @@ class Claim:
       release_lease(self.root, self.run_id)
 
 
-def claim(root: output_root.OutputRoot, *, lease_seconds: float = LEASE_SECONDS) -> Claim:
+def claim(root: root_files.OutputRoot, *, lease_seconds: float = LEASE_SECONDS) -> Claim:
   """Takes `root`'s lock for a new run; raises RootBusyError naming the holder."""
   return Claim(root, uuid.uuid4().hex, lease_seconds).acquire()
 
@@ -255,7 +255,7 @@ def claim_root(url: str, storage_options: Optional[dict] = None, *,
   a context manager); raises RootBusyError naming the holder, ConfigError when it cannot
   be written, StorageFault when its store cannot be reached (within a short timeout). A
   local root this makes is removed again on release if the run wrote nothing."""
-  root = output_root.open_root(url, storage_options)
+  root = root_files.open_root(url, storage_options)
   created = root.local and not os.path.isdir(root.root)
   root.check_writable()
   taken = claim(root, lease_seconds=lease_seconds)
@@ -263,7 +263,7 @@ def claim_root(url: str, storage_options: Optional[dict] = None, *,
   return taken
 
 
-def release_lease(root: output_root.OutputRoot, run_id: str) -> None:
+def release_lease(root: root_files.OutputRoot, run_id: str) -> None:
   """Removes an object-store lease if `run_id` still holds it (the job's last step)."""
   if root.local:
     return  # the launcher's flock; it goes with the launcher
@@ -278,7 +278,7 @@ def _protocols(fs) -> tuple:
   return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
 
 
-def _read_holder(root: output_root.OutputRoot) -> Optional[dict]:
+def _read_holder(root: root_files.OutputRoot) -> Optional[dict]:
   try:
     if root.local:
       with open(root.path(LOCK), 'rb') as f:
@@ -298,7 +298,7 @@ def _lease_bytes(holder: dict) -> bytes:
   return json.dumps(holder, sort_keys=True).encode() + b'\n'
 
 
-def _busy_message(root: output_root.OutputRoot, holder: Optional[dict]) -> str:
+def _busy_message(root: root_files.OutputRoot, holder: Optional[dict]) -> str:
   holder = holder or {}
   who = (f'pid {holder.get("pid")} on {holder.get("host")}, started {holder.get("started")}'
          if holder.get('pid') else 'a run that is still starting')

@@ -40,8 +40,8 @@ import pyarrow.parquet as pq
 from transforms.output import checksums
 from transforms.output import manifest
 from transforms.output import naming
-from transforms.output import output_root
 from transforms.output import root_claim
+from transforms.output import root_files
 
 # What can be wrong, each with the words the summary uses.
 KINDS = {
@@ -209,11 +209,11 @@ class Progress:
 # The root, its manifest, its listing
 
 
-def open_root(url: str, storage_options=None) -> output_root.OutputRoot:
+def open_root(url: str, storage_options=None) -> root_files.OutputRoot:
   """The root at `url`; NotARoot when it holds no unrecord output, Unreachable when its
   storage cannot be asked."""
   try:
-    root = output_root.OutputRoot(url, storage_options)
+    root = root_files.OutputRoot(url, storage_options)
   except (ValueError, ImportError) as e:  # an unknown protocol, a bad option
     raise NotARoot(f'{url}: {e}') from None
   except Exception as e:  # pylint: disable=broad-except
@@ -247,7 +247,7 @@ def _is_fault(error: BaseException) -> bool:
                                 NotADirectoryError, ValueError, EOFError))
 
 
-def read_parts(root: output_root.OutputRoot, summary: Summary) -> List[Row]:
+def read_parts(root: root_files.OutputRoot, summary: Summary) -> List[Row]:
   """Every row of the root's manifest; the parts' problems go into `summary`."""
   try:
     index_text = root.read(manifest.PARTS_INDEX)
@@ -283,7 +283,7 @@ def read_parts(root: output_root.OutputRoot, summary: Summary) -> List[Row]:
   return rows
 
 
-def _part_rows(root: output_root.OutputRoot, name: str, count: Optional[int],
+def _part_rows(root: root_files.OutputRoot, name: str, count: Optional[int],
                summary: Summary) -> List[Row]:
   """The rows of one part; a part that is missing, cannot be parsed or holds other
   than `count` rows is a problem (its rows read so far are still checked)."""
@@ -321,7 +321,7 @@ _JSON_SCHEMA = pa.schema([('path', pa.string()), ('bytes', pa.int64())] +
                          [(name, pa.string()) for name in manifest.CHECKSUM_FIELDS])
 
 
-def _jsonl_rows(root: output_root.OutputRoot, name: str, rows: List[Row]) -> int:
+def _jsonl_rows(root: root_files.OutputRoot, name: str, rows: List[Row]) -> int:
   """Appends the part's rows to `rows`; returns how many lines hold no row. A whole
   part is parsed by Arrow, only the columns verify reads (a part is at most
   --manifest_part_rows rows); one that does not parse so, line by line, to count them."""
@@ -349,7 +349,7 @@ def _jsonl_rows(root: output_root.OutputRoot, name: str, rows: List[Row]) -> int
   return bad
 
 
-def _parquet_rows(root: output_root.OutputRoot, name: str, rows: List[Row]) -> int:
+def _parquet_rows(root: root_files.OutputRoot, name: str, rows: List[Row]) -> int:
   bad = 0
   with root.open_read(name) as f:
     parquet = pq.ParquetFile(f)
@@ -385,13 +385,13 @@ def _row(row: dict) -> Row:
   return Row(path, size if isinstance(size, int) else None, manifest.row_checksum(row))
 
 
-def listing(root: output_root.OutputRoot) -> Dict[str, dict]:
+def listing(root: root_files.OutputRoot) -> Dict[str, dict]:
   """Relative path -> the store's details (size; crc32c on GCS) of every file under the
   root, in one recursive listing."""
   prefix = root.path('')
   if root.local:  # names only: each file's size comes with its bytes (`_check`)
     return {entry.path[len(prefix):]: {}
-            for entry in output_root._files_under(root.root)}  # pylint: disable=protected-access
+            for entry in root_files._files_under(root.root)}  # pylint: disable=protected-access
   return {path[len(prefix):]: info
           for path, info in root.fs.find(root.root, detail=True).items()
           if path.startswith(prefix) and info.get('type') != 'directory'}
@@ -401,10 +401,10 @@ def listing(root: output_root.OutputRoot) -> Dict[str, dict]:
 # Checking the rows' files
 
 
-def _store_crc32c(root: output_root.OutputRoot) -> Optional[Callable[[str, dict], Optional[str]]]:
+def _store_crc32c(root: root_files.OutputRoot) -> Optional[Callable[[str, dict], Optional[str]]]:
   """How to ask the store for a file's crc32c, as hex (None: it keeps none), or None
   when the store has no such thing."""
-  protocols = output_root._protocols(root.fs)  # pylint: disable=protected-access
+  protocols = root_files._protocols(root.fs)  # pylint: disable=protected-access
   if 'gs' in protocols or 'gcs' in protocols:
     return lambda path, info: (checksums.crc32c_hex(info['crc32c'])
                                if info.get('crc32c') else None)
@@ -429,7 +429,7 @@ class Checked:
   read: bool = False  # the file's bytes were read
 
 
-def _check(root: output_root.OutputRoot, row: Row, info: dict, store_crc32c) -> Checked:
+def _check(root: root_files.OutputRoot, row: Row, info: dict, store_crc32c) -> Checked:
   """The outcome of a row whose file is listed."""
   if root.local:  # one read gives the size and the checksum
     fd = os.open(root.path(row.path), os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0))
@@ -488,7 +488,7 @@ def _check_batch(root, batch, store_crc32c) -> List[Checked]:
   return out
 
 
-def default_jobs(root: output_root.OutputRoot) -> int:
+def default_jobs(root: root_files.OutputRoot) -> int:
   """Reads at once: a few per core on a local disk (hashing is the work), more on an
   object store (each request waits on the network)."""
   cores = os.cpu_count() or 1
@@ -499,7 +499,7 @@ def default_jobs(root: output_root.OutputRoot) -> int:
 # The report and _SUCCESS
 
 
-def check_success(root: output_root.OutputRoot, summary: Summary) -> None:
+def check_success(root: root_files.OutputRoot, summary: Summary) -> None:
   summary.success_marker = root.exists(naming.SUCCESS)
   try:
     report = json.loads(root.read(naming.REPORT))
@@ -549,7 +549,7 @@ def _is_own(path: str) -> bool:
 # The whole check
 
 
-def verify(root: output_root.OutputRoot, *, jobs: Optional[int] = None,
+def verify(root: root_files.OutputRoot, *, jobs: Optional[int] = None,
            progress: Optional[Callable[[int], Progress]] = None) -> Summary:
   """Checks the root (see the module's docstring); `progress(total)` makes the progress
   display. Raises Unreachable when the storage fails under it."""
@@ -605,7 +605,7 @@ def verify(root: output_root.OutputRoot, *, jobs: Optional[int] = None,
   problems += [p for p in checked.values() if p is not None]
   problems += [Problem('unlisted_file', path, 'no manifest row names it'
                        + (' (a temp file of a run that stopped)'
-                          if output_root.is_temp_name(path) else ''))
+                          if root_files.is_temp_name(path) else ''))
                for path in found if path not in listed and not _is_own(path)]
   problems.sort(key=lambda p: p.path)
   summary.problems = sorted(summary.problems, key=lambda p: p.path) + problems

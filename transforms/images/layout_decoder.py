@@ -31,6 +31,7 @@ from transforms.pixels import image_formats
 from transforms.pixels import normalize
 from transforms.records import example as example_lib
 from transforms.records import npy
+from transforms.records import record_kinds
 from transforms.records import tensor_proto
 from transforms.records import wire
 
@@ -67,7 +68,7 @@ class LayoutDecoder:
     self._encoded: List[EncodedLayout] = []
     self._encoded_attempts = 0
     self._enabled = (spec.key is not None and spec.encoding in ('raw', 'tensor', 'encoded')
-                     and spec.record in (None, decode.records.EXAMPLE))
+                     and spec.record in (None, record_kinds.EXAMPLE))
 
   def decode(self, ref: RecordRef, payload: bytes) -> List[decode.DecodedImage]:
     """What `decode.decode_record(ref, payload, spec, decoder)` returns or raises."""

@@ -2,7 +2,7 @@
 
 Beam-free: the transforms in `ptransforms` (PlanRanges, ReadImageRecords, the export)
 call these, as does the launcher's sampling. Over the pure modules `tfrecord` (framing)
-and `storage` (fsspec).
+and `input_files` (fsspec).
 """
 
 from __future__ import annotations

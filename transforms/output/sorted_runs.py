@@ -24,7 +24,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.output import output_root
+from transforms.output import root_files
 
 SCRATCH = '_unrecord_tmp'
 
@@ -82,7 +82,7 @@ class RunWriter:
   the scratch folder at the end of the job.
   """
 
-  def __init__(self, root: output_root.OutputRoot, schema: pa.Schema, *,
+  def __init__(self, root: root_files.OutputRoot, schema: pa.Schema, *,
                run_bytes: int = 16 << 20, group_rows: int = 4096,
                block_rows: Optional[int] = None, prefix: str = 'run'):
     self._root = root
@@ -137,14 +137,14 @@ class RunWriter:
     self._held = 0
 
 
-def write_run(root: output_root.OutputRoot, table: pa.Table, group_rows: int,
+def write_run(root: root_files.OutputRoot, table: pa.Table, group_rows: int,
               prefix: str = 'run', block_rows: Optional[int] = None) -> Run:
   """Writes `table`, already sorted by its first column, as one run file."""
   return _write_groups(root, table.combine_chunks().to_batches(max_chunksize=group_rows),
                        table.schema, prefix, block_rows or group_rows)
 
 
-def _write_groups(root: output_root.OutputRoot, groups: Iterable[pa.RecordBatch],
+def _write_groups(root: root_files.OutputRoot, groups: Iterable[pa.RecordBatch],
                   schema: pa.Schema, prefix: str, block_rows: int) -> Run:
   """Writes groups of rows, in key order, as one run file named from `prefix`."""
   name = f'{SCRATCH}/{prefix}-{uuid.uuid4().hex}'
@@ -160,7 +160,7 @@ def _write_groups(root: output_root.OutputRoot, groups: Iterable[pa.RecordBatch]
   return Run(name, sum(counts), tuple(firsts), tuple(counts), block_rows)
 
 
-def _open(root: output_root.OutputRoot, run: Run):
+def _open(root: root_files.OutputRoot, run: Run):
   stream = (root.open_read(run.name, buffer=LOCAL_READ_BUFFER) if root.local
             else root.open_read(run.name))
   reader = pa.ipc.open_file(stream)
@@ -171,7 +171,7 @@ def _open(root: output_root.OutputRoot, run: Run):
   return reader
 
 
-def _checked(root: output_root.OutputRoot, run: Run, reader, i: int, rows: int
+def _checked(root: root_files.OutputRoot, run: Run, reader, i: int, rows: int
              ) -> pa.RecordBatch:
   batch = reader.get_batch(i)
   if batch.num_rows != rows:
@@ -188,7 +188,7 @@ class RangeReader:
   range wants a batch (runs of other paths' ranges are never opened). Between calls it
   holds at most one record batch."""
 
-  def __init__(self, root: output_root.OutputRoot, run: Run, lo: Optional[str],
+  def __init__(self, root: root_files.OutputRoot, run: Run, lo: Optional[str],
                hi: Optional[str]):
     firsts = run.firsts
     start = 0 if lo is None else max(bisect.bisect_left(firsts, lo) - 1, 0)
@@ -237,7 +237,7 @@ class RangeReader:
     self._next = len(self._blocks)
 
 
-def rows_of(root: output_root.OutputRoot, run: Run) -> Iterator[tuple]:
+def rows_of(root: root_files.OutputRoot, run: Run) -> Iterator[tuple]:
   """Every row of `run` in order, as tuples, one batch in memory at a time."""
   reader = _open(root, run)
   for i, rows, _ in run.blocks():
@@ -245,7 +245,7 @@ def rows_of(root: output_root.OutputRoot, run: Run) -> Iterator[tuple]:
     yield from zip(*columns)
 
 
-def merged(root: output_root.OutputRoot, runs: Sequence[Run], schema: pa.Schema,
+def merged(root: root_files.OutputRoot, runs: Sequence[Run], schema: pa.Schema,
            fan_in: int = 32, group_rows: int = 256) -> Iterator[tuple]:
   """Every row of `runs` in key order, with at most `fan_in` runs open at once (more are
   first merged into intermediate runs of `group_rows`-row groups)."""
@@ -256,7 +256,7 @@ def merged(root: output_root.OutputRoot, runs: Sequence[Run], schema: pa.Schema,
   return heapq.merge(*(rows_of(root, r) for r in runs), key=lambda row: row[0])
 
 
-def _merge_into_run(root: output_root.OutputRoot, group: Sequence[Run], schema: pa.Schema,
+def _merge_into_run(root: root_files.OutputRoot, group: Sequence[Run], schema: pa.Schema,
                     group_rows: int) -> Run:
   rows = heapq.merge(*(rows_of(root, r) for r in group), key=lambda row: row[0])
   groups = (pa.RecordBatch.from_arrays(
