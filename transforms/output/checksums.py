@@ -1,6 +1,6 @@
 """The checksums a manifest row can carry for its file: sha256, crc32c or blake3.
 
-Each is written as lowercase hex in a column named after it (README "The manifest").
+Each is written as lowercase hex in a column named after it (docs/output.md, "The manifest").
 crc32c is the one object stores keep themselves: GCS for every object, S3 when the
 upload sends it, both as base64 of its 4 big-endian bytes (`crc32c_hex`, `crc32c_base64`
 convert), so `unrecord verify` can compare a row against the store without reading the

@@ -72,7 +72,7 @@ _PART_NAME = re.compile(r'part-(\d{5})-of-(\d{5})\.(jsonl|parquet)$')
 ROW_GROUP_ROWS = 8192
 
 WRITTEN, SKIPPED, PREVIOUS = 'w', 's', 'p'
-# The typed Parquet row (README "The manifest"). `label` and `id` are text whatever
+# The typed Parquet row (docs/output.md, "The manifest"). `label` and `id` are text whatever
 # their feature's type, so every root's manifest has this one schema.
 PARQUET_SCHEMA = pa.schema([
     ('path', pa.string()), ('source', pa.string()), ('index', pa.int64()),

@@ -39,7 +39,7 @@ _HOLDS_ALPHA = ('png', 'webp', 'tiff', 'bmp')
 
 @dataclasses.dataclass(frozen=True)
 class EncodeSpec:
-  """Output format and its settings. See README "Formats"."""
+  """Output format and its settings. See docs/export.md, "Formats and encoders"."""
   format: str = 'png'
   quality: int = 95
   png_compression: Optional[int] = None
@@ -104,7 +104,7 @@ def png_encoder_for(pixels: np.ndarray, spec: EncodeSpec) -> str:
 
 
 def fit_channels(pixels: np.ndarray, spec: EncodeSpec) -> np.ndarray:
-  """Adapts channel counts the format cannot hold (documented in README "Channels").
+  """Adapts channel counts the format cannot hold (docs/export.md, "Normalization": Channels).
 
   2 channels (gray + alpha): kept as gray + alpha expanded to RGBA where alpha is held,
   else gray. 4 channels where alpha is not held (JPEG): the alpha is dropped.

@@ -147,7 +147,7 @@ def _jpeg_frame(data: bytes) -> Optional[Tuple[int, int, int]]:
   that fit their segment, DHT, DRI, COM and one baseline/extended/progressive frame
   (SOF0-2) before SOS, each segment inside the data. Any other marker, fill bytes, Exif,
   ICC or Adobe segments, another bit depth or component count go to Pillow, so what is
-  accepted, rejected or reported stays Pillow's answer (tests/test_image_formats.py
+  accepted, rejected or reported stays Pillow's answer (tests/pixels/test_image_formats.py
   compares the two on damaged headers).
 
   The last header accepted is kept (`_last_header`): a JPEG that starts with the same

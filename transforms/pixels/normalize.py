@@ -76,7 +76,7 @@ def parse_mean_std(text: Optional[str]) -> Optional[Tuple[float, ...]]:
 
 @dataclasses.dataclass(frozen=True)
 class NormalizeSpec:
-  """How tensor values map to pixels. See README "Normalization" for each field."""
+  """How tensor values map to pixels. See docs/export.md, "Normalization", for each field."""
   value_range: str = 'auto'
   mean: Optional[Tuple[float, ...]] = None
   std: Optional[Tuple[float, ...]] = None
