@@ -14,8 +14,7 @@ workers merge by path range (transforms/output/manifest.py).
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Iterable, Iterator, Optional, Tuple, Union
+from typing import Iterable, Iterator, Union
 
 import cv2
 
