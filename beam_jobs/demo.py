@@ -31,13 +31,13 @@ import numpy as np
 from PIL import Image
 
 from beam_jobs import export_images
-from transforms import example
-from transforms import manifest
-from transforms import output_root
-from transforms import preview
-from transforms import report
-from transforms import tensor_proto
-from transforms import tfrecord
+from transforms.inputs import tfrecord
+from transforms.output import manifest
+from transforms.output import report
+from transforms.output import root_files
+from transforms.pixels import preview
+from transforms.records import example
+from transforms.records import tensor_proto
 
 PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry',
           'hubble_deep_field', 'retina')
@@ -120,7 +120,7 @@ def contact_sheet(outputs: List[str], path: str, per_export: int = 8) -> int:
   items = []
   for output in outputs:
     rows = list(itertools.islice(
-        manifest.read_rows(output_root.OutputRoot(output)), per_export))
+        manifest.read_rows(root_files.OutputRoot(output)), per_export))
     for row in rows:
       with open(os.path.join(output, row['path']), 'rb') as f:
         pixels = report.decode_written(f.read())

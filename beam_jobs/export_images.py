@@ -34,18 +34,19 @@ from beam_jobs import logs
 from beam_jobs import options as common
 from beam_jobs.signals import Terminated
 from beam_jobs import worker as worker_lib
-from transforms import encode
 from transforms import errors
-from transforms import manifest as manifest_lib
-from transforms import naming
-from transforms import normalize
-from transforms import output_root
 from transforms import plan as plan_lib
 from transforms import progress
 from transforms import ptransforms
-from transforms import render
-from transforms import report as report_lib
-from transforms import root_claim
+from transforms.images import name_templates
+from transforms.images import render
+from transforms.output import manifest as manifest_lib
+from transforms.output import naming
+from transforms.output import report as report_lib
+from transforms.output import root_claim
+from transforms.output import root_files
+from transforms.pixels import encode
+from transforms.pixels import normalize
 from transforms.plan import DEFAULT_VALUES as DEFAULTS
 
 PROG = 'unrecord export'
@@ -93,11 +94,11 @@ class ExportOptions(PipelineOptions):
                        metavar='TEMPLATE',
                        help='Output path relative to --output, with fields {id} {index} '
                        '{n} {stem} {label} {label_name} {split} {ext} and any one-value '
-                       f'feature. Default: {naming.DEFAULT_TEMPLATE} '
-                       f'({naming.BATCH_TEMPLATE} for batched records).')
+                       f'feature. Default: {name_templates.DEFAULT_TEMPLATE} '
+                       f'({name_templates.BATCH_TEMPLATE} for batched records).')
     group.add_argument('--layout', default=DEFAULTS['layout'], choices=('flat', 'class'),
                        type=common.Choice({'classes': 'class'}),
-                       help=f'class: {naming.CLASS_TEMPLATE}, the class-folder layout '
+                       help=f'class: {name_templates.CLASS_TEMPLATE}, the class-folder layout '
                        'Keras and torchvision ImageFolder load. Default: flat.')
     group.add_argument('--portable_names', action='store_true',
                        help='Make every output name safe on Windows and unique on '
@@ -454,7 +455,7 @@ def _run_logged(plan: plan_lib.Plan, claim: root_claim.Claim,
       monitor.stop()
       logging.getLogger(__name__).info(
           'progress: %d sender(s) in %d worker process(es)', *monitor.senders())
-  root = output_root.OutputRoot(plan.config.output, plan.config.read.storage_options)
+  root = root_files.OutputRoot(plan.config.output, plan.config.read.storage_options)
   report = json.loads(root.read(naming.REPORT))
   line = summary(report, failure_counters(result))
   if not report['success']:

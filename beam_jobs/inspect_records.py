@@ -17,15 +17,15 @@ from typing import Optional, Sequence
 import numpy as np
 
 from beam_jobs import options
-from transforms import decode
 from transforms import errors
-from transforms import input_files
-from transforms import naming
-from transforms import normalize
 from transforms import plan
-from transforms import preview
-from transforms import render
-from transforms import schema as schema_lib
+from transforms.images import decode
+from transforms.images import render
+from transforms.images import schema as schema_lib
+from transforms.inputs import input_files
+from transforms.output import naming
+from transforms.pixels import normalize
+from transforms.pixels import preview
 
 PROG = 'unrecord inspect'
 
@@ -76,7 +76,7 @@ def export_defaults(found: schema_lib.Schema) -> Optional[dict]:
   default name template): plan.settled_choices, as the launch line shows it."""
   if not found.images:
     return None
-  value_range, key_value_ranges = normalize.value_ranges(normalize.NormalizeSpec(), found)
+  value_range, key_value_ranges = normalize.value_ranges(normalize.NormalizeSpec(), found.images)
   config = render.RenderConfig(
       value_range=value_range, key_value_ranges=key_value_ranges,
       name_template=naming.default_template(found), label_key=found.label_key,

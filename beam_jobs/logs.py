@@ -143,7 +143,7 @@ class RunLog:
 
   def __init__(self, output: str, storage_options, run_id: str, started: float):
     from beam_jobs import worker  # pylint: disable=import-outside-toplevel
-    from transforms import naming  # pylint: disable=import-outside-toplevel
+    from transforms.output import naming  # pylint: disable=import-outside-toplevel
     self._output, self._storage_options = output, storage_options
     self.name = naming.log_name(started, run_id)
     self.where: Optional[str] = None  # once closed
@@ -204,9 +204,9 @@ class RunLog:
       return self.path
 
   def _copy(self) -> str:
-    from transforms import naming  # pylint: disable=import-outside-toplevel
-    from transforms import output_root  # pylint: disable=import-outside-toplevel
-    root = output_root.OutputRoot(self._output, self._storage_options)
+    from transforms.output import naming  # pylint: disable=import-outside-toplevel
+    from transforms.output import root_files  # pylint: disable=import-outside-toplevel
+    root = root_files.OutputRoot(self._output, self._storage_options)
     with open(self.path, 'r', encoding='utf-8', errors='replace') as source, \
         root.open_write(self.name) as target:
       for line in source:  # the workers' own lines too: redacted on the way

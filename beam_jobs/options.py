@@ -12,10 +12,10 @@ import textwrap
 from importlib import metadata
 from typing import Dict, List, Optional, Sequence
 
-from transforms import decode
-from transforms import tensor_proto
-from transforms import tfrecord
+from transforms.images import decode
+from transforms.inputs import tfrecord
 from transforms.plan import DEFAULT_VALUES as DEFAULTS
+from transforms.records import tensor_proto
 
 
 class Choice:

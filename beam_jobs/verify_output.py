@@ -1,4 +1,4 @@
-"""`unrecord verify ROOT`: whether an export's output root is whole (transforms/verify.py).
+"""`unrecord verify ROOT`: whether an export's output root is whole (transforms/output/verify.py).
 
     unrecord verify ROOT [--json] [--limit N] [--jobs N] [--quiet]
         [--storage_options JSON]
@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 from beam_jobs import options
 from transforms import errors
 from transforms import plan
-from transforms import verify as verify_lib
+from transforms.output import verify as verify_lib
 
 PROG = 'unrecord verify'
 

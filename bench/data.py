@@ -25,7 +25,7 @@ from typing import Dict, Iterator, List
 
 import numpy as np
 
-from transforms import tfrecord
+from transforms.inputs import tfrecord
 
 PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry',
           'hubble_deep_field', 'retina')

@@ -1,4 +1,4 @@
-"""Per-format encoder timings on a real photo: the measurements behind transforms/encode.py.
+"""Per-format encoder timings on a real photo: the measurements behind transforms/pixels/encode.py.
 
     python bench/encoders.py            # prints a Markdown table for docs/benchmarks.md
 

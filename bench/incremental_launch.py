@@ -17,8 +17,8 @@ import json
 import time
 
 from tests import emulators
-from transforms import incremental
-from transforms import input_files
+from transforms.output import incremental
+from transforms.inputs import input_files
 
 GOAL_SECONDS = 120.0
 

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import skimage.data
 
-from transforms import image_formats
-from transforms import isolation
+from transforms.pixels import image_formats
+from transforms.pixels import isolation
 
 
 def _median_ms(fn, repeats=200):

@@ -20,9 +20,9 @@ import sys
 import tempfile
 import time
 
-from transforms import export
-from transforms import manifest
-from transforms import output_root
+from transforms.output import export_config
+from transforms.output import manifest
+from transforms.output import root_files
 
 
 def _row(i: int) -> dict:
@@ -54,12 +54,12 @@ def main(argv=None) -> int:
   results = {'rows': args.rows}
   with tempfile.TemporaryDirectory(dir='/dev/shm' if os.path.isdir('/dev/shm') else None
                                    ) as folder:
-    root = output_root.OutputRoot(folder)
+    root = root_files.OutputRoot(folder)
     results['line_us_per_row'] = round(_least(lambda: [
         manifest.manifest_line(row, in_key_order=True) for row in rows]) / args.rows * 1e6, 2)
-    for output_format in manifest.FORMATS:
-      config = export.ExportConfig(patterns=('x',), output=folder,
-                                   manifest_format=output_format)
+    for output_format in export_config.MANIFEST_FORMATS:
+      config = export_config.ExportConfig(patterns=('x',), output=folder,
+                                          manifest_format=output_format)
       made = [manifest._with_text_fields(dict(row)) if output_format == 'parquet' else row  # pylint: disable=protected-access
               for row in rows]
       written = []

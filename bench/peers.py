@@ -24,7 +24,7 @@ inside the threads, where the parse queues for the GIL):
                payload atomically (temp file + rename), the guarantee unrecord keeps
   floor_opencv encode + file write of already-decoded uint8 arrays, one process per core,
                with OpenCV's encoder at its defaults (cv2.imwrite's work without the parse)
-  floor_job    the same with the encoder and settings unrecord uses (transforms.encode)
+  floor_job    the same with the encoder and settings unrecord uses (transforms.pixels.encode)
 
 Every system writes correct pixels: float [0,1] is scaled with rounding (x*255, rounded,
 clipped), as unrecord does, so the outputs can be compared image for image. The last two
@@ -81,7 +81,7 @@ def proto_parser(kind: str, tensorflow: bool = True) -> Callable[[bytes], object
     from tensorflow.core.example.example_pb2 import Example
     from tensorflow.core.framework.tensor_pb2 import TensorProto
   else:
-    from transforms.protos import Example, TensorProto
+    from transforms.records.protos import Example, TensorProto
 
   def features(raw):
     return Example.FromString(raw).features.feature
@@ -377,7 +377,7 @@ def _encoder(system: str, kind: str, fmt: str) -> Callable:
         raise OSError('cv2.imencode failed')
       return data
     return encode_opencv
-  from transforms import encode
+  from transforms.pixels import encode
   spec = encode.EncodeSpec(format=fmt, quality=JPEG_QUALITY)
   return lambda image: encode.encode(image, spec)
 

@@ -32,12 +32,12 @@ from beam_jobs import export_images
 from bench import bounds
 from bench import peers
 from transforms import export
-from transforms import input_files
-from transforms import manifest as manifest_lib
 from transforms import plan as plan_lib
 from transforms import progress
-from transforms import read
-from transforms import render
+from transforms.images import render
+from transforms.inputs import input_files
+from transforms.inputs import record_ranges
+from transforms.output import manifest as manifest_lib
 
 
 def main(argv=None) -> int:
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
   config = plan.config
   ranges = [file_range
             for item in input_files.expand_patterns(config.patterns, config.read.storage_options)
-            for file_range in read.plan_file(item, config.read)]
+            for file_range in record_ranges.plan_file(item, config.read)]
   worker = export.RangeWorker(config)
   tally = progress.Tally(worker.progress)
   if args.steps:
@@ -128,7 +128,8 @@ def steps(files, ranges, worker: export.RangeWorker, tally: progress.Tally,
   and how many images they were timed on."""
   config = worker.config
   records = [slot for file_range in ranges
-             for slot in read.read_slots(read.read_range(file_range, config.read), tally)
+             for slot in record_ranges.read_slots(
+                 record_ranges.read_range(file_range, config.read), tally)
              if isinstance(slot, tuple)]
   images = [image for ref, payload in records
             for image in worker.records.decode(ref, payload)]
@@ -149,7 +150,8 @@ def steps(files, ranges, worker: export.RangeWorker, tally: progress.Tally,
       # Each record dropped once counted, as the expert's reader below and the export
       # (a chunk at a time) do: a list of them all would time the allocator instead.
       ('read + both CRCs', _per_item(
-          lambda r: sum(1 for _ in read.read_slots(read.read_range(r, config.read), tally)),
+          lambda r: sum(1 for _ in record_ranges.read_slots(
+              record_ranges.read_range(r, config.read), tally)),
           ranges, 3) * len(ranges) / len(images)),
       ('decode (layout, header check)', _per_item(
           lambda record: worker.records.decode(*record), records) / per_record),

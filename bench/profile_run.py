@@ -21,26 +21,26 @@ import tempfile
 from typing import Dict, List, Sequence, Tuple
 
 # (stage, process, frames that mark it), matched in this order against each sample's
-# stack; a frame is matched by its function name and file, e.g. 'encode (transforms/encode'.
+# stack; a frame is matched by its function name and file, e.g. 'encode (transforms/pixels/encode'.
 # A generator's frames show under whichever frame resumed it, so reading is marked by the
 # framing module's frames as well as by read_slots; planning, which walks the same
 # frames, is matched before it.
 STAGES: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
     ('worker: imports before the first range', 'worker', ('<frozen importlib',)),
     ('worker: planning ranges (frame index pass)', 'worker',
-     ('plan_file (transforms/read.py',)),
-    ('encode (fpng, OpenCV)', 'worker', ('encode (transforms/encode.py',)),
+     ('plan_file (transforms/inputs/record_ranges.py',)),
+    ('encode (fpng, OpenCV)', 'worker', ('encode (transforms/pixels/encode.py',)),
     ('sha256 of each file, for the manifest', 'worker',
-     ('sha256 (transforms/output_root.py',)),
-    ('file write: temp file, write, rename', 'worker', ('write (transforms/output_root.py',)),
+     ('sha256 (transforms/output/root_files.py',)),
+    ('file write: temp file, write, rename', 'worker', ('write (transforms/output/root_files.py',)),
     ('read records: page cache copy, CRC32C', 'worker',
-     ('read_slots (transforms/read.py', 'read_range (transforms/read.py',
-      'transforms/tfrecord.py')),
+     ('read_slots (transforms/inputs/record_ranges.py',
+      'read_range (transforms/inputs/record_ranges.py', 'transforms/inputs/tfrecord.py')),
     ('float -> 8-bit: range check, two conversions', 'worker',
-     ('normalize (transforms/normalize.py',)),
+     ('normalize (transforms/pixels/normalize.py',)),
     ('decode: layout check, aligned tensor copy', 'worker',
-     ('decode_records (transforms/record_layout.py',)),
-    ('naming', 'worker', ('name (transforms/naming.py',)),
+     ('decode_records (transforms/images/layout_decoder.py',)),
+    ('naming', 'worker', ('name (transforms/output/naming.py',)),
     ('manifest rows and runs', 'worker', ('_add_rows (transforms/export.py',)),
     ('rest of the export DoFn', 'worker', ('export_range (transforms/export.py',)),
     ('manifest parts, report, dead letters', 'worker', ('transforms/',)),

@@ -20,7 +20,7 @@ import random
 import tracemalloc
 from typing import Iterator, Tuple
 
-from transforms import manifest
+from transforms.output import manifest
 
 ROWS_PER_PART = 100_000
 

@@ -23,13 +23,13 @@ import tempfile
 import time
 
 from tests import emulators
-from transforms import incremental
-from transforms import input_files
-from transforms import manifest
-from transforms import output_root
+from transforms.inputs import input_files
+from transforms.output import incremental
+from transforms.output import manifest
+from transforms.output import root_files
 
 
-def _fill(root: output_root.OutputRoot, folder: str, files: int) -> None:
+def _fill(root: root_files.OutputRoot, folder: str, files: int) -> None:
   for i in range(files):
     root.write(f'{folder}/data.tfrecord-{i:05d}-of-{files:05d}', b'x' * 64)
 
@@ -39,7 +39,7 @@ def _per(seconds: float, count: int) -> float:
 
 
 def measure(url: str, files: int, storage_options=None) -> dict:
-  root = output_root.OutputRoot(url, storage_options)
+  root = root_files.OutputRoot(url, storage_options)
   _fill(root, 'in', files)
   started = time.perf_counter()
   found = input_files.expand_patterns([root.url_of('in')], storage_options)

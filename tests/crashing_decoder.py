@@ -3,7 +3,7 @@
 import ctypes
 import time
 
-from transforms import image_formats
+from transforms.pixels import image_formats
 
 
 def decode(data, fmt=None, max_pixels=image_formats.DEFAULT_MAX_PIXELS):

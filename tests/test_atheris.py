@@ -6,7 +6,7 @@ import sys
 
 from tests import fixtures
 from tests.conftest import REPO
-from transforms import tfrecord
+from transforms.inputs import tfrecord
 
 TARGET = os.path.join(REPO, 'tests', 'fuzz', 'fuzz_pipeline.py')
 RUNS = 30000

@@ -12,8 +12,8 @@ import apache_beam as beam
 
 from tests import fixtures
 from transforms import ptransforms
-from transforms import read
-from transforms import tfrecord
+from transforms.inputs import record_ranges
+from transforms.inputs import tfrecord
 
 # FnApiRunner is the engine behind DirectRunner; naming it skips the Prism download.
 OPTIONS = ['--runner=FnApiRunner']
@@ -82,7 +82,7 @@ def test_undecodable_record_goes_to_the_decode_dead_letter(tmp_path):
 def test_one_big_file_is_split_into_ranges_and_read_once(tmp_path):
   path = fixtures.write_tfrecord(str(tmp_path / 'big.tfrecord'),
                                  [_photo_record(i % 5) for i in range(40)])
-  config = read.ReadConfig(split_bytes=2000)
+  config = record_ranges.ReadConfig(split_bytes=2000)
   with open(path, 'rb') as f:
     assert len(tfrecord.plan_ranges(f, path, size=os.path.getsize(path),
                                     split_bytes=2000)) > 4

@@ -159,10 +159,10 @@ def test_profile_run_sorts_resumed_reading_and_planning_frames_into_their_stages
   harness = ['run (apache_beam/runners/worker/sdk_worker.py:300)',
              'process (transforms/ptransforms.py:204)']
   reading = harness + ['export_range (transforms/export.py:120)',
-                       'read_records (transforms/tfrecord.py:404)',
-                       '_walk (transforms/tfrecord.py:356)']
-  planning = harness + ['plan_file (transforms/read.py:47)',
-                        '_walk (transforms/tfrecord.py:300)']
+                       'read_records (transforms/inputs/tfrecord.py:404)',
+                       '_walk (transforms/inputs/tfrecord.py:356)']
+  planning = harness + ['plan_file (transforms/inputs/record_ranges.py:47)',
+                        '_walk (transforms/inputs/tfrecord.py:300)']
   assert profile_run.classify(reading, 'worker') == 'read records: page cache copy, CRC32C'
   assert profile_run.classify(planning, 'worker') == (
       'worker: planning ranges (frame index pass)')

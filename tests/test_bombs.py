@@ -16,8 +16,8 @@ import zlib
 
 from tests import fixtures
 from tests.conftest import REPO
-from transforms import protos
-from transforms import tfrecord
+from transforms.inputs import tfrecord
+from transforms.records import protos
 
 # VmHWM, not ru_maxrss: ru_maxrss survives execve, so a child started from the (large)
 # test process would report the parent's peak.

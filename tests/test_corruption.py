@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 
 from tests import fixtures
-from transforms import decode
-from transforms import encode
 from transforms import errors
-from transforms import render
-from transforms import tfrecord
+from transforms.images import decode
+from transforms.images import render
+from transforms.inputs import tfrecord
+from transforms.pixels import encode
 
 PHOTOS = [fixtures.photo(i, 8, 8) for i in range(7)]
 

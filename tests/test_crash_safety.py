@@ -15,7 +15,7 @@ from tests import fixtures
 from tests import outputs
 from tests.conftest import REPO
 from transforms import errors
-from transforms import output_root
+from transforms.output import root_files
 
 MARKER = 'unrecord-escape-7f3a'
 HOSTILE = ['../../x', '/etc/x', 'a/../../b', 'C:\\x', '\\\\srv\\x', '..', '.', 'a\x00b',
@@ -93,7 +93,7 @@ def _check_complete(out, expected):
   """Every image present and right, the manifest equal to the files, no temp debris."""
   names = set(os.listdir(out))
   assert {n for n in names if n.endswith('.png')} == set(expected)
-  assert not [n for n in _listing(out) if n.endswith(output_root.TEMP_SUFFIX)]
+  assert not [n for n in _listing(out) if n.endswith(root_files.TEMP_SUFFIX)]
   for name, photo in expected.items():
     pixels = cv2.cvtColor(cv2.imread(os.path.join(out, name)), cv2.COLOR_BGR2RGB)
     assert np.array_equal(pixels, photo), name
@@ -135,7 +135,7 @@ def test_killed_mid_run_then_rerun_is_complete_and_idempotent(unrecord, tmp_path
   os.killpg(job.pid, signal.SIGKILL)  # the launcher and every worker process
   job.wait()
   partial = [n for n in os.listdir(out) if n.endswith('.png')]
-  debris = [n for n in _listing(out) if n.endswith(output_root.TEMP_SUFFIX)]
+  debris = [n for n in _listing(out) if n.endswith(root_files.TEMP_SUFFIX)]
   print(f'kill: {len(partial)} of {len(expected)} images and {len(debris)} temp files '
         'on disk when killed')
   assert 0 < len(partial) < len(expected), 'the kill must land mid-run'
@@ -162,7 +162,7 @@ def test_killed_mid_run_then_rerun_is_complete_and_idempotent(unrecord, tmp_path
 
 
 def test_a_failed_write_raises_a_write_error_and_leaves_no_temp_file(tmp_path):
-  root = output_root.OutputRoot(str(tmp_path), None)
+  root = root_files.OutputRoot(str(tmp_path), None)
   root.write('kept.png', b'old')
   (tmp_path / 'taken').mkdir()
   (tmp_path / 'taken' / 'inside').write_bytes(b'x')  # os.replace onto a full folder fails
@@ -187,9 +187,9 @@ def test_short_writes_are_completed_before_the_file_is_renamed_into_place(tmp_pa
   real_write = os.write
   calls = []
   # what a write interrupted by a signal returns: fewer bytes than asked for
-  monkeypatch.setattr(output_root.os, 'write',
+  monkeypatch.setattr(root_files.os, 'write',
                       lambda fd, chunk: calls.append(1) or real_write(fd, bytes(chunk[:100])))
-  output_root.OutputRoot(str(tmp_path), None).write('a/short.png', data)
+  root_files.OutputRoot(str(tmp_path), None).write('a/short.png', data)
   assert (tmp_path / 'a' / 'short.png').read_bytes() == data
   assert len(calls) == -(-len(data) // 100)
   assert _listing(tmp_path) == {'a', os.path.join('a', 'short.png')}

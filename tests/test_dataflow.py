@@ -19,7 +19,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from tests import emulators
 from tests import fixtures
 from tests.conftest import REPO, run_unrecord
-from transforms import export
+from transforms.output import export_config
 
 IMAGE = 'europe-west1-docker.pkg.dev/unrecord-test/images/unrecord:test'
 BUCKET = 'unrecord-test'
@@ -74,7 +74,7 @@ def _configs(pipeline):
     payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
     fn = pickler.loads(payload.do_fn.payload)[0]
     config = getattr(fn, '_config', None)
-    if isinstance(config, export.ExportConfig):
+    if isinstance(config, export_config.ExportConfig):
       found.append((transform.unique_name, config))
   return found
 

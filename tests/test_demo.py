@@ -16,7 +16,7 @@ from PIL import Image
 from tests import outputs
 from tests.conftest import REPO
 from tests.test_export_job import OFFLINE
-from transforms import report
+from transforms.output import report
 
 
 @pytest.fixture(scope='module')

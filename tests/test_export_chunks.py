@@ -19,7 +19,7 @@ from transforms import errors
 from transforms import export
 from transforms import plan as plan_lib
 from transforms import ptransforms
-from transforms import tfrecord
+from transforms.inputs import tfrecord
 
 RECORDS = 150
 # index -> (id, image feature or whole payload); every other record is a good image.

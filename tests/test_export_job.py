@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tests import fixtures
 from tests import outputs
-from transforms import tfrecord
+from transforms.inputs import tfrecord
 
 # Any attempt to reach the network (e.g. DirectRunner fetching Prism) fails fast here.
 OFFLINE = {'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9',

@@ -24,7 +24,7 @@ from tests import fixtures
 from tests import flink_cluster
 from tests import outputs
 from tests.conftest import REPO, run_unrecord
-from transforms import tfrecord
+from transforms.inputs import tfrecord
 
 SHARDS = 3
 PER_SHARD = 6

@@ -5,13 +5,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tests import fixtures
-from transforms import decode
-from transforms import encode
 from transforms import errors
-from transforms import normalize
-from transforms import render
-from transforms import tensor_proto
-from transforms.tfrecord import RecordRef
+from transforms.images import decode
+from transforms.images import render
+from transforms.inputs.tfrecord import RecordRef
+from transforms.pixels import encode
+from transforms.pixels import normalize
+from transforms.records import tensor_proto
 
 REF = RecordRef('fuzz', 0, 0)
 PHOTO = fixtures.photo(0, 12, 10)

@@ -14,8 +14,8 @@ from tests import emulators
 from tests import fixtures
 from tests import outputs
 from tests.conftest import REPO
-from transforms import incremental
-from transforms import input_files
+from transforms.output import incremental
+from transforms.inputs import input_files
 
 
 def _shard(folder, name, photos):

@@ -154,8 +154,8 @@ def test_tfds_prepared_folder_gives_class_names_and_splits(unrecord, tfds_datase
 
 
 def test_detection_skips_a_broken_first_record():
-  from transforms import schema
-  from transforms.tfrecord import RecordRef
+  from transforms.images import schema
+  from transforms.inputs.tfrecord import RecordRef
   broken = fixtures.example({'label': fixtures.int64_feature(1)})
   good = fixtures.example({'image': fixtures.bytes_feature(fixtures.encode_png(
       fixtures.photo(0, 8, 8))), 'label': fixtures.int64_feature(2)})

@@ -7,11 +7,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests import fixtures
-from transforms import decode
 from transforms import errors
-from transforms import image_formats
-from transforms import isolation
 from transforms import ptransforms
+from transforms.images import decode
+from transforms.pixels import image_formats
+from transforms.pixels import isolation
 
 CRASHING = 'tests.crashing_decoder:decode'
 

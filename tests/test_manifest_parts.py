@@ -264,22 +264,22 @@ def test_the_previous_rows_step_runs_only_where_a_manifest_may_be(tmp_path):
   stages of start-up). Parts, a killed commit's staged files or an old single manifest
   each keep it."""
   import apache_beam as beam
-  from transforms import export
-  from transforms import manifest
-  from transforms import output_root
   from transforms import ptransforms
+  from transforms.output import export_config
+  from transforms.output import manifest
+  from transforms.output import root_files
 
   def labels(previous_manifest):
-    config = export.ExportConfig(patterns=(str(tmp_path / 'in*'),),
-                                 output=str(tmp_path / 'out'),
-                                 previous_manifest=previous_manifest)
+    config = export_config.ExportConfig(patterns=(str(tmp_path / 'in*'),),
+                                        output=str(tmp_path / 'out'),
+                                        previous_manifest=previous_manifest)
     pipeline = beam.Pipeline()
     _ = pipeline | 'Export' >> ptransforms.ExportImages(config)
     return {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
 
   assert not any('ListPrevious' in label for label in labels(False))
   assert any('ListPrevious' in label for label in labels(True))
-  root = output_root.OutputRoot(str(tmp_path / 'root'))
+  root = root_files.OutputRoot(str(tmp_path / 'root'))
   os.makedirs(tmp_path / 'root')
   assert not manifest.any_previous(root)
   for made in ('_manifest/_parts.json', '_manifest/_staged/_commit.json',

@@ -14,11 +14,13 @@ _SCRIPT = textwrap.dedent('''
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from beam_jobs import inspect_records
-    from transforms import decode, ptransforms, read
+    from transforms import ptransforms
+    from transforms.images import decode
+    from transforms.inputs import record_ranges
 
     path = sys.argv[1]
     total = 0
-    for ref, payload in read.read_all([path]):
+    for ref, payload in record_ranges.read_all([path]):
       for image in decode.decode_record(ref, payload, decode.ImageSpec()):
         total += int(image.pixels.astype('int64').sum())
     assert inspect_records.main(['--input', path, '--json']) == 0

@@ -17,9 +17,9 @@ from tests import fixtures
 from tests import outputs
 from transforms import errors
 from transforms import plan as plan_lib
-from transforms import protos
 from transforms import ptransforms
-from transforms import tfrecord
+from transforms.inputs import tfrecord
+from transforms.records import protos
 
 
 def _tensor(array):

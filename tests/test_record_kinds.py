@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tests import fixtures
 from tests.test_export_job import METADATA, OFFLINE, _export, _files, _manifest, _read_rgb
-from transforms import tfrecord
+from transforms.inputs import tfrecord
 
 
 def _inspect(unrecord, path, *args):

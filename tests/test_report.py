@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests import fixtures
-from transforms import report
+from transforms.output import report
 
 CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
                   '--no-first-run', '--disable-background-networking',
@@ -167,7 +167,7 @@ def test_nothing_matched_names_the_pattern_and_what_the_folder_holds(unrecord, t
 def test_a_thumbnail_holds_exactly_the_preview_pixels(gray):
   """The page's thumbnails go through the job's PNG encoder (fpng): lossless, so the
   embedded PNG decodes to the preview's pixels."""
-  from transforms import preview
+  from transforms.pixels import preview
   pixels = fixtures.gray_photo(200, 150) if gray else fixtures.photo(1, 200, 150)
   shown = np.asarray(Image.open(io.BytesIO(report.thumbnail_png(pixels))).convert('RGB'))
   assert np.array_equal(shown, np.asarray(preview.thumbnail(pixels)))

@@ -22,8 +22,8 @@ from tests import emulators
 from tests import fixtures
 from tests import outputs
 from tests.conftest import REPO
-from transforms import naming
-from transforms import output_root
+from transforms.output import naming
+from transforms.output import root_files
 
 OWN_FILES = {'_manifest/part-00000-of-00001.jsonl', '_manifest/_parts.json', '_dead_letter.jsonl', '_dead_letter.tfrecord',
              '_report.json', '_report.html', '_SUCCESS', '_unrecord_run.json',
@@ -149,7 +149,7 @@ def test_a_record_named_like_a_temp_file_is_refused_and_no_written_image_is_swep
 
 
 def test_the_temp_sweep_removes_only_temp_files(tmp_path):
-  root = output_root.OutputRoot(str(tmp_path), None)
+  root = root_files.OutputRoot(str(tmp_path), None)
   keep = ['a.unrecord-tmp', '.b.unrecord-tmp', 'x/.c.png.unrecord-tmp', 'd.png']
   for name in keep:
     os.makedirs(os.path.dirname(tmp_path / name), exist_ok=True)

@@ -14,7 +14,7 @@ import pytest
 from tests import emulators
 from tests import fixtures
 from tests.conftest import run_unrecord
-from transforms import output_root
+from transforms.output import root_files
 
 # The promise: 30 s from the command to its line. The check itself waits at most
 # 10 (10 s) for a silent store, and a refused connection or
@@ -123,8 +123,8 @@ def test_an_unreachable_output_store_ends_in_one_line_with_exit_3(
   assert '--skip_existing' not in line and 'Unknown error' not in line
   assert emulators.S3_SECRET not in result.stdout + result.stderr
   if server == 'silent':
-    assert f'within {output_root.LAUNCH_CHECK_SECONDS:g} s' in line
-    assert seconds - start < output_root.LAUNCH_CHECK_SECONDS + NOISE_SECONDS
+    assert f'within {root_files.LAUNCH_CHECK_SECONDS:g} s' in line
+    assert seconds - start < root_files.LAUNCH_CHECK_SECONDS + NOISE_SECONDS
   else:
     # The issue's promise, whole: the line within 30 s of the command. (gcsfs alone, given
     # an endpoint but no token, spends up to 15 s looking for GCE's metadata server for
@@ -188,7 +188,7 @@ def test_a_failed_name_lookup_mid_run_is_said_in_words_not_as_an_errno():
     socket.getaddrinfo('no-such-host.invalid', 443)
   except socket.gaierror as e:
     error = e
-  fault = output_root.storage_fault('cannot write gs://b/x.png', error)
+  fault = root_files.storage_fault('cannot write gs://b/x.png', error)
   assert 'Unknown error' not in fault.message
   assert fault.message.startswith(
       'cannot write gs://b/x.png: a host name cannot be resolved (DNS: ')

@@ -429,7 +429,7 @@ def test_the_docs_verify_commands_run_as_written(tmp_path, shards):
 
 def test_progress_is_one_updating_line_on_a_terminal_and_periodic_lines_otherwise():
   import io
-  from transforms import verify
+  from transforms.output import verify
 
   class Terminal(io.StringIO):
     def isatty(self):

@@ -9,8 +9,9 @@
         p | unrecord.ExportImages(plan.config)
 
 Names are imported when first used, so `import transforms` (or any Beam-free module of
-it: tfrecord, decode, normalize, encode, ...) never imports Beam; only `ptransforms`
-does. docs/architecture.md shows which module owns what.
+it: inputs.tfrecord, images.decode, pixels.normalize, pixels.encode, ...) never imports
+Beam; only `ptransforms` does. docs/architecture.md shows the packages, bottom up, and
+which module owns what.
 """
 
 import importlib
@@ -18,15 +19,16 @@ import importlib
 _EXPORTS = {
     # Planning: options plus a sample of the records -> the job's config.
     'Request': 'plan', 'Plan': 'plan', 'plan_export': 'plan',
-    'ExportConfig': 'export', 'ReadConfig': 'read', 'ImageSpec': 'decode',
-    'claim_root': 'root_claim',
+    'ExportConfig': 'output.export_config', 'ReadConfig': 'inputs.record_ranges',
+    'ImageSpec': 'images.decode', 'claim_root': 'output.root_claim',
     # Beam transforms.
     'ExportImages': 'ptransforms', 'PlanRanges': 'ptransforms',
     'ReadImageRecords': 'ptransforms', 'DecodeImages': 'ptransforms',
     # The same work without Beam.
-    'export_range': 'export', 'RangeWorker': 'export', 'read_range': 'read',
-    'plan_file': 'read', 'read_all': 'read', 'decode_record': 'decode',
-    'DecodedImage': 'decode', 'FileRange': 'tfrecord', 'RecordRef': 'tfrecord',
+    'export_range': 'export', 'RangeWorker': 'export', 'read_range': 'inputs.record_ranges',
+    'plan_file': 'inputs.record_ranges', 'read_all': 'inputs.record_ranges',
+    'decode_record': 'images.decode', 'DecodedImage': 'images.decode',
+    'FileRange': 'inputs.tfrecord', 'RecordRef': 'inputs.tfrecord',
     # Errors and dead-letter rows.
     'UnrecordError': 'errors', 'ConfigError': 'errors', 'CorruptRecordError': 'errors',
     'DecodeError': 'errors', 'EncodeError': 'errors', 'NamingError': 'errors',

@@ -1,4 +1,4 @@
-"""The export's per-range work, Beam-free: its config, and `export_range`.
+"""The export's per-range work, Beam-free: `RangeWorker` and `export_range`.
 
 `export_range` reads, decodes, renders and writes one record range, on a worker, and
 returns its manifest runs and failures; `ptransforms.ExportImages` runs it over every
@@ -9,91 +9,27 @@ Outputs under the root: one file per image, and beside them the `_manifest/` par
 `_dead_letter.jsonl`, `_dead_letter.tfrecord`, `_report.json`, and `_SUCCESS` last, only
 when failures <= max_failures. Pixels never cross a shuffle: each worker reads, decodes,
 encodes and writes its own record ranges; manifest rows go to sorted run files that
-workers merge by path range (transforms/manifest.py).
+workers merge by path range (transforms/output/manifest.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Iterable, Iterator, Optional, Tuple, Union
+from typing import Iterable, Iterator, Union
 
 import cv2
 
-from transforms import checksums
-from transforms import decode
 from transforms import errors
-from transforms import manifest as manifest_lib
-from transforms import naming
-from transforms import output_root
 from transforms import progress
-from transforms import read
-from transforms import record_layout
-from transforms import render
-from transforms import runs as runs_lib
-from transforms import tfrecord
-
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportConfig:
-  """The resolved job: inputs, output root, and how each image is read and rendered."""
-  patterns: Tuple[str, ...]
-  output: str
-  read: read.ReadConfig = read.ReadConfig()
-  image: decode.ImageSpec = decode.ImageSpec()
-  # Further image keys written from each record (several --image_key values).
-  more_images: Tuple[decode.ImageSpec, ...] = ()
-  render: render.RenderConfig = render.RenderConfig()
-  skip_existing: bool = False
-  max_failures: int = 0
-  run_started: float = 0.0
-  options_used: Tuple[Tuple[str, object], ...] = ()
-  # Where workers send live counts (local runs; see transforms/progress.py).
-  progress: Optional[Tuple[str, int]] = None
-  # --incremental: the shards this run processes, with their fingerprints; the manifest
-  # keeps other shards' rows and the state file records these on success.
-  incremental: bool = False
-  processed: Tuple[Tuple[str, dict], ...] = ()
-  # The output settings that make this export what it is (root_claim.identity); the
-  # incremental state records them, so changed settings redo every shard.
-  settings: Tuple[Tuple[str, object], ...] = ()
-  # --overwrite: the root's earlier images that this run does not write are removed.
-  overwrite: bool = False
-  # An object-store root's lease (root_claim), released by the job's last step.
-  lock_run_id: Optional[str] = None
-  # What the launch settled (plan.settled_choices), as JSON: the report shows it.
-  choices: str = '{}'
-  # The manifest parts' format (transforms/manifest.py): 'jsonl' or 'parquet'.
-  manifest_format: str = 'jsonl'
-  manifest_part_rows: int = manifest_lib.ROWS_PER_PART
-  # Each row's checksum of its file (transforms/checksums.py): sha256, crc32c or blake3.
-  checksum: str = 'sha256'
-  # Files of a folder input skipped at launch: they hold no TFRecord (read.list_inputs).
-  skipped_inputs: Tuple[str, ...] = ()
-  # Whether the root holds a manifest (or a commit a killed run left) when the run
-  # starts, under its claim (`manifest.any_previous`): without one, the job has no
-  # previous rows to read and skips that step's two stages.
-  previous_manifest: bool = True
-
-  def __post_init__(self):
-    if not self.patterns and not self.incremental:
-      raise errors.ConfigError('no input given; pass --input PATTERN')
-    if not self.output:
-      raise errors.ConfigError('no output given; pass --output URL')
-    if self.max_failures < 0:
-      raise errors.ConfigError('--max_failures must be 0 or more')
-    if self.manifest_format not in manifest_lib.FORMATS:
-      raise errors.ConfigError(f'--manifest_format must be one of '
-                               f'{", ".join(manifest_lib.FORMATS)}')
-    if self.checksum not in checksums.ALGORITHMS:
-      raise errors.ConfigError(f'--checksum must be one of '
-                               f'{", ".join(checksums.ALGORITHMS)}')
-    if self.manifest_part_rows < 1:
-      raise errors.ConfigError('--manifest_part_rows must be 1 or more')
-    if self.overwrite and (self.skip_existing or self.incremental):
-      raise errors.ConfigError(
-          '--overwrite replaces the output; it does not go with --skip_existing or '
-          '--incremental, which keep it')
+from transforms.images import decode
+from transforms.images import layout_decoder
+from transforms.images import render
+from transforms.inputs import record_ranges
+from transforms.inputs import tfrecord
+from transforms.output import export_config
+from transforms.output import manifest as manifest_lib
+from transforms.output import naming
+from transforms.output import root_files
+from transforms.output import sorted_runs
 
 
 class RangeWorker:
@@ -101,15 +37,15 @@ class RangeWorker:
   (a child process when isolated), the record decoders, the namer and the progress
   sender. Made once per worker (`DoFn.setup`), released by `close()`."""
 
-  def __init__(self, config: ExportConfig):
+  def __init__(self, config: export_config.ExportConfig):
     cv2.setNumThreads(0)  # the runner's workers are the parallelism; no pool per worker
     self.config = config
-    self.root = output_root.OutputRoot(config.output, config.read.storage_options,
-                                       store_crc32c=config.checksum == 'crc32c')
+    self.root = root_files.OutputRoot(config.output, config.read.storage_options,
+                                      store_crc32c=config.checksum == 'crc32c')
     self.decoder = decode.make_decoder(config.image)
     # Pixels stay in the record where they sit misaligned: `normalize` reads them there.
-    self.records = record_layout.KeysDecoder((config.image,) + config.more_images,
-                                             self.decoder, in_place=True)
+    self.records = layout_decoder.KeysDecoder((config.image,) + config.more_images,
+                                              self.decoder, in_place=True)
     self.progress = progress.process_sender(config.progress)
     self.namer = naming.Namer(config.render)
 
@@ -120,9 +56,9 @@ class RangeWorker:
 
 def export_range(file_range: tfrecord.FileRange, worker: RangeWorker,
                  tally: progress.Tally
-                 ) -> Iterator[Union[runs_lib.Run, errors.Failure]]:
+                 ) -> Iterator[Union[sorted_runs.Run, errors.Failure]]:
   """Exports every image of one record range: its files are written, and it yields the
-  range's sorted manifest runs (`runs_lib.Run`) and a Failure per image or record
+  range's sorted manifest runs (`sorted_runs.Run`) and a Failure per image or record
   that failed. Counts go to `tally`.
 
   Records are taken in chunks (`_chunks`), and each stage runs over a whole chunk before
@@ -131,10 +67,10 @@ def export_range(file_range: tfrecord.FileRange, worker: RangeWorker,
   """
   runs = manifest_lib.EntryWriter(worker.root, worker.config.manifest_format,
                                  worker.config.manifest_part_rows)
-  slots = read.read_slots(read.read_range(file_range, worker.config.read), tally)
+  slots = record_ranges.read_slots(record_ranges.read_range(file_range, worker.config.read), tally)
   for chunk in _chunks(slots, CHUNK_RECORDS, CHUNK_BYTES):
     images = []
-    for item in record_layout.decode_records(chunk, worker.records, tally):
+    for item in layout_decoder.decode_records(chunk, worker.records, tally):
       if isinstance(item, errors.Failure):
         yield item
       else:

@@ -20,25 +20,26 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import fsspec
 
-from transforms import decode
-from transforms import encode
 from transforms import errors
-from transforms import export
-from transforms import incremental
-from transforms import input_files
-from transforms import manifest as manifest_lib
-from transforms import naming
-from transforms import normalize
-from transforms import output_root
-from transforms import read
-from transforms import render
-from transforms import root_claim
-from transforms import schema as schema_lib
-from transforms import tfrecord
+from transforms.images import decode
+from transforms.images import name_templates
+from transforms.images import render
+from transforms.images import schema as schema_lib
+from transforms.inputs import input_files
+from transforms.inputs import record_ranges
+from transforms.inputs import shard_names
+from transforms.inputs import tfrecord
+from transforms.output import export_config
+from transforms.output import incremental
+from transforms.output import naming
+from transforms.output import root_claim
+from transforms.output import root_files
+from transforms.pixels import encode
+from transforms.pixels import normalize
 
 
 # Each stage's config owns the defaults of its options; Request takes them from there.
-_READ, _IMAGE = read.ReadConfig(), decode.ImageSpec()
+_READ, _IMAGE = record_ranges.ReadConfig(), decode.ImageSpec()
 _ENCODE, _NORMALIZE = encode.EncodeSpec(), normalize.NormalizeSpec()
 
 
@@ -78,7 +79,7 @@ class Request:
   overwrite: bool = False
   max_failures: int = 0
   manifest_format: str = 'jsonl'
-  manifest_part_rows: int = manifest_lib.ROWS_PER_PART
+  manifest_part_rows: int = export_config.MANIFEST_PART_ROWS
   checksum: str = 'sha256'
   sample_records: int = 64
   split_size_mb: int = _READ.split_bytes >> 20
@@ -110,7 +111,7 @@ class Request:
 DEFAULT_VALUES = {field.name: field.default for field in dataclasses.fields(Request)}
 # The options a report lists, and of those, the ones that decide which files an export
 # writes and their bytes: two runs that differ in one of these (or in --input) are
-# different exports (transforms/root_claim.py).
+# different exports (transforms/output/root_claim.py).
 REPORTED_OPTIONS = (
     'input', 'output', 'compression', 'image_key', 'label_key', 'id_key', 'label_names',
     'shape', 'dtype', 'tensor_layout', 'max_pixels', 'decoder_isolation', 'format',
@@ -162,8 +163,8 @@ def parse_shape(text: Optional[str]):
     raise errors.ConfigError(f'--shape must be like 224,224,3, got {text!r}') from None
 
 
-def read_config(request: Request) -> read.ReadConfig:
-  return read.ReadConfig(
+def read_config(request: Request) -> record_ranges.ReadConfig:
+  return record_ranges.ReadConfig(
       compression=request.compression, max_record_size=request.max_record_size,
       split_bytes=max(request.split_size_mb, 1) << 20,
       storage_options=parse_storage_options(request.storage_options))
@@ -235,7 +236,7 @@ class Plan:
   """What the launch settled, for the opening line and the report."""
   files: int
   found: schema_lib.Schema
-  config: export.ExportConfig
+  config: export_config.ExportConfig
   identity: dict
   mean_frame_bytes: float = 0.0
   # Files of a folder input that hold no TFRecord, as (url, why): not read.
@@ -257,7 +258,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
   patterns = tuple(input_patterns(request))
   input_files.check_reachable(patterns, read_settings.storage_options)
   spec = image_spec(request)
-  listed = read.list_inputs(patterns, read_settings)
+  listed = record_ranges.list_inputs(patterns, read_settings)
   check_output_outside_inputs(patterns, request.output, read_settings.storage_options,
                               request.overwrite, files=[item.url for item in listed[0]] +
                               [url for url, _ in listed[1]])
@@ -301,7 +302,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       spec, key=image.key, encoding=image.encoding, record=found.record,
       decode_encoded=image.encoding != 'encoded' or image.format != request.format or
       request.reencode) for image in found.images]
-  value_range, key_value_ranges = normalize.value_ranges(normalize_spec, found)
+  value_range, key_value_ranges = normalize.value_ranges(normalize_spec, found.images)
   render_config = render.RenderConfig(
       encode=encode_spec, normalize=normalize_spec, value_range=value_range,
       key_value_ranges=key_value_ranges,
@@ -309,7 +310,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       label_names=tuple(found.label_names) if found.label_names else None,
       reencode=request.reencode, max_pixels=request.max_pixels,
       portable_names=request.portable_names)
-  root = output_root.OutputRoot(request.output, read_settings.storage_options)
+  root = root_files.OutputRoot(request.output, read_settings.storage_options)
   root.check_writable()
   used = tuple(sorted((k, v) for k, v in given.items() if k in REPORTED_OPTIONS))
   settings = {k: v for k, v in used if k in IDENTITY_OPTIONS}
@@ -322,7 +323,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
         read_settings.storage_options))
     patterns = tuple(url for url, _ in processed)
   choices = settled_choices(found, render_config, request.layout)
-  config = export.ExportConfig(
+  config = export_config.ExportConfig(
       choices=json.dumps(choices), patterns=patterns, output=request.output,
       read=read_settings, image=image_specs[0], more_images=tuple(image_specs[1:]),
       render=render_config, skip_existing=request.skip_existing,
@@ -353,7 +354,7 @@ def skipped_warning(skipped: Sequence[Tuple[str, str]], shown: int = 10) -> Opti
 
 
 def detect(request: Request, spec: decode.ImageSpec, records: Sequence[tfrecord.Record],
-           files: Sequence[str], read_settings: read.ReadConfig,
+           files: Sequence[str], read_settings: record_ranges.ReadConfig,
            decoder: decode.Decoder) -> schema_lib.Schema:
   """The schema the sampled records show, with the keys and label names `request`
   names (`found.image` is None when no image was found; `found.failures` says why)."""
@@ -368,7 +369,7 @@ def detect(request: Request, spec: decode.ImageSpec, records: Sequence[tfrecord.
 def _template(request: Request, found: schema_lib.Schema, files: Sequence[str]) -> str:
   """The name template: --name_template, else the layout's default; checked against
   the fields the records have."""
-  with_splits = bool(files) and all(naming.split_of(f) for f in files)
+  with_splits = bool(files) and all(shard_names.split_of(f) for f in files)
   if request.layout == 'class' and not request.name_template and found.label_key is None:
     raise errors.ConfigError(
         '--layout class makes a folder per class, but no label feature was found in '
@@ -377,19 +378,19 @@ def _template(request: Request, found: schema_lib.Schema, files: Sequence[str]) 
   # Train and test images must not share class folders (ImageFolder would mix them).
   template = request.name_template or naming.default_template(found, request.layout,
                                                               with_splits)
-  available = set(naming.BUILTIN_FIELDS) | set(found.scalar_keys)
+  available = set(name_templates.BUILTIN_FIELDS) | set(found.scalar_keys)
   if found.id_key is None:
     available.discard('id')
   if found.label_key is None:
     available -= {'label', 'label_name'}
-  if any(naming.split_of(f) is None for f in files):
+  if any(shard_names.split_of(f) is None for f in files):
     available.discard('split')
-  naming.check_template(template, sorted(available))
-  if found.batched and 'n' not in naming.template_fields(template):
+  name_templates.check_template(template, sorted(available))
+  if found.batched and 'n' not in name_templates.template_fields(template):
     raise errors.ConfigError(
         f'the records hold batches of images ({found.image.axes}); add {{n}} to '
         '--name_template so each image of a batch gets its own name')
-  if len(found.images) > 1 and 'key' not in naming.template_fields(template):
+  if len(found.images) > 1 and 'key' not in name_templates.template_fields(template):
     raise errors.ConfigError(
         f'{len(found.images)} image keys are written '
         f'({", ".join(i.key for i in found.images)}); '
@@ -550,7 +551,7 @@ def count_images(plan: Plan) -> Tuple[int, bool]:
   for item in input_files.expand_patterns(config.patterns, config.read.storage_options):
     if item.url in skipped:
       continue
-    exact = read.count_records(item, config.read)
+    exact = record_ranges.count_records(item, config.read)
     if exact is None:
       estimated = True
       exact = item.size / max(plan.mean_frame_bytes, 1.0)

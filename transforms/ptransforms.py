@@ -2,9 +2,11 @@
 
 Each DoFn only wraps a Beam-free function (setup/teardown, tagging outputs, metrics):
 
-  PlanRanges        patterns -> FileRange          input_files.expand_patterns, read.plan_file
-  ReadImageRecords  patterns -> (RecordRef, bytes)  read.read_range, read.read_slots
-  DecodeImages      records -> DecodedImage         record_layout.decode_records
+  PlanRanges        patterns -> FileRange          input_files.expand_patterns,
+                                                    record_ranges.plan_file
+  ReadImageRecords  patterns -> (RecordRef, bytes)  record_ranges.read_range,
+                                                    record_ranges.read_slots
+  DecodeImages      records -> DecodedImage         layout_decoder.decode_records
   ExportImages      patterns -> files, manifest, dead letter, report
                                                     export.export_range, then
                                                     manifest.read_previous (per
@@ -31,18 +33,19 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms import dead_letter
-from transforms import decode
 from transforms import errors
 from transforms import export
-from transforms import manifest as manifest_lib
-from transforms import input_files
-from transforms import output_root
-from transforms import portability
 from transforms import progress
-from transforms import read
-from transforms import record_layout
-from transforms import report
+from transforms.images import decode
+from transforms.images import layout_decoder
+from transforms.inputs import input_files
+from transforms.inputs import record_ranges
+from transforms.output import dead_letter
+from transforms.output import export_config
+from transforms.output import manifest as manifest_lib
+from transforms.output import portability
+from transforms.output import report
+from transforms.output import root_files
 
 NAMESPACE = 'unrecord'
 DEAD_LETTER = 'dead_letter'
@@ -86,7 +89,8 @@ class PlanRanges(beam.PTransform):
   big file spreads over all workers.
   """
 
-  def __init__(self, patterns: Sequence[str], config: read.ReadConfig = read.ReadConfig()):
+  def __init__(self, patterns: Sequence[str],
+               config: record_ranges.ReadConfig = record_ranges.ReadConfig()):
     super().__init__()
     self._patterns = tuple(input_files.split_patterns(patterns))
     if not self._patterns:
@@ -103,7 +107,7 @@ class PlanRanges(beam.PTransform):
     ranges = (
         files
         | 'DistributeFiles' >> beam.Reshuffle()
-        | 'PlanRanges' >> beam.FlatMap(read.plan_file, self._config))
+        | 'PlanRanges' >> beam.FlatMap(record_ranges.plan_file, self._config))
     # FileRange
     return ranges | 'DistributeRanges' >> beam.Reshuffle()
 
@@ -111,12 +115,13 @@ class PlanRanges(beam.PTransform):
 class _ReadRangeFn(_WithProgress):
   """FileRange -> (RecordRef, bytes); framing damage goes to the dead letter."""
 
-  def __init__(self, config: read.ReadConfig, address: Optional[progress.Address]):
+  def __init__(self, config: record_ranges.ReadConfig, address: Optional[progress.Address]):
     super().__init__(address)
     self._config = config
 
   def process(self, file_range):
-    for item in read.read_slots(read.read_range(file_range, self._config), self._tally):
+    for item in record_ranges.read_slots(
+        record_ranges.read_range(file_range, self._config), self._tally):
       yield _tagged(item)
     _count(self._tally.take())
 
@@ -127,7 +132,8 @@ class ReadImageRecords(beam.PTransform):
   Outputs: `records` and `dead_letter` (Failure).
   """
 
-  def __init__(self, patterns: Sequence[str], config: read.ReadConfig = read.ReadConfig(),
+  def __init__(self, patterns: Sequence[str],
+               config: record_ranges.ReadConfig = record_ranges.ReadConfig(),
                progress_address: Optional[progress.Address] = None):
     super().__init__()
     self._plan = PlanRanges(patterns, config)
@@ -154,14 +160,14 @@ class _DecodeFn(_WithProgress):
   def setup(self):
     super().setup()
     self._decoder = decode.make_decoder(self._spec)
-    self._records = record_layout.KeysDecoder((self._spec,), self._decoder)
+    self._records = layout_decoder.KeysDecoder((self._spec,), self._decoder)
 
   def teardown(self):
     super().teardown()
     self._decoder.close()
 
   def process(self, record):
-    for item in record_layout.decode_records((record,), self._records, self._tally):
+    for item in layout_decoder.decode_records((record,), self._records, self._tally):
       yield _tagged(item)
     _count(self._tally.take())
 
@@ -189,7 +195,7 @@ class _ExportRangeFn(beam.DoFn):
   written. Also yields, tagged SPANS, the (start, end) wall-clock seconds of each range's
   work, from which the report tells the workers' time from start-up and wind-down."""
 
-  def __init__(self, config: export.ExportConfig):
+  def __init__(self, config: export_config.ExportConfig):
     self._config = config
 
   def setup(self):
@@ -214,7 +220,7 @@ class _FailureRunsFn(beam.DoFn):
   """Failure -> sorted dead-letter runs, one set per bundle (dead_letter.FailureWriter,
   made once per DoFn instance: `flush` hands its runs over and starts afresh)."""
 
-  def __init__(self, config: export.ExportConfig):
+  def __init__(self, config: export_config.ExportConfig):
     self._config = config
 
   def setup(self):
@@ -231,14 +237,14 @@ class _FailureRunsFn(beam.DoFn):
       yield GlobalWindows.windowed_value(run)
 
 
-def _previous_files(_, config: export.ExportConfig):
+def _previous_files(_, config: export_config.ExportConfig):
   return manifest_lib.previous_files(config)
 
 
 class _PreviousRowsFn(beam.DoFn):
   """manifest.PreviousFile -> its rows' runs; what it repaired to the REPAIRS output."""
 
-  def __init__(self, config: export.ExportConfig):
+  def __init__(self, config: export_config.ExportConfig):
     self._config = config
 
   def process(self, task):
@@ -255,13 +261,13 @@ def _plan_parts(_, runs, rows_per_part: int):
 class _WritePartFn(beam.DoFn):
   """manifest.Part -> the part's summary; its name collisions become dead-letter runs."""
 
-  def __init__(self, config: export.ExportConfig):
+  def __init__(self, config: export_config.ExportConfig):
     self._config = config
 
   def process(self, part, runs):
     collisions = dead_letter.FailureWriter(self._config)
     names = portability.FoldWriter(
-        output_root.OutputRoot(self._config.output, self._config.read.storage_options))
+        root_files.OutputRoot(self._config.output, self._config.read.storage_options))
     summary = manifest_lib.write_part(part, runs, self._config, collisions.add,
                                       on_paths=names.add)
     summary['failure_runs'] = collisions.flush()
@@ -277,12 +283,12 @@ def _plan_name_ranges(_, runs):
   return portability.plan_ranges(runs)
 
 
-def _check_names(bounds, config: export.ExportConfig, runs) -> dict:
-  root = output_root.OutputRoot(config.output, config.read.storage_options)
+def _check_names(bounds, config: export_config.ExportConfig, runs) -> dict:
+  root = root_files.OutputRoot(config.output, config.read.storage_options)
   return portability.check_range(bounds, runs, root)
 
 
-def _finish(_, config: export.ExportConfig, parts, failure_runs, spans, repairs,
+def _finish(_, config: export_config.ExportConfig, parts, failure_runs, spans, repairs,
             names=()) -> dict:
   """The job's last step, once: commits the manifest, then writes the dead letters, then
   the report (with `_SUCCESS`). One step, not three: each step the runner schedules on its
@@ -308,7 +314,7 @@ class ExportImages(beam.PTransform):
   `manifest.commit` returns) and `report` (the `_report.json` dict).
   """
 
-  def __init__(self, config: export.ExportConfig):
+  def __init__(self, config: export_config.ExportConfig):
     super().__init__()
     self._config = config
 
@@ -318,7 +324,7 @@ class ExportImages(beam.PTransform):
     # FileRange
     exported = ranges | 'Export' >> beam.ParDo(_ExportRangeFn(config)).with_outputs(
         DEAD_LETTER, SPANS, main='runs')
-    # runs.Run of sorted manifest entries; Failure rows; (start, end) per range
+    # sorted_runs.Run of sorted manifest entries; Failure rows; (start, end) per range
     runs = exported.runs
     if config.previous_manifest:
       previous = (pbegin
@@ -327,7 +333,7 @@ class ExportImages(beam.PTransform):
                   | 'SpreadPrevious' >> beam.Reshuffle()
                   | 'PreviousRuns' >> beam.ParDo(_PreviousRowsFn(config)).with_outputs(
                       REPAIRS, main='runs'))
-      # runs.Run of the previous manifest's rows; a dict per part rebuilt from the files
+      # sorted_runs.Run of the previous manifest's rows; a dict per part rebuilt from the files
       runs = (exported.runs, previous.runs) | 'AllRuns' >> beam.Flatten()
       repairs = previous[REPAIRS]
     else:
@@ -342,9 +348,9 @@ class ExportImages(beam.PTransform):
              | 'WriteParts' >> beam.ParDo(_WritePartFn(config), beam.pvalue.AsList(runs)))
     # a write_part summary per part
     # Names a case-insensitive disk or Windows would lose: the parts' paths, sorted by
-    # fold, checked a fold-key range per task (transforms/portability.py).
+    # fold, checked a fold-key range per task (transforms/output/portability.py).
     name_runs = parts | 'NameRuns' >> beam.FlatMap(_name_runs)
-    # runs.Run of (fold, path)
+    # sorted_runs.Run of (fold, path)
     names = (pbegin
              | 'StartNames' >> beam.Create([None])
              | 'PlanNameRanges' >> beam.FlatMap(_plan_name_ranges,

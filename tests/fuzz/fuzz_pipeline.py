@@ -14,11 +14,11 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-  from transforms import decode
-  from transforms import encode
   from transforms import errors
-  from transforms import render
-  from transforms import tfrecord
+  from transforms.images import decode
+  from transforms.images import render
+  from transforms.inputs import tfrecord
+  from transforms.pixels import encode
 
 _CONFIG = render.RenderConfig(encode=encode.EncodeSpec('png'))
 _SPEC = decode.ImageSpec(max_pixels=1 << 16)
