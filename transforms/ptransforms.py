@@ -43,10 +43,12 @@ from transforms import progress
 from transforms import read
 from transforms import record_layout
 from transforms import report
+from transforms import shards as shards_lib
 
 NAMESPACE = 'unrecord'
 DEAD_LETTER = 'dead_letter'
 SPANS = 'spans'
+SHARDS = 'shards'  # with --pack: each shards.Shard written
 REPAIRS = 'repairs'  # what manifest.read_previous rebuilt of a damaged previous manifest
 
 
@@ -57,9 +59,12 @@ def _count(counts: Dict[str, int]) -> None:
 
 
 def _tagged(item):
-  """A Failure to the dead-letter output; anything else to the main one."""
+  """A Failure to the dead-letter output, a Shard to SHARDS; anything else to the main
+  one."""
   if isinstance(item, errors.Failure):
     return beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+  if isinstance(item, shards_lib.Shard):
+    return beam.pvalue.TaggedOutput(SHARDS, item)
   return item
 
 
@@ -283,12 +288,21 @@ def _check_names(bounds, config: export.ExportConfig, runs) -> dict:
 
 
 def _finish(_, config: export.ExportConfig, parts, failure_runs, spans, repairs,
-            names=()) -> dict:
-  """The job's last step, once: commits the manifest, then writes the dead letters, then
-  the report (with `_SUCCESS`). One step, not three: each step the runner schedules on its
-  own costs a local run about 0.1 s of start-up (docs/benchmarks.md)."""
+            names=(), shards=()) -> dict:
+  """The job's last step, once: with --pack the shard index, then commits the manifest,
+  then writes the dead letters, then the report (with `_SUCCESS`). One step, not three:
+  each step the runner schedules on its own costs a local run about 0.1 s of start-up
+  (docs/benchmarks.md)."""
   parts = list(parts)
-  manifest = manifest_lib.commit(parts, config, list(repairs))
+  shard_summary, kept_files = None, ()
+  if config.shards.packed:
+    root = output_root.OutputRoot(config.output, config.read.storage_options)
+    shard_summary = shards_lib.write_index(root, list(shards),
+                                           manifest_lib.keeps_previous(config))
+    kept_files = [shards_lib.INDEX] + [e['url'] for e in shards_lib.read_index(root)]
+  manifest = manifest_lib.commit(parts, config, list(repairs), kept_files)
+  if shard_summary is not None:
+    manifest['shards'] = shard_summary
   for name, change in manifest['count_corrections'].items():
     if change > 0:
       Metrics.counter(NAMESPACE, name).inc(change)
@@ -317,8 +331,9 @@ class ExportImages(beam.PTransform):
     ranges = pbegin | 'PlanRanges' >> PlanRanges(config.patterns, config.read)
     # FileRange
     exported = ranges | 'Export' >> beam.ParDo(_ExportRangeFn(config)).with_outputs(
-        DEAD_LETTER, SPANS, main='runs')
-    # runs.Run of sorted manifest entries; Failure rows; (start, end) per range
+        DEAD_LETTER, SPANS, SHARDS, main='runs')
+    # runs.Run of sorted manifest entries; Failure rows; (start, end) per range; with
+    # --pack, a shards.Shard per shard written
     runs = exported.runs
     if config.previous_manifest:
       previous = (pbegin
@@ -360,7 +375,8 @@ class ExportImages(beam.PTransform):
                 | 'CommitAndReport' >> beam.Map(
                     _finish, config, beam.pvalue.AsList(parts),
                     beam.pvalue.AsList(failure_runs), beam.pvalue.AsList(exported[SPANS]),
-                    beam.pvalue.AsList(repairs), beam.pvalue.AsList(names)))
+                    beam.pvalue.AsList(repairs), beam.pvalue.AsList(names),
+                    beam.pvalue.AsList(exported[SHARDS])))
     # the manifest.commit, write_dead_letter and _report.json dicts
     merged = finished | 'Manifest' >> beam.Map(operator.itemgetter('manifest'))
     report_dict = finished | 'Report' >> beam.Map(operator.itemgetter('report'))

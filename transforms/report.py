@@ -25,6 +25,7 @@ from transforms import preview
 from transforms import render
 from transforms import root_claim
 from transforms import runs as runs_lib
+from transforms import shards
 
 if TYPE_CHECKING:  # types only: export imports report's users
   from transforms import export
@@ -237,6 +238,8 @@ def write_report(config: 'export.ExportConfig', manifest: dict, dead_letter: dic
   if line:  # only then: a root whose names are all portable keeps its report as it was
     report['portability'] = names
     report['warnings'].append(line)
+  if manifest.get('shards'):  # --pack: transforms/shards.py's index summary
+    report['shards'] = manifest['shards']
   if config.incremental:
     report['incremental'] = {'shards_processed': len(config.processed),
                              'stale_images_removed': manifest.get('stale_removed', 0)}
@@ -338,7 +341,7 @@ def _thumbnails(root: output_root.OutputRoot, rows: List[dict]):
   samples, uniform = [], 0
   for row in rows:
     try:
-      pixels = decode_written(root.read(row['path']))
+      pixels = decode_written(shards.read_image(root, row))
       png = thumbnail_png(pixels)
     except Exception:  # pylint: disable=broad-except  (a picture is never worth a failed run)
       continue
