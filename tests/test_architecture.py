@@ -13,7 +13,7 @@ LAYERS = [
     ['tfrecord', 'input_files', 'isolation', 'image_formats', 'normalize', 'encode',
      'naming', 'progress', 'preview'],
     ['tensor_proto', 'output_root'],
-    ['npy', 'example', 'root_claim', 'incremental', 'runs'],
+    ['npy', 'example', 'root_claim', 'incremental', 'runs', 'shards'],
     ['records', 'portability'],
     ['decode', 'read'],
     ['record_layout', 'schema', 'render'],
