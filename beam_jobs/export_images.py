@@ -187,6 +187,18 @@ class ExportOptions(PipelineOptions):
                       help='NaN/Inf: fail sends the image to the dead letter '
                       '(non_finite); clip maps NaN to the low end and +/-Inf to the ends. '
                       'Default: fail.')
+    group = parser.add_argument_group('unrecord shards')
+    group.add_argument('--pack', default=DEFAULTS['pack'],
+                       choices=('files', 'tar', 'parquet'), type=common.Choice(),
+                       help='files: a file per image. tar: WebDataset shards '
+                       '{stem}-{shard:06d}.tar (KEY.png, KEY.json, KEY.cls). parquet: '
+                       'Parquet shards Hugging Face datasets loads. Both with '
+                       'shardindex.json (docs/shards.md). Default: files.')
+    group.add_argument('--shard_size', default=DEFAULTS['shard_size'], metavar='SIZE',
+                       help='Most bytes in a shard, e.g. 1GB, 500MB, 64MiB. Default: 1GB '
+                       'unless --shard_samples is given.')
+    group.add_argument('--shard_samples', type=int, default=DEFAULTS['shard_samples'],
+                       metavar='N', help='Most images in a shard. Default: no limit.')
 
 
 class _OneLineBeamParser(_BeamArgumentParser):
@@ -263,8 +275,9 @@ def help_text() -> str:
 
 
 # Where --help sends the reader for the rest (docs/ in the unrecord repository).
-DOCS = ('docs/export.md (options, normalization, names, formats)',
-        'docs/output.md (manifest, dead letters, exit status)',
+DOCS = ('docs/export.md (options, names, formats)',
+        'docs/output.md (manifest, exit status)',
+        'docs/shards.md (tar, Parquet)',
         'docs/runners.md (Flink, Dataflow)')
 
 

@@ -29,6 +29,7 @@ from transforms.output import export_config
 from transforms.output import manifest as manifest_lib
 from transforms.output import naming
 from transforms.output import root_files
+from transforms.output import shards as shards_lib
 from transforms.output import sorted_runs
 
 
@@ -56,10 +57,11 @@ class RangeWorker:
 
 def export_range(file_range: tfrecord.FileRange, worker: RangeWorker,
                  tally: progress.Tally
-                 ) -> Iterator[Union[sorted_runs.Run, errors.Failure]]:
-  """Exports every image of one record range: its files are written, and it yields the
-  range's sorted manifest runs (`sorted_runs.Run`) and a Failure per image or record
-  that failed. Counts go to `tally`.
+                 ) -> Iterator[Union[sorted_runs.Run, errors.Failure, shards_lib.Shard]]:
+  """Exports every image of one record range: its files (or, with --pack, its shards)
+  are written, and it yields the range's sorted manifest runs (`sorted_runs.Run`), a
+  Failure per image or record that failed, and each shard written. Counts go to
+  `tally`.
 
   Records are taken in chunks (`_chunks`), and each stage runs over a whole chunk before
   the next starts: decode, then name and encode, then write, then manifest rows, so each
@@ -68,16 +70,26 @@ def export_range(file_range: tfrecord.FileRange, worker: RangeWorker,
   runs = manifest_lib.EntryWriter(worker.root, worker.config.manifest_format,
                                  worker.config.manifest_part_rows)
   slots = record_ranges.read_slots(record_ranges.read_range(file_range, worker.config.read), tally)
-  for chunk in _chunks(slots, CHUNK_RECORDS, CHUNK_BYTES):
-    images = []
-    for item in layout_decoder.decode_records(chunk, worker.records, tally):
-      if isinstance(item, errors.Failure):
-        yield item
-      else:
-        images.append(item)
-    rendered = yield from _render(images, worker, runs, tally)
-    written = yield from _write(rendered, worker, tally)
-    _add_rows(written, worker, runs, tally)
+  packer = _Packer(file_range, worker) if worker.config.shards.packed else None
+  try:
+    for chunk in _chunks(slots, CHUNK_RECORDS, CHUNK_BYTES):
+      images = []
+      for item in layout_decoder.decode_records(chunk, worker.records, tally):
+        if isinstance(item, errors.Failure):
+          yield item
+        else:
+          images.append(item)
+      rendered = yield from _render(images, worker, runs, tally)
+      if packer is not None:
+        yield from packer.add(rendered, runs, tally)
+        continue
+      written = yield from _write(rendered, worker, tally)
+      _add_rows(written, worker, runs, tally)
+    if packer is not None:
+      yield from packer.finish(runs, tally)
+  finally:
+    if packer is not None:
+      packer.writer.abort()  # a range that failed leaves no shard under a final name
   yield from runs.flush()
   worker.progress.count(progress.RANGES)  # the ETA starts after the first
 
@@ -92,8 +104,9 @@ def _render(images, worker: RangeWorker, runs: manifest_lib.EntryWriter,
     stage = 'name'
     try:
       name = worker.namer.name(image)
+      # With --pack, --skip_existing keeps whole shards (shards.ShardWriter).
       row = (manifest_lib.existing_row(image, name, worker.root, config)
-             if config.skip_existing else None)
+             if config.skip_existing and not config.shards.packed else None)
       if row is not None:
         runs.add(manifest_lib.SKIPPED, row)
         tally.add('images_skipped')
@@ -127,6 +140,71 @@ def _add_rows(written, worker: RangeWorker, runs: manifest_lib.EntryWriter,
   tally.add('images_written', len(rows))
   tally.add('bytes_written', sum(row['bytes'] for row in rows))
   worker.progress.count('written', len(written))
+
+
+class _Packer:
+  """One record range's shards (`shards.ShardWriter`); its samples' manifest rows are
+  added as each shard is finished, naming the shard and the member."""
+
+  def __init__(self, file_range: tfrecord.FileRange, worker: RangeWorker):
+    self.worker = worker
+    config = worker.config
+    self._template = config.render.name_template
+    self.writer = None
+    self._range = file_range
+
+  def add(self, rendered, runs: manifest_lib.EntryWriter, tally: progress.Tally):
+    config = self.worker.config
+    for image, name, result in rendered:
+      folder = shards_lib.folder_of(name, self._template)
+      if self.writer is None:
+        self.writer = shards_lib.ShardWriter(
+            self.worker.root, config.shards, self._range.path, folder,
+            skip_existing=config.skip_existing)
+      key, ext = shards_lib.sample_key(name, folder)
+      features = image.features
+      label = features.get(config.render.label_key) if config.render.label_key else None
+      meta = shards_lib.sample_meta(
+          id_value=features.get(config.render.id_key) if config.render.id_key else None,
+          label=label, label_name=naming.label_name(label, config.render.label_names),
+          source=image.ref.path, index=image.ref.index, offset=image.ref.offset,
+          n=image.n, key=image.key)
+      sample = shards_lib.Sample(key, ext, result.data, meta,
+                                 label if isinstance(label, int) else None)
+      try:
+        for shard, placed in self.writer.add((image, name, result), sample):
+          yield shard
+          self._add_rows(shard, placed, runs, tally)
+      except errors.UnrecordError as e:
+        yield tally.fail(_located(e, image), 'write', n=image.n)
+
+  def finish(self, runs: manifest_lib.EntryWriter, tally: progress.Tally):
+    if self.writer is None:
+      return
+    for shard, placed in self.writer.finish():
+      yield shard
+      self._add_rows(shard, placed, runs, tally)
+
+  def _add_rows(self, shard: shards_lib.Shard, placed, runs: manifest_lib.EntryWriter,
+                tally: progress.Tally) -> None:
+    worker, tar = self.worker, shard.name.endswith('.tar')
+    rows = []
+    for (image, name, result), member, where in placed:
+      row = manifest_lib.manifest_row(image, name, result, worker.config)
+      row.update(path=shards_lib.member_path(shard.name, member), shard=shard.name,
+                 member=member, member_offset=where if tar else None,
+                 shard_row=None if tar else where)
+      rows.append(row)
+    kind = manifest_lib.SKIPPED if shard.kept else manifest_lib.WRITTEN
+    runs.add_all(kind, rows)
+    if shard.kept:
+      tally.add('images_skipped', len(rows))
+      worker.progress.count('skipped', len(rows))
+      return
+    tally.add('images_written', len(rows))
+    tally.add('bytes_written', sum(row['bytes'] for row in rows))
+    tally.add('shards_written')
+    worker.progress.count('written', len(rows))
 
 
 # A chunk ends after this many records, or once it holds this many payload bytes: small

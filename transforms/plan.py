@@ -34,6 +34,7 @@ from transforms.output import incremental
 from transforms.output import naming
 from transforms.output import root_claim
 from transforms.output import root_files
+from transforms.output import shards as shards_lib
 from transforms.pixels import encode
 from transforms.pixels import normalize
 
@@ -81,6 +82,10 @@ class Request:
   manifest_format: str = 'jsonl'
   manifest_part_rows: int = export_config.MANIFEST_PART_ROWS
   checksum: str = 'sha256'
+  # Shards (transforms/shards.py): --pack tar|parquet, bounded by bytes and/or samples.
+  pack: str = 'files'
+  shard_size: Optional[str] = None  # '1GB', '500MB', bytes
+  shard_samples: Optional[int] = None
   sample_records: int = 64
   split_size_mb: int = _READ.split_bytes >> 20
   # Normalization.
@@ -119,13 +124,13 @@ REPORTED_OPTIONS = (
     'jpeg_subsampling', 'reencode', 'name_template', 'layout', 'skip_existing',
     'incremental', 'max_failures', 'value_range', 'mean', 'std', 'channel_order',
     'bit_depth', 'non_finite', 'overwrite', 'manifest_format', 'manifest_part_rows',
-    'portable_names', 'checksum')
+    'portable_names', 'checksum', 'pack', 'shard_size', 'shard_samples')
 IDENTITY_OPTIONS = (
     'compression', 'image_key', 'label_key', 'id_key', 'label_names', 'shape', 'dtype',
     'tensor_layout', 'max_pixels', 'format', 'quality', 'png_compression', 'png_encoder',
     'webp_lossless', 'jpeg_progressive', 'jpeg_subsampling', 'reencode', 'name_template',
     'layout', 'value_range', 'mean', 'std', 'channel_order', 'bit_depth', 'non_finite',
-    'portable_names')
+    'portable_names', 'pack', 'shard_size', 'shard_samples')
 # Options that only one format (or two) reads; given with another, they would do nothing.
 FORMAT_OPTIONS = {
     'png_compression': ('png',), 'png_encoder': ('png',), 'quality': ('jpeg', 'webp'),
@@ -255,6 +260,9 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
   if not request.output:
     raise errors.ConfigError('no output given; pass --output URL')
   read_settings = read_config(request)
+  shard_spec = shard_spec_of(request)
+  if shard_spec.packed:  # a file's shards are one worker's: one range per file
+    read_settings = dataclasses.replace(read_settings, split_bytes=1 << 62)
   patterns = tuple(input_patterns(request))
   input_files.check_reachable(patterns, read_settings.storage_options)
   spec = image_spec(request)
@@ -297,6 +305,11 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
     normalize.target_bits(image.dtype, request.bit_depth, encode_spec.holds_16bit,
                           encode_spec.holds_float)
   template = _template(request, found, files)
+  if shard_spec.packed and len(found.images) > 1:
+    raise errors.ConfigError(
+        f'--pack {shard_spec.pack} packs one image per sample, but {len(found.images)} '
+        f'image keys are written ({", ".join(i.key for i in found.images)}); pass one '
+        '--image_key, or drop --pack')
 
   image_specs = [dataclasses.replace(
       spec, key=image.key, encoding=image.encoding, record=found.record,
@@ -332,10 +345,17 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       settings=tuple(sorted(identity['settings'].items())), overwrite=request.overwrite,
       manifest_format=request.manifest_format,
       manifest_part_rows=request.manifest_part_rows, checksum=request.checksum,
-      skipped_inputs=tuple(url for url, _ in skipped))
+      skipped_inputs=tuple(url for url, _ in skipped), shards=shard_spec)
   mean_frame = sum(len(payload) + 16 for _, payload in records) / len(records)
   return Plan(files=len(files), found=found, config=config, identity=identity,
               mean_frame_bytes=mean_frame, skipped=skipped)
+
+
+def shard_spec_of(request: Request) -> shards_lib.ShardSpec:
+  """--pack, --shard_size and --shard_samples as a ShardSpec (ConfigError if wrong)."""
+  return shards_lib.ShardSpec(pack=request.pack,
+                              max_bytes=shards_lib.parse_size(request.shard_size),
+                              max_samples=request.shard_samples)
 
 
 def skipped_warning(skipped: Sequence[Tuple[str, str]], shown: int = 10) -> Optional[str]:

@@ -46,10 +46,12 @@ from transforms.output import manifest as manifest_lib
 from transforms.output import portability
 from transforms.output import report
 from transforms.output import root_files
+from transforms.output import shards as shards_lib
 
 NAMESPACE = 'unrecord'
 DEAD_LETTER = 'dead_letter'
 SPANS = 'spans'
+SHARDS = 'shards'  # with --pack: each shards.Shard written
 REPAIRS = 'repairs'  # what manifest.read_previous rebuilt of a damaged previous manifest
 
 
@@ -60,9 +62,12 @@ def _count(counts: Dict[str, int]) -> None:
 
 
 def _tagged(item):
-  """A Failure to the dead-letter output; anything else to the main one."""
+  """A Failure to the dead-letter output, a Shard to SHARDS; anything else to the main
+  one."""
   if isinstance(item, errors.Failure):
     return beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+  if isinstance(item, shards_lib.Shard):
+    return beam.pvalue.TaggedOutput(SHARDS, item)
   return item
 
 
@@ -289,12 +294,21 @@ def _check_names(bounds, config: export_config.ExportConfig, runs) -> dict:
 
 
 def _finish(_, config: export_config.ExportConfig, parts, failure_runs, spans, repairs,
-            names=()) -> dict:
-  """The job's last step, once: commits the manifest, then writes the dead letters, then
-  the report (with `_SUCCESS`). One step, not three: each step the runner schedules on its
-  own costs a local run about 0.1 s of start-up (docs/benchmarks.md). `parts` is
-  iterated, never held: a part's summary carries up to 384 sample rows."""
-  manifest = manifest_lib.commit(parts, config, list(repairs))
+            names=(), shards=()) -> dict:
+  """The job's last step, once: with --pack the shard index, then commits the manifest,
+  then writes the dead letters, then the report (with `_SUCCESS`). One step, not three:
+  each step the runner schedules on its own costs a local run about 0.1 s of start-up
+  (docs/benchmarks.md). `parts` is iterated, never held: a part's summary carries up to
+  384 sample rows."""
+  shard_summary, kept_files = None, ()
+  if config.shards.packed:
+    root = root_files.OutputRoot(config.output, config.read.storage_options)
+    shard_summary = shards_lib.write_index(root, list(shards),
+                                           manifest_lib.keeps_previous(config))
+    kept_files = [shards_lib.INDEX] + [e['url'] for e in shards_lib.read_index(root)]
+  manifest = manifest_lib.commit(parts, config, list(repairs), kept_files)
+  if shard_summary is not None:
+    manifest['shards'] = shard_summary
   for name, change in manifest['count_corrections'].items():
     if change > 0:
       Metrics.counter(NAMESPACE, name).inc(change)
@@ -323,8 +337,9 @@ class ExportImages(beam.PTransform):
     ranges = pbegin | 'PlanRanges' >> PlanRanges(config.patterns, config.read)
     # FileRange
     exported = ranges | 'Export' >> beam.ParDo(_ExportRangeFn(config)).with_outputs(
-        DEAD_LETTER, SPANS, main='runs')
-    # sorted_runs.Run of sorted manifest entries; Failure rows; (start, end) per range
+        DEAD_LETTER, SPANS, SHARDS, main='runs')
+    # sorted_runs.Run of sorted manifest entries; Failure rows; (start, end) per range;
+    # with --pack, a shards.Shard per shard written
     runs = exported.runs
     if config.previous_manifest:
       previous = (pbegin
@@ -366,7 +381,8 @@ class ExportImages(beam.PTransform):
                 | 'CommitAndReport' >> beam.Map(
                     _finish, config, beam.pvalue.AsIter(parts),
                     beam.pvalue.AsList(failure_runs), beam.pvalue.AsList(exported[SPANS]),
-                    beam.pvalue.AsList(repairs), beam.pvalue.AsList(names)))
+                    beam.pvalue.AsList(repairs), beam.pvalue.AsList(names),
+                    beam.pvalue.AsList(exported[SHARDS])))
     # the manifest.commit, write_dead_letter and _report.json dicts
     merged = finished | 'Manifest' >> beam.Map(operator.itemgetter('manifest'))
     report_dict = finished | 'Report' >> beam.Map(operator.itemgetter('report'))

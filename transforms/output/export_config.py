@@ -16,6 +16,7 @@ from transforms.images import decode
 from transforms.images import render
 from transforms.inputs import record_ranges
 from transforms.output import checksums
+from transforms.output import shards as shards_lib
 
 MANIFEST_FORMATS = ('jsonl', 'parquet')
 # Rows per manifest part: a part's task takes them a slice at a time, so this bounds its
@@ -63,6 +64,9 @@ class ExportConfig:
   # starts, under its claim (`manifest.any_previous`): without one, the job has no
   # previous rows to read and skips that step's two stages.
   previous_manifest: bool = True
+  # --pack tar|parquet and the shards' bounds (transforms/output/shards.py); 'files'
+  # writes a file per image.
+  shards: shards_lib.ShardSpec = shards_lib.ShardSpec()
 
   def __post_init__(self):
     if not self.patterns and not self.incremental:

@@ -84,6 +84,10 @@ PARQUET_SCHEMA = pa.schema([
     ('passthrough', pa.bool_()), ('dtype_in', pa.string()), ('dtype_out', pa.string()),
     ('shape_in', pa.list_(pa.int64())), ('shape_out', pa.list_(pa.int64())),
     ('normalization', pa.list_(pa.string())), ('value_range', pa.list_(pa.float64())),
+    # With --pack tar|parquet (transforms/shards.py): the shard, the image's member, and
+    # where it is in the shard (a tar's data offset, a Parquet shard's row); else null.
+    ('shard', pa.string()), ('member', pa.string()), ('member_offset', pa.int64()),
+    ('shard_row', pa.int64()),
 ])
 TEXT_FIELDS = ('id', 'label')
 # A row's checksum of its file is in the column named after its algorithm
@@ -93,6 +97,7 @@ CHECKSUM_FIELDS = checksums.ALGORITHMS
 # image, whose dictionary would only grow until it gave up, in memory and in bytes.
 _DICTIONARY_COLUMNS = [name for name in PARQUET_SCHEMA.names
                        if name not in ('path', 'id', 'index', 'offset', 'bytes',
+                                       'member', 'member_offset', 'shard_row',
                                        *CHECKSUM_FIELDS)]
 # What deciding a path needs, in every entry; the path first, as the runs' sort key.
 _DECISION_FIELDS = [
@@ -899,7 +904,7 @@ def write_part(part: Part, runs: Sequence[sorted_runs.Run], config: export_confi
   each run, whatever the part's size. A path's entries all fall in one slice.
   """
   root = root_files.OutputRoot(config.output, config.read.storage_options)
-  keep_previous = _keeps_previous(config)
+  keep_previous = keeps_previous(config)
   name = part_name(part.index, part.count, config.manifest_format)
   totals, sampler = PartResult(), RowSampler()
   rows, first, last, stale, collisions, collided_skipped = 0, None, None, 0, 0, 0
@@ -926,8 +931,8 @@ def write_part(part: Part, runs: Sequence[sorted_runs.Run], config: export_confi
       for path in result.stale:
         try:
           root.fs.rm_file(root.path(path))
-        except FileNotFoundError:
-          pass
+        except (FileNotFoundError, NotADirectoryError):
+          pass  # gone, or a shard's member (shards.write_index removes stale shards)
       stale += len(result.stale)
       for collision in result.collisions:
         for failure in _collision_failures(collision):
@@ -1105,7 +1110,7 @@ def _samples(table: pa.Table, order: np.ndarray, sampled: np.ndarray,
   return sampler.buckets()
 
 
-def _keeps_previous(config: export_config.ExportConfig) -> Callable[[str], bool]:
+def keeps_previous(config: export_config.ExportConfig) -> Callable[[str], bool]:
   """Whether a row only the previous manifest has, made from the given source file,
   stays (its file kept) or goes (removed).
 
@@ -1151,13 +1156,14 @@ _SUMMED = ('written', 'skipped', 'kept_from_previous', 'bytes', 'passthrough',
 
 
 def commit(parts: Iterable[dict], config: export_config.ExportConfig,
-           repairs: Sequence[dict] = ()) -> dict:
+           repairs: Sequence[dict] = (), kept_files: Sequence[str] = ()) -> dict:
   """Puts the staged parts in place as the manifest and sums their summaries.
 
   The journal (the staged parts' list) is written first, so a run killed during the
   moves is finished by the next one (`recover`). With --overwrite, files under the root
   that the new manifest does not list are removed. `repairs`: what `read_previous`
-  rebuilt of the previous manifest, for the report.
+  rebuilt of the previous manifest, for the report. `kept_files`: files no row names
+  that --overwrite keeps (the shards and their index).
   """
   root = root_files.OutputRoot(config.output, config.read.storage_options)
   # One pass over the summaries, in the order they come: each leaves its index entry
@@ -1175,7 +1181,7 @@ def commit(parts: Iterable[dict], config: export_config.ExportConfig,
            'parts': entries}
   root.write(JOURNAL, (json.dumps(index, indent=1) + '\n').encode('utf-8'))
   finish_commit(root)
-  unlisted = _remove_unlisted(root) if config.overwrite else 0
+  unlisted = _remove_unlisted(root, kept_files) if config.overwrite else 0
   collisions, collided_skipped = total.pop('collisions'), total.pop('collided_skipped')
   total['stale_removed'] += unlisted
   total['parts'] = len(entries)
@@ -1261,7 +1267,7 @@ def recover(root: root_files.OutputRoot) -> None:
     root.remove_tree(STAGED)
 
 
-def _remove_unlisted(root: root_files.OutputRoot) -> int:
+def _remove_unlisted(root: root_files.OutputRoot, kept_files: Sequence[str] = ()) -> int:
   """--overwrite: removes every file under the root that the new manifest does not list
   (a killed run's images, say), except unrecord's own files; returns how many.
 
@@ -1270,6 +1276,7 @@ def _remove_unlisted(root: root_files.OutputRoot) -> int:
   prefix = root.path('')
   found = {p[len(prefix):] for p in root.fs.find(root.root) if p.startswith(prefix)}
   found.difference_update(listed_paths(root))
+  found.difference_update(kept_files)
   removed = 0
   for path in sorted(found):
     if path.split('/', 1)[0].startswith('_') or root_files.is_temp_name(path):

@@ -41,10 +41,12 @@ DEAD_LETTER_RECORDS = '_dead_letter.tfrecord'
 REPORT = '_report.json'
 REPORT_HTML = '_report.html'
 SUCCESS = '_SUCCESS'
+# With --pack tar|parquet: the shards' wids-style index (transforms/shards.py).
+SHARD_INDEX = 'shardindex.json'
 LOGS = '_logs'  # a folder of run logs (beam_jobs/logs.py), the newest KEPT_LOGS of them
 KEPT_LOGS = 10
 RESERVED_NAMES = (MANIFEST, LEGACY_MANIFEST, DEAD_LETTER_ROWS, DEAD_LETTER_RECORDS, SUCCESS, REPORT,
-                  REPORT_HTML, LOGS)
+                  REPORT_HTML, LOGS, SHARD_INDEX)
 # The suffix of the temp files writes go through (transforms/output/root_files.py); no
 # output name may end with it, so the sweep of a killed run's temp files can never take
 # an image.

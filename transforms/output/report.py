@@ -22,6 +22,7 @@ from transforms.output import naming
 from transforms.output import portability
 from transforms.output import root_claim
 from transforms.output import root_files
+from transforms.output import shards
 from transforms.output import sorted_runs
 from transforms.pixels import encode
 from transforms.pixels import normalize
@@ -235,6 +236,8 @@ def write_report(config: export_config.ExportConfig, manifest: dict, dead_letter
   if line:  # only then: a root whose names are all portable keeps its report as it was
     report['portability'] = names
     report['warnings'].append(line)
+  if manifest.get('shards'):  # --pack: transforms/shards.py's index summary
+    report['shards'] = manifest['shards']
   if config.incremental:
     report['incremental'] = {'shards_processed': len(config.processed),
                              'stale_images_removed': manifest.get('stale_removed', 0)}
@@ -336,7 +339,7 @@ def _thumbnails(root: root_files.OutputRoot, rows: List[dict]):
   samples, uniform = [], 0
   for row in rows:
     try:
-      pixels = decode_written(root.read(row['path']))
+      pixels = decode_written(shards.read_image(root, row))
       png = thumbnail_png(pixels)
     except Exception:  # pylint: disable=broad-except  (a picture is never worth a failed run)
       continue

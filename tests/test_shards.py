@@ -1,0 +1,344 @@
+"""--pack tar and --pack parquet, run as a user runs them, read back with the readers
+users train with: `webdataset`, `wids` and Hugging Face `datasets`."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests import emulators
+from tests import fixtures
+from tests import outputs
+from tests.conftest import REPO
+from transforms.output import root_files
+
+OFFLINE = {'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9',
+           'HTTP_PROXY': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9'}
+NAMES = ('astronaut', 'coffee', 'chelsea')
+STEMS = ('train-00000-of-00002', 'train-00001-of-00002')
+
+
+def _export(unrecord, *args, expect=0, env=None):
+  result = unrecord('export', *args, env={**OFFLINE, **(env or {})})
+  assert result.returncode == expect, result.stderr[-4000:]
+  return result
+
+
+def _rgb(data: bytes) -> np.ndarray:
+  return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+                      cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope='module')
+def photos(tmp_path_factory):
+  """Two TensorFlow-written files of 6 PNG photographs each, with id and label; the
+  label names; the file output of the same input (the reference); the PNG bytes."""
+  root = tmp_path_factory.mktemp('shard_inputs')
+  encoded = {}
+  for shard, stem in enumerate(STEMS):
+    payloads = []
+    for i in range(6):
+      png = fixtures.encode_png(fixtures.photo(shard * 6 + i, 48, 40))
+      encoded[(stem, i)] = png
+      payloads.append(fixtures.example({
+          'image': fixtures.bytes_feature(png),
+          'id': fixtures.bytes_feature(f's{shard}r{i}'.encode()),
+          'label': fixtures.int64_feature(i % 3)}))
+    fixtures.write_tfrecord(str(root / 'in' / f'{stem}.tfrecord'), payloads)
+  names = root / 'names.txt'
+  names.write_text('\n'.join(NAMES) + '\n')
+  files = root / 'files'
+  from tests.conftest import run_unrecord
+  result = run_unrecord('export', '--input', str(root / 'in'), '--output', str(files),
+                        '--label_names', str(names), env=OFFLINE)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return str(root / 'in'), str(names), str(files), encoded
+
+
+def test_tar_shards_read_back_with_webdataset_and_wids(unrecord, photos, tmp_path):
+  source, names, files, encoded = photos
+  out = str(tmp_path / 'tar')
+  result = _export(unrecord, '--input', source, '--output', out, '--label_names', names,
+                   '--pack', 'tar', '--shard_samples', '4')
+  assert 'written 12 (passthrough 12)' in result.stderr
+  shards = sorted(n for n in os.listdir(out) if n.endswith('.tar'))
+  assert shards == [f'{stem}-{k:06d}.tar' for stem in STEMS for k in range(2)]
+  assert not [n for n in os.listdir(out) if n.endswith('.png')]
+  assert os.path.exists(os.path.join(out, '_SUCCESS'))
+
+  # Member order and names: KEY.png, KEY.json, KEY.cls per sample, in record order.
+  with tarfile.open(os.path.join(out, shards[0])) as tar:
+    members = [m.name for m in tar.getmembers()]
+  assert members == [f'{STEMS[0]}-{i:06d}.{ext}' for i in range(4)
+                     for ext in ('png', 'json', 'cls')]
+
+  import webdataset as wds
+  urls = [os.path.join(out, s) for s in shards]
+  samples = list(wds.WebDataset(urls, shardshuffle=False))
+  assert [s['__key__'] for s in samples] == [f'{stem}-{i:06d}' for stem in STEMS
+                                             for i in range(6)]
+  for sample in samples:
+    stem, index = sample['__key__'].rsplit('-', 1)
+    index = int(index)
+    # Passthrough: the record's own PNG bytes, and the pixels of the file output.
+    assert sample['png'] == encoded[(stem, index)]
+    with open(os.path.join(files, f'{sample["__key__"]}.png'), 'rb') as f:
+      assert np.array_equal(_rgb(sample['png']), _rgb(f.read()))
+    meta = json.loads(sample['json'])
+    assert meta == {
+        'id': f's{STEMS.index(stem)}r{index}', 'label': index % 3,
+        'label_name': NAMES[index % 3], 'source': os.path.join(source, f'{stem}.tfrecord'),
+        'index': index, 'offset': meta['offset'], 'n': 0, 'image_key': 'image'}
+    assert int(sample['cls']) == index % 3
+  decoded = next(iter(wds.WebDataset(urls[:1], shardshuffle=False).decode('rgb8')))
+  assert np.array_equal(decoded['png'], _rgb(encoded[(STEMS[0], 0)]))
+
+  # The offsets in KEY.json are the records' byte offsets in their file.
+  offsets = [json.loads(s['json'])['offset'] for s in samples[:6]]
+  frames = [12 + len(p) + 4 for p in fixtures.read_with_tf(
+      os.path.join(source, f'{STEMS[0]}.tfrecord'))]
+  assert offsets == [sum(frames[:i]) for i in range(6)]
+
+  # The manifest names each image's shard and member, its offset, size and sha256.
+  rows = outputs.manifest_rows(out)
+  assert len(rows) == 12
+  for row in rows:
+    with open(os.path.join(out, row['shard']), 'rb') as f:
+      f.seek(row['member_offset'])
+      data = f.read(row['bytes'])
+    assert row['sha256'] == hashlib.sha256(data).hexdigest()
+    assert row['path'] == f'{row["shard"]}/{row["member"]}'
+    assert data == encoded[(row['member'][:-11], row['index'])]
+
+  # shardindex.json in wids' format (its `resolve_dsdesc` asks for wids_version 1 and
+  # each shard's url and nsamples; wids itself needs torch, which the tests do not have):
+  # the urls, relative to the index, and the counts let a reader find sample i.
+  index = json.load(open(os.path.join(out, 'shardindex.json')))
+  assert index['wids_version'] == 1
+  assert [(e['url'], e['nsamples']) for e in index['shardlist']] == [
+      (s, 4 if s.endswith('0.tar') else 2) for s in shards]
+  starts = np.cumsum([0] + [e['nsamples'] for e in index['shardlist']])
+  shard_of_5 = index['shardlist'][int(np.searchsorted(starts, 5, side='right')) - 1]
+  fifth = list(wds.WebDataset(os.path.join(out, shard_of_5['url']), shardshuffle=False))
+  assert fifth[5 - 4]['__key__'] == samples[5]['__key__'] == f'{STEMS[0]}-000005'
+  report = json.load(open(os.path.join(out, '_report.json')))
+  assert report['shards']['shards'] == 4 and report['written'] == 12
+  # The report's sample grid is read from the shards.
+  assert open(os.path.join(out, '_report.html')).read().count('<figure') == 12
+
+
+def test_shard_size_bounds_every_shard(unrecord, photos, tmp_path):
+  source, _, _, _ = photos
+  out = str(tmp_path / 'sized')
+  _export(unrecord, '--input', source, '--output', out, '--pack', 'tar',
+          '--shard_size', '20KB')
+  shards = sorted(n for n in os.listdir(out) if n.endswith('.tar'))
+  assert len(shards) > 2
+  counted = 0
+  for name in shards:
+    assert os.path.getsize(os.path.join(out, name)) <= 20_000, name
+    with tarfile.open(os.path.join(out, name)) as tar:
+      counted += len(tar.getmembers()) // 2  # no label key: KEY.png and KEY.json
+  assert counted == 12
+  for stem in STEMS:  # numbered from 0 within each input file, without gaps
+    mine = [n for n in shards if n.startswith(stem)]
+    assert mine == [f'{stem}-{k:06d}.tar' for k in range(len(mine))]
+
+
+def test_parquet_shards_load_in_hugging_face_datasets(unrecord, photos, tmp_path):
+  source, names, files, encoded = photos
+  out = str(tmp_path / 'parquet')
+  _export(unrecord, '--input', source, '--output', out, '--label_names', names,
+          '--pack', 'parquet', '--shard_samples', '4')
+  shards = sorted(n for n in os.listdir(out) if n.endswith('.parquet'))
+  assert shards == [f'{stem}-{k:06d}.parquet' for stem in STEMS for k in range(2)]
+  metadata = pq.read_schema(os.path.join(out, shards[0])).metadata
+  assert json.loads(metadata[b'huggingface'])['info']['features']['image'] == {
+      '_type': 'Image'}
+
+  import datasets
+  loaded = datasets.load_dataset(
+      'parquet', data_files=[os.path.join(out, s) for s in shards], split='train',
+      cache_dir=str(tmp_path / 'hf'))
+  assert isinstance(loaded.features['image'], datasets.Image)
+  assert len(loaded) == 12
+  for row in loaded:
+    stem, index = row['key'].rsplit('-', 1)
+    index = int(index)
+    with open(os.path.join(files, f'{row["key"]}.png'), 'rb') as f:
+      assert np.array_equal(np.asarray(row['image'].convert('RGB')), _rgb(f.read()))
+    assert (row['id'], row['label'], row['label_name'], row['index']) == (
+        f's{STEMS.index(stem)}r{index}', index % 3, NAMES[index % 3], index)
+    assert row['source'] == os.path.join(source, f'{stem}.tfrecord')
+  rows = outputs.manifest_rows(out)
+  table = {s: pq.read_table(os.path.join(out, s)) for s in shards}
+  for row in rows:
+    image = table[row['shard']].column('image')[row['shard_row']].as_py()
+    assert hashlib.sha256(image['bytes']).hexdigest() == row['sha256']
+    assert image['bytes'] == encoded[(row['member'][:-7], row['index'])]
+  index = json.load(open(os.path.join(out, 'shardindex.json')))
+  assert sum(e['nsamples'] for e in index['shardlist']) == 12
+  assert os.path.exists(os.path.join(out, '_SUCCESS'))
+
+
+def test_a_corrupt_record_is_dead_lettered_and_its_neighbours_packed(unrecord, tmp_path):
+  payloads = [fixtures.example({'image': fixtures.bytes_feature(
+      fixtures.encode_png(fixtures.photo(i, 32, 32)))}) for i in range(5)]
+  path = fixtures.write_tfrecord(str(tmp_path / 'in' / 'bad.tfrecord'), payloads)
+  data = bytearray(open(path, 'rb').read())
+  offset = sum(12 + len(p) + 4 for p in payloads[:2])  # record 2's frame
+  data[offset + 12 + 40] ^= 0xFF  # a byte of its payload: its CRC no longer matches
+  open(path, 'wb').write(bytes(data))
+  out = str(tmp_path / 'out')
+  _export(unrecord, '--input', path, '--output', out, '--pack', 'tar', expect=1)
+  assert not os.path.exists(os.path.join(out, '_SUCCESS'))
+  dead = [json.loads(line) for line in open(os.path.join(out, '_dead_letter.jsonl'))]
+  assert [(d['source'], d['index'], d['offset'], d['reason']) for d in dead] == [
+      (path, 2, offset, 'crc_mismatch')]
+  import webdataset as wds
+  samples = list(wds.WebDataset(os.path.join(out, 'bad-000000.tar'), shardshuffle=False))
+  assert [s['__key__'] for s in samples] == [f'bad-{i:06d}' for i in (0, 1, 3, 4)]
+  for sample in samples:
+    index = int(sample['__key__'][-6:])
+    assert np.array_equal(_rgb(sample['png']), fixtures.photo(index, 32, 32))
+
+
+def _tensor_inputs(folder, count):
+  photos = [fixtures.photo(i, 32, 32) for i in range(count)]
+  half = count // 2
+  for stem, chunk in (('a', photos[:half]), ('b', photos[half:])):
+    fixtures.write_tfrecord(str(folder / f'{stem}.tfrecord'), [
+        fixtures.example({'image': fixtures.bytes_feature(fixtures.serialized_tensor(p))})
+        for p in chunk])
+  return {('a', i): p for i, p in enumerate(photos[:half])} | {
+      ('b', i): p for i, p in enumerate(photos[half:])}
+
+
+def _check_tars(out, expected, per_shard):
+  """Every expected image in its tar, pixel-exact; no temp file; a shard per
+  `per_shard` images of each input."""
+  import webdataset as wds
+  shards = sorted(n for n in os.listdir(out) if n.endswith('.tar'))
+  seen = {}
+  for sample in wds.WebDataset([os.path.join(out, s) for s in shards], shardshuffle=False):
+    stem, index = sample['__key__'].split('-')
+    seen[(stem, int(index))] = _rgb(sample['png'])
+  assert set(seen) == set(expected)
+  for key, photo in expected.items():
+    assert np.array_equal(seen[key], photo), key
+  assert not [n for n in os.listdir(out) if n.endswith(root_files.TEMP_SUFFIX)]
+  assert len(shards) == sum(-(-sum(1 for s, _ in expected if s == stem) // per_shard)
+                            for stem in ('a', 'b'))
+  return shards
+
+
+def test_killed_mid_shard_leaves_no_partial_shard_and_a_rerun_finishes(unrecord,
+                                                                       tmp_path):
+  expected = _tensor_inputs(tmp_path, 1600)
+  out = tmp_path / 'out'
+  args = ['--input', str(tmp_path / '*.tfrecord'), '--output', str(out), '--pack', 'tar',
+          '--shard_samples', '100', '--skip_existing', '--png_encoder', 'opencv']
+  job = subprocess.Popen([sys.executable, '-m', 'beam_jobs.cli', 'export', *args],
+                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and not (
+      out.exists() and any(n.endswith('.tar') for n in os.listdir(out))):
+    time.sleep(0.02)
+  os.killpg(job.pid, signal.SIGKILL)  # the launcher and every worker process
+  job.wait()
+  finished = sorted(n for n in os.listdir(out) if n.endswith('.tar'))
+  assert 0 < len(finished) < 16, 'the kill must land mid-run'
+  before = {}
+  for name in finished:  # each shard under a final name is whole
+    with tarfile.open(out / name) as tar:
+      assert len(tar.getmembers()) == 200, name
+    before[name] = (out / name).read_bytes()
+  assert not (out / '_SUCCESS').exists()
+
+  _export(unrecord, *args)
+  shards = _check_tars(str(out), expected, 100)
+  assert len(shards) == 16
+  for name, data in before.items():  # left in place, and equal to what it would write
+    assert (out / name).read_bytes() == data
+  report = json.loads((out / '_report.json').read_text())
+  assert report['shards']['kept'] >= len(before)
+  assert report['written'] + report['skipped'] == 1600
+  rows = outputs.manifest_rows(str(out))
+  assert len(rows) == 1600 and {r['shard'] for r in rows} == set(shards)
+
+
+def test_incremental_and_overwrite_with_shards(unrecord, tmp_path):
+  expected = _tensor_inputs(tmp_path / 'in', 40)
+  out = tmp_path / 'out'
+  base = ['--input', str(tmp_path / 'in'), '--output', str(out), '--shard_samples', '8']
+  _export(unrecord, *base, '--pack', 'tar', '--incremental')
+  assert len(_check_tars(str(out), expected, 8)) == 6
+  a_shards = {n: (out / n).stat().st_mtime_ns for n in os.listdir(out)
+              if n.startswith('a-')}
+  # b.tfrecord changes: 4 images instead of 20. Only b's shards are written again, and
+  # its shards beyond the first go.
+  fresh = [fixtures.photo(100 + i, 32, 32) for i in range(4)]
+  fixtures.write_tfrecord(str(tmp_path / 'in' / 'b.tfrecord'), [
+      fixtures.example({'image': fixtures.bytes_feature(fixtures.serialized_tensor(p))})
+      for p in fresh])
+  _export(unrecord, *base, '--pack', 'tar', '--incremental')
+  expected = {k: v for k, v in expected.items() if k[0] == 'a'} | {
+      ('b', i): p for i, p in enumerate(fresh)}
+  assert _check_tars(str(out), expected, 8)[-1] == 'b-000000.tar'
+  assert {n: (out / n).stat().st_mtime_ns for n in os.listdir(out)
+          if n.startswith('a-')} == a_shards
+  index = json.loads((out / 'shardindex.json').read_text())
+  assert [(e['url'], e['nsamples']) for e in index['shardlist']] == [
+      ('a-000000.tar', 8), ('a-000001.tar', 8), ('a-000002.tar', 4), ('b-000000.tar', 4)]
+  rows = outputs.manifest_rows(str(out))
+  assert sorted((r['shard'], r['index']) for r in rows) == sorted(
+      (f'{s}-{i // 8:06d}.tar', i) for s, i in expected)
+
+  # Another pack into the same root needs --overwrite, which replaces the tars.
+  _export(unrecord, *base, '--pack', 'parquet', expect=2)
+  _export(unrecord, *base, '--pack', 'parquet', '--overwrite')
+  listed = sorted(n for n in os.listdir(out) if not n.startswith('_'))
+  assert listed == ['a-000000.parquet', 'a-000001.parquet', 'a-000002.parquet',
+                    'b-000000.parquet', 'shardindex.json']
+  assert len(outputs.manifest_rows(str(out))) == 24
+
+
+def test_tar_shards_on_the_s3_emulator(unrecord, photos, tmp_path):
+  source, names, _, encoded = photos
+  with emulators.s3_server() as endpoint:
+    s3 = emulators.s3_client(endpoint)
+    s3.mkdir('shard-bucket')
+    result = unrecord('export', '--input', source, '--output', 's3://shard-bucket/tars',
+                      '--label_names', names, '--pack', 'tar', '--shard_samples', '4',
+                      env=emulators.s3_env(endpoint))  # no proxy: the store is local
+    assert result.returncode == 0, result.stderr[-4000:]
+    listed = {p.split('tars/', 1)[1] for p in s3.find('shard-bucket/tars')}
+    shards = sorted(p for p in listed if p.endswith('.tar'))
+    assert shards == [f'{stem}-{k:06d}.tar' for stem in STEMS for k in range(2)]
+    assert '_SUCCESS' in listed and 'shardindex.json' in listed
+    assert not [p for p in listed if 'unrecord-tmp' in p]
+    rows = [json.loads(line) for line in s3.cat_file(
+        'shard-bucket/tars/_manifest/part-00000-of-00001.jsonl').splitlines()]
+    assert len(rows) == 12
+    for shard in shards:  # read back with webdataset from a local copy of each object
+      s3.get_file(f'shard-bucket/tars/{shard}', str(tmp_path / shard))
+    import webdataset as wds
+    samples = list(wds.WebDataset([str(tmp_path / s) for s in shards], shardshuffle=False))
+    assert len(samples) == 12
+    for sample in samples:
+      stem, index = sample['__key__'].rsplit('-', 1)
+      assert sample['png'] == encoded[(stem, int(index))]
+    for row in rows:
+      data = s3.cat_file(f'shard-bucket/tars/{row["shard"]}', start=row['member_offset'],
+                         end=row['member_offset'] + row['bytes'])
+      assert hashlib.sha256(data).hexdigest() == row['sha256']
