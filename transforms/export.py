@@ -88,7 +88,7 @@ def export_range(file_range: tfrecord.FileRange, worker: RangeWorker,
     if packer is not None:
       yield from packer.finish(runs, tally)
   finally:
-    if packer is not None:
+    if packer is not None and packer.writer is not None:
       packer.writer.abort()  # a range that failed leaves no shard under a final name
   yield from runs.flush()
   worker.progress.count(progress.RANGES)  # the ETA starts after the first

@@ -3,7 +3,7 @@
 A shard holds the images of one input file (`--pack` plans one record range per file,
 so one worker writes them, and the runner spreads the files):
 `{split/}{stem}-{shard:06d}.tar` or `.parquet`, `stem` being the input file's stem
-(`naming.stem_of`) and `shard` counting from 0 in record order. Names therefore depend
+(`shard_names.stem_of`) and `shard` counting from 0 in record order. Names therefore depend
 on the input alone: a re-run writes the same shards with the same bytes, and a changed
 input file rewrites only its own shards (`--incremental`).
 
@@ -35,6 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms import errors
+from transforms.images import name_templates
+from transforms.inputs import shard_names
 from transforms.output import naming
 from transforms.output import root_files
 
@@ -114,7 +116,7 @@ class ShardSpec:
 def folder_of(name: str, template: str) -> str:
   """The shard folder of an image named `name`: its first folder when the template
   starts with `{split}/`, else none."""
-  if template.startswith(naming.SPLIT_PREFIX) and '/' in name:
+  if template.startswith(name_templates.SPLIT_PREFIX) and '/' in name:
     return name.split('/', 1)[0] + '/'
   return ''
 
@@ -132,7 +134,7 @@ def sample_key(name: str, folder: str) -> Tuple[str, str]:
 
 def shard_name(source: str, number: int, pack: str, folder: str = '') -> str:
   """The shard `number` of the input file `source`, relative to the root."""
-  stem = naming.safe_value(naming.stem_of(source))
+  stem = naming.safe_value(shard_names.stem_of(source))
   return naming.check_relative_path(f'{folder}{stem}-{number:06d}.{pack}')
 
 
