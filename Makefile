@@ -59,8 +59,12 @@ chromium:
 
 # The Flink tests need the local cluster: up before pytest (if it cannot start, those
 # tests fail and say so), down after it whatever pytest did; pytest's exit status is make's.
+# Two pytest workers: most tests wait on a job's start-up, so two keep both cores busy;
+# the tests that share the cluster's two slots run on one of them (xdist_group 'flink').
+PYTEST_WORKERS ?= 2
 test: setup chromium lean-venv
-	$(MAKE) flink-up; $(PY) -m pytest; status=$$?; $(MAKE) flink-down; exit $$status
+	$(MAKE) flink-up; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup; \
+	  status=$$?; $(MAKE) flink-down; exit $$status
 
 # A local Flink 1.19.3 cluster (JobManager, a TaskManager with 2 slots) and Beam's Flink
 # job server on 127.0.0.1 (REST 8081, job endpoint 8099), all under build/flink/: the jar

@@ -26,6 +26,10 @@ from tests import outputs
 from tests.conftest import REPO, run_unrecord
 from transforms.inputs import tfrecord
 
+# One cluster of two slots for the whole suite: under pytest-xdist these tests run on one
+# worker, in order, so two of them never compete for its slots.
+pytestmark = pytest.mark.xdist_group('flink')
+
 SHARDS = 3
 PER_SHARD = 6
 BIG = 400  # 64x64 photos, about 4.9 MB: five ranges at --split_size_mb 1
