@@ -41,6 +41,7 @@ import numpy as np
 
 from bench import bounds as bounds_lib
 from bench import data as data_lib
+from bench import flink as flink_lib
 from bench import measure
 from bench import verify_root
 
@@ -62,7 +63,12 @@ LABELS = {
     'import_beam': "python -c 'import apache_beam'",
     'per_image': "unrecord's per-range work alone on one core (bench.per_image, CPU)",
     'verify': 'unrecord verify (files, sizes, checksums; rate is files/s)',
+    'job_beside_flink': 'unrecord, DirectRunner, in the Flink rounds',
+    'flink_loopback': 'unrecord on Flink, LOOPBACK workers (launcher tree only)',
+    'flink_external': 'unrecord on Flink, EXTERNAL worker pool (launcher tree only)',
 }
+# Systems that are the job itself, on some runner (their options are the case's extra).
+JOB_SYSTEMS = ('job', 'job_beside_flink', 'flink_loopback', 'flink_external')
 
 
 @dataclasses.dataclass
@@ -115,6 +121,7 @@ class Bench:
     self._crops = crops
     self._same_as: Dict[str, str] = {}
     self.one_core: Dict[str, dict] = {}  # bench.per_image --steps, for the bounds
+    self.flink_startup: Dict[str, dict] = {}  # bench.flink.startup_split, by workers
 
   def _fresh(self, name: str) -> str:
     path = os.path.join(self.scratch, name)
@@ -146,7 +153,7 @@ class Bench:
       command = [sys.executable, '-c', 'import apache_beam']
     elif case.system == 'per_image':  # the export without Beam; its CPU is its clock
       command = _per_image_command(case.dataset, case.dataset.shards, case.fmt, '{output}')
-    elif case.system == 'job':
+    elif case.system in JOB_SYSTEMS:
       command = [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input',
                  case.dataset.folder, '--output', '{output}', '--format', case.fmt,
                  '--quiet', *case.extra]
@@ -162,7 +169,7 @@ class Bench:
                            env=env, cwd=ROOT)
     if case.verify:
       self._verify(output, case.dataset, case.fmt)
-    if case.system == 'job':
+    if case.system in JOB_SYSTEMS:
       with open(os.path.join(output, '_report.json')) as f:
         work = json.load(f).get('work') or {}
       measured.result = {'work_seconds': work.get('seconds')}
@@ -300,6 +307,26 @@ def run_all(args) -> dict:
                           ('--direct_num_workers', '1')),
                      Case('tiny/import_beam', tiny, 'import_beam', 'png', verify=False)],
                     repeat=more)
+
+  print('bench: (a) on the local Flink cluster, LOOPBACK and EXTERNAL workers, 4k and '
+        '20k, with DirectRunner in the same rounds; an 8-image start-up split', flush=True)
+  started_cluster = flink_lib.ensure_cluster()
+  try:
+    os.makedirs(bench.scratch, exist_ok=True)
+    with flink_lib.worker_pool(os.path.join(out, 'worker_pool.log')) as external:
+      runners = (('job_beside_flink', ()), ('flink_loopback', flink_lib.LOOPBACK),
+                 ('flink_external', external))
+      bench.interleaved([Case(f'{case}/{system}', dataset, system, 'png', extra,
+                              verify=case == 'a', scales='' if case == 'a' else f'a/{system}')
+                         for system, extra in runners
+                         for case, dataset in (('a', a), ('a_x5', a_x5))])
+      bench.flink_startup = {
+          name: flink_lib.startup_split(tiny, bench.scratch, runner,
+                                        1 if args.quick else args.repeat + 1, name)
+          for name, runner in (('loopback', flink_lib.LOOPBACK), ('external', external))}
+  finally:
+    if started_cluster:
+      flink_lib.stop_cluster()
 
   print('bench: (b) raw uint8 -> PNG and JPEG q90, 4k and 20k, against the expert',
         flush=True)
@@ -439,6 +466,12 @@ def summarize(bench: Bench, args, cores: int) -> dict:
                                          figures['d_floor_atomic_steady_img_s'])
   figures['startup_vs_import_beam'] = (figures['startup_seconds'] /
                                        figures['import_beam_seconds'])
+  for system in ('job_beside_flink', 'flink_loopback', 'flink_external'):
+    figures[f'a_{system}_steady_img_s'] = steady('a', system)
+  for workers in ('loopback', 'external'):
+    figures[f'a_flink_{workers}_steady_vs_direct'] = (
+        figures[f'a_flink_{workers}_steady_img_s'] / figures['a_job_beside_flink_steady_img_s'])
+  figures['flink_startup'] = bench.flink_startup
   one, many = r('e/job_1worker'), r(f'e/job_{cores}workers')
   figures['e_speedup_wall'] = one.wall_seconds / many.wall_seconds
   # Steady: the marginal rate over the 9/10 of the file past its first tenth, with many
@@ -468,6 +501,8 @@ def summarize(bench: Bench, args, cores: int) -> dict:
        f'{one.images:,})', figures['e_speedup_steady'], '>=', 1.8),
       ('start-up, 8 images / import apache_beam', figures['startup_vs_import_beam'], '<=',
        1.6),
+      ('(a) Flink EXTERNAL steady 4k->20k / Direct', figures['a_flink_external_steady_vs_direct'],
+       '>=', 0.8),
       ('(a) 4k whole run vs thread pool', figures['a_wall_vs_peer']['threads'], '>=', 2.5),
       ('(a) 4k whole run vs naive Beam', figures['a_wall_vs_peer']['beam_naive'], '>=', 3.0),
       ('peak RSS per worker, 20k (MB)', figures['rss_worker_20k_mb'], '<=', 400),
@@ -600,6 +635,14 @@ def markdown(results: dict) -> str:
              f"{b['arithmetic']}" if b else '- | | ')
     lines.append(f"| {t['name']} | {t['value']:,.2f} | {t['op']} {t['goal']} | "
                  f"{'met' if t['met'] else '**missed**'} | {bound} |")
+  if figures.get('flink_startup'):
+    lines += ['', '(a) on the local Flink cluster, steady 4k->20k beside DirectRunner in the '
+              f"same rounds: DirectRunner {figures['a_job_beside_flink_steady_img_s']:,.0f} "
+              f"img/s, Flink LOOPBACK {figures['a_flink_loopback_steady_img_s']:,.0f} "
+              f"({figures['a_flink_loopback_steady_vs_direct']:.2f} of it), Flink EXTERNAL "
+              f"{figures['a_flink_external_steady_img_s']:,.0f} "
+              f"({figures['a_flink_external_steady_vs_direct']:.2f})."]
+    lines += flink_lib.markdown(figures['flink_startup'])
   lines += ['', END_MARK]
   return '\n'.join(lines)
 
