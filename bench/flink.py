@@ -182,14 +182,50 @@ def startup_split(dataset, scratch: str, runner: Tuple[str, ...], runs: int,
 
 
 def markdown(splits: Dict[str, Dict]) -> List[str]:
-  """The start-up table of docs/benchmarks.md's generated section."""
-  names = list(splits)
-  lines = ['', 'Start-up of an 8-image export on the local Flink cluster, split by the '
-           "bench's, the launcher's and Flink's REST API's clocks (`bench/flink.py`), s:", '',
-           '| phase | ' + ' | '.join(names) + ' |', '|---|' + '---:|' * len(names)]
-  for key, words in PHASES:
-    lines.append(f'| {key}: {words} | ' + ' | '.join(
-        f"{splits[n]['phases'][key]:.2f}" for n in names) + ' |')
-  lines.append('| **wall** | ' + ' | '.join(
-      f"**{splits[n]['wall_seconds']:.2f}**" for n in names) + ' |')
-  return lines
+  """The start-up split in docs/benchmarks.md's generated section: one line."""
+  parts = [f"{name.upper()} {split['wall_seconds']:.2f} s = " + ' + '.join(
+      f'{key} {split["phases"][key]:.2f}' for key, _ in PHASES)
+           for name, split in splits.items()]
+  return ['', 'Start-up of an 8-image export on the local Flink cluster, by the bench\'s, '
+          "the launcher's and Flink's REST API's clocks (`bench/flink.py`): " +
+          '; '.join(parts) + '.']
+
+
+def main(argv=None) -> int:
+  """The Flink block of `make bench` alone, on (a): its rows, figures and start-up split
+  (the docs' Flink figures between full runs); results in OUT/flink.json."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  from bench import data as data_lib  # pylint: disable=import-outside-toplevel
+  from bench import run as run_lib  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+  parser.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out', 'flink'))
+  parser.add_argument('--count', type=int, default=4000)
+  parser.add_argument('--repeat', type=int, default=2)
+  args = parser.parse_args(argv)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  a = data_lib.build(os.path.join(args.out, 'data'), count=args.count, only='a')['a']
+  tiny = data_lib.build(os.path.join(args.out, 'data', 'tiny'), count=8, only='a')['a']
+  a_x5 = data_lib.replicated(a, os.path.join(args.out, 'links', 'a_x5'), 5)
+  scratch = os.path.join('/dev/shm' if os.path.isdir('/dev/shm') else args.out,
+                         'unrecord-bench-flink')
+  bench = run_lib.Bench(args.out, False, run_lib.source_digests_a(a), args.repeat, scratch)
+  started_cluster = ensure_cluster()
+  try:
+    os.makedirs(scratch, exist_ok=True)
+    with worker_pool(os.path.join(args.out, 'worker_pool.log')) as external:
+      run_lib.flink_rounds(bench, a, a_x5, tiny, external, args.repeat + 1)
+  finally:
+    if started_cluster:
+      stop_cluster()
+  shutil.rmtree(scratch, ignore_errors=True)
+  figures = run_lib.flink_figures(bench)
+  results = {'date': time.strftime('%Y-%m-%d'), 'repeat': args.repeat,
+             'rows': [run_lib.dataclasses.asdict(r) for r in bench.rows], 'figures': figures}
+  with open(os.path.join(args.out, 'flink.json'), 'w') as f:
+    json.dump(results, f, indent=1)
+  print('\n'.join(run_lib.flink_markdown(results['rows'], figures)))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

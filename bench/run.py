@@ -248,6 +248,11 @@ def _digest(pixels: np.ndarray) -> str:
   return hashlib.sha1(np.ascontiguousarray(pixels.squeeze()).tobytes()).hexdigest()
 
 
+def source_digests_a(a: data_lib.Dataset) -> Dict[str, set]:
+  """(a)'s crops alone, for a run of its cases only (bench.flink)."""
+  return {'tensor_f32': {_digest(c) for c in data_lib.crops(a.count, data_lib.SIZE)}}
+
+
 def source_digests(datasets: Dict[str, data_lib.Dataset]) -> Dict[str, set]:
   color = {_digest(c) for c in data_lib.crops(datasets['a'].count, data_lib.SIZE)}
   gray = {_digest(c) for c in data_lib.crops(datasets['c'].count, data_lib.GRAY_SIZE,
@@ -314,16 +319,7 @@ def run_all(args) -> dict:
   try:
     os.makedirs(bench.scratch, exist_ok=True)
     with flink_lib.worker_pool(os.path.join(out, 'worker_pool.log')) as external:
-      runners = (('job_beside_flink', ()), ('flink_loopback', flink_lib.LOOPBACK),
-                 ('flink_external', external))
-      bench.interleaved([Case(f'{case}/{system}', dataset, system, 'png', extra,
-                              verify=case == 'a', scales='' if case == 'a' else f'a/{system}')
-                         for system, extra in runners
-                         for case, dataset in (('a', a), ('a_x5', a_x5))])
-      bench.flink_startup = {
-          name: flink_lib.startup_split(tiny, bench.scratch, runner,
-                                        1 if args.quick else args.repeat + 1, name)
-          for name, runner in (('loopback', flink_lib.LOOPBACK), ('external', external))}
+      flink_rounds(bench, a, a_x5, tiny, external, 1 if args.quick else args.repeat + 1)
   finally:
     if started_cluster:
       flink_lib.stop_cluster()
@@ -423,6 +419,50 @@ def run_all(args) -> dict:
   return summarize(bench, args, cores)
 
 
+def flink_rounds(bench: Bench, a: data_lib.Dataset, a_x5: data_lib.Dataset,
+                 tiny: data_lib.Dataset, external: tuple, startup_runs: int) -> None:
+  """(a) 4k and 20k on DirectRunner, Flink LOOPBACK and Flink EXTERNAL (`external`: the
+  worker pool's runner options) in the same rounds; then each Flink start-up split."""
+  runners = (('job_beside_flink', ()), ('flink_loopback', flink_lib.LOOPBACK),
+             ('flink_external', external))
+  bench.interleaved([Case(f'{case}/{system}', dataset, system, 'png', extra,
+                          verify=case == 'a', scales='' if case == 'a' else f'a/{system}')
+                     for system, extra in runners
+                     for case, dataset in (('a', a), ('a_x5', a_x5))])
+  bench.flink_startup = {
+      name: flink_lib.startup_split(tiny, bench.scratch, runner, startup_runs, name)
+      for name, runner in (('loopback', flink_lib.LOOPBACK), ('external', external))}
+
+
+def flink_figures(bench: Bench) -> dict:
+  """Steady rates of the Flink rounds, each Flink one over DirectRunner's; the splits."""
+  figures = {}
+  for system in ('job_beside_flink', 'flink_loopback', 'flink_external'):
+    figures[f'a_{system}_steady_img_s'] = marginal(bench.find(f'a/{system}'),
+                                                   bench.find(f'a_x5/{system}'))
+  for workers in ('loopback', 'external'):
+    figures[f'a_flink_{workers}_steady_vs_direct'] = (
+        figures[f'a_flink_{workers}_steady_img_s'] / figures['a_job_beside_flink_steady_img_s'])
+  figures['flink_startup'] = bench.flink_startup
+  return figures
+
+
+def flink_markdown(rows: List[dict], figures: dict) -> List[str]:
+  """The Flink lines of the generated section: steady rates and the start-up split."""
+  walls = {row['case']: row['wall_seconds'] for row in rows}
+  lines = ['', '(a) on the local Flink cluster (2 slots), steady 4k->20k with DirectRunner in '
+           f"the same rounds: DirectRunner {figures['a_job_beside_flink_steady_img_s']:,.0f} "
+           f"img/s (walls {walls['a/job_beside_flink']:.1f} s, "
+           f"{walls['a_x5/job_beside_flink']:.1f} s); Flink LOOPBACK "
+           f"{figures['a_flink_loopback_steady_img_s']:,.0f} "
+           f"({figures['a_flink_loopback_steady_vs_direct']:.2f} of it; walls "
+           f"{walls['a/flink_loopback']:.1f} s, {walls['a_x5/flink_loopback']:.1f} s); "
+           f"Flink EXTERNAL {figures['a_flink_external_steady_img_s']:,.0f} "
+           f"({figures['a_flink_external_steady_vs_direct']:.2f}; walls "
+           f"{walls['a/flink_external']:.1f} s, {walls['a_x5/flink_external']:.1f} s)."]
+  return lines + flink_lib.markdown(figures['flink_startup'])
+
+
 def summarize(bench: Bench, args, cores: int) -> dict:
   r = bench.find
   job_a = r('a/job')
@@ -466,12 +506,7 @@ def summarize(bench: Bench, args, cores: int) -> dict:
                                          figures['d_floor_atomic_steady_img_s'])
   figures['startup_vs_import_beam'] = (figures['startup_seconds'] /
                                        figures['import_beam_seconds'])
-  for system in ('job_beside_flink', 'flink_loopback', 'flink_external'):
-    figures[f'a_{system}_steady_img_s'] = steady('a', system)
-  for workers in ('loopback', 'external'):
-    figures[f'a_flink_{workers}_steady_vs_direct'] = (
-        figures[f'a_flink_{workers}_steady_img_s'] / figures['a_job_beside_flink_steady_img_s'])
-  figures['flink_startup'] = bench.flink_startup
+  figures.update(flink_figures(bench))
   one, many = r('e/job_1worker'), r(f'e/job_{cores}workers')
   figures['e_speedup_wall'] = one.wall_seconds / many.wall_seconds
   # Steady: the marginal rate over the 9/10 of the file past its first tenth, with many
@@ -607,6 +642,8 @@ def markdown(results: dict) -> str:
            '| case | system | images | wall s | img/s | tree peak MB | worker peak MB |',
            '|---|---|---:|---:|---:|---:|---:|']
   for row in rows:
+    if row['system'] in JOB_SYSTEMS[1:]:
+      continue  # the Flink rounds: their walls are in the Flink line below the targets
     timed = f" (timed {row['timed_seconds']:.2f} s)" if row['timed_seconds'] else ''
     if row.get('work_seconds') and row['case'].startswith('e'):
       timed = f" (workers {row['work_seconds']:.2f} s)"
@@ -636,13 +673,7 @@ def markdown(results: dict) -> str:
     lines.append(f"| {t['name']} | {t['value']:,.2f} | {t['op']} {t['goal']} | "
                  f"{'met' if t['met'] else '**missed**'} | {bound} |")
   if figures.get('flink_startup'):
-    lines += ['', '(a) on the local Flink cluster, steady 4k->20k beside DirectRunner in the '
-              f"same rounds: DirectRunner {figures['a_job_beside_flink_steady_img_s']:,.0f} "
-              f"img/s, Flink LOOPBACK {figures['a_flink_loopback_steady_img_s']:,.0f} "
-              f"({figures['a_flink_loopback_steady_vs_direct']:.2f} of it), Flink EXTERNAL "
-              f"{figures['a_flink_external_steady_img_s']:,.0f} "
-              f"({figures['a_flink_external_steady_vs_direct']:.2f})."]
-    lines += flink_lib.markdown(figures['flink_startup'])
+    lines += flink_markdown(rows, figures)
   lines += ['', END_MARK]
   return '\n'.join(lines)
 
@@ -695,6 +726,9 @@ def main(argv=None) -> int:
   except subprocess.CalledProcessError as e:
     print(f'bench: {e.cmd[2:4]} failed with exit code {e.returncode}:\n{e.stderr}',
           file=sys.stderr)
+    return 2
+  except flink_lib.ClusterDown as e:
+    print(f'bench: {e}', file=sys.stderr)
     return 2
   if not args.quick and not args.no_docs:
     update_docs(results)
