@@ -319,7 +319,8 @@ def run_all(args) -> dict:
   try:
     os.makedirs(bench.scratch, exist_ok=True)
     with flink_lib.worker_pool(os.path.join(out, 'worker_pool.log')) as external:
-      flink_rounds(bench, a, a_x5, tiny, external, 1 if args.quick else args.repeat + 1)
+      flink_rounds(bench, a, a_x5, tiny, external, 1 if args.quick else args.repeat + 1,
+                   ('loopback',) if args.quick else ('loopback', 'external'))
   finally:
     if started_cluster:
       flink_lib.stop_cluster()
@@ -420,9 +421,11 @@ def run_all(args) -> dict:
 
 
 def flink_rounds(bench: Bench, a: data_lib.Dataset, a_x5: data_lib.Dataset,
-                 tiny: data_lib.Dataset, external: tuple, startup_runs: int) -> None:
+                 tiny: data_lib.Dataset, external: tuple, startup_runs: int,
+                 splits: tuple = ('loopback', 'external')) -> None:
   """(a) 4k and 20k on DirectRunner, Flink LOOPBACK and Flink EXTERNAL (`external`: the
-  worker pool's runner options) in the same rounds; then each Flink start-up split."""
+  worker pool's runner options) in the same rounds; then the start-up split of each of
+  `splits` (the quick run splits LOOPBACK's alone: EXTERNAL's takes 30-45 s here)."""
   runners = (('job_beside_flink', ()), ('flink_loopback', flink_lib.LOOPBACK),
              ('flink_external', external))
   bench.interleaved([Case(f'{case}/{system}', dataset, system, 'png', extra,
@@ -431,7 +434,8 @@ def flink_rounds(bench: Bench, a: data_lib.Dataset, a_x5: data_lib.Dataset,
                      for case, dataset in (('a', a), ('a_x5', a_x5))])
   bench.flink_startup = {
       name: flink_lib.startup_split(tiny, bench.scratch, runner, startup_runs, name)
-      for name, runner in (('loopback', flink_lib.LOOPBACK), ('external', external))}
+      for name, runner in (('loopback', flink_lib.LOOPBACK), ('external', external))
+      if name in splits}
 
 
 def flink_figures(bench: Bench) -> dict:

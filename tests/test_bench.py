@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import REPO
 
 
+@pytest.mark.timeout(900)  # as its subprocess: the Flink rounds add 1-2 minutes
 def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
   out = tmp_path / 'bench'
   result = subprocess.run(
@@ -46,7 +47,7 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
     assert row['images'] == job['images'] and 0 < row['work_seconds'] < row['wall_seconds']
   # Its 8-image start-up, split into consecutive phases that add up to the wall.
   splits = results['figures']['flink_startup']
-  assert set(splits) == {'loopback', 'external'}
+  assert set(splits) == {'loopback'}  # the full run splits EXTERNAL's too
   for split in splits.values():
     assert list(split['phases']) == ['launcher', 'staging', 'submission', 'scheduling',
                                      'harness', 'work', 'finish', 'exit']
