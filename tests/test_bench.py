@@ -34,7 +34,7 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
   rows_by_case = {row['case']: row for row in results['rows']}
   job = rows_by_case['a/job']
   assert job['worker_peak_mb'] > 0  # the job's worker processes were seen and measured
-  assert len(results['targets']) == 10
+  assert len(results['targets']) == 11
   # Every job run reports its workers' time, inside its wall time.
   for row in results['rows']:
     if row['system'] == 'job':
