@@ -9,16 +9,24 @@ before anything is submitted. Local runs (beam_jobs.local_runner) pass through u
 
 from __future__ import annotations
 
+import json
 import socket
+import urllib.request
 from typing import Optional, Tuple
 
+import apache_beam
+import grpc
 from apache_beam.options.pipeline_options import (DebugOptions, PipelineOptions,
                                                   TestOptions)
+from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 
 from transforms import errors
 
 # How long launch waits for a job server's or the Flink REST API's port to accept.
 CONNECT_SECONDS = 3.0
+# How long launch waits for a port that accepts to finish gRPC's handshake and answer the
+# job API's first call. Beam itself waits --job_server_timeout (300 s) for the handshake.
+GRPC_SECONDS = 10.0
 DEFAULT_FLINK_MASTERS = ('[auto]', '[local]', None, '')
 
 
@@ -46,6 +54,66 @@ def _is_local_path(url: Optional[str]) -> bool:
   return bool(url) and ('://' not in url or url.startswith('file://'))
 
 
+def _http_probe(host: str, port: int) -> Optional[dict]:
+  """What an HTTP/1 server at host:port says to GET /config: Flink's REST API answers
+  with its version ({} for another HTTP server); None when it does not speak HTTP/1."""
+  try:
+    with urllib.request.urlopen(f'http://{host}:{port}/config',
+                                timeout=CONNECT_SECONDS) as response:
+      body = response.read(65536)
+  except urllib.error.HTTPError:
+    return {}
+  except (OSError, ValueError):
+    return None
+  try:
+    answer = json.loads(body)
+  except ValueError:
+    return {}
+  return answer if isinstance(answer, dict) else {}
+
+
+def _job_service_problem(endpoint: str, host: str, port: int) -> Optional[str]:
+  """Why the server at `endpoint` cannot take a job from this SDK, or None.
+
+  Asks what Beam asks first (DescribePipelineOptions), with a short timeout: Beam waits
+  up to 300 s for a gRPC handshake that an HTTP server never completes, then retries an
+  unimplemented call five times and reports it as a bare _InactiveRpcError."""
+  job_port = 'here: localhost:8099, make flink-up'
+  channel = grpc.insecure_channel(f'{host}:{port}')
+  try:
+    try:
+      grpc.channel_ready_future(channel).result(timeout=GRPC_SECONDS)
+    except grpc.FutureTimeoutError:
+      http = _http_probe(host, port)
+      if http and 'flink-version' in http:
+        return (f"{endpoint} (--job_endpoint) is Flink {http['flink-version']}'s REST API, "
+                'not a Beam job server: give it to --runner FlinkRunner as --flink_master, '
+                f"or point --job_endpoint at the job server's job port ({job_port})")
+      what = 'an HTTP server' if http is not None else 'something'
+      return (f'{endpoint} (--job_endpoint) is {what} that does not speak gRPC, not a Beam '
+              f"job server; point --job_endpoint at the job server's job port ({job_port})")
+    stub = beam_job_api_pb2_grpc.JobServiceStub(channel)
+    try:
+      stub.DescribePipelineOptions(beam_job_api_pb2.DescribePipelineOptionsRequest(),
+                                   timeout=GRPC_SECONDS)
+    except grpc.RpcError as e:
+      if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+        return _not_a_job_service(f'{endpoint} (--job_endpoint)',
+                                  'JobService/DescribePipelineOptions')
+      return None  # Beam's own calls will meet it and say so
+  finally:
+    channel.close()
+  return None
+
+
+def _not_a_job_service(endpoint: str, method: str) -> str:
+  return (f"{endpoint} speaks gRPC but not Beam's job API ({method} is not implemented "
+          "there): it is not a Beam job server (a job server's artifact or expansion port, "
+          f'say), or one of a Beam release this SDK ({apache_beam.__version__}) cannot talk '
+          "to; point --job_endpoint at the job server's job port (here: localhost:8099, "
+          "make flink-up) and check the job server's Beam version")
+
+
 def check_launch(pipeline_options: PipelineOptions) -> None:
   """Raises ConfigError when the runner cannot take the job as configured."""
   options = pipeline_options.get_all_options()
@@ -64,6 +132,9 @@ def check_launch(pipeline_options: PipelineOptions) -> None:
       raise RunnerUnavailable(
           f'no job server answers at {endpoint} (--job_endpoint); start it (here: make '
           'flink-up) or check the address')
+    problem = _job_service_problem(endpoint, host, port)
+    if problem:
+      raise RunnerUnavailable(problem)
     return
   if runner != 'FlinkRunner':
     return
@@ -93,6 +164,11 @@ _TASKMANAGER_LOST = ('TaskManager with id', 'Connection unexpectedly closed by r
 _CLUSTER_UNREACHABLE = ('Could not submit job', 'Connection refused',
                         'JobSubmissionException', 'Could not retrieve the execution result')
 
+# Beam's fuser (QueryablePipeline) in the job server, before any task is scheduled.
+_FUSION_ERROR = 'were consumed but never produced'
+# gRPC's words for a job-API call the server at the endpoint does not have.
+_UNIMPLEMENTED = 'Method not found: org.apache.beam.model.'
+
 
 def on_flink(pipeline_options: PipelineOptions) -> bool:
   """A job sent to a Flink job server (not Beam's embedded one)."""
@@ -106,6 +182,15 @@ def explain_failure(text: str) -> Optional[Tuple[str, bool]]:
   """(cause, started) for a Flink failure unrecord can name, else None. `started` says
   whether workers may have written images before it."""
   lowered = text.lower()
+  if _FUSION_ERROR in text:
+    return ("the job server's fuser rejected the job's graph before anything ran "
+            "(\"PCollectionNodes ... were consumed but never produced\": job servers such "
+            'as Beam 2.62 fail so when one PCollection feeds both a Flatten and a '
+            "GroupByKey, apache/beam#34647); check the job server's Beam version and, if "
+            'the pipeline was changed, that no PCollection feeds both', False)
+  if _UNIMPLEMENTED in text and 'job_management' in text:
+    method = text.split(_UNIMPLEMENTED, 1)[1].split()[0].strip('"\'').rsplit('.', 1)[-1]
+    return (_not_a_job_service('the job server', method), False)
   if any(words.lower() in lowered for words in _TASKMANAGER_LOST):
     return ('the Flink cluster lost its TaskManager: the job\'s tasks found no slot to run '
             'again in before its restart attempts ran out; check the TaskManagers (here: '

@@ -445,7 +445,12 @@ def _run_logged(plan: plan_lib.Plan, claim: root_claim.Claim,
   try:
     pipeline = beam.Pipeline(runner=runner_instance, options=pipeline_options)
     _ = pipeline | 'Export' >> ptransforms.ExportImages(plan.config)
+    # The launcher's side of the start-up, in the run log (bench/flink.py splits it).
+    log = logging.getLogger(__name__)
+    log.info('submitting the job to %s, %.3f s after the launch', runner,
+             time.time() - plan.config.run_started)
     result = pipeline.run()
+    log.info('the runner took the job (pipeline.run returned)')
     submitted = True
     if getattr(result, 'job', None) is not None and cluster.is_dry_run(pipeline_options):
       say(cluster.write_dry_run(result.job, pipeline_options))

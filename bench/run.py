@@ -41,6 +41,7 @@ import numpy as np
 
 from bench import bounds as bounds_lib
 from bench import data as data_lib
+from bench import flink as flink_lib
 from bench import measure
 from bench import verify_root
 
@@ -62,7 +63,12 @@ LABELS = {
     'import_beam': "python -c 'import apache_beam'",
     'per_image': "unrecord's per-range work alone on one core (bench.per_image, CPU)",
     'verify': 'unrecord verify (files, sizes, checksums; rate is files/s)',
+    'job_beside_flink': 'unrecord, DirectRunner, in the Flink rounds',
+    'flink_loopback': 'unrecord on Flink, LOOPBACK workers (launcher tree only)',
+    'flink_external': 'unrecord on Flink, EXTERNAL worker pool (launcher tree only)',
 }
+# Systems that are the job itself, on some runner (their options are the case's extra).
+JOB_SYSTEMS = ('job', 'job_beside_flink', 'flink_loopback', 'flink_external')
 
 
 @dataclasses.dataclass
@@ -115,6 +121,7 @@ class Bench:
     self._crops = crops
     self._same_as: Dict[str, str] = {}
     self.one_core: Dict[str, dict] = {}  # bench.per_image --steps, for the bounds
+    self.flink_startup: Dict[str, dict] = {}  # bench.flink.startup_split, by workers
 
   def _fresh(self, name: str) -> str:
     path = os.path.join(self.scratch, name)
@@ -146,7 +153,7 @@ class Bench:
       command = [sys.executable, '-c', 'import apache_beam']
     elif case.system == 'per_image':  # the export without Beam; its CPU is its clock
       command = _per_image_command(case.dataset, case.dataset.shards, case.fmt, '{output}')
-    elif case.system == 'job':
+    elif case.system in JOB_SYSTEMS:
       command = [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input',
                  case.dataset.folder, '--output', '{output}', '--format', case.fmt,
                  '--quiet', *case.extra]
@@ -162,7 +169,7 @@ class Bench:
                            env=env, cwd=ROOT)
     if case.verify:
       self._verify(output, case.dataset, case.fmt)
-    if case.system == 'job':
+    if case.system in JOB_SYSTEMS:
       with open(os.path.join(output, '_report.json')) as f:
         work = json.load(f).get('work') or {}
       measured.result = {'work_seconds': work.get('seconds')}
@@ -241,6 +248,11 @@ def _digest(pixels: np.ndarray) -> str:
   return hashlib.sha1(np.ascontiguousarray(pixels.squeeze()).tobytes()).hexdigest()
 
 
+def source_digests_a(a: data_lib.Dataset) -> Dict[str, set]:
+  """(a)'s crops alone, for a run of its cases only (bench.flink)."""
+  return {'tensor_f32': {_digest(c) for c in data_lib.crops(a.count, data_lib.SIZE)}}
+
+
 def source_digests(datasets: Dict[str, data_lib.Dataset]) -> Dict[str, set]:
   color = {_digest(c) for c in data_lib.crops(datasets['a'].count, data_lib.SIZE)}
   gray = {_digest(c) for c in data_lib.crops(datasets['c'].count, data_lib.GRAY_SIZE,
@@ -300,6 +312,18 @@ def run_all(args) -> dict:
                           ('--direct_num_workers', '1')),
                      Case('tiny/import_beam', tiny, 'import_beam', 'png', verify=False)],
                     repeat=more)
+
+  print('bench: (a) on the local Flink cluster, LOOPBACK and EXTERNAL workers, 4k and '
+        '20k, with DirectRunner in the same rounds; an 8-image start-up split', flush=True)
+  started_cluster = flink_lib.ensure_cluster()
+  try:
+    os.makedirs(bench.scratch, exist_ok=True)
+    with flink_lib.worker_pool(os.path.join(out, 'worker_pool.log')) as external:
+      flink_rounds(bench, a, a_x5, tiny, external, 1 if args.quick else args.repeat + 1,
+                   ('loopback',) if args.quick else ('loopback', 'external'))
+  finally:
+    if started_cluster:
+      flink_lib.stop_cluster()
 
   print('bench: (b) raw uint8 -> PNG and JPEG q90, 4k and 20k, against the expert',
         flush=True)
@@ -396,6 +420,53 @@ def run_all(args) -> dict:
   return summarize(bench, args, cores)
 
 
+def flink_rounds(bench: Bench, a: data_lib.Dataset, a_x5: data_lib.Dataset,
+                 tiny: data_lib.Dataset, external: tuple, startup_runs: int,
+                 splits: tuple = ('loopback', 'external')) -> None:
+  """(a) 4k and 20k on DirectRunner, Flink LOOPBACK and Flink EXTERNAL (`external`: the
+  worker pool's runner options) in the same rounds; then the start-up split of each of
+  `splits` (the quick run splits LOOPBACK's alone: EXTERNAL's takes 30-45 s here)."""
+  runners = (('job_beside_flink', ()), ('flink_loopback', flink_lib.LOOPBACK),
+             ('flink_external', external))
+  bench.interleaved([Case(f'{case}/{system}', dataset, system, 'png', extra,
+                          verify=case == 'a', scales='' if case == 'a' else f'a/{system}')
+                     for system, extra in runners
+                     for case, dataset in (('a', a), ('a_x5', a_x5))])
+  bench.flink_startup = {
+      name: flink_lib.startup_split(tiny, bench.scratch, runner, startup_runs, name)
+      for name, runner in (('loopback', flink_lib.LOOPBACK), ('external', external))
+      if name in splits}
+
+
+def flink_figures(bench: Bench) -> dict:
+  """Steady rates of the Flink rounds, each Flink one over DirectRunner's; the splits."""
+  figures = {}
+  for system in ('job_beside_flink', 'flink_loopback', 'flink_external'):
+    figures[f'a_{system}_steady_img_s'] = marginal(bench.find(f'a/{system}'),
+                                                   bench.find(f'a_x5/{system}'))
+  for workers in ('loopback', 'external'):
+    figures[f'a_flink_{workers}_steady_vs_direct'] = (
+        figures[f'a_flink_{workers}_steady_img_s'] / figures['a_job_beside_flink_steady_img_s'])
+  figures['flink_startup'] = bench.flink_startup
+  return figures
+
+
+def flink_markdown(rows: List[dict], figures: dict) -> List[str]:
+  """The Flink lines of the generated section: steady rates and the start-up split."""
+  walls = {row['case']: row['wall_seconds'] for row in rows}
+  lines = ['', '(a) on the local Flink cluster (2 slots), steady 4k->20k with DirectRunner in '
+           f"the same rounds: DirectRunner {figures['a_job_beside_flink_steady_img_s']:,.0f} "
+           f"img/s (walls {walls['a/job_beside_flink']:.1f} s, "
+           f"{walls['a_x5/job_beside_flink']:.1f} s); Flink LOOPBACK "
+           f"{figures['a_flink_loopback_steady_img_s']:,.0f} "
+           f"({figures['a_flink_loopback_steady_vs_direct']:.2f} of it; walls "
+           f"{walls['a/flink_loopback']:.1f} s, {walls['a_x5/flink_loopback']:.1f} s); "
+           f"Flink EXTERNAL {figures['a_flink_external_steady_img_s']:,.0f} "
+           f"({figures['a_flink_external_steady_vs_direct']:.2f}; walls "
+           f"{walls['a/flink_external']:.1f} s, {walls['a_x5/flink_external']:.1f} s)."]
+  return lines + flink_lib.markdown(figures['flink_startup'])
+
+
 def summarize(bench: Bench, args, cores: int) -> dict:
   r = bench.find
   job_a = r('a/job')
@@ -439,6 +510,7 @@ def summarize(bench: Bench, args, cores: int) -> dict:
                                          figures['d_floor_atomic_steady_img_s'])
   figures['startup_vs_import_beam'] = (figures['startup_seconds'] /
                                        figures['import_beam_seconds'])
+  figures.update(flink_figures(bench))
   one, many = r('e/job_1worker'), r(f'e/job_{cores}workers')
   figures['e_speedup_wall'] = one.wall_seconds / many.wall_seconds
   # Steady: the marginal rate over the 9/10 of the file past its first tenth, with many
@@ -468,6 +540,8 @@ def summarize(bench: Bench, args, cores: int) -> dict:
        f'{one.images:,})', figures['e_speedup_steady'], '>=', 1.8),
       ('start-up, 8 images / import apache_beam', figures['startup_vs_import_beam'], '<=',
        1.6),
+      ('(a) Flink EXTERNAL steady 4k->20k / Direct', figures['a_flink_external_steady_vs_direct'],
+       '>=', 0.8),
       ('(a) 4k whole run vs thread pool', figures['a_wall_vs_peer']['threads'], '>=', 2.5),
       ('(a) 4k whole run vs naive Beam', figures['a_wall_vs_peer']['beam_naive'], '>=', 3.0),
       ('peak RSS per worker, 20k (MB)', figures['rss_worker_20k_mb'], '<=', 400),
@@ -572,6 +646,8 @@ def markdown(results: dict) -> str:
            '| case | system | images | wall s | img/s | tree peak MB | worker peak MB |',
            '|---|---|---:|---:|---:|---:|---:|']
   for row in rows:
+    if row['system'] in JOB_SYSTEMS[1:]:
+      continue  # the Flink rounds: their walls are in the Flink line below the targets
     timed = f" (timed {row['timed_seconds']:.2f} s)" if row['timed_seconds'] else ''
     if row.get('work_seconds') and row['case'].startswith('e'):
       timed = f" (workers {row['work_seconds']:.2f} s)"
@@ -600,6 +676,8 @@ def markdown(results: dict) -> str:
              f"{b['arithmetic']}" if b else '- | | ')
     lines.append(f"| {t['name']} | {t['value']:,.2f} | {t['op']} {t['goal']} | "
                  f"{'met' if t['met'] else '**missed**'} | {bound} |")
+  if figures.get('flink_startup'):
+    lines += flink_markdown(rows, figures)
   lines += ['', END_MARK]
   return '\n'.join(lines)
 
@@ -652,6 +730,9 @@ def main(argv=None) -> int:
   except subprocess.CalledProcessError as e:
     print(f'bench: {e.cmd[2:4]} failed with exit code {e.returncode}:\n{e.stderr}',
           file=sys.stderr)
+    return 2
+  except flink_lib.ClusterDown as e:
+    print(f'bench: {e}', file=sys.stderr)
     return 2
   if not args.quick and not args.no_docs:
     update_docs(results)

@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import REPO
 
 
+@pytest.mark.timeout(900)  # as its subprocess: the Flink rounds add 1-2 minutes
 def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
   out = tmp_path / 'bench'
   result = subprocess.run(
@@ -30,7 +31,8 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
           f'e_head/job_{os.cpu_count()}workers', 'e/job_1worker'} <= cases
   for row in results['rows']:
     assert row['wall_seconds'] > 0 and row['images'] > 0 and row['tree_peak_mb'] > 0
-  job = next(r for r in results['rows'] if r['case'] == 'a/job')
+  rows_by_case = {row['case']: row for row in results['rows']}
+  job = rows_by_case['a/job']
   assert job['worker_peak_mb'] > 0  # the job's worker processes were seen and measured
   assert len(results['targets']) == 11
   # Every job run reports its workers' time, inside its wall time.
@@ -38,6 +40,20 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
     if row['system'] == 'job':
       assert 0 < row['work_seconds'] < row['wall_seconds'], row
   assert results['figures']['e_speedup_work'] > 0
+  # (a) on the local Flink cluster beside DirectRunner, both worker kinds; the job ran
+  # there (its report's work) and wrote every image (the harness verified the pixels).
+  for system in ('job_beside_flink', 'flink_loopback', 'flink_external'):
+    row = rows_by_case[f'a/{system}']
+    assert row['images'] == job['images'] and 0 < row['work_seconds'] < row['wall_seconds']
+  # Its 8-image start-up, split into consecutive phases that add up to the wall.
+  splits = results['figures']['flink_startup']
+  assert set(splits) == {'loopback'}  # the full run splits EXTERNAL's too
+  for split in splits.values():
+    assert list(split['phases']) == ['launcher', 'staging', 'submission', 'scheduling',
+                                     'harness', 'work', 'finish', 'exit']
+    assert sum(split['phases'].values()) == pytest.approx(split['wall_seconds'], abs=0.01)
+    assert all(seconds > 0 for seconds in split['phases'].values()), split
+  assert "(a) Flink EXTERNAL steady 4k->20k / Direct" in result.stdout
   assert results['machine']['cores'] == os.cpu_count()
   # Each steady target's bound, from the one-core runs: the scripts on one worker and
   # bench.per_image's work and steps, recomputed here from what results.json holds.

@@ -493,3 +493,101 @@ def test_the_docs_flink_runner_command_is_the_one_these_tests_run():
   jar = words[words.index('--flink_job_server_jar') + 1]
   assert os.path.join(REPO, jar) == flink_cluster.JAR
   assert [flink_cluster.JAR if w == jar else w for w in runner] == flink_cluster.FLINK_RUNNER
+
+
+def test_an_endpoint_that_is_not_a_beam_job_server_fails_at_launch_in_one_line(data,
+                                                                               tmp_path):
+  """Two addresses a user may give instead of the job port: the job server's artifact
+  port (gRPC, but not the job API, as a job server of a release this SDK cannot talk to
+  answers) and Flink's REST port (HTTP/1, on which Beam waits 300 s for gRPC)."""
+  flink_cluster.require()
+  folder, _ = data
+  cases = {
+      f'localhost:{flink_cluster.cluster.ARTIFACT_PORT}': (
+          f'localhost:{flink_cluster.cluster.ARTIFACT_PORT} (--job_endpoint) speaks gRPC but '
+          "not Beam's job API (JobService/DescribePipelineOptions is not implemented there): "
+          "it is not a Beam job server (a job server's artifact or expansion port, say), or "
+          'one of a Beam release this SDK (2.77.0) cannot talk to; point --job_endpoint at '
+          "the job server's job port (here: localhost:8099, make flink-up) and check the job "
+          "server's Beam version"),
+      f'localhost:{flink_cluster.cluster.REST_PORT}': (
+          f"localhost:{flink_cluster.cluster.REST_PORT} (--job_endpoint) is Flink 1.19.3's "
+          'REST API, not a Beam job server: give it to --runner FlinkRunner as '
+          "--flink_master, or point --job_endpoint at the job server's job port (here: "
+          'localhost:8099, make flink-up)'),
+  }
+  for endpoint, cause in cases.items():
+    out = tmp_path / endpoint.replace(':', '_')
+    started = time.time()
+    result = run_unrecord('export', '--input', os.path.join(folder, 'shard-0.tfrecord'),
+                          '--output', str(out), '--runner', 'PortableRunner',
+                          '--job_endpoint', endpoint, '--environment_type', 'LOOPBACK',
+                          timeout=120)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert time.time() - started < 60  # Beam alone waits 300 s, or retries for 6 s
+    assert result.stderr.strip().splitlines()[-1] == (
+        f'unrecord export: error: {cause}; nothing was submitted')
+    assert 'Traceback' not in result.stderr and '_InactiveRpcError' not in result.stderr
+    assert not out.exists()  # refused before the output was claimed
+
+
+# A PCollection that feeds both a Flatten and a GroupByKey: the 2.62 job server's fuser
+# fails on it (apache/beam#34647). A Flatten of two Reshuffled branches feeding both a
+# multi-output ParDo and a CombineGlobally, as first reported, runs; this is what fails.
+# Then Beam's own call to an endpoint that is not a job service, for its error text.
+_REJECTED_JOBS = '''
+import sys, traceback
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+def failure(endpoint, build):
+  options = PipelineOptions(['--runner', 'PortableRunner', '--job_endpoint', endpoint,
+                             '--environment_type', 'LOOPBACK', '--job_server_timeout', '30'])
+  pipeline = beam.Pipeline(options=options)
+  build(pipeline)
+  try:
+    pipeline.run().wait_until_finish()
+  except Exception as e:
+    return ''.join(traceback.format_exception(e))
+  return 'NO ERROR'
+
+def flatten_and_group(pipeline):
+  a = pipeline | 'A' >> beam.Create([('a', 1)])
+  b = pipeline | 'B' >> beam.Create([('b', 2)])
+  _ = (a, b) | beam.Flatten() | 'Flattened' >> beam.Map(print)
+  _ = a | beam.GroupByKey() | 'Grouped' >> beam.Map(print)
+
+def anything(pipeline):
+  _ = pipeline | beam.Create([1]) | beam.Map(print)
+
+print(failure(sys.argv[1], flatten_and_group))
+print('=' * 20)
+print(failure(sys.argv[2], anything))
+'''
+
+
+def test_the_job_servers_known_failures_to_start_are_named_in_one_line():
+  """The 2.62 job server's fusion error and a server without Beam's job API, each from
+  a real run against the cluster's job server: their error texts become one cause that
+  says nothing ran (so no --skip_existing advice)."""
+  from beam_jobs import cluster  # pylint: disable=import-outside-toplevel
+  flink_cluster.require()
+  done = subprocess.run(
+      [sys.executable, '-c', _REJECTED_JOBS, flink_cluster.JOB_ENDPOINT,
+       f'localhost:{flink_cluster.cluster.ARTIFACT_PORT}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  fusion, unimplemented = done.stdout.split('=' * 20)
+  assert 'were consumed but never produced' in fusion, fusion[-3000:]
+  assert 'StatusCode.UNIMPLEMENTED' in unimplemented, unimplemented[-3000:]
+  cause, started = cluster.explain_failure(fusion)
+  assert not started and '\n' not in cause and '--skip_existing' not in cause
+  assert cause.startswith("the job server's fuser rejected the job's graph before "
+                          'anything ran'), cause
+  assert 'apache/beam#34647' in cause
+  cause, started = cluster.explain_failure(unimplemented)
+  assert not started and '\n' not in cause
+  assert cause.startswith("the job server speaks gRPC but not Beam's job API "
+                          '(JobService/DescribePipelineOptions is not implemented there)'), cause
+  # Neither is mistaken for the other failures the module names.
+  assert cluster.explain_failure('java.lang.RuntimeException: Pipeline failed') is None
