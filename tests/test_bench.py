@@ -11,6 +11,7 @@ from tests.conftest import REPO
 
 
 @pytest.mark.timeout(900)  # as its subprocess: the Flink rounds add 1-2 minutes
+@pytest.mark.xdist_group('flink')  # its Flink rounds use the cluster's slots too
 def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
   out = tmp_path / 'bench'
   result = subprocess.run(
