@@ -14,6 +14,7 @@ import pytest
 
 from tests import fixtures
 from tests import outputs
+from transforms.output import manifest
 from tests.test_export_job import OFFLINE, _files
 
 PHOTOS = 24
@@ -109,6 +110,9 @@ def test_parquet_parts_read_as_one_dataset_in_pyarrow_and_duckdb(unrecord, shard
   jsonl = tmp_path / 'jsonl'
   _run(unrecord, inputs, jsonl, '--label_key', 'label')
   as_json = outputs.manifest_rows(jsonl)  # the same rows, with the label's own type
+  # Parquet's fixed schema has the shard columns of a --pack root, null for files.
+  assert all(r[field] is None for r in rows for field in manifest.SHARD_FIELDS)
+  rows = [{k: v for k, v in r.items() if k not in manifest.SHARD_FIELDS} for r in rows]
   assert [{**r, 'label': str(r['label'])} for r in as_json] == rows
 
 
@@ -152,8 +156,9 @@ def test_a_root_with_an_earlier_single_manifest_keeps_working(unrecord, shards, 
                                  [f'cam-2-{i:06d}.png' for _, i in added])
   for old in before:  # every earlier row carried over (id and label become text)
     new = after[old['path']]
+    assert all(new[field] is None for field in manifest.SHARD_FIELDS)  # files, no shards
     assert {k: v for k, v in old.items() if k not in ('label', 'id')} == {
-        k: v for k, v in new.items() if k not in ('label', 'id')}
+        k: v for k, v in new.items() if k not in ('label', 'id', *manifest.SHARD_FIELDS)}
   assert {p: open(out / p, 'rb').read() for p in images} == images
   report = json.load(open(out / '_report.json'))
   assert report['written'] + report['skipped'] == (6 if added else PHOTOS)

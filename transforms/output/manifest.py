@@ -89,6 +89,8 @@ PARQUET_SCHEMA = pa.schema([
     ('shard', pa.string()), ('member', pa.string()), ('member_offset', pa.int64()),
     ('shard_row', pa.int64()),
 ])
+# The columns only a packed root's rows fill (null in a Parquet manifest of files).
+SHARD_FIELDS = ('shard', 'member', 'member_offset', 'shard_row')
 TEXT_FIELDS = ('id', 'label')
 # A row's checksum of its file is in the column named after its algorithm
 # (`row_checksum`); the others are absent from a JSONL row and null in Parquet.
@@ -97,7 +99,7 @@ CHECKSUM_FIELDS = checksums.ALGORITHMS
 # image, whose dictionary would only grow until it gave up, in memory and in bytes.
 _DICTIONARY_COLUMNS = [name for name in PARQUET_SCHEMA.names
                        if name not in ('path', 'id', 'index', 'offset', 'bytes',
-                                       'member', 'member_offset', 'shard_row',
+                                       *SHARD_FIELDS[1:],
                                        *CHECKSUM_FIELDS)]
 # What deciding a path needs, in every entry; the path first, as the runs' sort key.
 _DECISION_FIELDS = [
