@@ -342,3 +342,68 @@ def test_tar_shards_on_the_s3_emulator(unrecord, photos, tmp_path):
       data = s3.cat_file(f'shard-bucket/tars/{row["shard"]}', start=row['member_offset'],
                          end=row['member_offset'] + row['bytes'])
       assert hashlib.sha256(data).hexdigest() == row['sha256']
+
+
+def _inspect(unrecord, *args):
+  result = unrecord('inspect', *args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+@pytest.mark.parametrize('pack', ['tar', 'parquet'])
+def test_inspect_shows_what_a_shard_output_holds(unrecord, photos, tmp_path, pack):
+  source, names, files, encoded = photos
+  out = str(tmp_path / pack)
+  _export(unrecord, '--input', source, '--output', out, '--label_names', names,
+          '--pack', pack, '--shard_samples', '4')
+  index = json.load(open(os.path.join(out, 'shardindex.json')))
+  rows = outputs.manifest_rows(out)
+  shards = sorted({row['shard'] for row in rows})
+  total = sum(os.path.getsize(os.path.join(out, s)) for s in shards)
+  first = index['shardlist'][0]['url']
+
+  text = _inspect(unrecord, '--input', out)
+  kind = 'WebDataset tar shards' if pack == 'tar' else 'Parquet image shards'
+  assert text.splitlines()[0] == (
+      f'{kind} at {out}: {len(index["shardlist"])} shards, {len(rows)} samples, '
+      f'{total:,} bytes (counts from shardindex.json)')
+  assert len(shards) == 4 and len(rows) == 12
+  assert f'first sample: {STEMS[0]}-000000 in {first}' in text
+  height, width, _ = _rgb(encoded[(STEMS[0], 0)]).shape
+  assert (f'{STEMS[0]}-000000.png: png {width}x{height}, '
+          f'{len(encoded[(STEMS[0], 0)]):,} bytes') in text
+  if pack == 'tar':
+    assert 'members per sample: png, json, cls (4 samples of' in text
+  else:
+    assert 'image (struct<bytes: binary, path: string>; datasets Image)' in text
+
+  found = json.loads(_inspect(unrecord, '--input', out, '--json'))
+  assert (found['pack'], found['shards'], found['samples'], found['bytes']) == (
+      pack, 4, 12, total)
+  sample = found['sample']
+  assert sample['key'] == f'{STEMS[0]}-000000'
+  assert sample['image'] == {'member': f'{STEMS[0]}-000000.png', 'format': 'png',
+                             'width': width, 'height': height,
+                             'bytes': len(encoded[(STEMS[0], 0)])}
+  meta = sample['json'] if pack == 'tar' else sample['metadata']
+  first_row = next(r for r in rows if r['shard'] == first and r['index'] == 0)
+  assert (meta['id'], meta['label'], meta['label_name'], meta['offset']) == (
+      's0r0', 0, NAMES[0], first_row['offset'])
+  assert meta['source'] == os.path.join(source, f'{STEMS[0]}.tfrecord')
+  if pack == 'tar':
+    assert sample['cls'] == '0'
+    assert found['members_per_sample'] == [{'members': ['png', 'json', 'cls'],
+                                            'samples': 4}]
+  else:
+    assert [c['name'] for c in found['columns']][:3] == ['image', 'key', 'id']
+    assert found['rows_in_first_shard'] == 4
+
+  # One shard file, and the index itself: the shard's own counts, read from it.
+  last = shards[-1]
+  one = json.loads(_inspect(unrecord, '--input', os.path.join(out, last), '--json'))
+  assert (one['shards'], one['samples'], one['counts_from']) == (1, 2, 'counted')
+  assert one['bytes'] == os.path.getsize(os.path.join(out, last))
+  assert one['sample']['key'] == f'{STEMS[1]}-000004'
+  by_index = json.loads(_inspect(unrecord, '--input',
+                                 os.path.join(out, 'shardindex.json'), '--json'))
+  assert (by_index['shards'], by_index['samples']) == (4, 12)
