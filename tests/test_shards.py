@@ -407,3 +407,77 @@ def test_inspect_shows_what_a_shard_output_holds(unrecord, photos, tmp_path, pac
   by_index = json.loads(_inspect(unrecord, '--input',
                                  os.path.join(out, 'shardindex.json'), '--json'))
   assert (by_index['shards'], by_index['samples']) == (4, 12)
+
+
+def _verify(unrecord, root, expect):
+  result = unrecord('verify', root, '--json', '--quiet')
+  assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-3000:]
+  return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize('pack', ['tar', 'parquet'])
+def test_verify_checks_each_member_inside_its_shard(unrecord, photos, tmp_path, pack):
+  source, names, _, encoded = photos
+  out = str(tmp_path / pack)
+  _export(unrecord, '--input', source, '--output', out, '--label_names', names,
+          '--pack', pack, '--shard_samples', '4')
+  clean = unrecord('verify', out, '--quiet')
+  assert clean.returncode == 0, clean.stdout + clean.stderr
+  assert clean.stdout.splitlines()[0] == f'unrecord verify: OK: {out}'
+  assert '12 members of 4 shards' in clean.stdout
+  summary = _verify(unrecord, out, 0)
+  assert (summary['shards_checked'], summary['members_checked'], summary['rows'],
+          summary['checksums']) == (4, 12, 12, {'sha256': 12})
+  assert summary['bytes_checked'] == sum(len(v) for v in encoded.values())
+
+  rows = sorted(outputs.manifest_rows(out), key=lambda r: r['path'])
+  shards = sorted({r['shard'] for r in rows})
+  # A byte of one image flipped inside its shard; another shard deleted.
+  hit = next(r for r in rows if r['shard'] == shards[1])
+  path = os.path.join(out, hit['shard'])
+  data = bytearray(open(path, 'rb').read())
+  image = encoded[(hit['member'].rsplit('-', 1)[0], hit['index'])]
+  start = hit['member_offset'] if pack == 'tar' else bytes(data).find(image)
+  assert bytes(data[start:start + len(image)]) == image
+  data[start + len(image) // 2] ^= 0x01
+  open(path, 'wb').write(bytes(data))
+  gone = shards[2]
+  os.remove(os.path.join(out, gone))
+  text = unrecord('verify', out, '--quiet')
+  assert text.returncode == 1
+  assert text.stdout.splitlines()[0] == f'unrecord verify: NOT WHOLE: {out}'
+  summary = _verify(unrecord, out, 1)
+  problems = {(p['kind'], p['path']) for p in summary['problems']}
+  first_gone = sorted((r for r in rows if r['shard'] == gone),
+                      key=lambda r: r['index'])[0]['member']
+  assert problems == {('wrong_checksum', hit['path']), ('missing_shard', gone)}, problems
+  detail = {p['kind']: p['detail'] for p in summary['problems']}
+  assert detail['wrong_checksum'].startswith(f'sha256 {hit["sha256"]} in its row')
+  assert detail['missing_shard'] == (
+      f'{sum(r["shard"] == gone for r in rows)} manifest rows name members of it '
+      f'(first: {first_gone}); it is not there')
+  assert f'wrong_checksum: {hit["shard"]}/{hit["member"]}: sha256' in text.stdout
+  assert summary['shards_checked'] == 3
+
+
+def test_verify_names_a_cut_tar_shard_and_its_lost_members(unrecord, photos, tmp_path):
+  source, _, _, _ = photos
+  out = str(tmp_path / 'cut')
+  _export(unrecord, '--input', source, '--output', out, '--pack', 'tar',
+          '--shard_samples', '6')
+  rows = outputs.manifest_rows(out)
+  shard = f'{STEMS[0]}-000000.tar'
+  mine = sorted((r for r in rows if r['shard'] == shard), key=lambda r: r['index'])
+  cut = mine[3]['member_offset'] + 100  # inside the fourth image
+  path = os.path.join(out, shard)
+  with open(path, 'r+b') as f:
+    f.truncate(cut)
+  summary = _verify(unrecord, out, 1)
+  kinds = {}
+  for problem in summary['problems']:
+    kinds.setdefault(problem['kind'], []).append(problem['path'])
+  assert kinds['damaged_shard'] == [shard]
+  assert kinds['wrong_size'] == [shard]  # against shardindex.json's bytes
+  # The members from the fourth on are lost, each named; the first three still check.
+  assert sorted(kinds['missing_member']) == sorted(r['path'] for r in mine[3:])
+  assert set(kinds) == {'damaged_shard', 'wrong_size', 'missing_member'}
