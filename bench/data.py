@@ -21,7 +21,7 @@ import itertools
 import json
 import os
 import shutil
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -128,8 +128,10 @@ def _jpeg_payloads(count: int) -> Iterator[bytes]:
     yield _example({'image': jpeg, 'label': [i % 10]})
 
 
-def build(root: str, count: int = 4000, gray_count: int = 60000) -> Dict[str, Dataset]:
-  """Writes (or reuses) the five datasets under `root`; returns them by name."""
+def build(root: str, count: int = 4000, gray_count: int = 60000,
+          only: Optional[str] = None) -> Dict[str, Dataset]:
+  """Writes (or reuses) the five datasets under `root` (or only the one named `only`);
+  returns them by name."""
   datasets = {
       'a': Dataset('a', 'tensor_f32', os.path.join(root, 'a_float32'), count, 8),
       'b': Dataset('b', 'raw_u8', os.path.join(root, 'b_raw_uint8'), count, 8),
@@ -144,6 +146,8 @@ def build(root: str, count: int = 4000, gray_count: int = 60000) -> Dict[str, Da
       'd': lambda: _jpeg_payloads(count),
       'e': lambda: _tensor_payloads(count),
   }
+  if only is not None:
+    datasets = {only: datasets[only]}
   for name, dataset in datasets.items():
     stamp = os.path.join(dataset.folder, '_dataset.json')
     expected = {k: v for k, v in dataclasses.asdict(dataset).items() if k != 'folder'}
