@@ -599,8 +599,8 @@ def _check_tar(f, shard: str, rows: List[Row], problems: List[Problem]) -> Tuple
                          size=member.size))
       continue
     f.seek(row.where)
-    out.append(_digest_member(row, f.read(row.size if row.size is not None
-                                          else member.size), shard))
+    size = row.size if row.size is not None else (member.size if member else 0)
+    out.append(_digest_member(row, f.read(size), shard))
   samples = None if members is None else len(shard_contents.tar_samples(members))
   return out, samples
 
