@@ -175,14 +175,19 @@ def markdown(rows: List[Dict], million: List[Dict]) -> str:
                  f'{r["images_per_second"]:,} | {r["objects"]:,} | '
                  f'{r["bytes"] / 1e6:,.1f} | {r.get("puts_per_image", "-")} | '
                  f'{r.get("lists_per_image", "-")} |')
-  lines += ['', 'On an object store, per 10^6 images (computed from the S3 rows: requests '
-            'per object written, times the objects the local run wrote):', '',
+  local = next((r['images'] for r in rows if r['store'] == 'local'), None)
+  lines += ['', 'On an object store, per 10^6 images, computed: the S3 rows\' PUTs per '
+            'image object (an image or a shard) times the image objects of the local run '
+            f'at {local:,} images' if local else 'On an object store, per 10^6 images, '
+            'computed', '(scaled to 10^6), plus their own files\' PUTs and the job\'s '
+            'LISTs as measured:', '',
             '| output | objects | PUTs | LISTs (the job) | list pages to read it back | '
             'PUTs vs files |', '|---|---|---|---|---|---|']
   for r in million:
     lines.append(f'| {r["pack"]} | {r["objects"]:,} | {r["puts"]:,} | {r["lists"]:,} | '
                  f'{r["list_pages_to_read_back"]:,} | '
-                 f'1/{r.get("put_ratio_vs_files", "-")} |')
+                 + ('1' if r['pack'] == 'files'
+                    else f'1/{r.get("put_ratio_vs_files", "-"):,}') + ' |')
   lines += ['', END]
   return '\n'.join(lines)
 
