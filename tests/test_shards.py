@@ -415,19 +415,23 @@ def _verify(unrecord, root, expect):
   return json.loads(result.stdout)
 
 
-@pytest.mark.parametrize('pack', ['tar', 'parquet'])
-def test_verify_checks_each_member_inside_its_shard(unrecord, photos, tmp_path, pack):
+@pytest.mark.parametrize('pack, checksum, manifest_format', [
+    ('tar', 'sha256', 'jsonl'), ('parquet', 'sha256', 'jsonl'),
+    ('tar', 'crc32c', 'parquet')])
+def test_verify_checks_each_member_inside_its_shard(unrecord, photos, tmp_path, pack,
+                                                    checksum, manifest_format):
   source, names, _, encoded = photos
   out = str(tmp_path / pack)
   _export(unrecord, '--input', source, '--output', out, '--label_names', names,
-          '--pack', pack, '--shard_samples', '4')
+          '--pack', pack, '--shard_samples', '4', '--checksum', checksum,
+          '--manifest_format', manifest_format)
   clean = unrecord('verify', out, '--quiet')
   assert clean.returncode == 0, clean.stdout + clean.stderr
   assert clean.stdout.splitlines()[0] == f'unrecord verify: OK: {out}'
   assert '12 members of 4 shards' in clean.stdout
   summary = _verify(unrecord, out, 0)
   assert (summary['shards_checked'], summary['members_checked'], summary['rows'],
-          summary['checksums']) == (4, 12, 12, {'sha256': 12})
+          summary['checksums']) == (4, 12, 12, {checksum: 12})
   assert summary['bytes_checked'] == sum(len(v) for v in encoded.values())
 
   rows = sorted(outputs.manifest_rows(out), key=lambda r: r['path'])
@@ -452,11 +456,12 @@ def test_verify_checks_each_member_inside_its_shard(unrecord, photos, tmp_path, 
                       key=lambda r: r['index'])[0]['member']
   assert problems == {('wrong_checksum', hit['path']), ('missing_shard', gone)}, problems
   detail = {p['kind']: p['detail'] for p in summary['problems']}
-  assert detail['wrong_checksum'].startswith(f'sha256 {hit["sha256"]} in its row')
+  assert detail['wrong_checksum'].startswith(
+      f'{checksum} {hit[checksum]} in its row; its member in {hit["shard"]} has ')
   assert detail['missing_shard'] == (
       f'{sum(r["shard"] == gone for r in rows)} manifest rows name members of it '
       f'(first: {first_gone}); it is not there')
-  assert f'wrong_checksum: {hit["shard"]}/{hit["member"]}: sha256' in text.stdout
+  assert f'wrong_checksum: {hit["shard"]}/{hit["member"]}: {checksum}' in text.stdout
   assert summary['shards_checked'] == 3
 
 

@@ -572,7 +572,11 @@ def _digest_member(row: Row, data: bytes, shard: str) -> Checked:
                            f'there, from byte {row.where}')
   checked = Checked(row, size=len(data), read=True)
   found = checksums.digest(data, row.checksum[0]) if row.checksum else None
-  return _compare(row, checked, found)
+  checked = _compare(row, checked, found)
+  if checked.problem is not None and checked.problem.kind == 'wrong_checksum':
+    checked.problem = dataclasses.replace(checked.problem, detail=checked.problem.detail
+                                          .replace('the file has', f'its member in {shard} has'))
+  return checked
 
 
 def _check_tar(f, shard: str, rows: List[Row], problems: List[Problem]) -> Tuple[List[Checked], Optional[int]]:
