@@ -10,7 +10,7 @@ import collections
 import dataclasses
 import json
 import tarfile
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -270,9 +270,3 @@ def render_text(found: dict) -> str:
   if 'metadata' in sample:
     lines.append(f'  row:    {json.dumps(sample["metadata"], sort_keys=True)}')
   return '\n'.join(lines)
-
-
-def shard_names(entries: List[dict]) -> Dict[str, dict]:
-  """url -> entry, for the index's entries."""
-  return {e['url']: e for e in entries if isinstance(e, dict) and 'url' in e}
-
