@@ -80,9 +80,12 @@ flink-down:
 # unrecord beside its peers (loop, thread pool, tf.data, naive Beam) and the encode floor on
 # TensorFlow-written data; rewrites docs/benchmarks.md's whole-job section and its plot.
 # About 20-25 minutes on 2 cores, then the scale case (10^5 and 10^6 images, JSONL and
-# Parquet manifests; about 3 minutes). `make test` runs the first harness with --quick.
+# Parquet manifests; about 3 minutes), then the shards case (files, tar and Parquet at
+# 10^6 images locally and 15,000 on the S3 emulator; rewrites docs/shards.md's table).
+# `make test` runs the first harness with --quick.
 bench: setup
-	$(PY) -m bench.run; status=$$?; $(PY) -m bench.scale && exit $$status
+	$(PY) -m bench.run; status=$$?; $(PY) -m bench.scale || status=1; \
+	  $(PY) -m bench.shards || status=1; exit $$status
 
 # The reliability tests alone, printing the figures docs/reliability.md records.
 reliability: setup

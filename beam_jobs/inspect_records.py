@@ -1,9 +1,12 @@
-"""`unrecord inspect`: what a set of TFRecords holds, and how unrecord would read it.
+"""`unrecord inspect`: what a set of TFRecords holds, and how unrecord would read it;
+or what a shard output (`--pack tar|parquet`) holds.
 
     python -m beam_jobs.inspect_records --input PATTERN [--limit N] [--json]
         [--contact_sheet FILE.png]
+    python -m beam_jobs.inspect_records --input ROOT|SHARD|ROOT/shardindex.json [--json]
 
-Reads only the first --limit records (no pipeline). Exit status: 0, or 2 for bad input.
+Reads only the first --limit records (no pipeline), or a shard output's index and its
+first shard. Exit status: 0, or 2 for bad input, 3 when the storage cannot be read.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from transforms.images import render
 from transforms.images import schema as schema_lib
 from transforms.inputs import input_files
 from transforms.output import naming
+from transforms.output import shard_contents
 from transforms.pixels import normalize
 from transforms.pixels import preview
 
@@ -204,9 +208,39 @@ def _feature_table(heading: str, counted: str, summaries) -> list:
   return lines
 
 
+def inspect_shards(url: str, args) -> int:
+  """`unrecord inspect` on a shard output: its counts and first sample."""
+  try:
+    storage_options = plan.parse_storage_options(args.storage_options)
+    found = shard_contents.describe(url, storage_options)
+  except errors.ConfigError as e:
+    return options.fail(PROG, str(e))
+  except (FileNotFoundError, shard_contents.ShardDamage) as e:
+    return options.fail(PROG, f'{url}: {e}')
+  except Exception as e:  # pylint: disable=broad-except  # the store: one line, exit 3
+    cause = f'{type(e).__name__}: {e}'.strip().splitlines()[0][:300]
+    print(f'{PROG}: error: cannot read {url}: {cause}; check that the storage is '
+          'reachable and that its credentials (--storage_options, the environment) '
+          'allow reading', file=sys.stderr)
+    return 3
+  if args.json:
+    json.dump(found, sys.stdout)
+    sys.stdout.write('\n')
+  else:
+    print(shard_contents.render_text(found))
+  return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(
       options.prepare_argv(sys.argv[1:] if argv is None else argv))
+  if len(args.input) == 1:
+    try:
+      storage_options = plan.parse_storage_options(args.storage_options)
+    except errors.ConfigError as e:
+      return options.fail(PROG, str(e))
+    if shard_contents.is_shard_output(args.input[0], storage_options):
+      return inspect_shards(args.input[0], args)
   try:
     found = inspect(args)
   except errors.ConfigError as e:

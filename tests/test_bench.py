@@ -297,3 +297,38 @@ def test_make_bench_rewrites_only_its_sections_of_docs_benchmarks_md(tmp_path, m
   assert rewritten.split(scale.BEGIN)[0] == filled.split(scale.BEGIN)[0]
   assert rewritten.split(scale.END)[1] == filled.split(scale.END)[1]
   assert '| 2,000 | jsonl | 2.5 | 800 | 237 | +0.0% | 0.1 | 0.04 | 1 | 468.8 |' in rewritten
+
+
+def test_shards_bench_measures_files_tar_and_parquet_locally_and_on_s3(tmp_path):
+  """bench.shards as `make bench` runs it (there at 10^6 local and 15,000 S3 images),
+  tiny: each output exported and checked, its objects, bytes and store requests
+  counted, and the requests per 10^6 images computed from them."""
+  done = subprocess.run(
+      [sys.executable, '-m', 'bench.shards', '--local', '200', '--s3', '120',
+       '--no_docs', '--scratch', str(tmp_path), '--out', str(tmp_path / 'shards.json')],
+      cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  runs = {(r['store'], r['pack']): r for r in result['runs']}
+  assert set(runs) == {(s, p) for s in ('local', 's3') for p in ('files', 'tar', 'parquet')}
+  for (store, pack), r in runs.items():
+    assert r['images'] == (200 if store == 'local' else 120) and r['measured']
+    assert r['wall_seconds'] > 0
+    assert r['images_per_second'] == round(r['images'] / r['wall_seconds'])
+    # A file per image, or one shard (one input file, under the default 1GB).
+    assert r['image_objects'] == (r['images'] if pack == 'files' else 1), r
+    assert r['objects'] > r['image_objects'] and r['bytes'] > 0
+  for pack in ('files', 'tar', 'parquet'):
+    s3 = runs[('s3', pack)]
+    assert s3['puts'] == s3['image_puts'] + s3['own_puts']
+    assert s3['puts_per_image'] == round(s3['puts'] / 120, 4) and s3['lists'] >= 1
+  assert runs[('s3', 'files')]['image_puts'] >= 120  # a PUT per image at least
+  assert runs[('s3', 'tar')]['image_puts'] < 10
+  million = {r['pack']: r for r in result['per_million']}
+  assert million['files']['objects'] >= 10 ** 6 and not million['files']['measured']
+  assert million['files']['puts'] > 10 * million['tar']['puts']
+  assert million['tar']['put_ratio_vs_files'] > 1
+  assert million['files']['list_pages_to_read_back'] >= 1000
+  assert 'per 10^6 images on a store, tar' in done.stdout
+  saved = json.loads((tmp_path / 'shards.json').read_text())
+  assert saved == result

@@ -342,3 +342,147 @@ def test_tar_shards_on_the_s3_emulator(unrecord, photos, tmp_path):
       data = s3.cat_file(f'shard-bucket/tars/{row["shard"]}', start=row['member_offset'],
                          end=row['member_offset'] + row['bytes'])
       assert hashlib.sha256(data).hexdigest() == row['sha256']
+
+
+def _inspect(unrecord, *args):
+  result = unrecord('inspect', *args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+@pytest.mark.parametrize('pack', ['tar', 'parquet'])
+def test_inspect_shows_what_a_shard_output_holds(unrecord, photos, tmp_path, pack):
+  source, names, files, encoded = photos
+  out = str(tmp_path / pack)
+  _export(unrecord, '--input', source, '--output', out, '--label_names', names,
+          '--pack', pack, '--shard_samples', '4')
+  index = json.load(open(os.path.join(out, 'shardindex.json')))
+  rows = outputs.manifest_rows(out)
+  shards = sorted({row['shard'] for row in rows})
+  total = sum(os.path.getsize(os.path.join(out, s)) for s in shards)
+  first = index['shardlist'][0]['url']
+
+  text = _inspect(unrecord, '--input', out)
+  kind = 'WebDataset tar shards' if pack == 'tar' else 'Parquet image shards'
+  assert text.splitlines()[0] == (
+      f'{kind} at {out}: {len(index["shardlist"])} shards, {len(rows)} samples, '
+      f'{total:,} bytes (counts from shardindex.json)')
+  assert len(shards) == 4 and len(rows) == 12
+  assert f'first sample: {STEMS[0]}-000000 in {first}' in text
+  height, width, _ = _rgb(encoded[(STEMS[0], 0)]).shape
+  assert (f'{STEMS[0]}-000000.png: png {width}x{height}, '
+          f'{len(encoded[(STEMS[0], 0)]):,} bytes') in text
+  if pack == 'tar':
+    assert 'members per sample: png, json, cls (4 samples of' in text
+  else:
+    assert 'image (struct<bytes: binary, path: string>; datasets Image)' in text
+
+  found = json.loads(_inspect(unrecord, '--input', out, '--json'))
+  assert (found['pack'], found['shards'], found['samples'], found['bytes']) == (
+      pack, 4, 12, total)
+  sample = found['sample']
+  assert sample['key'] == f'{STEMS[0]}-000000'
+  assert sample['image'] == {'member': f'{STEMS[0]}-000000.png', 'format': 'png',
+                             'width': width, 'height': height,
+                             'bytes': len(encoded[(STEMS[0], 0)])}
+  meta = sample['json'] if pack == 'tar' else sample['metadata']
+  first_row = next(r for r in rows if r['shard'] == first and r['index'] == 0)
+  assert (meta['id'], meta['label'], meta['label_name'], meta['offset']) == (
+      's0r0', 0, NAMES[0], first_row['offset'])
+  assert meta['source'] == os.path.join(source, f'{STEMS[0]}.tfrecord')
+  if pack == 'tar':
+    assert sample['cls'] == '0'
+    assert found['members_per_sample'] == [{'members': ['png', 'json', 'cls'],
+                                            'samples': 4}]
+  else:
+    assert [c['name'] for c in found['columns']][:3] == ['image', 'key', 'id']
+    assert found['rows_in_first_shard'] == 4
+
+  # One shard file, and the index itself: the shard's own counts, read from it.
+  last = shards[-1]
+  one = json.loads(_inspect(unrecord, '--input', os.path.join(out, last), '--json'))
+  assert (one['shards'], one['samples'], one['counts_from']) == (1, 2, 'counted')
+  assert one['bytes'] == os.path.getsize(os.path.join(out, last))
+  assert one['sample']['key'] == f'{STEMS[1]}-000004'
+  by_index = json.loads(_inspect(unrecord, '--input',
+                                 os.path.join(out, 'shardindex.json'), '--json'))
+  assert (by_index['shards'], by_index['samples']) == (4, 12)
+
+
+def _verify(unrecord, root, expect):
+  result = unrecord('verify', root, '--json', '--quiet')
+  assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-3000:]
+  return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize('pack, checksum, manifest_format', [
+    ('tar', 'sha256', 'jsonl'), ('parquet', 'sha256', 'jsonl'),
+    ('tar', 'crc32c', 'parquet')])
+def test_verify_checks_each_member_inside_its_shard(unrecord, photos, tmp_path, pack,
+                                                    checksum, manifest_format):
+  source, names, _, encoded = photos
+  out = str(tmp_path / pack)
+  _export(unrecord, '--input', source, '--output', out, '--label_names', names,
+          '--pack', pack, '--shard_samples', '4', '--checksum', checksum,
+          '--manifest_format', manifest_format)
+  clean = unrecord('verify', out, '--quiet')
+  assert clean.returncode == 0, clean.stdout + clean.stderr
+  assert clean.stdout.splitlines()[0] == f'unrecord verify: OK: {out}'
+  assert '12 members of 4 shards' in clean.stdout
+  summary = _verify(unrecord, out, 0)
+  assert (summary['shards_checked'], summary['members_checked'], summary['rows'],
+          summary['checksums']) == (4, 12, 12, {checksum: 12})
+  assert summary['bytes_checked'] == sum(len(v) for v in encoded.values())
+
+  rows = sorted(outputs.manifest_rows(out), key=lambda r: r['path'])
+  shards = sorted({r['shard'] for r in rows})
+  # A byte of one image flipped inside its shard; another shard deleted.
+  hit = next(r for r in rows if r['shard'] == shards[1])
+  path = os.path.join(out, hit['shard'])
+  data = bytearray(open(path, 'rb').read())
+  image = encoded[(hit['member'].rsplit('-', 1)[0], hit['index'])]
+  start = hit['member_offset'] if pack == 'tar' else bytes(data).find(image)
+  assert bytes(data[start:start + len(image)]) == image
+  data[start + len(image) // 2] ^= 0x01
+  open(path, 'wb').write(bytes(data))
+  gone = shards[2]
+  os.remove(os.path.join(out, gone))
+  text = unrecord('verify', out, '--quiet')
+  assert text.returncode == 1
+  assert text.stdout.splitlines()[0] == f'unrecord verify: NOT WHOLE: {out}'
+  summary = _verify(unrecord, out, 1)
+  problems = {(p['kind'], p['path']) for p in summary['problems']}
+  first_gone = sorted((r for r in rows if r['shard'] == gone),
+                      key=lambda r: r['index'])[0]['member']
+  assert problems == {('wrong_checksum', hit['path']), ('missing_shard', gone)}, problems
+  detail = {p['kind']: p['detail'] for p in summary['problems']}
+  assert detail['wrong_checksum'].startswith(
+      f'{checksum} {hit[checksum]} in its row; its member in {hit["shard"]} has ')
+  assert detail['missing_shard'] == (
+      f'{sum(r["shard"] == gone for r in rows)} manifest rows name members of it '
+      f'(first: {first_gone}); it is not there')
+  assert f'wrong_checksum: {hit["shard"]}/{hit["member"]}: {checksum}' in text.stdout
+  assert summary['shards_checked'] == 3
+
+
+def test_verify_names_a_cut_tar_shard_and_its_lost_members(unrecord, photos, tmp_path):
+  source, _, _, _ = photos
+  out = str(tmp_path / 'cut')
+  _export(unrecord, '--input', source, '--output', out, '--pack', 'tar',
+          '--shard_samples', '6')
+  rows = outputs.manifest_rows(out)
+  shard = f'{STEMS[0]}-000000.tar'
+  mine = sorted((r for r in rows if r['shard'] == shard), key=lambda r: r['index'])
+  cut = mine[3]['member_offset'] + 100  # inside the fourth image
+  path = os.path.join(out, shard)
+  with open(path, 'r+b') as f:
+    f.truncate(cut)
+  summary = _verify(unrecord, out, 1)
+  kinds = {}
+  for problem in summary['problems']:
+    kinds.setdefault(problem['kind'], []).append(problem['path'])
+  assert kinds['damaged_shard'] == [shard]
+  assert kinds['wrong_size'] == [shard]  # against shardindex.json's bytes
+  # The members from the fourth on are lost, each named; the first three still check.
+  assert sorted(kinds['missing_member']) == sorted(r['path'] for r in mine[3:])
+  assert set(kinds) == {'damaged_shard', 'wrong_size', 'missing_member'}

@@ -5,6 +5,12 @@ readable, holding the rows it says); each row's file (present, its size, its che
 the files under the root that no row names; and `_SUCCESS` against `_report.json`.
 Every problem is a `Problem` of one of KINDS, naming the file.
 
+Shards (`--pack tar|parquet`): a row naming a `shard` is checked inside it, one read of
+each shard: its member is there (a tar's member of that name whose data starts at the
+row's `member_offset`, a Parquet shard's row `shard_row`), of its size and checksum; and
+each shard against its `shardindex.json` entry (its samples and bytes). A shard that is
+cut or garbled, a missing one and a member that is not where its row says are named.
+
 Checksums: sha256 and blake3 rows are compared by reading the file; crc32c rows
 against the store's own crc32c where it keeps one (GCS for every object, from the
 listing; S3 for objects uploaded with one, from a HEAD each), so no byte of the file is
@@ -42,6 +48,8 @@ from transforms.output import manifest
 from transforms.output import naming
 from transforms.output import root_claim
 from transforms.output import root_files
+from transforms.output import shard_contents
+from transforms.output import shards as shards_lib
 
 # What can be wrong, each with the words the summary uses.
 KINDS = {
@@ -61,11 +69,18 @@ KINDS = {
     'success_but_run_failed': '_SUCCESS is present but _report.json says the run failed',
     'damaged_report': '_report.json cannot be read',
     'report_mismatch': '_report.json does not match the manifest',
+    'missing_shard_index': f'{shards_lib.INDEX} is missing, though rows name shards',
+    'damaged_shard_index': f'{shards_lib.INDEX} cannot be read',
+    'missing_shard': 'a shard a row or the shard index names is missing',
+    'damaged_shard': 'a shard is not a whole tar or Parquet file',
+    'missing_member': 'a shard does not hold the member its row names where it says',
+    'index_mismatch': f'a shard does not hold what {shards_lib.INDEX} says',
 }
 # Rows a pool task checks at once.
 BATCH_ROWS = 64
 # Checksum columns read from a Parquet part, beside the path and size.
-_COLUMNS = ('path', 'bytes') + manifest.CHECKSUM_FIELDS
+_COLUMNS = ('path', 'bytes') + manifest.CHECKSUM_FIELDS + (
+    'shard', 'member', 'member_offset', 'shard_row')
 
 
 class NotARoot(ValueError):
@@ -94,6 +109,9 @@ class Row(NamedTuple):
   path: str
   size: Optional[int]
   checksum: Optional[Tuple[str, str]]  # (algorithm, hex), manifest.row_checksum
+  shard: Optional[str] = None  # with --pack: the shard holding the image,
+  member: Optional[str] = None  # its member's name,
+  where: Optional[int] = None  # and its data's offset (tar) or row (Parquet)
 
 
 @dataclasses.dataclass
@@ -103,6 +121,8 @@ class Summary:
   rows: int = 0
   files_checked: int = 0
   bytes_checked: int = 0
+  shards_checked: int = 0
+  members_checked: int = 0
   checksums: Dict[str, int] = dataclasses.field(default_factory=dict)
   # crc32c rows compared against the store's own checksum, no byte read.
   from_store: int = 0
@@ -127,6 +147,7 @@ class Summary:
     return {
         'root': self.root, 'whole': self.whole, 'parts': self.parts, 'rows': self.rows,
         'files_checked': self.files_checked, 'bytes_checked': self.bytes_checked,
+        'shards_checked': self.shards_checked, 'members_checked': self.members_checked,
         'checksums': dict(sorted(self.checksums.items())), 'from_store': self.from_store,
         'files_read': self.files_read, 'success_marker': self.success_marker,
         'problem_counts': self.counts(),
@@ -142,7 +163,11 @@ class Summary:
     rate = (f', {self.files_checked / self.seconds:,.0f} files/s'
             if self.seconds > 0 and self.files_checked else '')
     algorithms = ', '.join(f'{n:,} {a}' for a, n in sorted(self.checksums.items()))
-    head = (f'{self.files_checked:,} files ({_size(self.bytes_checked)}) of {self.rows:,} '
+    what = ([f'{self.files_checked:,} files']
+            if self.files_checked or not self.shards_checked else [])
+    if self.shards_checked:
+      what.append(f'{self.members_checked:,} members of {self.shards_checked:,} shards')
+    head = (f'{" and ".join(what)} ({_size(self.bytes_checked)}) of {self.rows:,} '
             f'rows in {self.parts:,} parts checked in {self.seconds:.1f} s{rate}'
             + (f'; checksums: {algorithms}' if algorithms else '')
             + (f' ({self.from_store:,} from the store, no byte read)'
@@ -318,7 +343,9 @@ def _is_damage(error: BaseException) -> bool:
 
 
 _JSON_SCHEMA = pa.schema([('path', pa.string()), ('bytes', pa.int64())] +
-                         [(name, pa.string()) for name in manifest.CHECKSUM_FIELDS])
+                         [(name, pa.string()) for name in manifest.CHECKSUM_FIELDS] +
+                         [('shard', pa.string()), ('member', pa.string()),
+                          ('member_offset', pa.int64()), ('shard_row', pa.int64())])
 
 
 def _jsonl_rows(root: root_files.OutputRoot, name: str, rows: List[Row]) -> int:
@@ -374,7 +401,15 @@ def _table_rows(table: pa.Table) -> List[Row]:
     for i, value in enumerate(table.column(algorithm).to_pylist()):
       if value:
         found[i] = (algorithm, value.lower())
-  return [Row(p, s, c) for p, s, c in zip(paths, sizes, found)]
+  if 'shard' not in table.column_names or table.column('shard').null_count == len(paths):
+    return [Row(p, s, c) for p, s, c in zip(paths, sizes, found)]
+  none = [None] * len(paths)
+  column = lambda name: (table.column(name).to_pylist() if name in table.column_names
+                         else none)
+  offsets, numbers = column('member_offset'), column('shard_row')
+  wheres = [o if o is not None else r for o, r in zip(offsets, numbers)]
+  return [Row(*values) for values in zip(paths, sizes, found, column('shard'),
+                                         column('member'), wheres)]
 
 
 def _row(row: dict) -> Row:
@@ -382,7 +417,11 @@ def _row(row: dict) -> Row:
   if not isinstance(path, str) or not isinstance(row, dict):
     raise TypeError('not a row')
   size = row.get('bytes')
-  return Row(path, size if isinstance(size, int) else None, manifest.row_checksum(row))
+  where = row.get('member_offset')
+  where = row.get('shard_row') if where is None else where
+  return Row(path, size if isinstance(size, int) else None, manifest.row_checksum(row),
+             row.get('shard') or None, row.get('member'),
+             where if isinstance(where, int) else None)
 
 
 def listing(root: root_files.OutputRoot) -> Dict[str, dict]:
@@ -488,6 +527,151 @@ def _check_batch(root, batch, store_crc32c) -> List[Checked]:
   return out
 
 
+# ---------------------------------------------------------------------------------------
+# Shards: each row's member inside its shard, each shard against the index
+
+
+@dataclasses.dataclass
+class ShardChecked:
+  """One shard's outcome: its rows' outcomes and the shard's own problems."""
+  shard: str
+  rows: List[Checked]
+  problems: List[Problem]
+  size: int = 0
+
+
+def read_shard_index(root: root_files.OutputRoot, rows: List[Row],
+                     summary: Summary) -> Dict[str, dict]:
+  """url -> entry of the root's `shardindex.json`; its absence (when rows name shards)
+  or damage is a problem."""
+  try:
+    data = root.read(shards_lib.INDEX)
+  except FileNotFoundError:
+    if any(row.shard for row in rows):
+      summary.problems.append(Problem(
+          'missing_shard_index', shards_lib.INDEX, 'the manifest names shards, but the '
+          'shard index is missing; re-run the export with --skip_existing to write it'))
+    return {}
+  try:
+    entries = json.loads(data)['shardlist']
+    return {e['url']: e for e in entries if isinstance(e['url'], str)}
+  except (ValueError, KeyError, TypeError) as e:
+    summary.problems.append(Problem('damaged_shard_index', shards_lib.INDEX,
+                                    f'not a shard index ({type(e).__name__}: {e})'))
+    return {}
+
+
+def _member_problem(row: Row, shard: str, detail: str) -> Checked:
+  return Checked(row, Problem('missing_member', row.path, f'{shard}: {detail}'))
+
+
+def _digest_member(row: Row, data: bytes, shard: str) -> Checked:
+  """A member's outcome from its bytes: its size, then its checksum."""
+  if row.size is not None and len(data) < row.size:
+    return _member_problem(row, shard, f'cut: {len(data)} of its {row.size} bytes are '
+                           f'there, from byte {row.where}')
+  checked = Checked(row, size=len(data), read=True)
+  found = checksums.digest(data, row.checksum[0]) if row.checksum else None
+  checked = _compare(row, checked, found)
+  if checked.problem is not None and checked.problem.kind == 'wrong_checksum':
+    checked.problem = dataclasses.replace(checked.problem, detail=checked.problem.detail
+                                          .replace('the file has', f'its member in {shard} has'))
+  return checked
+
+
+def _check_tar(f, shard: str, rows: List[Row], problems: List[Problem]) -> Tuple[List[Checked], Optional[int]]:
+  try:
+    members = shard_contents.tar_members(f)
+  except shard_contents.ShardDamage as e:
+    problems.append(Problem('damaged_shard', shard, str(e)))
+    members = None
+  by_name = {m.name: m for m in members or ()}
+  out = []
+  for row in sorted(rows, key=lambda r: r.where if r.where is not None else -1):
+    member = by_name.get(row.member)
+    if row.where is None:
+      out.append(_member_problem(row, shard, 'its row names no member_offset'))
+      continue
+    if members is not None and (member is None or member.offset != row.where):
+      out.append(_member_problem(
+          row, shard, f'no member {row.member} at byte {row.where}' +
+          (f' (it starts at byte {member.offset})' if member else ' (no such member)')))
+      continue
+    if member is not None and row.size is not None and member.size != row.size:
+      out.append(Checked(row, Problem('wrong_size', row.path, f'{shard}: the member holds '
+                                      f'{member.size} bytes; its row says {row.size}'),
+                         size=member.size))
+      continue
+    f.seek(row.where)
+    size = row.size if row.size is not None else (member.size if member else 0)
+    out.append(_digest_member(row, f.read(size), shard))
+  samples = None if members is None else len(shard_contents.tar_samples(members))
+  return out, samples
+
+
+def _check_parquet(f, shard: str, rows: List[Row], problems: List[Problem]) -> Tuple[List[Checked], Optional[int]]:
+  wanted: Dict[int, List[Row]] = {}
+  out = []
+  for row in rows:
+    if row.where is None:
+      out.append(_member_problem(row, shard, 'its row names no shard_row'))
+    else:
+      wanted.setdefault(row.where, []).append(row)
+  samples = 0
+  try:
+    for number, data in shard_contents.parquet_images(f):
+      samples = number + 1
+      for row in wanted.pop(number, ()):
+        out.append(_digest_member(row, data or b'', shard))
+  except shard_contents.ShardDamage as e:
+    problems.append(Problem('damaged_shard', shard, str(e)))
+    samples = None
+  for number, left in sorted(wanted.items()):
+    for row in left:
+      out.append(_member_problem(row, shard, f'no row {number}' + (
+          f' (it holds {samples})' if samples is not None else ' (it cannot be read)')))
+  return out, samples
+
+
+def _check_shard(root: root_files.OutputRoot, shard: str, rows: List[Row],
+                 entry: Optional[dict]) -> ShardChecked:
+  """A shard's rows, read in one pass of the shard, and the shard against its entry."""
+  problems: List[Problem] = []
+  try:
+    with root.open_read(shard, buffer=checksums.READ_BYTES) as f:
+      f.seek(0, 2)
+      size = f.tell()
+      f.seek(0)
+      if shard.endswith('.parquet'):
+        out, samples = _check_parquet(f, shard, rows, problems)
+      else:
+        out, samples = _check_tar(f, shard, rows, problems)
+  except FileNotFoundError:
+    return ShardChecked(shard, [], [Problem('missing_shard', shard,
+                                            'removed while verify ran')])
+  if entry is None:
+    problems.append(Problem('index_mismatch', shard, f'{shards_lib.INDEX} does not '
+                            'list it'))
+  else:
+    if entry.get('bytes') is not None and entry['bytes'] != size:
+      problems.append(Problem('wrong_size', shard, f'{size} bytes; {shards_lib.INDEX} '
+                              f'says {entry["bytes"]}'))
+    if samples is not None and entry.get('nsamples') != samples:
+      problems.append(Problem('index_mismatch', shard, f'holds {samples} samples; '
+                              f'{shards_lib.INDEX} says {entry.get("nsamples")}'))
+  return ShardChecked(shard, out, problems, size)
+
+
+def _check_shard_safely(root, shard, rows, entry) -> ShardChecked:
+  try:
+    return _check_shard(root, shard, rows, entry)
+  except Exception as e:  # pylint: disable=broad-except
+    if _is_fault(e) and not _is_damage(e):
+      raise _unreachable(root.url_of(shard), e) from None
+    return ShardChecked(shard, [], [Problem('damaged_shard', shard,
+                                            f'{type(e).__name__}: {str(e)[:200]}')])
+
+
 def default_jobs(root: root_files.OutputRoot) -> int:
   """Reads at once: a few per core on a local disk (hashing is the work), more on an
   object store (each request waits on the network)."""
@@ -567,7 +751,11 @@ def verify(root: root_files.OutputRoot, *, jobs: Optional[int] = None,
   problems: List[Problem] = []
   listed = set()
   work = []
+  in_shards: Dict[str, List[Row]] = {}
   for row in rows:
+    if row.shard:
+      in_shards.setdefault(row.shard, []).append(row)
+      continue
     listed.add(row.path)
     info = found.get(row.path)
     if info is None:
@@ -575,13 +763,43 @@ def verify(root: root_files.OutputRoot, *, jobs: Optional[int] = None,
                               'there'))
       continue
     work.append((row, info))
+  try:
+    index = read_shard_index(root, rows, summary)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _unreachable(root.url_of(shards_lib.INDEX), e) from None
+  if index or in_shards:
+    listed.add(shards_lib.INDEX)
+  shard_work = []
+  for shard in sorted(set(in_shards) | set(index)):
+    listed.add(shard)
+    mine = in_shards.get(shard, [])
+    if shard not in found:
+      first = f' (first: {mine[0].member})' if mine else ''
+      problems.append(Problem('missing_shard', shard, f'{len(mine)} manifest rows name '
+                              f'members of it{first}; it is not there'))
+      continue
+    shard_work.append((shard, mine, index.get(shard)))
   store_crc32c = _store_crc32c(root)
-  shown = progress(len(work)) if progress else None
+  shown = progress(len(work) + sum(len(m) for _, m, _ in shard_work)) if progress else None
   batches = [work[i:i + BATCH_ROWS] for i in range(0, len(work), BATCH_ROWS)]
   checked: Dict[str, Optional[Problem]] = {}
   fallback = 0
   try:
     with concurrent.futures.ThreadPoolExecutor(jobs or default_jobs(root)) as pool:
+      for one in pool.map(lambda w: _check_shard_safely(root, *w), shard_work):
+        summary.shards_checked += 1
+        problems += one.problems
+        for member in one.rows:
+          summary.members_checked += 1
+          summary.bytes_checked += member.size
+          if member.row.checksum:
+            algorithm = member.row.checksum[0]
+            summary.checksums[algorithm] = summary.checksums.get(algorithm, 0) + 1
+          if member.problem is not None:
+            problems.append(member.problem)
+        summary.files_read += 1
+        if shown:
+          shown.add(len(one.rows))
       for results in pool.map(lambda b: _check_batch(root, b, store_crc32c), batches):
         for one in results:
           row = one.row
