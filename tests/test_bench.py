@@ -297,3 +297,27 @@ def test_make_bench_rewrites_only_its_sections_of_docs_benchmarks_md(tmp_path, m
   assert rewritten.split(scale.BEGIN)[0] == filled.split(scale.BEGIN)[0]
   assert rewritten.split(scale.END)[1] == filled.split(scale.END)[1]
   assert '| 2,000 | jsonl | 2.5 | 800 | 237 | +0.0% | 0.1 | 0.04 | 1 | 468.8 |' in rewritten
+
+
+def test_fixed_costs_splits_a_whole_export_into_phases_that_add_up_to_its_wall(tmp_path):
+  data = tmp_path / 'data'
+  data.mkdir()
+  _float_photos(data, 8, 64)
+  result = subprocess.run(
+      [sys.executable, '-m', 'bench.fixed_costs', '--input', str(data), '--runs', '1',
+       '--scratch', str(tmp_path / 'scratch'), '--json'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  (split,) = json.loads(result.stdout.splitlines()[-1]).values()
+  assert split['images'] == 8
+  assert list(split['phases']) == ['imports', 'planning', 'graph', 'workers', 'grpc',
+                                   'work', 'closing', 'report', 'exit']
+  # Consecutive marks of one machine's clocks: each phase took time, and together the
+  # whole wall, as the bench saw it from outside.
+  assert all(seconds > 0 for seconds in split['phases'].values()), split
+  assert sum(split['phases'].values()) == pytest.approx(split['wall_seconds'], abs=0.01)
+  assert 0 < split['import_beam_seconds'] < split['wall_seconds']
+  # Two cores here: the warm pool forked its workers before the job ended.
+  assert 0 < split['pool_warm_seconds'] < split['wall_seconds']
+  assert '| **wall** |' in result.stdout
+  assert not os.listdir(tmp_path / 'scratch')  # each run's output is removed
