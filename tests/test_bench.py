@@ -55,6 +55,16 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
     assert sum(split['phases'].values()) == pytest.approx(split['wall_seconds'], abs=0.01)
     assert all(seconds > 0 for seconds in split['phases'].values()), split
   assert "(a) Flink EXTERNAL steady 4k->20k / Direct" in result.stdout
+  # Beside every ratio, what it divides by in this hour: the machine's own `import
+  # apache_beam` and the expert script's rate.
+  figures = results['figures']
+  hour = (f"this hour: import apache_beam {figures['import_beam_seconds']:.2f} s, expert "
+          f"(a) {figures['a_expert_steady_img_s']:,.0f} img/s")
+  assert results['hour'] == hour
+  ratio_lines = [line for line in result.stdout.splitlines()
+                 if line.startswith(('  met ', '  MISS ', '  within ', '  BEYOND '))]
+  assert len(ratio_lines) == 11 + 3
+  assert all(line.endswith('; ' + hour) for line in ratio_lines), ratio_lines
   assert results['machine']['cores'] == os.cpu_count()
   # Each steady target's bound, from the one-core runs: the scripts on one worker and
   # bench.per_image's work and steps, recomputed here from what results.json holds.
@@ -269,6 +279,7 @@ def test_make_bench_rewrites_only_its_sections_of_docs_benchmarks_md(tmp_path, m
   results = {
       'date': '2027-01-01', 'machine': {'cores': 2, 'python': '3.11.7'}, 'repeat': 2,
       'scratch': '/dev/shm', 'figures': {},
+      'hour': 'this hour: import apache_beam 1.50 s, expert (a) 3,800 img/s',
       'rows': [{'case': 'a/job', 'system': 'job', 'images': 4000, 'wall_seconds': 3.5,
                 'timed_seconds': 0, 'rate': 1142.9, 'tree_peak_mb': 900,
                 'worker_peak_mb': 237}],
@@ -283,6 +294,8 @@ def test_make_bench_rewrites_only_its_sections_of_docs_benchmarks_md(tmp_path, m
   assert ('| (a) steady | 0.93 | >= 0.9 | met | 0.95 | within | '
           'expert 575 / job 605 = 0.95 |') in filled
   assert '| start-up | 1.70 | <= 1.6 | **missed** | - | |  |' in filled
+  assert ('`--steps`, us an image); this hour: import apache_beam 1.50 s, expert (a) 3,800 '
+          'img/s:') in filled
   with pytest.raises(SystemExit):
     run.fill_section(text.replace(run.END_MARK, ''), run.markdown(results))
   # The scale table, rewritten in a copy of the page as `python -m bench.scale` does.
