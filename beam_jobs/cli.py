@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 from typing import Optional, Sequence
@@ -51,7 +52,11 @@ def export(argv: Sequence[str]) -> int:
   pool = None
   try:
     pool = worker.start_for(list(argv))
-    from beam_jobs import export_images
+    # A local run never talks to Google Cloud: Beam is imported without its clients.
+    from beam_jobs import held_imports
+    with (held_imports.held_back() if worker.runs_locally(list(argv))
+          else contextlib.nullcontext()):
+      from beam_jobs import export_images
     signals.raise_on_sigterm()
     return export_images.main(argv, pool=pool)
   except KeyboardInterrupt:

@@ -48,6 +48,7 @@ import threading
 import time
 from typing import List, Optional
 
+from beam_jobs import held_imports
 from beam_jobs import logs
 
 _ACK = b'A'
@@ -182,22 +183,32 @@ def _exit_when_parent_changes(parent_pid: int) -> None:
   os._exit(1)
 
 
+def _option_value(argv: List[str], flag: str) -> Optional[str]:
+  for i, arg in enumerate(argv):
+    if arg == flag and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith(flag + '='):
+      return arg.split('=', 1)[1]
+  return None
+
+
+def runs_locally(argv: List[str]) -> bool:
+  """Whether `unrecord export argv` runs on the local runner (FnApiRunner), read
+  without importing Beam (local_runner.is_local answers the same once it is)."""
+  return _option_value(argv, '--runner') in (None, 'DirectRunner', 'FnApiRunner')
+
+
 def start_for(argv: List[str]) -> Optional[WarmPool]:
   """A pool when `unrecord export argv` will run local multi-process workers, else None.
 
   Reads the few options that decide it without importing Beam (that is the point).
   """
   def value(flag: str) -> Optional[str]:
-    for i, arg in enumerate(argv):
-      if arg == flag and i + 1 < len(argv):
-        return argv[i + 1]
-      if arg.startswith(flag + '='):
-        return arg.split('=', 1)[1]
-    return None
+    return _option_value(argv, flag)
 
   if '-h' in argv or '--help' in argv:
     return None
-  if value('--runner') not in (None, 'DirectRunner', 'FnApiRunner'):
+  if not runs_locally(argv):
     return None
   if value('--direct_running_mode') not in (None, 'multi_processing'):
     return None
@@ -229,10 +240,12 @@ def serve(listener_fd: int, launcher_pid: int, count: int, alive_fd: int) -> Non
   # Ctrl-C reaches every process of the terminal's group; the launcher alone answers it,
   # and stops the workers (else each prints a KeyboardInterrupt traceback).
   signal.signal(signal.SIGINT, signal.SIG_IGN)
-  from apache_beam.runners.worker import sdk_worker_main  # noqa: F401
-  # The job's own modules (ptransforms imports the rest), so unpickling its DoFns costs
-  # no imports later.
-  import transforms.ptransforms  # noqa: F401  pylint: disable=unused-import
+  # A local run's workers need none of Google Cloud's clients (beam_jobs.held_imports).
+  with held_imports.held_back():
+    from apache_beam.runners.worker import sdk_worker_main  # noqa: F401
+    # The job's own modules (ptransforms imports the rest), so unpickling its DoFns
+    # costs no imports later.
+    import transforms.ptransforms  # noqa: F401  pylint: disable=unused-import
 
   listener = socket.socket(fileno=listener_fd)
   parent = os.getpid()

@@ -560,6 +560,7 @@ def summarize(bench: Bench, args, cores: int) -> dict:
                    'met': v >= g if op == '>=' else v <= g} for n, v, op, g in targets],
   }
   results['one_core'] = bench.one_core
+  results['hour'] = hour(figures)
   goals = {name: goal for name, _, _, goal in targets}
   results['bounds'] = [dict(dataclasses.asdict(b), within=b.within)
                        for b in one_core_bounds(bench, cores, goals)]
@@ -568,12 +569,20 @@ def summarize(bench: Bench, args, cores: int) -> dict:
   print('\nbench: targets')
   for t in results['targets']:
     print(f"  {'met ' if t['met'] else 'MISS'} {t['name']:<40} {t['value']:10.2f} "
-          f"(goal {t['op']} {t['goal']})")
+          f"(goal {t['op']} {t['goal']}); {results['hour']}")
   print('\nbench: bounds on one core, this code (bench/bounds.py)')
   for b in results['bounds']:
     print(f"  {'within ' if b['within'] else 'BEYOND '} {b['target']:<40} {b['ratio']:6.2f} "
-          f"(goal >= {b['goal']}): {b['arithmetic']}")
+          f"(goal >= {b['goal']}): {b['arithmetic']}; {results['hour']}")
   return results
+
+
+def hour(figures: dict) -> str:
+  """This machine's speed in the run's hour, printed beside every ratio: its own
+  `import apache_beam` and the expert script's steady rate on (a), which the start-up
+  and the steady ratios divide by (each swings by 10-30% from one hour to the next)."""
+  return (f"this hour: import apache_beam {figures['import_beam_seconds']:.2f} s, "
+          f"expert (a) {figures['a_expert_steady_img_s']:,.0f} img/s")
 
 
 def one_core_bounds(bench: Bench, cores: int,
@@ -667,7 +676,8 @@ def markdown(results: dict) -> str:
   bounds = {b['target']: b for b in results['bounds']}
   lines += ['', "Targets, and each steady target's bound on one core from this code's own "
             'costs (`bench/bounds.py`: the scripts on one worker, `bench.per_image` and its '
-            '`--steps`, us an image):', '',
+            '`--steps`, us an image)' + (f"; {results['hour']}" if results.get('hour')
+                                         else '') + ':', '',
             '| target | measured | goal | | bound | | arithmetic |',
             '|---|---:|---:|---|---:|---|---|']
   for t in results['targets']:

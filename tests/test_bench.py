@@ -55,6 +55,16 @@ def test_quick_bench_runs_every_system_and_checks_their_output(tmp_path):
     assert sum(split['phases'].values()) == pytest.approx(split['wall_seconds'], abs=0.01)
     assert all(seconds > 0 for seconds in split['phases'].values()), split
   assert "(a) Flink EXTERNAL steady 4k->20k / Direct" in result.stdout
+  # Beside every ratio, what it divides by in this hour: the machine's own `import
+  # apache_beam` and the expert script's rate.
+  figures = results['figures']
+  hour = (f"this hour: import apache_beam {figures['import_beam_seconds']:.2f} s, expert "
+          f"(a) {figures['a_expert_steady_img_s']:,.0f} img/s")
+  assert results['hour'] == hour
+  ratio_lines = [line for line in result.stdout.splitlines()
+                 if line.startswith(('  met ', '  MISS ', '  within ', '  BEYOND '))]
+  assert len(ratio_lines) == 11 + 3
+  assert all(line.endswith('; ' + hour) for line in ratio_lines), ratio_lines
   assert results['machine']['cores'] == os.cpu_count()
   # Each steady target's bound, from the one-core runs: the scripts on one worker and
   # bench.per_image's work and steps, recomputed here from what results.json holds.
@@ -269,6 +279,7 @@ def test_make_bench_rewrites_only_its_sections_of_docs_benchmarks_md(tmp_path, m
   results = {
       'date': '2027-01-01', 'machine': {'cores': 2, 'python': '3.11.7'}, 'repeat': 2,
       'scratch': '/dev/shm', 'figures': {},
+      'hour': 'this hour: import apache_beam 1.50 s, expert (a) 3,800 img/s',
       'rows': [{'case': 'a/job', 'system': 'job', 'images': 4000, 'wall_seconds': 3.5,
                 'timed_seconds': 0, 'rate': 1142.9, 'tree_peak_mb': 900,
                 'worker_peak_mb': 237}],
@@ -283,6 +294,8 @@ def test_make_bench_rewrites_only_its_sections_of_docs_benchmarks_md(tmp_path, m
   assert ('| (a) steady | 0.93 | >= 0.9 | met | 0.95 | within | '
           'expert 575 / job 605 = 0.95 |') in filled
   assert '| start-up | 1.70 | <= 1.6 | **missed** | - | |  |' in filled
+  assert ('`--steps`, us an image); this hour: import apache_beam 1.50 s, expert (a) 3,800 '
+          'img/s:') in filled
   with pytest.raises(SystemExit):
     run.fill_section(text.replace(run.END_MARK, ''), run.markdown(results))
   # The scale table, rewritten in a copy of the page as `python -m bench.scale` does.
@@ -332,3 +345,27 @@ def test_shards_bench_measures_files_tar_and_parquet_locally_and_on_s3(tmp_path)
   assert 'per 10^6 images on a store, tar' in done.stdout
   saved = json.loads((tmp_path / 'shards.json').read_text())
   assert saved == result
+
+
+def test_fixed_costs_splits_a_whole_export_into_phases_that_add_up_to_its_wall(tmp_path):
+  data = tmp_path / 'data'
+  data.mkdir()
+  _float_photos(data, 8, 64)
+  result = subprocess.run(
+      [sys.executable, '-m', 'bench.fixed_costs', '--input', str(data), '--runs', '1',
+       '--scratch', str(tmp_path / 'scratch'), '--json'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  (split,) = json.loads(result.stdout.splitlines()[-1]).values()
+  assert split['images'] == 8
+  assert list(split['phases']) == ['imports', 'planning', 'graph', 'workers', 'grpc',
+                                   'work', 'closing', 'report', 'exit']
+  # Consecutive marks of one machine's clocks: each phase took time, and together the
+  # whole wall, as the bench saw it from outside.
+  assert all(seconds > 0 for seconds in split['phases'].values()), split
+  assert sum(split['phases'].values()) == pytest.approx(split['wall_seconds'], abs=0.01)
+  assert 0 < split['import_beam_seconds'] < split['wall_seconds']
+  # Two cores here: the warm pool forked its workers before the job ended.
+  assert 0 < split['pool_warm_seconds'] < split['wall_seconds']
+  assert '| **wall** |' in result.stdout
+  assert not os.listdir(tmp_path / 'scratch')  # each run's output is removed
