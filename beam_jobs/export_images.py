@@ -268,8 +268,8 @@ def help_text() -> str:
                        subsequent_indent='  ')
   local = textwrap.fill(
       'Locally the job runs on DirectRunner (its FnApiRunner engine, so Beam never tries '
-      'to download Prism) with one worker process per core; set --direct_num_workers to '
-      'change that.', width=78)
+      'to download Prism) with one worker process per core (one, in the launcher, for a '
+      'local input under 8 MB); set --direct_num_workers to change that.', width=78)
   return (f'{parser.format_help()}\nApache Beam options (all accepted, {len(beam_names)} '
           f'in all), most used:\n{beam}\n\n{local}\n\n{common.docs_pointer(DOCS)}\n')
 

@@ -3,7 +3,8 @@ a cluster in more than options.
 
 Locally the job names FnApiRunner (DirectRunner's batch engine) so Beam 2.77 never tries to
 download Prism, with one worker process per core, started warm (`worker.WarmPool`: forked
-from a process that imported Beam once; docs/benchmarks.md has its gain). On any other
+from a process that imported Beam once; docs/benchmarks.md has its gain), or, for an
+input under `worker.SMALL_INPUT_BYTES`, one worker in the launcher itself. On any other
 runner these functions change nothing: the pipeline options name the runner.
 """
 
@@ -54,13 +55,17 @@ def configure_runner(pipeline_options: PipelineOptions, argv: Sequence[str],
   standard.runner = 'FnApiRunner'
   direct = pipeline_options.view_as(DirectOptions)
   given = ' '.join(argv)
+  why = ''
   if '--direct_num_workers' not in given:
-    direct.direct_num_workers = os.cpu_count() or 1
+    direct.direct_num_workers = worker_lib.default_workers(list(argv))
+    if direct.direct_num_workers == 1 and (os.cpu_count() or 1) > 1:
+      why = (f': input under {worker_lib.SMALL_INPUT_BYTES // 2**20} MB, '
+             '--direct_num_workers N for more')
   if '--direct_running_mode' not in given:
     direct.direct_running_mode = ('multi_processing' if direct.direct_num_workers != 1
                                   else 'in_memory')
   description = (f'DirectRunner (FnApiRunner, {direct.direct_num_workers} '
-                 f'{direct.direct_running_mode} worker(s))')
+                 f'{direct.direct_running_mode} worker(s){why})')
   if direct.direct_running_mode != 'multi_processing':
     return description, None
   # The same worker processes Beam's multi_processing mode starts, but already warm, or

@@ -33,6 +33,7 @@ carries its launcher's pid, so the next pool removes the folders of dead launche
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -192,6 +193,83 @@ def _option_value(argv: List[str], flag: str) -> Optional[str]:
   return None
 
 
+# A local input of fewer bytes runs on one worker inside the launcher (FnApiRunner's
+# in_memory mode) unless --direct_num_workers says otherwise: two worker processes cost
+# about 0.6 s more to start on two cores (a second interpreter importing Beam beside the
+# launcher, the runner's gRPC servers, the workers' harness), which is more than the
+# second core saves on 8 MB of records (about 10,000 28x28 images, the cheapest a byte;
+# docs/benchmarks.md, "Fixed costs of a small run").
+SMALL_INPUT_BYTES = 8 * 2**20
+# A compressed file holds about this many times its size in records (8x is typical
+# of gzipped image tensors; PNG or JPEG payloads compress far less).
+_COMPRESSED_FACTOR = 8
+_COMPRESSED_SUFFIXES = ('.gz', '.gzip', '.zz', '.zlib')
+_GZIP_MAGIC = b'\x1f\x8b'
+
+
+def input_patterns(argv: List[str]) -> List[str]:
+  """Every --input value (repeated, or comma-separated), as given."""
+  values = []
+  for i, arg in enumerate(argv):
+    if arg == '--input' and i + 1 < len(argv):
+      values.append(argv[i + 1])
+    elif arg.startswith('--input='):
+      values.append(arg.split('=', 1)[1])
+  return [p for value in values for p in value.split(',') if p]
+
+
+def local_input_bytes(argv: List[str], limit: int = SMALL_INPUT_BYTES) -> Optional[int]:
+  """About how many bytes of records the --input patterns name on this machine's disks
+  (a compressed file counts `_COMPRESSED_FACTOR` times its size), read with the standard
+  library alone; None when a pattern is a URL or names nothing here (the plan will say
+  what). Stops counting once past `limit`: only "smaller than" is asked.
+  """
+  patterns = input_patterns(argv)
+  if not patterns:
+    return None
+  compressed_flag = _option_value(argv, '--compression') in ('gzip', 'zlib')
+  total = 0
+  for pattern in patterns:
+    if pattern.startswith('file://'):
+      pattern = pattern[len('file://'):]
+    elif '://' in pattern:
+      return None
+    if os.path.isdir(pattern):
+      paths = [os.path.join(pattern, name) for name in os.listdir(pattern)]
+    elif any(c in pattern for c in '*?['):
+      paths = glob.glob(pattern, recursive=True)
+    else:
+      paths = [pattern]
+    paths = [p for p in paths if os.path.isfile(p)]
+    if not paths:
+      return None
+    for path in paths:
+      size = os.path.getsize(path)
+      if compressed_flag or path.endswith(_COMPRESSED_SUFFIXES) or _is_gzip(path):
+        size *= _COMPRESSED_FACTOR
+      total += size
+      if total >= limit:
+        return total
+  return total
+
+
+def _is_gzip(path: str) -> bool:
+  try:
+    with open(path, 'rb') as f:
+      return f.read(2) == _GZIP_MAGIC
+  except OSError:
+    return False
+
+
+def default_workers(argv: List[str]) -> int:
+  """Local workers when --direct_num_workers is not given: one for a small local input
+  (it runs inside the launcher), else one per core."""
+  size = local_input_bytes(argv)
+  if size is not None and size < SMALL_INPUT_BYTES:
+    return 1
+  return os.cpu_count() or 1
+
+
 def runs_locally(argv: List[str]) -> bool:
   """Whether `unrecord export argv` runs on the local runner (FnApiRunner), read
   without importing Beam (local_runner.is_local answers the same once it is)."""
@@ -213,7 +291,7 @@ def start_for(argv: List[str]) -> Optional[WarmPool]:
   if value('--direct_running_mode') not in (None, 'multi_processing'):
     return None
   try:
-    workers = int(value('--direct_num_workers') or os.cpu_count() or 1)
+    workers = int(value('--direct_num_workers') or default_workers(argv))
   except ValueError:
     return None  # the option parser will say what is wrong with it
   if workers <= 1:

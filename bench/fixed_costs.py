@@ -104,7 +104,9 @@ def run_once(python: str, input_dir: str, output: str, extra: Sequence[str] = ()
     harness = [int(s) + int(n) / 1e9 for s, n in _WORKER_STAMP.findall(f.read())]
   first_range = launched + report['work']['startup_seconds']
   last_range = first_range + report['work']['seconds']
-  marks = [spawned, launched, launch_line, submitting, min(harness), first_range,
+  # In the launcher's own worker (a small input) no harness starts: its phase is 0.
+  harness_up = min(harness) if harness else submitting
+  marks = [spawned, launched, launch_line, submitting, harness_up, first_range,
            last_range, took, closing_line, ended]
   phases = {key: round(b - a, 3) for (key, _), a, b in zip(PHASES, marks, marks[1:])}
   result = {'wall_seconds': round(ended - spawned, 3), 'images': report['written'],

@@ -351,12 +351,23 @@ def test_fixed_costs_splits_a_whole_export_into_phases_that_add_up_to_its_wall(t
   data = tmp_path / 'data'
   data.mkdir()
   _float_photos(data, 8, 64)
-  result = subprocess.run(
-      [sys.executable, '-m', 'bench.fixed_costs', '--input', str(data), '--runs', '1',
-       '--scratch', str(tmp_path / 'scratch'), '--json'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  (split,) = json.loads(result.stdout.splitlines()[-1]).values()
+  def split_of(*extra):
+    result = subprocess.run(
+        [sys.executable, '-m', 'bench.fixed_costs', '--input', str(data), '--runs', '1',
+         '--scratch', str(tmp_path / 'scratch'), '--json', *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (split,) = json.loads(result.stdout.splitlines()[-1]).values()
+    return split, result
+
+  # A small input runs in the launcher: no pool, no worker process, so no workers phase.
+  alone, _ = split_of()
+  assert alone['images'] == 8 and alone['phases']['workers'] == 0, alone
+  assert alone['pool_warm_seconds'] is None
+  assert all(s > 0 for k, s in alone['phases'].items() if k != 'workers'), alone
+  assert sum(alone['phases'].values()) == pytest.approx(alone['wall_seconds'], abs=0.01)
+  # Beam's options pass through: two worker processes, every phase there.
+  split, result = split_of('--direct_num_workers', '2')
   assert split['images'] == 8
   assert list(split['phases']) == ['imports', 'planning', 'graph', 'workers', 'grpc',
                                    'work', 'closing', 'report', 'exit']

@@ -44,7 +44,7 @@ def test_a_local_run_imports_no_dataflow_or_google_cloud_module(venv, eight_phot
              **OFFLINE)
   env.pop('PYTHONHOME', None)
   result = subprocess.run([python, '-m', 'beam_jobs.cli', 'export', '--input', source,
-                           '--output', str(out), '--quiet'],
+                           '--output', str(out), '--quiet', '--direct_num_workers', '2'],
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stderr == ''

@@ -71,7 +71,7 @@ def test_the_job_and_its_worker_processes_run_where_tensorflow_cannot_import(tmp
   env = dict(os.environ, PYTHONPATH=str(tmp_path / 'blocker'))
   result = subprocess.run(
       [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input', path, '--output',
-       str(tmp_path / 'out')], capture_output=True, text=True, env=env, timeout=300)
+       str(tmp_path / 'out'), '--direct_num_workers', '2'], capture_output=True, text=True, env=env, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'multi_processing worker(s)' in result.stderr and 'written 6' in result.stderr
   assert not (blocker / 'ATTEMPTED').exists(), 'a process tried to import tensorflow'

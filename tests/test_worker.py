@@ -7,6 +7,8 @@ import threading
 import time
 
 import apache_beam as beam
+import cv2
+import numpy as np
 import psutil
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -16,6 +18,7 @@ from apache_beam.transforms import environments
 
 from beam_jobs import worker
 from tests import fixtures
+from tests import outputs
 from tests.conftest import REPO
 
 
@@ -140,3 +143,74 @@ def _alive(pid):
     return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
   except psutil.NoSuchProcess:
     return False
+
+
+def _export_watching_processes(tmp_path, name, photos, *extra):
+  """`unrecord export` of `photos` (raw uint8 tensors, one TF-written file), sampling the
+  launcher's process tree; returns its stderr, the commands seen and the output root."""
+  source = fixtures.write_tfrecord(str(tmp_path / name / 'in.tfrecord'), [
+      fixtures.example({'image': fixtures.bytes_feature(fixtures.serialized_tensor(p))})
+      for p in photos])
+  out = tmp_path / name / 'out'
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'beam_jobs.cli', 'export', '--input', source, '--output',
+       str(out), *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  seen = set()
+  sampler = threading.Thread(target=lambda: [
+      (seen.update(_cmdlines(process.pid)), time.sleep(0.02))
+      for _ in iter(lambda: process.poll() is None, False)])
+  sampler.start()
+  _, stderr = process.communicate(timeout=300)
+  sampler.join()
+  assert process.returncode == 0, stderr[-3000:]
+  assert os.path.exists(out / '_SUCCESS')
+  rows = outputs.manifest_rows(out)
+  assert sorted(r['index'] for r in rows) == list(range(len(photos)))
+  for row in rows:
+    written = cv2.imread(str(out / row['path']), cv2.IMREAD_COLOR)
+    assert np.array_equal(cv2.cvtColor(written, cv2.COLOR_BGR2RGB), photos[row['index']])
+  return stderr, [command for _, _, command in seen]
+
+
+def test_a_small_input_runs_in_the_launcher_and_a_larger_one_on_warm_workers(tmp_path):
+  # 6 photos, 1.2 MB of records: no worker process at all, the launch line says why.
+  small = [fixtures.photo(i, 256, 256) for i in range(6)]
+  stderr, commands = _export_watching_processes(tmp_path, 'small', small)
+  assert '1 in_memory worker(s): input under 8 MB, --direct_num_workers N for more' \
+      in stderr.splitlines()[0], stderr
+  assert not any('beam_jobs.worker' in c or 'sdk_worker_main' in c for c in commands), \
+      commands
+  # 48 photos, 9.4 MB: one warm worker process per core, as before.
+  large = [fixtures.photo(i, 256, 256) for i in range(48)]
+  stderr, commands = _export_watching_processes(tmp_path, 'large', large)
+  assert f'{os.cpu_count()} multi_processing worker(s))' in stderr.splitlines()[0], stderr
+  assert any('beam_jobs.worker --serve' in c for c in commands), commands
+  # Asked for, the small input gets its two workers.
+  stderr, commands = _export_watching_processes(tmp_path, 'asked', small,
+                                                '--direct_num_workers', '2')
+  assert '2 multi_processing worker(s))' in stderr.splitlines()[0], stderr
+  assert any('beam_jobs.worker --serve' in c for c in commands), commands
+
+
+def test_the_input_size_that_picks_the_workers_is_read_from_the_local_disk(tmp_path):
+  folder = tmp_path / 'in'
+  raw = b''.join(fixtures.photo(i, 256, 256).tobytes() for i in range(16))  # 3 MB
+  fixtures.write_tfrecord(str(folder / 'a.tfrecord'), [raw])
+  plain = os.path.getsize(folder / 'a.tfrecord')
+  assert worker.local_input_bytes(['--input', str(folder)]) == plain
+  assert worker.local_input_bytes([f'--input={folder}/*.tfrecord']) == plain
+  assert worker.local_input_bytes(['--input', f'{folder},{folder}/a.tfrecord']) == 2 * plain
+  assert worker.default_workers(['--input', str(folder)]) == 1
+  # A gzipped file holds more records than its size: it counts 8 times, found by its
+  # name, by its first bytes, or by --compression.
+  gz = fixtures.write_tfrecord(str(tmp_path / 'z' / 'a.tfrecord.gz'), [raw], 'GZIP')
+  assert worker.local_input_bytes(['--input', gz]) == 8 * os.path.getsize(gz)
+  os.rename(gz, str(tmp_path / 'z' / 'b.tfrecord'))
+  assert worker.local_input_bytes(['--input', str(tmp_path / 'z')]) == \
+      8 * os.path.getsize(tmp_path / 'z' / 'b.tfrecord')
+  assert worker.default_workers(['--input', str(tmp_path / 'z')]) == os.cpu_count()
+  # A URL, or a pattern that matches nothing here: unknown, so one worker per core.
+  for argv in (['--input', 's3://bucket/in'], ['--input', str(tmp_path / 'none*')], []):
+    assert worker.local_input_bytes(argv) is None
+    assert worker.default_workers(argv) == (os.cpu_count() or 1)
