@@ -23,6 +23,16 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def refused_port():
+  """A port on 127.0.0.1 that refuses connections for as long as the block runs: bound
+  by this process and never listened on, so no other process (a Flink TaskManager
+  starting, another test's server) can take it the way it can take a free_port()."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    yield s.getsockname()[1]
+
+
 class ServerExited(RuntimeError):
   """An emulator exited before it answered (its port was taken, say)."""
 

@@ -10,7 +10,7 @@ import importlib.util
 import os
 import time
 import uuid
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import pytest
 
@@ -65,11 +65,23 @@ def records_per_subtask(job: Dict, name_part: str) -> List[int]:
   return [s['metrics']['read-records'] for s in detail['subtasks']]
 
 
-def wait_for_slots(timeout: float = 120.0) -> None:
-  """After a TaskManager restart: until its slots are registered again."""
+def taskmanager_ids() -> List[str]:
+  """The TaskManagers the cluster's ResourceManager has registered, by id."""
+  return [tm['id'] for tm in cluster.rest('/taskmanagers').get('taskmanagers', [])]
+
+
+def wait_for_slots(gone: Sequence[str] = (), timeout: float = 180.0) -> None:
+  """After a TaskManager restart: until its slots are registered again and none of the
+  TaskManagers `gone` is. A killed TaskManager stays registered, with its slots, until
+  its heartbeat times out (heartbeat.timeout, 20 s here): counting slots alone would
+  hand the next test a cluster whose slots are dead."""
   deadline = time.time() + timeout
   while time.time() < deadline:
-    if cluster.ready():
+    try:
+      registered = taskmanager_ids()
+    except (OSError, ValueError):
+      registered = list(gone)
+    if cluster.ready() and not set(registered) & set(gone):
       return
     time.sleep(0.5)
   raise AssertionError('the TaskManager did not come back')

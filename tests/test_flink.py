@@ -336,12 +336,12 @@ def test_progress_live_counts_and_work_rate_under_loopback(data, tmp_path):
 
 def test_no_job_server_fails_at_launch_in_one_line(data, tmp_path):
   folder, _ = data
-  port = emulators.free_port()
   started = time.time()
-  result = run_unrecord('export', '--input', os.path.join(folder, 'shard-0.tfrecord'),
-                        '--output', str(tmp_path / 'out'), '--runner', 'PortableRunner',
-                        '--job_endpoint', f'localhost:{port}', '--environment_type',
-                        'LOOPBACK', timeout=120)
+  with emulators.refused_port() as port:
+    result = run_unrecord('export', '--input', os.path.join(folder, 'shard-0.tfrecord'),
+                          '--output', str(tmp_path / 'out'), '--runner', 'PortableRunner',
+                          '--job_endpoint', f'localhost:{port}', '--environment_type',
+                          'LOOPBACK', timeout=120)
   assert result.returncode == 3, result.stderr[-3000:]
   assert time.time() - started < 60  # Beam alone waits 300 s per call
   assert result.stderr.strip().splitlines()[-1] == (
@@ -349,11 +349,11 @@ def test_no_job_server_fails_at_launch_in_one_line(data, tmp_path):
       '(--job_endpoint); start it (here: make flink-up) or check the address; nothing '
       'was submitted')
   assert 'Traceback' not in result.stderr
-  dead = emulators.free_port()
-  result = run_unrecord('export', '--input', os.path.join(folder, 'shard-0.tfrecord'),
-                        '--output', str(tmp_path / 'out2'), '--runner', 'FlinkRunner',
-                        '--flink_master', f'127.0.0.1:{dead}', '--flink_job_server_jar',
-                        flink_cluster.JAR, '--environment_type', 'LOOPBACK', timeout=120)
+  with emulators.refused_port() as dead:
+    result = run_unrecord('export', '--input', os.path.join(folder, 'shard-0.tfrecord'),
+                          '--output', str(tmp_path / 'out2'), '--runner', 'FlinkRunner',
+                          '--flink_master', f'127.0.0.1:{dead}', '--flink_job_server_jar',
+                          flink_cluster.JAR, '--environment_type', 'LOOPBACK', timeout=120)
   assert result.returncode == 3, result.stderr[-3000:]
   assert result.stderr.strip().splitlines()[-1] == (
       "unrecord export: error: the Flink cluster's REST API does not answer at "
@@ -412,7 +412,8 @@ def test_a_cluster_that_is_down_behind_the_job_server_is_named(data, tmp_path,
 
 
 def test_a_taskmanager_killed_for_good_ends_in_one_line(tmp_path):
-  """Last in the module: it kills the cluster's TaskManager, then starts it again."""
+  """It kills the cluster's TaskManager, then starts it again and waits until the dead
+  one is unregistered, so the tests after it find live slots."""
   flink_cluster.require()
   folder = tmp_path / 'in'
   folder.mkdir()
@@ -425,17 +426,19 @@ def test_a_taskmanager_killed_for_good_ends_in_one_line(tmp_path):
        '--output', out, '--png_encoder', 'opencv', '--png_compression', '9',
        *flink_cluster.PORTABLE], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True)
+  killed = []
   try:
     deadline = time.time() + 240
     while time.time() < deadline and run.poll() is None and not (
         os.path.isdir(out) and any(n.endswith('.png') for n in os.listdir(out))):
       time.sleep(0.05)
     assert run.poll() is None, 'the run ended before the TaskManager was killed'
+    killed = flink_cluster.taskmanager_ids()
     os.kill(flink_cluster.cluster.running_pid('taskmanager'), 9)
     _, stderr = run.communicate(timeout=300)
   finally:
     flink_cluster.cluster.start('taskmanager')
-    flink_cluster.wait_for_slots()
+    flink_cluster.wait_for_slots(gone=killed)
   assert run.returncode == 3, stderr[-3000:]
   last = stderr.strip().splitlines()[-1]
   written = len([n for n in os.listdir(out) if n.endswith('.png')])
