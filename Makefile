@@ -15,7 +15,7 @@ INSTALL = $(UV) pip install --quiet --compile-bytecode --python $(PY) \
   $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 
 .PHONY: setup demo-setup lean-venv chromium test demo bench reliability fuzz clean \
-  flink-up flink-down
+  flink-up flink-down s3server
 
 setup: $(STAMP)
 demo-setup: $(DEMO_STAMP)
@@ -50,6 +50,15 @@ $(LEAN_STAMP): pyproject.toml | $(UV)
 	  $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) -e '.[demo]'
 	touch $(LEAN_STAMP)
 
+# bench.incremental_launch's S3 server (gofakes3, in memory): Go, its modules from the Go
+# module proxy at the first build (about 30 s), again only when its sources change.
+S3SERVER := build/s3server
+s3server: $(S3SERVER)
+
+$(S3SERVER): bench/s3server/main.go bench/s3server/go.mod bench/s3server/go.sum
+	mkdir -p build
+	cd bench/s3server && go build -o ../../$(S3SERVER) .
+
 # Headless Chromium renders _report.html in a test; installed from Debian when missing.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || \
@@ -62,7 +71,7 @@ chromium:
 # Two pytest workers: most tests wait on a job's start-up, so two keep both cores busy;
 # the tests that share the cluster's two slots run on one of them (xdist_group 'flink').
 PYTEST_WORKERS ?= 2
-test: setup chromium lean-venv
+test: setup chromium lean-venv s3server
 	$(MAKE) flink-up; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup; \
 	  status=$$?; $(MAKE) flink-down; exit $$status
 
@@ -83,7 +92,7 @@ flink-down:
 # Parquet manifests; about 3 minutes), then the shards case (files, tar and Parquet at
 # 10^6 images locally and 15,000 on the S3 emulator; rewrites docs/shards.md's table).
 # `make test` runs the first harness with --quick.
-bench: setup
+bench: setup s3server
 	$(PY) -m bench.run; status=$$?; $(PY) -m bench.scale || status=1; \
 	  $(PY) -m bench.shards || status=1; exit $$status
 
