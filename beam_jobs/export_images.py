@@ -444,7 +444,8 @@ def _run_logged(plan: plan_lib.Plan, claim: root_claim.Claim,
   submitted = False
   try:
     pipeline = beam.Pipeline(runner=runner_instance, options=pipeline_options)
-    _ = pipeline | 'Export' >> ptransforms.ExportImages(plan.config)
+    _ = pipeline | 'Export' >> ptransforms.ExportImages(
+        plan.config, spread=not local_runner.one_worker_here(pipeline_options, runner_instance))
     # The launcher's side of the start-up, in the run log (bench/flink.py splits it).
     log = logging.getLogger(__name__)
     log.info('submitting the job to %s, %.3f s after the launch', runner,

@@ -77,6 +77,17 @@ def configure_runner(pipeline_options: PipelineOptions, argv: Sequence[str],
   return description, fn_runner.FnApiRunner(default_environment=environment)
 
 
+def one_worker_here(pipeline_options: PipelineOptions,
+                    runner_instance: Optional[PipelineRunner]) -> bool:
+  """Whether the job runs on one worker inside this process (FnApiRunner in_memory, one
+  worker: `configure_runner`'s choice for a small input): nothing to spread work over,
+  so the graph needs no Reshuffle (ptransforms.ExportImages' `spread`)."""
+  options = pipeline_options.get_all_options()
+  return (runner_instance is None and options.get('runner') in LOCAL_RUNNERS
+          and options.get('direct_num_workers') == 1
+          and options.get('direct_running_mode') in (None, 'in_memory'))
+
+
 class _BeamNoise(logging.Filter):
   """Drops two warnings every local run printed that do not apply to unrecord.
 

@@ -16,10 +16,13 @@ from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import environments
 
+from beam_jobs import local_runner
 from beam_jobs import worker
 from tests import fixtures
 from tests import outputs
 from tests.conftest import REPO
+from transforms import ptransforms
+from transforms.output import export_config
 
 
 @pytest.mark.parametrize('argv, warm', [
@@ -191,6 +194,39 @@ def test_a_small_input_runs_in_the_launcher_and_a_larger_one_on_warm_workers(tmp
                                                 '--direct_num_workers', '2')
   assert '2 multi_processing worker(s))' in stderr.splitlines()[0], stderr
   assert any('beam_jobs.worker --serve' in c for c in commands), commands
+
+
+def _reshuffles(spread: bool, previous_manifest: bool) -> int:
+  pipeline = beam.Pipeline()
+  config = export_config.ExportConfig(patterns=('in.tfrecord',), output='out',
+                                      previous_manifest=previous_manifest)
+  _ = pipeline | ptransforms.ExportImages(config, spread=spread)
+  found = []
+
+  class Visitor(beam.pipeline.PipelineVisitor):
+    def enter_composite_transform(self, node):
+      if isinstance(node.transform, beam.Reshuffle):
+        found.append(node.full_label)
+
+  pipeline.visit(Visitor())
+  return len(found)
+
+
+def test_one_worker_in_the_launcher_gets_the_graph_without_reshuffles():
+  """The small input above runs one worker in this process (its pixels and manifest are
+  checked there): nothing to spread work over, so no Reshuffle, each five transforms of
+  graph and translation; with workers, every step that fans out is spread."""
+  assert _reshuffles(spread=False, previous_manifest=True) == 0
+  assert _reshuffles(spread=True, previous_manifest=False) == 4
+  assert _reshuffles(spread=True, previous_manifest=True) == 5
+  one = PipelineOptions(['--runner', 'FnApiRunner', '--direct_num_workers', '1',
+                         '--direct_running_mode', 'in_memory'])
+  assert local_runner.one_worker_here(one, None)
+  assert not local_runner.one_worker_here(one, fn_runner.FnApiRunner())
+  assert not local_runner.one_worker_here(
+      PipelineOptions(['--runner', 'FnApiRunner', '--direct_num_workers', '2']), None)
+  assert not local_runner.one_worker_here(
+      PipelineOptions(['--runner', 'PortableRunner', '--direct_num_workers', '1']), None)
 
 
 def test_the_input_size_that_picks_the_workers_is_read_from_the_local_disk(tmp_path):

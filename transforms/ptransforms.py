@@ -87,34 +87,48 @@ class _WithProgress(beam.DoFn):
     self._tally.sender.close()
 
 
+def _spread(pcoll, label: str, spread: bool):
+  """`pcoll` through a Reshuffle, so the runner spreads what follows over its workers;
+  as it is when there is one worker in this process to run it (`spread` False): the
+  Reshuffle would only cost the graph, the translation and a stage of its own (five
+  transforms each, a local small run's largest fixed cost after Beam's import)."""
+  return pcoll | label >> beam.Reshuffle() if spread else pcoll
+
+
+def _expand_patterns(_, patterns, storage_options):
+  return input_files.expand_patterns(patterns, storage_options)
+
+
 class PlanRanges(beam.PTransform):
   """Input patterns -> FileRange, spread over workers so the runner can balance them.
 
   Large uncompressed files are cut into record ranges by a header-only index pass, so one
-  big file spreads over all workers.
+  big file spreads over all workers. `spread=False` leaves out the Reshuffles that do the
+  spreading, for a runner with one worker (see `_spread`).
   """
 
   def __init__(self, patterns: Sequence[str],
-               config: record_ranges.ReadConfig = record_ranges.ReadConfig()):
+               config: record_ranges.ReadConfig = record_ranges.ReadConfig(),
+               spread: bool = True):
     super().__init__()
     self._patterns = tuple(input_files.split_patterns(patterns))
     if not self._patterns:
       raise errors.ConfigError('reading records needs at least one input pattern')
     self._config = config
+    self._spread = spread
 
   def expand(self, pbegin):
     files = (
         pbegin
-        | 'Patterns' >> beam.Create([self._patterns])
-        | 'ExpandPatterns' >> beam.FlatMap(input_files.expand_patterns,
+        | 'Start' >> beam.Impulse()
+        | 'ExpandPatterns' >> beam.FlatMap(_expand_patterns, self._patterns,
                                            self._config.storage_options))
     # InputFile
     ranges = (
-        files
-        | 'DistributeFiles' >> beam.Reshuffle()
+        _spread(files, 'DistributeFiles', self._spread)
         | 'PlanRanges' >> beam.FlatMap(record_ranges.plan_file, self._config))
     # FileRange
-    return ranges | 'DistributeRanges' >> beam.Reshuffle()
+    return _spread(ranges, 'DistributeRanges', self._spread)
 
 
 class _ReadRangeFn(_WithProgress):
@@ -325,64 +339,61 @@ class ExportImages(beam.PTransform):
   """The whole job: patterns -> image files and metadata under `config.output`.
 
   Returns a dict of PCollections: `dead_letter` (Failure), `manifest` (the dict
-  `manifest.commit` returns) and `report` (the `_report.json` dict).
+  `manifest.commit` returns) and `report` (the `_report.json` dict). `spread=False`: the
+  runner has one worker, in this process; the graph leaves out the Reshuffles that only
+  spread work over workers (`_spread`), and does the same work.
   """
 
-  def __init__(self, config: export_config.ExportConfig):
+  def __init__(self, config: export_config.ExportConfig, spread: bool = True):
     super().__init__()
     self._config = config
+    self._spread = spread
 
   def expand(self, pbegin):
-    config = self._config
-    ranges = pbegin | 'PlanRanges' >> PlanRanges(config.patterns, config.read)
+    config, spread = self._config, self._spread
+    ranges = pbegin | 'PlanRanges' >> PlanRanges(config.patterns, config.read, spread)
     # FileRange
     exported = ranges | 'Export' >> beam.ParDo(_ExportRangeFn(config)).with_outputs(
         DEAD_LETTER, SPANS, SHARDS, main='runs')
     # sorted_runs.Run of sorted manifest entries; Failure rows; (start, end) per range;
     # with --pack, a shards.Shard per shard written
+    # One element that starts each step planned from what the export wrote.
+    start = pbegin | 'Start' >> beam.Impulse()
     runs = exported.runs
+    repairs = ()
     if config.previous_manifest:
-      previous = (pbegin
-                  | 'StartPrevious' >> beam.Create([None])
-                  | 'ListPrevious' >> beam.FlatMap(_previous_files, config)
-                  | 'SpreadPrevious' >> beam.Reshuffle()
-                  | 'PreviousRuns' >> beam.ParDo(_PreviousRowsFn(config)).with_outputs(
-                      REPAIRS, main='runs'))
+      previous = (
+          _spread(start | 'ListPrevious' >> beam.FlatMap(_previous_files, config),
+                  'SpreadPrevious', spread)
+          | 'PreviousRuns' >> beam.ParDo(_PreviousRowsFn(config)).with_outputs(
+              REPAIRS, main='runs'))
       # sorted_runs.Run of the previous manifest's rows; a dict per part rebuilt from the files
       runs = (exported.runs, previous.runs) | 'AllRuns' >> beam.Flatten()
-      repairs = previous[REPAIRS]
-    else:
-      repairs = pbegin | 'NoRepairs' >> beam.Create([])
+      repairs = beam.pvalue.AsList(previous[REPAIRS])
     # Every worker merges one path range of every run into one part: no worker handles
     # more than a part's rows, and the rows never pass through the runner.
-    parts = (pbegin
-             | 'StartParts' >> beam.Create([None])
-             | 'PlanParts' >> beam.FlatMap(_plan_parts, beam.pvalue.AsList(runs),
-                                                   config.manifest_part_rows)
-             | 'SpreadParts' >> beam.Reshuffle()
-             | 'WriteParts' >> beam.ParDo(_WritePartFn(config), beam.pvalue.AsList(runs)))
+    parts = (
+        _spread(start | 'PlanParts' >> beam.FlatMap(_plan_parts, beam.pvalue.AsList(runs),
+                                                    config.manifest_part_rows),
+                'SpreadParts', spread)
+        | 'WriteParts' >> beam.ParDo(_WritePartFn(config), beam.pvalue.AsList(runs)))
     # a write_part summary per part
     # Names a case-insensitive disk or Windows would lose: the parts' paths, sorted by
     # fold, checked a fold-key range per task (transforms/output/portability.py).
     name_runs = parts | 'NameRuns' >> beam.FlatMap(_name_runs)
     # sorted_runs.Run of (fold, path)
-    names = (pbegin
-             | 'StartNames' >> beam.Create([None])
-             | 'PlanNameRanges' >> beam.FlatMap(_plan_name_ranges,
-                                                beam.pvalue.AsList(name_runs))
-             | 'SpreadNameRanges' >> beam.Reshuffle()
-             | 'CheckNames' >> beam.Map(_check_names, config,
-                                        beam.pvalue.AsList(name_runs)))
+    names = (
+        _spread(start | 'PlanNameRanges' >> beam.FlatMap(_plan_name_ranges,
+                                                         beam.pvalue.AsList(name_runs)),
+                'SpreadNameRanges', spread)
+        | 'CheckNames' >> beam.Map(_check_names, config, beam.pvalue.AsList(name_runs)))
     # a portability.check_range summary per range
     failure_runs = exported.dead_letter | 'FailureRuns' >> beam.ParDo(
         _FailureRunsFn(config))
-    finished = (pbegin
-                | 'Finish' >> beam.Create([None])
-                | 'CommitAndReport' >> beam.Map(
-                    _finish, config, beam.pvalue.AsIter(parts),
-                    beam.pvalue.AsList(failure_runs), beam.pvalue.AsList(exported[SPANS]),
-                    beam.pvalue.AsList(repairs), beam.pvalue.AsList(names),
-                    beam.pvalue.AsList(exported[SHARDS])))
+    finished = start | 'CommitAndReport' >> beam.Map(
+        _finish, config, beam.pvalue.AsIter(parts), beam.pvalue.AsList(failure_runs),
+        beam.pvalue.AsList(exported[SPANS]), repairs, beam.pvalue.AsList(names),
+        beam.pvalue.AsList(exported[SHARDS]))
     # the manifest.commit, write_dead_letter and _report.json dicts
     merged = finished | 'Manifest' >> beam.Map(operator.itemgetter('manifest'))
     report_dict = finished | 'Report' >> beam.Map(operator.itemgetter('report'))
