@@ -156,6 +156,14 @@ def test_ranges_read_exactly_what_one_whole_read_reads(tmp_path):
     ranges = tfrecord.plan_ranges(f, path, size=len(data), split_bytes=1000)
   assert len(ranges) > 5
   assert ranges[0].start == 0 and ranges[-1].end is None
+  # Each range knows its place among its file's, which names what it writes (--pack).
+  assert [(r.ordinal, r.ranges) for r in ranges] == [(k, len(ranges))
+                                                     for k in range(len(ranges))]
+  with open(path, 'rb') as f:  # the same cuts again: a re-run's names are the same
+    assert tfrecord.plan_ranges(f, path, size=len(data), split_bytes=1000) == ranges
+    whole_file, = tfrecord.plan_ranges(f, path, size=len(data), split_bytes=len(data))
+  assert (whole_file.start, whole_file.end, whole_file.ordinal, whole_file.ranges) == (
+      0, None, 0, 1)
   pieces = []
   config = record_ranges.ReadConfig(split_bytes=1000)
   for file_range in ranges:
