@@ -193,8 +193,8 @@ class ExportOptions(PipelineOptions):
                        choices=('files', 'tar', 'parquet'), type=common.Choice(),
                        help='files: a file per image. tar: WebDataset shards '
                        '{stem}-{shard:06d}.tar (KEY.png, KEY.json, KEY.cls); a large '
-                       'file cut into n record ranges: {stem}-{k:05d}-of-{n:05d}-'
-                       '{shard:06d}.tar. parquet: Parquet shards Hugging Face datasets '
+                       'file cut into record ranges: {stem}-r{k:05d}-{shard:06d}.tar '
+                       'for range k. parquet: Parquet shards Hugging Face datasets '
                        'loads. Both with shardindex.json (docs/shards.md). Default: '
                        'files.')
     group.add_argument('--shard_size', default=DEFAULTS['shard_size'], metavar='SIZE',

@@ -4,6 +4,7 @@ users train with: `webdataset`, `wids` and Hugging Face `datasets`."""
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -517,18 +518,18 @@ def big_file(tmp_path_factory):
 
 
 def _ranges_of(shards, stem):
-  """{range k: its shards' numbers} from `{stem}-{k:05d}-of-{n:05d}-{shard:06d}` names,
-  and n; every name must be one of those."""
-  found, counts = {}, set()
+  """{range k: its shards' numbers} from `{stem}-r{k:05d}-{shard:06d}` names, and how
+  many ranges there are; every name must be one of those, ranges counted from 0 and
+  each one's shards from 0, without gaps."""
+  found = {}
   for name in shards:
-    cut, _, shard = name.rsplit('.', 1)[0].rpartition('-')
-    assert cut.startswith(f'{stem}-'), name
-    k, of, n = cut[len(stem) + 1:].split('-')
-    assert (len(k), of, len(n), len(shard)) == (5, 'of', 5, 6), name
-    found.setdefault(int(k), []).append(int(shard))
-    counts.add(int(n))
-  assert len(counts) == 1, counts
-  return found, counts.pop()
+    match = re.fullmatch(re.escape(stem) + r'-r(\d{5})-(\d{6})\.(tar|parquet)', name)
+    assert match, name
+    found.setdefault(int(match.group(1)), []).append(int(match.group(2)))
+  assert sorted(found) == list(range(len(found))), sorted(found)
+  for numbers in found.values():
+    assert sorted(numbers) == list(range(len(numbers))), numbers
+  return found, len(found)
 
 
 def _read_back(out, pack, tmp_path):
@@ -540,8 +541,9 @@ def _read_back(out, pack, tmp_path):
     return [(s['__key__'], _rgb(s['png'])) for s in wds.WebDataset(
         [os.path.join(out, s) for s in shards], shardshuffle=False)]
   import datasets
-  loaded = datasets.load_dataset('parquet', data_files=[os.path.join(out, s) for s in shards],
-                                 split='train', cache_dir=str(tmp_path / 'hf'))
+  loaded = datasets.load_dataset(
+      'parquet', data_files=[os.path.join(out, s) for s in shards], split='train',
+      cache_dir=str(tmp_path / 'hf'))
   return [(row['key'], np.asarray(row['image'].convert('RGB'))) for row in loaded]
 
 
@@ -563,12 +565,10 @@ def test_a_large_file_is_cut_into_ranges_that_each_write_their_own_shards(
   out = str(tmp_path / 'out')
   _export(unrecord, '--input', path, '--output', out, '--pack', pack, *CUT)
   shards = sorted(n for n in os.listdir(out) if n.endswith('.' + pack))
-  ranges, count = _ranges_of(shards, 'train')
+  _, count = _ranges_of(shards, 'train')
   # Several ranges, each one task of the job, each numbering its shards from 0.
   report = json.load(open(os.path.join(out, '_report.json')))
   assert count == report['work']['ranges'] >= 4
-  assert sorted(ranges) == list(range(count))
-  assert all(numbers == list(range(len(numbers))) for numbers in ranges.values())
   assert report['shards']['shards'] == len(shards) > count
   for name in shards:
     assert os.path.getsize(os.path.join(out, name)) <= 400_000, name
@@ -635,12 +635,17 @@ def test_incremental_rewrites_every_range_of_a_changed_file_and_leaves_none_stal
            if n.startswith('extra-')}
   assert sorted(extra) == ['extra-000000.tar']  # a small file: one range, plain names
 
-  # train.tfrecord changes: 250 other photographs, so fewer ranges, other names.
+  # train.tfrecord changes: 250 other photographs, so fewer ranges.
+  old = {n: (out / n).read_bytes() for n in before}
   fixtures.write_tfrecord(str(folder / 'train.tfrecord'), _big_payloads(250, first=500))
   _export(unrecord, *args)
   after = sorted(n for n in os.listdir(out) if n.startswith('train-'))
   assert 2 <= _ranges_of(after, 'train')[1] < _ranges_of(before, 'train')[1]
-  assert not set(after) & set(before)  # every earlier shard of the file is gone
+  # Every shard of every range is written again, and the names of the ranges (and
+  # shards) it no longer has are gone: none is left on disk, in the index or read back
+  # below.
+  assert all((out / n).read_bytes() != old[n] for n in after)
+  assert set(after) < set(before)
   assert {n: (out / n).stat().st_mtime_ns for n in os.listdir(out)
           if n.startswith('extra-')} == extra  # the unchanged file's shard untouched
   assert not [n for n in os.listdir(out) if n.endswith(root_files.TEMP_SUFFIX)]
@@ -666,7 +671,10 @@ def test_incremental_rewrites_every_range_of_a_changed_file_and_leaves_none_stal
   _export(unrecord, *coarse, '--incremental')
   coarser = sorted(n for n in os.listdir(out) if n.startswith('train-'))
   assert 2 <= _ranges_of(coarser, 'train')[1] < _ranges_of(after, 'train')[1]
-  assert not set(coarser) & set(after)
+  assert sorted(n for n in os.listdir(out) if n.endswith('.tar')) == sorted(
+      ['extra-000000.tar', *coarser])
+  assert [e['url'] for e in json.loads((out / 'shardindex.json').read_text())[
+      'shardlist']] == ['extra-000000.tar'] + coarser
   assert sorted(r['member'][:-4] for r in outputs.manifest_rows(str(out))) == sorted(
       expected)
   assert (out / 'extra-000000.tar').stat().st_mtime_ns != extra['extra-000000.tar']

@@ -172,6 +172,26 @@ def test_ranges_read_exactly_what_one_whole_read_reads(tmp_path):
   assert len(_bad(whole)) == 2
 
 
+def test_a_file_grown_at_its_end_is_cut_where_it_was(tmp_path):
+  """What keeps a growing file's earlier shards (`--pack`): its earlier ranges are the
+  same ranges, and only its last one reaches further."""
+  payloads = [os.urandom(100 + 37 * (i % 9)) for i in range(90)]
+  path = str(tmp_path / 'growing.tfrecord')
+
+  def plan(count):
+    data = _frames(payloads[:count])
+    open(path, 'wb').write(data)
+    with open(path, 'rb') as f:
+      return tfrecord.plan_ranges(f, path, size=len(data), split_bytes=1000)
+  before, after = plan(60), plan(90)
+  assert len(after) > len(before) > 3
+  def cut(r):
+    return r.start, r.end, r.first_index, r.ordinal
+  last = len(before) - 1
+  assert [cut(r) for r in after[:last]] == [cut(r) for r in before[:last]]
+  assert cut(after[last])[::2] == cut(before[last])[::2]  # from the same record on
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_random_bytes_give_records_or_typed_errors(data):

@@ -7,8 +7,9 @@ from transforms.output import shards
 
 @pytest.mark.parametrize('ordinal, ranges, expected', [
     (0, 1, 'train-000003.tar'),  # a file read whole: the names it always had
-    (0, 3, 'train-00000-of-00003-000003.tar'),
-    (2, 3, 'train-00002-of-00003-000003.tar'),
+    (0, 3, 'train-r00000-000003.tar'),
+    (2, 3, 'train-r00002-000003.tar'),
+    (2, 7, 'train-r00002-000003.tar'),  # the count is not in the name
 ])
 def test_a_cut_file_names_each_range_s_shards(ordinal, ranges, expected):
   assert shards.shard_name('gs://b/in/train.tfrecord', 3, 'tar', '', ordinal,
@@ -25,7 +26,7 @@ def test_cut_names_sort_in_record_order_and_keep_clear_of_tfds_stems():
           for k in range(12) for shard in range(11)}
   assert not tfds & set(cut)
   assert shards.shard_name('in/train.tfrecord', 0, 'parquet', 'train/', 1, 2) == (
-      'train/train-00001-of-00002-000000.parquet')
+      'train/train-r00001-000000.parquet')
 
 
 @pytest.mark.parametrize('spec, split, expected', [

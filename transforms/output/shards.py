@@ -4,8 +4,8 @@ A shard holds the images of one record range, and one worker writes a range's sh
 the runner spreads the ranges. A large uncompressed input file is cut into ranges of at
 least a shard's bytes (`range_bytes`); a file read as one range (most files, and every
 compressed one) gets `{split/}{stem}-{shard:06d}.tar` or `.parquet`, and range `k` of a
-file cut into `n` gets `{split/}{stem}-{k:05d}-of-{n:05d}-{shard:06d}.tar`, `stem` being
-the input file's stem (`shard_names.stem_of`) and `shard` counting from 0 in record order
+file cut into several gets `{split/}{stem}-r{k:05d}-{shard:06d}.tar`, `stem` being the
+input file's stem (`shard_names.stem_of`) and `shard` counting from 0 in record order
 within the range (`shard_name`). Names therefore depend on the input and the settings
 alone: a re-run writes the same shards with the same bytes, and a changed input file
 rewrites only its own shards (`--incremental`).
@@ -148,13 +148,15 @@ def shard_name(source: str, number: int, pack: str, folder: str = '', ordinal: i
   `source` was cut into, relative to the root.
 
   A file read whole keeps the plain `{stem}-{shard:06d}`. A cut file's names carry
-  `{k:05d}-of-{n:05d}` (TFDS's shard words) and sort in record order. `{k:05d}` alone
-  would collide with TFDS-style inputs read whole: `train.tfrecord-00001-of-00004` has
-  stem `train-00001`, so its first shard `train-00001-000000` would be range 1 of
-  `train.tfrecord`'s too; with `-of-` that one is `train-00001-of-00003-000000`.
+  `r{k:05d}` and sort in record order. The `r` keeps them apart from TFDS-style inputs
+  read whole: `train.tfrecord-00001-of-00004` has stem `train-00001`, so its first shard
+  `train-00001-000000` would also be range 1's of `train.tfrecord` without it. The
+  range count is not in the names: a file that grows at its end is cut where it was
+  (the cuts follow the bytes from its start), so its earlier ranges' shards keep their
+  names and bytes, and a re-run writes over its later ones rather than beside them.
   """
   stem = naming.safe_value(shard_names.stem_of(source))
-  cut = f'-{ordinal:05d}-of-{ranges:05d}' if ranges > 1 else ''
+  cut = f'-r{ordinal:05d}' if ranges > 1 else ''
   return naming.check_relative_path(f'{folder}{stem}{cut}-{number:06d}.{pack}')
 
 
