@@ -160,7 +160,8 @@ class ExportOptions(PipelineOptions):
     group.add_argument('--split_size_mb', type=int, default=DEFAULTS['split_size_mb'],
                        metavar='MB',
                        help='Uncompressed files larger than this are split into record '
-                       'ranges read in parallel. Default: 64.')
+                       'ranges read in parallel; with --pack, ranges of at least the '
+                       'shard size, each writing its own shards. Default: 64.')
     norm = parser.add_argument_group('unrecord normalization')
     norm.add_argument('--value_range', default=DEFAULTS['value_range'], metavar='RANGE',
                       help='Range the tensor values mean: auto, 0,1, -1,1, 0,255, '
@@ -191,9 +192,11 @@ class ExportOptions(PipelineOptions):
     group.add_argument('--pack', default=DEFAULTS['pack'],
                        choices=('files', 'tar', 'parquet'), type=common.Choice(),
                        help='files: a file per image. tar: WebDataset shards '
-                       '{stem}-{shard:06d}.tar (KEY.png, KEY.json, KEY.cls). parquet: '
-                       'Parquet shards Hugging Face datasets loads. Both with '
-                       'shardindex.json (docs/shards.md). Default: files.')
+                       '{stem}-{shard:06d}.tar (KEY.png, KEY.json, KEY.cls); a large '
+                       'file cut into record ranges: {stem}-r{k:05d}-{shard:06d}.tar '
+                       'for range k. parquet: Parquet shards Hugging Face datasets '
+                       'loads. Both with shardindex.json (docs/shards.md). Default: '
+                       'files.')
     group.add_argument('--shard_size', default=DEFAULTS['shard_size'], metavar='SIZE',
                        help='Most bytes in a shard, e.g. 1GB, 500MB, 64MiB. Default: 1GB '
                        'unless --shard_samples is given.')

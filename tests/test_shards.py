@@ -4,6 +4,7 @@ users train with: `webdataset`, `wids` and Hugging Face `datasets`."""
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -486,3 +487,194 @@ def test_verify_names_a_cut_tar_shard_and_its_lost_members(unrecord, photos, tmp
   # The members from the fourth on are lost, each named; the first three still check.
   assert sorted(kinds['missing_member']) == sorted(r['path'] for r in mine[3:])
   assert set(kinds) == {'damaged_shard', 'wrong_size', 'missing_member'}
+
+
+# ---------------------------------------------------------------------------------------
+# One large input file, cut into record ranges that each write their own shards
+
+BIG = 400  # 64x64 photographs as raw tensors, about 4.9 MB: five ranges at 1 MB
+CUT = ['--split_size_mb', '1', '--shard_size', '400KB']
+
+
+def _big_payloads(count, first=0):
+  return [fixtures.example({
+      'image': fixtures.bytes_feature(fixtures.serialized_tensor(
+          fixtures.photo(first + i, 64, 64))),
+      'label': fixtures.int64_feature(i % 3)}) for i in range(count)]
+
+
+@pytest.fixture(scope='module')
+def big_file(tmp_path_factory):
+  """One TensorFlow-written, uncompressed file of BIG photographs, and its file output
+  (`--pack files`, the reference the shards' pixels are checked against)."""
+  root = tmp_path_factory.mktemp('big_input')
+  path = fixtures.write_tfrecord(str(root / 'in' / 'train.tfrecord'), _big_payloads(BIG))
+  assert os.path.getsize(path) > 4 << 20
+  files = str(root / 'files')
+  from tests.conftest import run_unrecord
+  result = run_unrecord('export', '--input', path, '--output', files, env=OFFLINE)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return path, files
+
+
+def _ranges_of(shards, stem):
+  """{range k: its shards' numbers} from `{stem}-r{k:05d}-{shard:06d}` names, and how
+  many ranges there are; every name must be one of those, ranges counted from 0 and
+  each one's shards from 0, without gaps."""
+  found = {}
+  for name in shards:
+    match = re.fullmatch(re.escape(stem) + r'-r(\d{5})-(\d{6})\.(tar|parquet)', name)
+    assert match, name
+    found.setdefault(int(match.group(1)), []).append(int(match.group(2)))
+  assert sorted(found) == list(range(len(found))), sorted(found)
+  for numbers in found.values():
+    assert sorted(numbers) == list(range(len(numbers))), numbers
+  return found, len(found)
+
+
+def _read_back(out, pack, tmp_path):
+  """(key, RGB pixels) of every sample, shard by shard in name order, read by the
+  readers users train with: `webdataset` for tars, `datasets` for Parquet."""
+  shards = sorted(n for n in os.listdir(out) if n.endswith('.' + pack))
+  if pack == 'tar':
+    import webdataset as wds
+    return [(s['__key__'], _rgb(s['png'])) for s in wds.WebDataset(
+        [os.path.join(out, s) for s in shards], shardshuffle=False)]
+  import datasets
+  loaded = datasets.load_dataset(
+      'parquet', data_files=[os.path.join(out, s) for s in shards], split='train',
+      cache_dir=str(tmp_path / 'hf'))
+  return [(row['key'], np.asarray(row['image'].convert('RGB'))) for row in loaded]
+
+
+def _member_bytes(out, row):
+  """The image a manifest row names, read from its shard by the row's own place."""
+  if row['shard'].endswith('.parquet'):
+    table = pq.read_table(os.path.join(out, row['shard']))
+    assert table.column('key')[row['shard_row']].as_py() == row['member']  # its key
+    return table.column('image')[row['shard_row']].as_py()['bytes']
+  with tarfile.open(os.path.join(out, row['shard'])) as tar:
+    assert tar.getmember(row['member']).offset_data == row['member_offset']
+    return tar.extractfile(row['member']).read()
+
+
+@pytest.mark.parametrize('pack', ['tar', 'parquet'])
+def test_a_large_file_is_cut_into_ranges_that_each_write_their_own_shards(
+    unrecord, big_file, tmp_path, pack):
+  path, files = big_file
+  out = str(tmp_path / 'out')
+  _export(unrecord, '--input', path, '--output', out, '--pack', pack, *CUT)
+  shards = sorted(n for n in os.listdir(out) if n.endswith('.' + pack))
+  _, count = _ranges_of(shards, 'train')
+  # Several ranges, each one task of the job, each numbering its shards from 0.
+  report = json.load(open(os.path.join(out, '_report.json')))
+  assert count == report['work']['ranges'] >= 4
+  assert report['shards']['shards'] == len(shards) > count
+  for name in shards:
+    assert os.path.getsize(os.path.join(out, name)) <= 400_000, name
+
+  # Read back by a real reader: every image once, in record order across the ranges'
+  # shards, pixel-exact against the file output of the same input.
+  samples = _read_back(out, pack, tmp_path)
+  assert [key for key, _ in samples] == [f'train-{i:06d}' for i in range(BIG)]
+  for key, pixels in samples:
+    with open(os.path.join(files, f'{key}.png'), 'rb') as f:
+      assert np.array_equal(pixels, _rgb(f.read())), key
+
+  # The manifest names each image's shard and member, and where it is in it.
+  rows = outputs.manifest_rows(out)
+  assert sorted(r['index'] for r in rows) == list(range(BIG))
+  for row in rows:
+    data = _member_bytes(out, row)
+    assert hashlib.sha256(data).hexdigest() == row['sha256']
+    assert row['path'] == f'{row["shard"]}/{row["member"]}'
+    key = f'train-{row["index"]:06d}'
+    assert row['member'] == (f'{key}.png' if pack == 'tar' else key)
+  assert {r['shard'] for r in rows} == set(shards)
+  index = json.load(open(os.path.join(out, 'shardindex.json')))
+  assert [e['url'] for e in index['shardlist']] == shards  # each once, in record order
+  assert [e['nsamples'] for e in index['shardlist']] == [
+      sum(r['shard'] == s for r in rows) for s in shards]
+  summary = _verify(unrecord, out, 0)
+  assert (summary['shards_checked'], summary['members_checked']) == (len(shards), BIG)
+  inspected = json.loads(_inspect(unrecord, '--input', out, '--json'))
+  assert (inspected['shards'], inspected['samples']) == (len(shards), BIG)
+  assert inspected['sample']['key'] == 'train-000000'
+
+  # The same run again writes the same shards, byte for byte; into the same root with
+  # --skip_existing it keeps every one of them.
+  again = str(tmp_path / 'again')
+  _export(unrecord, '--input', path, '--output', again, '--pack', pack, *CUT)
+  assert sorted(n for n in os.listdir(again) if n.endswith('.' + pack)) == shards
+  for name in shards:
+    with open(os.path.join(out, name), 'rb') as a, open(os.path.join(again, name),
+                                                        'rb') as b:
+      assert a.read() == b.read(), name
+  _export(unrecord, '--input', path, '--output', out, '--pack', pack, *CUT,
+          '--skip_existing')
+  report = json.load(open(os.path.join(out, '_report.json')))
+  assert (report['shards']['kept'], report['shards']['written']) == (len(shards), 0)
+  assert sorted(n for n in os.listdir(out) if n.endswith('.' + pack)) == shards
+
+
+def test_incremental_rewrites_every_range_of_a_changed_file_and_leaves_none_stale(
+    unrecord, big_file, tmp_path):
+  path, _ = big_file
+  folder = tmp_path / 'in'
+  folder.mkdir()
+  with open(path, 'rb') as f:
+    (folder / 'train.tfrecord').write_bytes(f.read())
+  fixtures.write_tfrecord(str(folder / 'extra.tfrecord'), _big_payloads(20, first=900))
+  out = tmp_path / 'out'
+  args = ['--input', str(folder), '--output', str(out), '--pack', 'tar', *CUT,
+          '--incremental']
+  _export(unrecord, *args)
+  before = sorted(n for n in os.listdir(out) if n.startswith('train-'))
+  assert _ranges_of(before, 'train')[1] >= 4
+  extra = {n: (out / n).stat().st_mtime_ns for n in os.listdir(out)
+           if n.startswith('extra-')}
+  assert sorted(extra) == ['extra-000000.tar']  # a small file: one range, plain names
+
+  # train.tfrecord changes: 250 other photographs, so fewer ranges.
+  old = {n: (out / n).read_bytes() for n in before}
+  fixtures.write_tfrecord(str(folder / 'train.tfrecord'), _big_payloads(250, first=500))
+  _export(unrecord, *args)
+  after = sorted(n for n in os.listdir(out) if n.startswith('train-'))
+  assert 2 <= _ranges_of(after, 'train')[1] < _ranges_of(before, 'train')[1]
+  # Every shard of every range is written again, and the names of the ranges (and
+  # shards) it no longer has are gone: none is left on disk, in the index or read back
+  # below.
+  assert all((out / n).read_bytes() != old[n] for n in after)
+  assert set(after) < set(before)
+  assert {n: (out / n).stat().st_mtime_ns for n in os.listdir(out)
+          if n.startswith('extra-')} == extra  # the unchanged file's shard untouched
+  assert not [n for n in os.listdir(out) if n.endswith(root_files.TEMP_SUFFIX)]
+  samples = _read_back(str(out), 'tar', tmp_path)
+  expected = {f'extra-{i:06d}': fixtures.photo(900 + i, 64, 64) for i in range(20)} | {
+      f'train-{i:06d}': fixtures.photo(500 + i, 64, 64) for i in range(250)}
+  assert sorted(key for key, _ in samples) == sorted(expected)
+  for key, pixels in samples:
+    assert np.array_equal(pixels, expected[key]), key
+  index = json.loads((out / 'shardindex.json').read_text())
+  assert [e['url'] for e in index['shardlist']] == ['extra-000000.tar'] + after
+  rows = outputs.manifest_rows(str(out))
+  assert sorted(r['member'][:-4] for r in rows) == sorted(expected)
+  assert {r['shard'] for r in rows} == {'extra-000000.tar', *after}
+  _verify(unrecord, str(out), 0)
+
+  # The cuts follow --split_size_mb, so another value is another export: a plain run
+  # is refused, and --incremental writes every file's shards again.
+  coarse = ['--input', str(folder), '--output', str(out), '--pack', 'tar',
+            '--split_size_mb', '2', '--shard_size', '400KB']
+  refused = _export(unrecord, *coarse, expect=2)
+  assert '--split_size_mb 1 then, 2 now' in refused.stderr
+  _export(unrecord, *coarse, '--incremental')
+  coarser = sorted(n for n in os.listdir(out) if n.startswith('train-'))
+  assert 2 <= _ranges_of(coarser, 'train')[1] < _ranges_of(after, 'train')[1]
+  assert sorted(n for n in os.listdir(out) if n.endswith('.tar')) == sorted(
+      ['extra-000000.tar', *coarser])
+  assert [e['url'] for e in json.loads((out / 'shardindex.json').read_text())[
+      'shardlist']] == ['extra-000000.tar'] + coarser
+  assert sorted(r['member'][:-4] for r in outputs.manifest_rows(str(out))) == sorted(
+      expected)
+  assert (out / 'extra-000000.tar').stat().st_mtime_ns != extra['extra-000000.tar']

@@ -160,7 +160,8 @@ class _Packer:
       if self.writer is None:
         self.writer = shards_lib.ShardWriter(
             self.worker.root, config.shards, self._range.path, folder,
-            skip_existing=config.skip_existing)
+            skip_existing=config.skip_existing, ordinal=self._range.ordinal,
+            ranges=self._range.ranges)
       key, ext = shards_lib.sample_key(name, folder)
       features = image.features
       label = features.get(config.render.label_key) if config.render.label_key else None

@@ -131,6 +131,9 @@ IDENTITY_OPTIONS = (
     'webp_lossless', 'jpeg_progressive', 'jpeg_subsampling', 'reencode', 'name_template',
     'layout', 'value_range', 'mean', 'std', 'channel_order', 'bit_depth', 'non_finite',
     'portable_names', 'pack', 'shard_size', 'shard_samples')
+# With --pack, what also decides the shards: the record ranges are cut at about
+# --split_size_mb (or the shard bound, if larger), and each range writes its own.
+PACKED_OPTIONS = ('split_size_mb',)
 # Options that only one format (or two) reads; given with another, they would do nothing.
 FORMAT_OPTIONS = {
     'png_compression': ('png',), 'png_encoder': ('png',), 'quality': ('jpeg', 'webp'),
@@ -261,8 +264,9 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
     raise errors.ConfigError('no output given; pass --output URL')
   read_settings = read_config(request)
   shard_spec = shard_spec_of(request)
-  if shard_spec.packed:  # a file's shards are one worker's: one range per file
-    read_settings = dataclasses.replace(read_settings, split_bytes=1 << 62)
+  if shard_spec.packed:  # a range writes its own shards: let each fill about one
+    read_settings = dataclasses.replace(read_settings, split_bytes=shards_lib.range_bytes(
+        shard_spec, read_settings.split_bytes))
   patterns = tuple(input_patterns(request))
   input_files.check_reachable(patterns, read_settings.storage_options)
   spec = image_spec(request)
@@ -325,8 +329,7 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       portable_names=request.portable_names)
   root = root_files.OutputRoot(request.output, read_settings.storage_options)
   root.check_writable()
-  used = tuple(sorted((k, v) for k, v in given.items() if k in REPORTED_OPTIONS))
-  settings = {k: v for k, v in used if k in IDENTITY_OPTIONS}
+  used, settings = export_options(given, shard_spec.packed)
   identity = root_claim.identity(patterns, settings)
   root_claim.check_compatible(root, identity, claim_mode(request))
   processed = ()
@@ -356,6 +359,16 @@ def shard_spec_of(request: Request) -> shards_lib.ShardSpec:
   return shards_lib.ShardSpec(pack=request.pack,
                               max_bytes=shards_lib.parse_size(request.shard_size),
                               max_samples=request.shard_samples)
+
+
+def export_options(given: Dict[str, object], packed: bool
+                   ) -> Tuple[Tuple[Tuple[str, object], ...], Dict[str, object]]:
+  """(the options the report lists, the settings that make the export's identity), of
+  the options `given` away from their defaults; with --pack, PACKED_OPTIONS too."""
+  reported = REPORTED_OPTIONS + (PACKED_OPTIONS if packed else ())
+  identity_options = IDENTITY_OPTIONS + (PACKED_OPTIONS if packed else ())
+  used = tuple(sorted((k, v) for k, v in given.items() if k in reported))
+  return used, {k: v for k, v in used if k in identity_options}
 
 
 def skipped_warning(skipped: Sequence[Tuple[str, str]], shown: int = 10) -> Optional[str]:

@@ -156,12 +156,40 @@ def test_ranges_read_exactly_what_one_whole_read_reads(tmp_path):
     ranges = tfrecord.plan_ranges(f, path, size=len(data), split_bytes=1000)
   assert len(ranges) > 5
   assert ranges[0].start == 0 and ranges[-1].end is None
+  # Each range knows its place among its file's, which names what it writes (--pack).
+  assert [(r.ordinal, r.ranges) for r in ranges] == [(k, len(ranges))
+                                                     for k in range(len(ranges))]
+  with open(path, 'rb') as f:  # the same cuts again: a re-run's names are the same
+    assert tfrecord.plan_ranges(f, path, size=len(data), split_bytes=1000) == ranges
+    whole_file, = tfrecord.plan_ranges(f, path, size=len(data), split_bytes=len(data))
+  assert (whole_file.start, whole_file.end, whole_file.ordinal, whole_file.ranges) == (
+      0, None, 0, 1)
   pieces = []
   config = record_ranges.ReadConfig(split_bytes=1000)
   for file_range in ranges:
     pieces += list(record_ranges.read_range(file_range, config))
   assert [_key(s) for s in pieces] == [_key(s) for s in whole]
   assert len(_bad(whole)) == 2
+
+
+def test_a_file_grown_at_its_end_is_cut_where_it_was(tmp_path):
+  """What keeps a growing file's earlier shards (`--pack`): its earlier ranges are the
+  same ranges, and only its last one reaches further."""
+  payloads = [os.urandom(100 + 37 * (i % 9)) for i in range(90)]
+  path = str(tmp_path / 'growing.tfrecord')
+
+  def plan(count):
+    data = _frames(payloads[:count])
+    open(path, 'wb').write(data)
+    with open(path, 'rb') as f:
+      return tfrecord.plan_ranges(f, path, size=len(data), split_bytes=1000)
+  before, after = plan(60), plan(90)
+  assert len(after) > len(before) > 3
+  def cut(r):
+    return r.start, r.end, r.first_index, r.ordinal
+  last = len(before) - 1
+  assert [cut(r) for r in after[:last]] == [cut(r) for r in before[:last]]
+  assert cut(after[last])[::2] == cut(before[last])[::2]  # from the same record on
 
 
 @settings(max_examples=300, deadline=None)

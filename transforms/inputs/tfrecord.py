@@ -510,13 +510,20 @@ def _is_seekable(stream: BinaryIO) -> bool:
 
 @dataclasses.dataclass(frozen=True, order=True)
 class FileRange:
-  """A run of frames in one file: [start, end) in bytes, first record index, compression."""
+  """A run of frames in one file: [start, end) in bytes, first record index, compression.
+
+  `ordinal` of `ranges`: where the range sits among the ranges its file was cut into
+  (0 of 1 for a file read whole), so what a range writes can be named from the input
+  alone (`shards.shard_name`).
+  """
   path: str
   start: int
   end: Optional[int]
   first_index: int
   compression: str
   size: Optional[int] = None
+  ordinal: int = 0
+  ranges: int = 1
 
 
 def plan_ranges(
@@ -530,7 +537,8 @@ def plan_ranges(
   """Cuts an uncompressed, seekable file into ranges of about `split_bytes`.
 
   Reads frame headers only. Every range starts on a slot the full walk also visits, so
-  reading the ranges one by one yields exactly what one whole-file read yields.
+  reading the ranges one by one yields exactly what one whole-file read yields. The cuts
+  depend on the file's bytes and `split_bytes` alone, so a re-run cuts it the same way.
   """
   if size <= split_bytes:
     return [FileRange(path, 0, None, 0, 'none', size)]
@@ -548,7 +556,8 @@ def plan_ranges(
       ranges.append(FileRange(path, range_start, slot_offset, range_index, 'none', size))
       range_start, range_index = slot_offset, slot_index
   ranges.append(FileRange(path, range_start, None, range_index, 'none', size))
-  return ranges
+  return [dataclasses.replace(r, ordinal=k, ranges=len(ranges))
+          for k, r in enumerate(ranges)]
 
 
 def count_slots(stream: BinaryIO, path: str, *, size: int,

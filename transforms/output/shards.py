@@ -1,11 +1,14 @@
 """Shard outputs (`--pack tar|parquet`), Beam-free: samples packed into bounded shards.
 
-A shard holds the images of one input file (`--pack` plans one record range per file,
-so one worker writes them, and the runner spreads the files):
-`{split/}{stem}-{shard:06d}.tar` or `.parquet`, `stem` being the input file's stem
-(`shard_names.stem_of`) and `shard` counting from 0 in record order. Names therefore depend
-on the input alone: a re-run writes the same shards with the same bytes, and a changed
-input file rewrites only its own shards (`--incremental`).
+A shard holds the images of one record range, and one worker writes a range's shards, so
+the runner spreads the ranges. A large uncompressed input file is cut into ranges of at
+least a shard's bytes (`range_bytes`); a file read as one range (most files, and every
+compressed one) gets `{split/}{stem}-{shard:06d}.tar` or `.parquet`, and range `k` of a
+file cut into several gets `{split/}{stem}-r{k:05d}-{shard:06d}.tar`, `stem` being the
+input file's stem (`shard_names.stem_of`) and `shard` counting from 0 in record order
+within the range (`shard_name`). Names therefore depend on the input and the settings
+alone: a re-run writes the same shards with the same bytes, and a changed input file
+rewrites only its own shards (`--incremental`).
 
 A sample's key is its name template's path without the extension, less a leading
 `{split}/` folder (which the shard's own folder takes); class folders stay in the key
@@ -109,6 +112,13 @@ class ShardSpec:
     return DEFAULT_BYTES if self.max_samples is None else None
 
 
+def range_bytes(spec: ShardSpec, split_bytes: int) -> int:
+  """The input bytes a record range of a packed export spans (at least): `split_bytes`,
+  or the shard byte bound when larger, so a range fills about a shard rather than
+  ending every shard early (each range's last shard is partly filled)."""
+  return max(split_bytes, spec.byte_bound or 0)
+
+
 # ---------------------------------------------------------------------------------------
 # Names: the shard's, a sample's key, its members'
 
@@ -132,10 +142,22 @@ def sample_key(name: str, folder: str) -> Tuple[str, str]:
   return key, ext
 
 
-def shard_name(source: str, number: int, pack: str, folder: str = '') -> str:
-  """The shard `number` of the input file `source`, relative to the root."""
+def shard_name(source: str, number: int, pack: str, folder: str = '', ordinal: int = 0,
+               ranges: int = 1) -> str:
+  """The shard `number` of record range `ordinal` of the `ranges` that the input file
+  `source` was cut into, relative to the root.
+
+  A file read whole keeps the plain `{stem}-{shard:06d}`. A cut file's names carry
+  `r{k:05d}` and sort in record order. The `r` keeps them apart from TFDS-style inputs
+  read whole: `train.tfrecord-00001-of-00004` has stem `train-00001`, so its first shard
+  `train-00001-000000` would also be range 1's of `train.tfrecord` without it. The
+  range count is not in the names: a file that grows at its end is cut where it was
+  (the cuts follow the bytes from its start), so its earlier ranges' shards keep their
+  names and bytes, and a re-run writes over its later ones rather than beside them.
+  """
   stem = naming.safe_value(shard_names.stem_of(source))
-  return naming.check_relative_path(f'{folder}{stem}-{number:06d}.{pack}')
+  cut = f'-r{ordinal:05d}' if ranges > 1 else ''
+  return naming.check_relative_path(f'{folder}{stem}{cut}-{number:06d}.{pack}')
 
 
 def member_path(shard: str, member: str) -> str:
@@ -355,7 +377,7 @@ PACKERS = {'tar': TarPacker, 'parquet': ParquetPacker}
 
 
 # ---------------------------------------------------------------------------------------
-# Writing one input file's shards
+# Writing one record range's shards
 
 
 @dataclasses.dataclass
@@ -416,14 +438,17 @@ class _Counted(io.RawIOBase):
 
 
 class ShardWriter:
-  """The shards of one input file, written one at a time; `add` and `finish` return
-  each shard as it is finished, with the (sample, member, member offset or row) of each
-  sample it holds, in order."""
+  """The shards of one record range (range `ordinal` of the `ranges` its input file was
+  cut into), written one at a time; `add` and `finish` return each shard as it is
+  finished, with the (sample, member, member offset or row) of each sample it holds, in
+  order."""
 
   def __init__(self, root: root_files.OutputRoot, spec: ShardSpec, source: str,
-               folder: str = '', skip_existing: bool = False):
+               folder: str = '', skip_existing: bool = False, ordinal: int = 0,
+               ranges: int = 1):
     self._root, self._spec, self._source = root, spec, source
     self._folder, self._skip_existing = folder, skip_existing
+    self._ordinal, self._ranges = ordinal, ranges
     self._number = 0
     self._open = None  # (name, the open_write context, packer, placed, keys)
 
@@ -452,7 +477,8 @@ class ShardWriter:
     return bound is None or packer.size_with(packer.cost(item)) <= bound
 
   def _start(self) -> None:
-    name = shard_name(self._source, self._number, self._spec.pack, self._folder)
+    name = shard_name(self._source, self._number, self._spec.pack, self._folder,
+                      self._ordinal, self._ranges)
     self._number += 1
     context = self._root.open_write(name)
     out = _Counted(context.__enter__())
