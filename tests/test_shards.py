@@ -314,6 +314,49 @@ def test_incremental_and_overwrite_with_shards(unrecord, tmp_path):
   assert len(outputs.manifest_rows(str(out))) == 24
 
 
+@pytest.mark.parametrize('pack', ['tar', 'parquet'])
+def test_a_plain_rerun_after_an_input_changes_leaves_no_stale_shard(unrecord, tmp_path,
+                                                                      pack):
+  """A plain nightly run (no --incremental) packs each input file it reads anew, whole:
+  that file's earlier shards it does not write again hold only images it no longer
+  makes, and go, from the root, the index and the manifest; the other file's stay."""
+  expected = _tensor_inputs(tmp_path / 'in', 40)
+  out = tmp_path / 'out'
+  base = ['--input', str(tmp_path / 'in'), '--output', str(out), '--shard_samples', '8',
+          '--pack', pack]
+  _export(unrecord, *base)
+  fresh = [fixtures.photo(200 + i, 32, 32) for i in range(4)]
+  fixtures.write_tfrecord(str(tmp_path / 'in' / 'b.tfrecord'), [
+      fixtures.example({'image': fixtures.bytes_feature(fixtures.serialized_tensor(p))})
+      for p in fresh])
+  _export(unrecord, *base)
+  assert os.path.exists(out / '_SUCCESS')
+  listed = sorted(n for n in os.listdir(out) if n.endswith('.' + pack))
+  assert listed == [f'a-00000{k}.{pack}' for k in range(3)] + [f'b-000000.{pack}']
+  index = json.loads((out / 'shardindex.json').read_text())
+  assert [e['url'] for e in index['shardlist']] == listed
+  rows = outputs.manifest_rows(str(out))
+  assert sorted((r['shard'], r['index']) for r in rows) == sorted(
+      [(f'a-{i // 8:06d}.{pack}', i) for i in range(20)] +
+      [(f'b-000000.{pack}', i) for i in range(4)])
+  images = {}
+  for shard in listed:
+    table = pq.read_table(out / shard) if pack == 'parquet' else None
+    if table is not None:
+      for key, image in zip(table.column('key').to_pylist(), table.column('image').to_pylist()):
+        images[key] = _rgb(image['bytes'])
+    else:
+      with tarfile.open(out / shard) as tar:
+        for member in tar.getmembers():
+          if member.name.endswith('.png'):
+            images[member.name[:-4]] = _rgb(tar.extractfile(member).read())
+  want = {f'a-{i:06d}': p for (stem, i), p in expected.items() if stem == 'a'} | {
+      f'b-{i:06d}': p for i, p in enumerate(fresh)}
+  assert sorted(images) == sorted(want)
+  for key, photo in want.items():
+    assert np.array_equal(images[key], photo), key
+
+
 def test_tar_shards_on_the_s3_emulator(unrecord, photos, tmp_path):
   source, names, _, encoded = photos
   with emulators.s3_server() as endpoint:

@@ -345,6 +345,8 @@ def plan_export(request: Request, started: Optional[float] = None) -> Plan:
       render=render_config, skip_existing=request.skip_existing,
       max_failures=request.max_failures, run_started=started, options_used=used,
       incremental=request.incremental, processed=processed,
+      packed_sources=tuple(item.url for item in listed[0])
+      if shard_spec.packed and not request.incremental else (),
       settings=tuple(sorted(identity['settings'].items())), overwrite=request.overwrite,
       manifest_format=request.manifest_format,
       manifest_part_rows=request.manifest_part_rows, checksum=request.checksum,

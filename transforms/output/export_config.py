@@ -44,6 +44,10 @@ class ExportConfig:
   # keeps other shards' rows and the state file records these on success.
   incremental: bool = False
   processed: Tuple[Tuple[str, dict], ...] = ()
+  # --pack without --incremental: every input file this run reads. It packs each of them
+  # anew, whole, so a previous shard made from one and not written again holds only
+  # images this run no longer makes: it goes (manifest.keeps_previous).
+  packed_sources: Tuple[str, ...] = ()
   # The output settings that make this export what it is (root_claim.identity); the
   # incremental state records them, so changed settings redo every shard.
   settings: Tuple[Tuple[str, object], ...] = ()

@@ -1117,14 +1117,19 @@ def keeps_previous(config: export_config.ExportConfig) -> Callable[[str], bool]:
   stays (its file kept) or goes (removed).
 
   The one owner of that decision: --overwrite removes them all; --incremental removes
-  those of the shards it processed again (they no longer make that image); every other
-  run keeps them, so the manifest goes on listing every image file in the root.
+  those of the shards it processed again (they no longer make that image), and so does
+  a plain --pack run of the files it read (each packed anew, whole, so a row of one
+  that this run did not write again is of a stale shard); every other run keeps them,
+  so the manifest goes on listing every image file in the root.
   """
   if config.overwrite:
     return lambda source: False
   if config.incremental:
     processed = {url for url, _ in config.processed}
     return lambda source: source not in processed
+  if config.packed_sources:  # --pack: a file read again was packed anew, whole
+    packed = set(config.packed_sources)
+    return lambda source: source not in packed
   return lambda source: True
 
 
