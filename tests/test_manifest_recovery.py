@@ -117,8 +117,11 @@ def _part_name(manifest_format):
 
 
 def _damaged_copy(exported, manifest_format, damage, tmp_path, name):
+  """A copy of the finished root `exported[manifest_format]` (or `exported` itself, a
+  root) with `damage` done to its manifest."""
   out = tmp_path / name
-  shutil.copytree(exported[manifest_format], out)
+  shutil.copytree(exported[manifest_format] if isinstance(exported, dict) else exported,
+                  out)
   os.remove(out / '_SUCCESS')
   DAMAGES[damage][0](out, manifest_format)
   return out
@@ -235,3 +238,109 @@ def test_rebuilt_rows_carry_the_runs_checksum_and_the_root_verifies(
     assert row.get('sha256') is None, row
   verified = unrecord('verify', str(out))
   assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# A packed root (--pack tar|parquet): the lost rows come from the shards' samples
+
+PACK_ARGS = ('--shard_samples', '5')  # 3 shards of cam-0, 3 of cam-1
+# What a row made from a shard's sample says, each as a first run's row for that sample
+# says it: where the image is, what it is, and the provenance its sample carries.
+FROM_SHARD = ('path', 'shard', 'member', 'member_offset', 'shard_row', 'bytes', 'sha256',
+              'format', 'shape_out', 'dtype_out', 'id', 'label', 'label_name', 'source',
+              'index', 'offset', 'n', 'key')
+# What only the encoding knew: null in a row made from a shard.
+HOW_MADE = ('encoder', 'normalization', 'value_range', 'passthrough', 'shape_in',
+            'dtype_in')
+
+
+@pytest.fixture(scope='module')
+def packed(unrecord_module, shards, tmp_path_factory):
+  """{(pack, manifest format): a finished --pack export of both input files}."""
+  roots = {}
+  for pack in ('tar', 'parquet'):
+    for manifest_format in ('jsonl', 'parquet'):
+      out = tmp_path_factory.mktemp(f'packed_{pack}_{manifest_format}') / 'out'
+      _run(unrecord_module, shards, out, manifest_format, '--pack', pack, *PACK_ARGS)
+      assert len(outputs.manifest_parts(out)) == 3
+      roots[pack, manifest_format] = out
+  return roots
+
+
+def _shard_samples(out, pack):
+  """{SHARD/MEMBER: (bytes, sha256)} of every sample in the root's shards, read by the
+  `webdataset` library (tar) or pyarrow (Parquet), not by unrecord."""
+  found = {}
+  if pack == 'tar':
+    import webdataset as wds  # pylint: disable=import-outside-toplevel
+    urls = sorted(str(p) for p in out.glob('*.tar'))
+    for sample in wds.WebDataset(urls, shardshuffle=False):
+      shard = os.path.basename(sample['__url__'])
+      found[f'{shard}/{sample["__key__"]}.png'] = sample['png']
+  else:
+    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+    for path in sorted(out.glob('*.parquet')):
+      for row in pq.read_table(path, columns=['key', 'image']).to_pylist():
+        found[f'{path.name}/{row["key"]}'] = row['image']['bytes']
+  return {path: (len(data), hashlib.sha256(data).hexdigest())
+          for path, data in found.items()}
+
+
+def _check_rows_are_the_samples(out, pack):
+  """The manifest's rows are the shards' samples, each with its size and sha256; each
+  tar row's member_offset is where tarfile says its member's data starts."""
+  rows = outputs.manifest_rows(out)
+  samples = _shard_samples(out, pack)
+  assert len(samples) == PHOTOS
+  assert [r['path'] for r in rows] == sorted(samples)
+  assert {r['path']: (r['bytes'], r['sha256']) for r in rows} == samples
+  if pack == 'tar':
+    import tarfile  # pylint: disable=import-outside-toplevel
+    for row in rows:
+      with tarfile.open(out / row['shard']) as tar:
+        assert tar.getmember(row['member']).offset_data == row['member_offset'], row
+  return rows
+
+
+@pytest.mark.parametrize('manifest_format', ['jsonl', 'parquet'])
+@pytest.mark.parametrize('pack', ['tar', 'parquet'])
+@pytest.mark.parametrize('damage', ['part_cut', 'part_deleted', 'index_deleted'])
+def test_rows_of_a_packed_root_are_rebuilt_from_its_shards(unrecord, shards, packed, pack,
+                                                           manifest_format, damage,
+                                                           tmp_path):
+  """The damaged part held rows of cam-1's samples, and the run (--skip_existing of
+  cam-0 alone) does not make them again: they come back from cam-1's shards, with what
+  the sample says of its record; a later run that reads cam-1 fills in the rest."""
+  root = packed[pack, manifest_format]
+  before = {r['path']: r for r in outputs.manifest_rows(root)}
+  out = _damaged_copy(root, manifest_format, damage, tmp_path, 'out')
+  result = _run(unrecord, shards, out, manifest_format, '--skip_existing', '--pack', pack,
+                *PACK_ARGS, pattern='cam-0.tfrecord')
+  [warning] = _warnings(result)
+  assert DAMAGES[damage][1](manifest_format) in warning, warning
+  assert 'shards' in warning, warning
+  rows = {r['path']: r for r in _check_rows_are_the_samples(out, pack)}
+  assert sorted(rows) == sorted(before)
+  lost = [path for path in sorted(before)[8:16] if path.startswith('cam-1')]
+  assert len(lost) == 4
+  for path, row in rows.items():
+    assert {k: row[k] for k in FROM_SHARD} == {k: before[path][k] for k in FROM_SHARD}
+  rebuilt = [path for path in lost if rows[path] != before[path]]
+  if damage == 'index_deleted':  # every part reads whole: its rows match and are kept
+    assert rebuilt == []
+  elif damage == 'part_deleted' or manifest_format == 'parquet':
+    assert rebuilt == lost  # nothing of the part to keep
+  else:
+    assert rebuilt  # a cut JSONL part keeps the whole lines before the cut
+  for path in rebuilt:
+    assert all(rows[path][k] is None for k in HOW_MADE), {k: rows[path][k] for k in HOW_MADE}
+  verified = unrecord('verify', str(out))
+  assert verified.returncode == 0, verified.stdout + verified.stderr
+
+  if damage != 'part_cut':
+    return
+  # A run that encodes cam-1 again prefers its own rows to those made from the shards.
+  result = _run(unrecord, shards, out, manifest_format, '--skip_existing', '--pack', pack,
+                *PACK_ARGS)
+  assert _warnings(result) == []
+  assert {r['path']: r for r in _check_rows_are_the_samples(out, pack)} == before

@@ -28,9 +28,11 @@ from transforms.output import sorted_runs
 
 
 def _row(path, source='s.tfrecord', index=0, n=0, size=10, label=None, sha='x',
-         passthrough=False):
+         passthrough=False, encoder='opencv'):
+  """A row as a run makes it (every such row names its encoder; a rebuilt one none)."""
   return {'path': path, 'source': source, 'index': index, 'offset': 0, 'n': n, 'bytes': size,
-          'label': label, 'label_name': None, 'sha256': sha, 'passthrough': passthrough}
+          'label': label, 'label_name': None, 'sha256': sha, 'passthrough': passthrough,
+          'encoder': encoder}
 
 
 def _line(row):
@@ -229,6 +231,17 @@ def test_skipped_images_keep_the_previous_row_and_previous_rows_stay_or_go(outpu
   assert (result.skipped, result.kept_from_previous, result.stale) == (2, 2, ['stale.png'])
   assert [path for _, path in seen] == ['kept.png', 'killed-run.png']
   assert sorted(asked) == ['changed', 'unchanged']  # once per source file, not per row
+
+
+@formats
+def test_a_skipped_image_prefers_its_own_row_to_one_rebuilt_from_a_shard(output_format):
+  """A row rebuilt from a shard's sample has its record's source but no encoder: the
+  row --skip_existing makes again from the record knows more, and wins."""
+  rebuilt = _row('a.tar/a.png', source='old', sha='s', encoder=None)
+  skipped = _row('a.tar/a.png', source='old', sha='s')
+  rows, result, _ = _merge([_entry(manifest.PREVIOUS, rebuilt),
+                            _entry(manifest.SKIPPED, skipped)], output_format=output_format)
+  assert rows == _expect(output_format, skipped) and result.skipped == 1
 
 
 @formats

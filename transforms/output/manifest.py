@@ -12,7 +12,7 @@ How it is made, with nothing per image passing through one worker:
    the root's scratch folder (transforms/output/sorted_runs.py), never rows through the runner.
    The previous manifest's rows become runs the same way (`read_previous`, a task per
    previous part); a part that is damaged, missing or not listed is rebuilt there from
-   the image files on disk instead of trusted.
+   the image files on disk (in a packed root, the shards' samples) instead of trusted.
 2. `plan_parts` cuts all runs into path ranges of about MANIFEST_PART_ROWS rows, from the
    runs' batch keys alone.
 3. `write_part`, a task per range, reads only its range of each run, a slice of
@@ -56,6 +56,8 @@ from transforms.output import checksums
 from transforms.output import export_config
 from transforms.output import naming
 from transforms.output import root_files
+from transforms.output import shard_contents
+from transforms.output import shards as shards_lib
 from transforms.output import sorted_runs
 from transforms.pixels import image_formats
 
@@ -134,6 +136,13 @@ def _source_key(row: dict) -> str:
   return f'{row["source"]}\x01{row["index"]}\x01{row["n"]}'
 
 
+def _passthrough(row: dict) -> Optional[bool]:
+  """A row's passthrough as its entry holds it: null stays null (a rebuilt row does not
+  know it), so a Parquet part says so as a JSONL one does."""
+  value = row.get('passthrough')
+  return None if value is None else bool(value)
+
+
 class EntryWriter:
   """A worker's manifest entries, written as sorted runs (`flush()` returns them)."""
 
@@ -155,7 +164,7 @@ class EntryWriter:
     if not isinstance(path, str):
       raise TypeError(f'a manifest row\'s path is {path!r}, not text')
     decision = (path, kind, _source_key(row), '' if label is None else str(label),
-                size if isinstance(size, int) else None, bool(row.get('passthrough')))
+                size if isinstance(size, int) else None, _passthrough(row))
     if self._format == 'jsonl':
       if line is None:
         line = manifest_line(row, in_key_order=in_key_order)
@@ -177,7 +186,7 @@ class EntryWriter:
         paths, [kind] * len(rows), [_source_key(row) for row in rows],
         ['' if label is None else str(label) for label in labels],
         [size if isinstance(size, int) else None for size in sizes],
-        [bool(row.get('passthrough')) for row in rows],
+        [_passthrough(row) for row in rows],
     ]
     held = sum(map(len, paths))
     if self._format == 'jsonl':
@@ -351,9 +360,9 @@ class PreviousFile:
   path; None where it lists nothing), or else a sweep (`name` None). `damage`: what
   planning already found wrong (the part is missing, not listed, `_parts.json` cannot be
   read); such a task, like one whose part turns out damaged as it is read, rebuilds the
-  rows from the image files on disk (`read_previous`). A sweep rebuilds the rows of every
-  image file outside the `listed` path ranges, keeping what the `candidates` (part
-  files `_parts.json` does not list) hold for those files."""
+  rows from the image files on disk, or the shards' samples (`read_previous`). A sweep
+  rebuilds the rows of every image outside the `listed` path ranges, keeping what the
+  `candidates` (part files `_parts.json` does not list) hold for those images."""
   name: Optional[str]
   rows: Optional[int] = None
   first: Optional[str] = None
@@ -440,7 +449,8 @@ def read_previous(task: PreviousFile, config: export_config.ExportConfig
 
   A part that is missing, cut short, garbled (unreadable, fewer or other rows than
   `_parts.json` lists, out of path order) or not listed is not trusted: its rows are
-  rebuilt from the image files on disk in its path range (`_rebuild`), and the repair is
+  rebuilt from the image files on disk in its path range, or in a packed root from the
+  shards' samples there (`_rebuild`), and the repair is
   returned for the report's warning line. Never raised for a damaged part: a damaged
   manifest would stop every later run, so a run repairs it instead."""
   root = root_files.OutputRoot(config.output, config.read.storage_options)
@@ -451,26 +461,25 @@ def read_previous(task: PreviousFile, config: export_config.ExportConfig
     except _Damaged as e:
       damage = str(e)
   if task.name is None:  # a sweep: everything outside the listed parts' ranges
-    lows = [lo for lo, _ in task.listed]
-    highs = [hi for _, hi in task.listed]
-
-    def in_scope(path: str) -> bool:
-      at = bisect.bisect_right(lows, path) - 1
-      return at < 0 or path > highs[at]
+    scope = _Scope(task.listed, inside=False)
     candidates = task.candidates
     subject = (PARTS_INDEX if damage.startswith(PARTS_INDEX)
                else ', '.join(task.candidates))
   else:
-    first, last = task.first, task.last
-    in_scope = lambda path: first is not None and first <= path <= last
+    scope = _Scope(((task.first, task.last),) if task.first is not None else (),
+                   inside=True)
     candidates = (task.name,) if root.exists(task.name) else ()
     subject = task.name
-  runs, kept, rebuilt = _rebuild(root, config, in_scope, candidates)
+  runs, kept, rebuilt = _rebuild(root, config, scope, candidates)
+  # In a packed root the images are the shards' samples (`_rebuild`).
+  found_in, hashed_from = (('the shards', 'its shard') if config.shards.packed
+                           else ('the image files on disk', 'the file'))
   if subject == PARTS_INDEX:
-    what = f'{damage}; rebuilt the manifest from its parts and the image files on disk'
+    what = f'{damage}; rebuilt the manifest from its parts and {found_in}'
   else:
-    what = f'{subject} was {damage}; rebuilt its rows from the image files on disk'
-  warning = f'{what}: {kept + rebuilt} row(s), {rebuilt} of them hashed again from the file'
+    what = f'{subject} was {damage}; rebuilt its rows from {found_in}'
+  warning = (f'{what}: {kept + rebuilt} row(s), {rebuilt} of them hashed again from '
+             f'{hashed_from}')
   return runs, {'part': subject, 'damage': damage, 'rows_kept': kept,
                 'rows_rebuilt': rebuilt, 'warning': warning}
 
@@ -568,29 +577,58 @@ class _PartCheck:
                      f'{PARTS_INDEX} lists {task.rows})')
 
 
+@dataclasses.dataclass(frozen=True)
+class _Scope:
+  """The paths a rebuild makes rows for: those in the path `ranges` (each [first, last],
+  in order, not overlapping), or with `inside` False those outside every one of them."""
+  ranges: Tuple[Tuple[str, str], ...]
+  inside: bool
+
+  def holds(self, path: str) -> bool:
+    at = bisect.bisect_right([lo for lo, _ in self.ranges], path) - 1
+    return (at >= 0 and path <= self.ranges[at][1]) == self.inside
+
+  def meets(self, lo: str, hi: str) -> bool:
+    """Whether it may hold a path in [lo, hi): a shard's samples are read only then."""
+    if self.inside:
+      return any(lo <= last and hi > first for first, last in self.ranges)
+    at = bisect.bisect_right([first for first, _ in self.ranges], lo) - 1
+    return not (at >= 0 and hi <= self.ranges[at][1])
+
+
 def _rebuild(root: root_files.OutputRoot, config: export_config.ExportConfig,
-             in_scope: Callable[[str], bool], candidates: Sequence[str]
+             scope: _Scope, candidates: Sequence[str]
              ) -> Tuple[List[sorted_runs.Run], int, int]:
   """(runs of `p` entries, rows kept, rows rebuilt): a row for each image file under
-  the root whose path is `in_scope`.
+  the root whose path `scope` holds, and in a packed root (--pack tar|parquet) for each
+  sample of its shards.
 
   A file keeps a row that one of the `candidates` (part files not trusted as they are)
   still holds for it, if the row's size is the file's and, where the part did not read
-  whole, its sha256 is too (the file is hashed again); any other file gets
-  `rebuilt_row`, hashed again. Holds the root's listing in memory, one path per file,
-  as --overwrite's sweep does (docs/scale.md)."""
-  on_disk = {path: size for path, size in _image_files(root) if in_scope(path)}
+  whole, its checksum is too (the file is hashed again); any other file gets
+  `rebuilt_row`, hashed again. A sample likewise keeps a row that names its shard's
+  member where it is, with its size (and checksum); any other gets `rebuilt_sample_row`.
+  Holds the root's listing in memory, one path per file, as --overwrite's sweep does,
+  and of the shards a path, size and checksum per sample that a candidate row names
+  (docs/scale.md); a shard's bytes are read a sample at a time."""
+  packed = config.shards.packed
+  on_disk = {path: size for path, size in _image_files(root, packed) if scope.holds(path)}
   writer = EntryWriter(root, config.manifest_format, config.manifest_part_rows)
+  rebuilt, chosen = 0, set()
+  if packed:
+    chosen, rebuilt = _rebuild_samples(root, config, scope, candidates, writer)
   named, kept = set(), 0
-  for name in candidates:
+  for number, name in enumerate(candidates):
     whole = _reads_whole(root, name)
-    for row, line in _salvaged_rows(root, name):
+    for ordinal, (row, line) in enumerate(_salvaged_rows(root, name)):
       path = row.get('path')
-      if (not isinstance(path, str) or path in named or path not in on_disk
-          or row.get('bytes') != on_disk[path]):
+      if not isinstance(path, str) or path in named:
         continue
-      if not whole and not _checksum_matches(root, row, path):
-        continue
+      if (number, ordinal) not in chosen:
+        if path not in on_disk or row.get('bytes') != on_disk[path]:
+          continue
+        if not whole and not _checksum_matches(root, row, path):
+          continue
       if config.manifest_format == 'parquet':
         row, line = _with_text_fields(dict(row)), None
       try:
@@ -599,7 +637,6 @@ def _rebuild(root: root_files.OutputRoot, config: export_config.ExportConfig,
         continue
       named.add(path)
       kept += 1
-  rebuilt = 0
   for path in sorted(set(on_disk) - named):
     row = rebuilt_row(root, path, config)
     if row is not None:
@@ -608,15 +645,76 @@ def _rebuild(root: root_files.OutputRoot, config: export_config.ExportConfig,
   return writer.flush(), kept, rebuilt
 
 
-def _image_files(root: root_files.OutputRoot) -> Iterator[Tuple[str, Optional[int]]]:
+def _rebuild_samples(root: root_files.OutputRoot, config: export_config.ExportConfig,
+                     scope: _Scope, candidates: Sequence[str], writer: 'EntryWriter'
+                     ) -> Tuple[set, int]:
+  """The samples of a packed root's shards in `scope`: ({(candidate, row number)} of the
+  candidates' rows that still match their sample, rows rebuilt), a `rebuilt_sample_row`
+  added to `writer` for every other sample that is a whole image.
+
+  The candidates are read first, for what each row in scope claims of its sample, so
+  each shard is read once and a sample's bytes are let go as soon as they are checked;
+  `_rebuild` then adds the matching rows as they read. Shards `scope` cannot hold a path
+  of are not read; one that is gone or not whole gives no rows (`unrecord verify` names
+  it)."""
+  claims: Dict[str, List[Tuple[Tuple[int, int], dict, bool]]] = {}
+  for number, name in enumerate(candidates):
+    whole = _reads_whole(root, name)
+    for ordinal, (row, _) in enumerate(_salvaged_rows(root, name)):
+      path = row.get('path')
+      if isinstance(path, str) and row.get('shard') and scope.holds(path):
+        claim = {k: row.get(k) for k in ('bytes', 'member', 'member_offset', 'shard_row')}
+        claim['checksum'] = row_checksum(row)
+        claims.setdefault(path, []).append(((number, ordinal), claim, whole))
+  chosen, rebuilt = set(), 0
+  for shard in shard_contents.shard_names(root):
+    pack = shard_contents.pack_of(shard)
+    if not scope.meets(shard + '/', shard + '0'):  # '0' follows '/': past its paths
+      continue
+    try:
+      with root.open_read(shard) as f:
+        for image in shard_contents.packed_images(f, pack):
+          path = shards_lib.member_path(shard, image.member)
+          if not scope.holds(path):
+            continue
+          match = next((key for key, claim, whole in claims.pop(path, ())
+                        if _claim_matches(claim, image, pack, whole)), None)
+          if match is not None:
+            chosen.add(match)
+            continue
+          row = rebuilt_sample_row(shard, image, config)
+          if row is not None:
+            writer.add(PREVIOUS, row)
+            rebuilt += 1
+    except (FileNotFoundError, shard_contents.ShardDamage):
+      continue
+  return chosen, rebuilt
+
+
+def _claim_matches(claim: dict, image: shard_contents.PackedImage, pack: str,
+                   whole: bool) -> bool:
+  """Whether what a salvaged row says of its sample is the shard's: the member, where it
+  is, its size and, where the row's part did not read whole, its checksum."""
+  where = claim['member_offset'] if pack == 'tar' else claim['shard_row']
+  if (claim['member'], where, claim['bytes']) != (image.member, image.where,
+                                                  len(image.data)):
+    return False
+  held = claim['checksum']
+  return whole or (held is not None and held[1] == checksums.digest(image.data, held[0]))
+
+
+def _image_files(root: root_files.OutputRoot, packed: bool = False
+                 ) -> Iterator[Tuple[str, Optional[int]]]:
   """(path, size) of every file under the root but unrecord's own (`_*` at the top, temp
-  names)."""
+  names); `packed`: nor the shards and their index, whose images are their samples."""
   prefix = root.path('')
   for found, info in root.fs.find(root.root, detail=True).items():
     if not found.startswith(prefix):
       continue
     path = found[len(prefix):]
     if path.split('/', 1)[0].startswith('_') or root_files.is_temp_name(path):
+      continue
+    if packed and (path == shards_lib.INDEX or shard_contents.pack_of(path)):
       continue
     yield path, info.get('size')
 
@@ -685,6 +783,45 @@ def rebuilt_row(root: root_files.OutputRoot, path: str, config: export_config.Ex
              dtype_out=dtype, shape_out=list(shape) if shape else None)
   row[config.checksum] = checksums.digest(data, config.checksum)
   return row
+
+
+def rebuilt_sample_row(shard: str, image: shard_contents.PackedImage,
+                       config: export_config.ExportConfig) -> Optional[dict]:
+  """The manifest row of a shard's sample whose row was lost, from the shard alone: what
+  a fresh run's row says of the image (path `SHARD/MEMBER`, shard, member, member_offset
+  or shard_row, bytes, checksum, format, shape_out, dtype_out), and the record's
+  provenance the sample carries (`KEY.json` or the Parquet row: id, label, label_name,
+  source, index, offset, n, and key from image_key). How it was made (encoder,
+  normalization, value_range, passthrough, shape_in, dtype_in) is null, as the shard does
+  not say. None when the sample is not a whole image."""
+  try:
+    shape, dtype = image_formats.check_encoded(image.data, None, config.image.max_pixels)
+  except errors.UnrecordError:
+    return None
+  tar = shard_contents.pack_of(shard) == 'tar'
+  row = {name: None for name in PARQUET_SCHEMA.names
+         if name not in CHECKSUM_FIELDS or name == config.checksum}
+  meta = image.meta
+  for field, meta_field, kinds in _PROVENANCE:
+    value = meta.get(meta_field)
+    if isinstance(value, kinds) and not isinstance(value, bool):
+      row[field] = value
+  row.update(path=shards_lib.member_path(shard, image.member), shard=shard,
+             member=image.member, member_offset=image.where if tar else None,
+             shard_row=None if tar else image.where, bytes=len(image.data),
+             format=image_formats.sniff_format(image.data), dtype_out=dtype,
+             shape_out=list(shape) if shape else None)
+  row[config.checksum] = checksums.digest(image.data, config.checksum)
+  return _with_text_fields(row) if config.manifest_format == 'parquet' else row
+
+
+# (row field, its name in a sample's provenance, the types it may hold): a value of
+# another type (a garbled `KEY.json`) is left null rather than written.
+_PROVENANCE = (
+    ('id', 'id', (str, int, float)), ('label', 'label', (str, int)),
+    ('label_name', 'label_name', str), ('source', 'source', str), ('index', 'index', int),
+    ('offset', 'offset', int), ('n', 'n', int), ('key', 'image_key', str),
+)
 
 
 def _checksum_matches(root: root_files.OutputRoot, row: dict, path: str) -> bool:
@@ -860,14 +997,22 @@ def _decide_path(found: List[Entry], keep_previous, on_disk_checksum, result: Pa
   if skipped is not None:
     result.skipped += 1
     # The previous row says how the file was made; one rebuilt from the file alone
-    # (`rebuilt_row`, no source) knows less than the row made again from the record.
-    from_record = previous is not None and not previous.source_key.startswith('None\x01')
+    # (`rebuilt_row`, no source) or from its shard (`rebuilt_sample_row`, no encoder)
+    # knows less than the row made again from the record.
+    from_record = previous is not None and _made_from_record(previous)
     return (previous if from_record else skipped), skipped
   if keep_previous(_source_of(previous.source_key)):
     result.kept_from_previous += 1
     return previous, None
   result.stale.append(previous.path)
   return None
+
+
+def _made_from_record(entry: Entry) -> bool:
+  """Whether a previous row was made from its record, not rebuilt: every row a run
+  makes names its encoder (`manifest_row`), a rebuilt one none."""
+  return (not entry.source_key.startswith('None\x01')
+          and entry.row().get('encoder') is not None)
 
 
 def _source_of(source_key: str) -> str:

@@ -10,7 +10,7 @@ import collections
 import dataclasses
 import json
 import tarfile
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -83,17 +83,75 @@ def tar_samples(members: List[Member]) -> 'collections.OrderedDict[str, List[Mem
 def parquet_images(f) -> Iterator[Tuple[int, bytes]]:
   """(row, image bytes) of every row of the Parquet shard open in `f`, a row group at a
   time; ShardDamage when it cannot be read."""
+  for row, data, _ in parquet_rows(f):
+    yield row, data
+
+
+def parquet_rows(f, columns: Sequence[str] = ()) -> Iterator[Tuple[int, bytes, dict]]:
+  """(row, image bytes, {column: value} of `columns`) of every row of the Parquet shard
+  open in `f`, a row group at a time (the most a shard's reader holds); ShardDamage when
+  it cannot be read."""
   try:
     parquet = pq.ParquetFile(f)
+    present = [name for name in columns if name in parquet.schema_arrow.names]
     row = 0
     for group in range(parquet.num_row_groups):
-      column = parquet.read_row_group(group, columns=['image']).column('image')
-      for value in column.combine_chunks().field('bytes').to_pylist():
-        yield row, value
+      table = parquet.read_row_group(group, columns=['image', *present])
+      images = table.column('image').combine_chunks().field('bytes').to_pylist()
+      values = {name: table.column(name).to_pylist() for name in present}
+      del table
+      for i, data in enumerate(images):
+        yield row, data, {name: values[name][i] for name in present}
         row += 1
   except (pa.ArrowException, OSError, EOFError) as e:
     raise ShardDamage(f'not a whole Parquet file ({type(e).__name__}: '
                       f'{str(e)[:200]})') from None
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedImage:
+  """One sample's image as its shard holds it: its member (a tar's `KEY.EXT`, a Parquet
+  shard's key), where it is (a tar's data offset, a Parquet shard's row), its bytes,
+  and the sample's provenance (`KEY.json`, or the Parquet row's columns of the names
+  `shards.sample_meta` gives)."""
+  member: str
+  where: int
+  data: bytes
+  meta: dict
+
+
+# What `shards.sample_meta` writes, as `KEY.json` and as a Parquet shard's columns.
+META_FIELDS = ('id', 'label', 'label_name', 'source', 'index', 'offset', 'n', 'image_key')
+
+
+def packed_images(f, pack: str) -> Iterator[PackedImage]:
+  """Each sample's image of the shard open in `f` ('tar' or 'parquet'), one at a time:
+  a tar's member headers are read first, then each image and its `KEY.json` only as it
+  comes; a Parquet shard a row group at a time. A tar sample with no image member (one
+  that is only `KEY.json`, `KEY.cls`) is passed over; ShardDamage when the shard is not
+  whole."""
+  if pack == 'parquet':
+    for row, data, meta in parquet_rows(f, ('key', *META_FIELDS)):
+      key = meta.pop('key')
+      if isinstance(key, str) and data is not None:
+        yield PackedImage(key, row, data, meta)
+    return
+  for members in tar_samples(tar_members(f)).values():
+    image = next((m for m in members if member_key(m.name)[1] not in ('json', 'cls')),
+                 None)
+    if image is None:
+      continue
+    meta = {}
+    for member in members:
+      if member_key(member.name)[1] == 'json':
+        f.seek(member.offset)
+        try:
+          found = json.loads(f.read(member.size))
+        except ValueError:
+          found = None
+        meta = found if isinstance(found, dict) else {}
+    f.seek(image.offset)
+    yield PackedImage(image.name, image.offset, f.read(image.size), meta)
 
 
 # ---------------------------------------------------------------------------------------
@@ -133,12 +191,27 @@ def listed_shards(root: root_files.OutputRoot) -> Tuple[List[dict], str]:
   entries = shards_lib.read_index(root)
   if entries:
     return entries, shards_lib.INDEX
+  return [counted_entry(root, name) for name in shard_files(root)], 'counted'
+
+
+def shard_names(root: root_files.OutputRoot) -> List[str]:
+  """The names of the root's shards, relative to it: those `shardindex.json` lists when
+  it reads, else the shard files under the root (`shard_files`)."""
+  entries = shards_lib.read_index(root)
+  names = sorted({e['url'] for e in entries
+                  if isinstance(e, dict) and isinstance(e.get('url'), str)
+                  and pack_of(e['url'])})
+  return names or shard_files(root)
+
+
+def shard_files(root: root_files.OutputRoot) -> List[str]:
+  """The .tar and .parquet files under the root but unrecord's own (`_*`, temp names),
+  in path order."""
   prefix = root.path('')
-  names = sorted(p[len(prefix):] for p in root.fs.find(root.root)
-                 if p.startswith(prefix) and pack_of(p)
-                 and not p[len(prefix):].startswith('_')
-                 and not root_files.is_temp_name(p))
-  return [counted_entry(root, name) for name in names], 'counted'
+  return sorted(p[len(prefix):] for p in root.fs.find(root.root)
+                if p.startswith(prefix) and pack_of(p)
+                and not p[len(prefix):].startswith('_')
+                and not root_files.is_temp_name(p))
 
 
 def counted_entry(root: root_files.OutputRoot, name: str) -> dict:
