@@ -15,14 +15,20 @@ from tests.test_logs import _check_images, eight_photos, lean_python  # noqa: F4
 # Put first on PYTHONPATH: every Python process of the run writes the modules it holds
 # (those with code: a namespace package a .pth file made at start-up has none) to a
 # file of its own when it exits, by os._exit (the warm pool's processes, the console
-# script) or not.
+# script) or not; written to a temp file and renamed, so a process whose two threads
+# exit at once leaves one whole file.
 SITECUSTOMIZE = '''
-import atexit, json, os, sys
+import atexit, json, os, sys, threading
 _exit = os._exit
 def _dump(*_):
+  # Whole or not at all: two threads of a process may exit at once (a worker's watchdog
+  # and its main thread), and two writers of one file leave it garbled.
   names = sorted(m for m, v in list(sys.modules.items()) if getattr(v, '__file__', None))
-  with open(os.path.join(os.environ['MODULES_DIR'], str(os.getpid())), 'w') as f:
+  final = os.path.join(os.environ['MODULES_DIR'], str(os.getpid()))
+  temp = f'{final}.{threading.get_ident()}.tmp'
+  with open(temp, 'w') as f:
     json.dump({'argv': sys.argv, 'modules': names}, f)
+  os.replace(temp, final)
 def _dump_and_exit(code):
   _dump()
   _exit(code)
@@ -49,7 +55,8 @@ def test_a_local_run_imports_no_dataflow_or_google_cloud_module(venv, eight_phot
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stderr == ''
   _check_images(out, photos)
-  processes = [json.loads((dumps / name).read_text()) for name in os.listdir(dumps)]
+  processes = [json.loads((dumps / name).read_text()) for name in os.listdir(dumps)
+               if not name.endswith('.tmp')]
   by_role = {}
   for process in processes:
     role = ('launcher' if 'export' in process['argv'] else
