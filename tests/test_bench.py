@@ -327,7 +327,9 @@ def test_shards_bench_measures_files_tar_and_parquet_locally_and_on_s3(tmp_path)
   for (store, pack), r in runs.items():
     assert r['images'] == (200 if store == 'local' else 120) and r['measured']
     assert r['wall_seconds'] > 0
-    assert r['images_per_second'] == round(r['images'] / r['wall_seconds'])
+    # The rate is of the unrounded wall; the wall is shown to 0.01 s (0.005 either way).
+    slack = 0.5 + r['images'] * 0.005 / (r['wall_seconds'] - 0.005) ** 2
+    assert abs(r['images_per_second'] - r['images'] / r['wall_seconds']) <= slack, r
     # A file per image, or one shard (one input file, under the default 1GB).
     assert r['image_objects'] == (r['images'] if pack == 'files' else 1), r
     assert r['objects'] > r['image_objects'] and r['bytes'] > 0
